@@ -1,0 +1,183 @@
+"""Command line: parse -> typed config -> stage function. Errors become one `lmcompress: error: ...` line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, NoReturn
+
+from . import __version__, api
+from .config import EvaluateConfig, FinetuneConfig, add_flags, build_config, flags_to_dict
+from .errors import LmcError, NotBuiltError
+
+PROG = "lmcompress"
+log = logging.getLogger("lmcompress")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{PROG}: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _setup_logging(quiet: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", handlers=[handler],
+                        force=True)
+
+
+def _print_json_or_summary(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    from rich.console import Console
+
+    console = Console()
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.get("metrics", {}).items())
+    latency = result.get("latency_ms", {})
+    console.print(f"[bold]{result.get('split', 'test')}[/]: {metrics}")
+    console.print(f"params {result.get('params', 0):,}  size {result.get('size_bytes', 0) / 1e6:.1f} MB  "
+                  + "  ".join(f"latency {k} {v:.1f} ms" for k, v in latency.items()))
+    if "path" in result:
+        console.print(f"written: {result['path']}")
+
+
+# ------------------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    cfg = build_config(FinetuneConfig, args.config, flags_to_dict(args), "finetune")
+    _print_json_or_summary(_run_finetune(cfg), args.json)
+    return 0
+
+
+def _run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    from .finetune import finetune
+
+    return finetune(cfg)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    cfg = build_config(EvaluateConfig, args.config, flags_to_dict(args), "evaluate")
+    _print_json_or_summary(evaluate_run(cfg), args.json)
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    rows = api.zoo()
+    if not args.presets:
+        rows = [r for r in rows if r["kind"] != "preset"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lmcompress zoo (offline; nothing is downloaded at run time)")
+    for column in ("name", "kind", "installed", "size", "install / path"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        size = f"{row['size_bytes'] / 1e6:.1f} MB" if row["size_bytes"] else "-"
+        where = row["path"] if row["installed"] and row["path"] else row["install"]
+        installed = "[green]yes[/]" if row["installed"] else "[red]no[/]"
+        table.add_row(row["name"], row["kind"], installed, size, where or row["description"])
+    Console().print(table)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    api.demo(quick=args.quick, out=args.out, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_not_built(name: str):
+    def handler(args: argparse.Namespace) -> int:
+        getattr(api, name)()
+        return 0
+
+    return handler
+
+
+# ------------------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Compress Transformer language models and prove it with a report.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks")
+    common.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    ft = subs.add_parser("finetune", parents=[common], help="fine-tune a model on a labelled task",
+                         description="Fine-tune a model (zoo name, HF dir or preset) for classification/regression.")
+    ft.add_argument("--config", help="YAML file with the same keys (sections data:, train:); flags override it")
+    ft.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_flags(ft, FinetuneConfig)
+    ft.set_defaults(func=cmd_finetune)
+
+    ev = subs.add_parser("evaluate", parents=[common], help="score a run: metrics, size, latency",
+                         description="Evaluate a run on the same split it was trained with (or --data).")
+    ev.add_argument("--config", help="YAML file with the same keys; flags override it")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_flags(ev, EvaluateConfig)
+    ev.set_defaults(func=cmd_evaluate)
+
+    zo = subs.add_parser("zoo", parents=[common], help="list offline models and datasets and whether installed")
+    zo.add_argument("--json", action="store_true", help="machine-readable output")
+    zo.add_argument("--presets", action="store_true", help="also list the architecture presets")
+    zo.set_defaults(func=cmd_zoo)
+
+    de = subs.add_parser("demo", parents=[common], help="run the built-in offline demo (minilm-l6 on rotten-tomatoes)")
+    de.add_argument("--quick", action="store_true", help="smoke run on a small slice (a few minutes)")
+    de.add_argument("--out", default="runs/demo", help="folder for the demo's runs")
+    de.add_argument("--overwrite", action="store_true", help="redo runs that already exist")
+    de.set_defaults(func=cmd_demo)
+
+    for name, reason in api.NOT_BUILT.items():
+        stub = subs.add_parser(name, parents=[common], help=f"(not built yet) {reason}", add_help=True)
+        stub.set_defaults(func=_cmd_not_built(name))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command not in api.NOT_BUILT:  # stubs say "not built" whatever flags they get
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    _setup_logging(getattr(args, "quiet", False))
+    debug = getattr(args, "debug", False) or os.environ.get("LMCOMPRESS_DEBUG") == "1"
+    try:
+        return args.func(args)
+    except NotBuiltError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 2
+    except LmcError as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: error: interrupted\n")
+        return 130
+    except Exception as exc:  # a bug of ours: still one line unless --debug
+        if debug:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        sys.stderr.write(f"{PROG}: error: internal error {type(exc).__name__}: {first} (re-run with --debug and "
+                         "report it)\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,318 @@
+"""Typed configuration: one dataclass per concern, YAML <-> dataclass 1:1, CLI flags generated from the fields.
+
+A YAML file and the CLI flags describe the same dataclasses, so a key in YAML is always a flag on the command line
+(`max_length:` <-> `--max-length`). Unknown keys are rejected with the valid ones listed; wrong types and
+out-of-range values fail in `__post_init__` with a `ValueError` that the loader turns into an `LmcError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import LmcError
+
+# --------------------------------------------------------------------------------------------------------------
+# Config dataclasses
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they are split and tokenised."""
+
+    data: str = field(default="", metadata={"help": "zoo name or path: CSV, TSV, JSONL, Parquet, text, or label folders"})
+    text_column: str | None = field(default=None, metadata={"help": "column with the text (detected if omitted)"})
+    text_pair_column: str | None = field(default=None, metadata={"help": "second text column for pair tasks"})
+    label_column: str | None = field(default=None, metadata={"help": "column with the label (detected if omitted)"})
+    split_column: str | None = field(
+        default=None, metadata={"help": "column holding train/validation/test per row (else a seeded split)"}
+    )
+    task: Literal["auto", "classification", "regression"] = field(
+        default="auto", metadata={"help": "classification or regression; auto: float labels with fractions -> regression"}
+    )
+    max_length: int = field(default=128, metadata={"help": "tokens per example after truncation"})
+    split_seed: int = field(default=42, metadata={"help": "seed of the stratified train/validation/test split"})
+    validation_fraction: float = field(default=0.1, metadata={"help": "share of rows held out for validation"})
+    test_fraction: float = field(default=0.1, metadata={"help": "share of rows held out for test"})
+    max_train_examples: int | None = field(
+        default=None, metadata={"help": "use only the first N training rows (quick runs); splits are unchanged"}
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+        for name in ("validation_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 0.5:
+                raise ValueError(f"{name} must be between 0 and 0.5, got {value}")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            raise ValueError(f"max_train_examples must be >= 1, got {self.max_train_examples}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training stage (one loop: `lmcompress.train`)."""
+
+    epochs: float = field(default=3.0, metadata={"help": "passes over the training data"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step per device (before accumulation)"})
+    eval_batch_size: int = field(default=64, metadata={"help": "examples per evaluation batch"})
+    learning_rate: float = field(default=5e-5, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/LayerNorm)"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of steps with linear warm-up"})
+    grad_accum_steps: int = field(default=1, metadata={"help": "batches accumulated per optimizer step"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables"})
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        default="auto", metadata={"help": "auto: bf16 on a GPU that has it, fp32 on CPU"}
+    )
+    seed: int = field(default=42, metadata={"help": "seed for initialisation, shuffling and dropout"})
+    checkpoint_every_steps: int = field(default=200, metadata={"help": "write a resumable checkpoint every N steps"})
+    log_every_steps: int = field(default=20, metadata={"help": "log loss every N steps"})
+    keep_best: bool = field(default=True, metadata={"help": "keep the epoch with the best validation metric"})
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "eval_batch_size", "grad_accum_steps", "checkpoint_every_steps", "log_every_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ValueError("max_grad_norm and weight_decay must be >= 0")
+
+
+@dataclass
+class FinetuneConfig:
+    """`lmcompress finetune`: a model plus a task head trained on labelled data."""
+
+    model: str = field(default="", metadata={"help": "zoo name, local HF directory, run dir or preset (bert-4l-312h)"})
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer dir or zoo name (for presets)"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model is required (--model)")
+        if not self.out:
+            raise ValueError("out is required (--out)")
+        if not self.data.data:
+            raise ValueError("data is required (--data)")
+
+
+@dataclass
+class EvaluateConfig:
+    """`lmcompress evaluate`: task metrics, size and latency of one run."""
+
+    model: str = field(default="", metadata={"help": "run directory (or any HF directory with a task head)"})
+    split: Literal["train", "validation", "test"] = field(default="test", metadata={"help": "which split to score"})
+    out: str | None = field(default=None, metadata={"help": "write metrics.json here (default: into the run dir)"})
+    latency: bool = field(default=True, metadata={"help": "measure CPU latency at batch 1 and 32"})
+    latency_repeats: int = field(default=10, metadata={"help": "timed repeats per batch size (median reported)"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads for latency (default: all cores)"})
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model is required (--model)")
+        if self.latency_repeats < 1:
+            raise ValueError(f"latency_repeats must be >= 1, got {self.latency_repeats}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# dict / YAML -> dataclass with type checks and unknown-key rejection
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` converted to `tp` where that is lossless (int -> float), else raise LmcError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, where)
+            except LmcError as exc:
+                errors.append(str(exc))
+        raise LmcError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise LmcError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise LmcError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise LmcError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise LmcError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, Path)):
+            return str(value)
+        raise LmcError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, raw: dict[str, Any] | None, where: str = "config") -> Any:
+    """Build dataclass `cls` from a plain dict, recursing into nested dataclasses."""
+    raw = dict(raw or {})
+    if not isinstance(raw, dict):
+        raise LmcError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise LmcError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        if _is_dataclass_type(tp):
+            if not isinstance(value, dict):
+                raise LmcError(f"{where}.{name}: expected a mapping of {tp.__name__} keys")
+            kwargs[name] = from_dict(tp, value, f"{where}.{name}")
+        else:
+            kwargs[name] = _check_value(value, tp, f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise LmcError(f"{where}: {exc}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LmcError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LmcError(f"config file {path} is not valid YAML: {first}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise LmcError(f"config file {path} must hold a mapping of keys, not {type(loaded).__name__}")
+    return loaded
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `overrides` (CLI flags) over `base` (YAML)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI flags generated from the dataclasses, so YAML and flags can never drift apart
+# --------------------------------------------------------------------------------------------------------------
+
+_FLAG_TYPES = {int: int, float: float, str: str}
+
+
+def _flag_type(tp: Any) -> tuple[Any, tuple | None]:
+    """(argparse type, choices) for a field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _flag_type(inner[0])
+    if origin is Literal:
+        return str, typing.get_args(tp)
+    return _FLAG_TYPES.get(tp, str), None
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Add `--field-name` for every field of `cls` (nested dataclasses are flattened, keyed `section.field`)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if f.name in skip:
+            continue
+        if _is_dataclass_type(tp):
+            add_flags(parser, tp, prefix=f"{prefix}{f.name}.", skip=skip)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        dest = prefix + f.name
+        help_text = f.metadata.get("help", "")
+        if tp is bool:
+            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            arg_type, choices = _flag_type(tp)
+            parser.add_argument(flag, dest=dest, type=arg_type, choices=choices, default=None, help=help_text)
+
+
+def flags_to_dict(namespace: argparse.Namespace) -> dict[str, Any]:
+    """Flags the user actually gave, nested by `section.field` dest names."""
+    nested: dict[str, Any] = {}
+    for dest, value in vars(namespace).items():
+        if value is None or dest in ("command", "config", "debug", "func", "json", "quiet"):
+            continue
+        parts = dest.split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def build_config(cls: type, yaml_path: str | None, flags: dict[str, Any], where: str) -> Any:
+    """YAML (optional) overlaid with CLI flags, checked into `cls`."""
+    base = load_yaml(yaml_path) if yaml_path else {}
+    return from_dict(cls, merge(base, flags), where=where if not yaml_path else str(yaml_path))
+
+
+def flat_to_nested(cls: type, flat: dict[str, Any]) -> dict[str, Any]:
+    """`max_length=64` -> `{"data": {"max_length": 64}}`: the Python API takes the CLI's flat names."""
+    hints = typing.get_type_hints(cls)
+    sections = {f.name: hints[f.name] for f in dataclasses.fields(cls) if _is_dataclass_type(hints[f.name])}
+    owner = {f.name: section for section, tp in sections.items() for f in dataclasses.fields(tp)}
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in sections and isinstance(value, dict):
+            nested.setdefault(key, {}).update(value)
+        elif key in sections:  # `data="rotten-tomatoes"` is the data section's own `data` field
+            nested.setdefault(key, {})[key] = value
+        elif key in owner and key not in {f.name for f in dataclasses.fields(cls)}:
+            nested.setdefault(owner[key], {})[key] = value
+        else:
+            nested[key] = value
+    return nested

@@ -1,0 +1,168 @@
+"""File formats -> pandas DataFrames.
+
+Every reader returns a DataFrame (or, for a folder with train/validation/test files, one per split) and turns
+every way a file can be wrong into one `LmcError` line: missing, empty, not UTF-8, not parseable.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import LmcError
+
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
+COMPRESSIONS = {".bz2", ".gz", ".xz", ".zst", ".zip"}
+SPLIT_FILE_NAMES = {
+    "train": ("train",),
+    "validation": ("validation", "valid", "val", "dev"),
+    "test": ("test",),
+}
+
+
+def file_format(path: Path) -> str | None:
+    """'csv' | 'tsv' | 'jsonl' | 'parquet' | 'text' | None, looking through a compression suffix."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    return TABLE_SUFFIXES.get(suffixes[-1]) if suffixes else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read one file in any supported format."""
+    if not path.exists():
+        raise LmcError(f"data file {path} does not exist")
+    if path.is_dir():
+        raise LmcError(f"{path} is a folder; expected a file")
+    fmt = file_format(path)
+    if fmt is None:
+        raise LmcError(
+            f"cannot tell the format of {path.name}; use a .csv, .tsv, .jsonl, .parquet or .txt file "
+            "(optionally .bz2/.gz compressed) or a folder"
+        )
+    if path.stat().st_size == 0:
+        raise LmcError(f"data file {path} is empty")
+    try:
+        if fmt == "csv":
+            frame = pd.read_csv(path, encoding="utf-8")
+        elif fmt == "tsv":
+            frame = pd.read_csv(path, sep="\t", encoding="utf-8", quoting=csv.QUOTE_NONE)
+        elif fmt == "jsonl":
+            frame = pd.read_json(path, lines=True, encoding="utf-8")
+        elif fmt == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.DataFrame({"text": read_text_lines(path)})
+    except LmcError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise LmcError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); re-encode it as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise LmcError(f"data file {path} has no rows") from None
+    except (ValueError, OSError, EOFError, pd.errors.ParserError) as exc:
+        raise LmcError(f"cannot read {path} as {fmt.upper()}: {_first_line(exc)}") from None
+    except Exception as exc:  # pyarrow and compression libraries raise their own types
+        raise LmcError(f"cannot read {path} as {fmt.upper()}: {_first_line(exc)}") from None
+    if len(frame) == 0:
+        raise LmcError(f"data file {path} has no rows")
+    return frame
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """Plain text: one example per non-empty line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise LmcError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LmcError(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); re-encode it as UTF-8") from None
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if not lines:
+        raise LmcError(f"data file {path} has no non-empty lines")
+    return lines
+
+
+def read_label_folders(folder: Path) -> pd.DataFrame:
+    """A folder with one sub-folder per label, each holding .txt files (one example per file)."""
+    rows: list[dict[str, str]] = []
+    label_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for label_dir in label_dirs:
+        for txt in sorted(label_dir.glob("*.txt")):
+            try:
+                text = txt.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise LmcError(f"{txt} is not UTF-8 text (bad byte at offset {exc.start}); re-encode it") from None
+            if text:
+                rows.append({"text": text, "label": label_dir.name})
+    if not rows:
+        raise LmcError(f"folder {folder} has no .txt files in label sub-folders")
+    return pd.DataFrame(rows)
+
+
+def find_split_files(folder: Path) -> dict[str, Path]:
+    """train/validation/test files inside a folder (any supported format), by conventional names."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or file_format(path) is None:
+            continue
+        stem = path.name.split(".")[0].lower()
+        for split, names in SPLIT_FILE_NAMES.items():
+            if stem in names:
+                if split in found:
+                    raise LmcError(f"folder {folder} has two {split} files: {found[split].name} and {path.name}")
+                found[split] = path
+    return found
+
+
+def read_path(path: Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """A file -> one frame; a folder -> per-split frames (train/validation/test files) or a label-folder frame."""
+    if not path.exists():
+        raise LmcError(f"data path {path} does not exist")
+    if path.is_file():
+        return read_table(path)
+    split_files = find_split_files(path)
+    if split_files:
+        if "train" not in split_files:
+            raise LmcError(f"folder {path} has {', '.join(split_files)} files but no train file")
+        return {split: read_table(p) for split, p in split_files.items()}
+    return read_label_folders(path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# zoo tasks (DATA.md): read from the installed package files
+# ------------------------------------------------------------------------------------------------------------
+
+
+def read_rotten_tomatoes(path: Path) -> pd.DataFrame:
+    """Pang & Lee reviews: keep fresh/rotten, drop plot summaries (not reviews)."""
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        frame = pd.read_csv(handle)
+    frame = frame[frame["category"].isin(["fresh", "rotten"])]
+    return frame[["text", "category"]].rename(columns={"category": "label"}).reset_index(drop=True)
+
+
+def read_fortunes(folder: Path) -> pd.DataFrame:
+    """Debian fortunes: one topic file per label, entries separated by a line holding only '%'."""
+    rows: list[dict[str, str]] = []
+    for topic in sorted(folder.iterdir()):
+        if topic.is_symlink() or not topic.is_file() or topic.suffix in (".dat", ".u8") or topic.name.startswith("."):
+            continue
+        text = topic.read_bytes().decode("utf-8", errors="replace")
+        for entry in text.split("\n%\n"):
+            entry = entry.strip().strip("%").strip()
+            if entry:
+                rows.append({"text": entry, "label": topic.name})
+    if not rows:
+        raise LmcError(f"no fortune files found under {folder}")
+    return pd.DataFrame(rows)

@@ -1,0 +1,38 @@
+"""Task frames -> tokenised `datasets.Dataset`s and padding collators."""
+
+from __future__ import annotations
+
+import datasets
+import pandas as pd
+import torch
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+datasets.disable_progress_bars()
+
+
+def tokenize_frame(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
+    """Frame with text, [text_pair], label -> Dataset with input_ids, attention_mask, [token_type_ids], labels."""
+    has_pair = "text_pair" in frame.columns
+    dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        pair = batch["text_pair"] if has_pair else None
+        encoded = tokenizer(batch["text"], pair, truncation=True, max_length=max_length)
+        encoded["labels"] = batch["label"]
+        return encoded
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
+
+
+def collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding:
+    """Pads each batch to its own longest row (pad to a multiple of 8 for friendlier kernels)."""
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+
+
+def fixed_batch(texts: list[str], pairs: list[str] | None, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                batch_size: int) -> dict[str, torch.Tensor]:
+    """A batch padded to exactly max_length tokens, for latency measurements that compare models fairly."""
+    reps = -(-batch_size // max(1, len(texts)))
+    texts = (texts * reps)[:batch_size]
+    pairs = (pairs * reps)[:batch_size] if pairs else None
+    return dict(tokenizer(texts, pairs, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt"))

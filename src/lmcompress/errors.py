@@ -1,0 +1,15 @@
+"""The one error type users see.
+
+Anything a user can cause (bad paths, bad columns, bad config) raises `LmcError` with a message that says what
+is wrong and how to fix it. The CLI prints it as a single `lmcompress: error: ...` line and exits non-zero.
+"""
+
+
+class LmcError(Exception):
+    """A problem with the user's input or environment, reported as one line."""
+
+
+class NotBuiltError(LmcError):
+    """A subcommand that exists in the contract but is not implemented yet."""
+
+    exit_code = 2

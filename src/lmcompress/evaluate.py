@@ -1,0 +1,164 @@
+"""Task metrics, size, and CPU latency of a model; `evaluate_run` writes metrics.json (DESIGN.md schema)."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score
+from torch.utils.data import DataLoader
+
+from .config import DataConfig, EvaluateConfig, from_dict
+from .data import load_task
+from .data.tokenize import collator, fixed_batch, tokenize_frame
+from .errors import LmcError
+from .models.load import load_tokenizer, load_trained_classifier, read_run_manifest
+from .models.outputs import forward
+from .runs import METRICS, write_json_atomic
+
+log = logging.getLogger("lmcompress")
+
+MAIN_METRIC = {"classification": "accuracy", "regression": "pearson"}
+LATENCY_BATCHES = (1, 32)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, dataset, collate: Callable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (logits [N, C], labels [N])"""
+    model.eval()
+    device = next(model.parameters()).device
+    logits, labels = [], []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        labels.append(batch.pop("labels").numpy())
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits.append(forward(model, batch).logits.float().cpu().numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def task_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """classification: accuracy, macro-F1; regression: Pearson, Spearman, MSE."""
+    if task == "classification":
+        preds = logits.argmax(-1)
+        return {"accuracy": float(accuracy_score(labels, preds)),
+                "macro_f1": float(f1_score(labels, preds, average="macro", zero_division=0))}
+    preds = logits.reshape(-1)
+    constant = np.std(preds) == 0 or np.std(labels) == 0
+    return {"pearson": 0.0 if constant else float(pearsonr(preds, labels)[0]),
+            "spearman": 0.0 if constant else float(spearmanr(preds, labels)[0]),
+            "mse": float(np.mean((preds - labels) ** 2))}
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def weights_size_bytes(folder: Path) -> int:
+    """Bytes of the weight files a deployment ships (safetensors / ONNX), not logs or tokenizer."""
+    files = list(folder.glob("*.safetensors")) + list(folder.glob("*.onnx")) + list(folder.glob("*.onnx.data"))
+    return sum(f.stat().st_size for f in files)
+
+
+@torch.inference_mode()
+def measure_latency(model: torch.nn.Module, make_batch: Callable[[int], dict[str, torch.Tensor]], repeats: int,
+                    warmup: int = 3, batch_sizes: tuple[int, ...] = LATENCY_BATCHES) -> dict[str, float]:
+    """Median wall time (ms) of a forward pass per batch size, warm-up runs excluded."""
+    model.eval()
+    out: dict[str, float] = {}
+    for size in batch_sizes:
+        batch = make_batch(size)
+        for _ in range(warmup):
+            model(**batch)
+        times = []
+        for _ in range(repeats if size > 1 else repeats * 3):
+            start = time.perf_counter()
+            model(**batch)
+            times.append((time.perf_counter() - start) * 1000.0)
+        out[f"batch{size}"] = round(statistics.median(times), 3)
+    return out
+
+
+def latency_for_texts(model: torch.nn.Module, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
+                      repeats: int, threads: int | None) -> dict[str, Any]:
+    """Latency on real test texts padded to max_length, with the thread count fixed and recorded."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        latency = measure_latency(
+            model, lambda size: fixed_batch(texts[:64], pairs[:64] if pairs else None, tokenizer, max_length, size),
+            repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return {"latency_ms": latency, "latency_setup": {"threads": threads or previous, "seq_len": max_length,
+                                                     "repeats": repeats, "statistic": "median"}}
+
+
+def score_split(model, tokenizer, task_data, split: str, max_length: int, batch_size: int) -> dict[str, float]:
+    dataset = tokenize_frame(task_data.splits[split], tokenizer, max_length)
+    logits, labels = predict(model, dataset, collator(tokenizer), batch_size)
+    return task_metrics(task_data.task, logits, labels)
+
+
+def metrics_payload(task_data, split: str, scores: dict[str, float], model: torch.nn.Module, folder: Path,
+                    latency: dict[str, Any] | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "task": task_data.task,
+        "split": split,
+        "metrics": scores,
+        "main_metric": MAIN_METRIC[task_data.task],
+        "params": count_params(model),
+        "size_bytes": weights_size_bytes(folder),
+        "examples": len(task_data.splits[split]),
+        "test_fingerprint": task_data.split_record["test_fingerprint"],
+    }
+    if latency is not None:
+        payload.update(latency)
+    return payload
+
+
+def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Score a run (or a plain HF dir with a classification head) on a split; write metrics.json."""
+    folder = Path(cfg.model).expanduser()
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
+    manifest = read_run_manifest(folder) or {}
+    recorded = manifest.get("config", {}).get("data")
+    if cfg.data.data:
+        data_cfg = cfg.data
+        if recorded and recorded.get("data") == cfg.data.data and recorded.get("split_seed") != cfg.data.split_seed:
+            log.warning("evaluating with split seed %s but the run was trained with %s: test rows differ",
+                        cfg.data.split_seed, recorded.get("split_seed"))
+    elif recorded:
+        data_cfg = from_dict(DataConfig, recorded, where=f"{folder}/lmcompress.json data")
+    else:
+        raise LmcError(f"{folder} has no lmcompress.json recording its data; pass --data")
+    data_cfg.max_train_examples = None  # the split is what matters for scoring
+    task_data = load_task(data_cfg)
+    expected = manifest.get("data", {}).get("test_fingerprint")
+    if expected and expected != task_data.split_record["test_fingerprint"]:
+        log.warning("the test rows differ from those recorded at training time (fingerprint %s vs %s)",
+                    task_data.split_record["test_fingerprint"], expected)
+
+    tokenizer = load_tokenizer(folder)
+    model = load_trained_classifier(folder, task_data.labels, task_data.task == "regression")
+    scores = score_split(model, tokenizer, task_data, cfg.split, data_cfg.max_length, 64)
+    split_frame = task_data.splits[cfg.split]
+    latency = None
+    if cfg.latency:
+        latency = latency_for_texts(model, tokenizer, split_frame["text"].tolist(),
+                                    split_frame["text_pair"].tolist() if task_data.has_pair else None,
+                                    data_cfg.max_length, cfg.latency_repeats, cfg.threads)
+    payload = metrics_payload(task_data, cfg.split, scores, model, folder, latency)
+    out_dir = Path(cfg.out).expanduser() if cfg.out else folder
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / METRICS, payload)
+    payload["path"] = str(out_dir / METRICS)
+    return payload

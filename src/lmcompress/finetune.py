@@ -1,0 +1,77 @@
+"""`lmcompress finetune`: train a task head (and the encoder under it) on labelled data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import FinetuneConfig, to_dict
+from .data import load_task
+from .data.tokenize import collator, tokenize_frame
+from .evaluate import MAIN_METRIC, latency_for_texts, metrics_payload, score_split
+from .models.load import load_for_sequence_classification, load_tokenizer, resolve
+from .models.outputs import forward
+from .runs import METRICS, RunDir, versions, write_json_atomic
+from .train import fit
+
+log = logging.getLogger("lmcompress")
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune cfg.model on cfg.data; returns the test metrics written to <out>/metrics.json."""
+    run = RunDir(cfg.out)
+    run.check(cfg.overwrite, cfg.resume)  # before any slow work, so bad --out fails fast
+    task_data = load_task(cfg.data)
+    source = resolve(cfg.model, cfg.tokenizer)
+    tokenizer = load_tokenizer(source.tokenizer_path)
+    model = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
+                                             task_data.task == "regression", cfg.train.seed)
+    sizes = task_data.split_record["sizes"]
+    log.info("%s: %s task, %s labels, train/validation/test = %d/%d/%d", cfg.data.data, task_data.task,
+             task_data.num_labels if task_data.labels else "scalar", sizes["train"], sizes["validation"], sizes["test"])
+
+    run.begin(cfg.overwrite, cfg.resume)
+    with run.guard():
+        max_len = cfg.data.max_length
+        train_set = tokenize_frame(task_data.splits["train"], tokenizer, max_len)
+        monitor = MAIN_METRIC[task_data.task]
+
+        def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return forward(m, batch).loss
+
+        def evaluate_fn(m: torch.nn.Module) -> dict[str, float]:
+            return score_split(m, tokenizer, task_data, "validation", max_len, cfg.train.eval_batch_size)
+
+        result = fit(model, train_set, collator(tokenizer), cfg.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
+                     monitor=monitor, higher_is_better=True, run_folder=run.partial, resume=cfg.resume,
+                     description=f"finetune {Path(cfg.out).name}")
+        model = model.cpu()  # the saved checkpoint and the latency figures are CPU ones
+
+        model.save_pretrained(run.partial)
+        tokenizer.save_pretrained(run.partial)
+        scores = score_split(model, tokenizer, task_data, "test", max_len, cfg.train.eval_batch_size)
+        test = task_data.splits["test"]
+        latency = latency_for_texts(model, tokenizer, test["text"].tolist(),
+                                    test["text_pair"].tolist() if task_data.has_pair else None, max_len, 10, None)
+        metrics = metrics_payload(task_data, "test", scores, model, run.partial, latency)
+        write_json_atomic(run.partial / METRICS, metrics)
+        manifest = {
+            "stage": "finetune",
+            "parent": str(source.path) if source.path else source.spec,
+            "config": to_dict(cfg),
+            "data": task_data.split_record,
+            "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
+            "train": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
+                      "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
+                      "history": result.state.history},
+            "versions": versions(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        final = run.commit(manifest)
+    metrics["path"] = str(final)
+    metrics["wall_time_s"] = round(result.wall_time_s, 1)
+    return metrics

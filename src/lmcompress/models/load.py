@@ -1,0 +1,166 @@
+"""Resolve a model spec (zoo name | local HF dir | preset) to a tokenizer and a model with the right head.
+
+Every load is local: paths are passed straight to `from_pretrained`, which never contacts a hub for an existing
+directory, and `trust_remote_code` stays off unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import transformers
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from .. import catalog
+from ..errors import LmcError
+from . import presets
+
+log = logging.getLogger("lmcompress")
+transformers.utils.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
+
+DEFAULT_PRESET_TOKENIZER = "minilm-l6"
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from: a directory with weights, or a preset to initialise at random."""
+
+    spec: str
+    path: Path | None  # HF directory, None for presets
+    preset: presets.Preset | None
+    tokenizer_path: Path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _resolve_dir(spec: str, role: str) -> Path:
+    if catalog.is_zoo_name(spec):
+        entry = catalog.get(spec)
+        if entry.kind != "model":
+            raise LmcError(f"'{spec}' is a dataset, not a model; pass it as --data")
+        if entry.name == "smollm2-135m":
+            raise LmcError("'smollm2-135m' is a causal-LM teacher for `lmcompress distill`; it has no task head to fine-tune")
+        return entry.require()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise LmcError(f"{role} {spec} is a folder without config.json, not a Hugging Face checkpoint")
+        return path
+    if path.exists():
+        raise LmcError(f"{role} {spec} is a file; expected a model folder, zoo name or preset")
+    raise LmcError(
+        f"unknown {role} '{spec}': not a zoo model ({', '.join(n for n, e in catalog.ENTRIES.items() if e.kind == 'model')}), "
+        "an existing folder, or a preset like bert-4l-312h"
+    )
+
+
+def resolve(spec: str, tokenizer: str | None = None, role: str = "model") -> ModelSource:
+    preset = presets.parse_preset(spec)
+    if preset is not None and not Path(spec).exists():
+        tok_spec = tokenizer or DEFAULT_PRESET_TOKENIZER
+        try:
+            tok_path = _resolve_dir(tok_spec, "tokenizer") if catalog.is_zoo_name(tok_spec) else Path(tok_spec)
+        except LmcError as exc:
+            raise LmcError(f"preset {spec} needs a tokenizer: {exc} (or pass --tokenizer DIR)") from None
+        if not tok_path.is_dir():
+            raise LmcError(f"tokenizer {tok_spec} is not a folder")
+        return ModelSource(spec, None, preset, tok_path)
+    path = _resolve_dir(spec, role)
+    tok_path = Path(tokenizer) if tokenizer else path
+    return ModelSource(spec, path, None, tok_path)
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # corrupt or missing tokenizer files raise many types
+        raise LmcError(f"cannot load a tokenizer from {path}: {_first_line(exc)}") from None
+    if len(tok) < 5:
+        raise LmcError(f"tokenizer in {path} has only {len(tok)} tokens; it is broken or incomplete")
+    if tok.pad_token is None:
+        # GPT-2 style tokenizers have no pad token; padding reuses end-of-text (masked out anyway).
+        if tok.eos_token is None:
+            raise LmcError(f"tokenizer in {path} has neither a pad nor an end-of-sequence token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedTokenizerBase, num_labels: int,
+                                     labels: list[str] | None, regression: bool, seed: int,
+                                     trust_remote_code: bool = False) -> transformers.PreTrainedModel:
+    """A model with a fresh (or reused, when the labels match) sequence-classification head."""
+    head = dict(num_labels=num_labels, problem_type="regression" if regression else "single_label_classification")
+    if labels is not None:
+        head["id2label"] = {i: name for i, name in enumerate(labels)}
+        head["label2id"] = {name: i for i, name in enumerate(labels)}
+    transformers.set_seed(seed)
+    if source.preset is not None:
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        config = presets.build_config(source.preset, len(tokenizer), tokenizer.pad_token_id, bos, eos)
+        for key, value in head.items():
+            setattr(config, key, value)
+        model = AutoModelForSequenceClassification.from_config(config)
+        log.info("initialised %s (%s) at random", source.spec, source.preset.name)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(str(source.path), local_files_only=True,
+                                                trust_remote_code=trust_remote_code, **head)
+            if config.pad_token_id is None:
+                config.pad_token_id = tokenizer.pad_token_id
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(source.path), config=config, local_files_only=True, ignore_mismatched_sizes=True,
+                trust_remote_code=trust_remote_code)
+        except LmcError:
+            raise
+        except Exception as exc:
+            raise LmcError(f"cannot load model from {source.path}: {_first_line(exc)}") from None
+    embeddings = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embeddings:
+        raise LmcError(
+            f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {embeddings} rows; "
+            "the tokenizer does not belong to this model"
+        )
+    return model
+
+
+def read_run_manifest(path: Path) -> dict | None:
+    """The lmcompress.json of a run dir, or None for a plain HF directory."""
+    manifest = path / "lmcompress.json"
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LmcError(f"{manifest} is corrupt (not JSON); the run is incomplete — re-run the stage") from None
+
+
+def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool,
+                            trust_remote_code: bool = False) -> transformers.PreTrainedModel:
+    """A fine-tuned checkpoint exactly as saved; its head must match the data's labels."""
+    try:
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise LmcError(f"cannot read {folder}/config.json: {_first_line(exc)}") from None
+    saved_regression = config.problem_type == "regression" or (config.num_labels == 1 and not config.problem_type)
+    if regression != saved_regression:
+        kind = "regression" if saved_regression else "classification"
+        raise LmcError(f"{folder} holds a {kind} model but the data is a "
+                       f"{'regression' if regression else 'classification'} task")
+    if labels is not None:
+        trained = [str(config.id2label[i]) for i in range(config.num_labels)]
+        if trained != labels:
+            raise LmcError(f"{folder} was trained for labels {trained[:10]} but the data has {labels[:10]}; "
+                           "evaluate it on the data it was trained for")
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise LmcError(f"cannot load model from {folder}: {_first_line(exc)}") from None

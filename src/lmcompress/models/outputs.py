@@ -1,0 +1,30 @@
+"""One output type for every family, so later stages (distillation, evaluation) never index model-specific tuples."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelOutputs:
+    logits: torch.Tensor  # [B, C] sequence tasks, [B] regression squeezed by callers, [B, T, V] language models
+    loss: torch.Tensor | None = None  # scalar when labels were given
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # (L + 1) x [B, T, H], embeddings first
+    attentions: tuple[torch.Tensor, ...] | None = None  # L x [B, heads, T, T] (needs an eager attention)
+    attention_mask: torch.Tensor | None = None  # [B, T], 1 = real token
+
+
+def forward(model: nn.Module, batch: dict[str, torch.Tensor], *, hidden_states: bool = False,
+            attentions: bool = False) -> ModelOutputs:
+    """Run any transformers model on a batch and adapt its output."""
+    out = model(**batch, output_hidden_states=hidden_states, output_attentions=attentions, return_dict=True)
+    return ModelOutputs(
+        logits=out.logits,
+        loss=getattr(out, "loss", None),
+        hidden_states=getattr(out, "hidden_states", None) if hidden_states else None,
+        attentions=getattr(out, "attentions", None) if attentions else None,
+        attention_mask=batch.get("attention_mask"),
+    )

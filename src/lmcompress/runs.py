@@ -1,0 +1,139 @@
+"""Run directories: built in a hidden `.NAME.partial` sibling and renamed into place only when complete.
+
+So a run dir is either complete (its lmcompress.json says `"complete": true`) or absent. An interrupted stage
+leaves only the `.partial` sibling with its checkpoint, which `--resume` continues; a stage that fails before its
+first checkpoint removes the sibling too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import json
+import os
+import platform
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import LmcError
+
+MANIFEST = "lmcompress.json"
+METRICS = "metrics.json"
+CHECKPOINT = "checkpoint"
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {
+        "lmcompress": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temp file beside `path`, then rename over it (never a half-written file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def is_complete(path: Path) -> bool:
+    try:
+        return json.loads((path / MANIFEST).read_text(encoding="utf-8")).get("complete") is True
+    except (OSError, ValueError):
+        return False
+
+
+class RunDir:
+    """The output folder of one stage."""
+
+    def __init__(self, out: str | Path):
+        self.final = Path(out).expanduser()
+        self.partial = self.final.with_name(f".{self.final.name}.partial")
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.partial / CHECKPOINT
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint / "state.json").is_file()
+
+    def check(self, overwrite: bool, resume: bool) -> None:
+        """Validate the out dir before any work starts (so bad input never leaves anything behind)."""
+        if self.final.exists() and not self.final.is_dir():
+            raise LmcError(f"--out {self.final} is a file; choose a folder path")
+        if self.final.is_dir() and any(self.final.iterdir()) and not overwrite:
+            what = "a complete run" if is_complete(self.final) else "a non-empty folder"
+            raise LmcError(f"--out {self.final} already holds {what}; pass --overwrite to replace it or pick another --out")
+        if resume and not self.has_checkpoint():
+            raise LmcError(f"--resume: no interrupted run to continue at {self.partial}")
+        if self.partial.exists() and not resume:
+            if overwrite:
+                return
+            raise LmcError(
+                f"an interrupted run exists at {self.partial}; pass --resume to continue it or --overwrite to start over"
+            )
+        parent = self.final.parent if str(self.final.parent) else Path(".")
+        probe = parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise LmcError(f"cannot write to {probe}: permission denied; choose another --out")
+
+    def begin(self, overwrite: bool, resume: bool) -> None:
+        self.check(overwrite, resume)
+        if self.partial.exists() and not resume:
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True, exist_ok=True)
+
+    def commit(self, manifest: dict[str, Any]) -> Path:
+        """Mark complete, drop the checkpoint, and move the run into place."""
+        shutil.rmtree(self.checkpoint, ignore_errors=True)
+        manifest = dict(manifest, complete=True, finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        write_json_atomic(self.partial / MANIFEST, manifest)
+        if self.final.exists():
+            trash = self.final.with_name(f".{self.final.name}.old")
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(self.final, trash)
+            os.replace(self.partial, self.final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.partial, self.final)
+        return self.final
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[RunDir]:
+        """Clean up on failure: keep the partial dir only if it holds a checkpoint to resume from."""
+        try:
+            yield self
+        except BaseException as exc:
+            if not self.has_checkpoint():
+                shutil.rmtree(self.partial, ignore_errors=True)
+            if isinstance(exc, OSError) and not isinstance(exc, LmcError):
+                raise os_error(exc) from None
+            raise
+
+
+def os_error(exc: OSError) -> LmcError:
+    """Disk and permission errors -> one line."""
+    where = exc.filename or ""
+    if exc.errno == errno.ENOSPC:
+        return LmcError(f"disk full while writing {where}; free space and re-run (add --resume if a checkpoint exists)")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return LmcError(f"permission denied writing {where}; choose another --out")
+    return LmcError(f"{exc.strerror or exc} {where}".strip())

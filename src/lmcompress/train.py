@@ -1,0 +1,317 @@
+"""The one training loop (every training stage calls `fit`), built on accelerate.
+
+Stages supply two callables: `loss_fn(model, batch) -> scalar loss` and `evaluate_fn(model) -> metrics dict`.
+The loop owns everything else: AdamW with linear warm-up/decay, gradient accumulation, clipping, mixed
+precision, evaluation each epoch with keep-best, periodic and on-signal checkpoints, exact resume, progress,
+and logs (`train_log.jsonl` always, TensorBoard scalars when tensorboard is installed).
+
+A checkpoint holds the model (safetensors), optimizer and scheduler state (plain tensors, loaded with
+`weights_only=True`), RNG states, and the data position (epoch, batches done), so a resumed run sees exactly the
+batches and dropout masks the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_model, save_model
+from torch.utils.data import DataLoader, Dataset
+from transformers import get_linear_schedule_with_warmup
+
+from .config import TrainConfig
+from .errors import LmcError
+from .runs import write_json_atomic
+
+log = logging.getLogger("lmcompress")
+
+LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
+EvalFn = Callable[[torch.nn.Module], dict[str, float]]
+
+
+@dataclass
+class LoopState:
+    """Counters saved with every checkpoint."""
+
+    epoch: int = 0
+    batches_done_in_epoch: int = 0
+    global_step: int = 0
+    best_value: float | None = None
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class FitResult:
+    state: LoopState
+    steps: int
+    wall_time_s: float
+    examples_per_s: float
+
+
+def resolve_precision(precision: str) -> str:
+    """accelerate's mixed_precision value for our precision option."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if precision == "fp16" and not cuda:
+        raise LmcError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and normalisation weights (the usual BERT recipe)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+
+
+def _set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
+    torch.set_rng_state(torch_state)
+
+
+class _SignalToInterrupt:
+    """Turn SIGTERM into KeyboardInterrupt so a killed job still writes its checkpoint."""
+
+    def __enter__(self) -> _SignalToInterrupt:
+        self.previous = None
+        if hasattr(signal, "SIGTERM"):
+            try:
+                self.previous = signal.signal(signal.SIGTERM, self._raise)
+            except ValueError:  # not the main thread
+                self.previous = None
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+class _Logs:
+    """train_log.jsonl always; TensorBoard scalars when the tensorboard package is installed."""
+
+    def __init__(self, folder: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = folder / "train_log.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(folder / "tensorboard"))
+            except ImportError:
+                self.tb = None
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **scalars}) + "\n")
+        if self.tb is not None:
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def fit(
+    model: torch.nn.Module,
+    train_data: Dataset,
+    collate: Callable,
+    cfg: TrainConfig,
+    *,
+    loss_fn: LossFn,
+    evaluate_fn: EvalFn,
+    monitor: str,
+    higher_is_better: bool,
+    run_folder: Path,
+    resume: bool,
+    description: str = "training",
+) -> FitResult:
+    """Train `model` in place; on return it holds the best (or last) weights."""
+    checkpoint_dir = run_folder / "checkpoint"
+    accelerator = Accelerator(
+        mixed_precision=resolve_precision(cfg.precision),
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+    )
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator)
+    if len(loader) == 0:
+        raise LmcError("the training split is empty")
+    updates_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
+    total_steps = cfg.max_steps or math.ceil(updates_per_epoch * cfg.epochs)
+    num_epochs = math.ceil(total_steps / updates_per_epoch)
+
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+
+    state = LoopState()
+    if resume:
+        state = _load_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler)
+        log.info("resumed at epoch %d, step %d", state.epoch + 1, state.global_step)
+
+    logs = _Logs(run_folder, accelerator.is_main_process)
+    started = time.perf_counter() - state.elapsed_s
+    examples_seen = 0
+    session_start = time.perf_counter()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[rate]} ex/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+        disable=not accelerator.is_main_process, transient=False,
+    )
+
+    def save_checkpoint() -> None:
+        state.elapsed_s = time.perf_counter() - started
+        if accelerator.is_main_process:
+            _save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, state)
+        accelerator.wait_for_everyone()
+
+    try:
+        with _SignalToInterrupt(), progress:
+            bar = progress.add_task(description, total=total_steps, completed=state.global_step, loss="-", rate="-")
+            running_loss, running_count = 0.0, 0
+            while state.epoch < num_epochs and state.global_step < total_steps:
+                model.train()
+                loader.set_epoch(state.epoch)
+                batches = accelerator.skip_first_batches(loader, state.batches_done_in_epoch) \
+                    if state.batches_done_in_epoch else loader
+                for batch in batches:
+                    with accelerator.accumulate(model):
+                        loss = loss_fn(model, batch)
+                        if not torch.isfinite(loss):
+                            raise LmcError(
+                                f"loss became {loss.item()} at step {state.global_step + 1} (epoch {state.epoch + 1}); "
+                                "lower --learning-rate or check the labels"
+                            )
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    state.batches_done_in_epoch += 1
+                    running_loss += loss.detach().float().item()
+                    running_count += 1
+                    examples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
+                    if not accelerator.sync_gradients:
+                        continue
+                    scheduler.step()
+                    state.global_step += 1
+                    rate = examples_seen / max(1e-9, time.perf_counter() - session_start)
+                    progress.update(bar, advance=1, loss=f"{running_loss / running_count:.4f}", rate=f"{rate:.0f}")
+                    if state.global_step % cfg.log_every_steps == 0:
+                        logs.write(state.global_step, {"train/loss": running_loss / running_count,
+                                                       "train/lr": scheduler.get_last_lr()[0],
+                                                       "train/examples_per_s": rate})
+                        running_loss, running_count = 0.0, 0
+                    if state.global_step % cfg.checkpoint_every_steps == 0:
+                        save_checkpoint()
+                    if state.global_step >= total_steps:
+                        break
+                # end of an epoch (or of max_steps): evaluate, keep the best
+                metrics = evaluate_fn(unwrapped)
+                value = metrics[monitor]
+                improved = state.best_value is None or (value > state.best_value if higher_is_better
+                                                        else value < state.best_value)
+                state.history.append({"epoch": state.epoch + 1, "step": state.global_step, **metrics})
+                logs.write(state.global_step, {f"validation/{k}": v for k, v in metrics.items()})
+                progress.console.log(
+                    f"epoch {state.epoch + 1}/{num_epochs}: validation "
+                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else "")
+                )
+                if improved:
+                    state.best_value, state.best_epoch = value, state.epoch + 1
+                    if cfg.keep_best and accelerator.is_main_process:
+                        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                        save_model(unwrapped, str(checkpoint_dir / "best.safetensors.tmp"))
+                        os.replace(checkpoint_dir / "best.safetensors.tmp", checkpoint_dir / "best.safetensors")
+                state.epoch += 1
+                state.batches_done_in_epoch = 0
+                save_checkpoint()
+    except KeyboardInterrupt:
+        save_checkpoint()
+        raise LmcError(
+            f"interrupted at step {state.global_step}; checkpoint saved in {checkpoint_dir} — "
+            "re-run the same command with --resume to continue"
+        ) from None
+    finally:
+        logs.close()
+
+    best = checkpoint_dir / "best.safetensors"
+    if cfg.keep_best and best.is_file():
+        load_model(unwrapped, str(best))
+    wall = time.perf_counter() - started
+    return FitResult(state=state, steps=state.global_step, wall_time_s=wall,
+                     examples_per_s=examples_seen / max(1e-9, time.perf_counter() - session_start))
+
+
+def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: LoopState) -> None:
+    """Write into folder/tmp then swap, so a kill mid-write never corrupts the last good checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({"loop": state.__dict__, "rng": _rng_state()}), encoding="utf-8")
+    for name in ("model.safetensors", "optim.pt", "state.json"):  # state.json last: it marks a complete checkpoint
+        os.replace(tmp / name, folder / name)
+    tmp.rmdir()
+
+
+def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> LoopState:
+    try:
+        saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+        load_model(model, str(folder / "model.safetensors"))
+        extra = torch.load(folder / "optim.pt", weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise LmcError(f"checkpoint in {folder} is corrupt or incomplete ({type(exc).__name__}); "
+                       "re-run with --overwrite to start over") from None
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    _set_rng_state(saved["rng"], extra["torch_rng"])
+    return LoopState(**saved["loop"])
