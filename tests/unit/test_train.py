@@ -1,0 +1,120 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmcompress.config import TrainConfig
+from lmcompress.data.tokenize import collator, tokenize_frame
+from lmcompress.errors import LmcError
+from lmcompress.evaluate import predict, task_metrics
+from lmcompress.models.load import load_for_sequence_classification, load_tokenizer, resolve
+from lmcompress.models.outputs import forward
+from lmcompress.train import fit, resolve_precision
+
+from ..conftest import make_sentiment_rows
+
+
+def _setup(tiny_tokenizer_dir, n=96):
+    source = resolve("bert-2l-32h-4a", tokenizer=str(tiny_tokenizer_dir))
+    tok = load_tokenizer(source.tokenizer_path)
+    model = load_for_sequence_classification(source, tok, 2, ["neg", "pos"], regression=False, seed=0)
+    frame = pd.DataFrame(make_sentiment_rows(n))
+    frame["label"] = (frame["label"] == "pos").astype("int64")
+    data = tokenize_frame(frame, tok, 32)
+    return model, tok, data
+
+
+def _loss(model, batch):
+    return forward(model, batch).loss
+
+
+def _fit(model, tok, data, cfg, folder, resume=False, loss_fn=_loss):
+    def evaluate_fn(m):
+        logits, labels = predict(m, data, collator(tok), 32)
+        return task_metrics("classification", logits, labels)
+
+    return fit(model, data, collator(tok), cfg, loss_fn=loss_fn, evaluate_fn=evaluate_fn, monitor="accuracy",
+               higher_is_better=True, run_folder=folder, resume=resume)
+
+
+def test_loss_falls_and_history_is_kept(tiny_tokenizer_dir, tmp_path):
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    cfg = TrainConfig(epochs=4, batch_size=16, learning_rate=3e-3, log_every_steps=1, warmup_ratio=0.0)
+    result = _fit(model, tok, data, cfg, tmp_path)
+    losses = [json.loads(line)["train/loss"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()
+              if "train/loss" in line]
+    assert result.steps == 24 and len(result.state.history) == 4
+    assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6 - 0.03  # from ~0.69 (chance) clearly down
+    assert result.state.best_value >= 0.9  # separable toy data
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_tokenizer_dir, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=16, learning_rate=1e-3, checkpoint_every_steps=4, keep_best=False)
+
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    _fit(model, tok, data, cfg, tmp_path / "straight")
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+
+    calls = {"n": 0}
+
+    def crash_at_step_9(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt  # what SIGTERM/Ctrl-C become inside the loop
+        return _loss(m, batch)
+
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    with pytest.raises(LmcError, match="interrupted at step 8; checkpoint saved"):
+        _fit(model, tok, data, cfg, tmp_path / "resumed", loss_fn=crash_at_step_9)
+    model, tok, data = _setup(tiny_tokenizer_dir)  # a fresh process: new model, weights from the checkpoint
+    result = _fit(model, tok, data, cfg, tmp_path / "resumed", resume=True)
+    assert result.steps == 18
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, straight[key]), key
+
+
+def test_keep_best_restores_best_epoch(tiny_tokenizer_dir, tmp_path):
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3)
+    result = _fit(model, tok, data, cfg, tmp_path)
+    best = load_file(str(tmp_path / "checkpoint" / "best.safetensors"))
+    state = model.state_dict()
+    assert result.state.best_epoch in (1, 2)
+    assert all(torch.equal(best[k], state[k]) for k in best)
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer_dir, tmp_path):
+    model, tok, data = _setup(tiny_tokenizer_dir)
+
+    def nan_loss(m, batch):
+        return _loss(m, batch) * float("nan")
+
+    with pytest.raises(LmcError, match=r"loss became nan at step 1 \(epoch 1\); lower --learning-rate"):
+        _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16), tmp_path, loss_fn=nan_loss)
+
+
+def test_grad_accumulation_counts_optimizer_steps(tiny_tokenizer_dir, tmp_path):
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    result = _fit(model, tok, data, TrainConfig(epochs=1, batch_size=8, grad_accum_steps=3), tmp_path)
+    assert result.steps == 4  # 12 batches / 3
+
+
+def test_precision_resolution_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only expectations")
+    assert resolve_precision("auto") == "no"
+    assert resolve_precision("bf16") == "bf16"
+    with pytest.raises(LmcError, match="fp16 needs a GPU"):
+        resolve_precision("fp16")
+
+
+def test_corrupt_checkpoint_on_resume(tiny_tokenizer_dir, tmp_path):
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    ckpt = tmp_path / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(LmcError, match="corrupt or incomplete"):
+        _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16), tmp_path, resume=True)
