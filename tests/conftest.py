@@ -72,3 +72,16 @@ def sentiment_csv(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "sentiment.csv"
     pd.DataFrame(make_sentiment_rows(240)).to_csv(out, index=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_run(tiny_bert_dir, sentiment_csv, tmp_path_factory) -> Path:
+    """A fine-tuned tiny teacher run made through the real CLI (shared by integration tests)."""
+    from lmcompress.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    code = main(["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out),
+                 "--epochs", "4", "--batch-size", "16", "--learning-rate", "3e-3", "--max-length", "32",
+                 "--log-every-steps", "1", "--warmup-ratio", "0", "--quiet"])
+    assert code == 0
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import catalog
-from .config import EvaluateConfig, FinetuneConfig, build_config, flat_to_nested
+from .config import DistillConfig, EvaluateConfig, FinetuneConfig, build_config, flat_to_nested
 from .errors import NotBuiltError
 from .models import presets
 
@@ -29,6 +29,14 @@ def evaluate(config: str | None = None, **options: Any) -> dict[str, Any]:
 
     cfg = build_config(EvaluateConfig, config, flat_to_nested(EvaluateConfig, options), "evaluate")
     return evaluate_run(cfg)
+
+
+def distill(config: str | None = None, **options: Any) -> dict[str, Any]:
+    """Distil a fine-tuned teacher into a student; returns the student's test metrics."""
+    from .distill.stage import distill as run_distill
+
+    cfg = build_config(DistillConfig, config, flat_to_nested(DistillConfig, options), "distill")
+    return run_distill(cfg)
 
 
 def zoo() -> list[dict[str, Any]]:
@@ -64,7 +72,6 @@ def _not_built(stage: str, issue: str):
 
 NOT_BUILT = {
     "pretrain": "self-supervised pre-training lands with the pre-training issue",
-    "distill": "knowledge distillation lands with the distillation issue",
     "prune": "structured pruning lands with the shrink issue",
     "quantize": "int8 quantization lands with the shrink issue",
     "export": "ONNX export lands with the shrink issue",
@@ -72,7 +79,6 @@ NOT_BUILT = {
     "run": "YAML recipes land with the report issue",
 }
 pretrain = _not_built("pretrain", NOT_BUILT["pretrain"])
-distill = _not_built("distill", NOT_BUILT["distill"])
 prune = _not_built("prune", NOT_BUILT["prune"])
 quantize = _not_built("quantize", NOT_BUILT["quantize"])
 export = _not_built("export", NOT_BUILT["export"])

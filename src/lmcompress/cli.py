@@ -10,7 +10,7 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, api
-from .config import EvaluateConfig, FinetuneConfig, add_flags, build_config, flags_to_dict
+from .config import DistillConfig, EvaluateConfig, FinetuneConfig, add_flags, build_config, flags_to_dict
 from .errors import LmcError, NotBuiltError
 
 PROG = "lmcompress"
@@ -63,6 +63,14 @@ def _run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     from .finetune import finetune
 
     return finetune(cfg)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from .distill.stage import distill
+
+    cfg = build_config(DistillConfig, args.config, flags_to_dict(args), "distill")
+    _print_json_or_summary(distill(cfg), args.json)
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -125,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_flags(ft, FinetuneConfig)
     ft.set_defaults(func=cmd_finetune)
+
+    di = subs.add_parser("distill", parents=[common], help="distil a fine-tuned teacher into a smaller student",
+                         description="Task-specific distillation: logit KD with temperature mixed with hard labels, "
+                         "optional hidden-state / embedding / cosine / attention / MiniLM relation losses, teacher cache.")
+    di.add_argument("--config", help="YAML file with the same keys (sections data:, train:, loss:); flags override it")
+    di.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_flags(di, DistillConfig)
+    di.set_defaults(func=cmd_distill)
 
     ev = subs.add_parser("evaluate", parents=[common], help="score a run: metrics, size, latency",
                          description="Evaluate a run on the same split it was trained with (or --data).")

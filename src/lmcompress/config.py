@@ -137,6 +137,59 @@ class EvaluateConfig:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
 
 
+@dataclass
+class DistillLossConfig:
+    """Which distillation losses to use and how much each weighs (0 switches a loss off)."""
+
+    temperature: float = field(default=4.0, metadata={"help": "softmax temperature of logit KD (loss scaled by T^2)"})
+    alpha: float = field(default=0.5, metadata={"help": "weight of the hard-label loss; 1 - alpha goes to logit KD"})
+    kd_kind: Literal["kl", "ce"] = field(default="kl", metadata={"help": "KL divergence or soft cross-entropy"})
+    hidden_weight: float = field(default=0.0, metadata={"help": "TinyBERT hidden-state MSE on mapped layers"})
+    embedding_weight: float = field(default=0.0, metadata={"help": "MSE between embedding-layer outputs"})
+    cosine_weight: float = field(default=0.0, metadata={"help": "DistilBERT cosine loss on mapped hidden states"})
+    attention_weight: float = field(default=0.0, metadata={"help": "TinyBERT attention-map loss (equal head counts)"})
+    attention_kind: Literal["mse", "kl"] = field(default="kl", metadata={"help": "attention-map loss"})
+    minilm_weight: float = field(default=0.0, metadata={"help": "MiniLM-v2 Q/K/V self-relation KL on the last layer"})
+    relation_heads: int = field(default=12, metadata={"help": "MiniLM relation heads (must divide both widths)"})
+    layer_map: str = field(default="auto", metadata={
+        "help": "student->teacher layers: auto (copied layers, else uniform), uniform, last, or pairs '1:2,2:4'"})
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        for name in ("hidden_weight", "embedding_weight", "cosine_weight", "attention_weight", "minilm_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.relation_heads < 1:
+            raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}")
+
+
+@dataclass
+class DistillConfig:
+    """`lmcompress distill`: train a student on a fine-tuned teacher's outputs (task-specific distillation)."""
+
+    teacher: str = field(default="", metadata={"help": "fine-tuned teacher run (or HF dir with a task head)"})
+    student: str = field(default="", metadata={
+        "help": "preset (bert-4l-312h), model dir, or derived from the teacher: 'pick=0,2,4', 'layers=2;hidden=192'"})
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+    cache: bool = field(default=True, metadata={"help": "cache teacher outputs so later epochs skip the teacher"})
+    cache_dir: str | None = field(default=None, metadata={"help": "teacher-output cache root (default ~/.cache/lmcompress)"})
+    teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
+        "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=5.0))
+    loss: DistillLossConfig = field(default_factory=DistillLossConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("teacher", "student", "out"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required (--{name})")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # dict / YAML -> dataclass with type checks and unknown-key rejection
 # --------------------------------------------------------------------------------------------------------------
@@ -192,7 +245,8 @@ def from_dict(cls: type, raw: dict[str, Any] | None, where: str = "config") -> A
     if not isinstance(raw, dict):
         raise LmcError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields_by_name = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields_by_name)
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise LmcError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
@@ -202,7 +256,10 @@ def from_dict(cls: type, raw: dict[str, Any] | None, where: str = "config") -> A
         if _is_dataclass_type(tp):
             if not isinstance(value, dict):
                 raise LmcError(f"{where}.{name}: expected a mapping of {tp.__name__} keys")
-            kwargs[name] = from_dict(tp, value, f"{where}.{name}")
+            # start from this field's own defaults (distill's train section differs from finetune's)
+            defaults = fields_by_name[name].default_factory
+            base = dataclasses.asdict(defaults()) if defaults is not dataclasses.MISSING else {}
+            kwargs[name] = from_dict(tp, {**base, **value}, f"{where}.{name}")
         else:
             kwargs[name] = _check_value(value, tp, f"{where}.{name}")
     try:
@@ -277,7 +334,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             arg_type, choices = _flag_type(tp)
-            parser.add_argument(flag, dest=dest, type=arg_type, choices=choices, default=None, help=help_text)
+            parser.add_argument(flag, dest=dest, type=arg_type, choices=choices, default=None, help=help_text,
+                                metavar=None if choices else f.name.upper())
 
 
 def flags_to_dict(namespace: argparse.Namespace) -> dict[str, Any]:

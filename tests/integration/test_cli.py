@@ -28,14 +28,8 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def finetuned(tiny_bert_dir, sentiment_csv, tmp_path_factory):
-    """One real CLI fine-tune shared by the tests below."""
-    out = tmp_path_factory.mktemp("runs") / "teacher"
-    code = main(["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out),
-                 "--epochs", "4", "--batch-size", "16", "--learning-rate", "3e-3", "--max-length", "32",
-                 "--log-every-steps", "1", "--warmup-ratio", "0", "--quiet"])
-    assert code == 0
-    return out
+def finetuned(tiny_teacher_run):
+    return tiny_teacher_run
 
 
 def test_finetune_writes_a_complete_run(finetuned):

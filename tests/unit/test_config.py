@@ -78,3 +78,10 @@ def test_flat_api_names_map_to_sections():
     assert nested == {"model": "m", "data": {"data": "d", "max_length": 64}, "train": {"epochs": 2}, "out": "o"}
     cfg = from_dict(FinetuneConfig, nested)
     assert cfg.data.max_length == 64 and cfg.train.epochs == 2.0
+
+
+def test_partial_section_keeps_the_stage_defaults():
+    from lmcompress.config import DistillConfig
+
+    cfg = from_dict(DistillConfig, {"teacher": "t", "student": "layers=2", "out": "o", "train": {"epochs": 2}})
+    assert cfg.train.epochs == 2.0 and cfg.train.learning_rate == 1e-4  # distill's default, not finetune's 5e-5

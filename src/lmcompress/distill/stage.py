@@ -1,0 +1,300 @@
+"""`lmcompress distill` (task-specific): a fine-tuned teacher's logits, hidden states, attention maps and
+self-attention relations teach a smaller student, trained by the shared loop in `lmcompress.train`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import DataConfig, DistillConfig, from_dict, to_dict
+from ..data import load_task
+from ..data.tokenize import collator, tokenize_frame
+from ..errors import LmcError
+from ..evaluate import MAIN_METRIC, latency_for_texts, metrics_payload, score_split
+from ..models import presets
+from ..models.load import (load_for_sequence_classification, load_tokenizer, load_trained_classifier,
+                           read_run_manifest, resolve)
+from ..runs import METRICS, RunDir, versions, write_json_atomic
+from ..train import fit
+from . import losses
+from .cache import TeacherCache, default_root, teacher_fingerprint
+from .student import build_student, default_layer_map, is_derived_spec, load_student_like, parse_spec
+
+log = logging.getLogger("lmcompress")
+
+
+def _num_layers(config) -> int:
+    return getattr(config, "num_hidden_layers", None) or config.n_layer
+
+
+def _width(config) -> int:
+    return getattr(config, "hidden_size", None) or config.n_embd
+
+
+def parse_layer_map(text: str, n_student: int, n_teacher: int, copied: list[int] | None) -> list[int]:
+    """Teacher hidden-state index (1..n_teacher) for each student layer 1..n_student."""
+    if text == "auto":
+        return default_layer_map(copied, n_student, n_teacher)
+    if text == "uniform":
+        return default_layer_map(None, n_student, n_teacher)
+    if text == "last":
+        return [n_teacher - n_student + i + 1 for i in range(n_student)]
+    mapping: dict[int, int] = {}
+    for pair in text.split(","):
+        s, sep, t = pair.partition(":")
+        try:
+            s_i, t_i = int(s), int(t)
+        except ValueError:
+            raise LmcError(f"layer map '{text}': use auto, uniform, last or pairs like '1:2,2:4'") from None
+        if not sep or not 1 <= s_i <= n_student or not 1 <= t_i <= n_teacher:
+            raise LmcError(f"layer map pair '{pair}': student layers are 1..{n_student}, teacher layers 1..{n_teacher}")
+        mapping[s_i] = t_i
+    if sorted(mapping) != list(range(1, n_student + 1)):
+        raise LmcError(f"layer map '{text}' must give a teacher layer for every student layer 1..{n_student}")
+    return [mapping[i] for i in range(1, n_student + 1)]
+
+
+class DistillModule(nn.Module):
+    """The student plus the learned projections that map its widths onto the teacher's (TinyBERT)."""
+
+    def __init__(self, student: nn.Module, student_width: int, teacher_width: int, n_projections: int):
+        super().__init__()
+        self.student = student
+        self.projections = nn.ModuleList(
+            nn.Linear(student_width, teacher_width) for _ in range(n_projections if student_width != teacher_width else 0))
+
+    def project(self, i: int) -> nn.Module | None:
+        return self.projections[i] if len(self.projections) else None
+
+
+@dataclass
+class _Needs:
+    hidden: tuple[int, ...]  # teacher hidden-state indices needed (0 = embeddings)
+    attentions: bool
+    qkv: bool
+
+
+class _QKVRecorder:
+    """Forward hooks that keep the last layer's query/key/value projections [B, T, H] (MiniLM-v2)."""
+
+    def __init__(self, model: nn.Module):
+        names = [n for n, _ in model.named_modules() if n.endswith("attention.self.query")]
+        if not names:
+            raise LmcError(f"MiniLM relations need a BERT/RoBERTa-style attention; {type(model).__name__} has none")
+        prefix = names[-1].rsplit(".", 1)[0]
+        modules = dict(model.named_modules())
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [modules[f"{prefix}.{part}"].register_forward_hook(self._keep(part))
+                        for part in ("query", "key", "value")]
+
+    def _keep(self, part: str):
+        def hook(module, inputs, output):
+            self.outputs[part] = output
+
+        return hook
+
+
+def distill(cfg: DistillConfig) -> dict[str, Any]:
+    run = RunDir(cfg.out)
+    run.check(cfg.overwrite, cfg.resume)
+    teacher_dir = _teacher_dir(cfg.teacher)
+    data_cfg = _data_config(cfg, teacher_dir)
+    task_data = load_task(data_cfg)
+    regression = task_data.task == "regression"
+    teacher = load_trained_classifier(teacher_dir, task_data.labels, regression).eval()
+    tokenizer = load_tokenizer(teacher_dir)
+    student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
+    if student_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise LmcError("the student's tokenizer differs from the teacher's; give a student that shares the teacher's "
+                       "tokenizer (a derived spec or a preset uses it automatically)")
+    n_s, n_t = _num_layers(student.config), _num_layers(teacher.config)
+    loss_cfg = cfg.loss
+    layer_map = parse_layer_map(loss_cfg.layer_map, n_s, n_t, copied)
+    layer_based = loss_cfg.hidden_weight > 0 or loss_cfg.cosine_weight > 0 or loss_cfg.attention_weight > 0
+    if loss_cfg.attention_weight > 0 and student.config.num_attention_heads != teacher.config.num_attention_heads:
+        raise LmcError(f"attention transfer needs equal head counts (student {student.config.num_attention_heads}, "
+                       f"teacher {teacher.config.num_attention_heads}); use --minilm-weight instead")
+    if loss_cfg.cosine_weight > 0 and _width(student.config) != _width(teacher.config):
+        raise LmcError("the cosine loss needs equal hidden widths; use --hidden-weight (learned projection) instead")
+    if loss_cfg.minilm_weight > 0:
+        for name, width in (("student", _width(student.config)), ("teacher", _width(teacher.config))):
+            if width % loss_cfg.relation_heads:
+                raise LmcError(f"--relation-heads {loss_cfg.relation_heads} does not divide the {name} width {width}")
+    needs = _Needs(
+        hidden=tuple(sorted(set(([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if layer_based else [])))),
+        attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0)
+    if needs.attentions:  # attention probabilities need the eager kernel; inference keeps sdpa
+        teacher.set_attn_implementation("eager")
+        student.set_attn_implementation("eager")
+
+    log.info("student: %s layers (teacher layers %s), width %d, %s params vs teacher %s", n_s, layer_map,
+             _width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
+             f"{sum(p.numel() for p in teacher.parameters()):,}")
+    run.begin(cfg.overwrite, cfg.resume)
+    with run.guard():
+        max_len = data_cfg.max_length
+        train_set = tokenize_frame(task_data.splits["train"], tokenizer, max_len)
+        train_set = train_set.add_column("idx", list(range(len(train_set))))
+        n_proj = (len(layer_map) if loss_cfg.hidden_weight > 0 else 0) + (1 if loss_cfg.embedding_weight > 0 else 0)
+        module = DistillModule(student, _width(student.config), _width(teacher.config), n_proj)
+        cache = None
+        if cfg.cache and not needs.attentions and not needs.qkv:
+            cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else default_root(),
+                                 teacher_fingerprint(teacher_dir), train_set["input_ids"], task_data.num_labels,
+                                 needs.hidden, _width(teacher.config))
+        elif cfg.cache:
+            log.info("teacher cache off: attention maps and Q/K/V relations are computed live")
+        loss_fn = _make_loss_fn(teacher, cache, needs, layer_map, loss_cfg, regression, cfg.teacher_precision)
+        monitor = MAIN_METRIC[task_data.task]
+
+        def evaluate_fn(m: DistillModule) -> dict[str, float]:
+            return score_split(m.student, tokenizer, task_data, "validation", max_len, cfg.train.eval_batch_size)
+
+        try:
+            result = fit(module, train_set, collator(tokenizer), cfg.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
+                         monitor=monitor, higher_is_better=True, run_folder=run.partial, resume=cfg.resume,
+                         description=f"distill {Path(cfg.out).name}")
+        finally:
+            if cache is not None:
+                cache.flush()
+        student = module.student.cpu()
+        if needs.attentions:
+            student.set_attn_implementation("sdpa")
+        student.save_pretrained(run.partial)
+        tokenizer.save_pretrained(run.partial)
+        scores = score_split(student, tokenizer, task_data, "test", max_len, cfg.train.eval_batch_size)
+        test = task_data.splits["test"]
+        latency = latency_for_texts(student, tokenizer, test["text"].tolist(),
+                                    test["text_pair"].tolist() if task_data.has_pair else None, max_len, 10, None)
+        metrics = metrics_payload(task_data, "test", scores, student, run.partial, latency)
+        write_json_atomic(run.partial / METRICS, metrics)
+        manifest = {
+            "stage": "distill",
+            "parent": str(teacher_dir),
+            "config": to_dict(cfg) | {"data": to_dict(data_cfg)},
+            "data": task_data.split_record,
+            "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
+            "student": {"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
+                        "layers": n_s, "hidden": _width(student.config)},
+            "teacher_cache": cache.stats() if cache is not None else None,
+            "train": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
+                      "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
+                      "history": result.state.history},
+            "versions": versions(),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        final = run.commit(manifest)
+    if cache is not None:
+        log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
+    metrics["path"] = str(final)
+    metrics["wall_time_s"] = round(result.wall_time_s, 1)
+    return metrics
+
+
+def _teacher_dir(spec: str) -> Path:
+    path = Path(spec).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        hint = " (fine-tune it first: lmcompress finetune --model NAME --data D --out runs/teacher)" \
+            if not path.exists() else ""
+        raise LmcError(f"--teacher {spec} is not a fine-tuned run or Hugging Face checkpoint{hint}")
+    return path
+
+
+def _data_config(cfg: DistillConfig, teacher_dir: Path) -> DataConfig:
+    """The teacher's own data and split unless --data is given (so both score the same test rows)."""
+    if cfg.data.data:
+        return cfg.data
+    recorded = (read_run_manifest(teacher_dir) or {}).get("config", {}).get("data")
+    if not recorded:
+        raise LmcError(f"{teacher_dir} records no training data; pass --data")
+    data_cfg = from_dict(DataConfig, recorded, where=f"{teacher_dir}/lmcompress.json data")
+    data_cfg.max_train_examples = cfg.data.max_train_examples
+    return data_cfg
+
+
+def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, task_data):
+    """-> (student, teacher layers copied or None, student tokenizer)"""
+    if is_derived_spec(cfg.student):
+        student, copied = build_student(teacher, parse_spec(cfg.student))
+        return student, copied, tokenizer
+    if presets.parse_preset(cfg.student) is not None and not Path(cfg.student).exists():
+        source = resolve(cfg.student, tokenizer=str(teacher_dir), role="student")
+        student = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
+                                                   task_data.task == "regression", cfg.train.seed)
+        return student, None, tokenizer
+    source = resolve(cfg.student, role="student")
+    return load_student_like(teacher, source.path), None, load_tokenizer(source.tokenizer_path)
+
+
+def _make_loss_fn(teacher, cache: TeacherCache | None, needs: _Needs, layer_map: list[int], loss_cfg, regression: bool,
+                  teacher_precision: str):
+    teacher_qkv = _QKVRecorder(teacher) if needs.qkv else None
+    student_qkv: dict[int, _QKVRecorder] = {}
+    want_student_hidden = bool(needs.hidden)
+
+    def teacher_outputs(batch: dict[str, torch.Tensor], idx: torch.Tensor):
+        """-> logits [B, C], {hidden index: [B, T, Ht]}, attentions tuple or None"""
+        seq_len = batch["input_ids"].shape[1]
+        if cache is not None and cache.has(idx):
+            logits, hidden = cache.read(idx, seq_len)
+            device = batch["input_ids"].device
+            return logits.to(device), {k: v.to(device) for k, v in hidden.items()}, None
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        autocast = torch.autocast(device_type=batch["input_ids"].device.type, dtype=torch.bfloat16) \
+            if teacher_precision == "bf16" else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
+            out = teacher(**inputs, output_hidden_states=bool(needs.hidden), output_attentions=needs.attentions)
+        hidden = {i: out.hidden_states[i].float() for i in needs.hidden}
+        logits = out.logits.float()
+        if cache is not None:
+            cache.write(idx, logits, hidden)
+        return logits, hidden, out.attentions
+
+    def loss_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = dict(batch)
+        idx = batch.pop("idx")
+        mask = batch["attention_mask"]  # [B, T]
+        if teacher.device != batch["input_ids"].device:
+            teacher.to(batch["input_ids"].device)
+        if needs.qkv and id(module.student) not in student_qkv:
+            student_qkv[id(module.student)] = _QKVRecorder(module.student)
+        t_logits, t_hidden, t_attn = teacher_outputs(batch, idx)
+        out = module.student(**batch, output_hidden_states=want_student_hidden, output_attentions=needs.attentions)
+        s_logits = out.logits  # [B, C]
+        if regression:  # KD on a scalar output is plain MSE to the teacher's prediction
+            soft = torch.nn.functional.mse_loss(s_logits.float().squeeze(-1), t_logits.squeeze(-1))
+        else:
+            soft = losses.kd_loss(s_logits, t_logits, loss_cfg.temperature, kind=loss_cfg.kd_kind)
+        total = losses.mix_hard_and_soft(out.loss, soft, loss_cfg.alpha)
+        proj = 0
+        if loss_cfg.embedding_weight > 0:
+            total = total + loss_cfg.embedding_weight * losses.hidden_mse(
+                out.hidden_states[0], t_hidden[0], mask, module.project(proj))
+            proj += 1
+        for s_layer, t_layer in enumerate(layer_map, start=1):
+            if loss_cfg.hidden_weight > 0:
+                total = total + loss_cfg.hidden_weight * losses.hidden_mse(
+                    out.hidden_states[s_layer], t_hidden[t_layer], mask, module.project(proj)) / len(layer_map)
+            if loss_cfg.cosine_weight > 0:
+                total = total + loss_cfg.cosine_weight * losses.cosine_hidden_loss(
+                    out.hidden_states[s_layer], t_hidden[t_layer], mask) / len(layer_map)
+            if loss_cfg.attention_weight > 0:
+                total = total + loss_cfg.attention_weight * losses.attention_loss(
+                    out.attentions[s_layer - 1], t_attn[t_layer - 1], mask, loss_cfg.attention_kind) / len(layer_map)
+            proj += 1 if loss_cfg.hidden_weight > 0 else 0
+        if needs.qkv:
+            s_rec = student_qkv[id(module.student)].outputs
+            for part in ("query", "key", "value"):
+                total = total + loss_cfg.minilm_weight * losses.minilm_relation_loss(
+                    s_rec[part], teacher_qkv.outputs[part].float(), mask, loss_cfg.relation_heads) / 3
+        return total
+
+    return loss_fn

@@ -1,0 +1,36 @@
+import numpy as np
+import torch
+
+from lmcompress.distill.cache import TeacherCache, teacher_fingerprint
+
+
+def test_round_trip_ragged_hidden_states_and_reuse(tmp_path):
+    ids = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    cache = TeacherCache(tmp_path, "teacherA", ids, num_classes=2, hidden_layers=(0, 2), hidden_size=3)
+    idx = torch.tensor([2, 0])
+    assert not cache.has(idx)
+    logits = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    hidden = {layer: torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3) + layer for layer in (0, 2)}
+    cache.write(idx, logits, hidden)
+    assert cache.has(idx) and not cache.has(torch.tensor([1]))
+    got_logits, got_hidden = cache.read(torch.tensor([0, 2]), seq_len=5)
+    torch.testing.assert_close(got_logits, logits[[1, 0]])
+    # example 0 has 3 real tokens: rows 0..2 of its batch slot, zeros after (padding)
+    torch.testing.assert_close(got_hidden[2][0, :3], hidden[2][1, :3])
+    assert got_hidden[2][0, 3:].abs().sum() == 0
+    torch.testing.assert_close(got_hidden[0][1, :4], hidden[0][0, :4])
+    cache.flush()
+    again = TeacherCache(tmp_path, "teacherA", ids, num_classes=2, hidden_layers=(0, 2), hidden_size=3)
+    assert again.folder == cache.folder and again.has(idx)  # persisted, reused
+    other_teacher = TeacherCache(tmp_path, "teacherB", ids, num_classes=2, hidden_layers=(0, 2), hidden_size=3)
+    other_data = TeacherCache(tmp_path, "teacherA", [[1, 2, 3], [4, 5], [6, 7, 8]], 2, (0, 2), 3)
+    assert len({cache.folder, other_teacher.folder, other_data.folder}) == 3  # invalidated by either change
+    assert not other_teacher.has(idx)
+
+
+def test_teacher_fingerprint_changes_with_weights(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"abc")
+    first = teacher_fingerprint(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"abd")
+    assert teacher_fingerprint(tmp_path) != first

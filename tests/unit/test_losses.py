@@ -1,0 +1,112 @@
+"""Each distillation loss against a plain, loop-by-loop statement of its formula."""
+
+import math
+
+import pytest
+import torch
+
+from lmcompress.distill import losses
+
+torch.manual_seed(0)
+
+
+def _naive_kl(p, q):  # KL(p || q) for 1-D probability vectors
+    return sum(float(pi) * (math.log(float(pi)) - math.log(float(qi))) for pi, qi in zip(p, q))
+
+
+def test_kd_loss_sequence_level_matches_formula():
+    s, t, T = torch.randn(3, 4), torch.randn(3, 4), 2.0
+    expected = sum(_naive_kl(torch.softmax(t[i] / T, -1), torch.softmax(s[i] / T, -1)) for i in range(3)) / 3 * T**2
+    assert losses.kd_loss(s, t, T) == pytest.approx(expected, rel=1e-5)
+    # soft CE = KL + teacher entropy (same gradient, different value)
+    entropy = sum(-float((p * p.log()).sum()) for p in torch.softmax(t / T, -1)) / 3 * T**2
+    assert losses.kd_loss(s, t, T, kind="ce") == pytest.approx(expected + entropy, rel=1e-5)
+
+
+def test_kd_loss_token_level_ignores_padding():
+    s, t = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
+    kept = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    expected = sum(_naive_kl(torch.softmax(t[b, i], -1), torch.softmax(s[b, i], -1)) for b, i in kept) / len(kept)
+    assert losses.kd_loss(s, t, 1.0, mask) == pytest.approx(expected, rel=1e-5)
+    s2 = s.clone()
+    s2[0, 4] += 100.0  # a padded position changes nothing
+    assert losses.kd_loss(s2, t, 1.0, mask) == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_zero_when_identical_and_all_masked_guard():
+    x = torch.randn(2, 3, 5, requires_grad=True)
+    assert losses.kd_loss(x, x.detach(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
+    zero = losses.kd_loss(x, torch.randn(2, 3, 5), 1.0, torch.zeros(2, 3))
+    assert zero.item() == 0.0 and not torch.isnan(zero)
+    zero.backward()  # the guard keeps the graph
+    assert x.grad is not None
+
+
+def test_kd_loss_is_fp32_under_bf16_inputs():
+    s, t = torch.randn(4, 10).bfloat16(), torch.randn(4, 10).bfloat16()
+    out = losses.kd_loss(s, t, 2.0)
+    assert out.dtype == torch.float32
+    assert out == pytest.approx(losses.kd_loss(s.float(), t.float(), 2.0).item(), rel=1e-6)
+
+
+def test_reverse_kd_matches_formula():
+    s, t = torch.randn(2, 6), torch.randn(2, 6)
+    expected = sum(_naive_kl(torch.softmax(s[i], -1), torch.softmax(t[i], -1)) for i in range(2)) / 2
+    assert losses.reverse_kd_loss(s, t) == pytest.approx(expected, rel=1e-5)
+
+
+def test_hidden_mse_with_projection_and_mask():
+    s, t = torch.randn(2, 4, 3), torch.randn(2, 4, 5)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    proj = torch.nn.Linear(3, 5)
+    projected = proj(s).detach()
+    rows = [(b, i) for b in range(2) for i in range(4) if mask[b, i]]
+    expected = sum(float(((projected[b, i] - t[b, i]) ** 2).mean()) for b, i in rows) / len(rows)
+    assert losses.hidden_mse(s, t, mask, proj).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="no projection"):
+        losses.hidden_mse(s, t, mask)
+
+
+def test_cosine_hidden_loss():
+    s, t = torch.randn(1, 3, 4), torch.randn(1, 3, 4)
+    expected = sum(1 - float(torch.dot(s[0, i], t[0, i]) / (s[0, i].norm() * t[0, i].norm())) for i in range(3)) / 3
+    assert losses.cosine_hidden_loss(s, t, None) == pytest.approx(expected, rel=1e-5)
+    assert losses.cosine_hidden_loss(t, 3 * t, None) == pytest.approx(0.0, abs=1e-6)  # scale-invariant
+
+
+def test_attention_mse_and_kl_over_real_positions():
+    s = torch.softmax(torch.randn(1, 2, 3, 3), -1)
+    t = torch.softmax(torch.randn(1, 2, 3, 3), -1)
+    mask = torch.tensor([[1, 1, 0]])
+    pairs = [(a, i, j) for a in range(2) for i in range(2) for j in range(2)]
+    expected_mse = sum(float((s[0, a, i, j] - t[0, a, i, j]) ** 2) for a, i, j in pairs) / len(pairs)
+    assert losses.attention_loss(s, t, mask, "mse") == pytest.approx(expected_mse, rel=1e-5)
+    rows = [(a, i) for a in range(2) for i in range(2)]
+    expected_kl = sum(_naive_kl(t[0, a, i], s[0, a, i]) for a, i in rows) / len(rows)
+    assert losses.attention_loss(s, t, mask, "kl") == pytest.approx(expected_kl, rel=1e-4)
+    with pytest.raises(ValueError, match="heads differ"):
+        losses.attention_loss(s, t[:, :1], mask)
+
+
+def test_minilm_relation_loss_matches_formula_with_different_widths():
+    s, t = torch.randn(1, 3, 4), torch.randn(1, 3, 8)  # widths differ: fine for relations
+    mask = torch.tensor([[1, 1, 0]])
+    R = 2
+
+    def relation(x, r):  # [T, T] softmax over the real keys only
+        d = x.shape[-1] // R
+        part = x[0, :, r * d:(r + 1) * d]
+        scores = part @ part.T / math.sqrt(d)
+        scores[:, 2] = -float("inf")
+        return torch.softmax(scores, -1)
+
+    rows = [(r, i) for r in range(R) for i in range(2)]
+    expected = sum(_naive_kl(relation(t, r)[i, :2], relation(s, r)[i, :2]) for r, i in rows) / len(rows)
+    assert losses.minilm_relation_loss(s, t, mask, R) == pytest.approx(expected, rel=1e-4)
+    with pytest.raises(ValueError, match="not divisible"):
+        losses.minilm_relation_loss(torch.randn(1, 3, 5), t, mask, R)
+
+
+def test_mix():
+    assert losses.mix_hard_and_soft(torch.tensor(2.0), torch.tensor(4.0), 0.25) == pytest.approx(3.5)

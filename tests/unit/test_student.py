@@ -1,0 +1,88 @@
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, GPT2Config
+from transformers import GPT2ForSequenceClassification
+
+from lmcompress.distill.student import build_student, default_layer_map, evenly_spaced_layers, parse_spec
+from lmcompress.errors import LmcError
+
+
+@pytest.fixture
+def teacher():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=37, num_labels=3)
+    return BertForSequenceClassification(config).eval()
+
+
+def _inputs():
+    return {"input_ids": torch.randint(5, 99, (2, 7)), "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3])}
+
+
+def test_spec_parsing_and_errors():
+    assert parse_spec("pick=0,2,4").pick == (0, 2, 4)
+    assert parse_spec("layers=2; hidden=192").hidden == 192
+    for bad, msg in [("depth=2", "not one of"), ("layers=two", "whole numbers"), ("pick=1;layers=2", "not both"),
+                     ("layers=0", "must be >= 1")]:
+        with pytest.raises(LmcError, match=msg):
+            parse_spec(bad)
+
+
+def test_evenly_spaced_layers_include_the_last():
+    assert evenly_spaced_layers(6, 2) == [2, 5]
+    assert evenly_spaced_layers(6, 1) == [5]
+    assert evenly_spaced_layers(6, 3) == [1, 3, 5]
+    assert evenly_spaced_layers(6, 6) == [0, 1, 2, 3, 4, 5]
+
+
+def test_all_layers_no_narrowing_is_the_teacher(teacher):
+    student, layers = build_student(teacher, parse_spec("layers=4"))
+    batch = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(student.eval()(**batch).logits, teacher(**batch).logits)
+    assert layers == [0, 1, 2, 3]
+
+
+def test_picked_layers_are_copies(teacher):
+    student, layers = build_student(teacher, parse_spec("pick=1,3"))
+    assert layers == [1, 3] and student.config.num_hidden_layers == 2
+    for j, i in enumerate(layers):
+        torch.testing.assert_close(student.bert.encoder.layer[j].intermediate.dense.weight,
+                                   teacher.bert.encoder.layer[i].intermediate.dense.weight)
+    torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight)
+    assert default_layer_map(layers, 2, 4) == [2, 4]  # hidden-state indices (0 = embeddings)
+
+
+def test_narrow_student_shapes_slices_and_reload(teacher, tmp_path):
+    student, _ = build_student(teacher, parse_spec("layers=2;hidden=16;heads=2;ffn=20"))
+    cfg = student.config
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size, cfg.num_hidden_layers) == (16, 2, 20, 2)
+    # every student weight is a sub-matrix of the teacher's: each of its rows appears in the teacher's matrix
+    t_emb, s_emb = teacher.bert.embeddings.word_embeddings.weight, student.bert.embeddings.word_embeddings.weight
+    cols = [next(c for c in range(32) if torch.equal(t_emb[:, c], s_emb[:, k])) for k in range(16)]
+    assert cols == sorted(cols) and len(set(cols)) == 16
+    out = student(**_inputs()).logits
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    student.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    batch = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(**batch).logits, student.eval()(**batch).logits)
+
+
+def test_invalid_students(teacher):
+    for spec, msg in [("pick=0,9", "layers 0..3"), ("layers=5", "only 4 layers"), ("hidden=64", "wider than"),
+                      ("hidden=30;heads=4", "not divisible"), ("hidden=32;heads=2", "head size 16 > the teacher's 8"),
+                      ("pick=1,1", "twice")]:
+        with pytest.raises(LmcError, match=msg):
+            build_student(teacher, parse_spec(spec))
+
+
+def test_gpt2_layer_pick_and_no_narrowing():
+    torch.manual_seed(0)
+    teacher = GPT2ForSequenceClassification(GPT2Config(vocab_size=99, n_embd=32, n_layer=4, n_head=4, num_labels=2,
+                                                       pad_token_id=0)).eval()
+    student, _ = build_student(teacher, parse_spec("pick=0,3"))
+    torch.testing.assert_close(student.transformer.h[1].mlp.c_fc.weight, teacher.transformer.h[3].mlp.c_fc.weight)
+    with pytest.raises(LmcError, match="supported for bert, roberta"):
+        build_student(teacher, parse_spec("layers=2;hidden=16"))
