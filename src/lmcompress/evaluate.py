@@ -124,6 +124,41 @@ def metrics_payload(task_data, split: str, scores: dict[str, float], model: torc
     return payload
 
 
+def save_and_score(model: torch.nn.Module, tokenizer, task_data, folder: Path, max_length: int,
+                   batch_size: int) -> dict[str, Any]:
+    """End of every training stage: save the checkpoint, score the test split, time it, write metrics.json."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    scores = score_split(model, tokenizer, task_data, "test", max_length, batch_size)
+    test = task_data.splits["test"]
+    latency = latency_for_texts(model, tokenizer, test["text"].tolist(),
+                                test["text_pair"].tolist() if task_data.has_pair else None, max_length, 10, None)
+    metrics = metrics_payload(task_data, "test", scores, model, folder, latency)
+    write_json_atomic(folder / METRICS, metrics)
+    return metrics
+
+
+def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, result, **extra: Any) -> dict[str, Any]:
+    """lmcompress.json of a training stage: resolved config, parent, split record, history, versions."""
+    import datetime as dt
+
+    from .runs import versions
+
+    return {
+        "stage": stage,
+        "parent": parent,
+        "config": config,
+        "data": task_data.split_record,
+        "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
+        **extra,
+        "train": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
+                  "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
+                  "history": result.state.history},
+        "versions": versions(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score a run (or a plain HF dir with a classification head) on a split; write metrics.json."""
     folder = Path(cfg.model).expanduser()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,10 @@ import torch
 from .config import FinetuneConfig, to_dict
 from .data import load_task
 from .data.tokenize import collator, tokenize_frame
-from .evaluate import MAIN_METRIC, latency_for_texts, metrics_payload, score_split
+from .evaluate import MAIN_METRIC, run_manifest, save_and_score, score_split
 from .models.load import load_for_sequence_classification, load_tokenizer, resolve
 from .models.outputs import forward
-from .runs import METRICS, RunDir, versions, write_json_atomic
+from .runs import RunDir
 from .train import fit
 
 log = logging.getLogger("lmcompress")
@@ -51,26 +50,9 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                      description=f"finetune {Path(cfg.out).name}")
         model = model.cpu()  # the saved checkpoint and the latency figures are CPU ones
 
-        model.save_pretrained(run.partial)
-        tokenizer.save_pretrained(run.partial)
-        scores = score_split(model, tokenizer, task_data, "test", max_len, cfg.train.eval_batch_size)
-        test = task_data.splits["test"]
-        latency = latency_for_texts(model, tokenizer, test["text"].tolist(),
-                                    test["text_pair"].tolist() if task_data.has_pair else None, max_len, 10, None)
-        metrics = metrics_payload(task_data, "test", scores, model, run.partial, latency)
-        write_json_atomic(run.partial / METRICS, metrics)
-        manifest = {
-            "stage": "finetune",
-            "parent": str(source.path) if source.path else source.spec,
-            "config": to_dict(cfg),
-            "data": task_data.split_record,
-            "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
-            "train": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
-                      "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
-                      "history": result.state.history},
-            "versions": versions(),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
+        metrics = save_and_score(model, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
+        manifest = run_manifest("finetune", str(source.path) if source.path else source.spec, to_dict(cfg),
+                                task_data, result)
         final = run.commit(manifest)
     metrics["path"] = str(final)
     metrics["wall_time_s"] = round(result.wall_time_s, 1)

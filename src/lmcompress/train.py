@@ -36,7 +36,6 @@ from transformers import get_linear_schedule_with_warmup
 
 from .config import TrainConfig
 from .errors import LmcError
-from .runs import write_json_atomic
 
 log = logging.getLogger("lmcompress")
 

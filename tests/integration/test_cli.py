@@ -96,10 +96,10 @@ def test_console_script_runs_and_not_built_stages_exit_2():
     exe = VENV_BIN / "lmcompress"
     if not exe.exists():
         pytest.skip("console script not installed next to this interpreter")
-    result = subprocess.run([str(exe), "distill", "--teacher", "x"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(exe), "prune", "--model", "x"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["lmcompress: error: `distill` is not built yet "
-                                                  "(knowledge distillation lands with the distillation issue)"]
+    assert result.stderr.strip().splitlines() == ["lmcompress: error: `prune` is not built yet "
+                                                  "(structured pruning lands with the shrink issue)"]
 
 
 def test_resume_flag_continues_an_interrupted_cli_run(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):

@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from lmcompress.distill.cache import TeacherCache, teacher_fingerprint

@@ -5,7 +5,6 @@ self-attention relations teach a smaller student, trained by the shared loop in 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,11 @@ from ..config import DataConfig, DistillConfig, from_dict, to_dict
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
-from ..evaluate import MAIN_METRIC, latency_for_texts, metrics_payload, score_split
+from ..evaluate import MAIN_METRIC, run_manifest, save_and_score, score_split
 from ..models import presets
 from ..models.load import (load_for_sequence_classification, load_tokenizer, load_trained_classifier,
                            read_run_manifest, resolve)
-from ..runs import METRICS, RunDir, versions, write_json_atomic
+from ..runs import RunDir
 from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
@@ -168,29 +167,12 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
         student = module.student.cpu()
         if needs.attentions:
             student.set_attn_implementation("sdpa")
-        student.save_pretrained(run.partial)
-        tokenizer.save_pretrained(run.partial)
-        scores = score_split(student, tokenizer, task_data, "test", max_len, cfg.train.eval_batch_size)
-        test = task_data.splits["test"]
-        latency = latency_for_texts(student, tokenizer, test["text"].tolist(),
-                                    test["text_pair"].tolist() if task_data.has_pair else None, max_len, 10, None)
-        metrics = metrics_payload(task_data, "test", scores, student, run.partial, latency)
-        write_json_atomic(run.partial / METRICS, metrics)
-        manifest = {
-            "stage": "distill",
-            "parent": str(teacher_dir),
-            "config": to_dict(cfg) | {"data": to_dict(data_cfg)},
-            "data": task_data.split_record,
-            "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
-            "student": {"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
-                        "layers": n_s, "hidden": _width(student.config)},
-            "teacher_cache": cache.stats() if cache is not None else None,
-            "train": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
-                      "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
-                      "history": result.state.history},
-            "versions": versions(),
-            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
+        metrics = save_and_score(student, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
+        manifest = run_manifest(
+            "distill", str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
+            student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
+                     "hidden": _width(student.config)},
+            teacher_cache=cache.stats() if cache is not None else None)
         final = run.commit(manifest)
     if cache is not None:
         log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
