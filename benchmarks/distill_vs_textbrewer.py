@@ -1,0 +1,156 @@
+"""lmcompress distill vs TextBrewer 0.2.1 on the same teacher, student init, data, epochs and losses, in one process.
+
+Setup (shared by every contender):
+  teacher  = a fine-tuned minilm-l6 run (default runs/teacher, made by `lmcompress finetune`)
+  student  = the teacher's first 2 layers (384 hidden), built once and deep-copied for each contender
+  data     = the teacher's rotten-tomatoes train split, max length 64, the same shuffled batches (same seed)
+  losses   = 0.5 * hard-label CE + 0.5 * T^2 * soft CE (T=4) + masked hidden MSE on layers 1-2 (mean)
+  optimiser= AdamW lr 1e-4, no weight decay, linear decay, 5 epochs, batch 32
+TextBrewer's soft CE has no T^2 factor, so it gets kd_loss_weight = 0.5 * T^2 to optimise the identical loss.
+
+    pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
+    .venv/bin/python benchmarks/distill_vs_textbrewer.py --teacher runs/teacher --epochs 5
+
+Writes benchmarks/results/distill_vs_textbrewer.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import get_linear_schedule_with_warmup
+
+from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, from_dict
+from lmcompress.data import load_task
+from lmcompress.data.tokenize import collator, tokenize_frame
+from lmcompress.distill.stage import distill
+from lmcompress.distill.student import build_student, parse_spec
+from lmcompress.evaluate import predict, task_metrics
+from lmcompress.models.load import load_tokenizer, load_trained_classifier, read_run_manifest
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def textbrewer_run(teacher, student, train_set, collate, tokenizer, task_data, args) -> dict:
+    import textbrewer
+    from textbrewer import DistillationConfig, GeneralDistiller, TrainingConfig
+
+    def adaptor(batch, outputs):
+        return {"logits": outputs.logits, "hidden": outputs.hidden_states, "inputs_mask": batch["attention_mask"],
+                "losses": [outputs.loss]}
+
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(train_set, batch_size=32, shuffle=True, collate_fn=collate, generator=generator)
+    work = Path(tempfile.mkdtemp(prefix="textbrewer-"))
+    train_config = TrainingConfig(device="cpu", log_dir=str(work / "logs"), output_dir=str(work / "out"),
+                                  ckpt_frequency=1, ckpt_epoch_frequency=args.epochs)  # save only at the end
+    matches = [{"layer_T": t, "layer_S": s, "feature": "hidden", "loss": "hidden_mse", "weight": 0.5}
+               for s, t in ((1, 1), (2, 2))]
+    distill_config = DistillationConfig(temperature=4, kd_loss_type="ce", kd_loss_weight=0.5 * 16,
+                                        hard_label_weight=0.5, intermediate_matches=matches)
+    teacher.config.output_hidden_states = student.config.output_hidden_states = True
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.0)
+    steps = len(loader) * args.epochs
+    distiller = GeneralDistiller(train_config=train_config, distill_config=distill_config, model_T=teacher,
+                                 model_S=student, adaptor_T=adaptor, adaptor_S=adaptor)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    with distiller:
+        distiller.train(optimizer, loader, num_epochs=args.epochs, scheduler_class=get_linear_schedule_with_warmup,
+                        scheduler_args={"num_warmup_steps": 0, "num_training_steps": steps}, max_grad_norm=1.0)
+    wall = time.perf_counter() - start
+    teacher.config.output_hidden_states = student.config.output_hidden_states = False
+    shutil.rmtree(work, ignore_errors=True)
+    logits, labels = predict(student, tokenize_frame(task_data.splits["test"], tokenizer, 64), collate, 64)
+    return {"wall_time_s": round(wall, 1), "test": task_metrics("classification", logits, labels),
+            "version": textbrewer.__version__}
+
+
+def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cache_dir: Path) -> dict:
+    cfg = DistillConfig(
+        teacher=str(args.teacher), student="pick=0,1", out=str(out), overwrite=True, cache_dir=str(cache_dir),
+        teacher_precision=teacher_precision,
+        train=TrainConfig(epochs=float(args.epochs), batch_size=32, learning_rate=1e-4, weight_decay=0.0,
+                          warmup_ratio=0.0, max_grad_norm=1.0, precision=precision, seed=args.seed,
+                          checkpoint_every_steps=10_000, keep_best=False),
+        loss=DistillLossConfig(temperature=4.0, alpha=0.5, kd_kind="ce", hidden_weight=1.0, layer_map="1:1,2:2"))
+    start = time.perf_counter()
+    metrics = distill(cfg)
+    wall = time.perf_counter() - start
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
+            "test": metrics["metrics"], "precision": precision, "teacher_precision": teacher_precision,
+            "cache": manifest["teacher_cache"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, default=Path("runs/teacher"))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--skip-textbrewer", action="store_true")
+    args = parser.parse_args()
+
+    recorded = read_run_manifest(args.teacher)["config"]["data"]
+    data_cfg = from_dict(DataConfig, {**recorded, "max_length": 64})
+    task_data = load_task(data_cfg)
+    tokenizer = load_tokenizer(args.teacher)
+    teacher = load_trained_classifier(args.teacher, task_data.labels, False).eval()
+    student, _ = build_student(teacher, parse_spec("pick=0,1"))
+    train_set = tokenize_frame(task_data.splits["train"], tokenizer, 64)
+    collate = collator(tokenizer)
+    teacher_acc = task_metrics("classification", *predict(teacher, tokenize_frame(task_data.splits["test"], tokenizer, 64),
+                                                          collate, 64))["accuracy"]
+
+    work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
+    results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "teacher": str(args.teacher),
+                     "teacher_test_accuracy": teacher_acc, "epochs": args.epochs, "threads": torch.get_num_threads(),
+                     "machine": platform.platform(), "torch": torch.__version__, "train_examples": len(train_set),
+                     "contenders": {}}
+    # The teacher's max length is 64 here for every contender (the data config above); the lmcompress runs
+    # re-read it from the teacher run, so record it to be sure both saw the same inputs.
+    if recorded.get("max_length") != 64:
+        print(f"note: teacher was trained with max_length {recorded.get('max_length')}; benchmark uses 64 for all")
+    if not args.skip_textbrewer:
+        results["contenders"]["textbrewer"] = textbrewer_run(copy.deepcopy(teacher), copy.deepcopy(student), train_set,
+                                                             collate, tokenizer, task_data, args)
+        print(json.dumps(results["contenders"]["textbrewer"]))
+    for name, precision, teacher_precision in (("lmcompress_fp32", "fp32", "fp32"),
+                                               ("lmcompress_bf16", "bf16", "bf16")):
+        cache_dir = work / f"cache-{name}"  # a cold cache each: the teacher's first epoch is in the timing
+        results["contenders"][name] = lmcompress_run(args, precision, teacher_precision, work / name, cache_dir)
+        print(json.dumps(results["contenders"][name]))
+    shutil.rmtree(work, ignore_errors=True)
+
+    tb = results["contenders"].get("textbrewer")
+    rows = []
+    for name, res in results["contenders"].items():
+        ratio = res["wall_time_s"] / tb["wall_time_s"] if tb else None
+        res["wall_time_vs_textbrewer"] = round(ratio, 3) if ratio else None
+        rows.append(f"| {name} | {res['test']['accuracy']:.4f} | {res['test']['accuracy'] / teacher_acc:.1%} | "
+                    f"{res['wall_time_s']:.0f} | {'' if ratio is None else f'{ratio:.2f}x'} |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "distill_vs_textbrewer.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = [f"# Distillation wall time: lmcompress vs TextBrewer {tb['version'] if tb else ''}", "",
+          f"Command: `{results['command']}`  ", f"Machine: {results['machine']}, {results['threads']} threads, "
+          f"torch {results['torch']}  ",
+          f"Teacher {args.teacher} test accuracy {teacher_acc:.4f}; student = teacher layers 0-1; "
+          f"{args.epochs} epochs over {len(train_set)} examples; identical batches and losses.", "",
+          "| contender | test accuracy | retention | wall time (s) | vs TextBrewer |", "|---|---|---|---|---|", *rows, ""]
+    (RESULTS / "distill_vs_textbrewer.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
