@@ -10,7 +10,8 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, api
-from .config import DistillConfig, EvaluateConfig, FinetuneConfig, add_flags, build_config, flags_to_dict
+from .config import CompareConfig, DistillConfig, EvaluateConfig, FinetuneConfig, add_flags, build_config, flags_to_dict
+from .console import console
 from .errors import LmcError, NotBuiltError
 
 PROG = "lmcompress"
@@ -26,10 +27,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _setup_logging(quiet: bool) -> None:
-    from rich.console import Console
     from rich.logging import RichHandler
 
-    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
+    handler = RichHandler(console=console(stderr=True), show_path=False, show_time=False, markup=False)
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", handlers=[handler],
                         force=True)
 
@@ -38,16 +38,14 @@ def _print_json_or_summary(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
-    from rich.console import Console
-
-    console = Console()
+    out = console()
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.get("metrics", {}).items())
     latency = result.get("latency_ms", {})
-    console.print(f"[bold]{result.get('split', 'test')}[/]: {metrics}")
-    console.print(f"params {result.get('params', 0):,}  size {result.get('size_bytes', 0) / 1e6:.1f} MB  "
+    out.print(f"[bold]{result.get('split', 'test')}[/]: {metrics}")
+    out.print(f"params {result.get('params', 0):,}  size {result.get('size_bytes', 0) / 1e6:.1f} MB  "
                   + "  ".join(f"latency {k} {v:.1f} ms" for k, v in latency.items()))
     if "path" in result:
-        console.print(f"written: {result['path']}")
+        out.print(f"written: {result['path']}")
 
 
 # ------------------------------------------------------------------------------------------------------------ commands
@@ -73,6 +71,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report import compare
+
+    cfg = build_config(CompareConfig, args.config, flags_to_dict(args), "compare")
+    report = compare(cfg)
+    console().print(f"report: {report['path']}/report.html (also report.md, report.json, pareto.png)")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
 
@@ -88,7 +95,6 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="lmcompress zoo (offline; nothing is downloaded at run time)")
@@ -99,7 +105,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
         where = row["path"] if row["installed"] and row["path"] else row["install"]
         installed = "[green]yes[/]" if row["installed"] else "[red]no[/]"
         table.add_row(row["name"], row["kind"], installed, size, where or row["description"])
-    Console().print(table)
+    console().print(table)
     return 0
 
 
@@ -141,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_flags(di, DistillConfig)
     di.set_defaults(func=cmd_distill)
+
+    co = subs.add_parser("compare", parents=[common], help="side-by-side report: metric, retention, size, latency",
+                         description="Score and time every run on the same test rows in one process; write "
+                         "report.md, report.html, report.json and pareto.png.")
+    co.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the teacher unless --teacher")
+    co.add_argument("--config", help="YAML file with the same keys; flags override it")
+    add_flags(co, CompareConfig, skip=("runs",))
+    co.set_defaults(func=cmd_compare)
 
     ev = subs.add_parser("evaluate", parents=[common], help="score a run: metrics, size, latency",
                          description="Evaluate a run on the same split it was trained with (or --data).")

@@ -190,6 +190,29 @@ class DistillConfig:
                 raise ValueError(f"{name} is required (--{name})")
 
 
+@dataclass
+class CompareConfig:
+    """`lmcompress compare`: every run scored and timed on the same test rows, in one process."""
+
+    runs: list[str] = field(default_factory=list, metadata={"help": "run directories (the first is the teacher)"})
+    out: str = field(default="", metadata={"help": "folder for report.md/html/json and pareto.png"})
+    teacher: str | None = field(default=None, metadata={"help": "which run is the reference (default: the first)"})
+    latency_repeats: int = field(default=20, metadata={"help": "timed repeats per batch size (median reported)"})
+    threads: int | None = field(default=None, metadata={"help": "torch threads for every timing (default: all cores)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing report folder"})
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("give at least one run to compare")
+        if not self.out:
+            raise ValueError("out is required (--out)")
+        if self.latency_repeats < 1:
+            raise ValueError(f"latency_repeats must be >= 1, got {self.latency_repeats}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # dict / YAML -> dataclass with type checks and unknown-key rejection
 # --------------------------------------------------------------------------------------------------------------
@@ -215,6 +238,11 @@ def _check_value(value: Any, tp: Any, where: str) -> Any:
             except LmcError as exc:
                 errors.append(str(exc))
         raise LmcError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise LmcError(f"{where}: expected a list, got {value!r}")
+        return [_check_value(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from .console import console
 from .config import DataConfig, FinetuneConfig, TrainConfig
 from .finetune import finetune
 from .runs import METRICS, is_complete
@@ -53,9 +53,9 @@ def run_demo(quick: bool = False, out: str = "runs/demo", overwrite: bool = Fals
     table.add_row("teacher minilm-l6 (fine-tuned)", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}",
                   f"{metrics['params']:,}", f"{metrics['size_bytes'] / 1e6:.1f}", f"{lat.get('batch1', 0):.1f}",
                   f"{lat.get('batch32', 0):.1f}")
-    console = Console()
-    console.print(table)
-    console.print(f"run: {teacher_dir}  (metrics.json, lmcompress.json, plain HF checkpoint)   demo wall time {wall:.0f} s")
-    console.print("[dim]students (distill / prune / ALBERT / int8) and the comparison report join the demo as those "
+    out = console()
+    out.print(table)
+    out.print(f"run: {teacher_dir}  (metrics.json, lmcompress.json, plain HF checkpoint)   demo wall time {wall:.0f} s")
+    out.print("[dim]students (distill / prune / ALBERT / int8) and the comparison report join the demo as those "
                   "stages land.[/]")
     return {"teacher": metrics, "wall_time_s": wall}

@@ -1,0 +1,242 @@
+"""`lmcompress compare`: score and time every run on the same test rows in one process, then write
+report.json (DESIGN.md schema), report.md, a self-contained report.html and pareto.png (metric vs latency).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import CompareConfig, DataConfig, from_dict
+from .data import load_task
+from .console import console
+from .errors import LmcError
+from .evaluate import MAIN_METRIC, count_params, latency_for_texts, score_split, weights_size_bytes
+from .models.load import load_tokenizer, load_trained_classifier, read_run_manifest
+from .runs import versions, write_json_atomic
+
+log = logging.getLogger("lmcompress")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (latency, value) points where lower latency and higher value are better: which are not dominated."""
+    flags = []
+    for i, (lat_i, val_i) in enumerate(points):
+        dominated = any(lat_j <= lat_i and val_j >= val_i and (lat_j < lat_i or val_j > val_i)
+                        for j, (lat_j, val_j) in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags
+
+
+def _run_names(folders: list[Path]) -> list[str]:
+    names = [f.name for f in folders]
+    if len(set(names)) < len(names):  # same leaf name in different places: use parent/name
+        names = [f"{f.parent.name}/{f.name}" for f in folders]
+    return names
+
+
+def _data_config(cfg: CompareConfig, teacher: Path) -> DataConfig:
+    if cfg.data.data:
+        return cfg.data
+    recorded = (read_run_manifest(teacher) or {}).get("config", {}).get("data")
+    if not recorded:
+        raise LmcError(f"{teacher} records no data; pass --data")
+    data_cfg = from_dict(DataConfig, recorded, where=f"{teacher}/lmcompress.json data")
+    data_cfg.max_train_examples = None
+    return data_cfg
+
+
+def compare(cfg: CompareConfig) -> dict[str, Any]:
+    folders = [Path(r).expanduser() for r in cfg.runs]
+    for folder in folders:
+        if not (folder / "config.json").is_file():
+            raise LmcError(f"{folder} is not a run directory (no config.json)")
+    out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise LmcError(f"--out {out} is a file; choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
+        raise LmcError(f"--out {out} is not empty; pass --overwrite to replace the report")
+    names = _run_names(folders)
+    teacher_index = 0
+    if cfg.teacher is not None:
+        matches = [i for i, (n, f) in enumerate(zip(names, folders)) if cfg.teacher in (n, str(f), f.name)]
+        if not matches:
+            raise LmcError(f"--teacher {cfg.teacher} is not one of the runs ({', '.join(names)})")
+        teacher_index = matches[0]
+    data_cfg = _data_config(cfg, folders[teacher_index])
+    task = load_task(data_cfg)
+    metric = MAIN_METRIC[task.task]
+    test = task.splits["test"]
+    texts = test["text"].tolist()
+    pairs = test["text_pair"].tolist() if task.has_pair else None
+    threads = cfg.threads or torch.get_num_threads()
+
+    rows: list[dict[str, Any]] = []
+    for name, folder in zip(names, folders):
+        recorded = (read_run_manifest(folder) or {}).get("data", {}).get("test_fingerprint")
+        if recorded and recorded != task.split_record["test_fingerprint"]:
+            log.warning("%s was tested on other rows (fingerprint %s); the report scores everyone on %s", name,
+                        recorded, task.split_record["test_fingerprint"])
+        tokenizer = load_tokenizer(folder)
+        model = load_trained_classifier(folder, task.labels, task.task == "regression").eval()
+        scores = score_split(model, tokenizer, task, "test", data_cfg.max_length, 64)
+        timing = latency_for_texts(model, tokenizer, texts, pairs, data_cfg.max_length, cfg.latency_repeats, threads)
+        rows.append({"name": name, "path": str(folder), "params": count_params(model),
+                     "size_mb": round(weights_size_bytes(folder) / 1e6, 2), "metric": metric,
+                     "value": round(scores[metric], 6), "metrics": scores,
+                     "latency_ms_b1": timing["latency_ms"]["batch1"], "latency_ms_b32": timing["latency_ms"]["batch32"]})
+        log.info("%s: %s %.4f, %.1f ms @ b32", name, metric, scores[metric], timing["latency_ms"]["batch32"])
+        del model
+
+    ref = rows[teacher_index]
+    for row in rows:
+        row["retention"] = round(row["value"] / ref["value"], 4) if ref["value"] else None
+        row["speedup_b1"] = round(ref["latency_ms_b1"] / row["latency_ms_b1"], 3)
+        row["speedup_b32"] = round(ref["latency_ms_b32"] / row["latency_ms_b32"], 3)
+        row["throughput_b32"] = round(32_000.0 / row["latency_ms_b32"], 1)
+    for row, on_front in zip(rows, pareto_front([(r["latency_ms_b32"], r["value"]) for r in rows])):
+        row["pareto"] = on_front
+    report = {
+        "teacher": ref["name"],
+        "rows": rows,
+        "task": task.task,
+        "data": task.split_record,
+        "setup": {"threads": threads, "seq_len": data_cfg.max_length, "latency_repeats": cfg.latency_repeats,
+                  "statistic": "median, warm-up excluded", "device": "cpu", "cpu": platform.processor() or platform.machine(),
+                  "cores": os.cpu_count()},
+        "versions": versions(),
+    }
+
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write_json_atomic(tmp / "report.json", report)
+        plot_pareto(rows, metric, tmp / "pareto.png")
+        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(report, tmp / "pareto.png"), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print_table(report)
+    report["path"] = str(out)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+COLUMNS = [("model", "name"), ("params", "params"), ("size MB", "size_mb"), ("metric", "metric"), ("value", "value"),
+           ("retention", "retention"), ("ms b1", "latency_ms_b1"), ("ms b32", "latency_ms_b32"),
+           ("speedup b1", "speedup_b1"), ("speedup b32", "speedup_b32")]
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "params":
+        return f"{value / 1e6:.2f}M"
+    if key == "retention":
+        return f"{value:.1%}"
+    if key.startswith("speedup"):
+        return f"{value:.2f}x"
+    if key == "value":
+        return f"{value:.4f}"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def _setup_line(report: dict[str, Any]) -> str:
+    s = report["setup"]
+    return (f"CPU latency: median of {s['latency_repeats']} forward passes after warm-up, sequence length "
+            f"{s['seq_len']}, {s['threads']} threads, all models in one process; test rows: "
+            f"{report['data']['sizes']['test']} (fingerprint {report['data']['test_fingerprint']}); "
+            f"torch {report['versions']['torch']}, transformers {report['versions']['transformers']}.")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# lmcompress comparison — teacher: {report['teacher']}", "", _setup_line(report), "",
+             "| " + " | ".join(c for c, _ in COLUMNS) + " | Pareto |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for row in report["rows"]:
+        lines.append("| " + " | ".join(_cell(k, row[k]) for _, k in COLUMNS) + f" | {'yes' if row['pareto'] else ''} |")
+    lines += ["", "![metric vs latency](pareto.png)", ""]
+    return "\n".join(lines)
+
+
+def render_html(report: dict[str, Any], png: Path) -> str:
+    image = base64.b64encode(png.read_bytes()).decode("ascii")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in COLUMNS) + "<th>Pareto</th>"
+    body = []
+    for row in report["rows"]:
+        cls = ' class="teacher"' if row["name"] == report["teacher"] else ""
+        cells = "".join(f"<td>{html.escape(_cell(k, row[k]))}</td>" for _, k in COLUMNS)
+        body.append(f"<tr{cls}>{cells}<td>{'★' if row['pareto'] else ''}</td></tr>")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lmcompress comparison</title>
+<style>
+body {{ font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2rem auto; max-width: 1100px;
+        color: #1f2328; padding: 0 1rem; }}
+h1 {{ font-size: 1.5rem; }} p.setup {{ color: #57606a; font-size: .9rem; }}
+table {{ border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }}
+th, td {{ padding: .45rem .7rem; border-bottom: 1px solid #d0d7de; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+th {{ background: #f6f8fa; }} tr.teacher td {{ font-weight: 600; background: #fff8e1; }}
+img {{ max-width: 100%; margin-top: 1.5rem; border: 1px solid #d0d7de; }}
+</style></head><body>
+<h1>lmcompress comparison — teacher: {html.escape(report['teacher'])}</h1>
+<p class="setup">{html.escape(_setup_line(report))}</p>
+<table><thead><tr>{head}</tr></thead><tbody>
+{chr(10).join(body)}
+</tbody></table>
+<img alt="metric versus batch-32 latency, Pareto front" src="data:image/png;base64,{image}">
+</body></html>
+"""
+
+
+def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    xs = [r["latency_ms_b32"] for r in rows]
+    ys = [r["value"] for r in rows]
+    ax.scatter(xs, ys, c=["#d1242f" if r["pareto"] else "#8c959f" for r in rows], zorder=3)
+    for row in rows:
+        ax.annotate(row["name"], (row["latency_ms_b32"], row["value"]), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    front = sorted((r["latency_ms_b32"], r["value"]) for r in rows if r["pareto"])
+    if len(front) > 1:
+        ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#d1242f", lw=1.2,
+                label="Pareto front", zorder=2)
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU latency at batch 32 (ms, log scale) — lower is better")
+    ax.set_ylabel(f"test {metric} — higher is better")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"teacher: {report['teacher']}")
+    for title, _ in COLUMNS:
+        table.add_column(title, justify="left" if title == "model" else "right")
+    for row in report["rows"]:
+        table.add_row(*(_cell(k, row[k]) for _, k in COLUMNS))
+    console().print(table)
