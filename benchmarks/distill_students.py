@@ -23,7 +23,8 @@ from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, Trai
 from lmcompress.data import load_task
 from lmcompress.distill.stage import distill
 from lmcompress.evaluate import count_params, latency_for_texts, score_split, weights_size_bytes
-from lmcompress.models.load import load_tokenizer, load_trained_classifier, read_run_manifest
+from lmcompress.models.load import load_tokenizer, load_trained_classifier
+from lmcompress.runs import read_run_manifest
 from lmcompress.runs import is_complete
 
 RESULTS = Path(__file__).parent / "results"

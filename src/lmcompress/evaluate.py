@@ -15,13 +15,13 @@ from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score
 from torch.utils.data import DataLoader
 
-from .config import DataConfig, EvaluateConfig, from_dict
+from .config import EvaluateConfig
 from .data import load_task
 from .data.tokenize import collator, fixed_batch, tokenize_frame
 from .errors import LmcError
-from .models.load import load_tokenizer, load_trained_classifier, read_run_manifest
+from .models.load import load_tokenizer, load_trained_classifier
 from .models.outputs import forward
-from .runs import METRICS, write_json_atomic
+from .runs import METRICS, data_config_for, read_run_manifest, write_json_atomic
 
 log = logging.getLogger("lmcompress")
 
@@ -165,16 +165,11 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
     manifest = read_run_manifest(folder) or {}
-    recorded = manifest.get("config", {}).get("data")
-    if cfg.data.data:
-        data_cfg = cfg.data
-        if recorded and recorded.get("data") == cfg.data.data and recorded.get("split_seed") != cfg.data.split_seed:
-            log.warning("evaluating with split seed %s but the run was trained with %s: test rows differ",
-                        cfg.data.split_seed, recorded.get("split_seed"))
-    elif recorded:
-        data_cfg = from_dict(DataConfig, recorded, where=f"{folder}/lmcompress.json data")
-    else:
-        raise LmcError(f"{folder} has no lmcompress.json recording its data; pass --data")
+    recorded = manifest.get("config", {}).get("data") or {}
+    if cfg.data.data and recorded.get("data") == cfg.data.data and recorded.get("split_seed") != cfg.data.split_seed:
+        log.warning("evaluating with split seed %s but the run was trained with %s: test rows differ",
+                    cfg.data.split_seed, recorded.get("split_seed"))
+    data_cfg = data_config_for(cfg.data, folder)
     data_cfg.max_train_examples = None  # the split is what matters for scoring
     task_data = load_task(data_cfg)
     expected = manifest.get("data", {}).get("test_fingerprint")

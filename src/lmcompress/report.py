@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from .config import CompareConfig, DataConfig, from_dict
+from .config import CompareConfig
 from .data import load_task
 from .console import console
 from .errors import LmcError
 from .evaluate import MAIN_METRIC, count_params, latency_for_texts, score_split, weights_size_bytes
-from .models.load import load_tokenizer, load_trained_classifier, read_run_manifest
-from .runs import versions, write_json_atomic
+from .models.load import load_tokenizer, load_trained_classifier
+from .runs import data_config_for, read_run_manifest, versions, write_json_atomic
 
 log = logging.getLogger("lmcompress")
 
@@ -43,17 +43,6 @@ def _run_names(folders: list[Path]) -> list[str]:
     return names
 
 
-def _data_config(cfg: CompareConfig, teacher: Path) -> DataConfig:
-    if cfg.data.data:
-        return cfg.data
-    recorded = (read_run_manifest(teacher) or {}).get("config", {}).get("data")
-    if not recorded:
-        raise LmcError(f"{teacher} records no data; pass --data")
-    data_cfg = from_dict(DataConfig, recorded, where=f"{teacher}/lmcompress.json data")
-    data_cfg.max_train_examples = None
-    return data_cfg
-
-
 def compare(cfg: CompareConfig) -> dict[str, Any]:
     folders = [Path(r).expanduser() for r in cfg.runs]
     for folder in folders:
@@ -71,7 +60,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         if not matches:
             raise LmcError(f"--teacher {cfg.teacher} is not one of the runs ({', '.join(names)})")
         teacher_index = matches[0]
-    data_cfg = _data_config(cfg, folders[teacher_index])
+    data_cfg = data_config_for(cfg.data, folders[teacher_index])
     task = load_task(data_cfg)
     metric = MAIN_METRIC[task.task]
     test = task.splits["test"]

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .config import DataConfig, from_dict
 from .errors import LmcError
 
 MANIFEST = "lmcompress.json"
@@ -50,6 +51,29 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def read_run_manifest(path: Path) -> dict | None:
+    """The lmcompress.json of a run dir, or None for a plain HF directory."""
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LmcError(f"{manifest} is corrupt (not JSON); the run is incomplete — re-run the stage") from None
+
+
+def data_config_for(given: DataConfig, run: Path) -> DataConfig:
+    """`given` when it names data, else the data config `run` was trained with (same rows, same split)."""
+    if given.data:
+        return given
+    recorded = (read_run_manifest(run) or {}).get("config", {}).get("data")
+    if not recorded:
+        raise LmcError(f"{run} records no training data; pass --data")
+    data_cfg = from_dict(DataConfig, recorded, where=f"{run}/{MANIFEST} data")
+    data_cfg.max_train_examples = given.max_train_examples
+    return data_cfg
 
 
 def is_complete(path: Path) -> bool:

@@ -11,17 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
 
-from ..config import DataConfig, DistillConfig, from_dict, to_dict
+from ..config import DistillConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
 from ..evaluate import MAIN_METRIC, run_manifest, save_and_score, score_split
 from ..models import presets
-from ..models.load import (load_for_sequence_classification, load_tokenizer, load_trained_classifier,
-                           read_run_manifest, resolve)
-from ..runs import RunDir
+from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
+from ..runs import RunDir, data_config_for
 from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
@@ -105,7 +105,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, cfg.resume)
     teacher_dir = _teacher_dir(cfg.teacher)
-    data_cfg = _data_config(cfg, teacher_dir)
+    data_cfg = data_config_for(cfg.data, teacher_dir)
     task_data = load_task(data_cfg)
     regression = task_data.task == "regression"
     teacher = load_trained_classifier(teacher_dir, task_data.labels, regression).eval()
@@ -139,6 +139,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
              f"{sum(p.numel() for p in teacher.parameters()):,}")
     run.begin(cfg.overwrite, cfg.resume)
     with run.guard():
+        transformers.set_seed(cfg.train.seed)  # projections start the same whatever ran before in this process
         max_len = data_cfg.max_length
         train_set = tokenize_frame(task_data.splits["train"], tokenizer, max_len)
         train_set = train_set.add_column("idx", list(range(len(train_set))))
@@ -188,18 +189,6 @@ def _teacher_dir(spec: str) -> Path:
             if not path.exists() else ""
         raise LmcError(f"--teacher {spec} is not a fine-tuned run or Hugging Face checkpoint{hint}")
     return path
-
-
-def _data_config(cfg: DistillConfig, teacher_dir: Path) -> DataConfig:
-    """The teacher's own data and split unless --data is given (so both score the same test rows)."""
-    if cfg.data.data:
-        return cfg.data
-    recorded = (read_run_manifest(teacher_dir) or {}).get("config", {}).get("data")
-    if not recorded:
-        raise LmcError(f"{teacher_dir} records no training data; pass --data")
-    data_cfg = from_dict(DataConfig, recorded, where=f"{teacher_dir}/lmcompress.json data")
-    data_cfg.max_train_examples = cfg.data.max_train_examples
-    return data_cfg
 
 
 def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, task_data):

@@ -6,7 +6,6 @@ directory, and `trust_remote_code` stays off unless the caller asks for it.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,17 +128,6 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
             "the tokenizer does not belong to this model"
         )
     return model
-
-
-def read_run_manifest(path: Path) -> dict | None:
-    """The lmcompress.json of a run dir, or None for a plain HF directory."""
-    manifest = path / "lmcompress.json"
-    if not manifest.is_file():
-        return None
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise LmcError(f"{manifest} is corrupt (not JSON); the run is incomplete — re-run the stage") from None
 
 
 def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool,
