@@ -68,7 +68,8 @@ def textbrewer_run(teacher, student, train_set, collate, tokenizer, task_data, a
     start = time.perf_counter()
     with distiller:
         distiller.train(optimizer, loader, num_epochs=args.epochs, scheduler_class=get_linear_schedule_with_warmup,
-                        scheduler_args={"num_warmup_steps": 0, "num_training_steps": steps}, max_grad_norm=1.0)
+                        scheduler_args={"num_warmup_steps": 0, "num_training_steps": steps}, max_grad_norm=1.0,
+                        batch_postprocessor=dict)  # TextBrewer wants a plain dict, not a BatchEncoding
     wall = time.perf_counter() - start
     teacher.config.output_hidden_states = student.config.output_hidden_states = False
     shutil.rmtree(work, ignore_errors=True)

