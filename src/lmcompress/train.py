@@ -130,6 +130,7 @@ class _Logs:
         self.path = folder / "train_log.jsonl"
         self.tb = None
         if enabled:
+            folder.mkdir(parents=True, exist_ok=True)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
