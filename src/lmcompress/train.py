@@ -225,7 +225,9 @@ def fit(
                     if state.batches_done_in_epoch else loader
                 for batch in batches:
                     with accelerator.accumulate(model):
-                        loss = loss_fn(model, batch)
+                        # autocast here, not only in the prepared forward: stages call sub-modules directly
+                        with accelerator.autocast():
+                            loss = loss_fn(model, batch)
                         if not torch.isfinite(loss):
                             raise LmcError(
                                 f"loss became {loss.item()} at step {state.global_step + 1} (epoch {state.epoch + 1}); "

@@ -125,5 +125,12 @@ def test_two_stages_with_different_precision_in_one_process(tiny_tokenizer_dir, 
     model, tok, data = _setup(tiny_tokenizer_dir, n=32)
     _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16, precision="fp32"), tmp_path / "a")
     model, tok, data = _setup(tiny_tokenizer_dir, n=32)
-    result = _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16, precision="bf16"), tmp_path / "b")
-    assert result.steps == 2
+    seen = []
+
+    def loss_under_autocast(m, batch):  # stages may call sub-modules directly: autocast must already be on
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return forward(m, batch).loss
+
+    result = _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16, precision="bf16"), tmp_path / "b",
+                  loss_fn=loss_under_autocast)
+    assert result.steps == 2 and seen == [True, True]  # bf16 really applies inside the loss function
