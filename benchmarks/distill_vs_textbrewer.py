@@ -3,7 +3,8 @@
 Setup (shared by every contender):
   teacher  = a fine-tuned minilm-l6 run (default runs/teacher, made by `lmcompress finetune`)
   student  = the teacher's first 2 layers (384 hidden), built once and deep-copied for each contender
-  data     = the teacher's rotten-tomatoes train split, max length 64, the same shuffled batches (same seed)
+  data     = the teacher's rotten-tomatoes train split, max length 64, batch 32, the same padding collator
+             (each tool shuffles with its own seeded sampler, so the batch order differs)
   losses   = 0.5 * hard-label CE + 0.5 * T^2 * soft CE (T=4) + masked hidden MSE on layers 1-2 (mean)
   optimiser= AdamW lr 1e-4, no weight decay, linear decay, 5 epochs, batch 32
 TextBrewer's soft CE has no T^2 factor, so it gets kd_loss_weight = 0.5 * T^2 to optimise the identical loss.
@@ -147,7 +148,7 @@ def main() -> int:
           f"Command: `{results['command']}`  ", f"Machine: {results['machine']}, {results['threads']} threads, "
           f"torch {results['torch']}  ",
           f"Teacher {args.teacher} test accuracy {teacher_acc:.4f}; student = teacher layers 0-1; "
-          f"{args.epochs} epochs over {len(train_set)} examples; identical batches and losses.", "",
+          f"{args.epochs} epochs over {len(train_set)} examples; same data, batch size, padding collator and losses (each tool shuffles with its own seeded sampler).", "",
           "| contender | test accuracy | retention | wall time (s) | vs TextBrewer |", "|---|---|---|---|---|", *rows, ""]
     (RESULTS / "distill_vs_textbrewer.md").write_text("\n".join(md))
     print("\n".join(md))
