@@ -148,7 +148,8 @@ def main() -> int:
           f"Command: `{results['command']}`  ", f"Machine: {results['machine']}, {results['threads']} threads, "
           f"torch {results['torch']}  ",
           f"Teacher {args.teacher} test accuracy {teacher_acc:.4f}; student = teacher layers 0-1; "
-          f"{args.epochs} epochs over {len(train_set)} examples; same data, batch size, padding collator and losses (each tool shuffles with its own seeded sampler).", "",
+          f"{args.epochs} epochs over {len(train_set)} examples; same data, batch size, padding collator and losses "
+          "(each tool shuffles with its own seeded sampler).", "",
           "| contender | test accuracy | retention | wall time (s) | vs TextBrewer |", "|---|---|---|---|---|", *rows, ""]
     (RESULTS / "distill_vs_textbrewer.md").write_text("\n".join(md))
     print("\n".join(md))
