@@ -198,6 +198,7 @@ def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
     xs = [r["latency_ms_b32"] for r in rows]
@@ -212,6 +213,9 @@ def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
                 label="Pareto front", zorder=2)
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
+    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 20, 50, 100 rather than 2×10¹
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain)
     ax.set_xlabel("CPU latency at batch 32 (ms, log scale) — lower is better")
     ax.set_ylabel(f"test {metric} — higher is better")
     ax.grid(True, which="both", alpha=0.3)
