@@ -133,35 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
     subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    ft = subs.add_parser("finetune", parents=[common], help="fine-tune a model on a labelled task",
-                         description="Fine-tune a model (zoo name, HF dir or preset) for classification/regression.")
-    ft.add_argument("--config", help="YAML file with the same keys (sections data:, train:); flags override it")
-    ft.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    add_flags(ft, FinetuneConfig)
-    ft.set_defaults(func=cmd_finetune)
+    def stage(name: str, cls: type, func, help_text: str, description: str, json_flag: bool = True,
+              positional_runs: bool = False) -> None:
+        """A subcommand whose flags are generated from its config dataclass (YAML keys == flags)."""
+        sub = subs.add_parser(name, parents=[common], help=help_text, description=description)
+        if positional_runs:
+            sub.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the teacher "
+                             "unless --teacher")
+        sub.add_argument("--config", help="YAML file with the same keys (one section per group); flags override it")
+        if json_flag:
+            sub.add_argument("--json", action="store_true", help="print the metrics as JSON")
+        add_flags(sub, cls, skip=("runs",) if positional_runs else ())
+        sub.set_defaults(func=func)
 
-    di = subs.add_parser("distill", parents=[common], help="distil a fine-tuned teacher into a smaller student",
-                         description="Task-specific distillation: logit KD with temperature mixed with hard labels, "
-                         "optional hidden-state / embedding / cosine / attention / MiniLM relation losses, teacher cache.")
-    di.add_argument("--config", help="YAML file with the same keys (sections data:, train:, loss:); flags override it")
-    di.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    add_flags(di, DistillConfig)
-    di.set_defaults(func=cmd_distill)
-
-    co = subs.add_parser("compare", parents=[common], help="side-by-side report: metric, retention, size, latency",
-                         description="Score and time every run on the same test rows in one process; write "
-                         "report.md, report.html, report.json and pareto.png.")
-    co.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the teacher unless --teacher")
-    co.add_argument("--config", help="YAML file with the same keys; flags override it")
-    add_flags(co, CompareConfig, skip=("runs",))
-    co.set_defaults(func=cmd_compare)
-
-    ev = subs.add_parser("evaluate", parents=[common], help="score a run: metrics, size, latency",
-                         description="Evaluate a run on the same split it was trained with (or --data).")
-    ev.add_argument("--config", help="YAML file with the same keys; flags override it")
-    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    add_flags(ev, EvaluateConfig)
-    ev.set_defaults(func=cmd_evaluate)
+    stage("finetune", FinetuneConfig, cmd_finetune, "fine-tune a model on a labelled task",
+          "Fine-tune a model (zoo name, HF dir or preset) for classification/regression.")
+    stage("distill", DistillConfig, cmd_distill, "distil a fine-tuned teacher into a smaller student",
+          "Task-specific distillation: logit KD with temperature mixed with hard labels, optional hidden-state / "
+          "embedding / cosine / attention / MiniLM relation losses, teacher cache.")
+    stage("compare", CompareConfig, cmd_compare, "side-by-side report: metric, retention, size, latency",
+          "Score and time every run on the same test rows in one process; write report.md, report.html, "
+          "report.json and pareto.png.", json_flag=False, positional_runs=True)
+    stage("evaluate", EvaluateConfig, cmd_evaluate, "score a run: metrics, size, latency",
+          "Evaluate a run on the same split it was trained with (or --data).")
 
     zo = subs.add_parser("zoo", parents=[common], help="list offline models and datasets and whether installed")
     zo.add_argument("--json", action="store_true", help="machine-readable output")
