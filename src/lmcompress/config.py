@@ -19,6 +19,20 @@ import yaml
 
 from .errors import LmcError
 
+def _at_least(cfg: Any, minimum: int, *names: str) -> None:
+    """ValueError for the first named field below `minimum` (None means unset and passes)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _required(cfg: Any, *names: str) -> None:
+    for name in names:
+        if not getattr(cfg, name):
+            raise ValueError(f"{name} is required (--{name.replace('_', '-')})")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Config dataclasses
 # --------------------------------------------------------------------------------------------------------------
@@ -47,14 +61,12 @@ class DataConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.max_length < 8:
-            raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+        _at_least(self, 8, "max_length")
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.5:
                 raise ValueError(f"{name} must be between 0 and 0.5, got {value}")
-        if self.max_train_examples is not None and self.max_train_examples < 1:
-            raise ValueError(f"max_train_examples must be >= 1, got {self.max_train_examples}")
+        _at_least(self, 1, "max_train_examples")
 
 
 @dataclass
@@ -79,14 +91,10 @@ class TrainConfig:
     keep_best: bool = field(default=True, metadata={"help": "keep the epoch with the best validation metric"})
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "eval_batch_size", "grad_accum_steps", "checkpoint_every_steps", "log_every_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _at_least(self, 1, "batch_size", "eval_batch_size", "grad_accum_steps", "checkpoint_every_steps",
+                  "log_every_steps", "max_steps")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -108,10 +116,7 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model is required (--model)")
-        if not self.out:
-            raise ValueError("out is required (--out)")
+        _required(self, "model", "out")
         if not self.data.data:
             raise ValueError("data is required (--data)")
 
@@ -129,12 +134,8 @@ class EvaluateConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
-        if not self.model:
-            raise ValueError("model is required (--model)")
-        if self.latency_repeats < 1:
-            raise ValueError(f"latency_repeats must be >= 1, got {self.latency_repeats}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        _required(self, "model")
+        _at_least(self, 1, "latency_repeats", "threads")
 
 
 @dataclass
@@ -162,8 +163,7 @@ class DistillLossConfig:
         for name in ("hidden_weight", "embedding_weight", "cosine_weight", "attention_weight", "minilm_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.relation_heads < 1:
-            raise ValueError(f"relation_heads must be >= 1, got {self.relation_heads}")
+        _at_least(self, 1, "relation_heads")
 
 
 @dataclass
@@ -185,9 +185,7 @@ class DistillConfig:
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
 
     def __post_init__(self) -> None:
-        for name in ("teacher", "student", "out"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is required (--{name})")
+        _required(self, "teacher", "student", "out")
 
 
 @dataclass
@@ -205,12 +203,8 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if not self.runs:
             raise ValueError("give at least one run to compare")
-        if not self.out:
-            raise ValueError("out is required (--out)")
-        if self.latency_repeats < 1:
-            raise ValueError(f"latency_repeats must be >= 1, got {self.latency_repeats}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        _required(self, "out")
+        _at_least(self, 1, "latency_repeats", "threads")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -138,27 +138,6 @@ def save_and_score(model: torch.nn.Module, tokenizer, task_data, folder: Path, m
     return metrics
 
 
-def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, result, **extra: Any) -> dict[str, Any]:
-    """lmcompress.json of a training stage: resolved config, parent, split record, history, versions."""
-    import datetime as dt
-
-    from .runs import versions
-
-    return {
-        "stage": stage,
-        "parent": parent,
-        "config": config,
-        "data": task_data.split_record,
-        "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
-        **extra,
-        "train": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
-                  "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
-                  "history": result.state.history},
-        "versions": versions(),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-
-
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score a run (or a plain HF dir with a classification head) on a split; write metrics.json."""
     folder = Path(cfg.model).expanduser()

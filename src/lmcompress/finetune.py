@@ -11,10 +11,10 @@ import torch
 from .config import FinetuneConfig, to_dict
 from .data import load_task
 from .data.tokenize import collator, tokenize_frame
-from .evaluate import MAIN_METRIC, run_manifest, save_and_score, score_split
+from .evaluate import MAIN_METRIC, save_and_score, score_split
 from .models.load import load_for_sequence_classification, load_tokenizer, resolve
 from .models.outputs import forward
-from .runs import RunDir
+from .runs import RunDir, run_manifest
 from .train import fit
 
 log = logging.getLogger("lmcompress")

@@ -46,6 +46,23 @@ def versions() -> dict[str, str]:
     }
 
 
+def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, result, **extra: Any) -> dict[str, Any]:
+    """lmcompress.json of a training stage: resolved config, parent, split record, history, versions."""
+    return {
+        "stage": stage,
+        "parent": parent,
+        "config": config,
+        "data": task_data.split_record,
+        "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
+        **extra,
+        "train": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
+                  "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
+                  "history": result.state.history},
+        "versions": versions(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temp file beside `path`, then rename over it (never a half-written file)."""
     tmp = path.with_name(f".{path.name}.tmp")

@@ -18,10 +18,10 @@ from ..config import DistillConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
-from ..evaluate import MAIN_METRIC, run_manifest, save_and_score, score_split
+from ..evaluate import MAIN_METRIC, save_and_score, score_split
 from ..models import presets
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
-from ..runs import RunDir, data_config_for
+from ..runs import RunDir, data_config_for, run_manifest
 from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
@@ -117,7 +117,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
     n_s, n_t = _num_layers(student.config), _num_layers(teacher.config)
     loss_cfg = cfg.loss
     layer_map = parse_layer_map(loss_cfg.layer_map, n_s, n_t, copied)
-    layer_based = loss_cfg.hidden_weight > 0 or loss_cfg.cosine_weight > 0 or loss_cfg.attention_weight > 0
+    reads_hidden = loss_cfg.hidden_weight > 0 or loss_cfg.cosine_weight > 0  # attention maps need no hidden states
     if loss_cfg.attention_weight > 0 and student.config.num_attention_heads != teacher.config.num_attention_heads:
         raise LmcError(f"attention transfer needs equal head counts (student {student.config.num_attention_heads}, "
                        f"teacher {teacher.config.num_attention_heads}); use --minilm-weight instead")
@@ -128,7 +128,7 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             if width % loss_cfg.relation_heads:
                 raise LmcError(f"--relation-heads {loss_cfg.relation_heads} does not divide the {name} width {width}")
     needs = _Needs(
-        hidden=tuple(sorted(set(([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if layer_based else [])))),
+        hidden=tuple(sorted(set(([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if reads_hidden else [])))),
         attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0)
     if needs.attentions:  # attention probabilities need the eager kernel; inference keeps sdpa
         teacher.set_attn_implementation("eager")
