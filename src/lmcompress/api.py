@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import catalog
-from .config import CompareConfig, DistillConfig, EvaluateConfig, FinetuneConfig, build_config, flat_to_nested
+from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, PruneConfig,
+                     QuantizeConfig, build_config, flat_to_nested)
 from .errors import NotBuiltError
 from .models import presets
 
@@ -49,6 +50,27 @@ def compare(*runs: str, config: str | None = None, **options: Any) -> dict[str, 
     return run_compare(cfg)
 
 
+def prune(config: str | None = None, **options: Any) -> dict[str, Any]:
+    """Structured pruning by importance, then recovery; returns the pruned model's test metrics."""
+    from .shrink.prune import prune as run_prune
+
+    return run_prune(build_config(PruneConfig, config, flat_to_nested(PruneConfig, options), "prune"))
+
+
+def quantize(config: str | None = None, **options: Any) -> dict[str, Any]:
+    """Int8 quantization (dynamic-int8 | onnx-int8 | static-int8); returns the quantized model's test metrics."""
+    from .shrink.quantize import quantize as run_quantize
+
+    return run_quantize(build_config(QuantizeConfig, config, flat_to_nested(QuantizeConfig, options), "quantize"))
+
+
+def export(config: str | None = None, **options: Any) -> dict[str, Any]:
+    """Validated ONNX export (fp32 | fp16); returns the exported model's test metrics."""
+    from .shrink.quantize import export as run_export
+
+    return run_export(build_config(ExportConfig, config, flat_to_nested(ExportConfig, options), "export"))
+
+
 def zoo() -> list[dict[str, Any]]:
     """Offline models and datasets with their install state, plus the architecture presets."""
     rows = []
@@ -82,13 +104,7 @@ def _not_built(stage: str, issue: str):
 
 NOT_BUILT = {
     "pretrain": "self-supervised pre-training lands with the pre-training issue",
-    "prune": "structured pruning lands with the shrink issue",
-    "quantize": "int8 quantization lands with the shrink issue",
-    "export": "ONNX export lands with the shrink issue",
     "run": "YAML recipes land with the report issue",
 }
 pretrain = _not_built("pretrain", NOT_BUILT["pretrain"])
-prune = _not_built("prune", NOT_BUILT["prune"])
-quantize = _not_built("quantize", NOT_BUILT["quantize"])
-export = _not_built("export", NOT_BUILT["export"])
 run = _not_built("run", NOT_BUILT["run"])

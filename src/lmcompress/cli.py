@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -10,7 +11,8 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, api
-from .config import CompareConfig, DistillConfig, EvaluateConfig, FinetuneConfig, add_flags, build_config, flags_to_dict
+from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, PruneConfig,
+                     QuantizeConfig, add_flags, build_config, flags_to_dict)
 from .console import console
 from .errors import LmcError, NotBuiltError
 
@@ -30,8 +32,9 @@ def _setup_logging(quiet: bool) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(console=console(stderr=True), show_path=False, show_time=False, markup=False)
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", handlers=[handler],
-                        force=True)
+    # third-party libraries (the ONNX exporter above all) log pages at INFO: only their warnings pass
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _print_json_or_summary(result: dict[str, Any], as_json: bool) -> None:
@@ -51,24 +54,17 @@ def _print_json_or_summary(result: dict[str, Any], as_json: bool) -> None:
 # ------------------------------------------------------------------------------------------------------------ commands
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    cfg = build_config(FinetuneConfig, args.config, flags_to_dict(args), "finetune")
-    _print_json_or_summary(_run_finetune(cfg), args.json)
-    return 0
+def _config_command(cls: type, where: str, target: str):
+    """A handler: flags (+ --config YAML) -> typed config -> `module:function` (imported on use) -> summary/JSON."""
+    module, _, function = target.partition(":")
 
+    def handler(args: argparse.Namespace) -> int:
+        cfg = build_config(cls, args.config, flags_to_dict(args), where)
+        runner = getattr(importlib.import_module(module, package=__package__), function)
+        _print_json_or_summary(runner(cfg), args.json)
+        return 0
 
-def _run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
-    from .finetune import finetune
-
-    return finetune(cfg)
-
-
-def cmd_distill(args: argparse.Namespace) -> int:
-    from .distill.stage import distill
-
-    cfg = build_config(DistillConfig, args.config, flags_to_dict(args), "distill")
-    _print_json_or_summary(distill(cfg), args.json)
-    return 0
+    return handler
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -77,14 +73,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cfg = build_config(CompareConfig, args.config, flags_to_dict(args), "compare")
     report = compare(cfg)
     console().print(f"report: {report['path']}/report.html (also report.md, report.json, pareto.png)")
-    return 0
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
-
-    cfg = build_config(EvaluateConfig, args.config, flags_to_dict(args), "evaluate")
-    _print_json_or_summary(evaluate_run(cfg), args.json)
     return 0
 
 
@@ -135,7 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def stage(name: str, cls: type, func, help_text: str, description: str, json_flag: bool = True,
               positional_runs: bool = False) -> None:
-        """A subcommand whose flags are generated from its config dataclass (YAML keys == flags)."""
+        """A subcommand whose flags are generated from its config dataclass (YAML keys == flags); `func` is a
+        handler or a 'module:function' stage runner taking the config."""
+        if isinstance(func, str):
+            func = _config_command(cls, name, func)
         sub = subs.add_parser(name, parents=[common], help=help_text, description=description)
         if positional_runs:
             sub.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the teacher "
@@ -146,15 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
         add_flags(sub, cls, skip=("runs",) if positional_runs else ())
         sub.set_defaults(func=func)
 
-    stage("finetune", FinetuneConfig, cmd_finetune, "fine-tune a model on a labelled task",
+    stage("finetune", FinetuneConfig, ".finetune:finetune", "fine-tune a model on a labelled task",
           "Fine-tune a model (zoo name, HF dir or preset) for classification/regression.")
-    stage("distill", DistillConfig, cmd_distill, "distil a fine-tuned teacher into a smaller student",
+    stage("distill", DistillConfig, ".distill.stage:distill", "distil a fine-tuned teacher into a smaller student",
           "Task-specific distillation: logit KD with temperature mixed with hard labels, optional hidden-state / "
           "embedding / cosine / attention / MiniLM relation losses, teacher cache.")
     stage("compare", CompareConfig, cmd_compare, "side-by-side report: metric, retention, size, latency",
           "Score and time every run on the same test rows in one process; write report.md, report.html, "
           "report.json and pareto.png.", json_flag=False, positional_runs=True)
-    stage("evaluate", EvaluateConfig, cmd_evaluate, "score a run: metrics, size, latency",
+    stage("prune", PruneConfig, ".shrink.prune:prune", "remove heads, FFN neurons or layers by importance, then recover",
+          "Structured pruning: importance from |activation x gradient| on training rows, physical removal (a "
+          "standard config that reloads with transformers alone), recovery by distillation from the unpruned model.")
+    stage("quantize", QuantizeConfig, ".shrink.quantize:quantize", "int8: PyTorch dynamic, ONNX Runtime dynamic or static",
+          "Int8 quantization with the accuracy change and latency measured; ONNX methods export and validate first.")
+    stage("export", ExportConfig, ".shrink.quantize:export", "validated ONNX export (fp32 or fp16)",
+          "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches.")
+    stage("evaluate", EvaluateConfig, ".evaluate:evaluate_run", "score a run: metrics, size, latency",
           "Evaluate a run on the same split it was trained with (or --data).")
 
     zo = subs.add_parser("zoo", parents=[common], help="list offline models and datasets and whether installed")

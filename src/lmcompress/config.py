@@ -27,6 +27,14 @@ def _at_least(cfg: Any, minimum: int, *names: str) -> None:
             raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
+def _positive(cfg: Any, *names: str) -> None:
+    """ValueError for the first named field <= 0 (None means unset and passes)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+
+
 def _required(cfg: Any, *names: str) -> None:
     for name in names:
         if not getattr(cfg, name):
@@ -172,7 +180,8 @@ class DistillConfig:
 
     teacher: str = field(default="", metadata={"help": "fine-tuned teacher run (or HF dir with a task head)"})
     student: str = field(default="", metadata={
-        "help": "preset (bert-4l-312h), model dir, or derived from the teacher: 'pick=0,2,4', 'layers=2;hidden=192'"})
+        "help": "preset (bert-4l-312h), model dir, or derived from the teacher: 'pick=0,2,4', 'layers=2;hidden=192', "
+                "'albert;embedding=128;shared' (ALBERT conversion)"})
     out: str = field(default="", metadata={"help": "run directory to create"})
     resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
@@ -205,6 +214,76 @@ class CompareConfig:
             raise ValueError("give at least one run to compare")
         _required(self, "out")
         _at_least(self, 1, "latency_repeats", "threads")
+
+
+@dataclass
+class PruneConfig:
+    """`lmcompress prune`: data-driven structured pruning, then recovery by distillation from the unpruned model."""
+
+    model: str = field(default="", metadata={"help": "fine-tuned run (BERT/RoBERTa family) to prune"})
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    heads: float = field(default=0.0, metadata={
+        "help": "share of attention heads to remove in every layer (0-<1); BERT configs tie hidden = heads x head "
+                "size, so the hidden width shrinks with them unless --hidden says otherwise"})
+    ffn: float = field(default=0.0, metadata={"help": "share of FFN neurons to remove in every layer (0-<1)"})
+    layers: int | None = field(default=None, metadata={"help": "keep only the N most important layers"})
+    hidden: int | None = field(default=None, metadata={"help": "hidden width to keep (a multiple of the kept heads)"})
+    calibration_examples: int = field(default=512, metadata={"help": "training rows used to score importance"})
+    recovery: Literal["distill", "finetune", "none"] = field(default="distill", metadata={
+        "help": "after pruning: distil from the unpruned model, fine-tune on labels, or nothing"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted recovery from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=3.0))
+    loss: DistillLossConfig = field(default_factory=lambda: DistillLossConfig(hidden_weight=1.0))
+
+    def __post_init__(self) -> None:
+        _required(self, "model", "out")
+        for name in ("heads", "ffn"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} is the share to remove and must be in [0, 1), got {getattr(self, name)}")
+        _at_least(self, 1, "layers", "hidden", "calibration_examples")
+        if not (self.heads or self.ffn or self.layers or self.hidden):
+            raise ValueError("nothing to prune: give --heads, --ffn, --layers or --hidden")
+
+
+@dataclass
+class QuantizeConfig:
+    """`lmcompress quantize`: int8 in PyTorch (dynamic) or in ONNX Runtime (dynamic or static), measured."""
+
+    model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to quantize"})
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    method: Literal["dynamic-int8", "static-int8", "onnx-int8"] = field(default="onnx-int8", metadata={
+        "help": "dynamic-int8: PyTorch Linear layers; onnx-int8: ONNX Runtime dynamic; static-int8: ONNX Runtime "
+                "with activation ranges calibrated on training rows"})
+    calibration_examples: int = field(default=256, metadata={"help": "training rows for static-int8 calibration"})
+    tolerance: float | None = field(default=None, metadata={
+        "help": "max |logit difference| allowed between the fp32 ONNX export and PyTorch (default 1e-3)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        _required(self, "model", "out")
+        _at_least(self, 1, "calibration_examples")
+        _positive(self, "tolerance")
+
+
+@dataclass
+class ExportConfig:
+    """`lmcompress export`: a validated ONNX graph (fp32 or fp16) beside the tokenizer and config."""
+
+    model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to export"})
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    format: Literal["onnx"] = field(default="onnx", metadata={"help": "export format"})
+    precision: Literal["fp32", "fp16"] = field(default="fp32", metadata={"help": "weights and activations"})
+    tolerance: float | None = field(default=None, metadata={
+        "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        _required(self, "model", "out")
+        _positive(self, "tolerance")
 
 
 # --------------------------------------------------------------------------------------------------------------

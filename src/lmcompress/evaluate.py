@@ -19,7 +19,7 @@ from .config import EvaluateConfig
 from .data import load_task
 from .data.tokenize import collator, fixed_batch, tokenize_frame
 from .errors import LmcError
-from .models.load import load_tokenizer, load_trained_classifier
+from .models.load import load_run_model, load_tokenizer
 from .models.outputs import forward
 from .runs import METRICS, data_config_for, read_run_manifest, write_json_atomic
 
@@ -33,7 +33,7 @@ LATENCY_BATCHES = (1, 32)
 def predict(model: torch.nn.Module, dataset, collate: Callable, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """-> (logits [N, C], labels [N])"""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an ONNX session has no parameters: CPU
     logits, labels = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
         labels.append(batch.pop("labels").numpy())
@@ -56,8 +56,16 @@ def task_metrics(task: str, logits: np.ndarray, labels: np.ndarray) -> dict[str,
 
 
 def count_params(model: torch.nn.Module) -> int:
-    """Unique parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    """Unique parameters (tied weights counted once), int8-packed Linear weights and ONNX initialisers included."""
+    if hasattr(model, "param_count"):  # OnnxClassifier
+        return model.param_count
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    for module in model.modules():
+        if isinstance(module, DynamicInt8Linear):  # its int8 weights live outside parameters()
+            total += module.weight().numel() + (module.bias().numel() if module.bias() is not None else 0)
+    return total
 
 
 def weights_size_bytes(folder: Path) -> int:
@@ -129,6 +137,12 @@ def save_and_score(model: torch.nn.Module, tokenizer, task_data, folder: Path, m
     """End of every training stage: save the checkpoint, score the test split, time it, write metrics.json."""
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return score_and_write(model, tokenizer, task_data, folder, max_length, batch_size)
+
+
+def score_and_write(model: torch.nn.Module, tokenizer, task_data, folder: Path, max_length: int,
+                    batch_size: int) -> dict[str, Any]:
+    """Score the test split of whatever `model` is (PyTorch, int8, ONNX), time it, write metrics.json."""
     scores = score_split(model, tokenizer, task_data, "test", max_length, batch_size)
     test = task_data.splits["test"]
     latency = latency_for_texts(model, tokenizer, test["text"].tolist(),
@@ -157,7 +171,7 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
                     task_data.split_record["test_fingerprint"], expected)
 
     tokenizer = load_tokenizer(folder)
-    model = load_trained_classifier(folder, task_data.labels, task_data.task == "regression")
+    model = load_run_model(folder, task_data.labels, task_data.task == "regression", cfg.threads)
     scores = score_split(model, tokenizer, task_data, cfg.split, data_cfg.max_length, 64)
     split_frame = task_data.splits[cfg.split]
     latency = None

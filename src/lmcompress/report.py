@@ -20,7 +20,7 @@ from .data import load_task
 from .console import console
 from .errors import LmcError
 from .evaluate import MAIN_METRIC, count_params, latency_for_texts, score_split, weights_size_bytes
-from .models.load import load_tokenizer, load_trained_classifier
+from .models.load import load_run_model, load_tokenizer
 from .runs import data_config_for, read_run_manifest, versions, write_json_atomic
 
 log = logging.getLogger("lmcompress")
@@ -75,7 +75,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             log.warning("%s was tested on other rows (fingerprint %s); the report scores everyone on %s", name,
                         recorded, task.split_record["test_fingerprint"])
         tokenizer = load_tokenizer(folder)
-        model = load_trained_classifier(folder, task.labels, task.task == "regression").eval()
+        model = load_run_model(folder, task.labels, task.task == "regression", threads).eval()
         scores = score_split(model, tokenizer, task, "test", data_cfg.max_length, 64)
         timing = latency_for_texts(model, tokenizer, texts, pairs, data_cfg.max_length, cfg.latency_repeats, threads)
         rows.append({"name": name, "path": str(folder), "params": count_params(model),

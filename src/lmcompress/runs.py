@@ -46,8 +46,8 @@ def versions() -> dict[str, str]:
     }
 
 
-def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, result, **extra: Any) -> dict[str, Any]:
-    """lmcompress.json of a training stage: resolved config, parent, split record, history, versions."""
+def stage_manifest(stage: str, parent: str, config: dict[str, Any], task_data, **extra: Any) -> dict[str, Any]:
+    """lmcompress.json of any stage: resolved config, parent, split record, stage extras, versions."""
     return {
         "stage": stage,
         "parent": parent,
@@ -55,12 +55,17 @@ def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, res
         "data": task_data.split_record,
         "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
         **extra,
-        "train": {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
-                  "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
-                  "history": result.state.history},
         "versions": versions(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, result, **extra: Any) -> dict[str, Any]:
+    """lmcompress.json of a training stage: the stage manifest plus the training history."""
+    train = {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
+             "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
+             "history": result.state.history}
+    return stage_manifest(stage, parent, config, task_data, **extra, train=train)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

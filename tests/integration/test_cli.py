@@ -11,20 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lmcompress.cli import main
+
+from .cli_helpers import run_cli
 
 from ..conftest import make_sentiment_rows
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(args)
-    except SystemExit as exc:  # argparse usage errors
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +88,10 @@ def test_console_script_runs_and_not_built_stages_exit_2():
     exe = VENV_BIN / "lmcompress"
     if not exe.exists():
         pytest.skip("console script not installed next to this interpreter")
-    result = subprocess.run([str(exe), "prune", "--model", "x"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([str(exe), "pretrain", "--model", "x"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["lmcompress: error: `prune` is not built yet "
-                                                  "(structured pruning lands with the shrink issue)"]
+    assert result.stderr.strip().splitlines() == ["lmcompress: error: `pretrain` is not built yet "
+                                                  "(self-supervised pre-training lands with the pre-training issue)"]
 
 
 def test_resume_flag_continues_an_interrupted_cli_run(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):

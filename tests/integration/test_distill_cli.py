@@ -9,16 +9,7 @@ import sys
 
 import pytest
 
-from lmcompress.cli import main
-
-
-def run_cli(args, capsys):
-    try:
-        code = main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from .cli_helpers import run_cli
 
 
 COMMON = ["--epochs", "3", "--batch-size", "16", "--learning-rate", "2e-3", "--quiet"]

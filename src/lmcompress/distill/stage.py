@@ -25,6 +25,7 @@ from ..runs import RunDir, data_config_for, run_manifest
 from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
+from ..shrink.albert import albert_from_bert, parse_albert_spec
 from .student import build_student, default_layer_map, is_derived_spec, load_student_like, parse_spec
 
 log = logging.getLogger("lmcompress")
@@ -101,7 +102,8 @@ class _QKVRecorder:
         return hook
 
 
-def distill(cfg: DistillConfig) -> dict[str, Any]:
+def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`stage`/`extra` let stages built on distillation (prune recovery) name themselves in lmcompress.json."""
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, cfg.resume)
     teacher_dir = _teacher_dir(cfg.teacher)
@@ -170,10 +172,10 @@ def distill(cfg: DistillConfig) -> dict[str, Any]:
             student.set_attn_implementation("sdpa")
         metrics = save_and_score(student, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
         manifest = run_manifest(
-            "distill", str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
+            stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
             student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
                      "hidden": _width(student.config)},
-            teacher_cache=cache.stats() if cache is not None else None)
+            teacher_cache=cache.stats() if cache is not None else None, **(extra or {}))
         final = run.commit(manifest)
     if cache is not None:
         log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
@@ -193,6 +195,10 @@ def _teacher_dir(spec: str) -> Path:
 
 def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, task_data):
     """-> (student, teacher layers copied or None, student tokenizer)"""
+    albert = parse_albert_spec(cfg.student)
+    if albert is not None:
+        student, copied = albert_from_bert(teacher, albert)
+        return student, copied, tokenizer
     if is_derived_spec(cfg.student):
         student, copied = build_student(teacher, parse_spec(cfg.student))
         return student, copied, tokenizer

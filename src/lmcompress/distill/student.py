@@ -162,8 +162,8 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
     else:
         new_config.num_hidden_layers = len(keep_layers)
     hidden_idx = qkv_idx = ffn_idx = None
-    teacher_state = {k: v.detach() for k, v in teacher.state_dict().items()}
     if narrowing:
+        teacher_state = {k: v.detach() for k, v in teacher.state_dict().items()}
         width, heads, ffn = config.hidden_size, config.num_attention_heads, config.intermediate_size
         new_hidden = spec.hidden or width
         new_heads = spec.heads or heads
@@ -186,6 +186,17 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
             qkv_idx[layer] = _attention_index(teacher_state, prefix, heads, new_heads, new_dim)
             ffn_idx[layer] = _ffn_index(teacher_state, prefix, new_ffn)
 
+    student = slice_model(teacher, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx)
+    return student, keep_layers
+
+
+def slice_model(teacher: PreTrainedModel, new_config, keep_layers: list[int], hidden_idx: torch.Tensor | None,
+                qkv_idx: dict[int, torch.Tensor] | None, ffn_idx: dict[int, torch.Tensor] | None) -> PreTrainedModel:
+    """A model of `new_config` holding the teacher's weights restricted to the kept layers and indices.
+
+    hidden_idx: [H'] residual dims; qkv_idx[layer]: [A'*d'] Q/K/V rows; ffn_idx[layer]: [F'] neurons (None = all).
+    """
+    teacher_state = {k: v.detach() for k, v in teacher.state_dict().items()}
     student = type(teacher)(new_config)
     new_state = {}
     for name, target in student.state_dict().items():
@@ -193,17 +204,16 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
         teacher_layer = keep_layers[int(match.group(2))] if match else None
         source_name = f"{match.group(1)}.{teacher_layer}.{match.group(3)}" if match else name
         value = teacher_state[source_name]
-        if narrowing:
-            for axis, kind in enumerate(_axes(name)):
-                index = {"hidden": hidden_idx, "qkv": qkv_idx.get(teacher_layer) if teacher_layer is not None else None,
-                         "ffn": ffn_idx.get(teacher_layer) if teacher_layer is not None else None}.get(kind)
-                if index is not None and value.shape[axis] != target.shape[axis]:
-                    value = value.index_select(axis, index)
+        for axis, kind in enumerate(_axes(name)):
+            per_layer = {"qkv": qkv_idx, "ffn": ffn_idx}.get(kind)
+            index = hidden_idx if kind == "hidden" else (per_layer or {}).get(teacher_layer)
+            if index is not None and value.shape[axis] != target.shape[axis]:
+                value = value.index_select(axis, index)
         if value.shape != target.shape:
             raise LmcError(f"cannot derive {name}: teacher {tuple(value.shape)} vs student {tuple(target.shape)}")
         new_state[name] = value.clone()
     student.load_state_dict(new_state)
-    return student, keep_layers
+    return student
 
 
 def default_layer_map(student_layers: list[int] | None, n_student: int, n_teacher: int) -> list[int]:

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
@@ -130,9 +131,8 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
     return model
 
 
-def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool,
-                            trust_remote_code: bool = False) -> transformers.PreTrainedModel:
-    """A fine-tuned checkpoint exactly as saved; its head must match the data's labels."""
+def _check_head(folder: Path, labels: list[str] | None, regression: bool, trust_remote_code: bool) -> None:
+    """The saved head must match the data: same task kind and the same labels in the same order."""
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:
@@ -147,8 +147,33 @@ def load_trained_classifier(folder: Path, labels: list[str] | None, regression: 
         if trained != labels:
             raise LmcError(f"{folder} was trained for labels {trained[:10]} but the data has {labels[:10]}; "
                            "evaluate it on the data it was trained for")
+
+
+def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool,
+                            trust_remote_code: bool = False) -> transformers.PreTrainedModel:
+    """A fine-tuned checkpoint exactly as saved; its head must match the data's labels."""
+    _check_head(folder, labels, regression, trust_remote_code)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise LmcError(f"cannot load model from {folder}: {_first_line(exc)}") from None
+
+
+def load_run_model(folder: Path, labels: list[str] | None, regression: bool, threads: int | None = None,
+                   trust_remote_code: bool = False) -> torch.nn.Module:
+    """Whatever a run dir holds, ready to score: an ONNX graph (model.onnx), a PyTorch checkpoint, or a PyTorch
+    checkpoint whose manifest asks for dynamic int8 (applied here, at load time, as in deployment)."""
+    from ..runs import read_run_manifest
+    from ..shrink import onnx_io
+
+    if (folder / onnx_io.MODEL_FILE).is_file():
+        _check_head(folder, labels, regression, trust_remote_code)
+        return onnx_io.OnnxClassifier(folder / onnx_io.MODEL_FILE, threads)
+    model = load_trained_classifier(folder, labels, regression, trust_remote_code)
+    method = ((read_run_manifest(folder) or {}).get("quantization") or {}).get("method")
+    if method == "dynamic-int8":
+        from ..shrink.quantize import dynamic_int8
+
+        model = dynamic_int8(model)
+    return model

@@ -1,0 +1,1 @@
+"""Make models physically smaller and faster: structured pruning, ALBERT conversion, int8, ONNX."""

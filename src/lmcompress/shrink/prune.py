@@ -1,0 +1,215 @@
+"""`lmcompress prune`: score heads, FFN neurons, layers and residual dimensions on training rows, remove the least
+important ones physically, then recover by distilling from the unpruned model.
+
+Importance is the first-order (Taylor) estimate of the loss change when a unit is removed, |sum over tokens of
+activation x gradient|, accumulated per example: for a head this equals Michel et al.'s gradient of a head mask, for an
+FFN neuron it is |a x dL/da|, for a layer it uses the layer's residual update. Every layer keeps the same number of
+heads and FFN neurons so the result is a standard config that `AutoModelForSequenceClassification` reloads alone.
+BERT/RoBERTa configs derive the head size as hidden / heads, so removing heads while keeping the head size shrinks the
+hidden width to kept heads x head size (the residual dimensions kept are the most important ones); `--hidden` picks
+another width (the head size then becomes hidden / kept heads, at most the original).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import DistillConfig, PruneConfig, to_dict
+from ..data import load_task
+from ..data.tokenize import collator, tokenize_frame
+from ..distill.student import NARROWABLE, _topk_sorted, slice_model
+from ..errors import LmcError
+from ..evaluate import save_and_score
+from ..models.load import load_tokenizer, load_trained_classifier
+from ..runs import RunDir, data_config_for, stage_manifest
+
+log = logging.getLogger("lmcompress")
+
+
+@dataclass
+class Importance:
+    heads: torch.Tensor  # [L, A]
+    head_dims: torch.Tensor  # [L, A*d] Q/K/V rows (= context dims)
+    ffn: torch.Tensor  # [L, F]
+    layers: torch.Tensor  # [L]
+    hidden: torch.Tensor  # [H]
+
+
+def encoder_layers(model) -> torch.nn.ModuleList:
+    family = model.config.model_type
+    if family not in NARROWABLE:
+        raise LmcError(f"prune supports {', '.join(NARROWABLE)} models; this one is {family}")
+    return model.base_model.encoder.layer
+
+
+def importance_scores(model, batches) -> Importance:
+    """Accumulate |sum_t activation x gradient| per example over `batches` (dicts with labels) -> Importance."""
+    layers = encoder_layers(model)
+    cfg = model.config
+    n_layers, heads, width, ffn = len(layers), cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size
+    acc = Importance(torch.zeros(n_layers, heads), torch.zeros(n_layers, width), torch.zeros(n_layers, ffn),
+                     torch.zeros(n_layers), torch.zeros(width))
+    seen: dict[tuple[str, int], Any] = {}
+
+    def keep_input(kind: str, i: int):
+        def hook(module, args):
+            args[0].retain_grad()
+            seen[(kind, i)] = args[0]
+        return hook
+
+    def keep_layer(i: int):
+        def hook(module, args, kwargs, output):
+            h_in = args[0] if args else kwargs["hidden_states"]
+            h_out = output[0] if isinstance(output, tuple) else output
+            h_out.retain_grad()
+            seen[("layer", i)] = (h_in, h_out)
+        return hook
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.attention.output.dense.register_forward_pre_hook(keep_input("context", i)))
+        handles.append(layer.output.dense.register_forward_pre_hook(keep_input("ffn", i)))
+        handles.append(layer.register_forward_hook(keep_layer(i), with_kwargs=True))
+    model.eval()  # no dropout: the same rows give the same scores, so a resumed prune rebuilds the same model
+    try:
+        for batch in batches:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
+            for i in range(n_layers):
+                ctx = seen[("context", i)]  # [B, T, A*d]
+                per_dim = (ctx * ctx.grad * mask).sum(1)  # [B, A*d]
+                acc.head_dims[i] += per_dim.abs().sum(0)
+                acc.heads[i] += per_dim.view(len(per_dim), heads, -1).sum(-1).abs().sum(0)  # [A]
+                act = seen[("ffn", i)]  # [B, T, F]
+                acc.ffn[i] += (act * act.grad * mask).sum(1).abs().sum(0)
+                h_in, h_out = seen[("layer", i)]  # [B, T, H] each
+                acc.layers[i] += ((h_out - h_in) * h_out.grad * mask).sum((1, 2)).abs().sum()
+                acc.hidden += (h_out * h_out.grad * mask).sum(1).abs().sum(0)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.zero_grad(set_to_none=True)
+        seen.clear()
+    return acc
+
+
+@dataclass
+class PrunePlan:
+    layers: int | None  # keep the N most important layers (None: all)
+    heads: int  # per layer
+    head_size: int
+    hidden: int
+    ffn: int  # per layer
+
+
+def plan(config, heads_ratio: float, ffn_ratio: float, layers: int | None, hidden: int | None) -> PrunePlan:
+    """Target sizes from the ratios, checked against the model (one-line errors)."""
+    n_layers, heads, width = config.num_hidden_layers, config.num_attention_heads, config.hidden_size
+    head_size = width // heads
+    if layers is not None and layers > n_layers:
+        raise LmcError(f"--layers {layers}: the model has only {n_layers} layers")
+    kept_heads = max(1, round(heads * (1 - heads_ratio)))
+    kept_ffn = max(1, round(config.intermediate_size * (1 - ffn_ratio)))
+    if hidden is None:
+        new_hidden, new_head_size = kept_heads * head_size, head_size
+    else:
+        if hidden > width:
+            raise LmcError(f"--hidden {hidden}: the model is only {width} wide")
+        if hidden % kept_heads or hidden // kept_heads > head_size:
+            raise LmcError(f"--hidden {hidden} must be a multiple of the {kept_heads} kept heads with a head size of "
+                           f"at most {head_size}")
+        new_hidden, new_head_size = hidden, hidden // kept_heads
+    return PrunePlan(layers, kept_heads, new_head_size, new_hidden, kept_ffn)
+
+
+def prune_model(model, scores: Importance, target: PrunePlan):
+    """Physically remove the least important units -> (a standard model of the same family, kept layer indices)."""
+    cfg = model.config
+    head_size = cfg.hidden_size // cfg.num_attention_heads
+    n_layers = len(scores.layers)
+    keep_layers = _topk_sorted(scores.layers, target.layers or n_layers).tolist()
+    hidden_idx = _topk_sorted(scores.hidden, target.hidden) if target.hidden < cfg.hidden_size else None
+    qkv_idx, ffn_idx = {}, {}
+    for layer in keep_layers:
+        rows = []
+        for head in _topk_sorted(scores.heads[layer], target.heads).tolist():
+            dims = scores.head_dims[layer, head * head_size:(head + 1) * head_size]  # [d]
+            rows.append(_topk_sorted(dims, target.head_size) + head * head_size)
+        qkv_idx[layer] = torch.cat(rows)
+        ffn_idx[layer] = _topk_sorted(scores.ffn[layer], target.ffn)
+    new_config = copy.deepcopy(cfg)
+    new_config.num_hidden_layers = len(keep_layers)
+    new_config.num_attention_heads, new_config.hidden_size = target.heads, target.hidden
+    new_config.intermediate_size = target.ffn
+    return slice_model(model, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx), keep_layers
+
+
+def prune(cfg: PruneConfig) -> dict[str, Any]:
+    run = RunDir(cfg.out)
+    run.check(cfg.overwrite, cfg.resume)  # fail on a bad --out before minutes of scoring
+    source = Path(cfg.model).expanduser()
+    if not (source / "config.json").is_file():
+        raise LmcError(f"--model {cfg.model} is not a fine-tuned run (no config.json)")
+    data_cfg = data_config_for(cfg.data, source)
+    task_data = load_task(data_cfg)
+    model = load_trained_classifier(source, task_data.labels, task_data.task == "regression")
+    encoder_layers(model)
+    target = plan(model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden)
+    tokenizer = load_tokenizer(source)
+
+    rows = task_data.splits["train"].head(cfg.calibration_examples)
+    loader = DataLoader(tokenize_frame(rows, tokenizer, data_cfg.max_length), batch_size=32, collate_fn=collator(tokenizer))
+    log.info("scoring importance on %d training rows", len(rows))
+    scores = importance_scores(model, loader)
+    pruned, kept = prune_model(model, scores, target)
+    before, after = (sum(p.numel() for p in m.parameters()) for m in (model, pruned))
+    record = {"kept_layers": kept, "heads_per_layer": f"{model.config.num_attention_heads} -> {target.heads}",
+              "head_size": target.head_size, "hidden": f"{model.config.hidden_size} -> {target.hidden}",
+              "ffn_per_layer": f"{model.config.intermediate_size} -> {target.ffn}", "params": f"{before:,} -> {after:,}",
+              "importance": "sum over examples of |sum over tokens of activation x gradient|",
+              "calibration_examples": len(rows), "recovery": cfg.recovery,
+              "layer_importance": [round(x, 6) for x in scores.layers.tolist()]}
+    log.info("pruned: layers %s, heads %s, hidden %s, ffn %s, params %s", kept, record["heads_per_layer"],
+             record["hidden"], record["ffn_per_layer"], record["params"])
+    if target.hidden != model.config.hidden_size and cfg.hidden is None:
+        log.info("BERT-family configs tie hidden = heads x head size, so the hidden width follows the kept heads "
+                 "(pass --hidden to choose it)")
+
+    if cfg.recovery == "none":
+        run.begin(cfg.overwrite, False)
+        with run.guard():
+            metrics = save_and_score(pruned, tokenizer, task_data, run.partial, data_cfg.max_length, 64)
+            manifest = stage_manifest("prune", str(source), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data,
+                                      pruning=record)
+            metrics["path"] = str(run.commit(manifest))
+        return metrics
+    return _recover(cfg, source, pruned, tokenizer, record)
+
+
+def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: dict[str, Any]) -> dict[str, Any]:
+    """Distil the pruned model from the unpruned one (the distill stage; `finetune` = labels only)."""
+    from ..distill.stage import distill
+
+    init = Path(cfg.out).expanduser()
+    init = init.with_name(f".{init.name}.pruned-init")
+    shutil.rmtree(init, ignore_errors=True)
+    pruned.save_pretrained(init)
+    tokenizer.save_pretrained(init)
+    loss = cfg.loss
+    if cfg.recovery == "finetune":
+        loss = type(loss)(alpha=1.0)
+    distill_cfg = DistillConfig(teacher=str(source), student=str(init), out=cfg.out, resume=cfg.resume,
+                                overwrite=cfg.overwrite, data=cfg.data, train=cfg.train, loss=loss)
+    try:
+        return distill(distill_cfg, stage="prune", extra={"pruning": record, "prune_config": to_dict(cfg)})
+    finally:
+        shutil.rmtree(init, ignore_errors=True)

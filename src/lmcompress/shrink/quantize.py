@@ -1,0 +1,183 @@
+"""`lmcompress quantize` (int8) and `lmcompress export` (ONNX fp32/fp16): each output is a run dir that `evaluate`
+and `compare` score like any other, with the accuracy and latency measured at the end of the stage.
+
+Run dir contents:
+- dynamic-int8: the fp32 checkpoint (plain transformers) + `"quantization": {"method": "dynamic-int8"}` in
+  lmcompress.json; int8 is applied at load time by `torch.ao.quantization.quantize_dynamic`, which is how it is
+  deployed too (PyTorch has no portable on-disk format for dynamically quantized Linear layers). The file on disk is
+  therefore fp32-sized; use onnx-int8 for a smaller file.
+- onnx-int8 / static-int8 / export: model.onnx + config.json (labels) + tokenizer, loadable with onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ExportConfig, QuantizeConfig, to_dict
+from ..data import load_task
+from ..errors import LmcError
+from ..evaluate import score_and_write
+from ..models.load import load_tokenizer, load_trained_classifier
+from ..runs import METRICS, RunDir, data_config_for, read_run_manifest, stage_manifest, write_json_atomic
+from . import onnx_io
+
+log = logging.getLogger("lmcompress")
+
+
+def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Linear weights -> int8, activations quantised per batch at run time (CPU inference)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice; the API still works in torch 2.13
+        return quantize_dynamic(model.eval().cpu(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _source_run(spec: str) -> Path:
+    folder = Path(spec).expanduser()
+    if not (folder / "config.json").is_file():
+        raise LmcError(f"--model {spec} is not a run directory or Hugging Face checkpoint (no config.json)")
+    if (folder / onnx_io.MODEL_FILE).is_file():
+        raise LmcError(f"--model {spec} is already an ONNX run; quantize or export its PyTorch parent instead")
+    if ((read_run_manifest(folder) or {}).get("quantization") or {}).get("method"):
+        raise LmcError(f"--model {spec} is already quantized; start from its fp32 parent")
+    return folder
+
+
+def _batches(task_data, split: str, tokenizer, max_length: int, sizes: tuple[int, ...]) -> list[dict[str, torch.Tensor]]:
+    """Real rows of `split`, padded to each batch's longest row (so masks contain padding), one batch per size."""
+    frame = task_data.splits[split]
+    texts = frame["text"].tolist()
+    pairs = frame["text_pair"].tolist() if task_data.has_pair else None
+    out, start = [], 0
+    for size in sizes:
+        chunk = slice(start, start + size)
+        out.append(dict(tokenizer(texts[chunk], pairs[chunk] if pairs else None, truncation=True,
+                                  max_length=max_length, padding=True, return_tensors="pt")))
+        start += size
+    return out
+
+
+def _prepare(model_spec: str, data) -> tuple[Path, Any, Any, Any, Any]:
+    source = _source_run(model_spec)
+    data_cfg = data_config_for(data, source)
+    task_data = load_task(data_cfg)
+    model = load_trained_classifier(source, task_data.labels, task_data.task == "regression").eval()
+    tokenizer = load_tokenizer(source)
+    return source, data_cfg, task_data, model, tokenizer
+
+
+def _export_validated(model, tokenizer, task_data, max_length: int, folder: Path, tolerance: float) -> tuple[Path, dict]:
+    """fp32 ONNX graph in `folder`, checked against PyTorch on a padded batch of 16 and a single row."""
+    sample = _batches(task_data, "train", tokenizer, max_length, (4,))[0]
+    path = onnx_io.export_onnx(model, sample, folder / "fp32.onnx")
+    checks = _batches(task_data, "validation", tokenizer, max_length, (16, 1))
+    record = onnx_io.validate(model, path, checks, tolerance)
+    log.info("ONNX export validated: max |logit diff| %.2e <= %.0e on %s", record["max_abs_logit_diff"], tolerance,
+             record["batches"])
+    return path, record
+
+
+def _write_onnx_run(run: RunDir, source: Path, tokenizer, graph: Path) -> None:
+    """model.onnx + the labels' config.json + tokenizer: what onnxruntime users deploy."""
+    graph.rename(run.partial / onnx_io.MODEL_FILE)
+    shutil.copy2(source / "config.json", run.partial / "config.json")
+    tokenizer.save_pretrained(run.partial)
+
+
+def _manifest(stage: str, source: Path, cfg, data_cfg, task_data, **extra: Any) -> dict[str, Any]:
+    return stage_manifest(stage, str(source), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, **extra)
+
+
+def _finish(run: RunDir, model, tokenizer, task_data, max_length: int, manifest: dict[str, Any],
+            parent_metrics: dict[str, Any] | None) -> dict[str, Any]:
+    metrics = score_and_write(model, tokenizer, task_data, run.partial, max_length, 64)
+    if parent_metrics:
+        main = metrics["main_metric"]
+        metrics["delta_vs_parent"] = round(metrics["metrics"][main] - parent_metrics["metrics"][main], 6)
+        manifest["delta_vs_parent"] = {main: metrics["delta_vs_parent"]}
+        write_json_atomic(run.partial / METRICS, metrics)
+    final = run.commit(manifest)
+    metrics["path"] = str(final)
+    return metrics
+
+
+def _parent_metrics(source: Path) -> dict[str, Any] | None:
+    import json
+
+    path = source / METRICS
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except ValueError:
+        return None
+
+
+def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
+    run = RunDir(cfg.out)
+    run.check(cfg.overwrite, False)
+    if cfg.method != "dynamic-int8":
+        onnx_io._require_onnx()
+    source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
+    max_length = data_cfg.max_length
+    run.begin(cfg.overwrite, False)
+    with run.guard():
+        quantization: dict[str, Any] = {"method": cfg.method}
+        if cfg.method == "dynamic-int8":
+            model.save_pretrained(run.partial)
+            tokenizer.save_pretrained(run.partial)
+            quantization |= {"applied_at_load": True, "library": f"torch {torch.__version__} (torch.ao dynamic)"}
+            scored = dynamic_int8(model)
+        else:
+            tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE["fp32"]
+            fp32, validation = _export_validated(model, tokenizer, task_data, max_length, run.partial, tolerance)
+            target = run.partial / "int8.onnx"
+            if cfg.method == "static-int8":
+                calibration = _batches(task_data, "train", tokenizer, max_length,
+                                       tuple([8] * -(-min(cfg.calibration_examples, len(task_data.splits["train"])) // 8)))
+                onnx_io.quantize_static_int8(fp32, target, calibration)
+                quantization["calibration_examples"] = sum(len(b["input_ids"]) for b in calibration)
+            else:
+                onnx_io.quantize_dynamic_int8(fp32, target)
+            fp32.unlink()
+            _write_onnx_run(run, source, tokenizer, target)
+            import onnxruntime
+
+            quantization |= {"export_validation": validation, "library": f"onnxruntime {onnxruntime.__version__}",
+                             "disabled_optimizers": list(onnx_io.DISABLED_OPTIMIZERS)}
+            scored = onnx_io.OnnxClassifier(run.partial / onnx_io.MODEL_FILE)
+        manifest = _manifest("quantize", source, cfg, data_cfg, task_data, quantization=quantization)
+        metrics = _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))
+    log.info("%s: %s %.4f (%+.4f vs %s)", cfg.method, metrics["main_metric"], metrics["metrics"][metrics["main_metric"]],
+             metrics.get("delta_vs_parent", 0.0), source)
+    return metrics
+
+
+def export(cfg: ExportConfig) -> dict[str, Any]:
+    run = RunDir(cfg.out)
+    run.check(cfg.overwrite, False)
+    onnx_io._require_onnx()
+    source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
+    max_length = data_cfg.max_length
+    tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE[cfg.precision]
+    run.begin(cfg.overwrite, False)
+    with run.guard():
+        graph, validation = _export_validated(model, tokenizer, task_data, max_length, run.partial,
+                                              onnx_io.DEFAULT_TOLERANCE["fp32"] if cfg.precision == "fp16" else tolerance)
+        if cfg.precision == "fp16":
+            half = onnx_io.to_fp16(graph, run.partial / "fp16.onnx")
+            graph.unlink()
+            checks = _batches(task_data, "validation", tokenizer, max_length, (16, 1))
+            validation = onnx_io.validate(model, half, checks, tolerance)
+            graph = half
+        _write_onnx_run(run, source, tokenizer, graph)
+        manifest = _manifest("export", source, cfg, data_cfg, task_data,
+                             export={"format": "onnx", "precision": cfg.precision, "validation": validation,
+                                     "disabled_optimizers": list(onnx_io.DISABLED_OPTIMIZERS)})
+        scored = onnx_io.OnnxClassifier(run.partial / onnx_io.MODEL_FILE)
+        return _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))

@@ -1,0 +1,140 @@
+"""prune / quantize / export through the CLI on the tiny teacher run: outputs reload alone, errors are one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForSequenceClassification
+
+from .cli_helpers import one_error_line, run_cli
+
+
+TRAIN = ["--epochs", "1", "--batch-size", "16", "--learning-rate", "2e-3", "--quiet"]
+
+
+def test_prune_with_recovery_reloads_with_transformers_alone(tiny_teacher_run, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code, _, err = run_cli(["prune", "--model", str(tiny_teacher_run), "--heads", "0.5", "--ffn", "0.5",
+                            "--calibration-examples", "64", "--out", str(out), "--json", *TRAIN], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    assert manifest["stage"] == "prune" and manifest["complete"] is True
+    assert manifest["pruning"]["heads_per_layer"] == "4 -> 2" and manifest["pruning"]["hidden"] == "32 -> 16"
+    assert manifest["pruning"]["calibration_examples"] == 64
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert (model.config.num_attention_heads, model.config.hidden_size, model.config.intermediate_size) == (2, 16, 18)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["params"] == sum(p.numel() for p in model.parameters())
+    assert not list(tmp_path.glob(".*"))  # no partial or pruned-init folders left behind
+
+
+def test_prune_layers_without_recovery(tiny_teacher_run, tmp_path, capsys):
+    out = tmp_path / "one-layer"
+    code, _, err = run_cli(["prune", "--model", str(tiny_teacher_run), "--layers", "1", "--recovery", "none",
+                            "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 32
+    assert len(json.loads((out / "lmcompress.json").read_text())["pruning"]["kept_layers"]) == 1
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--heads", "1.0"], ["heads is the share to remove", "[0, 1)"]),
+    (["--ffn", "-0.1"], ["ffn is the share to remove"]),
+    (["--layers", "5"], ["--layers 5: the model has only 2 layers"]),
+    ([], ["nothing to prune"]),
+])
+def test_prune_bad_input(tiny_teacher_run, tmp_path, capsys, flags, fragments):
+    out = tmp_path / "bad"
+    code, _, err = run_cli(["prune", "--model", str(tiny_teacher_run), "--out", str(out), *flags], capsys)
+    assert code == 1
+    one_error_line(err, *fragments)
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
+def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import onnxruntime as ort
+
+    teacher = json.loads((tiny_teacher_run / "metrics.json").read_text())
+    runs = {}
+    for method in ("dynamic-int8", "onnx-int8", "static-int8"):
+        out = tmp_path / method
+        code, _, err = run_cli(["quantize", "--model", str(tiny_teacher_run), "--method", method,
+                                "--calibration-examples", "16", "--out", str(out), "--quiet"], capsys)
+        assert code == 0, err
+        manifest = json.loads((out / "lmcompress.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert manifest["quantization"]["method"] == method
+        assert metrics["delta_vs_parent"] == pytest.approx(metrics["metrics"]["accuracy"] - teacher["metrics"]["accuracy"])
+        runs[method] = out
+    onnx_manifest = json.loads((runs["onnx-int8"] / "lmcompress.json").read_text())
+    assert onnx_manifest["quantization"]["export_validation"]["max_abs_logit_diff"] < 1e-3
+    assert json.loads((runs["static-int8"] / "lmcompress.json").read_text())["quantization"]["calibration_examples"] == 16
+    ort.InferenceSession(str(runs["onnx-int8"] / "model.onnx"))  # plain onnxruntime loads it
+    assert (runs["dynamic-int8"] / "model.safetensors").is_file()  # fp32 on disk, int8 applied at load
+
+    for precision in ("fp32", "fp16"):
+        out = tmp_path / f"onnx-{precision}"
+        code, _, err = run_cli(["export", "--model", str(tiny_teacher_run), "--precision", precision, "--out", str(out),
+                                "--quiet"], capsys)
+        assert code == 0, err
+        metrics = json.loads((out / "metrics.json").read_text())
+        if precision == "fp32":  # exact export: the same predictions as PyTorch
+            assert metrics["metrics"]["accuracy"] == pytest.approx(teacher["metrics"]["accuracy"])
+        runs[precision] = out
+    assert (runs["onnx-int8"] / "model.onnx").stat().st_size < (runs["fp32"] / "model.onnx").stat().st_size
+
+    code, out, err = run_cli(["evaluate", "--model", str(runs["onnx-int8"]), "--json", "--latency-repeats", "1"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["metrics"]["accuracy"] == pytest.approx(
+        json.loads((runs["onnx-int8"] / "metrics.json").read_text())["metrics"]["accuracy"])
+
+    report = tmp_path / "report"
+    code, _, err = run_cli(["compare", str(tiny_teacher_run), str(runs["onnx-int8"]), str(runs["dynamic-int8"]),
+                            "--out", str(report), "--latency-repeats", "1", "--quiet"], capsys)
+    assert code == 0, err
+    rows = json.loads((report / "report.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["teacher", "onnx-int8", "dynamic-int8"]
+    assert rows[1]["params"] == rows[2]["params"] == rows[0]["params"]  # int8 keeps every weight, in fewer bits
+
+
+def test_quantize_and_export_bad_input(tiny_teacher_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "strict"
+    code, _, err = run_cli(["export", "--model", str(tiny_teacher_run), "--tolerance", "1e-15", "--out", str(out)], capsys)
+    assert code == 1
+    one_error_line(err, "ONNX validation failed", "nothing was written")
+    assert not out.exists() and not list(tmp_path.glob(".*"))
+
+    good = tmp_path / "onnx"
+    assert run_cli(["export", "--model", str(tiny_teacher_run), "--out", str(good), "--quiet"], capsys)[0] == 0
+    code, _, err = run_cli(["quantize", "--model", str(good), "--out", str(tmp_path / "again")], capsys)
+    assert code == 1
+    one_error_line(err, "already an ONNX run")
+    code, _, err = run_cli(["quantize", "--model", str(tiny_teacher_run), "--method", "int4", "--out", str(out)], capsys)
+    assert code == 2 and "invalid choice: 'int4'" in err
+    code, _, err = run_cli(["quantize", "--model", str(tmp_path / "missing"), "--out", str(out)], capsys)
+    assert code == 1
+    one_error_line(err, "is not a run directory")
+
+
+def test_albert_student_through_distill(tiny_teacher_run, tmp_path, capsys):
+    out = tmp_path / "albert"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "albert;embedding=8;shared",
+                            "--hidden-weight", "1", "--out", str(out), *TRAIN], capsys)
+    assert code == 0, err
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    assert type(model).__name__ == "AlbertForSequenceClassification"
+    assert model.config.embedding_size == 8 and model.config.num_hidden_groups == 1
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    assert manifest["student"]["spec"] == "albert;embedding=8;shared" and manifest["student"]["layer_map"] == [1, 2]
+    teacher_params = json.loads((tiny_teacher_run / "metrics.json").read_text())["params"]
+    assert json.loads((out / "metrics.json").read_text())["params"] < teacher_params
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "albert;embedding=64",
+                            "--out", str(tmp_path / "bad")], capsys)
+    assert code == 1
+    one_error_line(err, "embedding=64 must be smaller than the teacher's hidden width 32")
