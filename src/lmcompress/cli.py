@@ -97,6 +97,19 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    result = api.run(args.recipe, out=args.out, overwrite=args.overwrite, only=args.only)
+    from rich.table import Table
+
+    table = Table(title=f"recipe {result['name']}: {result['wall_time_s']:.0f} s")
+    for column in ("step", "stage", "status", "wall s", "run"):
+        table.add_column(column)
+    for step in result["steps"]:
+        table.add_row(step["step"], step["stage"], step["status"], f"{step['wall_s']:.0f}", result["paths"][step["step"]])
+    console().print(table)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     api.demo(quick=args.quick, out=args.out, overwrite=args.overwrite)
     return 0
@@ -111,6 +124,12 @@ def _cmd_not_built(name: str):
 
 
 # ------------------------------------------------------------------------------------------------------------ parser
+
+
+def _builtin_recipe_names() -> list[str]:
+    from .pipeline import builtin_recipes
+
+    return list(builtin_recipes())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,8 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     zo.add_argument("--presets", action="store_true", help="also list the architecture presets")
     zo.set_defaults(func=cmd_zoo)
 
-    de = subs.add_parser("demo", parents=[common], help="run the built-in offline demo (minilm-l6 on rotten-tomatoes)")
-    de.add_argument("--quick", action="store_true", help="smoke run on a small slice (a few minutes)")
+    ru = subs.add_parser("run", parents=[common], help="run a YAML recipe that chains stages (skips complete steps)",
+                         description="Run a recipe: steps in order, each writing OUT/STEP; complete steps are skipped "
+                                     "and an interrupted one resumes. Built-in recipes: " + ", ".join(
+                                         sorted(_builtin_recipe_names())))
+    ru.add_argument("recipe", help="recipe YAML file or built-in recipe name")
+    ru.add_argument("--out", help="root folder for the steps' runs (default: the recipe's out)")
+    ru.add_argument("--overwrite", action="store_true", help="redo steps whose runs are already complete")
+    ru.add_argument("--only", nargs="+", metavar="STEP", help="run only these steps (their inputs must exist)")
+    ru.set_defaults(func=cmd_run)
+
+    de = subs.add_parser("demo", parents=[common], help="the built-in demo recipe: minilm-l6 on rotten-tomatoes -> "
+                         "distilled, pruned, ALBERT, int8; one report")
+    de.add_argument("--quick", action="store_true", help="smoke run: 1,000 training rows, 1 epoch per step (OUT/quick)")
     de.add_argument("--out", default="runs/demo", help="folder for the demo's runs")
     de.add_argument("--overwrite", action="store_true", help="redo runs that already exist")
     de.set_defaults(func=cmd_demo)

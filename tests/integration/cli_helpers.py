@@ -22,3 +22,20 @@ def one_error_line(err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def interrupt_backward_at(monkeypatch, call: int):
+    """Make the `call`-th backward pass raise KeyboardInterrupt (as Ctrl-C/SIGTERM would); returns `undo()`."""
+    import lmcompress.train as train_mod
+
+    real_backward = train_mod.Accelerator.backward
+    calls = {"n": 0}
+
+    def flaky_backward(self, loss, **kw):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return real_backward(self, loss, **kw)
+
+    monkeypatch.setattr(train_mod.Accelerator, "backward", flaky_backward)
+    return lambda: monkeypatch.setattr(train_mod.Accelerator, "backward", real_backward)

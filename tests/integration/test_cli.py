@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 
-from .cli_helpers import run_cli
+from .cli_helpers import interrupt_backward_at, run_cli
 
 from ..conftest import make_sentiment_rows
 
@@ -96,25 +96,14 @@ def test_console_script_runs_and_not_built_stages_exit_2():
 
 def test_resume_flag_continues_an_interrupted_cli_run(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
     """Interrupt the CLI mid-run (as SIGTERM would), then --resume it to completion."""
-    import lmcompress.train as train_mod
-
     out = tmp_path / "run"
     args = ["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out), "--epochs", "2",
             "--batch-size", "16", "--checkpoint-every-steps", "5", "--max-length", "32", "--quiet"]
-    real_backward = train_mod.Accelerator.backward
-    calls = {"n": 0}
-
-    def flaky_backward(self, loss, **kw):
-        calls["n"] += 1
-        if calls["n"] == 14:
-            raise KeyboardInterrupt
-        return real_backward(self, loss, **kw)
-
-    monkeypatch.setattr(train_mod.Accelerator, "backward", flaky_backward)
+    undo = interrupt_backward_at(monkeypatch, 14)
     code, _, err = run_cli(args, capsys)
     assert code == 1 and "interrupted at step 13" in err and "--resume" in err
     assert not out.exists() and (tmp_path / ".run.partial" / "checkpoint" / "state.json").is_file()
-    monkeypatch.setattr(train_mod.Accelerator, "backward", real_backward)
+    undo()
 
     code, _, err = run_cli(args, capsys)  # without --resume: refuses to clobber the interrupted run
     assert code == 1 and "pass --resume to continue it" in err

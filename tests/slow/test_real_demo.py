@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from transformers import AutoModelForSequenceClassification
 
 from lmcompress import catalog
 from lmcompress.cli import main
@@ -15,6 +16,15 @@ def test_quick_demo_on_real_model_and_data(tmp_path):
         if catalog.get(name).locate() is None:
             pytest.skip(f"{name} not installed (bash scripts/setup.sh --with-zoo)")
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
-    metrics = json.loads((tmp_path / "teacher-quick" / "metrics.json").read_text())
+    root = tmp_path / "quick"
+    metrics = json.loads((root / "teacher" / "metrics.json").read_text())
     assert metrics["examples"] == 1281  # the fixed test split
     assert metrics["metrics"]["accuracy"] > 0.6  # well above the 0.58 majority class after 1,000 examples
+    report = json.loads((root / "report" / "report.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["teacher", "distilled", "pruned", "albert", "pruned-int8",
+                                                   "distilled-int8"]
+    assert all(r["value"] > 0.5 for r in report["rows"])
+    assert type(AutoModelForSequenceClassification.from_pretrained(root / "albert")).__name__ == \
+        "AlbertForSequenceClassification"
+    assert (root / "pruned-int8" / "model.onnx").is_file()
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0  # idempotent: every step reused
