@@ -298,25 +298,28 @@ def fit(
 
 
 def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: LoopState) -> None:
-    """Write into folder/tmp then swap, so a kill mid-write never corrupts the last good checkpoint."""
+    """New files under fresh names, then one atomic rename of state.json (which names them) commits the checkpoint;
+    a kill -9 at any instant leaves either the previous complete checkpoint or the new one, never a mix."""
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    tag = f"{state.global_step:08d}-{time.time_ns()}"
+    files = {"model": f"model-{tag}.safetensors", "optim": f"optim-{tag}.pt"}
+    save_model(model, str(folder / files["model"]))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps({"loop": state.__dict__, "rng": _rng_state()}), encoding="utf-8")
-    for name in ("model.safetensors", "optim.pt", "state.json"):  # state.json last: it marks a complete checkpoint
-        os.replace(tmp / name, folder / name)
-    tmp.rmdir()
+                "torch_rng": torch.get_rng_state()}, folder / files["optim"])
+    pending = folder / "state.json.tmp"
+    pending.write_text(json.dumps({"loop": state.__dict__, "rng": _rng_state(), "files": files}), encoding="utf-8")
+    os.replace(pending, folder / "state.json")  # the commit point
+    for old in list(folder.glob("model-*.safetensors")) + list(folder.glob("optim-*.pt")):
+        if old.name not in files.values():
+            old.unlink(missing_ok=True)
 
 
 def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> LoopState:
     try:
         saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-        load_model(model, str(folder / "model.safetensors"))
-        extra = torch.load(folder / "optim.pt", weights_only=True, map_location="cpu")
+        files = saved.get("files", {"model": "model.safetensors", "optim": "optim.pt"})
+        load_model(model, str(folder / files["model"]))
+        extra = torch.load(folder / files["optim"], weights_only=True, map_location="cpu")
     except Exception as exc:
         raise LmcError(f"checkpoint in {folder} is corrupt or incomplete ({type(exc).__name__}); "
                        "re-run with --overwrite to start over") from None

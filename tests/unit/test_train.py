@@ -134,3 +134,42 @@ def test_two_stages_with_different_precision_in_one_process(tiny_tokenizer_dir, 
     result = _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16, precision="bf16"), tmp_path / "b",
                   loss_fn=loss_under_autocast)
     assert result.steps == 2 and seen == [True, True]  # bf16 really applies inside the loss function
+
+
+def test_a_kill_while_checkpointing_keeps_the_previous_checkpoint(tiny_tokenizer_dir, tmp_path, monkeypatch):
+    """Files of the new checkpoint are written, then the process dies before state.json is renamed: resuming
+    uses the previous complete checkpoint and still ends bitwise equal to an uninterrupted run."""
+    import os
+
+    import lmcompress.train as train_mod
+
+    cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3, checkpoint_every_steps=4, keep_best=False)
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    _fit(model, tok, data, cfg, tmp_path / "straight")
+    straight = {k: v.clone() for k, v in model.state_dict().items()}
+
+    real_replace = os.replace
+    commits = {"n": 0}
+
+    def die_on_second_commit(src, dst):
+        if str(dst).endswith("state.json"):
+            commits["n"] += 1
+            if commits["n"] == 2:
+                raise SystemExit("killed")  # stands in for SIGKILL: nothing after this runs
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(train_mod.os, "replace", die_on_second_commit)
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    with pytest.raises(SystemExit):
+        _fit(model, tok, data, cfg, tmp_path / "killed")
+    monkeypatch.setattr(train_mod.os, "replace", real_replace)
+    checkpoint = tmp_path / "killed" / "checkpoint"
+    assert json.loads((checkpoint / "state.json").read_text())["loop"]["global_step"] == 4  # the first commit
+    assert len(list(checkpoint.glob("model-*.safetensors"))) == 2  # the orphan of the dead save is still there
+
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    result = _fit(model, tok, data, cfg, tmp_path / "killed", resume=True)
+    assert result.steps == 12
+    assert len(list(checkpoint.glob("model-*.safetensors"))) == 1  # orphans cleaned by the next commit
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, straight[key]), key
