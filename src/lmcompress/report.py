@@ -36,6 +36,25 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
     return flags
 
 
+def made_by(manifest: dict[str, Any]) -> str:
+    """How a run was made, in a few words: `finetune`, `distill layers=2`, `prune heads 12 -> 6`, `quantize onnx-int8`."""
+    stage = manifest.get("stage")
+    if not stage:
+        return "checkpoint"
+    if stage == "distill":
+        return f"distill {(manifest.get('student') or {}).get('spec', '')}".strip()
+    if stage == "quantize":
+        return f"quantize {(manifest.get('quantization') or {}).get('method', '')}".strip()
+    if stage == "export":
+        return f"export onnx {(manifest.get('export') or {}).get('precision', '')}".strip()
+    if stage == "prune":
+        pruning = manifest.get("pruning") or {}
+        changed = [f"{key.split('_')[0]} {value}" for key in ("heads_per_layer", "ffn_per_layer", "hidden")
+                   if isinstance(value := pruning.get(key), str) and len(set(value.split(" -> "))) == 2]
+        return "prune " + ", ".join(changed) if changed else "prune"
+    return stage
+
+
 def _run_names(folders: list[Path]) -> list[str]:
     names = [f.name for f in folders]
     if len(set(names)) < len(names):  # same leaf name in different places: use parent/name
@@ -70,7 +89,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 
     rows: list[dict[str, Any]] = []
     for name, folder in zip(names, folders):
-        recorded = (read_run_manifest(folder) or {}).get("data", {}).get("test_fingerprint")
+        manifest = read_run_manifest(folder) or {}
+        recorded = manifest.get("data", {}).get("test_fingerprint")
         if recorded and recorded != task.split_record["test_fingerprint"]:
             log.warning("%s was tested on other rows (fingerprint %s); the report scores everyone on %s", name,
                         recorded, task.split_record["test_fingerprint"])
@@ -78,7 +98,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         model = load_run_model(folder, task.labels, task.task == "regression", threads).eval()
         scores = score_split(model, tokenizer, task, "test", data_cfg.max_length, 64)
         timing = latency_for_texts(model, tokenizer, texts, pairs, data_cfg.max_length, cfg.latency_repeats, threads)
-        rows.append({"name": name, "path": str(folder), "params": count_params(model),
+        rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest), "params": count_params(model),
                      "size_mb": round(weights_size_bytes(folder) / 1e6, 2), "metric": metric,
                      "value": round(scores[metric], 6), "metrics": scores,
                      "latency_ms_b1": timing["latency_ms"]["batch1"], "latency_ms_b32": timing["latency_ms"]["batch32"]})
@@ -125,7 +145,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ rendering
 
-COLUMNS = [("model", "name"), ("params", "params"), ("size MB", "size_mb"), ("metric", "metric"), ("value", "value"),
+COLUMNS = [("model", "name"), ("made by", "made_by"), ("params", "params"), ("size MB", "size_mb"), ("metric", "metric"), ("value", "value"),
            ("retention", "retention"), ("ms b1", "latency_ms_b1"), ("ms b32", "latency_ms_b32"),
            ("speedup b1", "speedup_b1"), ("speedup b32", "speedup_b32")]
 
@@ -179,7 +199,8 @@ body {{ font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; mar
 h1 {{ font-size: 1.5rem; }} p.setup {{ color: #57606a; font-size: .9rem; }}
 table {{ border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }}
 th, td {{ padding: .45rem .7rem; border-bottom: 1px solid #d0d7de; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
+th:nth-child(-n+2), td:nth-child(-n+2) {{ text-align: left; }}
+td:nth-child(2) {{ color: #57606a; font-size: .85rem; }}
 th {{ background: #f6f8fa; }} tr.teacher td {{ font-weight: 600; background: #fff8e1; }}
 img {{ max-width: 100%; margin-top: 1.5rem; border: 1px solid #d0d7de; }}
 </style></head><body>

@@ -147,6 +147,20 @@ class _Logs:
             for key, value in scalars.items():
                 self.tb.add_scalar(key, value, step)
 
+    def forget_after(self, step: int) -> None:
+        """Drop lines logged after the checkpoint being resumed (that work is redone), so the log reads as one run."""
+        if self.enabled and self.path.is_file():
+            kept = []
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        kept.append(line)
+                except ValueError:  # a line cut short by a kill -9
+                    continue
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -199,6 +213,8 @@ def fit(
         log.info("resumed at epoch %d, step %d", state.epoch + 1, state.global_step)
 
     logs = _Logs(run_folder, accelerator.is_main_process)
+    if resume:
+        logs.forget_after(state.global_step)
     started = time.perf_counter() - state.elapsed_s
     examples_seen = 0
     session_start = time.perf_counter()

@@ -143,7 +143,8 @@ def test_a_kill_while_checkpointing_keeps_the_previous_checkpoint(tiny_tokenizer
 
     import lmcompress.train as train_mod
 
-    cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3, checkpoint_every_steps=4, keep_best=False)
+    cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3, checkpoint_every_steps=4, keep_best=False,
+                      log_every_steps=1)
     model, tok, data = _setup(tiny_tokenizer_dir)
     _fit(model, tok, data, cfg, tmp_path / "straight")
     straight = {k: v.clone() for k, v in model.state_dict().items()}
@@ -171,5 +172,8 @@ def test_a_kill_while_checkpointing_keeps_the_previous_checkpoint(tiny_tokenizer
     result = _fit(model, tok, data, cfg, tmp_path / "killed", resume=True)
     assert result.steps == 12
     assert len(list(checkpoint.glob("model-*.safetensors"))) == 1  # orphans cleaned by the next commit
+    logged = [json.loads(line)["step"] for line in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()
+              if "train/loss" in line]
+    assert logged == list(range(1, 13))  # steps 5-8 of the dead run were dropped, then redone once
     for key, value in model.state_dict().items():
         assert torch.equal(value, straight[key]), key

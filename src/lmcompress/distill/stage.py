@@ -233,6 +233,9 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: _Needs, layer_map:
         logits = out.logits.float()
         if cache is not None:
             cache.write(idx, logits, hidden)
+            # the cache keeps hidden states in fp16: use the same values live, so a batch gives the same loss
+            # whether its teacher outputs were computed now or read back (a resumed run then matches bitwise)
+            hidden = {i: h.half().float() for i, h in hidden.items()}
         return logits, hidden, out.attentions
 
     def loss_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -1,0 +1,131 @@
+"""kill -9 a real distillation at a random step, resume it, and compare with the same run left alone.
+
+    .venv/bin/python benchmarks/kill_resume.py --teacher runs/demo/teacher --out runs/kill-resume
+
+Both runs are the same `lmcompress distill` command (student `layers=2;hidden=192;heads=6;ffn=768`, KD + hidden MSE,
+teacher cache on, checkpoint every 10 steps) on the first --rows training rows of the teacher's data, each in its own
+process with its own cache folder. The second is sent SIGKILL once its training log passes a step drawn at random
+(seeded), then re-run with --resume (more kills with --kills). The final weights are compared tensor by tensor
+(bitwise) and the test metrics exactly. Writes benchmarks/results/kill_resume.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def command(teacher: Path, out: Path, cache: Path, rows: int, epochs: float, resume: bool) -> list[str]:
+    exe = str(Path(sys.executable).parent / "lmcompress")
+    cmd = [exe, "distill", "--teacher", str(teacher), "--student", "layers=2;hidden=192;heads=6;ffn=768",
+           "--out", str(out), "--cache-dir", str(cache), "--max-train-examples", str(rows), "--epochs", str(epochs),
+           "--hidden-weight", "1", "--checkpoint-every-steps", "10", "--log-every-steps", "1", "--json"]
+    return cmd + (["--resume"] if resume else [])
+
+
+def last_logged_step(partial: Path) -> int:
+    log = partial / "train_log.jsonl"
+    if not log.is_file():
+        return 0
+    steps = [json.loads(line).get("step", 0) for line in log.read_text().splitlines() if line.strip()]
+    return max(steps, default=0)
+
+
+def run_killed(cmd: list[str], partial: Path, kill_at: int) -> float:
+    """Start `cmd`, SIGKILL it once the log reaches `kill_at`; -> seconds it ran."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while proc.poll() is None:
+        if last_logged_step(partial) >= kill_at:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return time.perf_counter() - start
+        time.sleep(0.05)
+    raise SystemExit(f"the run finished before step {kill_at}; choose a smaller step")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, default=Path("runs/demo/teacher"))
+    parser.add_argument("--out", type=Path, default=Path("runs/kill-resume"))
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--epochs", type=float, default=2)
+    parser.add_argument("--kills", type=int, default=2, help="how many times to kill the second run")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    total_steps = int(-(-args.rows * 0.8 // 32) * args.epochs)  # ~80% of rows are training rows after the split
+
+    start = time.perf_counter()
+    straight = subprocess.run(command(args.teacher, args.out / "straight", args.out / "cache-straight", args.rows,
+                                      args.epochs, False), capture_output=True, text=True)
+    if straight.returncode != 0:
+        raise SystemExit(straight.stderr)
+    straight_s = time.perf_counter() - start
+
+    rng = random.Random(args.seed)
+    killed_dir, partial = args.out / "killed", args.out / ".killed.partial"
+    cache = args.out / "cache-killed"
+    kills = []
+    lower = 11  # after the first checkpoint (step 10), so there is something to resume from
+    for k in range(args.kills):
+        kill_at = rng.randint(lower, total_steps - 5)
+        resume = k > 0
+        ran = run_killed(command(args.teacher, killed_dir, cache, args.rows, args.epochs, resume), partial, kill_at)
+        state = json.loads((partial / "checkpoint" / "state.json").read_text())
+        kills.append({"killed_after_step": last_logged_step(partial), "target_step": kill_at, "ran_s": round(ran, 1),
+                      "checkpoint_step": state["loop"]["global_step"]})
+        lower = kill_at + 1
+    resumed = subprocess.run(command(args.teacher, killed_dir, cache, args.rows, args.epochs, True),
+                             capture_output=True, text=True)
+    if resumed.returncode != 0:
+        raise SystemExit(resumed.stderr)
+
+    a = load_file(str(args.out / "straight" / "model.safetensors"))
+    b = load_file(str(killed_dir / "model.safetensors"))
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    max_diff = max((float((a[k].float() - b[k].float()).abs().max()) for k in a), default=0.0)
+    ma = json.loads((args.out / "straight" / "metrics.json").read_text())["metrics"]
+    mb = json.loads((killed_dir / "metrics.json").read_text())["metrics"]
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "distill_command": " ".join(command(args.teacher, Path("OUT"), Path("CACHE"), args.rows, args.epochs, False)),
+        "steps": json.loads((killed_dir / "lmcompress.json").read_text())["train"]["steps"],
+        "kills": kills, "straight_wall_s": round(straight_s, 1),
+        "tensors": len(a), "tensors_differing": differing, "max_abs_weight_diff": max_diff,
+        "bitwise_equal": not differing and a.keys() == b.keys(),
+        "metrics_straight": ma, "metrics_resumed": mb, "metrics_equal": ma == mb,
+        "threads": torch.get_num_threads(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "kill_resume.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = ["# kill -9 and resume vs an uninterrupted distillation", "",
+          f"Command: `{results['command']}`  ",
+          f"Distillation: `{results['distill_command']}` ({results['steps']} optimizer steps).", "",
+          "| kill | target step | last logged step | resumed from checkpoint step |", "|---|---|---|---|"]
+    md += [f"| {i + 1} | {k['target_step']} | {k['killed_after_step']} | {k['checkpoint_step']} |"
+           for i, k in enumerate(kills)]
+    md += ["", f"Final weights: {len(a) - len(differing)}/{len(a)} tensors bitwise equal "
+           f"(max |diff| {max_diff:.3g}); test metrics equal: {results['metrics_equal']} "
+           f"({ma} vs {mb})."]
+    (RESULTS / "kill_resume.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0 if results["bitwise_equal"] and results["metrics_equal"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
