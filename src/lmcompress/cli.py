@@ -222,6 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: error: interrupted\n")
         return 130
+    except OSError as exc:  # a disk or permission problem outside a stage's own guard (e.g. creating --out)
+        if debug:
+            raise
+        from .runs import os_error
+
+        sys.stderr.write(f"{PROG}: error: {os_error(exc)}\n")
+        return 1
     except Exception as exc:  # a bug of ours: still one line unless --debug
         if debug:
             raise

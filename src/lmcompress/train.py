@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import random
-import shutil
 import signal
 import time
 from collections.abc import Callable

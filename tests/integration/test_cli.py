@@ -116,59 +116,7 @@ def test_resume_flag_continues_an_interrupted_cli_run(tiny_bert_dir, sentiment_c
 # ------------------------------------------------------------------------------------------------- bad input
 
 
-def _bad_inputs(tmp: Path, tiny_bert_dir: Path, sentiment_csv: Path) -> dict[str, tuple[list[str], str]]:
-    (tmp / "empty.csv").write_text("")
-    (tmp / "nolabel.csv").write_text("text,stars\na,1\nb,2\n")
-    one_label = tmp / "one_label"
-    (one_label / "pos").mkdir(parents=True)
-    for i in range(5):
-        (one_label / "pos" / f"{i}.txt").write_text(f"text {i}")
-    (tmp / "typo.yaml").write_text("model: m\nout: o\ndata:\n  data: d\ntrain:\n  learnig_rate: 0.1\n")
-    (tmp / "binary.csv").write_bytes(b"text,label\n\xff\xfe,\x00\n")
-    (tmp / "afile").write_text("x")
-    model = ["--model", str(tiny_bert_dir)]
-    data = ["--data", str(sentiment_csv)]
-    return {
-        "missing file": (model + ["--data", str(tmp / "nope.csv")], "no such file or folder"),
-        "column not in CSV": (model + ["--data", str(tmp / "nolabel.csv"), "--label-column", "label"],
-                              "label column 'label' not found; columns are: text, stars"),
-        "empty file": (model + ["--data", str(tmp / "empty.csv")], "is empty"),
-        "folder with one label": (model + ["--data", str(one_label)], "single value"),
-        "unknown zoo name": (["--model", "bert-base-chinese"] + data, "unknown model 'bert-base-chinese'"),
-        "config typo": (["--config", str(tmp / "typo.yaml")], "unknown key(s) learnig_rate; valid keys:"),
-        "non-UTF-8 file": (model + ["--data", str(tmp / "binary.csv")], "not UTF-8"),
-        "wrong type flag": (model + data + ["--epochs", "many"], "invalid float value"),
-        "negative size": (model + data + ["--batch-size", "-4"], "batch_size must be >= 1"),
-        "out dir is a file": (model + data + ["--out-override", str(tmp / "afile")], "is a file"),
-        "model folder without config": (["--model", str(tmp)] + data, "without config.json"),
-        "dataset given as model": (["--model", "rotten-tomatoes"] + data, "is a dataset, not a model"),
-    }
-
-
-CASES = ["missing file", "column not in CSV", "empty file", "folder with one label", "unknown zoo name",
-         "config typo", "non-UTF-8 file", "wrong type flag", "negative size", "out dir is a file",
-         "model folder without config", "dataset given as model"]
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_bad_input_is_one_line_and_leaves_nothing(case, tiny_bert_dir, sentiment_csv, tmp_path, capsys):
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    args, expected = _bad_inputs(inputs, tiny_bert_dir, sentiment_csv)[case]
-    out = tmp_path / "out" / "run"
-    if "--out-override" in args:
-        i = args.index("--out-override")
-        out = Path(args[i + 1])
-        args = args[:i] + args[i + 2:]
-    code, stdout, err = run_cli(["finetune", *args, "--out", str(out), "--epochs", "1"] if "--config" not in args
-                                else ["finetune", *args], capsys)
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code != 0
-    assert len(lines) == 1 and lines[0].startswith("lmcompress: error: "), err
-    assert expected in lines[0]
-    assert "Traceback" not in err
-    if case != "out dir is a file":
-        assert not out.exists() and not (out.parent / f".{out.name}.partial").exists()
+# the bad-input matrix of every stage lives in test_bad_input_matrix.py
 
 
 def test_existing_run_needs_overwrite(finetuned, sentiment_csv, tiny_bert_dir, capsys):
