@@ -51,12 +51,15 @@ def read_table(path: Path) -> pd.DataFrame:
     if path.stat().st_size == 0:
         raise LmcError(f"data file {path} is empty")
     try:
+        # every cell read as the exact string in the file: a review "00" stays "00" and a text "NaN" or "None"
+        # stays text (pandas would turn them into 0 and missing); labels become numbers later, in tasks
         if fmt == "csv":
-            frame = pd.read_csv(path, encoding="utf-8")
+            frame = pd.read_csv(path, encoding="utf-8", dtype=str, keep_default_na=False)
         elif fmt == "tsv":
-            frame = pd.read_csv(path, sep="\t", encoding="utf-8", quoting=csv.QUOTE_NONE)
+            frame = pd.read_csv(path, sep="\t", encoding="utf-8", quoting=csv.QUOTE_NONE, dtype=str,
+                                keep_default_na=False)
         elif fmt == "jsonl":
-            frame = pd.read_json(path, lines=True, encoding="utf-8")
+            frame = pd.read_json(path, lines=True, encoding="utf-8", dtype=False, convert_dates=False)
         elif fmt == "parquet":
             frame = pd.read_parquet(path)
         else:

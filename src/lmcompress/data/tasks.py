@@ -122,12 +122,16 @@ def _normalise(frame: pd.DataFrame, text: str, pair: str | None, label: str, whe
     out = frame[list(columns)].rename(columns=columns)
     before = len(out)
     out = out.dropna()
-    out = out[out["text"].astype(str).str.strip() != ""]
+    out = out[(out["text"].astype(str).str.strip() != "") & (out["label"].astype(str).str.strip() != "")]
     if len(out) < before:
         log.warning("%s: dropped %d of %d rows with an empty text or label", where, before - len(out), before)
     if len(out) == 0:
         raise LmcError(f"{where}: no rows left with both a text and a label")
     out["text"] = out["text"].astype(str)
+    if not pd.api.types.is_numeric_dtype(out["label"]):  # labels read as strings: numbers when all are numbers
+        numeric = pd.to_numeric(out["label"], errors="coerce")
+        if numeric.notna().all():
+            out["label"] = numeric
     if pair:
         out["text_pair"] = out["text_pair"].astype(str)
     return out.reset_index(drop=True)
