@@ -34,10 +34,13 @@ def _setup_logging(quiet: bool) -> None:
     handler = RichHandler(console=console(stderr=True), show_path=False, show_time=False, markup=False)
     # third-party libraries (the ONNX exporter above all) log pages at INFO: only their warnings pass
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    rank = os.environ.get("RANK", "0")  # set by `accelerate launch` / torchrun: only rank 0 reports progress
+    log.setLevel(logging.WARNING if quiet or rank != "0" else logging.INFO)
 
 
 def _print_json_or_summary(result: dict[str, Any], as_json: bool) -> None:
+    if not result:  # a non-zero rank under `accelerate launch`: rank 0 reports
+        return
     if as_json:
         print(json.dumps(result, indent=2, default=str))
         return
@@ -138,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks")
     common.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    common.add_argument("--trust-remote-code", action="store_true",
+                        help="let model folders run their own Python code (off by default; only for sources you trust)")
     subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     def stage(name: str, cls: type, func, help_text: str, description: str, json_flag: bool = True,
@@ -209,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(getattr(args, "quiet", False))
     debug = getattr(args, "debug", False) or os.environ.get("LMCOMPRESS_DEBUG") == "1"
+    from .models.load import allow_remote_code
+
+    allow_remote_code(getattr(args, "trust_remote_code", False))
     try:
         return args.func(args)
     except NotBuiltError as exc:

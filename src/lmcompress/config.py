@@ -97,10 +97,14 @@ class TrainConfig:
     checkpoint_every_steps: int = field(default=200, metadata={"help": "write a resumable checkpoint every N steps"})
     log_every_steps: int = field(default=20, metadata={"help": "log loss every N steps"})
     keep_best: bool = field(default=True, metadata={"help": "keep the epoch with the best validation metric"})
+    nan_policy: Literal["stop", "skip"] = field(default="stop", metadata={
+        "help": "on a NaN/inf loss: stop with an error, or skip the batch (up to --max-skipped-batches)"})
+    max_skipped_batches: int = field(default=10, metadata={"help": "with --nan-policy skip: stop after this many"})
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "eval_batch_size", "grad_accum_steps", "checkpoint_every_steps",
                   "log_every_steps", "max_steps")
+        _at_least(self, 0, "max_skipped_batches")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.learning_rate <= 0:
@@ -443,7 +447,7 @@ def flags_to_dict(namespace: argparse.Namespace) -> dict[str, Any]:
     """Flags the user actually gave, nested by `section.field` dest names."""
     nested: dict[str, Any] = {}
     for dest, value in vars(namespace).items():
-        if value is None or dest in ("command", "config", "debug", "func", "json", "quiet"):
+        if value is None or dest in ("command", "config", "debug", "func", "json", "quiet", "trust_remote_code"):
             continue
         parts = dest.split(".")
         node = nested

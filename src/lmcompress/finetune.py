@@ -14,7 +14,7 @@ from .data.tokenize import collator, tokenize_frame
 from .evaluate import MAIN_METRIC, save_and_score, score_split
 from .models.load import load_for_sequence_classification, load_tokenizer, resolve
 from .models.outputs import forward
-from .runs import RunDir, run_manifest
+from .runs import RunDir, is_main_process, num_processes, run_manifest
 from .train import fit
 
 log = logging.getLogger("lmcompress")
@@ -50,10 +50,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                      description=f"finetune {Path(cfg.out).name}")
         model = model.cpu()  # the saved checkpoint and the latency figures are CPU ones
 
-        metrics = save_and_score(model, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
-        manifest = run_manifest("finetune", str(source.path) if source.path else source.spec, to_dict(cfg),
-                                task_data, result)
+        metrics, manifest = {}, {}
+        if is_main_process():  # under `accelerate launch`, rank 0 alone scores and writes
+            metrics = save_and_score(model, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
+            manifest = run_manifest("finetune", str(source.path) if source.path else source.spec, to_dict(cfg),
+                                    task_data, result, processes=num_processes())
         final = run.commit(manifest)
-    metrics["path"] = str(final)
-    metrics["wall_time_s"] = round(result.wall_time_s, 1)
+    if metrics:  # rank 0 (or a plain run)
+        metrics["path"] = str(final)
+        metrics["wall_time_s"] = round(result.wall_time_s, 1)
     return metrics

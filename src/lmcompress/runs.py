@@ -68,6 +68,28 @@ def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, res
     return stage_manifest(stage, parent, config, task_data, **extra, train=train)
 
 
+def process_state():
+    """accelerate's process-wide state. Created here first with cpu=True on machines without a GPU, because only then
+    does accelerate treat a `torchrun` launch as CPU data parallelism (gloo) instead of N unrelated processes."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    """True in a plain run, and on rank 0 under a launcher: the only process that writes outputs."""
+    return process_state().is_main_process
+
+
+def wait_for_everyone() -> None:
+    process_state().wait_for_everyone()
+
+
+def num_processes() -> int:
+    return process_state().num_processes
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temp file beside `path`, then rename over it (never a half-written file)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -143,12 +165,20 @@ class RunDir:
 
     def begin(self, overwrite: bool, resume: bool) -> None:
         self.check(overwrite, resume)
-        if self.partial.exists() and not resume:
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            if self.partial.exists() and not resume:
+                shutil.rmtree(self.partial)
+            self.partial.mkdir(parents=True, exist_ok=True)
+        wait_for_everyone()
 
     def commit(self, manifest: dict[str, Any]) -> Path:
-        """Mark complete, drop the checkpoint, and move the run into place."""
+        """Mark complete, drop the checkpoint, and move the run into place (rank 0; the others wait)."""
+        if is_main_process():
+            self._commit(manifest)
+        wait_for_everyone()
+        return self.final
+
+    def _commit(self, manifest: dict[str, Any]) -> None:
         shutil.rmtree(self.checkpoint, ignore_errors=True)
         manifest = dict(manifest, complete=True, finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         write_json_atomic(self.partial / MANIFEST, manifest)
@@ -160,7 +190,6 @@ class RunDir:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(self.partial, self.final)
-        return self.final
 
     @contextlib.contextmanager
     def guard(self) -> Iterator[RunDir]:
@@ -168,7 +197,7 @@ class RunDir:
         try:
             yield self
         except BaseException as exc:
-            if not self.has_checkpoint():
+            if not self.has_checkpoint() and is_main_process():
                 shutil.rmtree(self.partial, ignore_errors=True)
             if isinstance(exc, OSError) and not isinstance(exc, LmcError):
                 raise os_error(exc) from None

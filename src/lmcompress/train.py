@@ -36,6 +36,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from .config import TrainConfig
 from .errors import LmcError
+from .runs import process_state
 
 log = logging.getLogger("lmcompress")
 
@@ -54,6 +55,7 @@ class LoopState:
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    skipped_batches: int = 0  # non-finite losses skipped under nan_policy="skip"
 
 
 @dataclass
@@ -184,7 +186,9 @@ def fit(
     # accelerate keeps one process-wide state; forget the previous stage's precision (the process group, if any,
     # lives in PartialState and is kept) so finetune then distill(precision="bf16") work in one Python process.
     AcceleratorState._reset_state(reset_partial_state=False)
+    process_state()  # first: CPU-only machines must tell accelerate so that a torchrun launch is data-parallel
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
         mixed_precision=resolve_precision(cfg.precision),
         gradient_accumulation_steps=cfg.grad_accum_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -243,10 +247,19 @@ def fit(
                         # autocast here, not only in the prepared forward: stages call sub-modules directly
                         with accelerator.autocast():
                             loss = loss_fn(model, batch)
+                        if not torch.isfinite(loss) and cfg.nan_policy == "skip" \
+                                and state.skipped_batches < cfg.max_skipped_batches:
+                            state.skipped_batches += 1
+                            log.warning("loss %s at step %d: batch skipped (%d of at most %d)", loss.item(),
+                                        state.global_step + 1, state.skipped_batches, cfg.max_skipped_batches)
+                            optimizer.zero_grad(set_to_none=True)  # also drops this window's partial gradients
+                            state.batches_done_in_epoch += 1
+                            continue
                         if not torch.isfinite(loss):
                             raise LmcError(
-                                f"loss became {loss.item()} at step {state.global_step + 1} (epoch {state.epoch + 1}); "
-                                "lower --learning-rate or check the labels"
+                                f"loss became {loss.item()} at step {state.global_step + 1} (epoch {state.epoch + 1})"
+                                + (f" after {state.skipped_batches} skipped batches" if state.skipped_batches else "")
+                                + "; lower --learning-rate or check the labels (or --nan-policy skip)"
                             )
                         accelerator.backward(loss)
                         if accelerator.sync_gradients and cfg.max_grad_norm > 0:
@@ -282,10 +295,11 @@ def fit(
                                                         else value < state.best_value)
                 state.history.append({"epoch": state.epoch + 1, "step": state.global_step, **metrics})
                 logs.write(state.global_step, {f"validation/{k}": v for k, v in metrics.items()})
-                progress.console.log(
-                    f"epoch {state.epoch + 1}/{num_epochs}: validation "
-                    + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else "")
-                )
+                if accelerator.is_main_process:
+                    progress.console.log(
+                        f"epoch {state.epoch + 1}/{num_epochs}: validation "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else "")
+                    )
                 if improved:
                     state.best_value, state.best_epoch = value, state.epoch + 1
                     if cfg.keep_best and accelerator.is_main_process:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -158,3 +159,26 @@ def test_disk_full_is_one_line_and_keeps_the_checkpoint(tiny_bert_dir, sentiment
     assert lines[0].startswith("lmcompress: error: disk full while writing") and "model.safetensors" in lines[0]
     assert not out.exists()  # nothing half-written where the run should be
     assert (tmp_path / ".run.partial" / "checkpoint" / "state.json").is_file()  # resumable once space is freed
+
+
+def test_remote_code_runs_only_with_the_flag(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+    """A model folder that ships its own Python classes: refused in one line unless --trust-remote-code."""
+    folder = tmp_path / "custom"
+    shutil.copytree(tiny_bert_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="tiny-custom-bert", auto_map={
+        "AutoConfig": "custom_code.TinyConfig",
+        "AutoModelForSequenceClassification": "custom_code.TinyForSequenceClassification"})
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "custom_code.py").write_text(
+        "from transformers import BertConfig, BertForSequenceClassification\n\n\n"
+        "class TinyConfig(BertConfig):\n    model_type = 'tiny-custom-bert'\n\n\n"
+        "class TinyForSequenceClassification(BertForSequenceClassification):\n    config_class = TinyConfig\n")
+    args = ["finetune", "--model", str(folder), "--data", str(sentiment_csv), "--epochs", "1", "--max-length", "32",
+            "--quiet"]
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "refused")], capsys)
+    assert code == 1 and "re-run with --trust-remote-code only if you trust its source" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "refused").exists()
+    code, _, err = run_cli(args + ["--out", str(tmp_path / "trusted"), "--trust-remote-code"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "trusted" / "config.json").read_text())["model_type"] == "tiny-custom-bert"

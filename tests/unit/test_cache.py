@@ -33,3 +33,21 @@ def test_teacher_fingerprint_changes_with_weights(tmp_path):
     first = teacher_fingerprint(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"abd")
     assert teacher_fingerprint(tmp_path) != first
+
+
+def test_students_with_other_layer_maps_share_the_cache(tmp_path):
+    """Layers computed for one student are reused by the next; only missing layers force the teacher to run."""
+    ids = [[1, 2], [3, 4, 5]]
+    first = TeacherCache(tmp_path, "t", ids, num_classes=2, hidden_layers=(1, 2, 3), hidden_size=2)
+    idx = torch.tensor([0, 1])
+    hidden = {layer: torch.full((2, 3, 2), float(layer)) for layer in (1, 2, 3)}
+    first.write(idx, torch.zeros(2, 2), hidden)
+    first.flush()
+    subset = TeacherCache(tmp_path, "t", ids, num_classes=2, hidden_layers=(1, 3), hidden_size=2)
+    assert subset.folder == first.folder and subset.has(idx)
+    _, got = subset.read(idx, seq_len=3)
+    assert set(got) == {1, 3} and float(got[3][1, 2, 0]) == 3.0 and float(got[3][0, 2, 0]) == 0.0  # padding zero
+    wider = TeacherCache(tmp_path, "t", ids, num_classes=2, hidden_layers=(3, 4), hidden_size=2)
+    assert wider.folder == first.folder and not wider.has(idx)  # layer 4 was never computed
+    logits_only = TeacherCache(tmp_path, "t", ids, num_classes=2)
+    assert logits_only.has(idx)

@@ -95,6 +95,29 @@ def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer_dir, tmp_path):
         _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16), tmp_path, loss_fn=nan_loss)
 
 
+def test_nan_policy_skip_skips_a_few_batches_then_stops(tiny_tokenizer_dir, tmp_path):
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    calls = {"n": 0}
+
+    def sometimes_nan(m, batch):
+        calls["n"] += 1
+        loss = _loss(m, batch)
+        return loss * float("nan") if calls["n"] in (2, 5) else loss
+
+    cfg = TrainConfig(epochs=1, batch_size=16, nan_policy="skip", max_skipped_batches=2, keep_best=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = _fit(model, tok, data, cfg, tmp_path / "skip", loss_fn=sometimes_nan)
+    assert result.state.skipped_batches == 2 and result.steps == 4  # 6 batches, 2 skipped
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    calls["n"] = 0
+    with pytest.raises(LmcError, match="after 1 skipped batches"):
+        _fit(model, tok, data, TrainConfig(epochs=1, batch_size=16, nan_policy="skip", max_skipped_batches=1),
+             tmp_path / "too-many", loss_fn=sometimes_nan)
+
+
 def test_grad_accumulation_counts_optimizer_steps(tiny_tokenizer_dir, tmp_path):
     model, tok, data = _setup(tiny_tokenizer_dir)
     result = _fit(model, tok, data, TrainConfig(epochs=1, batch_size=8, grad_accum_steps=3), tmp_path)

@@ -1,10 +1,11 @@
 """Teacher-output cache: each training example's teacher outputs computed once, then read from memory-mapped files.
 
-Layout under `<root>/<key>/`: `logits.npy` [N, C] float32; for each cached hidden-state index l,
-`hidden_<l>.npy` [total_tokens, H] float16 holding only real tokens (rows `offsets[i]:offsets[i] + lengths[i]`
-belong to example i); `filled.npy` [N] bool; `meta.json`. The key hashes the teacher's weights and config, the
-exact training token ids, and what is cached, so a changed teacher or dataset never reads stale outputs; a cache
-left half-filled by an interrupted run stays valid (the `filled` mask says which rows are done).
+Layout under `<root>/<key>/`: `logits.npy` [N, C] float32 with `filled.npy` [N] bool; for each hidden-state index l
+that some student asked for, `hidden_<l>.npy` [total_tokens, H] float16 holding only real tokens (rows
+`offsets[i]:offsets[i] + lengths[i]` belong to example i) with its own `filled_<l>.npy` [N]; `meta.json`. The key
+hashes the teacher's weights and config and the exact training token ids, so a changed teacher or dataset never reads
+stale outputs, while students with different layer maps share one cache: a layer computed for one student is there
+for the next. A cache left half-filled by an interrupted run stays valid (the masks say which rows are done).
 """
 
 from __future__ import annotations
@@ -49,30 +50,45 @@ class TeacherCache:
         self.lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)  # [N]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)  # [N]
         self.hidden_layers = tuple(hidden_layers)
-        spec = {"teacher": teacher_hash, "tokens": tokens_fingerprint(input_ids), "classes": num_classes,
-                "hidden_layers": list(self.hidden_layers), "hidden_size": hidden_size, "format": 1}
+        self.hidden_size = hidden_size
+        spec = {"teacher": teacher_hash, "tokens": tokens_fingerprint(input_ids), "classes": num_classes, "format": 2}
         self.key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
         self.folder = root / self.key
-        n, total = len(input_ids), int(self.lengths.sum())
+        self.n, self.total = len(input_ids), int(self.lengths.sum())
         fresh = not (self.folder / "meta.json").is_file()
         self.folder.mkdir(parents=True, exist_ok=True)
-        mode = "w+" if fresh else "r+"
-        self.logits = np.lib.format.open_memmap(self.folder / "logits.npy", mode=mode, dtype=np.float32,
-                                                shape=(n, num_classes) if fresh else None)
-        self.hidden = {layer: np.lib.format.open_memmap(self.folder / f"hidden_{layer}.npy", mode=mode,
-                                                        dtype=np.float16, shape=(total, hidden_size) if fresh else None)
-                       for layer in self.hidden_layers}
-        self.filled = np.lib.format.open_memmap(self.folder / "filled.npy", mode=mode, dtype=np.bool_,
-                                                shape=(n,) if fresh else None)
+        self.logits = self._array("logits.npy", (self.n, num_classes), np.float32, fresh)
+        self.filled = self._array("filled.npy", (self.n,), np.bool_, fresh)
+        self.hidden: dict[int, np.memmap] = {}
+        self.hidden_filled: dict[int, np.memmap] = {}
+        for layer in self.hidden_layers:  # a layer no earlier student asked for starts empty
+            new_layer = fresh or not (self.folder / f"filled_{layer}.npy").is_file()
+            self.hidden[layer] = self._array(f"hidden_{layer}.npy", (self.total, hidden_size), np.float16, new_layer)
+            self.hidden_filled[layer] = self._array(f"filled_{layer}.npy", (self.n,), np.bool_, new_layer)
         if fresh:
-            self.filled[:] = False
             (self.folder / "meta.json").write_text(json.dumps(spec, indent=2))
         self.hits = self.misses = 0
-        done = int(self.filled.sum())
-        log.info("teacher cache %s: %d/%d examples already cached", self.folder, done, n)
+        log.info("teacher cache %s: %d/%d examples already cached with everything this student needs", self.folder,
+                 int(self._complete().sum()), self.n)
+
+    def _array(self, name: str, shape: tuple[int, ...], dtype, create: bool) -> np.memmap:
+        path = self.folder / name
+        if create:
+            array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+            if dtype == np.bool_:
+                array[:] = False  # written before the mask file is trusted: masks are created last
+            return array
+        return np.lib.format.open_memmap(path, mode="r+")
+
+    def _complete(self) -> np.ndarray:
+        done = np.asarray(self.filled).copy()
+        for mask in self.hidden_filled.values():
+            done &= np.asarray(mask)
+        return done
 
     def has(self, idx: torch.Tensor) -> bool:
-        return bool(self.filled[idx.cpu().numpy()].all())
+        rows = idx.cpu().numpy()
+        return bool(self.filled[rows].all()) and all(bool(m[rows].all()) for m in self.hidden_filled.values())
 
     def read(self, idx: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """-> logits [B, C], {layer: hidden [B, seq_len, H] (zeros at padding, right-padded)}"""
@@ -89,7 +105,7 @@ class TeacherCache:
         return logits, hidden
 
     def write(self, idx: torch.Tensor, logits: torch.Tensor, hidden: dict[int, torch.Tensor]) -> None:
-        """logits [B, C]; hidden {layer: [B, T, H]} right-padded, real tokens first."""
+        """logits [B, C]; hidden {layer: [B, T, H]} right-padded, real tokens first. Masks are set after the data."""
         rows = idx.cpu().numpy()
         self.misses += len(rows)
         self.logits[rows] = logits.detach().float().cpu().numpy()
@@ -98,12 +114,13 @@ class TeacherCache:
             for b, i in enumerate(rows):
                 start, length = self.offsets[i], self.lengths[i]
                 self.hidden[layer][start:start + length] = states[b, :length]
+            self.hidden_filled[layer][rows] = True
         self.filled[rows] = True
 
     def flush(self) -> None:
-        for array in (self.logits, self.filled, *self.hidden.values()):
+        for array in (self.logits, self.filled, *self.hidden.values(), *self.hidden_filled.values()):
             array.flush()
 
     def stats(self) -> dict[str, object]:
         return {"folder": str(self.folder), "hits": self.hits, "misses": self.misses,
-                "cached": int(self.filled.sum()), "examples": int(len(self.filled))}
+                "cached": int(self._complete().sum()), "examples": int(self.n), "layers": list(self.hidden_layers)}

@@ -21,7 +21,7 @@ from ..errors import LmcError
 from ..evaluate import MAIN_METRIC, save_and_score, score_split
 from ..models import presets
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
-from ..runs import RunDir, data_config_for, run_manifest
+from ..runs import RunDir, data_config_for, is_main_process, num_processes, run_manifest
 from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
@@ -148,7 +148,9 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         n_proj = (len(layer_map) if loss_cfg.hidden_weight > 0 else 0) + (1 if loss_cfg.embedding_weight > 0 else 0)
         module = DistillModule(student, _width(student.config), _width(teacher.config), n_proj)
         cache = None
-        if cfg.cache and not needs.attentions and not needs.qkv:
+        if cfg.cache and num_processes() > 1:
+            log.info("teacher cache off: it is single-process for now (each rank runs the teacher on its shard)")
+        elif cfg.cache and not needs.attentions and not needs.qkv:
             cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else default_root(),
                                  teacher_fingerprint(teacher_dir), train_set["input_ids"], task_data.num_labels,
                                  needs.hidden, _width(teacher.config))
@@ -170,17 +172,21 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         student = module.student.cpu()
         if needs.attentions:
             student.set_attn_implementation("sdpa")
-        metrics = save_and_score(student, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
-        manifest = run_manifest(
-            stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
-            student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
-                     "hidden": _width(student.config)},
-            teacher_cache=cache.stats() if cache is not None else None, **(extra or {}))
+        metrics, manifest = {}, {}
+        if is_main_process():  # under `accelerate launch`, rank 0 alone scores and writes
+            metrics = save_and_score(student, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
+            manifest = run_manifest(
+                stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
+                student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
+                         "hidden": _width(student.config)},
+                teacher_cache=cache.stats() if cache is not None else None, processes=num_processes(),
+                **(extra or {}))
         final = run.commit(manifest)
     if cache is not None:
         log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
-    metrics["path"] = str(final)
-    metrics["wall_time_s"] = round(result.wall_time_s, 1)
+    if metrics:  # rank 0 (or a plain run)
+        metrics["path"] = str(final)
+        metrics["wall_time_s"] = round(result.wall_time_s, 1)
     return metrics
 
 

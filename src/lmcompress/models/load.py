@@ -1,7 +1,7 @@
 """Resolve a model spec (zoo name | local HF dir | preset) to a tokenizer and a model with the right head.
 
 Every load is local: paths are passed straight to `from_pretrained`, which never contacts a hub for an existing
-directory, and `trust_remote_code` stays off unless the caller asks for it.
+directory, and `trust_remote_code` stays off unless the user passes --trust-remote-code (`allow_remote_code`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,18 @@ transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 DEFAULT_PRESET_TOKENIZER = "minilm-l6"
+_REMOTE_CODE = {"allowed": False}
+
+
+def allow_remote_code(allowed: bool) -> None:
+    """Let transformers run Python files shipped inside model folders (`--trust-remote-code`); off by default."""
+    _REMOTE_CODE["allowed"] = allowed
+    if allowed:
+        log.warning("--trust-remote-code: Python code shipped inside model folders will run in this process")
+
+
+def remote_code_allowed() -> bool:
+    return _REMOTE_CODE["allowed"]
 
 
 @dataclass
@@ -37,6 +49,8 @@ class ModelSource:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
+    if "trust_remote_code" in text and not remote_code_allowed():
+        return "it ships its own Python model code; re-run with --trust-remote-code only if you trust its source"
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
@@ -77,9 +91,9 @@ def resolve(spec: str, tokenizer: str | None = None, role: str = "model") -> Mod
     return ModelSource(spec, path, None, tok_path)
 
 
-def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:  # corrupt or missing tokenizer files raise many types
         raise LmcError(f"cannot load a tokenizer from {path}: {_first_line(exc)}") from None
     if len(tok) <= len(set(tok.all_special_tokens)):
@@ -93,8 +107,7 @@ def load_tokenizer(path: Path, trust_remote_code: bool = False) -> PreTrainedTok
 
 
 def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedTokenizerBase, num_labels: int,
-                                     labels: list[str] | None, regression: bool, seed: int,
-                                     trust_remote_code: bool = False) -> transformers.PreTrainedModel:
+                                     labels: list[str] | None, regression: bool, seed: int) -> transformers.PreTrainedModel:
     """A model with a fresh (or reused, when the labels match) sequence-classification head."""
     head = dict(num_labels=num_labels, problem_type="regression" if regression else "single_label_classification")
     if labels is not None:
@@ -112,12 +125,12 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
     else:
         try:
             config = AutoConfig.from_pretrained(str(source.path), local_files_only=True,
-                                                trust_remote_code=trust_remote_code, **head)
+                                                trust_remote_code=remote_code_allowed(), **head)
             if config.pad_token_id is None:
                 config.pad_token_id = tokenizer.pad_token_id
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(source.path), config=config, local_files_only=True, ignore_mismatched_sizes=True,
-                trust_remote_code=trust_remote_code)
+                trust_remote_code=remote_code_allowed())
         except LmcError:
             raise
         except Exception as exc:
@@ -131,10 +144,10 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
     return model
 
 
-def _check_head(folder: Path, labels: list[str] | None, regression: bool, trust_remote_code: bool) -> None:
+def _check_head(folder: Path, labels: list[str] | None, regression: bool) -> None:
     """The saved head must match the data: same task kind and the same labels in the same order."""
     try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
         raise LmcError(f"cannot read {folder}/config.json: {_first_line(exc)}") from None
     saved_regression = config.problem_type == "regression" or (config.num_labels == 1 and not config.problem_type)
@@ -149,28 +162,27 @@ def _check_head(folder: Path, labels: list[str] | None, regression: bool, trust_
                            "evaluate it on the data it was trained for")
 
 
-def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool,
-                            trust_remote_code: bool = False) -> transformers.PreTrainedModel:
+def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool) -> transformers.PreTrainedModel:
     """A fine-tuned checkpoint exactly as saved; its head must match the data's labels."""
-    _check_head(folder, labels, regression, trust_remote_code)
+    _check_head(folder, labels, regression)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
-            str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+            str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
         raise LmcError(f"cannot load model from {folder}: {_first_line(exc)}") from None
 
 
-def load_run_model(folder: Path, labels: list[str] | None, regression: bool, threads: int | None = None,
-                   trust_remote_code: bool = False) -> torch.nn.Module:
+def load_run_model(folder: Path, labels: list[str] | None, regression: bool,
+                   threads: int | None = None) -> torch.nn.Module:
     """Whatever a run dir holds, ready to score: an ONNX graph (model.onnx), a PyTorch checkpoint, or a PyTorch
     checkpoint whose manifest asks for dynamic int8 (applied here, at load time, as in deployment)."""
     from ..runs import read_run_manifest
     from ..shrink import onnx_io
 
     if (folder / onnx_io.MODEL_FILE).is_file():
-        _check_head(folder, labels, regression, trust_remote_code)
+        _check_head(folder, labels, regression)
         return onnx_io.OnnxClassifier(folder / onnx_io.MODEL_FILE, threads)
-    model = load_trained_classifier(folder, labels, regression, trust_remote_code)
+    model = load_trained_classifier(folder, labels, regression)
     method = ((read_run_manifest(folder) or {}).get("quantization") or {}).get("method")
     if method == "dynamic-int8":
         from ..shrink.quantize import dynamic_int8

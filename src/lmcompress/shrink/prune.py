@@ -29,7 +29,7 @@ from ..distill.student import NARROWABLE, _topk_sorted, slice_model
 from ..errors import LmcError
 from ..evaluate import save_and_score
 from ..models.load import load_tokenizer, load_trained_classifier
-from ..runs import RunDir, data_config_for, stage_manifest
+from ..runs import RunDir, data_config_for, is_main_process, stage_manifest, wait_for_everyone
 
 log = logging.getLogger("lmcompress")
 
@@ -201,9 +201,11 @@ def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: dict[str
 
     init = Path(cfg.out).expanduser()
     init = init.with_name(f".{init.name}.pruned-init")
-    shutil.rmtree(init, ignore_errors=True)
-    pruned.save_pretrained(init)
-    tokenizer.save_pretrained(init)
+    if is_main_process():  # under `accelerate launch` every rank pruned the same way; rank 0 writes it once
+        shutil.rmtree(init, ignore_errors=True)
+        pruned.save_pretrained(init)
+        tokenizer.save_pretrained(init)
+    wait_for_everyone()
     loss = cfg.loss
     if cfg.recovery == "finetune":
         loss = type(loss)(alpha=1.0)
@@ -212,4 +214,5 @@ def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: dict[str
     try:
         return distill(distill_cfg, stage="prune", extra={"pruning": record, "prune_config": to_dict(cfg)})
     finally:
-        shutil.rmtree(init, ignore_errors=True)
+        if is_main_process():
+            shutil.rmtree(init, ignore_errors=True)
