@@ -145,9 +145,15 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ rendering
 
-COLUMNS = [("model", "name"), ("made by", "made_by"), ("params", "params"), ("size MB", "size_mb"), ("metric", "metric"), ("value", "value"),
+COLUMNS = [("model", "name"), ("made by", "made_by"), ("params", "params"), ("size MB", "size_mb"), ("value", "value"),
            ("retention", "retention"), ("ms b1", "latency_ms_b1"), ("ms b32", "latency_ms_b32"),
            ("speedup b1", "speedup_b1"), ("speedup b32", "speedup_b32")]
+
+
+def _headers(report: dict[str, Any]) -> list[str]:
+    """Column titles, the value column named by the task metric (accuracy, pearson, ...)."""
+    metric = report["rows"][0]["metric"] if report["rows"] else "value"
+    return [metric if key == "value" else title for title, key in COLUMNS]
 
 
 def _cell(key: str, value: Any) -> str:
@@ -176,7 +182,7 @@ def _setup_line(report: dict[str, Any]) -> str:
 
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# lmcompress comparison — teacher: {report['teacher']}", "", _setup_line(report), "",
-             "| " + " | ".join(c for c, _ in COLUMNS) + " | Pareto |", "|" + "---|" * (len(COLUMNS) + 1)]
+             "| " + " | ".join(_headers(report)) + " | Pareto |", "|" + "---|" * (len(COLUMNS) + 1)]
     for row in report["rows"]:
         lines.append("| " + " | ".join(_cell(k, row[k]) for _, k in COLUMNS) + f" | {'yes' if row['pareto'] else ''} |")
     lines += ["", "![metric vs latency](pareto.png)", ""]
@@ -185,7 +191,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def render_html(report: dict[str, Any], png: Path) -> str:
     image = base64.b64encode(png.read_bytes()).decode("ascii")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in COLUMNS) + "<th>Pareto</th>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in _headers(report)) + "<th>Pareto</th>"
     body = []
     for row in report["rows"]:
         cls = ' class="teacher"' if row["name"] == report["teacher"] else ""
@@ -198,7 +204,8 @@ body {{ font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; mar
         color: #1f2328; padding: 0 1rem; }}
 h1 {{ font-size: 1.5rem; }} p.setup {{ color: #57606a; font-size: .9rem; }}
 table {{ border-collapse: collapse; width: 100%; font-variant-numeric: tabular-nums; }}
-th, td {{ padding: .45rem .7rem; border-bottom: 1px solid #d0d7de; text-align: right; }}
+th, td {{ padding: .45rem .55rem; border-bottom: 1px solid #d0d7de; text-align: right; }}
+div.scroll {{ overflow-x: auto; }} td:nth-child(2) {{ max-width: 16rem; }}
 th:nth-child(-n+2), td:nth-child(-n+2) {{ text-align: left; }}
 td:nth-child(2) {{ color: #57606a; font-size: .85rem; }}
 th {{ background: #f6f8fa; }} tr.teacher td {{ font-weight: 600; background: #fff8e1; }}
@@ -206,9 +213,9 @@ img {{ max-width: 100%; margin-top: 1.5rem; border: 1px solid #d0d7de; }}
 </style></head><body>
 <h1>lmcompress comparison — teacher: {html.escape(report['teacher'])}</h1>
 <p class="setup">{html.escape(_setup_line(report))}</p>
-<table><thead><tr>{head}</tr></thead><tbody>
+<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>
 {chr(10).join(body)}
-</tbody></table>
+</tbody></table></div>
 <img alt="metric versus batch-32 latency, Pareto front" src="data:image/png;base64,{image}">
 </body></html>
 """
@@ -234,9 +241,12 @@ def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
                 label="Pareto front", zorder=2)
         ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
-    plain = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")  # 20, 50, 100 rather than 2×10¹
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    low, high = min(xs) / 1.25, max(xs) * 1.35  # room for the labels of the extreme points
+    ax.set_xlim(low, high)
+    ticks = [m * 10 ** e for e in range(-2, 6) for m in (1, 2, 5) if low <= m * 10 ** e <= high]
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))  # 1-2-5 steps: never crowded
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("CPU latency at batch 32 (ms, log scale) — lower is better")
     ax.set_ylabel(f"test {metric} — higher is better")
     ax.grid(True, which="both", alpha=0.3)
@@ -249,8 +259,8 @@ def print_table(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"teacher: {report['teacher']}")
-    for title, _ in COLUMNS:
-        table.add_column(title, justify="left" if title == "model" else "right")
+    for title in _headers(report):
+        table.add_column(title, justify="left" if title in ("model", "made by") else "right")
     for row in report["rows"]:
         table.add_row(*(_cell(k, row[k]) for _, k in COLUMNS))
     console().print(table)
