@@ -42,7 +42,8 @@ def made_by(manifest: dict[str, Any]) -> str:
     if not stage:
         return "checkpoint"
     if stage == "distill":
-        return f"distill {(manifest.get('student') or {}).get('spec', '')}".strip()
+        spec = str((manifest.get("student") or {}).get("spec", ""))
+        return f"distill from {Path(spec).name}" if "/" in spec else f"distill {spec}".strip()
     if stage == "quantize":
         return f"quantize {(manifest.get('quantization') or {}).get('method', '')}".strip()
     if stage == "export":
