@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -11,10 +10,10 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, api
-from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, PruneConfig,
-                     QuantizeConfig, add_flags, build_config, flags_to_dict)
+from .config import CompareConfig, add_flags, build_config, flags_to_dict
 from .console import console
 from .errors import LmcError, NotBuiltError
+from .pipeline import STAGES, builtin_recipes, stage_runner
 
 PROG = "lmcompress"
 log = logging.getLogger("lmcompress")
@@ -57,14 +56,12 @@ def _print_json_or_summary(result: dict[str, Any], as_json: bool) -> None:
 # ------------------------------------------------------------------------------------------------------------ commands
 
 
-def _config_command(cls: type, where: str, target: str):
-    """A handler: flags (+ --config YAML) -> typed config -> `module:function` (imported on use) -> summary/JSON."""
-    module, _, function = target.partition(":")
+def _config_command(stage: str):
+    """A handler: flags (+ --config YAML) -> the stage's typed config -> its runner -> summary or JSON."""
 
     def handler(args: argparse.Namespace) -> int:
-        cfg = build_config(cls, args.config, flags_to_dict(args), where)
-        runner = getattr(importlib.import_module(module, package=__package__), function)
-        _print_json_or_summary(runner(cfg), args.json)
+        cfg = build_config(STAGES[stage][0], args.config, flags_to_dict(args), stage)
+        _print_json_or_summary(stage_runner(stage)(cfg), args.json)
         return 0
 
     return handler
@@ -129,12 +126,6 @@ def _cmd_not_built(name: str):
 # ------------------------------------------------------------------------------------------------------------ parser
 
 
-def _builtin_recipe_names() -> list[str]:
-    from .pipeline import builtin_recipes
-
-    return list(builtin_recipes())
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Compress Transformer language models and prove it with a report.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -145,12 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let model folders run their own Python code (off by default; only for sources you trust)")
     subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    def stage(name: str, cls: type, func, help_text: str, description: str, json_flag: bool = True,
+    def stage(name: str, help_text: str, description: str, func=None, json_flag: bool = True,
               positional_runs: bool = False) -> None:
-        """A subcommand whose flags are generated from its config dataclass (YAML keys == flags); `func` is a
-        handler or a 'module:function' stage runner taking the config."""
-        if isinstance(func, str):
-            func = _config_command(cls, name, func)
+        """A subcommand whose flags are generated from its config dataclass (YAML keys == flags); it runs the
+        stage's runner (pipeline.STAGES, shared with recipes) unless `func` handles it."""
+        cls = STAGES[name][0]
+        func = func or _config_command(name)
         sub = subs.add_parser(name, parents=[common], help=help_text, description=description)
         if positional_runs:
             sub.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the teacher "
@@ -161,22 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
         add_flags(sub, cls, skip=("runs",) if positional_runs else ())
         sub.set_defaults(func=func)
 
-    stage("finetune", FinetuneConfig, ".finetune:finetune", "fine-tune a model on a labelled task",
+    stage("finetune", "fine-tune a model on a labelled task",
           "Fine-tune a model (zoo name, HF dir or preset) for classification/regression.")
-    stage("distill", DistillConfig, ".distill.stage:distill", "distil a fine-tuned teacher into a smaller student",
+    stage("distill", "distil a fine-tuned teacher into a smaller student",
           "Task-specific distillation: logit KD with temperature mixed with hard labels, optional hidden-state / "
           "embedding / cosine / attention / MiniLM relation losses, teacher cache.")
-    stage("compare", CompareConfig, cmd_compare, "side-by-side report: metric, retention, size, latency",
+    stage("compare", "side-by-side report: metric, retention, size, latency",
           "Score and time every run on the same test rows in one process; write report.md, report.html, "
-          "report.json and pareto.png.", json_flag=False, positional_runs=True)
-    stage("prune", PruneConfig, ".shrink.prune:prune", "remove heads, FFN neurons or layers by importance, then recover",
+          "report.json and pareto.png.", func=cmd_compare, json_flag=False, positional_runs=True)
+    stage("prune", "remove heads, FFN neurons or layers by importance, then recover",
           "Structured pruning: importance from |activation x gradient| on training rows, physical removal (a "
           "standard config that reloads with transformers alone), recovery by distillation from the unpruned model.")
-    stage("quantize", QuantizeConfig, ".shrink.quantize:quantize", "int8: PyTorch dynamic, ONNX Runtime dynamic or static",
+    stage("quantize", "int8: PyTorch dynamic, ONNX Runtime dynamic or static",
           "Int8 quantization with the accuracy change and latency measured; ONNX methods export and validate first.")
-    stage("export", ExportConfig, ".shrink.quantize:export", "validated ONNX export (fp32 or fp16)",
+    stage("export", "validated ONNX export (fp32 or fp16)",
           "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches.")
-    stage("evaluate", EvaluateConfig, ".evaluate:evaluate_run", "score a run: metrics, size, latency",
+    stage("evaluate", "score a run: metrics, size, latency",
           "Evaluate a run on the same split it was trained with (or --data).")
 
     zo = subs.add_parser("zoo", parents=[common], help="list offline models and datasets and whether installed")
@@ -187,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     ru = subs.add_parser("run", parents=[common], help="run a YAML recipe that chains stages (skips complete steps)",
                          description="Run a recipe: steps in order, each writing OUT/STEP; complete steps are skipped "
                                      "and an interrupted one resumes. Built-in recipes: " + ", ".join(
-                                         sorted(_builtin_recipe_names())))
+                                         sorted(builtin_recipes())))
     ru.add_argument("recipe", help="recipe YAML file or built-in recipe name")
     ru.add_argument("--out", help="root folder for the steps' runs (default: the recipe's out)")
     ru.add_argument("--overwrite", action="store_true", help="redo steps whose runs are already complete")

@@ -21,7 +21,7 @@ from .data.tokenize import collator, fixed_batch, tokenize_frame
 from .errors import LmcError
 from .models.load import load_run_model, load_tokenizer
 from .models.outputs import forward
-from .runs import METRICS, data_config_for, read_run_manifest, write_json_atomic
+from .runs import METRICS, RunDir, data_config_for, is_main_process, read_run_manifest, write_json_atomic
 
 log = logging.getLogger("lmcompress")
 
@@ -132,24 +132,36 @@ def metrics_payload(task_data, split: str, scores: dict[str, float], model: torc
     return payload
 
 
-def save_and_score(model: torch.nn.Module, tokenizer, task_data, folder: Path, max_length: int,
-                   batch_size: int) -> dict[str, Any]:
-    """End of every training stage: save the checkpoint, score the test split, time it, write metrics.json."""
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return score_and_write(model, tokenizer, task_data, folder, max_length, batch_size)
-
-
-def score_and_write(model: torch.nn.Module, tokenizer, task_data, folder: Path, max_length: int,
-                    batch_size: int) -> dict[str, Any]:
-    """Score the test split of whatever `model` is (PyTorch, int8, ONNX), time it, write metrics.json."""
+def score_test(model: torch.nn.Module, tokenizer, task_data, folder: Path, max_length: int,
+               batch_size: int) -> dict[str, Any]:
+    """The metrics.json payload of whatever `model` is (PyTorch, int8, ONNX): test scores, size, latency."""
     scores = score_split(model, tokenizer, task_data, "test", max_length, batch_size)
     test = task_data.splits["test"]
     latency = latency_for_texts(model, tokenizer, test["text"].tolist(),
                                 test["text_pair"].tolist() if task_data.has_pair else None, max_length, 10, None)
-    metrics = metrics_payload(task_data, "test", scores, model, folder, latency)
+    return metrics_payload(task_data, "test", scores, model, folder, latency)
+
+
+def save_and_score(model: torch.nn.Module, tokenizer, task_data, folder: Path, max_length: int,
+                   batch_size: int) -> dict[str, Any]:
+    """Save the checkpoint and tokenizer, score the test split, time it, write metrics.json."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    metrics = score_test(model, tokenizer, task_data, folder, max_length, batch_size)
     write_json_atomic(folder / METRICS, metrics)
     return metrics
+
+
+def finish_run(run: RunDir, model: torch.nn.Module, tokenizer, task_data, max_length: int, batch_size: int,
+               manifest: Callable[[], dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """End of every stage that leaves a PyTorch checkpoint: rank 0 saves, scores and builds lmcompress.json, every
+    rank waits for the commit. -> metrics with `path` and `extra` (empty on the other ranks of a launch)."""
+    metrics, record = {}, {}
+    if is_main_process():
+        metrics = save_and_score(model, tokenizer, task_data, run.partial, max_length, batch_size)
+        record = manifest()
+    final = run.commit(record)
+    return metrics | {"path": str(final), **extra} if metrics else {}
 
 
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:

@@ -11,10 +11,10 @@ import torch
 from .config import FinetuneConfig, to_dict
 from .data import load_task
 from .data.tokenize import collator, tokenize_frame
-from .evaluate import MAIN_METRIC, save_and_score, score_split
+from .evaluate import MAIN_METRIC, finish_run, score_split
 from .models.load import load_for_sequence_classification, load_tokenizer, resolve
 from .models.outputs import forward
-from .runs import RunDir, is_main_process, num_processes, run_manifest
+from .runs import RunDir, num_processes, run_manifest
 from .train import fit
 
 log = logging.getLogger("lmcompress")
@@ -50,13 +50,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
                      description=f"finetune {Path(cfg.out).name}")
         model = model.cpu()  # the saved checkpoint and the latency figures are CPU ones
 
-        metrics, manifest = {}, {}
-        if is_main_process():  # under `accelerate launch`, rank 0 alone scores and writes
-            metrics = save_and_score(model, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
-            manifest = run_manifest("finetune", str(source.path) if source.path else source.spec, to_dict(cfg),
-                                    task_data, result, processes=num_processes())
-        final = run.commit(manifest)
-    if metrics:  # rank 0 (or a plain run)
-        metrics["path"] = str(final)
-        metrics["wall_time_s"] = round(result.wall_time_s, 1)
-    return metrics
+        return finish_run(
+            run, model, tokenizer, task_data, max_len, cfg.train.eval_batch_size,
+            lambda: run_manifest("finetune", str(source.path) if source.path else source.spec, to_dict(cfg), task_data,
+                                 result, processes=num_processes()),
+            wall_time_s=round(result.wall_time_s, 1))

@@ -112,7 +112,8 @@ def parse(raw: dict[str, Any], where: str, out: str | None = None) -> tuple[str,
     return name, steps
 
 
-def _runner(stage: str):
+def stage_runner(stage: str):
+    """The function that runs `stage` on its config, imported on first use (keeps CLI start-up light)."""
     import importlib
 
     module, _, function = STAGES[stage][1].partition(":")
@@ -154,7 +155,7 @@ def run_recipe(recipe: str | Path | dict[str, Any], out: str | None = None, over
         else:
             log.info("%s", header)
         t0 = time.perf_counter()
-        results[step.name] = _runner(step.stage)(cfg)
+        results[step.name] = stage_runner(step.stage)(cfg)
         ran.add(str(step.out))
         summary.append({"step": step.name, "stage": step.stage, "status": "done",
                         "wall_s": round(time.perf_counter() - t0, 1)})

@@ -108,6 +108,11 @@ def read_run_manifest(path: Path) -> dict | None:
         raise LmcError(f"{manifest} is corrupt (not JSON); the run is incomplete — re-run the stage") from None
 
 
+def quantization_method(folder: Path) -> str | None:
+    """The int8 method a run was made with (`quantize`), or None for an fp32 run or a plain HF dir."""
+    return ((read_run_manifest(folder) or {}).get("quantization") or {}).get("method")
+
+
 def data_config_for(given: DataConfig, run: Path) -> DataConfig:
     """`given` when it names data, else the data config `run` was trained with (same rows, same split)."""
     if given.data:

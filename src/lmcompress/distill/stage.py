@@ -18,14 +18,14 @@ from ..config import DistillConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
-from ..evaluate import MAIN_METRIC, save_and_score, score_split
+from ..evaluate import MAIN_METRIC, finish_run, score_split
 from ..models import presets
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
-from ..runs import RunDir, data_config_for, is_main_process, num_processes, run_manifest
+from ..runs import RunDir, data_config_for, num_processes, run_manifest
+from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
-from ..shrink.albert import albert_from_bert, parse_albert_spec
 from .student import build_student, default_layer_map, is_derived_spec, load_student_like, parse_spec
 
 log = logging.getLogger("lmcompress")
@@ -172,21 +172,17 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         student = module.student.cpu()
         if needs.attentions:
             student.set_attn_implementation("sdpa")
-        metrics, manifest = {}, {}
-        if is_main_process():  # under `accelerate launch`, rank 0 alone scores and writes
-            metrics = save_and_score(student, tokenizer, task_data, run.partial, max_len, cfg.train.eval_batch_size)
-            manifest = run_manifest(
+        metrics = finish_run(
+            run, student, tokenizer, task_data, max_len, cfg.train.eval_batch_size,
+            lambda: run_manifest(
                 stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
                 student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
                          "hidden": _width(student.config)},
                 teacher_cache=cache.stats() if cache is not None else None, processes=num_processes(),
-                **(extra or {}))
-        final = run.commit(manifest)
+                **(extra or {})),
+            wall_time_s=round(result.wall_time_s, 1))
     if cache is not None:
         log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
-    if metrics:  # rank 0 (or a plain run)
-        metrics["path"] = str(final)
-        metrics["wall_time_s"] = round(result.wall_time_s, 1)
     return metrics
 
 

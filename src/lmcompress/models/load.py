@@ -176,15 +176,14 @@ def load_run_model(folder: Path, labels: list[str] | None, regression: bool,
                    threads: int | None = None) -> torch.nn.Module:
     """Whatever a run dir holds, ready to score: an ONNX graph (model.onnx), a PyTorch checkpoint, or a PyTorch
     checkpoint whose manifest asks for dynamic int8 (applied here, at load time, as in deployment)."""
-    from ..runs import read_run_manifest
+    from ..runs import quantization_method
     from ..shrink import onnx_io
 
     if (folder / onnx_io.MODEL_FILE).is_file():
         _check_head(folder, labels, regression)
         return onnx_io.OnnxClassifier(folder / onnx_io.MODEL_FILE, threads)
     model = load_trained_classifier(folder, labels, regression)
-    method = ((read_run_manifest(folder) or {}).get("quantization") or {}).get("method")
-    if method == "dynamic-int8":
+    if quantization_method(folder) == "dynamic-int8":
         from ..shrink.quantize import dynamic_int8
 
         model = dynamic_int8(model)

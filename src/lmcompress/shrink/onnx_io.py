@@ -31,7 +31,7 @@ QUANTIZED_OPS = ["MatMul", "Gather"]  # Linear layers, and the embedding tables 
 DEFAULT_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 
 
-def _require_onnx() -> None:
+def require_onnx() -> None:
     import importlib
 
     try:
@@ -57,7 +57,7 @@ def _quiet() -> Any:
 
 def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -> Path:
     """Trace `model` on `sample` (input_ids, attention_mask[, token_type_ids]: [B, T]) to `path` with dynamic B, T."""
-    _require_onnx()
+    require_onnx()
     model = model.eval().cpu()
     # sdpa exports a NaN guard (IsNaN + Where) that cost ORT 16 ms of 82 at batch 32; the eager graph has none
     previous = getattr(model.config, "_attn_implementation", None)
@@ -81,7 +81,7 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -
 
 def session(path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session with all graph optimisations except those in DISABLED_OPTIMIZERS."""
-    _require_onnx()
+    require_onnx()
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -95,20 +95,24 @@ def session(path: Path, threads: int | None = None):
         raise LmcError(f"ONNX Runtime cannot load {path}: {first}") from None
 
 
-def run_session(sess, batch: dict[str, torch.Tensor]) -> np.ndarray:
-    """Feed the inputs the graph declares (int64) -> logits [B, C]."""
-    feed = {i.name: batch[i.name].numpy().astype(np.int64) for i in sess.get_inputs()}
-    return sess.run(["logits"], feed)[0]
+def input_names(sess) -> tuple[str, ...]:
+    return tuple(i.name for i in sess.get_inputs())
+
+
+def run_session(sess, batch: dict[str, torch.Tensor], names: tuple[str, ...]) -> np.ndarray:
+    """Feed the graph's inputs `names` (int64) -> logits [B, C]."""
+    return sess.run(["logits"], {name: batch[name].numpy().astype(np.int64) for name in names})[0]
 
 
 def validate(model: nn.Module, path: Path, batches: list[dict[str, torch.Tensor]], tolerance: float) -> dict[str, Any]:
     """Max |logit difference| between ONNX Runtime and PyTorch on real batches; LmcError above `tolerance`."""
     sess = session(path)
+    names = input_names(sess)
     worst = 0.0
     with torch.no_grad():
         for batch in batches:
             expected = model(**batch).logits.float().numpy()  # [B, C]
-            got = run_session(sess, batch)
+            got = run_session(sess, batch, names)
             if got.shape != expected.shape:
                 raise LmcError(f"ONNX validation failed: output shape {got.shape} vs PyTorch {expected.shape}")
             worst = max(worst, float(np.abs(got - expected).max()))
@@ -207,11 +211,11 @@ class OnnxClassifier(nn.Module):
         self.path = path
         self.session = session(path, threads)
         self.param_count = onnx_param_count(path)
+        self.input_names = input_names(self.session)  # once: forward is what latency measurements time
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 **_: Any) -> SimpleNamespace:
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        names = {i.name for i in self.session.get_inputs()}
-        if "token_type_ids" in names:
+        if "token_type_ids" in self.input_names:
             batch["token_type_ids"] = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-        return SimpleNamespace(logits=torch.from_numpy(run_session(self.session, batch)), loss=None)
+        return SimpleNamespace(logits=torch.from_numpy(run_session(self.session, batch, self.input_names)), loss=None)

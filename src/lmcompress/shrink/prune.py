@@ -27,7 +27,7 @@ from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
 from ..distill.student import NARROWABLE, _topk_sorted, slice_model
 from ..errors import LmcError
-from ..evaluate import save_and_score
+from ..evaluate import finish_run
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..runs import RunDir, data_config_for, is_main_process, stage_manifest, wait_for_everyone
 
@@ -187,11 +187,8 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     if cfg.recovery == "none":
         run.begin(cfg.overwrite, False)
         with run.guard():
-            metrics = save_and_score(pruned, tokenizer, task_data, run.partial, data_cfg.max_length, 64)
-            manifest = stage_manifest("prune", str(source), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data,
-                                      pruning=record)
-            metrics["path"] = str(run.commit(manifest))
-        return metrics
+            return finish_run(run, pruned, tokenizer, task_data, data_cfg.max_length, 64, lambda: stage_manifest(
+                "prune", str(source), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, pruning=record))
     return _recover(cfg, source, pruned, tokenizer, record)
 
 

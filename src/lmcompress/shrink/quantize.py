@@ -22,9 +22,9 @@ import torch
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..data import load_task
 from ..errors import LmcError
-from ..evaluate import score_and_write
+from ..evaluate import score_test
 from ..models.load import load_tokenizer, load_trained_classifier
-from ..runs import METRICS, RunDir, data_config_for, read_run_manifest, stage_manifest, write_json_atomic
+from ..runs import METRICS, RunDir, data_config_for, quantization_method, stage_manifest, write_json_atomic
 from . import onnx_io
 
 log = logging.getLogger("lmcompress")
@@ -45,7 +45,7 @@ def _source_run(spec: str) -> Path:
         raise LmcError(f"--model {spec} is not a run directory or Hugging Face checkpoint (no config.json)")
     if (folder / onnx_io.MODEL_FILE).is_file():
         raise LmcError(f"--model {spec} is already an ONNX run; quantize or export its PyTorch parent instead")
-    if ((read_run_manifest(folder) or {}).get("quantization") or {}).get("method"):
+    if quantization_method(folder):
         raise LmcError(f"--model {spec} is already quantized; start from its fp32 parent")
     return folder
 
@@ -73,15 +73,17 @@ def _prepare(model_spec: str, data) -> tuple[Path, Any, Any, Any, Any]:
     return source, data_cfg, task_data, model, tokenizer
 
 
-def _export_validated(model, tokenizer, task_data, max_length: int, folder: Path, tolerance: float) -> tuple[Path, dict]:
-    """fp32 ONNX graph in `folder`, checked against PyTorch on a padded batch of 16 and a single row."""
+def _export_validated(model, tokenizer, task_data, max_length: int, folder: Path,
+                      tolerance: float) -> tuple[Path, dict, list[dict[str, torch.Tensor]]]:
+    """fp32 ONNX graph in `folder`, checked against PyTorch on a padded batch of 16 and a single row
+    -> (graph, validation record, the check batches)."""
     sample = _batches(task_data, "train", tokenizer, max_length, (4,))[0]
     path = onnx_io.export_onnx(model, sample, folder / "fp32.onnx")
     checks = _batches(task_data, "validation", tokenizer, max_length, (16, 1))
     record = onnx_io.validate(model, path, checks, tolerance)
     log.info("ONNX export validated: max |logit diff| %.2e <= %.0e on %s", record["max_abs_logit_diff"], tolerance,
              record["batches"])
-    return path, record
+    return path, record, checks
 
 
 def _write_onnx_run(run: RunDir, source: Path, tokenizer, graph: Path) -> None:
@@ -97,12 +99,12 @@ def _manifest(stage: str, source: Path, cfg, data_cfg, task_data, **extra: Any) 
 
 def _finish(run: RunDir, model, tokenizer, task_data, max_length: int, manifest: dict[str, Any],
             parent_metrics: dict[str, Any] | None) -> dict[str, Any]:
-    metrics = score_and_write(model, tokenizer, task_data, run.partial, max_length, 64)
+    metrics = score_test(model, tokenizer, task_data, run.partial, max_length, 64)
     if parent_metrics:
         main = metrics["main_metric"]
         metrics["delta_vs_parent"] = round(metrics["metrics"][main] - parent_metrics["metrics"][main], 6)
         manifest["delta_vs_parent"] = {main: metrics["delta_vs_parent"]}
-        write_json_atomic(run.partial / METRICS, metrics)
+    write_json_atomic(run.partial / METRICS, metrics)
     final = run.commit(manifest)
     metrics["path"] = str(final)
     return metrics
@@ -122,7 +124,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, False)
     if cfg.method != "dynamic-int8":
-        onnx_io._require_onnx()
+        onnx_io.require_onnx()
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
     run.begin(cfg.overwrite, False)
@@ -135,7 +137,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
             scored = dynamic_int8(model)
         else:
             tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE["fp32"]
-            fp32, validation = _export_validated(model, tokenizer, task_data, max_length, run.partial, tolerance)
+            fp32, validation, _ = _export_validated(model, tokenizer, task_data, max_length, run.partial, tolerance)
             target = run.partial / "int8.onnx"
             if cfg.method == "static-int8":
                 calibration = _batches(task_data, "train", tokenizer, max_length,
@@ -161,18 +163,18 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
 def export(cfg: ExportConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, False)
-    onnx_io._require_onnx()
+    onnx_io.require_onnx()
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
     tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE[cfg.precision]
     run.begin(cfg.overwrite, False)
     with run.guard():
-        graph, validation = _export_validated(model, tokenizer, task_data, max_length, run.partial,
-                                              onnx_io.DEFAULT_TOLERANCE["fp32"] if cfg.precision == "fp16" else tolerance)
+        graph, validation, checks = _export_validated(
+            model, tokenizer, task_data, max_length, run.partial,
+            onnx_io.DEFAULT_TOLERANCE["fp32"] if cfg.precision == "fp16" else tolerance)
         if cfg.precision == "fp16":
             half = onnx_io.to_fp16(graph, run.partial / "fp16.onnx")
             graph.unlink()
-            checks = _batches(task_data, "validation", tokenizer, max_length, (16, 1))
             validation = onnx_io.validate(model, half, checks, tolerance)
             graph = half
         _write_onnx_run(run, source, tokenizer, graph)
