@@ -10,10 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from . import catalog
-from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, PruneConfig,
-                     QuantizeConfig, build_config, flat_to_nested)
-from .errors import NotBuiltError
+from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, PretrainConfig,
+                     PruneConfig, QuantizeConfig, build_config, flat_to_nested)
 from .models import presets
+
+
+def pretrain(config: str | None = None, **options: Any) -> dict[str, Any]:
+    """Self-supervised pre-training (mlm | mlm+nsp | mlm+sop | clm) on raw text; returns validation metrics."""
+    from .pretrain import pretrain as run_pretrain
+
+    return run_pretrain(build_config(PretrainConfig, config, flat_to_nested(PretrainConfig, options), "pretrain"))
 
 
 def finetune(config: str | None = None, **options: Any) -> dict[str, Any]:
@@ -99,18 +105,3 @@ def demo(quick: bool = False, out: str = "runs/demo", overwrite: bool = False) -
     from .demo import run_demo
 
     return run_demo(quick=quick, out=out, overwrite=overwrite)
-
-
-def _not_built(stage: str, issue: str):
-    def stub(*args: Any, **kwargs: Any) -> Any:
-        raise NotBuiltError(f"`{stage}` is not built yet ({issue})")
-
-    stub.__name__ = stage
-    stub.__doc__ = f"Not built yet: {issue}."
-    return stub
-
-
-NOT_BUILT = {
-    "pretrain": "self-supervised pre-training lands with the pre-training issue",
-}
-pretrain = _not_built("pretrain", NOT_BUILT["pretrain"])

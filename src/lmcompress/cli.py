@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 from . import __version__, api
 from .config import CompareConfig, add_flags, build_config, flags_to_dict
 from .console import console
-from .errors import LmcError, NotBuiltError
+from .errors import LmcError
 from .pipeline import STAGES, builtin_recipes, stage_runner
 
 PROG = "lmcompress"
@@ -115,14 +115,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_not_built(name: str):
-    def handler(args: argparse.Namespace) -> int:
-        getattr(api, name)()
-        return 0
-
-    return handler
-
-
 # ------------------------------------------------------------------------------------------------------------ parser
 
 
@@ -152,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_flags(sub, cls, skip=("runs",) if positional_runs else ())
         sub.set_defaults(func=func)
 
+    stage("pretrain", "self-supervised pre-training: MLM (+NSP/SOP) or causal LM on raw text",
+          "Pre-train on raw text: masked LM with static or dynamic, whole-word (jieba for Chinese) or n-gram masking, "
+          "with NSP (BERT) or SOP (ALBERT), or causal LM (GPT-2); optionally with a vocabulary trained on the corpus.")
     stage("finetune", "fine-tune a model on a labelled task",
           "Fine-tune a model (zoo name, HF dir or preset) for classification/regression.")
     stage("distill", "distil a fine-tuned teacher into a smaller student",
@@ -192,16 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--overwrite", action="store_true", help="redo runs that already exist")
     de.set_defaults(func=cmd_demo)
 
-    for name, reason in api.NOT_BUILT.items():
-        stub = subs.add_parser(name, parents=[common], help=f"(not built yet) {reason}", add_help=True)
-        stub.set_defaults(func=_cmd_not_built(name))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command not in api.NOT_BUILT:  # stubs say "not built" whatever flags they get
+    if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(getattr(args, "quiet", False))
     debug = getattr(args, "debug", False) or os.environ.get("LMCOMPRESS_DEBUG") == "1"
@@ -210,9 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     allow_remote_code(getattr(args, "trust_remote_code", False))
     try:
         return args.func(args)
-    except NotBuiltError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 2
     except LmcError as exc:
         if debug:
             raise

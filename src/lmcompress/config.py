@@ -96,6 +96,8 @@ class TrainConfig:
     seed: int = field(default=42, metadata={"help": "seed for initialisation, shuffling and dropout"})
     checkpoint_every_steps: int = field(default=200, metadata={"help": "write a resumable checkpoint every N steps"})
     log_every_steps: int = field(default=20, metadata={"help": "log loss every N steps"})
+    eval_every_steps: int | None = field(default=None, metadata={
+        "help": "also evaluate every N steps (long epochs, e.g. pre-training); default: at each epoch's end"})
     keep_best: bool = field(default=True, metadata={"help": "keep the epoch with the best validation metric"})
     nan_policy: Literal["stop", "skip"] = field(default="stop", metadata={
         "help": "on a NaN/inf loss: stop with an error, or skip the batch (up to --max-skipped-batches)"})
@@ -103,7 +105,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "eval_batch_size", "grad_accum_steps", "checkpoint_every_steps",
-                  "log_every_steps", "max_steps")
+                  "log_every_steps", "max_steps", "eval_every_steps")
         _at_least(self, 0, "max_skipped_batches")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
@@ -131,6 +133,68 @@ class FinetuneConfig:
         _required(self, "model", "out")
         if not self.data.data:
             raise ValueError("data is required (--data)")
+
+
+@dataclass
+class CorpusConfig:
+    """Raw text for self-supervised pre-training, split by document into train and validation."""
+
+    data: str = field(default="", metadata={
+        "help": "zoo corpus (enwiki-sample, peoples-daily, fortunes-zh, fortunes, rotten-tomatoes) or a path: text "
+                "file (blank line between documents), CSV/TSV/JSONL/Parquet (a document per row) or folder of .txt"})
+    text_column: str | None = field(default=None, metadata={"help": "column with the text (detected if omitted)"})
+    max_length: int = field(default=128, metadata={"help": "tokens per training block or sentence pair"})
+    split_seed: int = field(default=42, metadata={"help": "seed of the document-level train/validation split"})
+    validation_fraction: float = field(default=0.05, metadata={"help": "share of documents held out for validation"})
+    max_documents: int | None = field(default=None, metadata={"help": "use only the first N documents (quick runs)"})
+    max_validation_examples: int = field(default=512, metadata={
+        "help": "validation examples scored each epoch (a fixed, seeded masked set)"})
+    num_proc: int | None = field(default=None, metadata={"help": "tokenisation processes (default: by corpus size)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "tokenised-corpus cache root (default ~/.cache/lmcompress)"})
+
+    def __post_init__(self) -> None:
+        _at_least(self, 16, "max_length")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ValueError(f"validation_fraction must be between 0 and 0.5, got {self.validation_fraction}")
+        _at_least(self, 2, "max_documents")
+        _at_least(self, 1, "max_validation_examples", "num_proc")
+
+
+@dataclass
+class PretrainConfig:
+    """`lmcompress pretrain`: self-supervised MLM (static/dynamic/whole-word/n-gram), NSP, SOP or causal LM."""
+
+    model: str = field(default="", metadata={"help": "zoo name, local HF directory, run dir or preset (bert-4l-256h)"})
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    objective: Literal["mlm", "mlm+nsp", "mlm+sop", "clm"] = field(default="mlm", metadata={
+        "help": "mlm (RoBERTa), mlm+nsp (BERT), mlm+sop (ALBERT), clm (GPT-2)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer dir or zoo name (for presets)"})
+    train_tokenizer: int | None = field(default=None, metadata={
+        "help": "train a new vocabulary of this size on the corpus (presets only): WordPiece (character-level for "
+                "Chinese) for BERT/ALBERT, byte-level BPE for GPT-2/RoBERTa"})
+    masking: Literal["dynamic", "static"] = field(default="dynamic", metadata={
+        "help": "dynamic: a fresh mask each time an example is seen (RoBERTa); static: drawn once (BERT)"})
+    mask_prob: float = field(default=0.15, metadata={"help": "share of tokens predicted (80% [MASK], 10% random, 10% kept)"})
+    whole_word: bool = field(default=True, metadata={"help": "mask all pieces of a word together"})
+    chinese_words: Literal["auto", "jieba", "off"] = field(default="auto", metadata={
+        "help": "word boundaries for Chinese whole-word masking: jieba segmentation (auto: when the text is Chinese)"})
+    max_ngram: int = field(default=1, metadata={"help": "n-gram masking up to n words, p ~ 1/n (ALBERT uses 3)"})
+    short_seq_prob: float = field(default=0.1, metadata={"help": "NSP/SOP: share of pairs built shorter than max"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=1.0, warmup_ratio=0.06))
+
+    def __post_init__(self) -> None:
+        _required(self, "model", "out")
+        if not self.data.data:
+            raise ValueError("data is required (--data)")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        if not 0.0 <= self.short_seq_prob < 1.0:
+            raise ValueError(f"short_seq_prob must be in [0, 1), got {self.short_seq_prob}")
+        _at_least(self, 1, "max_ngram")
+        _at_least(self, 100, "train_tokenizer")
 
 
 @dataclass

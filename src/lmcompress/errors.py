@@ -8,8 +8,3 @@ is wrong and how to fix it. The CLI prints it as a single `lmcompress: error: ..
 class LmcError(Exception):
     """A problem with the user's input or environment, reported as one line."""
 
-
-class NotBuiltError(LmcError):
-    """A subcommand that exists in the contract but is not implemented yet."""
-
-    exit_code = 2

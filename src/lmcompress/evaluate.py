@@ -170,6 +170,14 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
     manifest = read_run_manifest(folder) or {}
+    if manifest.get("stage") == "pretrain":  # a language model: perplexity on its fixed validation set
+        from .pretrain import evaluate_lm_run
+
+        payload = evaluate_lm_run(folder, cfg.latency, cfg.latency_repeats)
+        out_dir = Path(cfg.out).expanduser() if cfg.out else folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / METRICS, payload)
+        return payload | {"path": str(out_dir / METRICS)}
     recorded = manifest.get("config", {}).get("data") or {}
     if cfg.data.data and recorded.get("data") == cfg.data.data and recorded.get("split_seed") != cfg.data.split_seed:
         log.warning("evaluating with split seed %s but the run was trained with %s: test rows differ",

@@ -22,14 +22,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, PruneConfig,
-                     QuantizeConfig, from_dict, load_yaml)
+from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, PretrainConfig,
+                     PruneConfig, QuantizeConfig, from_dict, load_yaml)
 from .errors import LmcError
 from .runs import RunDir, is_complete
 
 log = logging.getLogger("lmcompress")
 
 STAGES: dict[str, tuple[type, str]] = {  # stage -> (config class, "module:function")
+    "pretrain": (PretrainConfig, "lmcompress.pretrain:pretrain"),
     "finetune": (FinetuneConfig, "lmcompress.finetune:finetune"),
     "distill": (DistillConfig, "lmcompress.distill.stage:distill"),
     "prune": (PruneConfig, "lmcompress.shrink.prune:prune"),
@@ -40,7 +41,7 @@ STAGES: dict[str, tuple[type, str]] = {  # stage -> (config class, "module:funct
 }
 REFERENCE_KEYS = ("model", "teacher", "student")
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RESUMABLE = {"finetune", "distill", "prune"}
+RESUMABLE = {"pretrain", "finetune", "distill", "prune"}
 
 
 @dataclass

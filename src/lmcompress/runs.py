@@ -46,26 +46,35 @@ def versions() -> dict[str, str]:
     }
 
 
-def stage_manifest(stage: str, parent: str, config: dict[str, Any], task_data, **extra: Any) -> dict[str, Any]:
-    """lmcompress.json of any stage: resolved config, parent, split record, stage extras, versions."""
+def stage_manifest(stage: str, parent: str, config: dict[str, Any], task_data=None, *, data: dict | None = None,
+                   task: dict | None = None, **extra: Any) -> dict[str, Any]:
+    """lmcompress.json of any stage: resolved config, parent, data record (a task's split record unless `data`),
+    task description, stage extras, versions."""
+    if task_data is not None:
+        data = task_data.split_record
+        task = {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair}
     return {
         "stage": stage,
         "parent": parent,
         "config": config,
-        "data": task_data.split_record,
-        "task": {"type": task_data.task, "labels": task_data.labels, "has_pair": task_data.has_pair},
+        "data": data,
+        "task": task,
         **extra,
         "versions": versions(),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 
 
+def training_record(result) -> dict[str, Any]:
+    """What `train.fit` did, for lmcompress.json."""
+    return {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
+            "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
+            "history": result.state.history}
+
+
 def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, result, **extra: Any) -> dict[str, Any]:
     """lmcompress.json of a training stage: the stage manifest plus the training history."""
-    train = {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
-             "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
-             "history": result.state.history}
-    return stage_manifest(stage, parent, config, task_data, **extra, train=train)
+    return stage_manifest(stage, parent, config, task_data, **extra, train=training_record(result))
 
 
 def process_state():

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import get_linear_schedule_with_warmup
 
 from .config import TrainConfig
+from .console import console
 from .errors import LmcError
 from .runs import process_state
 
@@ -225,13 +226,36 @@ def fit(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[rate]} ex/s"), TimeElapsedColumn(), TimeRemainingColumn(),
         disable=not accelerator.is_main_process, transient=False,
+        console=console(stderr=True),  # stdout stays clean for --json
     )
+
+    # RNG states at the start of the batch in flight: an interrupt inside a batch checkpoints these, so the resumed
+    # run redoes that batch with the very dropout (and anything else random) the uninterrupted run used
+    in_flight: dict[str, Any] = {}
 
     def save_checkpoint() -> None:
         state.elapsed_s = time.perf_counter() - started
         if accelerator.is_main_process:
-            _save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, state)
+            _save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, state, in_flight.get("rng"))
         accelerator.wait_for_everyone()
+
+    def evaluate_now(when: str) -> None:
+        """Validation metrics into the history and the log; the best weights so far kept aside."""
+        metrics = evaluate_fn(unwrapped)
+        value = metrics[monitor]
+        improved = state.best_value is None or (value > state.best_value if higher_is_better
+                                                else value < state.best_value)
+        state.history.append({"epoch": state.epoch + 1, "step": state.global_step, **metrics})
+        logs.write(state.global_step, {f"validation/{k}": v for k, v in metrics.items()})
+        if accelerator.is_main_process:
+            progress.console.log(f"{when}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                                 + (" (best)" if improved else ""))
+        if improved:
+            state.best_value, state.best_epoch = value, state.epoch + 1
+            if cfg.keep_best and accelerator.is_main_process:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                save_model(unwrapped, str(checkpoint_dir / "best.safetensors.tmp"))
+                os.replace(checkpoint_dir / "best.safetensors.tmp", checkpoint_dir / "best.safetensors")
 
     try:
         with _SignalToInterrupt(), progress:
@@ -240,9 +264,12 @@ def fit(
             while state.epoch < num_epochs and state.global_step < total_steps:
                 model.train()
                 loader.set_epoch(state.epoch)
+                if hasattr(train_data, "set_epoch"):  # e.g. dynamic masking: accelerate only tells the sampler
+                    train_data.set_epoch(state.epoch)
                 batches = accelerator.skip_first_batches(loader, state.batches_done_in_epoch) \
                     if state.batches_done_in_epoch else loader
                 for batch in batches:
+                    in_flight["rng"] = (_rng_state(), torch.get_rng_state())
                     with accelerator.accumulate(model):
                         # autocast here, not only in the prepared forward: stages call sub-modules directly
                         with accelerator.autocast():
@@ -254,6 +281,7 @@ def fit(
                                         state.global_step + 1, state.skipped_batches, cfg.max_skipped_batches)
                             optimizer.zero_grad(set_to_none=True)  # also drops this window's partial gradients
                             state.batches_done_in_epoch += 1
+                            in_flight.clear()
                             continue
                         if not torch.isfinite(loss):
                             raise LmcError(
@@ -267,6 +295,7 @@ def fit(
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                     state.batches_done_in_epoch += 1
+                    in_flight.clear()
                     running_loss += loss.detach().float().item()
                     running_count += 1
                     examples_seen += batch["input_ids"].shape[0] * accelerator.num_processes
@@ -284,28 +313,16 @@ def fit(
                                                        "train/lr": scheduler.get_last_lr()[0],
                                                        "train/examples_per_s": rate})
                         running_loss, running_count = 0.0, 0
+                    if cfg.eval_every_steps and state.global_step % cfg.eval_every_steps == 0 \
+                            and state.global_step < total_steps and state.batches_done_in_epoch < len(loader):
+                        evaluate_now(f"step {state.global_step}/{total_steps}")
+                        model.train()
                     if state.global_step % cfg.checkpoint_every_steps == 0:
                         save_checkpoint()
                     if state.global_step >= total_steps:
                         break
                 # end of an epoch (or of max_steps): evaluate, keep the best
-                metrics = evaluate_fn(unwrapped)
-                value = metrics[monitor]
-                improved = state.best_value is None or (value > state.best_value if higher_is_better
-                                                        else value < state.best_value)
-                state.history.append({"epoch": state.epoch + 1, "step": state.global_step, **metrics})
-                logs.write(state.global_step, {f"validation/{k}": v for k, v in metrics.items()})
-                if accelerator.is_main_process:
-                    progress.console.log(
-                        f"epoch {state.epoch + 1}/{num_epochs}: validation "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + (" (best)" if improved else "")
-                    )
-                if improved:
-                    state.best_value, state.best_epoch = value, state.epoch + 1
-                    if cfg.keep_best and accelerator.is_main_process:
-                        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                        save_model(unwrapped, str(checkpoint_dir / "best.safetensors.tmp"))
-                        os.replace(checkpoint_dir / "best.safetensors.tmp", checkpoint_dir / "best.safetensors")
+                evaluate_now(f"epoch {state.epoch + 1}/{num_epochs}")
                 state.epoch += 1
                 state.batches_done_in_epoch = 0
                 save_checkpoint()
@@ -326,7 +343,8 @@ def fit(
                      examples_per_s=examples_seen / max(1e-9, time.perf_counter() - session_start))
 
 
-def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: LoopState) -> None:
+def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: LoopState,
+                     rng: tuple[dict[str, Any], torch.Tensor] | None = None) -> None:
     """New files under fresh names, then one atomic rename of state.json (which names them) commits the checkpoint;
     a kill -9 at any instant leaves either the previous complete checkpoint or the new one, never a mix."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -334,9 +352,9 @@ def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, sched
     files = {"model": f"model-{tag}.safetensors", "optim": f"optim-{tag}.pt"}
     save_model(model, str(folder / files["model"]))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state()}, folder / files["optim"])
+                "torch_rng": rng[1] if rng else torch.get_rng_state()}, folder / files["optim"])
     pending = folder / "state.json.tmp"
-    pending.write_text(json.dumps({"loop": state.__dict__, "rng": _rng_state(), "files": files}), encoding="utf-8")
+    pending.write_text(json.dumps({"loop": state.__dict__, "rng": rng[0] if rng else _rng_state(), "files": files}), encoding="utf-8")
     os.replace(pending, folder / "state.json")  # the commit point
     for old in list(folder.glob("model-*.safetensors")) + list(folder.glob("optim-*.pt")):
         if old.name not in files.values():

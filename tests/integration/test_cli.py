@@ -85,14 +85,14 @@ print(json.dumps({{"accuracy": acc, "labels": model.config.id2label}}))
     assert reloaded["accuracy"] >= 0.9
 
 
-def test_console_script_runs_and_not_built_stages_exit_2():
+def test_console_script_runs_and_reports_a_missing_flag_in_one_line():
     exe = VENV_BIN / "lmcompress"
     if not exe.exists():
         pytest.skip("console script not installed next to this interpreter")
-    result = subprocess.run([str(exe), "pretrain", "--model", "x"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == ["lmcompress: error: `pretrain` is not built yet "
-                                                  "(self-supervised pre-training lands with the pre-training issue)"]
+    result = subprocess.run([str(exe), "pretrain", "--model", "x", "--out", "y"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["lmcompress: error: pretrain: data is required (--data)"]
 
 
 def test_resume_flag_continues_an_interrupted_cli_run(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):

@@ -188,3 +188,43 @@ def load_run_model(folder: Path, labels: list[str] | None, regression: bool,
 
         model = dynamic_int8(model)
     return model
+
+
+def model_family(source: ModelSource) -> str:
+    """bert | roberta | albert | gpt2 | another transformers model_type, read without loading weights."""
+    if source.preset is not None:
+        return source.preset.family
+    try:
+        config = AutoConfig.from_pretrained(str(source.path), local_files_only=True,
+                                            trust_remote_code=remote_code_allowed())
+    except Exception as exc:
+        raise LmcError(f"cannot read {source.path}/config.json: {_first_line(exc)}") from None
+    return config.model_type
+
+
+def load_for_pretraining(source: ModelSource, tokenizer: PreTrainedTokenizerBase, objective: str,
+                         seed: int) -> transformers.PreTrainedModel:
+    """The family's pre-training model: *ForPreTraining for MLM + NSP/SOP (BERT, ALBERT), *ForMaskedLM for MLM,
+    *ForCausalLM for CLM. Heads missing from a checkpoint (an encoder like minilm-l6) start fresh, with the MLM
+    decoder tied to the word embeddings."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
+
+    auto = {"clm": AutoModelForCausalLM, "mlm": AutoModelForMaskedLM}.get(objective, AutoModelForPreTraining)
+    transformers.set_seed(seed)
+    try:
+        if source.preset is not None:
+            bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+            eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+            config = presets.build_config(source.preset, len(tokenizer), tokenizer.pad_token_id, bos, eos)
+            model = auto.from_config(config)
+            log.info("initialised %s (%s) at random", source.spec, source.preset.name)
+        else:
+            model = auto.from_pretrained(str(source.path), local_files_only=True,
+                                         trust_remote_code=remote_code_allowed())
+    except Exception as exc:
+        raise LmcError(f"cannot build a {objective} model from {source.spec}: {_first_line(exc)}") from None
+    embeddings = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embeddings:
+        raise LmcError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {embeddings} rows; "
+                       "the tokenizer does not belong to this model")
+    return model

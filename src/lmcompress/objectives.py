@@ -1,0 +1,106 @@
+"""Pre-training objectives: the losses (pure functions, softmax in fp32) and one forward per model family.
+
+MLM logits are computed only at the predicted positions: the vocabulary projection is the largest matrix of a
+small BERT, and ~85% of its rows would be thrown away by the loss. `lm_forward` therefore runs the encoder, picks
+the predicted positions, and applies the family's own MLM head (and NSP/SOP head) modules to them; unit tests
+check the result against the full transformers heads (`BertForPreTraining(...).loss` etc.).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.masking import IGNORE
+from .errors import LmcError
+
+# family -> (attribute path of the MLM head, of the sentence-pair head or None)
+HEADS = {
+    "bert": ("cls.predictions", "cls.seq_relationship"),
+    "albert": ("predictions", "sop_classifier"),
+    "roberta": ("lm_head", None),
+}
+ENCODER_FAMILIES = tuple(HEADS)
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [N, V] (or [B, T, V]), labels [N] (or [B, T]) with IGNORE where not predicted -> mean CE."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+
+
+def sentence_pair_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [B, 2], labels [B] (NSP: 1 = random next; SOP: 1 = swapped) -> mean CE."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V] at each position predict the next token: labels [B, T] shifted by one, IGNORE skipped."""
+    return masked_lm_loss(logits[:, :-1, :], labels[:, 1:])
+
+
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int, int]:
+    """-> (sum of CE over predicted tokens, number of them, number predicted correctly) for perplexity/accuracy."""
+    flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    keep = flat_labels != IGNORE
+    if not keep.any():
+        return 0.0, 0, 0
+    flat_logits, flat_labels = flat_logits[keep], flat_labels[keep]
+    total = F.cross_entropy(flat_logits, flat_labels, reduction="sum").item()
+    return total, int(keep.sum()), int((flat_logits.argmax(-1) == flat_labels).sum())
+
+
+@dataclass
+class LMOutputs:
+    token_logits: torch.Tensor  # mlm: [N, V] at the N predicted positions; clm: [B, T, V]
+    token_labels: torch.Tensor  # mlm: [N]; clm: [B, T] (unshifted; the loss shifts)
+    pair_logits: torch.Tensor | None = None  # [B, 2] for NSP/SOP
+
+
+def _module(model: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        model = getattr(model, name)
+    return model
+
+
+def family_of(model: nn.Module) -> str:
+    model_type = getattr(model.config, "model_type", "")
+    if model_type in HEADS:
+        return model_type
+    if model_type == "xlm-roberta" or model_type == "camembert":
+        return "roberta"
+    return model_type
+
+
+def lm_forward(model: nn.Module, batch: dict[str, torch.Tensor], objective: str) -> LMOutputs:
+    """Run a pre-training model on a collated batch (see data.lm.PretrainCollator)."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "pair_labels")}
+    if objective == "clm":
+        return LMOutputs(model(**inputs, return_dict=True).logits, labels)
+    family = family_of(model)
+    if family not in HEADS:
+        raise LmcError(f"masked-LM pre-training supports {', '.join(ENCODER_FAMILIES)}; this model is {family}")
+    mlm_path, pair_path = HEADS[family]
+    out = model.base_model(**inputs, return_dict=True)
+    hidden = out.last_hidden_state  # [B, T, H]
+    predicted = labels != IGNORE  # [B, T]
+    token_logits = _module(model, mlm_path)(hidden[predicted])  # [N, V]
+    pair_logits = None
+    if objective != "mlm":
+        if pair_path is None:
+            raise LmcError(f"{family} has no sentence-pair head; use --objective mlm")
+        pair_logits = _module(model, pair_path)(out.pooler_output)  # [B, 2]
+    return LMOutputs(token_logits, labels[predicted], pair_logits)
+
+
+def pretraining_loss(outputs: LMOutputs, batch: dict[str, torch.Tensor], objective: str) -> torch.Tensor:
+    """MLM (+ NSP/SOP, summed with equal weight as in BERT and ALBERT) or CLM."""
+    if objective == "clm":
+        return causal_lm_loss(outputs.token_logits, outputs.token_labels)
+    loss = masked_lm_loss(outputs.token_logits, outputs.token_labels)
+    if outputs.pair_logits is not None:
+        loss = loss + sentence_pair_loss(outputs.pair_logits, batch["pair_labels"])
+    return loss
