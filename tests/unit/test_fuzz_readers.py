@@ -96,3 +96,29 @@ def test_valid_tables_with_hostile_text_load_every_row(texts, fmt):
         assert sorted(pd.concat(task.splits.values())["text"]) == sorted(texts)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@SETTINGS
+@given(content=st.binary(max_size=400), suffix=st.sampled_from(SUFFIXES + [".md", ""]))
+def test_corpus_reader_on_arbitrary_bytes(content, suffix):
+    """Pre-training corpora: documents of non-empty sentences, or our one-line error."""
+    from lmcompress.data.corpora import load_corpus
+
+    path = _write(content, suffix)
+    try:
+        documents, _ = load_corpus(str(path))
+        assert documents and all(document and all(s.strip() for s in document) for document in documents)
+    except LmcError as exc:
+        assert str(exc).strip() and "\n" not in str(exc).strip()
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@SETTINGS
+@given(text=st.text(alphabet=st.sampled_from(list("abZ .!?。！？”\n中")), max_size=200))
+def test_sentence_splitting_keeps_every_character(text):
+    from lmcompress.data.corpora import split_sentences
+
+    sentences = split_sentences(text)
+    assert all(s and s == s.strip() for s in sentences)
+    assert "".join("".join(sentences).split()) == "".join(text.split())  # only whitespace at the cuts is dropped
