@@ -141,7 +141,8 @@ class CorpusConfig:
 
     data: str = field(default="", metadata={
         "help": "zoo corpus (enwiki-sample, peoples-daily, fortunes-zh, fortunes, rotten-tomatoes) or a path: text "
-                "file (blank line between documents), CSV/TSV/JSONL/Parquet (a document per row) or folder of .txt"})
+                "file (blank line between documents), CSV/TSV/JSONL/Parquet (a document per row) or folder of .txt; "
+                "several joined by commas"})
     text_column: str | None = field(default=None, metadata={"help": "column with the text (detected if omitted)"})
     max_length: int = field(default=128, metadata={"help": "tokens per training block or sentence pair"})
     split_seed: int = field(default=42, metadata={"help": "seed of the document-level train/validation split"})

@@ -315,3 +315,15 @@ def test_roberta_has_no_pair_head():
                                              intermediate_size=37, pad_token_id=1))
     with pytest.raises(LmcError, match="no sentence-pair head"):
         lm_forward(model, _mlm_batch(99, pair=True), "mlm+nsp")
+
+
+def test_several_corpora_joined_by_commas(tmp_path):
+    from lmcompress.data.corpora import load_corpus
+
+    (tmp_path / "a.txt").write_text("One. Two.\n\nThree.\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text('{"text": "Four. Five."}\n', encoding="utf-8")
+    documents, source = load_corpus(f"{tmp_path / 'a.txt'},{tmp_path / 'b.jsonl'}")
+    assert documents == [["One.", "Two."], ["Three."], ["Four.", "Five."]]
+    assert source.count(",") == 1
+    with pytest.raises(LmcError, match="no such file"):
+        load_corpus(f"{tmp_path / 'a.txt'},{tmp_path / 'missing.txt'}")

@@ -191,7 +191,14 @@ def read_documents(path: Path, text_column: str | None = None) -> list[Document]
 
 
 def load_corpus(name: str, text_column: str | None = None) -> tuple[list[Document], str]:
-    """`--data` for pre-training -> (documents, source description). Raises LmcError for anything unusable."""
+    """`--data` for pre-training -> (documents, source description). Several sources joined by commas
+    (`peoples-daily,fortunes-zh`) are read in turn. Raises LmcError for anything unusable."""
+    parts = [part.strip() for part in name.split(",")]
+    if len(parts) > 1 and not Path(name).expanduser().exists():
+        if not all(parts):
+            raise LmcError(f"--data {name}: an empty name between commas")
+        loaded = [load_corpus(part, text_column) for part in parts]
+        return [d for documents, _ in loaded for d in documents], ",".join(source for _, source in loaded)
     if catalog.is_zoo_name(name):
         entry = catalog.get(name)
         location = entry.require()
