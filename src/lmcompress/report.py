@@ -24,6 +24,7 @@ from .models.load import load_run_model, load_tokenizer
 from .runs import data_config_for, read_run_manifest, versions, write_json_atomic
 
 log = logging.getLogger("lmcompress")
+LM_OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop", "clm")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -80,13 +81,65 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         if not matches:
             raise LmcError(f"--teacher {cfg.teacher} is not one of the runs ({', '.join(names)})")
         teacher_index = matches[0]
+    threads = cfg.threads or torch.get_num_threads()
+    teacher_manifest = read_run_manifest(folders[teacher_index]) or {}
+    if teacher_manifest.get("stage") == "pretrain":
+        rows, context = _language_model_rows(cfg, folders, names, teacher_index, threads)
+    else:
+        rows, context = _task_rows(cfg, folders, names, teacher_index, threads)
+    lower_is_better = context["lower_is_better"]
+
+    ref = rows[teacher_index]
+    for row in rows:
+        # retention: the share of the teacher's quality kept, inverted for perplexity (lower is better)
+        ratio = (ref["value"] / row["value"] if lower_is_better else row["value"] / ref["value"]) \
+            if ref["value"] and row["value"] else None
+        row["retention"] = round(ratio, 4) if ratio is not None else None
+        row["speedup_b1"] = round(ref["latency_ms_b1"] / row["latency_ms_b1"], 3)
+        row["speedup_b32"] = round(ref["latency_ms_b32"] / row["latency_ms_b32"], 3)
+        row["throughput_b32"] = round(32_000.0 / row["latency_ms_b32"], 1)
+    sign = -1.0 if lower_is_better else 1.0
+    for row, on_front in zip(rows, pareto_front([(r["latency_ms_b32"], sign * r["value"]) for r in rows])):
+        row["pareto"] = on_front
+    report = {
+        "teacher": ref["name"],
+        "rows": rows,
+        "task": context["task"],
+        "data": context["data"],
+        "setup": {"threads": threads, "seq_len": context["seq_len"], "latency_repeats": cfg.latency_repeats,
+                  "statistic": "median, warm-up excluded", "device": "cpu", "cpu": platform.processor() or platform.machine(),
+                  "cores": os.cpu_count()},
+        "versions": versions(),
+    }
+
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write_json_atomic(tmp / "report.json", report)
+        plot_pareto(rows, rows[0]["metric"], tmp / "pareto.png", lower_is_better)
+        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(report, tmp / "pareto.png"), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print_table(report)
+    report["path"] = str(out)
+    return report
+
+
+def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
+               threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every run scored on the teacher's task test rows."""
     data_cfg = data_config_for(cfg.data, folders[teacher_index])
     task = load_task(data_cfg)
     metric = MAIN_METRIC[task.task]
     test = task.splits["test"]
     texts = test["text"].tolist()
     pairs = test["text_pair"].tolist() if task.has_pair else None
-    threads = cfg.threads or torch.get_num_threads()
 
     rows: list[dict[str, Any]] = []
     for name, folder in zip(names, folders):
@@ -105,43 +158,57 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                      "latency_ms_b1": timing["latency_ms"]["batch1"], "latency_ms_b32": timing["latency_ms"]["batch32"]})
         log.info("%s: %s %.4f, %.1f ms @ b32", name, metric, scores[metric], timing["latency_ms"]["batch32"])
         del model
+    return rows, {"task": task.task, "data": task.split_record, "seq_len": data_cfg.max_length,
+                  "lower_is_better": False}
 
-    ref = rows[teacher_index]
-    for row in rows:
-        row["retention"] = round(row["value"] / ref["value"], 4) if ref["value"] else None
-        row["speedup_b1"] = round(ref["latency_ms_b1"] / row["latency_ms_b1"], 3)
-        row["speedup_b32"] = round(ref["latency_ms_b32"] / row["latency_ms_b32"], 3)
-        row["throughput_b32"] = round(32_000.0 / row["latency_ms_b32"], 1)
-    for row, on_front in zip(rows, pareto_front([(r["latency_ms_b32"], r["value"]) for r in rows])):
-        row["pareto"] = on_front
-    report = {
-        "teacher": ref["name"],
-        "rows": rows,
-        "task": task.task,
-        "data": task.split_record,
-        "setup": {"threads": threads, "seq_len": data_cfg.max_length, "latency_repeats": cfg.latency_repeats,
-                  "statistic": "median, warm-up excluded", "device": "cpu", "cpu": platform.processor() or platform.machine(),
-                  "cores": os.cpu_count()},
-        "versions": versions(),
-    }
 
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+def _language_model_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
+                         threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Pre-trained (or generally distilled) language models: perplexity on the teacher run's fixed validation set,
+    which only means the same thing for runs that share the teacher's tokenizer."""
+    from .config import PretrainConfig, from_dict
+    from .evaluate import measure_latency
+    from .models.load import load_for_pretraining, resolve
+    from .pretrain import _cache_root, _corpus, collator, prepare_data, score_lm
+
+    for name, folder in zip(names, folders):  # before any slow work
+        if ((read_run_manifest(folder) or {}).get("task") or {}).get("type") not in LM_OBJECTIVES:
+            raise LmcError(f"{name} is not a language-model run; compare pre-trained models with each other and "
+                           "task models with each other")
+    teacher = folders[teacher_index]
+    pcfg = from_dict(PretrainConfig, (read_run_manifest(teacher) or {}).get("config") or {},
+                     where=f"{teacher}/lmcompress.json config")
+    tokenizer = load_tokenizer(teacher)
+    documents, source, train_ids, validation_ids = _corpus(pcfg)
+    data = prepare_data(pcfg, tokenizer, documents, train_ids, validation_ids, _cache_root(pcfg))
+    scoring = "clm" if pcfg.objective == "clm" else "mlm"  # sentence-pair heads are not part of the comparison
+    collate = collator(tokenizer, pcfg.objective)
+
+    def make_batch(size: int) -> dict[str, torch.Tensor]:
+        batch = collate((data.validation * -(-size // len(data.validation)))[:size])
+        return {k: v for k, v in batch.items() if k not in ("labels", "pair_labels")}
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    rows = []
     try:
-        write_json_atomic(tmp / "report.json", report)
-        plot_pareto(rows, metric, tmp / "pareto.png")
-        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
-        (tmp / "report.html").write_text(render_html(report, tmp / "pareto.png"), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    print_table(report)
-    report["path"] = str(out)
-    return report
+        for name, folder in zip(names, folders):
+            if load_tokenizer(folder).get_vocab() != tokenizer.get_vocab():
+                raise LmcError(f"{name} has another tokenizer than {names[teacher_index]}: perplexities over different "
+                               "vocabularies cannot be compared")
+            model = load_for_pretraining(resolve(str(folder)), tokenizer, scoring, pcfg.train.seed).eval()
+            scores = score_lm(model, data.validation, collate, scoring, 64)
+            latency = measure_latency(model, make_batch, cfg.latency_repeats)
+            rows.append({"name": name, "path": str(folder), "made_by": made_by(read_run_manifest(folder) or {}),
+                         "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
+                         "metric": "perplexity", "value": round(scores["perplexity"], 4), "metrics": scores,
+                         "latency_ms_b1": latency["batch1"], "latency_ms_b32": latency["batch32"]})
+            log.info("%s: perplexity %.2f, %.1f ms @ b32", name, scores["perplexity"], latency["batch32"])
+            del model
+    finally:
+        torch.set_num_threads(previous)
+    return rows, {"task": pcfg.objective, "data": {"source": source, **data.record}, "seq_len": pcfg.data.max_length,
+                  "lower_is_better": True}
 
 
 # ------------------------------------------------------------------------------------------------ rendering
@@ -174,10 +241,14 @@ def _cell(key: str, value: Any) -> str:
 
 
 def _setup_line(report: dict[str, Any]) -> str:
-    s = report["setup"]
+    s, data = report["setup"], report["data"]
+    if "sizes" in data:
+        rows = f"test rows: {data['sizes']['test']} (fingerprint {data['test_fingerprint']})"
+    else:  # language models: the teacher run's fixed masked validation set
+        rows = (f"validation examples: {data['examples']['validation']} of {data['source']} "
+                f"(fingerprint {data['validation_fingerprint']})")
     return (f"CPU latency: median of {s['latency_repeats']} forward passes after warm-up, sequence length "
-            f"{s['seq_len']}, {s['threads']} threads, all models in one process; test rows: "
-            f"{report['data']['sizes']['test']} (fingerprint {report['data']['test_fingerprint']}); "
+            f"{s['seq_len']}, {s['threads']} threads, all models in one process; {rows}; "
             f"torch {report['versions']['torch']}, transformers {report['versions']['transformers']}.")
 
 
@@ -222,7 +293,7 @@ img {{ max-width: 100%; margin-top: 1.5rem; border: 1px solid #d0d7de; }}
 """
 
 
-def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path, lower_is_better: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,7 +311,7 @@ def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     if len(front) > 1:
         ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="#d1242f", lw=1.2,
                 label="Pareto front", zorder=2)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper right" if lower_is_better else "lower right", fontsize=8)
     ax.set_xscale("log")
     low, high = min(xs) / 1.25, max(xs) * 1.35  # room for the labels of the extreme points
     ax.set_xlim(low, high)
@@ -249,7 +320,7 @@ def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("CPU latency at batch 32 (ms, log scale) — lower is better")
-    ax.set_ylabel(f"test {metric} — higher is better")
+    ax.set_ylabel(f"validation {metric} — lower is better" if lower_is_better else f"test {metric} — higher is better")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

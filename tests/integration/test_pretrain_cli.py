@@ -157,3 +157,28 @@ def test_bad_corpora_fail_in_one_line(content, fragment, tiny_bert_dir, tmp_path
     assert code == 1
     one_error_line(err, fragment)
     assert not out.exists() and not (tmp_path / ".bad.partial").exists()
+
+
+def test_compare_language_models_by_perplexity(tiny_bert_dir, corpus, tmp_path, capsys, sentiment_csv):
+    longer, shorter = tmp_path / "longer", tmp_path / "shorter"
+    for out, steps in ((longer, "12"), (shorter, "2")):
+        code, _, err = run_cli(_pretrain(tiny_bert_dir, corpus, out, "--objective", "mlm", "--max-steps", steps), capsys)
+        assert code == 0, err
+    code, _, err = run_cli(["compare", str(longer), str(shorter), "--out", str(tmp_path / "report"),
+                            "--latency-repeats", "2", "--quiet"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert rows["longer"]["metric"] == "perplexity" and rows["longer"]["retention"] == 1.0
+    ratio = rows["longer"]["value"] / rows["shorter"]["value"]  # lower is better: retention is inverted
+    assert rows["shorter"]["retention"] == pytest.approx(ratio, abs=1e-4)
+    own = json.loads((longer / "metrics.json").read_text())["metrics"]["perplexity"]
+    assert rows["longer"]["value"] == pytest.approx(own, rel=1e-4)  # the run's own validation set, same figure
+    assert (tmp_path / "report" / "pareto.png").stat().st_size > 0
+
+    code, _, err = run_cli(["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out",
+                            str(tmp_path / "task"), "--epochs", "1", "--max-length", "32", "--quiet"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["compare", str(longer), str(tmp_path / "task"), "--out", str(tmp_path / "mixed")], capsys)
+    assert code == 1
+    one_error_line(err, "task is not a language-model run")
