@@ -182,3 +182,20 @@ def test_compare_language_models_by_perplexity(tiny_bert_dir, corpus, tmp_path, 
     code, _, err = run_cli(["compare", str(longer), str(tmp_path / "task"), "--out", str(tmp_path / "mixed")], capsys)
     assert code == 1
     one_error_line(err, "task is not a language-model run")
+
+
+def test_a_recipe_pretrains_then_fine_tunes(tiny_bert_dir, corpus, sentiment_csv, tmp_path, capsys):
+    import yaml
+
+    recipe = tmp_path / "pre.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "pre", "steps": [
+        {"name": "lm", "stage": "pretrain", "model": str(tiny_bert_dir), "objective": "mlm+nsp",
+         "data": {"data": str(corpus), "max_length": 32, "cache_dir": str(tmp_path / "cache")},
+         "train": {"max_steps": 4, "batch_size": 8}},
+        {"name": "task", "stage": "finetune", "model": "lm", "data": {"data": str(sentiment_csv), "max_length": 32},
+         "train": {"epochs": 1, "batch_size": 16}},
+    ]}))
+    code, _, err = run_cli(["run", str(recipe), "--out", str(tmp_path / "runs"), "--quiet"], capsys)
+    assert code == 0, err
+    task = json.loads((tmp_path / "runs" / "task" / "lmcompress.json").read_text())
+    assert task["parent"] == str(tmp_path / "runs" / "lm") and task["complete"]
