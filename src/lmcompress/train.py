@@ -222,10 +222,11 @@ def fit(
     started = time.perf_counter() - state.elapsed_s
     examples_seen = 0
     session_start = time.perf_counter()
+    show_progress = accelerator.is_main_process and log.isEnabledFor(logging.INFO)  # not under --quiet
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
         TextColumn("{task.fields[rate]} ex/s"), TimeElapsedColumn(), TimeRemainingColumn(),
-        disable=not accelerator.is_main_process, transient=False,
+        disable=not show_progress, transient=False,
         console=console(stderr=True),  # stdout stays clean for --json
     )
 
@@ -247,7 +248,7 @@ def fit(
                                                 else value < state.best_value)
         state.history.append({"epoch": state.epoch + 1, "step": state.global_step, **metrics})
         logs.write(state.global_step, {f"validation/{k}": v for k, v in metrics.items()})
-        if accelerator.is_main_process:
+        if show_progress:
             progress.console.log(f"{when}: validation " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                                  + (" (best)" if improved else ""))
         if improved:
