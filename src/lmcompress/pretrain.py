@@ -228,7 +228,7 @@ def _corpus(cfg: PretrainConfig) -> tuple[list[Document], str, list[int], list[i
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, cfg.resume)
-    source = resolve(cfg.model, cfg.tokenizer)
+    source = resolve(cfg.model, cfg.tokenizer, new_vocab=cfg.train_tokenizer is not None)
     family = model_family(source)
     check_objective(family, cfg.objective)
     if cfg.train_tokenizer and source.preset is None:

@@ -44,7 +44,7 @@ class ModelSource:
     spec: str
     path: Path | None  # HF directory, None for presets
     preset: presets.Preset | None
-    tokenizer_path: Path
+    tokenizer_path: Path | None  # None only for a preset whose vocabulary is trained (pretrain --train-tokenizer)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -75,9 +75,12 @@ def _resolve_dir(spec: str, role: str) -> Path:
     )
 
 
-def resolve(spec: str, tokenizer: str | None = None, role: str = "model") -> ModelSource:
+def resolve(spec: str, tokenizer: str | None = None, role: str = "model", new_vocab: bool = False) -> ModelSource:
+    """`new_vocab`: the caller trains a vocabulary, so a preset needs no tokenizer."""
     preset = presets.parse_preset(spec)
     if preset is not None and not Path(spec).exists():
+        if new_vocab and tokenizer is None:
+            return ModelSource(spec, None, preset, None)
         tok_spec = tokenizer or DEFAULT_PRESET_TOKENIZER
         try:
             tok_path = _resolve_dir(tok_spec, "tokenizer") if catalog.is_zoo_name(tok_spec) else Path(tok_spec)
