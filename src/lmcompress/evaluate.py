@@ -173,11 +173,7 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     if manifest.get("stage") == "pretrain":  # a language model: perplexity on its fixed validation set
         from .pretrain import evaluate_lm_run
 
-        payload = evaluate_lm_run(folder, cfg.latency, cfg.latency_repeats)
-        out_dir = Path(cfg.out).expanduser() if cfg.out else folder
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / METRICS, payload)
-        return payload | {"path": str(out_dir / METRICS)}
+        return _write_metrics(evaluate_lm_run(folder, cfg.latency, cfg.latency_repeats), cfg, folder)
     recorded = manifest.get("config", {}).get("data") or {}
     if cfg.data.data and recorded.get("data") == cfg.data.data and recorded.get("split_seed") != cfg.data.split_seed:
         log.warning("evaluating with split seed %s but the run was trained with %s: test rows differ",
@@ -199,9 +195,12 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
         latency = latency_for_texts(model, tokenizer, split_frame["text"].tolist(),
                                     split_frame["text_pair"].tolist() if task_data.has_pair else None,
                                     data_cfg.max_length, cfg.latency_repeats, cfg.threads)
-    payload = metrics_payload(task_data, cfg.split, scores, model, folder, latency)
+    return _write_metrics(metrics_payload(task_data, cfg.split, scores, model, folder, latency), cfg, folder)
+
+
+def _write_metrics(payload: dict[str, Any], cfg: EvaluateConfig, folder: Path) -> dict[str, Any]:
+    """metrics.json into --out (default: the run dir) -> the payload with its `path`."""
     out_dir = Path(cfg.out).expanduser() if cfg.out else folder
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / METRICS, payload)
-    payload["path"] = str(out_dir / METRICS)
-    return payload
+    return payload | {"path": str(out_dir / METRICS)}

@@ -13,6 +13,7 @@ very same masked tokens.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ class LMData:
 
     @property
     def mean_train_tokens(self) -> float:
-        return float(np.mean([len(e["input_ids"]) for e in self.train]))
+        return self.record["tokens"]["train"] / len(self.train)
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -192,22 +193,26 @@ def score_lm(model: torch.nn.Module, examples: list[dict[str, np.ndarray]], coll
     return metrics
 
 
+def latency_batch(collate: lm.PretrainCollator, examples: list[dict[str, np.ndarray]],
+                  size: int) -> dict[str, torch.Tensor]:
+    """`size` validation examples (repeated when there are fewer) as model inputs, targets dropped."""
+    batch = collate((examples * -(-size // len(examples)))[:size])
+    return {k: v for k, v in batch.items() if k not in ("labels", "pair_labels")}
+
+
 def lm_metrics_payload(cfg: PretrainConfig, model: torch.nn.Module, tokenizer, data: LMData, folder: Path,
-                       scores: dict[str, float], latency_repeats: int = 10) -> dict[str, Any]:
-    """metrics.json of an LM run (DESIGN.md schema, perplexity as the main metric)."""
-    collate = collator(tokenizer, cfg.objective)
-
-    def make_batch(size: int) -> dict[str, torch.Tensor]:
-        rows = (data.validation * -(-size // len(data.validation)))[:size]
-        batch = collate(rows)
-        return {k: v for k, v in batch.items() if k not in ("labels", "pair_labels")}
-
-    return {"task": cfg.objective, "split": "validation", "metrics": scores, "main_metric": "perplexity",
-            "params": count_params(model), "size_bytes": weights_size_bytes(folder),
-            "examples": len(data.validation), "validation_fingerprint": data.record["validation_fingerprint"],
-            "latency_ms": measure_latency(model, make_batch, latency_repeats),
-            "latency_setup": {"threads": torch.get_num_threads(), "seq_len": cfg.data.max_length,
-                              "repeats": latency_repeats, "statistic": "median"}}
+                       scores: dict[str, float], latency_repeats: int | None = 10) -> dict[str, Any]:
+    """metrics.json of an LM run (DESIGN.md schema, perplexity as the main metric); latency unless repeats is None."""
+    payload = {"task": cfg.objective, "split": "validation", "metrics": scores, "main_metric": "perplexity",
+               "params": count_params(model), "size_bytes": weights_size_bytes(folder),
+               "examples": len(data.validation), "validation_fingerprint": data.record["validation_fingerprint"]}
+    if latency_repeats is not None:
+        collate = collator(tokenizer, cfg.objective)
+        payload["latency_ms"] = measure_latency(model, lambda size: latency_batch(collate, data.validation, size),
+                                                latency_repeats)
+        payload["latency_setup"] = {"threads": torch.get_num_threads(), "seq_len": cfg.data.max_length,
+                                    "repeats": latency_repeats, "statistic": "median"}
+    return payload
 
 
 # ------------------------------------------------------------------------------------------------ stage
@@ -265,8 +270,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
         initial_path = run.partial / INITIAL_METRICS
         if cfg.resume and initial_path.is_file():
-            import json
-
             initial = json.loads(initial_path.read_text(encoding="utf-8"))
         else:
             initial = evaluate_fn(model)
@@ -284,7 +287,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         if is_main_process():
             model.save_pretrained(run.partial)
             tokenizer.save_pretrained(run.partial)
-            scores = evaluate_fn(model)
+            # the weights fit returned were scored on this very validation set when they were kept: reuse that
+            chosen = min(result.state.history, key=lambda h: h["perplexity"]) if cfg.train.keep_best \
+                else result.state.history[-1]
+            scores = {k: v for k, v in chosen.items() if k not in ("epoch", "step")}
             metrics = lm_metrics_payload(cfg, model, tokenizer, data, run.partial, scores)
             metrics["metrics_before"] = initial
             write_json_atomic(run.partial / METRICS, metrics)
@@ -298,20 +304,23 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                       "tokens_per_s": round(tokens_per_s, 1)} if metrics else {}
 
 
-def evaluate_lm_run(folder: Path, latency: bool = True, latency_repeats: int = 10) -> dict[str, Any]:
-    """`lmcompress evaluate` on a pre-training run: rebuild its fixed validation set and score it."""
+def run_validation_set(folder: Path) -> tuple[PretrainConfig, Any, LMData, str]:
+    """A pre-training run's fixed validation set, rebuilt from its recorded config and its own tokenizer
+    -> (config, tokenizer, data, corpus source)."""
     manifest = read_run_manifest(folder) or {}
     cfg = from_dict(PretrainConfig, manifest.get("config") or {}, where=f"{folder}/lmcompress.json config")
     tokenizer = load_tokenizer(folder)
-    source = resolve(str(folder))
-    model = load_for_pretraining(source, tokenizer, cfg.objective, cfg.train.seed)
-    documents, _, train_ids, validation_ids = _corpus(cfg)
+    documents, source, train_ids, validation_ids = _corpus(cfg)
     data = prepare_data(cfg, tokenizer, documents, train_ids, validation_ids, _cache_root(cfg))
     expected = manifest.get("data", {}).get("validation_fingerprint")
     if expected and expected != data.record["validation_fingerprint"]:
         log.warning("the validation examples differ from those recorded at training time (corpus changed?)")
+    return cfg, tokenizer, data, source
+
+
+def evaluate_lm_run(folder: Path, latency: bool = True, latency_repeats: int = 10) -> dict[str, Any]:
+    """`lmcompress evaluate` on a pre-training run: rebuild its fixed validation set and score it."""
+    cfg, tokenizer, data, _ = run_validation_set(folder)
+    model = load_for_pretraining(resolve(str(folder)), tokenizer, cfg.objective, cfg.train.seed)
     scores = score_lm(model, data.validation, collator(tokenizer, cfg.objective), cfg.objective, 64)
-    payload = lm_metrics_payload(cfg, model, tokenizer, data, folder, scores, latency_repeats) if latency else {
-        "task": cfg.objective, "split": "validation", "metrics": scores, "main_metric": "perplexity",
-        "params": count_params(model), "size_bytes": weights_size_bytes(folder)}
-    return payload
+    return lm_metrics_payload(cfg, model, tokenizer, data, folder, scores, latency_repeats if latency else None)

@@ -82,8 +82,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             raise LmcError(f"--teacher {cfg.teacher} is not one of the runs ({', '.join(names)})")
         teacher_index = matches[0]
     threads = cfg.threads or torch.get_num_threads()
-    teacher_manifest = read_run_manifest(folders[teacher_index]) or {}
-    if teacher_manifest.get("stage") == "pretrain":
+    if _is_language_model(read_run_manifest(folders[teacher_index]) or {}):
         rows, context = _language_model_rows(cfg, folders, names, teacher_index, threads)
     else:
         rows, context = _task_rows(cfg, folders, names, teacher_index, threads)
@@ -162,31 +161,25 @@ def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teache
                   "lower_is_better": False}
 
 
+def _is_language_model(manifest: dict[str, Any]) -> bool:
+    return (manifest.get("task") or {}).get("type") in LM_OBJECTIVES
+
+
 def _language_model_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
                          threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Pre-trained (or generally distilled) language models: perplexity on the teacher run's fixed validation set,
     which only means the same thing for runs that share the teacher's tokenizer."""
-    from .config import PretrainConfig, from_dict
     from .evaluate import measure_latency
     from .models.load import load_for_pretraining, resolve
-    from .pretrain import _cache_root, _corpus, collator, prepare_data, score_lm
+    from .pretrain import collator, latency_batch, run_validation_set, score_lm
 
     for name, folder in zip(names, folders):  # before any slow work
-        if ((read_run_manifest(folder) or {}).get("task") or {}).get("type") not in LM_OBJECTIVES:
+        if not _is_language_model(read_run_manifest(folder) or {}):
             raise LmcError(f"{name} is not a language-model run; compare pre-trained models with each other and "
                            "task models with each other")
-    teacher = folders[teacher_index]
-    pcfg = from_dict(PretrainConfig, (read_run_manifest(teacher) or {}).get("config") or {},
-                     where=f"{teacher}/lmcompress.json config")
-    tokenizer = load_tokenizer(teacher)
-    documents, source, train_ids, validation_ids = _corpus(pcfg)
-    data = prepare_data(pcfg, tokenizer, documents, train_ids, validation_ids, _cache_root(pcfg))
+    pcfg, tokenizer, data, source = run_validation_set(folders[teacher_index])
     scoring = "clm" if pcfg.objective == "clm" else "mlm"  # sentence-pair heads are not part of the comparison
     collate = collator(tokenizer, pcfg.objective)
-
-    def make_batch(size: int) -> dict[str, torch.Tensor]:
-        batch = collate((data.validation * -(-size // len(data.validation)))[:size])
-        return {k: v for k, v in batch.items() if k not in ("labels", "pair_labels")}
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -198,7 +191,8 @@ def _language_model_rows(cfg: CompareConfig, folders: list[Path], names: list[st
                                "vocabularies cannot be compared")
             model = load_for_pretraining(resolve(str(folder)), tokenizer, scoring, pcfg.train.seed).eval()
             scores = score_lm(model, data.validation, collate, scoring, 64)
-            latency = measure_latency(model, make_batch, cfg.latency_repeats)
+            latency = measure_latency(model, lambda size: latency_batch(collate, data.validation, size),
+                                      cfg.latency_repeats)
             rows.append({"name": name, "path": str(folder), "made_by": made_by(read_run_manifest(folder) or {}),
                          "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
                          "metric": "perplexity", "value": round(scores["perplexity"], 4), "metrics": scores,

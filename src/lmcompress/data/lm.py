@@ -242,11 +242,11 @@ def sentence_pairs(documents: list[list[Segment]], max_length: int, special_ids:
                     other = int(rng.integers(0, len(documents) - 1))
                     other += other >= index  # any document but this one
                     start = int(rng.integers(0, len(documents[other])))
-                    b, filled = [], 0
+                    b, filled, wanted = [], 0, target - sum(len(s[0]) for s in a)
                     for segment in documents[other][start:]:
                         b.append(segment)
                         filled += len(segment[0])
-                        if filled >= target - sum(len(s[0]) for s in a):
+                        if filled >= wanted:
                             break
                     j -= len(chunk) - a_end  # the unused continuation is not wasted: it starts the next chunk
                 elif objective == "sop":
