@@ -85,3 +85,17 @@ def tiny_teacher_run(tiny_bert_dir, sentiment_csv, tmp_path_factory) -> Path:
                  "--log-every-steps", "1", "--warmup-ratio", "0", "--quiet"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """40 documents of 2-6 sentences, blank line between documents (BERT's corpus format)."""
+    rng = random.Random(0)
+    blocks = []
+    for _ in range(40):
+        sentences = [" ".join(rng.choices(FILLER + POSITIVE + NEGATIVE, k=rng.randint(4, 9))).capitalize() + "."
+                     for _ in range(rng.randint(2, 6))]
+        blocks.append("\n".join(sentences))
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    return path

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import catalog
-from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, PretrainConfig,
-                     PruneConfig, QuantizeConfig, build_config, flat_to_nested)
+from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, LMDistillConfig,
+                     PretrainConfig, PruneConfig, QuantizeConfig, build_config, flat_to_nested)
 from .models import presets
 
 
@@ -44,6 +44,14 @@ def distill(config: str | None = None, **options: Any) -> dict[str, Any]:
 
     cfg = build_config(DistillConfig, config, flat_to_nested(DistillConfig, options), "distill")
     return run_distill(cfg)
+
+
+def distill_lm(config: str | None = None, **options: Any) -> dict[str, Any]:
+    """General (MLM) or causal-LM distillation on raw text; returns the student's validation perplexity."""
+    from .distill.lm import distill_lm as run_distill_lm
+
+    cfg = build_config(LMDistillConfig, config, flat_to_nested(LMDistillConfig, options), "distill-lm")
+    return run_distill_lm(cfg)
 
 
 def compare(*runs: str, config: str | None = None, **options: Any) -> dict[str, Any]:

@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     stage("distill", "distil a fine-tuned teacher into a smaller student",
           "Task-specific distillation: logit KD with temperature mixed with hard labels, optional hidden-state / "
           "embedding / cosine / attention / MiniLM relation losses, teacher cache.")
+    stage("distill-lm", "distil a language model on raw text: general (MLM) or causal-LM distillation",
+          "Distillation over the vocabulary without labels: an encoder with an MLM head into a smaller encoder on "
+          "masked text (general distillation), or a causal LM (smollm2-135m) into a GPT-2 student sharing its "
+          "tokenizer; forward or reverse KL, optional top-k teacher cache, hidden-state / MiniLM relation losses.")
     stage("compare", "side-by-side report: metric, retention, size, latency",
           "Score and time every run on the same test rows in one process; write report.md, report.html, "
           "report.json and pareto.png.", func=cmd_compare, json_flag=False, positional_runs=True)

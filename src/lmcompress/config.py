@@ -258,12 +258,70 @@ class DistillConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "teacher-output cache root (default ~/.cache/lmcompress)"})
     teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
         "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
+    augment: str | None = field(default=None, metadata={
+        "help": "extra unlabelled in-domain text the teacher labels (TinyBERT-style augmentation; classification "
+                "only): a text file, a folder of .txt, a table with a text column, or a zoo corpus; rows equal to a "
+                "validation or test text are dropped"})
+    max_augment_rows: int | None = field(default=None, metadata={"help": "use at most N augmentation rows"})
+    intermediate_epochs: float = field(default=0.0, metadata={
+        "help": "TinyBERT two-stage: first this many epochs on the intermediate-layer losses only, then --epochs on "
+                "the prediction layer (logit KD + hard labels) only; 0: one stage with every loss"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=5.0))
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
 
     def __post_init__(self) -> None:
         _required(self, "teacher", "student", "out")
+        if self.intermediate_epochs < 0:
+            raise ValueError(f"intermediate_epochs must be >= 0, got {self.intermediate_epochs}")
+        _at_least(self, 1, "max_augment_rows")
+
+
+@dataclass
+class LMDistillConfig:
+    """`lmcompress distill-lm`: general (masked-LM) or causal-LM distillation on raw text, over the vocabulary."""
+
+    teacher: str = field(default="", metadata={
+        "help": "language model with its LM head: smollm2-135m (causal), a pretrain run, an HF dir or a .gguf file; "
+                "minilm-l6 (no trained MLM head) only with --alpha 1 and intermediate losses (MiniLM/TinyBERT style)"})
+    student: str = field(default="", metadata={
+        "help": "preset sharing the teacher's tokenizer (gpt2-4l-256h, bert-4l-256h), a model dir, or derived from "
+                "the teacher: 'layers=2', 'layers=3;hidden=192'"})
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    objective: Literal["auto", "mlm", "clm"] = field(default="auto", metadata={
+        "help": "mlm: general distillation of an encoder; clm: causal LM; auto: from the teacher's architecture"})
+    kd_direction: Literal["forward", "reverse"] = field(default="forward", metadata={
+        "help": "forward KL(teacher||student), mode-covering; reverse KL(student||teacher), mode-seeking (needs "
+                "the exact teacher distribution, so no top-k cache)"})
+    top_k: int = field(default=0, metadata={
+        "help": "keep only the teacher's top-k vocabulary logits per token (renormalised) and cache them, so later "
+                "epochs skip the teacher (kept under --cache-dir/teacher-outputs); 0: exact KD over the whole vocabulary, teacher run live"})
+    teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
+        "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
+    masking: Literal["dynamic", "static"] = field(default="dynamic", metadata={
+        "help": "mlm: a fresh mask each epoch (dynamic) or one drawn once (static)"})
+    mask_prob: float = field(default=0.15, metadata={"help": "mlm: share of tokens predicted"})
+    whole_word: bool = field(default=True, metadata={"help": "mlm: mask all pieces of a word together"})
+    chinese_words: Literal["auto", "jieba", "off"] = field(default="auto", metadata={
+        "help": "mlm: jieba word boundaries for Chinese whole-word masking"})
+    max_ngram: int = field(default=1, metadata={"help": "mlm: n-gram masking up to n words"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=5e-4, epochs=1.0, warmup_ratio=0.06))
+    loss: DistillLossConfig = field(default_factory=lambda: DistillLossConfig(temperature=1.0, alpha=0.0))
+
+    def __post_init__(self) -> None:
+        _required(self, "teacher", "student", "out")
+        if not self.data.data:
+            raise ValueError("data is required (--data)")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        _at_least(self, 1, "max_ngram")
+        _at_least(self, 0, "top_k")
+        if self.top_k and self.kd_direction == "reverse":
+            raise ValueError("reverse KL needs the teacher's whole distribution: use --top-k 0 with --kd-direction "
+                             "reverse")
 
 
 @dataclass

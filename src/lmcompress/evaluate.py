@@ -21,7 +21,8 @@ from .data.tokenize import collator, fixed_batch, tokenize_frame
 from .errors import LmcError
 from .models.load import load_run_model, load_tokenizer
 from .models.outputs import forward
-from .runs import METRICS, RunDir, data_config_for, is_main_process, read_run_manifest, write_json_atomic
+from .runs import (METRICS, RunDir, data_config_for, is_language_model, is_main_process, read_run_manifest,
+                   write_json_atomic)
 
 log = logging.getLogger("lmcompress")
 
@@ -170,7 +171,7 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
     manifest = read_run_manifest(folder) or {}
-    if manifest.get("stage") == "pretrain":  # a language model: perplexity on its fixed validation set
+    if is_language_model(manifest):  # perplexity on its fixed validation set
         from .pretrain import evaluate_lm_run
 
         return _write_metrics(evaluate_lm_run(folder, cfg.latency, cfg.latency_repeats), cfg, folder)

@@ -57,6 +57,8 @@ class LMOutputs:
     token_logits: torch.Tensor  # mlm: [N, V] at the N predicted positions; clm: [B, T, V]
     token_labels: torch.Tensor  # mlm: [N]; clm: [B, T] (unshifted; the loss shifts)
     pair_logits: torch.Tensor | None = None  # [B, 2] for NSP/SOP
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # when asked: [B, T, H] each, index 0 = embeddings
+    attentions: tuple[torch.Tensor, ...] | None = None  # when asked: [B, A, T, T] per layer
 
 
 def _module(model: nn.Module, path: str) -> nn.Module:
@@ -74,17 +76,24 @@ def family_of(model: nn.Module) -> str:
     return model_type
 
 
-def lm_forward(model: nn.Module, batch: dict[str, torch.Tensor], objective: str) -> LMOutputs:
-    """Run a pre-training model on a collated batch (see data.lm.PretrainCollator)."""
+def lm_forward(model: nn.Module, batch: dict[str, torch.Tensor], objective: str, hidden_states: bool = False,
+               attentions: bool = False) -> LMOutputs:
+    """Run a pre-training model on a collated batch (see data.lm.PretrainCollator); distillation also asks for the
+    hidden states and attention maps."""
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "pair_labels")}
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "pair_labels", "idx")}
+    extra = {"output_hidden_states": True} if hidden_states else {}
+    if attentions:
+        extra["output_attentions"] = True
     if objective == "clm":
-        return LMOutputs(model(**inputs, return_dict=True).logits, labels)
+        out = model(**inputs, return_dict=True, **extra)
+        return LMOutputs(out.logits, labels, hidden_states=out.hidden_states if hidden_states else None,
+                         attentions=out.attentions if attentions else None)
     family = family_of(model)
     if family not in HEADS:
         raise LmcError(f"masked-LM pre-training supports {', '.join(ENCODER_FAMILIES)}; this model is {family}")
     mlm_path, pair_path = HEADS[family]
-    out = model.base_model(**inputs, return_dict=True)
+    out = model.base_model(**inputs, return_dict=True, **extra)
     hidden = out.last_hidden_state  # [B, T, H]
     predicted = labels != IGNORE  # [B, T]
     token_logits = _module(model, mlm_path)(hidden[predicted])  # [N, V]
@@ -93,7 +102,8 @@ def lm_forward(model: nn.Module, batch: dict[str, torch.Tensor], objective: str)
         if pair_path is None:
             raise LmcError(f"{family} has no sentence-pair head; use --objective mlm")
         pair_logits = _module(model, pair_path)(out.pooler_output)  # [B, 2]
-    return LMOutputs(token_logits, labels[predicted], pair_logits)
+    return LMOutputs(token_logits, labels[predicted], pair_logits, out.hidden_states if hidden_states else None,
+                     out.attentions if attentions else None)
 
 
 def pretraining_loss(outputs: LMOutputs, batch: dict[str, torch.Tensor], objective: str) -> torch.Tensor:

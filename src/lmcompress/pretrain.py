@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -268,38 +268,50 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         def loss_fn(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
             return pretraining_loss(lm_forward(m, batch, cfg.objective), batch, cfg.objective)
 
-        initial_path = run.partial / INITIAL_METRICS
-        if cfg.resume and initial_path.is_file():
-            initial = json.loads(initial_path.read_text(encoding="utf-8"))
-        else:
-            initial = evaluate_fn(model)
-            if is_main_process():
-                write_json_atomic(initial_path, initial)
-        log.info("before training: validation %s", ", ".join(f"{k} {v:.4f}" for k, v in initial.items()))
+        initial = initial_scores(run.partial, cfg.resume, lambda: evaluate_fn(model))
 
         result = fit(model, training_set(cfg, tokenizer, data), collator(tokenizer, cfg.objective), cfg.train,
                      loss_fn=loss_fn, evaluate_fn=evaluate_fn, monitor="perplexity", higher_is_better=False,
                      run_folder=run.partial, resume=cfg.resume, description=f"pretrain {Path(cfg.out).name}")
-        model = model.cpu()
-        tokens_per_s = result.examples_per_s * data.mean_train_tokens
-        metrics: dict[str, Any] = {}
-        record: dict[str, Any] = {}
+        return finish_lm_run(run, cfg, model, tokenizer, data, result, initial, lambda train: stage_manifest(
+            "pretrain", str(source.path) if source.path else source.spec, to_dict(cfg),
+            data={"source": corpus_source, "seed": cfg.data.split_seed, **data.record},
+            task={"type": cfg.objective, "family": family}, train=train, processes=num_processes()))
+
+
+def initial_scores(folder: Path, resume: bool, evaluate: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Validation scores before training, kept in the run so a resumed run reports the same 'before'."""
+    path = folder / INITIAL_METRICS
+    if resume and path.is_file():
+        initial = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        initial = evaluate()
         if is_main_process():
-            model.save_pretrained(run.partial)
-            tokenizer.save_pretrained(run.partial)
-            # the weights fit returned were scored on this very validation set when they were kept: reuse that
-            chosen = min(result.state.history, key=lambda h: h["perplexity"]) if cfg.train.keep_best \
-                else result.state.history[-1]
-            scores = {k: v for k, v in chosen.items() if k not in ("epoch", "step")}
-            metrics = lm_metrics_payload(cfg, model, tokenizer, data, run.partial, scores)
-            metrics["metrics_before"] = initial
-            write_json_atomic(run.partial / METRICS, metrics)
-            train = training_record(result) | {"tokens_per_s": round(tokens_per_s, 1)}
-            record = stage_manifest(
-                "pretrain", str(source.path) if source.path else source.spec, to_dict(cfg),
-                data={"source": corpus_source, "seed": cfg.data.split_seed, **data.record},
-                task={"type": cfg.objective, "family": family}, train=train, processes=num_processes())
-        final = run.commit(record)
+            write_json_atomic(path, initial)
+    log.info("before training: validation %s", ", ".join(f"{k} {v:.4f}" for k, v in initial.items()))
+    return initial
+
+
+def finish_lm_run(run: RunDir, cfg: PretrainConfig, model: torch.nn.Module, tokenizer, data: LMData, result,
+                  initial: dict[str, float], manifest: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Save the trained LM and its tokenizer, write metrics.json (the kept weights' validation scores, latency) and
+    the manifest built by `manifest(train record)`, then commit the run -> the summary (empty on non-main ranks)."""
+    model = model.cpu()
+    tokens_per_s = result.examples_per_s * data.mean_train_tokens
+    metrics: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    if is_main_process():
+        model.save_pretrained(run.partial)
+        tokenizer.save_pretrained(run.partial)
+        # the weights fit returned were scored on this very validation set when they were kept: reuse that
+        chosen = min(result.state.history, key=lambda h: h["perplexity"]) if cfg.train.keep_best \
+            else result.state.history[-1]
+        scores = {k: v for k, v in chosen.items() if k not in ("epoch", "step")}
+        metrics = lm_metrics_payload(cfg, model, tokenizer, data, run.partial, scores)
+        metrics["metrics_before"] = initial
+        write_json_atomic(run.partial / METRICS, metrics)
+        record = manifest(training_record(result) | {"tokens_per_s": round(tokens_per_s, 1)})
+    final = run.commit(record)
     return metrics | {"path": str(final), "wall_time_s": round(result.wall_time_s, 1),
                       "tokens_per_s": round(tokens_per_s, 1)} if metrics else {}
 
@@ -308,7 +320,9 @@ def run_validation_set(folder: Path) -> tuple[PretrainConfig, Any, LMData, str]:
     """A pre-training run's fixed validation set, rebuilt from its recorded config and its own tokenizer
     -> (config, tokenizer, data, corpus source)."""
     manifest = read_run_manifest(folder) or {}
-    cfg = from_dict(PretrainConfig, manifest.get("config") or {}, where=f"{folder}/lmcompress.json config")
+    # a distill-lm run records the equivalent pre-training config of its data under lm_config
+    recorded = manifest.get("lm_config") or manifest.get("config") or {}
+    cfg = from_dict(PretrainConfig, recorded, where=f"{folder}/lmcompress.json config")
     tokenizer = load_tokenizer(folder)
     documents, source, train_ids, validation_ids = _corpus(cfg)
     data = prepare_data(cfg, tokenizer, documents, train_ids, validation_ids, _cache_root(cfg))

@@ -21,10 +21,9 @@ from .console import console
 from .errors import LmcError
 from .evaluate import MAIN_METRIC, count_params, latency_for_texts, score_split, weights_size_bytes
 from .models.load import load_run_model, load_tokenizer
-from .runs import data_config_for, read_run_manifest, versions, write_json_atomic
+from .runs import data_config_for, is_language_model, read_run_manifest, versions, write_json_atomic
 
 log = logging.getLogger("lmcompress")
-LM_OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop", "clm")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
@@ -42,7 +41,7 @@ def made_by(manifest: dict[str, Any]) -> str:
     stage = manifest.get("stage")
     if not stage:
         return "checkpoint"
-    if stage == "distill":
+    if stage in ("distill", "distill-lm"):
         spec = str((manifest.get("student") or {}).get("spec", ""))
         return f"distill from {Path(spec).name}" if "/" in spec else f"distill {spec}".strip()
     if stage == "quantize":
@@ -82,7 +81,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             raise LmcError(f"--teacher {cfg.teacher} is not one of the runs ({', '.join(names)})")
         teacher_index = matches[0]
     threads = cfg.threads or torch.get_num_threads()
-    if _is_language_model(read_run_manifest(folders[teacher_index]) or {}):
+    if is_language_model(read_run_manifest(folders[teacher_index]) or {}):
         rows, context = _language_model_rows(cfg, folders, names, teacher_index, threads)
     else:
         rows, context = _task_rows(cfg, folders, names, teacher_index, threads)
@@ -161,10 +160,6 @@ def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teache
                   "lower_is_better": False}
 
 
-def _is_language_model(manifest: dict[str, Any]) -> bool:
-    return (manifest.get("task") or {}).get("type") in LM_OBJECTIVES
-
-
 def _language_model_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
                          threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Pre-trained (or generally distilled) language models: perplexity on the teacher run's fixed validation set,
@@ -174,7 +169,7 @@ def _language_model_rows(cfg: CompareConfig, folders: list[Path], names: list[st
     from .pretrain import collator, latency_batch, run_validation_set, score_lm
 
     for name, folder in zip(names, folders):  # before any slow work
-        if not _is_language_model(read_run_manifest(folder) or {}):
+        if not is_language_model(read_run_manifest(folder) or {}):
             raise LmcError(f"{name} is not a language-model run; compare pre-trained models with each other and "
                            "task models with each other")
     pcfg, tokenizer, data, source = run_validation_set(folders[teacher_index])

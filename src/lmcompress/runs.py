@@ -65,6 +65,14 @@ def stage_manifest(stage: str, parent: str, config: dict[str, Any], task_data=No
     }
 
 
+LM_OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop", "clm")
+
+
+def is_language_model(manifest: dict[str, Any]) -> bool:
+    """A pre-trained or LM-distilled run (scored by perplexity) rather than a task model."""
+    return (manifest.get("task") or {}).get("type") in LM_OBJECTIVES
+
+
 def training_record(result) -> dict[str, Any]:
     """What `train.fit` did, for lmcompress.json."""
     return {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),

@@ -42,3 +42,25 @@ def interrupt_backward_at(monkeypatch, call: int):
 
     monkeypatch.setattr(train_mod.Accelerator, "backward", flaky_backward)
     return lambda: monkeypatch.setattr(train_mod.Accelerator, "backward", real_backward)
+
+
+def interrupt_then_resume(monkeypatch, capsys, args: list[str], at_backward: int) -> None:
+    """Run `lmcompress ARGS`, interrupted during the `at_backward`-th backward pass (as Ctrl-C would), then again
+    with --resume; the second run must succeed."""
+    undo = interrupt_backward_at(monkeypatch, at_backward)
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "interrupted at step" in err, err
+    undo()
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0, err
+
+
+def assert_same_weights(a_dir, b_dir) -> None:
+    """Two runs saved bit-identical weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

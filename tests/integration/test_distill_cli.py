@@ -86,3 +86,68 @@ def test_teacher_must_be_a_fine_tuned_run(tmp_path, capsys):
     code, _, err = run_cli(["distill", "--teacher", "minilm-l6", "--student", "layers=2", "--out", str(tmp_path / "x")],
                            capsys)
     assert code == 1 and "fine-tune it first" in err
+
+
+def test_tinybert_two_stage_trains_intermediate_layers_then_the_prediction_layer(tiny_teacher_run, tmp_path, capsys,
+                                                                                  monkeypatch):
+    from lmcompress.distill import stage as stage_mod
+
+    from .cli_helpers import assert_same_weights, interrupt_then_resume
+
+    phases = []
+    real = stage_mod._make_loss_fn
+    monkeypatch.setattr(stage_mod, "_make_loss_fn", lambda *a, **k: phases.append(a[-1]) or real(*a, **k))
+    args = ["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--hidden-weight", "1",
+            "--intermediate-epochs", "1", "--epochs", "2", "--batch-size", "16", "--learning-rate", "2e-3",
+            "--checkpoint-every-steps", "2", "--quiet"]
+    straight = tmp_path / "straight"
+    code, _, err = run_cli([*args, "--out", str(straight)], capsys)
+    assert code == 0, err
+    assert phases == ["intermediate", "prediction"]
+    assert not (straight / stage_mod.INTERMEDIATE_STAGE).exists()  # stage 1's files do not ship
+    manifest = json.loads((straight / "lmcompress.json").read_text())
+    assert len(manifest["train"]["history"]) == 2  # the prediction stage's two epochs
+    assert json.loads((straight / "metrics.json").read_text())["metrics"]["accuracy"] >= 0.75
+
+    # interrupted in the prediction stage, resumed: stage 1 is not redone and the weights match the straight run
+    resumed = tmp_path / "resumed"
+    steps_per_epoch = -(-manifest["data"]["sizes"]["train"] // 16)
+    phases.clear()
+    interrupt_then_resume(monkeypatch, capsys, [*args, "--out", str(resumed)], at_backward=steps_per_epoch + 3)
+    assert phases == ["intermediate", "prediction", "prediction"]  # stage 1 ran once, before the interruption
+    assert_same_weights(straight, resumed)
+
+
+def test_two_stage_needs_an_intermediate_loss(tiny_teacher_run, tmp_path, capsys):
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--out",
+                            str(tmp_path / "s"), "--intermediate-epochs", "1", "--quiet"], capsys)
+    assert code == 1 and "--intermediate-epochs (TinyBERT two-stage)" in err
+
+
+def test_augmentation_text_is_labelled_by_the_teacher_and_held_out_rows_are_dropped(tiny_teacher_run, sentiment_csv,
+                                                                                      tmp_path, capsys):
+    import pandas as pd
+
+    from tests.conftest import make_sentiment_rows
+
+    texts = list(pd.read_csv(sentiment_csv)["text"]) + [r["text"] for r in make_sentiment_rows(40, seed=7)]
+    extra = tmp_path / "unlabelled.txt"  # every task text (train, validation, test) plus 40 new ones
+    extra.write_text("\n\n".join(texts) + "\n", encoding="utf-8")
+    out = tmp_path / "student"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--out", str(out),
+                            "--augment", str(extra), "--cache-dir", str(tmp_path / "cache"), *COMMON], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    sizes = manifest["data"]["sizes"]
+    assert manifest["augmentation"]["rows"] == len(texts) - sizes["validation"] - sizes["test"]
+    assert manifest["teacher_cache"]["misses"] == sizes["train"] + manifest["augmentation"]["rows"]
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["accuracy"] >= 0.75
+
+
+def test_augmentation_batches_without_labels_train_on_the_teacher_alone(tiny_teacher_run, tmp_path, capsys):
+    extra = tmp_path / "unlabelled.txt"
+    extra.write_text("\n\n".join(f"a brand new film number {i}" for i in range(200)) + "\n", encoding="utf-8")
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--out",
+                            str(tmp_path / "s"), "--augment", str(extra), "--alpha", "0.9", "--epochs", "1",
+                            "--batch-size", "4", "--quiet"], capsys)  # many batches hold augmentation rows only
+    assert code == 0, err  # no NaN from a hard-label loss over zero labelled rows

@@ -4,31 +4,12 @@ a pretrain -> finetune chain, and bad input."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import FILLER, NEGATIVE, POSITIVE
 from tests.integration.cli_helpers import interrupt_backward_at, one_error_line, run_cli
-
-WORDS = FILLER + POSITIVE + NEGATIVE
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """40 documents of 2-6 sentences, blank line between documents (BERT's corpus format)."""
-    rng = random.Random(0)
-    blocks = []
-    for _ in range(40):
-        sentences = [" ".join(rng.choices(WORDS, k=rng.randint(4, 9))).capitalize() + "."
-                     for _ in range(rng.randint(2, 6))]
-        blocks.append("\n".join(sentences))
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
-    return path
-
 
 def _pretrain(model, corpus, out, *extra, cache=None):
     return ["pretrain", "--model", str(model), "--data", str(corpus), "--out", str(out), "--max-length", "32",

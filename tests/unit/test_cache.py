@@ -1,6 +1,6 @@
 import torch
 
-from lmcompress.distill.cache import TeacherCache, teacher_fingerprint
+from lmcompress.distill.cache import TeacherCache, TopKCache, teacher_fingerprint
 
 
 def test_round_trip_ragged_hidden_states_and_reuse(tmp_path):
@@ -51,3 +51,20 @@ def test_students_with_other_layer_maps_share_the_cache(tmp_path):
     assert wider.folder == first.folder and not wider.has(idx)  # layer 4 was never computed
     logits_only = TeacherCache(tmp_path, "t", ids, num_classes=2)
     assert logits_only.has(idx)
+
+
+def test_topk_cache_round_trip_in_batch_order_and_reopened(tmp_path):
+    values = torch.randn(5, 8, 3)  # [N, T, k]
+    ids = torch.randint(0, 100, (5, 8, 3))
+    cache = TopKCache(tmp_path, "teacher", "blocks", n=5, seq_len=8, k=3)
+    assert not cache.has(torch.tensor([0]))
+    cache.write(torch.tensor([3, 1]), values[[3, 1], :6], ids[[3, 1], :6])  # a batch padded to 6 of 8 positions
+    assert cache.has(torch.tensor([1, 3])) and not cache.has(torch.tensor([1, 2]))
+    cache.flush()
+    again = TopKCache(tmp_path, "teacher", "blocks", n=5, seq_len=8, k=3)  # a later run opens the same files
+    got_values, got_ids = again.read(torch.tensor([3, 1]), 6)  # unsorted batch order is kept
+    assert torch.equal(got_values, values[[3, 1], :6].half().float())
+    assert torch.equal(got_ids, ids[[3, 1], :6])
+    assert again.stats()["cached"] == 2 and again.hits == 2
+    other = TopKCache(tmp_path, "teacher", "other blocks", n=5, seq_len=8, k=3)  # another corpus: another folder
+    assert other.folder != again.folder and not other.has(torch.tensor([1]))

@@ -110,3 +110,34 @@ def test_minilm_relation_loss_matches_formula_with_different_widths():
 
 def test_mix():
     assert losses.mix_hard_and_soft(torch.tensor(2.0), torch.tensor(4.0), 0.25) == pytest.approx(3.5)
+
+
+def test_topk_kd_loss_renormalises_the_teacher_over_its_k_tokens():
+    s, t, T, k = torch.randn(2, 3, 9), torch.randn(2, 3, 9), 2.0, 4
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    values, ids = t.topk(k, dim=-1)
+    kept = [(0, 0), (0, 1), (1, 0)]
+    expected = 0.0
+    for b, i in kept:
+        p = torch.softmax(values[b, i] / T, -1)  # teacher over its top k only
+        log_q = torch.log_softmax(s[b, i] / T, -1)[ids[b, i]]  # student over the whole vocabulary
+        expected += sum(float(p[j]) * (math.log(float(p[j])) - float(log_q[j])) for j in range(k))
+    expected = expected / len(kept) * T**2
+    assert losses.topk_kd_loss(s, values, ids, T, mask) == pytest.approx(expected, rel=1e-5)
+
+
+def test_topk_kd_loss_with_the_whole_vocabulary_is_exact_kd():
+    s, t = torch.randn(2, 4, 6), torch.randn(2, 4, 6)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    values, ids = t.topk(6, dim=-1)
+    for kind in ("kl", "ce"):
+        assert losses.topk_kd_loss(s, values, ids, 3.0, mask, kind) == pytest.approx(
+            float(losses.kd_loss(s, t, 3.0, mask, kind)), rel=1e-5)
+
+
+def test_reverse_kd_loss_on_tokens_ignores_padding():
+    s, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    kept = [(0, 0), (0, 1), (1, 0)]
+    expected = sum(_naive_kl(torch.softmax(s[b, i], -1), torch.softmax(t[b, i], -1)) for b, i in kept) / len(kept)
+    assert losses.reverse_kd_loss(s, t, 1.0, mask) == pytest.approx(expected, rel=1e-5)

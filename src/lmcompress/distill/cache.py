@@ -27,9 +27,10 @@ def default_root() -> Path:
 
 
 def teacher_fingerprint(folder: Path) -> str:
-    """Hash of the teacher's weights and config files."""
+    """Hash of the teacher's weights and config files (or of a single-file checkpoint such as a .gguf)."""
     digest = hashlib.sha256()
-    for path in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+    files = [folder] if folder.is_file() else sorted(folder.glob("*.safetensors")) + [folder / "config.json"]
+    for path in files:
         with path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(chunk)
@@ -124,3 +125,62 @@ class TeacherCache:
     def stats(self) -> dict[str, object]:
         return {"folder": str(self.folder), "hits": self.hits, "misses": self.misses,
                 "cached": int(self._complete().sum()), "examples": int(self.n), "layers": list(self.hidden_layers)}
+
+
+class TopKCache:
+    """The teacher's top-k vocabulary logits of each causal-LM block: `values.npy` [N, T, k] float16 and `ids.npy`
+    [N, T, k] int32 under `<root>/topk/<key>/`, with `filled.npy` [N]. The key hashes the teacher, the exact token
+    ids of every block and k, so a changed teacher, corpus, tokenizer or k never reads stale values."""
+
+    def __init__(self, root: Path, teacher_hash: str, examples_hash: str, n: int, seq_len: int, k: int):
+        key = hashlib.sha256(f"{teacher_hash}|{examples_hash}|{seq_len}|{k}".encode()).hexdigest()[:24]
+        self.folder = root / "topk" / key
+        fresh = not (self.folder / "filled.npy").is_file()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        mode = "w+" if fresh else "r+"
+        self.values = np.lib.format.open_memmap(self.folder / "values.npy", mode=mode, dtype=np.float16,
+                                                shape=(n, seq_len, k) if fresh else None)
+        self.ids = np.lib.format.open_memmap(self.folder / "ids.npy", mode=mode, dtype=np.int32,
+                                             shape=(n, seq_len, k) if fresh else None)
+        if fresh:  # the mask is created last, so a crash before it leaves a cache that is rebuilt, never trusted
+            filled = np.lib.format.open_memmap(self.folder / "filled.tmp.npy", mode="w+", dtype=np.bool_, shape=(n,))
+            filled[:] = False
+            filled.flush()
+            del filled
+            os.replace(self.folder / "filled.tmp.npy", self.folder / "filled.npy")
+            (self.folder / "meta.json").write_text(json.dumps(
+                {"teacher": teacher_hash, "examples": examples_hash, "n": n, "seq_len": seq_len, "k": k}, indent=2))
+        self.filled = np.lib.format.open_memmap(self.folder / "filled.npy", mode="r+")
+        if self.values.shape != (n, seq_len, k):
+            raise ValueError(f"teacher cache {self.folder} has shape {self.values.shape}, expected {(n, seq_len, k)}")
+        self.k, self.hits, self.misses = k, 0, 0
+        log.info("teacher top-%d cache %s: %d/%d blocks already cached", k, self.folder, int(self.filled.sum()), n)
+
+    def has(self, idx: torch.Tensor) -> bool:
+        return bool(self.filled[idx.cpu().numpy()].all())
+
+    def read(self, idx: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> values [B, seq_len, k] float32, ids [B, seq_len, k] int64"""
+        rows = np.sort(idx.cpu().numpy())
+        order = np.argsort(np.argsort(idx.cpu().numpy()))  # memmaps read fastest in row order; restore batch order
+        self.hits += len(rows)
+        values = torch.from_numpy(np.asarray(self.values[rows, :seq_len], dtype=np.float32))[order]
+        ids = torch.from_numpy(np.asarray(self.ids[rows, :seq_len], dtype=np.int64))[order]
+        return values, ids
+
+    def write(self, idx: torch.Tensor, values: torch.Tensor, ids: torch.Tensor) -> None:
+        """values, ids [B, T, k] with T <= seq_len (a short last batch is padded by the collator)."""
+        rows = idx.cpu().numpy()
+        self.misses += len(rows)
+        t = values.shape[1]
+        self.values[rows, :t] = values.detach().to(torch.float16).cpu().numpy()
+        self.ids[rows, :t] = ids.detach().to(torch.int32).cpu().numpy()
+        self.filled[rows] = True  # after the data
+
+    def flush(self) -> None:
+        for array in (self.values, self.ids, self.filled):
+            array.flush()
+
+    def stats(self) -> dict[str, object]:
+        return {"folder": str(self.folder), "k": self.k, "hits": self.hits, "misses": self.misses,
+                "cached": int(self.filled.sum()), "blocks": int(len(self.filled))}

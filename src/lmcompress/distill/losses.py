@@ -52,6 +52,26 @@ def reverse_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return _masked_mean(per_position, mask if per_position.dim() == 2 else None) * temperature**2
 
 
+def topk_kd_loss(student_logits: torch.Tensor, teacher_values: torch.Tensor, teacher_ids: torch.Tensor,
+                 temperature: float = 1.0, mask: torch.Tensor | None = None, kind: str = "kl") -> torch.Tensor:
+    """Logit KD against the teacher's top-k logits only, the teacher renormalised over its k tokens.
+
+    student_logits [B, T, V] (or [N, V]); teacher_values, teacher_ids [B, T, k] (or [N, k]); mask [B, T].
+    The student keeps its full softmax (its mass outside the k tokens is what the loss pushes down). With k = V
+    this is exactly kd_loss.
+    """
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1).gather(-1, teacher_ids)  # [B, T, k]
+    t_log = F.log_softmax(teacher_values.float() / temperature, dim=-1)  # [B, T, k]
+    t = t_log.exp()
+    if kind == "kl":
+        per_position = (t * (t_log - s)).sum(-1)  # [B, T]
+    elif kind == "ce":
+        per_position = -(t * s).sum(-1)
+    else:
+        raise ValueError(f"kind must be 'kl' or 'ce', got {kind!r}")
+    return _masked_mean(per_position, mask if per_position.dim() == 2 else None) * temperature**2
+
+
 def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor | None,
                projection: torch.nn.Module | None = None) -> torch.Tensor:
     """TinyBERT hidden/embedding loss: MSE(student W, teacher) over real tokens.

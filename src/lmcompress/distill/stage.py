@@ -5,11 +5,15 @@ self-attention relations teach a smaller student, trained by the shared loop in 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import safetensors.torch
 import torch
 import transformers
 from torch import nn
@@ -21,7 +25,7 @@ from ..errors import LmcError
 from ..evaluate import MAIN_METRIC, finish_run, score_split
 from ..models import presets
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
-from ..runs import RunDir, data_config_for, num_processes, run_manifest
+from ..runs import RunDir, data_config_for, is_main_process, num_processes, run_manifest
 from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..train import fit
 from . import losses
@@ -29,6 +33,8 @@ from .cache import TeacherCache, default_root, teacher_fingerprint
 from .student import build_student, default_layer_map, is_derived_spec, load_student_like, parse_spec
 
 log = logging.getLogger("lmcompress")
+UNLABELLED = -100  # label of augmentation rows: ignored by the hard-label loss
+INTERMEDIATE_STAGE = "intermediate-stage"  # TinyBERT stage 1's checkpoints and result, inside the partial run
 
 
 def _num_layers(config) -> int:
@@ -76,13 +82,74 @@ class DistillModule(nn.Module):
 
 
 @dataclass
-class _Needs:
+class Needs:
+    """What the intermediate losses read from both models."""
+
     hidden: tuple[int, ...]  # teacher hidden-state indices needed (0 = embeddings)
     attentions: bool
     qkv: bool
 
 
-class _QKVRecorder:
+def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_map: list[int]) -> Needs:
+    """Check the intermediate losses fit these two models (one clear error each) -> what they need. Switches both
+    models to eager attention when attention maps are compared (sdpa returns none)."""
+    reads_hidden = loss_cfg.hidden_weight > 0 or loss_cfg.cosine_weight > 0  # attention maps need no hidden states
+    if loss_cfg.attention_weight > 0 and student.config.num_attention_heads != teacher.config.num_attention_heads:
+        raise LmcError(f"attention transfer needs equal head counts (student {student.config.num_attention_heads}, "
+                       f"teacher {teacher.config.num_attention_heads}); use --minilm-weight instead")
+    if loss_cfg.cosine_weight > 0 and _width(student.config) != _width(teacher.config):
+        raise LmcError("the cosine loss needs equal hidden widths; use --hidden-weight (learned projection) instead")
+    if loss_cfg.minilm_weight > 0:
+        for name, width in (("student", _width(student.config)), ("teacher", _width(teacher.config))):
+            if width % loss_cfg.relation_heads:
+                raise LmcError(f"--relation-heads {loss_cfg.relation_heads} does not divide the {name} width {width}")
+    needs = Needs(
+        hidden=tuple(sorted(set(([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if reads_hidden else [])))),
+        attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0)
+    if needs.attentions:  # attention probabilities need the eager kernel; inference keeps sdpa
+        teacher.set_attn_implementation("eager")
+        student.set_attn_implementation("eager")
+    return needs
+
+
+def projection_count(loss_cfg, layer_map: list[int]) -> int:
+    """Learned width projections the hidden-state and embedding losses use (one per mapped layer / embeddings)."""
+    return (len(layer_map) if loss_cfg.hidden_weight > 0 else 0) + (1 if loss_cfg.embedding_weight > 0 else 0)
+
+
+def intermediate_loss(module: DistillModule, s_hidden, s_attn, t_hidden: dict[int, torch.Tensor], t_attn,
+                      s_qkv: dict[str, torch.Tensor] | None, t_qkv: dict[str, torch.Tensor] | None,
+                      mask: torch.Tensor, layer_map: list[int], loss_cfg) -> torch.Tensor | float:
+    """The weighted sum of the embedding, hidden-state, cosine, attention and MiniLM relation losses.
+
+    s_hidden: the student's hidden states (tuple of [B, T, Hs], index 0 = embeddings); t_hidden {index: [B, T, Ht]};
+    s_attn / t_attn: tuples of [B, A, T, T]; s_qkv / t_qkv: last layer's query/key/value [B, T, H]; mask [B, T].
+    """
+    total: torch.Tensor | float = 0.0
+    proj = 0
+    if loss_cfg.embedding_weight > 0:
+        total = total + loss_cfg.embedding_weight * losses.hidden_mse(
+            s_hidden[0], t_hidden[0], mask, module.project(proj))
+        proj += 1
+    for s_layer, t_layer in enumerate(layer_map, start=1):
+        if loss_cfg.hidden_weight > 0:
+            total = total + loss_cfg.hidden_weight * losses.hidden_mse(
+                s_hidden[s_layer], t_hidden[t_layer], mask, module.project(proj)) / len(layer_map)
+            proj += 1
+        if loss_cfg.cosine_weight > 0:
+            total = total + loss_cfg.cosine_weight * losses.cosine_hidden_loss(
+                s_hidden[s_layer], t_hidden[t_layer], mask) / len(layer_map)
+        if loss_cfg.attention_weight > 0:
+            total = total + loss_cfg.attention_weight * losses.attention_loss(
+                s_attn[s_layer - 1], t_attn[t_layer - 1], mask, loss_cfg.attention_kind) / len(layer_map)
+    if s_qkv is not None:
+        for part in ("query", "key", "value"):
+            total = total + loss_cfg.minilm_weight * losses.minilm_relation_loss(
+                s_qkv[part], t_qkv[part].float(), mask, loss_cfg.relation_heads) / 3
+    return total
+
+
+class QKVRecorder:
     """Forward hooks that keep the last layer's query/key/value projections [B, T, H] (MiniLM-v2)."""
 
     def __init__(self, model: nn.Module):
@@ -119,22 +186,10 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     n_s, n_t = _num_layers(student.config), _num_layers(teacher.config)
     loss_cfg = cfg.loss
     layer_map = parse_layer_map(loss_cfg.layer_map, n_s, n_t, copied)
-    reads_hidden = loss_cfg.hidden_weight > 0 or loss_cfg.cosine_weight > 0  # attention maps need no hidden states
-    if loss_cfg.attention_weight > 0 and student.config.num_attention_heads != teacher.config.num_attention_heads:
-        raise LmcError(f"attention transfer needs equal head counts (student {student.config.num_attention_heads}, "
-                       f"teacher {teacher.config.num_attention_heads}); use --minilm-weight instead")
-    if loss_cfg.cosine_weight > 0 and _width(student.config) != _width(teacher.config):
-        raise LmcError("the cosine loss needs equal hidden widths; use --hidden-weight (learned projection) instead")
-    if loss_cfg.minilm_weight > 0:
-        for name, width in (("student", _width(student.config)), ("teacher", _width(teacher.config))):
-            if width % loss_cfg.relation_heads:
-                raise LmcError(f"--relation-heads {loss_cfg.relation_heads} does not divide the {name} width {width}")
-    needs = _Needs(
-        hidden=tuple(sorted(set(([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if reads_hidden else [])))),
-        attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0)
-    if needs.attentions:  # attention probabilities need the eager kernel; inference keeps sdpa
-        teacher.set_attn_implementation("eager")
-        student.set_attn_implementation("eager")
+    needs = intermediate_needs(student, teacher, loss_cfg, layer_map)
+    if cfg.intermediate_epochs > 0 and not (needs.hidden or needs.attentions or needs.qkv):
+        raise LmcError("--intermediate-epochs (TinyBERT two-stage) trains the intermediate layers first: give "
+                       "--hidden-weight, --attention-weight, --embedding-weight or --minilm-weight")
 
     log.info("student: %s layers (teacher layers %s), width %d, %s params vs teacher %s", n_s, layer_map,
              _width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
@@ -143,10 +198,15 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     with run.guard():
         transformers.set_seed(cfg.train.seed)  # projections start the same whatever ran before in this process
         max_len = data_cfg.max_length
-        train_set = tokenize_frame(task_data.splits["train"], tokenizer, max_len)
+        train_frame, augment_record = task_data.splits["train"], None
+        if cfg.augment:
+            extra_rows = augmentation_rows(cfg.augment, task_data, cfg.max_augment_rows)
+            augment_record = {"source": cfg.augment, "rows": len(extra_rows)}
+            train_frame = pd.concat([train_frame, extra_rows], ignore_index=True)
+        train_set = tokenize_frame(train_frame, tokenizer, max_len)
         train_set = train_set.add_column("idx", list(range(len(train_set))))
-        n_proj = (len(layer_map) if loss_cfg.hidden_weight > 0 else 0) + (1 if loss_cfg.embedding_weight > 0 else 0)
-        module = DistillModule(student, _width(student.config), _width(teacher.config), n_proj)
+        module = DistillModule(student, _width(student.config), _width(teacher.config),
+                               projection_count(loss_cfg, layer_map))
         cache = None
         if cfg.cache and num_processes() > 1:
             log.info("teacher cache off: it is single-process for now (each rank runs the teacher on its shard)")
@@ -156,16 +216,35 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
                                  needs.hidden, _width(teacher.config))
         elif cfg.cache:
             log.info("teacher cache off: attention maps and Q/K/V relations are computed live")
-        loss_fn = _make_loss_fn(teacher, cache, needs, layer_map, loss_cfg, regression, cfg.teacher_precision)
         monitor = MAIN_METRIC[task_data.task]
 
         def evaluate_fn(m: DistillModule) -> dict[str, float]:
             return score_split(m.student, tokenizer, task_data, "validation", max_len, cfg.train.eval_batch_size)
 
+        def run_phase(phase: str, train_cfg, folder: Path, resume: bool):
+            loss_fn = _make_loss_fn(teacher, cache, needs, layer_map, loss_cfg, regression, cfg.teacher_precision,
+                                    phase)
+            return fit(module, train_set, collator(tokenizer), train_cfg, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
+                       monitor=monitor, higher_is_better=True, run_folder=folder, resume=resume,
+                       description=f"distill {Path(cfg.out).name}" + (f" ({phase} layers)" if phase != "all" else ""))
+
         try:
-            result = fit(module, train_set, collator(tokenizer), cfg.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
-                         monitor=monitor, higher_is_better=True, run_folder=run.partial, resume=cfg.resume,
-                         description=f"distill {Path(cfg.out).name}")
+            if cfg.intermediate_epochs > 0:  # TinyBERT: intermediate layers first, then the prediction layer
+                first = run.partial / INTERMEDIATE_STAGE
+                done = first / "module.safetensors"
+                if cfg.resume and done.is_file():
+                    safetensors.torch.load_model(module, done)
+                    log.info("intermediate-layer stage already complete: continuing with the prediction layer")
+                else:
+                    run_phase("intermediate", dataclasses.replace(cfg.train, epochs=cfg.intermediate_epochs,
+                                                                  max_steps=None, keep_best=False),
+                              first, cfg.resume and first.is_dir())
+                    if is_main_process():
+                        safetensors.torch.save_model(module, done)
+                result = run_phase("prediction", cfg.train, run.partial, cfg.resume)
+                shutil.rmtree(first, ignore_errors=True)
+            else:
+                result = run_phase("all", cfg.train, run.partial, cfg.resume)
         finally:
             if cache is not None:
                 cache.flush()
@@ -179,11 +258,33 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
                 student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
                          "hidden": _width(student.config)},
                 teacher_cache=cache.stats() if cache is not None else None, processes=num_processes(),
+                augmentation=augment_record,
                 **(extra or {})),
             wall_time_s=round(result.wall_time_s, 1))
     if cache is not None:
         log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
     return metrics
+
+
+def augmentation_rows(source: str, task_data, limit: int | None) -> pd.DataFrame:
+    """Unlabelled texts for the teacher to label: one row per document, label UNLABELLED (the hard-label loss skips
+    them, logit KD does not). Texts equal to a validation or test row are dropped so nothing held out leaks in."""
+    from ..data.corpora import load_corpus
+
+    if task_data.task == "regression" or task_data.has_pair:
+        raise LmcError("--augment adds single texts to a classification task; this task is "
+                       f"{'a pair task' if task_data.has_pair else 'a regression'}")
+    documents, _ = load_corpus(source)
+    held_out = {str(t).strip() for split in ("validation", "test") for t in task_data.splits[split]["text"]}
+    texts = [" ".join(document).strip() for document in documents]
+    kept = [t for t in texts if t and t not in held_out]
+    if limit:
+        kept = kept[:limit]
+    if not kept:
+        raise LmcError(f"--augment {source} gives no texts outside the validation and test rows")
+    log.info("augmentation: %d unlabelled rows from %s for the teacher to label (%d equal to held-out rows dropped)",
+             len(kept), source, sum(1 for t in texts if t in held_out))
+    return pd.DataFrame({"text": kept, "label": [UNLABELLED] * len(kept)})
 
 
 def _teacher_dir(spec: str) -> Path:
@@ -213,10 +314,12 @@ def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, tas
     return load_student_like(teacher, source.path), None, load_tokenizer(source.tokenizer_path)
 
 
-def _make_loss_fn(teacher, cache: TeacherCache | None, needs: _Needs, layer_map: list[int], loss_cfg, regression: bool,
-                  teacher_precision: str):
-    teacher_qkv = _QKVRecorder(teacher) if needs.qkv else None
-    student_qkv: dict[int, _QKVRecorder] = {}
+def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: list[int], loss_cfg, regression: bool,
+                  teacher_precision: str, phase: str = "all"):
+    """phase "all": every loss; "intermediate": only the intermediate-layer losses (TinyBERT stage 1);
+    "prediction": only logit KD + hard labels (TinyBERT stage 2)."""
+    teacher_qkv = QKVRecorder(teacher) if needs.qkv else None
+    student_qkv: dict[int, QKVRecorder] = {}
     want_student_hidden = bool(needs.hidden)
 
     def teacher_outputs(batch: dict[str, torch.Tensor], idx: torch.Tensor):
@@ -240,6 +343,19 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: _Needs, layer_map:
             hidden = {i: h.half().float() for i, h in hidden.items()}
         return logits, hidden, out.attentions
 
+    def _output_loss(out, t_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """alpha * hard-label loss + (1 - alpha) * logit KD (MSE to the teacher's prediction for regression)."""
+        if regression:
+            soft = torch.nn.functional.mse_loss(out.logits.float().squeeze(-1), t_logits.squeeze(-1))
+        else:
+            soft = losses.kd_loss(out.logits, t_logits, loss_cfg.temperature, kind=loss_cfg.kd_kind)  # [B, C]
+        hard = out.loss
+        if not regression and bool((labels == UNLABELLED).any()):  # augmentation rows: the teacher's labels only
+            labelled = labels != UNLABELLED
+            hard = torch.nn.functional.cross_entropy(out.logits[labelled].float(), labels[labelled]) \
+                if labelled.any() else out.logits.sum() * 0.0
+        return losses.mix_hard_and_soft(hard, soft, loss_cfg.alpha)
+
     def loss_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = dict(batch)
         idx = batch.pop("idx")
@@ -247,36 +363,15 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: _Needs, layer_map:
         if teacher.device != batch["input_ids"].device:
             teacher.to(batch["input_ids"].device)
         if needs.qkv and id(module.student) not in student_qkv:
-            student_qkv[id(module.student)] = _QKVRecorder(module.student)
+            student_qkv[id(module.student)] = QKVRecorder(module.student)
         t_logits, t_hidden, t_attn = teacher_outputs(batch, idx)
         out = module.student(**batch, output_hidden_states=want_student_hidden, output_attentions=needs.attentions)
-        s_logits = out.logits  # [B, C]
-        if regression:  # KD on a scalar output is plain MSE to the teacher's prediction
-            soft = torch.nn.functional.mse_loss(s_logits.float().squeeze(-1), t_logits.squeeze(-1))
-        else:
-            soft = losses.kd_loss(s_logits, t_logits, loss_cfg.temperature, kind=loss_cfg.kd_kind)
-        total = losses.mix_hard_and_soft(out.loss, soft, loss_cfg.alpha)
-        proj = 0
-        if loss_cfg.embedding_weight > 0:
-            total = total + loss_cfg.embedding_weight * losses.hidden_mse(
-                out.hidden_states[0], t_hidden[0], mask, module.project(proj))
-            proj += 1
-        for s_layer, t_layer in enumerate(layer_map, start=1):
-            if loss_cfg.hidden_weight > 0:
-                total = total + loss_cfg.hidden_weight * losses.hidden_mse(
-                    out.hidden_states[s_layer], t_hidden[t_layer], mask, module.project(proj)) / len(layer_map)
-            if loss_cfg.cosine_weight > 0:
-                total = total + loss_cfg.cosine_weight * losses.cosine_hidden_loss(
-                    out.hidden_states[s_layer], t_hidden[t_layer], mask) / len(layer_map)
-            if loss_cfg.attention_weight > 0:
-                total = total + loss_cfg.attention_weight * losses.attention_loss(
-                    out.attentions[s_layer - 1], t_attn[t_layer - 1], mask, loss_cfg.attention_kind) / len(layer_map)
-            proj += 1 if loss_cfg.hidden_weight > 0 else 0
-        if needs.qkv:
-            s_rec = student_qkv[id(module.student)].outputs
-            for part in ("query", "key", "value"):
-                total = total + loss_cfg.minilm_weight * losses.minilm_relation_loss(
-                    s_rec[part], teacher_qkv.outputs[part].float(), mask, loss_cfg.relation_heads) / 3
+        if phase == "prediction":
+            return _output_loss(out, t_logits, batch["labels"])
+        total = _output_loss(out, t_logits, batch["labels"]) if phase == "all" else 0.0
+        s_qkv = student_qkv[id(module.student)].outputs if needs.qkv else None
+        total = total + intermediate_loss(module, out.hidden_states, out.attentions, t_hidden, t_attn, s_qkv,
+                                          teacher_qkv.outputs if needs.qkv else None, mask, layer_map, loss_cfg)
         return total
 
     return loss_fn

@@ -120,7 +120,7 @@ def _ffn_index(state, prefix: str, keep: int) -> torch.Tensor:
 
 
 def _axes(name: str) -> tuple[str | None, ...]:
-    """What each axis of a BERT/RoBERTa parameter indexes: 'hidden', 'qkv', 'ffn' or None (kept whole)."""
+    """What each axis of a BERT/RoBERTa parameter (task or MLM head included) indexes: 'hidden', 'qkv', 'ffn' or None (kept whole)."""
     rules = [
         (r"attention\.self\.(query|key|value)\.weight$", ("qkv", "hidden")),
         (r"attention\.self\.(query|key|value)\.bias$", ("qkv",)),
@@ -128,10 +128,13 @@ def _axes(name: str) -> tuple[str | None, ...]:
         (r"intermediate\.dense\.weight$", ("ffn", "hidden")),
         (r"intermediate\.dense\.bias$", ("ffn",)),
         (r"layer\.\d+\.output\.dense\.weight$", ("hidden", "ffn")),
-        (r"(output\.dense|LayerNorm|pooler\.dense|classifier\.dense)\.bias$", ("hidden",)),
-        (r"LayerNorm\.weight$", ("hidden",)),
+        (r"(output\.dense|LayerNorm|pooler\.dense|classifier\.dense|transform\.dense|lm_head\.dense|lm_head\.layer_norm)"
+         r"\.bias$", ("hidden",)),
+        (r"(LayerNorm|lm_head\.layer_norm)\.weight$", ("hidden",)),
         (r"(word|position|token_type)_embeddings\.weight$", (None, "hidden")),
-        (r"(pooler\.dense|classifier\.dense)\.weight$", ("hidden", "hidden")),
+        (r"(pooler\.dense|classifier\.dense|predictions\.transform\.dense|lm_head\.dense)\.weight$",
+         ("hidden", "hidden")),
+        (r"(predictions|lm_head)\.decoder\.weight$", (None, "hidden")),  # MLM heads (tied to the embeddings)
         (r"(classifier|classifier\.out_proj)\.weight$", (None, "hidden")),
     ]
     for pattern, axes in rules:

@@ -6,7 +6,9 @@ directory, and `trust_remote_code` stays off unless the user passes --trust-remo
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +62,8 @@ def _resolve_dir(spec: str, role: str) -> Path:
         if entry.kind != "model":
             raise LmcError(f"'{spec}' is a dataset, not a model; pass it as --data")
         if entry.name == "smollm2-135m":
-            raise LmcError("'smollm2-135m' is a causal-LM teacher for `lmcompress distill`; it has no task head to fine-tune")
+            raise LmcError("'smollm2-135m' is a causal-LM teacher for `lmcompress distill-lm`; it has no task head "
+                           "to fine-tune")
         return entry.require()
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -231,3 +234,83 @@ def load_for_pretraining(source: ModelSource, tokenizer: PreTrainedTokenizerBase
         raise LmcError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {embeddings} rows; "
                        "the tokenizer does not belong to this model")
     return model
+
+
+@contextlib.contextmanager
+def _no_tqdm():
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+@dataclass
+class LMTeacher:
+    model: transformers.PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    path: Path  # folder or single file (.gguf): what the teacher cache fingerprints
+    family: str
+    untrained: list[str]  # head parameters the checkpoint lacks (started at random)
+
+
+def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
+    """A teacher with its language-model head, in eval mode: a zoo model (smollm2-135m is a GGUF file), an HF dir,
+    a pretrain run or a .gguf file. `objective` auto picks clm for causal models and mlm for encoders."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from ..objectives import ENCODER_FAMILIES
+
+    if catalog.is_zoo_name(spec):
+        entry = catalog.get(spec)
+        if entry.kind != "model":
+            raise LmcError(f"'{spec}' is a dataset, not a model; pass it as --data")
+        path = entry.require()
+    else:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            raise LmcError(f"--teacher {spec}: no such zoo model, folder or .gguf file")
+    gguf = path.suffix == ".gguf"
+    if gguf:
+        folder, extra = path.parent, {"gguf_file": path.name}
+        import importlib.util
+
+        if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF through it
+            raise LmcError("reading a .gguf teacher needs the gguf package: pip install gguf")
+        try:
+            config = AutoConfig.from_pretrained(str(folder), local_files_only=True, **extra)
+        except Exception as exc:
+            raise LmcError(f"cannot read the GGUF teacher {path}: {_first_line(exc)}") from None
+    elif path.is_dir() and (path / "config.json").is_file():
+        folder, extra = path, {}
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
+    else:
+        raise LmcError(f"--teacher {spec} is neither a Hugging Face model folder nor a .gguf file")
+    family = config.model_type
+    if objective == "auto":
+        objective = "mlm" if family in ENCODER_FAMILIES else "clm"
+    from ..pretrain import check_objective
+
+    check_objective(family, objective)  # before loading weights
+    auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
+    log.info("loading teacher %s (%s, %s)", spec, family, objective)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **extra) if gguf \
+            else load_tokenizer(folder)
+        with _no_tqdm():  # GGUF dequantisation draws its own progress bars
+            model, info = auto.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
+                                               trust_remote_code=remote_code_allowed(), **extra)
+    except LmcError:
+        raise
+    except Exception as exc:
+        raise LmcError(f"cannot load a {objective} teacher from {spec}: {_first_line(exc)}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if gguf:  # a GGUF-loaded config carries quantization settings that save_pretrained and some kernels refuse
+        model.config.__dict__.pop("quantization_config", None)
+    untrained = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
+    return LMTeacher(model.eval(), tokenizer, path, family, untrained)

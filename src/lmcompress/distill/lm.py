@@ -1,0 +1,231 @@
+"""`lmcompress distill-lm`: distillation over the vocabulary on raw text, without labels.
+
+- general distillation (mlm): an encoder teacher with an MLM head teaches a smaller encoder on masked text; the KD
+  runs on the masked positions only (where the MLM head runs). A teacher without a trained MLM head (minilm-l6) can
+  still teach through hidden states and MiniLM relations with `--alpha 1` (hard MLM loss + intermediate losses).
+- causal-LM distillation (clm): e.g. smollm2-135m (Llama, GGUF) -> a GPT-2 student sharing its tokenizer, forward
+  or reverse KL over the next-token distribution at every real position.
+
+Data, masking, scoring and the run layout are pre-training's (`lmcompress.pretrain`): the student's run is an LM
+run with the same fixed validation set, so `evaluate` and `compare` treat it like a pre-trained model, and a
+`pretrain` run of the same student architecture without a teacher is the baseline to compare against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+
+from ..config import LMDistillConfig, PretrainConfig, to_dict
+from ..errors import LmcError
+from ..models import presets
+from ..models.load import LMTeacher, load_for_pretraining, load_lm_teacher, load_tokenizer, model_family, resolve
+from ..objectives import ENCODER_FAMILIES, LMOutputs, lm_forward, pretraining_loss
+from ..pretrain import (_cache_root, _corpus, _examples_fingerprint, check_objective, collator, finish_lm_run,
+                        initial_scores, prepare_data, score_lm, training_set)
+from ..runs import RunDir, num_processes, stage_manifest
+from ..train import fit
+from . import losses
+from .cache import TopKCache, default_root, teacher_fingerprint
+from .stage import DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map, projection_count
+from .student import build_student, is_derived_spec, parse_spec
+
+log = logging.getLogger("lmcompress")
+
+
+def as_pretrain_config(cfg: LMDistillConfig, objective: str) -> PretrainConfig:
+    """The pre-training config that builds the same examples and validation set (recorded as the run's lm_config)."""
+    return PretrainConfig(model=cfg.student, out=cfg.out, objective=objective, masking=cfg.masking,
+                          mask_prob=cfg.mask_prob, whole_word=cfg.whole_word, chinese_words=cfg.chinese_words,
+                          max_ngram=cfg.max_ngram, data=cfg.data, train=cfg.train)
+
+
+def _width(config) -> int:
+    return getattr(config, "hidden_size", None) or config.n_embd
+
+
+def _layers(config) -> int:
+    return getattr(config, "num_hidden_layers", None) or config.n_layer
+
+
+def make_student(spec: str, teacher: LMTeacher, objective: str, seed: int):
+    """-> (student LM, teacher layers copied or None, student tokenizer)"""
+    if is_derived_spec(spec):
+        student, copied = build_student(teacher.model, parse_spec(spec))
+        return student, copied, teacher.tokenizer
+    if presets.parse_preset(spec) is not None and not Path(spec).exists():
+        source = resolve(spec, tokenizer=None, role="student", new_vocab=True)  # the teacher's tokenizer is used
+        check_objective(source.preset.family, objective)
+        return load_for_pretraining(source, teacher.tokenizer, objective, seed), None, teacher.tokenizer
+    source = resolve(spec, role="student")
+    check_objective(model_family(source), objective)
+    tokenizer = load_tokenizer(source.tokenizer_path)
+    return load_for_pretraining(source, tokenizer, objective, seed), None, tokenizer
+
+
+def check_vocabularies(teacher_tokenizer, student_tokenizer) -> None:
+    if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
+        raise LmcError(
+            f"the student's tokenizer ({len(student_tokenizer)} tokens) differs from the teacher's "
+            f"({len(teacher_tokenizer)}): KD over the vocabulary needs the same tokens on both sides. Give a preset "
+            "(it takes the teacher's tokenizer) or a derived spec like 'layers=2', or distil a task instead "
+            "(lmcompress distill), where each side may tokenise the raw text itself")
+
+
+def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
+    run = RunDir(cfg.out)
+    run.check(cfg.overwrite, cfg.resume)
+    loss_cfg = cfg.loss
+    teacher = load_lm_teacher(cfg.teacher, cfg.objective)
+    objective = cfg.objective if cfg.objective != "auto" else ("mlm" if teacher.family in ENCODER_FAMILIES else "clm")
+    check_objective(teacher.family, objective, teacher.tokenizer)
+    if cfg.top_k and objective != "clm":
+        raise LmcError("--top-k caches a causal-LM teacher's outputs; masked-LM inputs change with every mask, so "
+                       "general distillation runs the teacher live (--top-k 0)")
+    heads = [k for k in teacher.untrained if not k.startswith(("bert.", "roberta.", "albert.", "model.", "transformer."))]
+    if heads and loss_cfg.alpha < 1.0:
+        raise LmcError(f"teacher {cfg.teacher} has no trained {objective.upper()} head ({', '.join(heads[:3])} missing), "
+                       "so its vocabulary distribution means nothing: use --alpha 1 with --hidden-weight/--minilm-weight "
+                       "(MiniLM/TinyBERT-style general distillation), or pre-train the teacher's head first")
+    intermediate = any(getattr(loss_cfg, f"{name}_weight") > 0
+                       for name in ("hidden", "embedding", "cosine", "attention", "minilm"))
+    if loss_cfg.alpha == 1.0 and not intermediate:
+        raise LmcError("--alpha 1 without an intermediate loss (--hidden-weight, --minilm-weight, ...) takes nothing "
+                       "from the teacher; that is `lmcompress pretrain`")
+    student, copied, student_tokenizer = make_student(cfg.student, teacher, objective, cfg.train.seed)
+    check_vocabularies(teacher.tokenizer, student_tokenizer)
+    tokenizer = teacher.tokenizer
+    layer_map = parse_layer_map(loss_cfg.layer_map, _layers(student.config), _layers(teacher.model.config), copied)
+    needs = intermediate_needs(student, teacher.model, loss_cfg, layer_map)
+    pcfg = as_pretrain_config(cfg, objective)
+    documents, corpus_source, train_ids, validation_ids = _corpus(pcfg)
+    log.info("student: %d layers (teacher layers %s), width %d, %s params vs teacher %s", _layers(student.config),
+             layer_map, _width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
+             f"{sum(p.numel() for p in teacher.model.parameters()):,}")
+
+    run.begin(cfg.overwrite, cfg.resume)
+    with run.guard():
+        transformers.set_seed(cfg.train.seed)
+        data = prepare_data(pcfg, tokenizer, documents, train_ids, validation_ids, _cache_root(pcfg))
+        for i, example in enumerate(data.train):  # the teacher cache is addressed by example index
+            example["idx"] = np.int64(i)
+        log.info("%s examples: %d train, %d validation", objective, len(data.train), len(data.validation))
+        module = DistillModule(student, _width(student.config), _width(teacher.model.config),
+                               projection_count(loss_cfg, layer_map))
+        cache = None
+        if cfg.top_k and num_processes() > 1:
+            log.info("teacher cache off: it is single-process for now (each rank runs the teacher on its shard)")
+        elif cfg.top_k:
+            seq_len = -(-cfg.data.max_length // 8) * 8  # the collator pads to a multiple of 8
+            root = Path(cfg.data.cache_dir).expanduser() / "teacher-outputs" if cfg.data.cache_dir else default_root()
+            cache = TopKCache(root,
+                              teacher_fingerprint(teacher.path), _examples_fingerprint(data.train), len(data.train),
+                              seq_len, cfg.top_k)
+        validation_collate = collator(tokenizer, objective)
+
+        def evaluate_fn(m: DistillModule | torch.nn.Module) -> dict[str, float]:
+            model = m.student if isinstance(m, DistillModule) else m
+            return score_lm(model, data.validation, validation_collate, objective, cfg.train.eval_batch_size)
+
+        teacher_scores = evaluate_fn(teacher.model)
+        log.info("teacher: validation %s", ", ".join(f"{k} {v:.4f}" for k, v in teacher_scores.items()))
+        initial = initial_scores(run.partial, cfg.resume, lambda: evaluate_fn(student))
+        base_collate = collator(tokenizer, objective)
+
+        def collate(examples: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+            return base_collate(examples) | {"idx": torch.tensor([int(e["idx"]) for e in examples])}
+
+        loss_fn = make_loss_fn(teacher.model, cache, needs, layer_map, cfg, objective, len(tokenizer))
+        try:
+            result = fit(module, training_set(pcfg, tokenizer, data), collate, cfg.train, loss_fn=loss_fn,
+                         evaluate_fn=evaluate_fn, monitor="perplexity", higher_is_better=False,
+                         run_folder=run.partial, resume=cfg.resume, description=f"distill-lm {Path(cfg.out).name}")
+        finally:
+            if cache is not None:
+                cache.flush()
+        student = module.student
+        if needs.attentions:
+            student.set_attn_implementation("sdpa")
+        if cache is not None:
+            log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
+        return finish_lm_run(run, pcfg, student, tokenizer, data, result, initial, lambda train: stage_manifest(
+            "distill-lm", str(teacher.path), to_dict(cfg),
+            data={"source": corpus_source, "seed": cfg.data.split_seed, **data.record},
+            task={"type": objective, "family": student.config.model_type}, train=train, processes=num_processes(),
+            lm_config=to_dict(pcfg), teacher_metrics=teacher_scores,
+            student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
+                     "layers": _layers(student.config), "hidden": _width(student.config)},
+            teacher_cache=cache.stats() if cache is not None else None))
+
+
+def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer_map: list[int], cfg: LMDistillConfig,
+                 objective: str, vocab_size: int):
+    """loss(module, batch) = alpha * LM loss + (1 - alpha) * KD over the vocabulary + intermediate losses."""
+    loss_cfg = cfg.loss
+    teacher_qkv = QKVRecorder(teacher) if needs.qkv else None
+    student_qkv: dict[int, QKVRecorder] = {}
+    wants_logits = loss_cfg.alpha < 1.0
+
+    def teacher_forward(batch: dict[str, torch.Tensor]) -> LMOutputs:
+        autocast = torch.autocast(device_type=batch["input_ids"].device.type, dtype=torch.bfloat16) \
+            if cfg.teacher_precision == "bf16" else contextlib.nullcontext()
+        with torch.no_grad(), autocast:
+            return lm_forward(teacher, batch, objective, hidden_states=bool(needs.hidden),
+                              attentions=needs.attentions)
+
+    def soft_loss(s_logits: torch.Tensor, batch, idx: torch.Tensor, mask) -> tuple[torch.Tensor, LMOutputs | None]:
+        """KD over the vocabulary -> (loss, the teacher's outputs when it ran)."""
+        s_logits = s_logits[..., :vocab_size]  # padded vocabularies: rows beyond the tokenizer are never targets
+        temperature = loss_cfg.temperature
+        if cache is not None:
+            t_out = None
+            if cache.has(idx):
+                values, ids = cache.read(idx, s_logits.shape[1])
+                values, ids = values.to(s_logits.device), ids.to(s_logits.device)
+            else:
+                t_out = teacher_forward(batch)
+                values, ids = t_out.token_logits[..., :vocab_size].float().topk(cache.k, dim=-1)  # [B, T, k]
+                cache.write(idx, values, ids)
+                values = values.half().float()  # what a cache hit returns, so resumed runs match bitwise
+            return losses.topk_kd_loss(s_logits, values, ids, temperature, mask, loss_cfg.kd_kind), t_out
+        t_out = teacher_forward(batch)
+        t_logits = t_out.token_logits[..., :vocab_size].float()
+        if cfg.kd_direction == "reverse":
+            return losses.reverse_kd_loss(s_logits, t_logits, temperature, mask), t_out
+        return losses.kd_loss(s_logits, t_logits, temperature, mask, loss_cfg.kd_kind), t_out
+
+    def loss_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = dict(batch)
+        idx = batch.pop("idx")
+        device = batch["input_ids"].device
+        if next(teacher.parameters()).device != device:
+            teacher.to(device)
+        if needs.qkv and id(module.student) not in student_qkv:
+            student_qkv[id(module.student)] = QKVRecorder(module.student)
+        out = lm_forward(module.student, batch, objective, hidden_states=bool(needs.hidden),
+                         attentions=needs.attentions)
+        # clm compares the next-token distributions at every real token; mlm logits [N, V] hold only masked positions
+        mask = batch["attention_mask"] if objective == "clm" else None
+        total: torch.Tensor | float = 0.0
+        t_out = None
+        if loss_cfg.alpha > 0:
+            total = loss_cfg.alpha * pretraining_loss(out, batch, objective)
+        if wants_logits:
+            soft, t_out = soft_loss(out.token_logits, batch, idx, mask)
+            total = total + (1.0 - loss_cfg.alpha) * soft
+        if needs.hidden or needs.attentions or needs.qkv:
+            t_out = t_out or teacher_forward(batch)
+            t_hidden = {i: t_out.hidden_states[i].float() for i in needs.hidden}
+            s_qkv = student_qkv[id(module.student)].outputs if needs.qkv else None
+            total = total + intermediate_loss(module, out.hidden_states, out.attentions, t_hidden, t_out.attentions,
+                                              s_qkv, teacher_qkv.outputs if needs.qkv else None,
+                                              batch["attention_mask"], layer_map, loss_cfg)
+        return total
+
+    return loss_fn
