@@ -79,13 +79,14 @@ def textbrewer_run(teacher, student, train_set, collate, tokenizer, task_data, a
             "version": textbrewer.__version__}
 
 
-def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cache_dir: Path) -> dict:
+def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cache_dir: Path,
+                   group_by_length: bool = False) -> dict:
     cfg = DistillConfig(
         teacher=str(args.teacher), student="pick=0,1", out=str(out), overwrite=True, cache_dir=str(cache_dir),
         teacher_precision=teacher_precision,
         train=TrainConfig(epochs=float(args.epochs), batch_size=32, learning_rate=1e-4, weight_decay=0.0,
                           warmup_ratio=0.0, max_grad_norm=1.0, precision=precision, seed=args.seed,
-                          checkpoint_every_steps=10_000, keep_best=False),
+                          checkpoint_every_steps=10_000, keep_best=False, group_by_length=group_by_length),
         loss=DistillLossConfig(temperature=4.0, alpha=0.5, kd_kind="ce", hidden_weight=1.0, layer_map="1:1,2:2"))
     start = time.perf_counter()
     metrics = distill(cfg)
@@ -93,7 +94,7 @@ def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cach
     manifest = json.loads((out / "lmcompress.json").read_text())
     return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
             "test": metrics["metrics"], "precision": precision, "teacher_precision": teacher_precision,
-            "cache": manifest["teacher_cache"]}
+            "group_by_length": group_by_length, "cache": manifest["teacher_cache"]}
 
 
 def main() -> int:
@@ -128,10 +129,12 @@ def main() -> int:
         results["contenders"]["textbrewer"] = textbrewer_run(copy.deepcopy(teacher), copy.deepcopy(student), train_set,
                                                              collate, tokenizer, task_data, args)
         print(json.dumps(results["contenders"]["textbrewer"]))
-    for name, precision, teacher_precision in (("lmcompress_fp32", "fp32", "fp32"),
-                                               ("lmcompress_bf16", "bf16", "bf16")):
+    for name, precision, teacher_precision, grouped in (("lmcompress_fp32", "fp32", "fp32", False),
+                                                        ("lmcompress_bf16", "bf16", "bf16", False),
+                                                        ("lmcompress_bf16_grouped", "bf16", "bf16", True)):
         cache_dir = work / f"cache-{name}"  # a cold cache each: the teacher's first epoch is in the timing
-        results["contenders"][name] = lmcompress_run(args, precision, teacher_precision, work / name, cache_dir)
+        results["contenders"][name] = lmcompress_run(args, precision, teacher_precision, work / name, cache_dir,
+                                                     grouped)
         print(json.dumps(results["contenders"][name]))
     shutil.rmtree(work, ignore_errors=True)
 
@@ -149,7 +152,8 @@ def main() -> int:
           f"torch {results['torch']}  ",
           f"Teacher {args.teacher} test accuracy {teacher_acc:.4f}; student = teacher layers 0-1; "
           f"{args.epochs} epochs over {len(train_set)} examples; same data, batch size, padding collator and losses "
-          "(each tool shuffles with its own seeded sampler).", "",
+          "(each tool shuffles with its own seeded sampler; `_grouped` batches similar lengths together, "
+          "`--group-by-length`).", "",
           "| contender | test accuracy | retention | wall time (s) | vs TextBrewer |", "|---|---|---|---|---|", *rows, ""]
     (RESULTS / "distill_vs_textbrewer.md").write_text("\n".join(md))
     print("\n".join(md))

@@ -99,6 +99,9 @@ class TrainConfig:
     eval_every_steps: int | None = field(default=None, metadata={
         "help": "also evaluate every N steps (long epochs, e.g. pre-training); default: at each epoch's end"})
     keep_best: bool = field(default=True, metadata={"help": "keep the epoch with the best validation metric"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "batch examples of similar length together (random mega-batches of 50 batches, sorted by length): "
+                "less padding, so faster on short, uneven texts; the order is still shuffled each epoch"})
     nan_policy: Literal["stop", "skip"] = field(default="stop", metadata={
         "help": "on a NaN/inf loss: stop with an error, or skip the batch (up to --max-skipped-batches)"})
     max_skipped_batches: int = field(default=10, metadata={"help": "with --nan-policy skip: stop after this many"})

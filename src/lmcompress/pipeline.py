@@ -40,7 +40,7 @@ STAGES: dict[str, tuple[type, str]] = {  # stage -> (config class, "module:funct
     "evaluate": (EvaluateConfig, "lmcompress.evaluate:evaluate_run"),
     "compare": (CompareConfig, "lmcompress.report:compare"),
 }
-REFERENCE_KEYS = ("model", "teacher", "student")
+REFERENCE_KEYS = ("model", "teacher", "student", "tokenizer")
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESUMABLE = {"pretrain", "finetune", "distill", "distill-lm", "prune"}
 

@@ -151,3 +151,31 @@ def test_augmentation_batches_without_labels_train_on_the_teacher_alone(tiny_tea
                             str(tmp_path / "s"), "--augment", str(extra), "--alpha", "0.9", "--epochs", "1",
                             "--batch-size", "4", "--quiet"], capsys)  # many batches hold augmentation rows only
     assert code == 0, err  # no NaN from a hard-label loss over zero labelled rows
+
+
+def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_run, corpus, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    student_dir = tmp_path / "other-vocab"  # a BERT with a WordPiece vocabulary of its own
+    code, _, err = run_cli(["pretrain", "--model", "bert-2l-32h-4a", "--train-tokenizer", "150", "--data", str(corpus),
+                            "--out", str(student_dir), "--max-steps", "2", "--max-length", "32", "--quiet"], capsys)
+    assert code == 0, err
+    student_vocab = AutoTokenizer.from_pretrained(student_dir).get_vocab()
+    assert student_vocab != AutoTokenizer.from_pretrained(tiny_teacher_run).get_vocab()
+
+    out = tmp_path / "student"
+    args = ["distill", "--teacher", str(tiny_teacher_run), "--student", str(student_dir), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), *COMMON]
+    code, _, err = run_cli([*args, "--hidden-weight", "1"], capsys)
+    assert code == 1 and "token positions do not line up" in err
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == student_vocab  # the run ships the student's tokenizer
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    n_train = manifest["data"]["sizes"]["train"]
+    assert manifest["teacher_cache"]["misses"] == n_train  # the teacher's own tokens are cached as usual
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert metrics["accuracy"] >= 0.75
+    code, stdout, err = run_cli(["evaluate", "--model", str(out), "--no-latency", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["metrics"]["accuracy"] == metrics["accuracy"]

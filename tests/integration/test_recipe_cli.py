@@ -85,7 +85,7 @@ def test_bad_recipes_fail_before_any_step_runs(tiny_bert_dir, sentiment_csv, tmp
 def test_unknown_recipe_and_builtin_demo_parses(tmp_path, capsys):
     code, _, err = run_cli(["run", str(tmp_path / "nope.yaml")], capsys)
     assert code == 1
-    one_error_line(err, "neither a file nor a built-in recipe (demo)")
+    one_error_line(err, "neither a file nor a built-in recipe (causal-lm, demo)")
     from lmcompress.demo import demo_recipe
     from lmcompress.pipeline import parse
 
@@ -95,3 +95,15 @@ def test_unknown_recipe_and_builtin_demo_parses(tmp_path, capsys):
         assert {s.name for s in steps} >= {"teacher", "distilled", "pruned", "albert", "pruned-int8", "report"}
         assert steps[-1].config.runs[0] == str(tmp_path / "teacher")
     assert parse(demo_recipe(True), "demo")[1][0].config.data.max_train_examples == 1000
+
+
+def test_builtin_causal_lm_recipe_parses_and_chains_the_distilled_tokenizer(tmp_path):
+    from lmcompress.pipeline import builtin_recipes, parse
+    from lmcompress.config import load_yaml
+
+    name, steps = parse(load_yaml(builtin_recipes()["causal-lm"]), "causal-lm", out=str(tmp_path))
+    assert [s.stage for s in steps] == ["distill-lm", "pretrain", "compare"]
+    distilled, alone, report = steps
+    assert alone.config.tokenizer == str(tmp_path / "distilled")  # a step name in `tokenizer` means its run dir
+    assert alone.config.data == distilled.config.data and alone.config.train == distilled.config.train
+    assert report.config.runs == [str(tmp_path / "alone"), str(tmp_path / "distilled")]

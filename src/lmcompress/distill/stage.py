@@ -33,6 +33,7 @@ from .cache import TeacherCache, default_root, teacher_fingerprint
 from .student import build_student, default_layer_map, is_derived_spec, load_student_like, parse_spec
 
 log = logging.getLogger("lmcompress")
+TEACHER_PREFIX = "teacher_"  # batch keys of the teacher's own tokens when the student has another tokenizer
 UNLABELLED = -100  # label of augmentation rows: ignored by the hard-label loss
 INTERMEDIATE_STAGE = "intermediate-stage"  # TinyBERT stage 1's checkpoints and result, inside the partial run
 
@@ -180,13 +181,19 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     teacher = load_trained_classifier(teacher_dir, task_data.labels, regression).eval()
     tokenizer = load_tokenizer(teacher_dir)
     student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
-    if student_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise LmcError("the student's tokenizer differs from the teacher's; give a student that shares the teacher's "
-                       "tokenizer (a derived spec or a preset uses it automatically)")
+    cross_vocabulary = student_tokenizer.get_vocab() != tokenizer.get_vocab()
     n_s, n_t = _num_layers(student.config), _num_layers(teacher.config)
     loss_cfg = cfg.loss
     layer_map = parse_layer_map(loss_cfg.layer_map, n_s, n_t, copied)
     needs = intermediate_needs(student, teacher, loss_cfg, layer_map)
+    if cross_vocabulary:
+        if needs.hidden or needs.attentions or needs.qkv:
+            raise LmcError("the student's tokenizer differs from the teacher's, so their token positions do not line "
+                           "up: only logit KD and hard labels work across vocabularies (drop --hidden-weight, "
+                           "--embedding-weight, --cosine-weight, --attention-weight and --minilm-weight), or give a "
+                           "student that shares the teacher's tokenizer (a preset or a derived spec does)")
+        log.info("the student has its own tokenizer (%d tokens vs the teacher's %d): each side tokenises the raw "
+                 "text itself", len(student_tokenizer), len(tokenizer))
     if cfg.intermediate_epochs > 0 and not (needs.hidden or needs.attentions or needs.qkv):
         raise LmcError("--intermediate-epochs (TinyBERT two-stage) trains the intermediate layers first: give "
                        "--hidden-weight, --attention-weight, --embedding-weight or --minilm-weight")
@@ -203,8 +210,16 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
             extra_rows = augmentation_rows(cfg.augment, task_data, cfg.max_augment_rows)
             augment_record = {"source": cfg.augment, "rows": len(extra_rows)}
             train_frame = pd.concat([train_frame, extra_rows], ignore_index=True)
-        train_set = tokenize_frame(train_frame, tokenizer, max_len)
+        train_set = tokenize_frame(train_frame, student_tokenizer, max_len)
         train_set = train_set.add_column("idx", list(range(len(train_set))))
+        teacher_ids = train_set["input_ids"]
+        collate = collator(student_tokenizer)
+        if cross_vocabulary:  # the teacher reads its own tokens of the same rows (TEACHER_PREFIX columns)
+            teacher_set = tokenize_frame(train_frame, tokenizer, max_len).remove_columns("labels")
+            teacher_ids = teacher_set["input_ids"]
+            for column in teacher_set.column_names:
+                train_set = train_set.add_column(TEACHER_PREFIX + column, teacher_set[column])
+            collate = PairedCollator(student_tokenizer, tokenizer)
         module = DistillModule(student, _width(student.config), _width(teacher.config),
                                projection_count(loss_cfg, layer_map))
         cache = None
@@ -212,19 +227,20 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
             log.info("teacher cache off: it is single-process for now (each rank runs the teacher on its shard)")
         elif cfg.cache and not needs.attentions and not needs.qkv:
             cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else default_root(),
-                                 teacher_fingerprint(teacher_dir), train_set["input_ids"], task_data.num_labels,
+                                 teacher_fingerprint(teacher_dir), teacher_ids, task_data.num_labels,
                                  needs.hidden, _width(teacher.config))
         elif cfg.cache:
             log.info("teacher cache off: attention maps and Q/K/V relations are computed live")
         monitor = MAIN_METRIC[task_data.task]
 
         def evaluate_fn(m: DistillModule) -> dict[str, float]:
-            return score_split(m.student, tokenizer, task_data, "validation", max_len, cfg.train.eval_batch_size)
+            return score_split(m.student, student_tokenizer, task_data, "validation", max_len,
+                               cfg.train.eval_batch_size)
 
         def run_phase(phase: str, train_cfg, folder: Path, resume: bool):
             loss_fn = _make_loss_fn(teacher, cache, needs, layer_map, loss_cfg, regression, cfg.teacher_precision,
                                     phase)
-            return fit(module, train_set, collator(tokenizer), train_cfg, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
+            return fit(module, train_set, collate, train_cfg, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
                        monitor=monitor, higher_is_better=True, run_folder=folder, resume=resume,
                        description=f"distill {Path(cfg.out).name}" + (f" ({phase} layers)" if phase != "all" else ""))
 
@@ -252,7 +268,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         if needs.attentions:
             student.set_attn_implementation("sdpa")
         metrics = finish_run(
-            run, student, tokenizer, task_data, max_len, cfg.train.eval_batch_size,
+            run, student, student_tokenizer, task_data, max_len, cfg.train.eval_batch_size,
             lambda: run_manifest(
                 stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
                 student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
@@ -264,6 +280,18 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     if cache is not None:
         log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
     return metrics
+
+
+class PairedCollator:
+    """Pads the student's tokens with its tokenizer and the teacher's (TEACHER_PREFIX keys) with the teacher's."""
+
+    def __init__(self, student_tokenizer, teacher_tokenizer):
+        self.student, self.teacher = collator(student_tokenizer), collator(teacher_tokenizer)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        own = [{k: v for k, v in f.items() if not k.startswith(TEACHER_PREFIX)} for f in features]
+        theirs = [{k[len(TEACHER_PREFIX):]: v for k, v in f.items() if k.startswith(TEACHER_PREFIX)} for f in features]
+        return dict(self.student(own)) | {TEACHER_PREFIX + k: v for k, v in self.teacher(theirs).items()}
 
 
 def augmentation_rows(source: str, task_data, limit: int | None) -> pd.DataFrame:
@@ -322,15 +350,14 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
     student_qkv: dict[int, QKVRecorder] = {}
     want_student_hidden = bool(needs.hidden)
 
-    def teacher_outputs(batch: dict[str, torch.Tensor], idx: torch.Tensor):
-        """-> logits [B, C], {hidden index: [B, T, Ht]}, attentions tuple or None"""
-        seq_len = batch["input_ids"].shape[1]
+    def teacher_outputs(inputs: dict[str, torch.Tensor], idx: torch.Tensor):
+        """inputs: the teacher's tokens (no labels) -> logits [B, C], {hidden index: [B, T, Ht]}, attentions or None"""
+        seq_len = inputs["input_ids"].shape[1]
         if cache is not None and cache.has(idx):
             logits, hidden = cache.read(idx, seq_len)
-            device = batch["input_ids"].device
+            device = inputs["input_ids"].device
             return logits.to(device), {k: v.to(device) for k, v in hidden.items()}, None
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        autocast = torch.autocast(device_type=batch["input_ids"].device.type, dtype=torch.bfloat16) \
+        autocast = torch.autocast(device_type=inputs["input_ids"].device.type, dtype=torch.bfloat16) \
             if teacher_precision == "bf16" else contextlib.nullcontext()
         with torch.no_grad(), autocast:
             out = teacher(**inputs, output_hidden_states=bool(needs.hidden), output_attentions=needs.attentions)
@@ -359,12 +386,15 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
     def loss_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = dict(batch)
         idx = batch.pop("idx")
+        # the teacher's inputs: its own tokens of these rows (another vocabulary), else the student's batch
+        own = {k[len(TEACHER_PREFIX):]: batch.pop(k) for k in [k for k in batch if k.startswith(TEACHER_PREFIX)]}
+        t_inputs = own or {k: v for k, v in batch.items() if k != "labels"}
         mask = batch["attention_mask"]  # [B, T]
         if teacher.device != batch["input_ids"].device:
             teacher.to(batch["input_ids"].device)
         if needs.qkv and id(module.student) not in student_qkv:
             student_qkv[id(module.student)] = QKVRecorder(module.student)
-        t_logits, t_hidden, t_attn = teacher_outputs(batch, idx)
+        t_logits, t_hidden, t_attn = teacher_outputs(t_inputs, idx)
         out = module.student(**batch, output_hidden_states=want_student_hidden, output_attentions=needs.attentions)
         if phase == "prediction":
             return _output_loss(out, t_logits, batch["labels"])
