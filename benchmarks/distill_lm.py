@@ -27,8 +27,15 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def _run(cmd: list[str]) -> tuple[dict, float]:
+def _run(cmd: list[str], reuse: Path | None = None) -> tuple[dict, float | None]:
+    """Run an lmcompress command -> (its --json summary, wall seconds); with `reuse`, a complete run made by the same
+    command earlier is read back instead."""
     print("    " + " ".join(cmd), flush=True)
+    if reuse is not None and (reuse / "lmcompress.json").is_file():
+        manifest = json.loads((reuse / "lmcompress.json").read_text())
+        if manifest.get("complete"):
+            print("    (complete run reused)", flush=True)
+            return json.loads((reuse / "metrics.json").read_text()), None
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - start
@@ -64,18 +71,23 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--validation", type=int, default=128, help="validation blocks")
     parser.add_argument("--latency-repeats", type=int, default=5)
+    parser.add_argument("--reuse", action="store_true", help="read back complete runs under --out instead of "
+                        "training them again (e.g. after a failure in the reporting step)")
     args = parser.parse_args()
     exe = str(Path(sys.executable).parent / "lmcompress")
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    if not args.reuse:
+        shutil.rmtree(out, ignore_errors=True)
     common = ["--data", "enwiki-sample", "--max-documents", str(args.documents), "--objective", "clm",
               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
               "--learning-rate", args.learning_rate, "--max-validation-examples", str(args.validation),
               "--checkpoint-every-steps", "100000", "--json", "--quiet"]
     print("(1) distilled from smollm2-135m", flush=True)
-    distilled, wall_distilled = _run([exe, *command("distilled", args, out, common)])
+    distilled, wall_distilled = _run([exe, *command("distilled", args, out, common)],
+                                     out / "distilled" if args.reuse else None)
     print("(2) same GPT-2 without a teacher", flush=True)
-    baseline, wall_baseline = _run([exe, *command("baseline", args, out, common)])
+    baseline, wall_baseline = _run([exe, *command("baseline", args, out, common)],
+                                   out / "baseline" if args.reuse else None)
     if distilled["validation_fingerprint"] != baseline["validation_fingerprint"]:
         raise SystemExit("the two runs were scored on different validation blocks")
     manifest = json.loads((out / "distilled" / "lmcompress.json").read_text())
@@ -92,7 +104,7 @@ def main() -> int:
                      "token_accuracy": metrics["metrics"]["token_accuracy"],
                      "perplexity_before": metrics["metrics_before"]["perplexity"], "params": metrics["params"],
                      "latency_ms": metrics["latency_ms"], "steps": m["train"]["steps"],
-                     "train_wall_s": m["train"]["wall_time_s"], "command_wall_s": round(wall, 1),
+                     "train_wall_s": m["train"]["wall_time_s"], "command_wall_s": round(wall, 1) if wall else None,
                      "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}
                                  for h in m["train"]["history"]]})
     import torch

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,15 +237,15 @@ def load_for_pretraining(source: ModelSource, tokenizer: PreTrainedTokenizerBase
 
 @contextlib.contextmanager
 def _no_tqdm():
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
+    """transformers' GGUF reader draws a tqdm bar it offers no switch for; swap it for a plain pass-through."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
         yield
     finally:
-        if before is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = before
+        gguf_utils.tqdm = original
 
 
 @dataclass

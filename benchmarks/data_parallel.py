@@ -1,12 +1,12 @@
 """Data-parallel training throughput: the same `lmcompress finetune` in 1 process vs N processes under torchrun.
 
-    .venv/bin/python benchmarks/multiprocess.py --rows 2048 --processes 2
+    .venv/bin/python benchmarks/data_parallel.py --rows 2048 --processes 2
 
 Fine-tunes `minilm-l6` on the first --rows training rows of `rotten-tomatoes` (max length 64, batch 16 per process,
 1 epoch) once as a plain process using every core, once as N gloo processes (`torchrun --nproc_per_node N`, which
 sets one thread per process), one after the other on this machine. Throughput is the loop's examples/s from
 each run's lmcompress.json; on a GPU machine the same script measures NCCL data parallelism. Writes
-benchmarks/results/multiprocess.{json,md}.
+benchmarks/results/data_parallel.{json,md}.
 """
 
 from __future__ import annotations
@@ -58,14 +58,14 @@ def main() -> int:
         row["throughput_vs_1_process"] = round(row["examples_per_s"] / base, 2)
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cores": cores, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "multiprocess.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "data_parallel.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["# Data-parallel fine-tuning: 1 process vs torchrun", "", f"Command: `{results['command']}`  ",
           f"{cores} cores; minilm-l6 on {args.rows} rotten-tomatoes rows, 1 epoch, batch 16 per process.", "",
           "| run | processes | optimizer steps | examples/s | vs 1 process | loop wall s | test accuracy |",
           "|---|---|---|---|---|---|---|"]
     md += [f"| {r['name']} | {r['processes']} | {r['steps']} | {r['examples_per_s']} | {r['throughput_vs_1_process']}x | "
            f"{r['loop_wall_s']} | {r['test_accuracy']:.4f} |" for r in rows]
-    (RESULTS / "multiprocess.md").write_text("\n".join(md) + "\n")
+    (RESULTS / "data_parallel.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 
