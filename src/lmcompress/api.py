@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import catalog
-from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, LMDistillConfig,
-                     PretrainConfig, PruneConfig, QuantizeConfig, build_config, flat_to_nested)
+from .config import (CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
+                     FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, QuantizeConfig, build_config,
+                     flat_to_nested)
 from .models import presets
 
 
@@ -52,6 +53,15 @@ def distill_lm(config: str | None = None, **options: Any) -> dict[str, Any]:
 
     cfg = build_config(LMDistillConfig, config, flat_to_nested(LMDistillConfig, options), "distill-lm")
     return run_distill_lm(cfg)
+
+
+def distill_embeddings(config: str | None = None, **options: Any) -> dict[str, Any]:
+    """Bi-encoder (sentence-embedding) distillation on raw text; returns the student's pair-similarity scores."""
+    from .distill.embeddings import distill_embeddings as run_distill_embeddings
+
+    cfg = build_config(EmbeddingDistillConfig, config, flat_to_nested(EmbeddingDistillConfig, options),
+                       "distill-embeddings")
+    return run_distill_embeddings(cfg)
 
 
 def compare(*runs: str, config: str | None = None, **options: Any) -> dict[str, Any]:

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
           "Distillation over the vocabulary without labels: an encoder with an MLM head into a smaller encoder on "
           "masked text (general distillation), or a causal LM (smollm2-135m) into a GPT-2 student sharing its "
           "tokenizer; forward or reverse KL, optional top-k teacher cache, hidden-state / MiniLM relation losses.")
+    stage("distill-embeddings", "distil a sentence-embedding model into a smaller bi-encoder",
+          "Bi-encoder distillation: the student learns the teacher's mean-pooled sentence embeddings (MSE) on raw "
+          "sentences; scored by the rank correlation of cosine similarities on held-aside sentence pairs.")
     stage("compare", "side-by-side report: metric, retention, size, latency",
           "Score and time every run on the same test rows in one process; write report.md, report.html, "
           "report.json and pareto.png.", func=cmd_compare, json_flag=False, positional_runs=True)

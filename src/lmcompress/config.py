@@ -57,8 +57,10 @@ class DataConfig:
     split_column: str | None = field(
         default=None, metadata={"help": "column holding train/validation/test per row (else a seeded split)"}
     )
-    task: Literal["auto", "classification", "regression"] = field(
-        default="auto", metadata={"help": "classification or regression; auto: float labels with fractions -> regression"}
+    task: Literal["auto", "classification", "regression", "token-classification"] = field(
+        default="auto", metadata={"help": "classification, regression or token-classification (NER); auto: CoNLL / "
+                                          "token JSONL -> token-classification, float labels with fractions -> "
+                                          "regression"}
     )
     max_length: int = field(default=128, metadata={"help": "tokens per example after truncation"})
     split_seed: int = field(default=42, metadata={"help": "seed of the stratified train/validation/test split"})
@@ -325,6 +327,29 @@ class LMDistillConfig:
         if self.top_k and self.kd_direction == "reverse":
             raise ValueError("reverse KL needs the teacher's whole distribution: use --top-k 0 with --kd-direction "
                              "reverse")
+
+
+@dataclass
+class EmbeddingDistillConfig:
+    """`lmcompress distill-embeddings`: a bi-encoder student learns a sentence-embedding teacher's embeddings."""
+
+    teacher: str = field(default="", metadata={
+        "help": "sentence-embedding encoder (mean pooling): minilm-l6, or an HF model folder"})
+    student: str = field(default="", metadata={
+        "help": "derived from the teacher ('layers=2', 'layers=2;hidden=192'), a preset (bert-2l-384h, the "
+                "teacher's tokenizer) or an encoder folder (its own tokenizer is fine: each side reads the text)"})
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+    min_sentence_chars: int = field(default=20, metadata={"help": "skip shorter sentences (headings, list debris)"})
+    data: CorpusConfig = field(default_factory=lambda: CorpusConfig(max_length=64, max_validation_examples=2000))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=1.0))
+
+    def __post_init__(self) -> None:
+        _required(self, "teacher", "student", "out")
+        if not self.data.data:
+            raise ValueError("data is required (--data)")
+        _at_least(self, 1, "min_sentence_chars")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from .config import EvaluateConfig
 from .data import load_task
+from .data.ner import TOKEN_TASK, entity_metrics, words_of_labelled_positions
 from .data.tokenize import collator, fixed_batch, tokenize_frame
 from .errors import LmcError
 from .models.load import load_run_model, load_tokenizer
@@ -26,7 +27,7 @@ from .runs import (METRICS, RunDir, data_config_for, is_language_model, is_main_
 
 log = logging.getLogger("lmcompress")
 
-MAIN_METRIC = {"classification": "accuracy", "regression": "pearson"}
+MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", TOKEN_TASK: "f1"}
 LATENCY_BATCHES = (1, 32)
 
 
@@ -111,9 +112,39 @@ def latency_for_texts(model: torch.nn.Module, tokenizer, texts: list[str], pairs
 
 
 def score_split(model, tokenizer, task_data, split: str, max_length: int, batch_size: int) -> dict[str, float]:
-    dataset = tokenize_frame(task_data.splits[split], tokenizer, max_length)
+    frame = task_data.splits[split]
+    dataset = tokenize_frame(frame, tokenizer, max_length)
+    if task_data.task == TOKEN_TASK:
+        predicted = predict_words(model, dataset, tokenizer, frame, max_length, batch_size)
+        names = task_data.labels
+        gold = [[names[t] for t in tags] for tags in frame["tags"]]
+        return entity_metrics(gold, [[names[t] for t in tags] for tags in predicted],
+                              task_data.split_record.get("tag_scheme", "BIO"))
     logits, labels = predict(model, dataset, collator(tokenizer), batch_size)
     return task_metrics(task_data.task, logits, labels)
+
+
+@torch.inference_mode()
+def predict_words(model: torch.nn.Module, dataset, tokenizer, frame, max_length: int,
+                  batch_size: int) -> list[list[int]]:
+    """Token classification: the predicted tag id of every word of every row (tag 0, "O", for a word the model did
+    not see: dropped by the tokenizer or cut off by truncation)."""
+    model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
+    encoded = tokenizer(frame["tokens"].tolist(), is_split_into_words=True, truncation=True, max_length=max_length)
+    predicted: list[list[int]] = []
+    row = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator(tokenizer)):
+        labels = batch.pop("labels")  # [B, T], IGNORE except at each word's first sub-token
+        best = forward(model, {k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu()  # [B, T]
+        for b in range(len(labels)):
+            tags = [0] * len(frame["tokens"].iloc[row])
+            words = words_of_labelled_positions(encoded.word_ids(row))
+            for word, tag in zip(words, best[b][labels[b] != -100].tolist()):
+                tags[word] = tag
+            predicted.append(tags)
+            row += 1
+    return predicted
 
 
 def metrics_payload(task_data, split: str, scores: dict[str, float], model: torch.nn.Module, folder: Path,
@@ -171,6 +202,9 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
     manifest = read_run_manifest(folder) or {}
+    if (manifest.get("task") or {}).get("type") == "sentence-embedding":
+        raise LmcError(f"{folder} is a sentence-embedding run: its held-aside pair scores are in metrics.json "
+                       "(evaluate and compare do not re-score embedding runs yet)")
     if is_language_model(manifest):  # perplexity on its fixed validation set
         from .pretrain import evaluate_lm_run
 

@@ -10,6 +10,7 @@ import torch
 
 from .config import FinetuneConfig, to_dict
 from .data import load_task
+from .data.ner import TOKEN_TASK
 from .data.tokenize import collator, tokenize_frame
 from .evaluate import MAIN_METRIC, finish_run, score_split
 from .models.load import load_for_sequence_classification, load_tokenizer, resolve
@@ -28,7 +29,8 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     source = resolve(cfg.model, cfg.tokenizer)
     tokenizer = load_tokenizer(source.tokenizer_path)
     model = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
-                                             task_data.task == "regression", cfg.train.seed)
+                                             task_data.task == "regression", cfg.train.seed,
+                                             token_level=task_data.task == TOKEN_TASK)
     sizes = task_data.split_record["sizes"]
     log.info("%s: %s task, %s labels, train/validation/test = %d/%d/%d", cfg.data.data, task_data.task,
              task_data.num_labels if task_data.labels else "scalar", sizes["train"], sizes["validation"], sizes["test"])

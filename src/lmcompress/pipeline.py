@@ -22,8 +22,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import (CompareConfig, DistillConfig, EvaluateConfig, ExportConfig, FinetuneConfig, LMDistillConfig,
-                     PretrainConfig, PruneConfig, QuantizeConfig, from_dict, load_yaml)
+from .config import (CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
+                     FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, QuantizeConfig, from_dict, load_yaml)
 from .errors import LmcError
 from .runs import RunDir, is_complete
 
@@ -34,6 +34,7 @@ STAGES: dict[str, tuple[type, str]] = {  # stage -> (config class, "module:funct
     "finetune": (FinetuneConfig, "lmcompress.finetune:finetune"),
     "distill": (DistillConfig, "lmcompress.distill.stage:distill"),
     "distill-lm": (LMDistillConfig, "lmcompress.distill.lm:distill_lm"),
+    "distill-embeddings": (EmbeddingDistillConfig, "lmcompress.distill.embeddings:distill_embeddings"),
     "prune": (PruneConfig, "lmcompress.shrink.prune:prune"),
     "quantize": (QuantizeConfig, "lmcompress.shrink.quantize:quantize"),
     "export": (ExportConfig, "lmcompress.shrink.quantize:export"),
@@ -42,7 +43,7 @@ STAGES: dict[str, tuple[type, str]] = {  # stage -> (config class, "module:funct
 }
 REFERENCE_KEYS = ("model", "teacher", "student", "tokenizer")
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RESUMABLE = {"pretrain", "finetune", "distill", "distill-lm", "prune"}
+RESUMABLE = {"pretrain", "finetune", "distill", "distill-lm", "distill-embeddings", "prune"}
 
 
 @dataclass

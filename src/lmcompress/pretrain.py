@@ -303,10 +303,7 @@ def finish_lm_run(run: RunDir, cfg: PretrainConfig, model: torch.nn.Module, toke
     if is_main_process():
         model.save_pretrained(run.partial)
         tokenizer.save_pretrained(run.partial)
-        # the weights fit returned were scored on this very validation set when they were kept: reuse that
-        chosen = min(result.state.history, key=lambda h: h["perplexity"]) if cfg.train.keep_best \
-            else result.state.history[-1]
-        scores = {k: v for k, v in chosen.items() if k not in ("epoch", "step")}
+        scores = result.kept_scores("perplexity", False, cfg.train.keep_best)
         metrics = lm_metrics_payload(cfg, model, tokenizer, data, run.partial, scores)
         metrics["metrics_before"] = initial
         write_json_atomic(run.partial / METRICS, metrics)

@@ -81,6 +81,10 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             raise LmcError(f"--teacher {cfg.teacher} is not one of the runs ({', '.join(names)})")
         teacher_index = matches[0]
     threads = cfg.threads or torch.get_num_threads()
+    for name, folder in zip(names, folders):
+        if ((read_run_manifest(folder) or {}).get("task") or {}).get("type") == "sentence-embedding":
+            raise LmcError(f"{name} is a sentence-embedding run: its held-aside pair scores are in metrics.json "
+                           "(compare does not re-score embedding runs yet)")
     if is_language_model(read_run_manifest(folders[teacher_index]) or {}):
         rows, context = _language_model_rows(cfg, folders, names, teacher_index, threads)
     else:

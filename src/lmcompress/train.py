@@ -66,6 +66,13 @@ class FitResult:
     wall_time_s: float
     examples_per_s: float
 
+    def kept_scores(self, monitor: str, higher_is_better: bool, keep_best: bool) -> dict[str, float]:
+        """The validation scores of the weights fit returned (the best evaluation's, or the last), from the history:
+        they were measured on these very weights, so nothing needs scoring again."""
+        pick = max if higher_is_better else min
+        chosen = pick(self.state.history, key=lambda h: h[monitor]) if keep_best else self.state.history[-1]
+        return {k: v for k, v in chosen.items() if k not in ("epoch", "step")}
+
 
 def resolve_precision(precision: str) -> str:
     """accelerate's mixed_precision value for our precision option."""

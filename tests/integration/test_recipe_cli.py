@@ -85,7 +85,7 @@ def test_bad_recipes_fail_before_any_step_runs(tiny_bert_dir, sentiment_csv, tmp
 def test_unknown_recipe_and_builtin_demo_parses(tmp_path, capsys):
     code, _, err = run_cli(["run", str(tmp_path / "nope.yaml")], capsys)
     assert code == 1
-    one_error_line(err, "neither a file nor a built-in recipe (causal-lm, demo)")
+    one_error_line(err, "neither a file nor a built-in recipe (causal-lm, chinese-ner, demo, general-distillation)")
     from lmcompress.demo import demo_recipe
     from lmcompress.pipeline import parse
 
@@ -107,3 +107,27 @@ def test_builtin_causal_lm_recipe_parses_and_chains_the_distilled_tokenizer(tmp_
     assert alone.config.tokenizer == str(tmp_path / "distilled")  # a step name in `tokenizer` means its run dir
     assert alone.config.data == distilled.config.data and alone.config.train == distilled.config.train
     assert report.config.runs == [str(tmp_path / "alone"), str(tmp_path / "distilled")]
+
+
+def test_builtin_general_distillation_recipe_starts_task_distillation_from_the_general_student(tmp_path):
+    from lmcompress.config import load_yaml
+    from lmcompress.pipeline import builtin_recipes, parse
+
+    _, steps = parse(load_yaml(builtin_recipes()["general-distillation"]), "general-distillation", out=str(tmp_path))
+    by_name = {s.name: s for s in steps}
+    assert by_name["general"].stage == "distill-lm" and by_name["general"].config.loss.alpha == 1.0
+    assert by_name["student"].config.student == str(tmp_path / "general")
+    assert by_name["student"].config.teacher == by_name["sliced"].config.teacher == str(tmp_path / "teacher")
+    assert by_name["student"].config.loss == by_name["sliced"].config.loss
+
+
+def test_builtin_chinese_ner_recipe_chains_pretraining_ner_and_distillation(tmp_path):
+    from lmcompress.config import load_yaml
+    from lmcompress.pipeline import builtin_recipes, parse
+
+    _, steps = parse(load_yaml(builtin_recipes()["chinese-ner"]), "chinese-ner", out=str(tmp_path))
+    assert [s.stage for s in steps] == ["pretrain", "finetune", "distill", "compare"]
+    bert, teacher, student, _ = steps
+    assert bert.config.chinese_words == "jieba" and bert.config.train_tokenizer == 8000
+    assert teacher.config.model == str(tmp_path / "bert") and teacher.config.data.data == "peoples-daily-ner"
+    assert student.config.teacher == str(tmp_path / "teacher")

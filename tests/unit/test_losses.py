@@ -141,3 +141,14 @@ def test_reverse_kd_loss_on_tokens_ignores_padding():
     kept = [(0, 0), (0, 1), (1, 0)]
     expected = sum(_naive_kl(torch.softmax(s[b, i], -1), torch.softmax(t[b, i], -1)) for b, i in kept) / len(kept)
     assert losses.reverse_kd_loss(s, t, 1.0, mask) == pytest.approx(expected, rel=1e-5)
+
+
+def test_mean_pool_ignores_padding_and_embedding_mse_projects():
+    hidden = torch.randn(2, 4, 3)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    pooled = losses.mean_pool(hidden, mask)
+    assert torch.allclose(pooled[0], hidden[0, :2].mean(0)) and torch.allclose(pooled[1], hidden[1].mean(0))
+    student, teacher = torch.randn(5, 2), torch.randn(5, 3)
+    projection = torch.nn.Linear(2, 3)
+    expected = ((projection(student) - teacher) ** 2).mean().item()
+    assert losses.embedding_mse(student, teacher, projection).item() == pytest.approx(expected, rel=1e-6)

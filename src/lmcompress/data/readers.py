@@ -113,11 +113,12 @@ def read_label_folders(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def find_split_files(folder: Path) -> dict[str, Path]:
-    """train/validation/test files inside a folder (any supported format), by conventional names."""
+def find_split_files(folder: Path, accept=lambda path: file_format(path) is not None) -> dict[str, Path]:
+    """train/validation/test files inside a folder (any supported format, or what `accept` takes), by conventional
+    names."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or file_format(path) is None:
+        if not path.is_file() or not accept(path):
             continue
         stem = path.name.split(".")[0].lower()
         for split, names in SPLIT_FILE_NAMES.items():

@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from .. import catalog
 from ..config import DataConfig
 from ..errors import LmcError
-from . import readers
+from . import ner, readers
 
 log = logging.getLogger("lmcompress")
 
@@ -36,11 +36,12 @@ SPLITS = ("train", "validation", "test")
 
 @dataclass
 class TaskData:
-    """Three splits, each a frame with columns text, [text_pair], label (ids for classification, floats for regression)."""
+    """Three splits, each a frame with columns text, [text_pair], label (ids for classification, floats for regression),
+    or, for token classification, tokens, tags (tag ids per word) and text (the words joined, for latency)."""
 
     splits: dict[str, pd.DataFrame]
-    task: str  # "classification" | "regression"
-    labels: list[str] | None  # label names in id order (classification only)
+    task: str  # "classification" | "regression" | "token-classification"
+    labels: list[str] | None  # label (or tag) names in id order; None for regression
     has_pair: bool
     split_record: dict[str, Any] = field(default_factory=dict)
 
@@ -61,8 +62,6 @@ def _raw_frames(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame]
             return readers.read_rotten_tomatoes(entry.require()), name
         if entry.name == "fortunes":
             return readers.read_fortunes(entry.require()), name
-        if entry.name == "peoples-daily-ner":
-            raise LmcError("'peoples-daily-ner' is a token-classification (NER) task; NER is not built yet")
         if entry.kind == "model":
             raise LmcError(f"'{name}' is a model, not a dataset; pass it as --model")
         raise LmcError(f"'{name}' is a pre-training corpus without labels; use it with `lmcompress pretrain`")
@@ -181,8 +180,48 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def _token_source(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame], str] | None:
+    """(frames, source) when cfg.data is token-classification data (CoNLL, token JSONL, peoples-daily-ner)."""
+    if catalog.is_zoo_name(cfg.data):
+        entry = catalog.get(cfg.data)
+        return (ner.read_peoples_daily_ner(entry.require()), entry.name) if entry.name == "peoples-daily-ner" else None
+    path = Path(cfg.data).expanduser()
+    if path.exists() and (cfg.task == ner.TOKEN_TASK or ner.looks_like_token_data(path)):
+        return ner.read_token_source(path), str(path.resolve())
+    if cfg.task == ner.TOKEN_TASK:
+        raise LmcError(f"--data {cfg.data}: no such file or folder")
+    return None
+
+
+def _load_token_task(cfg: DataConfig, raw: pd.DataFrame | dict[str, pd.DataFrame], source: str) -> TaskData:
+    """Sentences -> seeded sentence-level split (or the folder's own files) -> tag ids; the same record as
+    sequence tasks (seed, sizes, test fingerprint) plus the tag scheme."""
+    record: dict[str, Any] = {"source": source, "seed": cfg.split_seed, "columns": {"tokens": "tokens", "tags": "tags"}}
+    if isinstance(raw, dict):
+        splits, record["split_from"] = dict(raw), "files"
+        for split, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
+            if split not in splits:  # carved out of train with the recorded seed
+                parts = ner.split_sentences(splits["train"], 0.0, fraction, cfg.split_seed)
+                splits["train"] = pd.concat([parts["validation"], parts["train"]], ignore_index=True)
+                splits[split] = parts["test"]
+    else:
+        splits = ner.split_sentences(raw, cfg.validation_fraction, cfg.test_fraction, cfg.split_seed)
+        record["split_from"] = "seeded"
+    labels = ner.map_tags(splits)
+    record["tag_scheme"] = ner.tag_scheme(labels)
+    if cfg.max_train_examples is not None:
+        splits["train"] = splits["train"].iloc[: cfg.max_train_examples].reset_index(drop=True)
+    record["sizes"] = {s: len(splits[s]) for s in SPLITS}
+    record["test_fingerprint"] = fingerprint(splits["test"])
+    return TaskData(splits={s: splits[s] for s in SPLITS}, task=ner.TOKEN_TASK, labels=labels, has_pair=False,
+                    split_record=record)
+
+
 def load_task(cfg: DataConfig) -> TaskData:
     """Read, normalise, split and label-map the data named by cfg."""
+    token = _token_source(cfg)
+    if token is not None:
+        return _load_token_task(cfg, *token)
     raw, source = _raw_frames(cfg)
     record: dict[str, Any] = {"source": source, "seed": cfg.split_seed}
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import datasets
 import pandas as pd
 import torch
-from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 
 datasets.disable_progress_bars()
 
 
 def tokenize_frame(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
-    """Frame with text, [text_pair], label -> Dataset with input_ids, attention_mask, [token_type_ids], labels."""
+    """Frame with text, [text_pair], label -> Dataset with input_ids, attention_mask, [token_type_ids], labels
+    (token-classification frames: labels per sub-token, see ner.tokenize_words)."""
+    if "tokens" in frame.columns:
+        from .ner import tokenize_words
+
+        return tokenize_words(frame, tokenizer, max_length)
     has_pair = "text_pair" in frame.columns
     dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
 
@@ -24,9 +29,21 @@ def tokenize_frame(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_
     return dataset.map(encode, batched=True, remove_columns=dataset.column_names)
 
 
-def collator(tokenizer: PreTrainedTokenizerBase) -> DataCollatorWithPadding:
-    """Pads each batch to its own longest row (pad to a multiple of 8 for friendlier kernels)."""
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+class _Collator:
+    """Pads each batch to its own longest row (a multiple of 8 for friendlier kernels); per-token labels (token
+    classification) are padded with IGNORE, sequence labels passed through."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.sequence = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+        self.tokens = DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=8, return_tensors="pt")
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        per_token = bool(features) and isinstance(features[0].get("labels"), (list, tuple))
+        return (self.tokens if per_token else self.sequence)(features)
+
+
+def collator(tokenizer: PreTrainedTokenizerBase) -> _Collator:
+    return _Collator(tokenizer)
 
 
 def fixed_batch(texts: list[str], pairs: list[str] | None, tokenizer: PreTrainedTokenizerBase, max_length: int,

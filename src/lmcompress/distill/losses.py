@@ -72,6 +72,20 @@ def topk_kd_loss(student_logits: torch.Tensor, teacher_values: torch.Tensor, tea
     return _masked_mean(per_position, mask if per_position.dim() == 2 else None) * temperature**2
 
 
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embedding as sentence-transformers makes it: hidden [B, T, H] averaged over real tokens -> [B, H]."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def embedding_mse(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor,
+                  projection: torch.nn.Module | None = None) -> torch.Tensor:
+    """Bi-encoder distillation: MSE between sentence embeddings, student [B, Hs] (projected to Ht when narrower)
+    and teacher [B, Ht], in fp32."""
+    student = projection(student_embedding) if projection is not None else student_embedding
+    return F.mse_loss(student.float(), teacher_embedding.float())
+
+
 def hidden_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor | None,
                projection: torch.nn.Module | None = None) -> torch.Tensor:
     """TinyBERT hidden/embedding loss: MSE(student W, teacher) over real tokens.

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..config import DistillConfig, to_dict
 from ..data import load_task
+from ..data.ner import TOKEN_TASK
 from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
 from ..evaluate import MAIN_METRIC, finish_run, score_split
@@ -186,6 +187,11 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     loss_cfg = cfg.loss
     layer_map = parse_layer_map(loss_cfg.layer_map, n_s, n_t, copied)
     needs = intermediate_needs(student, teacher, loss_cfg, layer_map)
+    token_level = task_data.task == TOKEN_TASK
+    if cross_vocabulary and token_level:
+        raise LmcError("the student's tokenizer differs from the teacher's; token classification compares the two "
+                       "models word by word on the same sub-tokens, so the student must share the teacher's tokenizer "
+                       "(a preset or a derived spec does)")
     if cross_vocabulary:
         if needs.hidden or needs.attentions or needs.qkv:
             raise LmcError("the student's tokenizer differs from the teacher's, so their token positions do not line "
@@ -225,6 +231,9 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         cache = None
         if cfg.cache and num_processes() > 1:
             log.info("teacher cache off: it is single-process for now (each rank runs the teacher on its shard)")
+        elif cfg.cache and token_level:
+            log.info("teacher cache off: it holds one logit vector per example; token-level logits run the teacher "
+                     "live")
         elif cfg.cache and not needs.attentions and not needs.qkv:
             cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else default_root(),
                                  teacher_fingerprint(teacher_dir), teacher_ids, task_data.num_labels,
@@ -299,9 +308,9 @@ def augmentation_rows(source: str, task_data, limit: int | None) -> pd.DataFrame
     them, logit KD does not). Texts equal to a validation or test row are dropped so nothing held out leaks in."""
     from ..data.corpora import load_corpus
 
-    if task_data.task == "regression" or task_data.has_pair:
-        raise LmcError("--augment adds single texts to a classification task; this task is "
-                       f"{'a pair task' if task_data.has_pair else 'a regression'}")
+    if task_data.task != "classification" or task_data.has_pair:
+        raise LmcError("--augment adds single texts to a sequence-classification task; this task is "
+                       f"{'a pair task' if task_data.has_pair else 'a ' + task_data.task}")
     documents, _ = load_corpus(source)
     held_out = {str(t).strip() for split in ("validation", "test") for t in task_data.splits[split]["text"]}
     texts = [" ".join(document).strip() for document in documents]
@@ -336,7 +345,8 @@ def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, tas
     if presets.parse_preset(cfg.student) is not None and not Path(cfg.student).exists():
         source = resolve(cfg.student, tokenizer=str(teacher_dir), role="student")
         student = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
-                                                   task_data.task == "regression", cfg.train.seed)
+                                                   task_data.task == "regression", cfg.train.seed,
+                                                   token_level=task_data.task == TOKEN_TASK)
         return student, None, tokenizer
     source = resolve(cfg.student, role="student")
     return load_student_like(teacher, source.path), None, load_tokenizer(source.tokenizer_path)
@@ -375,9 +385,12 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
         if regression:
             soft = torch.nn.functional.mse_loss(out.logits.float().squeeze(-1), t_logits.squeeze(-1))
         else:
-            soft = losses.kd_loss(out.logits, t_logits, loss_cfg.temperature, kind=loss_cfg.kd_kind)  # [B, C]
+            # [B, C] per sequence; [B, T, C] per token, compared on the labelled (first sub-token) positions only
+            mask = (labels != UNLABELLED) if out.logits.dim() == 3 else None
+            soft = losses.kd_loss(out.logits, t_logits, loss_cfg.temperature, mask, loss_cfg.kd_kind)
         hard = out.loss
-        if not regression and bool((labels == UNLABELLED).any()):  # augmentation rows: the teacher's labels only
+        if out.logits.dim() == 2 and not regression and bool((labels == UNLABELLED).any()):
+            # augmentation rows: the teacher's labels only
             labelled = labels != UNLABELLED
             hard = torch.nn.functional.cross_entropy(out.logits[labelled].float(), labels[labelled]) \
                 if labelled.any() else out.logits.sum() * 0.0

@@ -14,7 +14,7 @@ from pathlib import Path
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
 
 from ..errors import LmcError
 
@@ -227,8 +227,10 @@ def default_layer_map(student_layers: list[int] | None, n_student: int, n_teache
 
 
 def load_student_like(teacher: PreTrainedModel, folder) -> PreTrainedModel:
-    """A student checkpoint (dir) with the teacher's head labels."""
-    return AutoModelForSequenceClassification.from_pretrained(
+    """A student checkpoint (dir) with the teacher's head labels (per sequence or per token, as the teacher)."""
+    from ..models.load import head_class, is_token_classifier
+
+    return head_class(is_token_classifier(teacher.config)).from_pretrained(
         str(folder), num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
         label2id=teacher.config.label2id, problem_type=teacher.config.problem_type, ignore_mismatched_sizes=True,
         local_files_only=True)

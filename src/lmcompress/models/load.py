@@ -111,10 +111,26 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tok
 
 
+def head_class(token_level: bool):
+    """The transformers auto class of a task head: per token (NER) or per sequence."""
+    from transformers import AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+
+
+def is_token_classifier(config) -> bool:
+    return any(str(a).endswith("ForTokenClassification") for a in (getattr(config, "architectures", None) or []))
+
+
 def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedTokenizerBase, num_labels: int,
-                                     labels: list[str] | None, regression: bool, seed: int) -> transformers.PreTrainedModel:
-    """A model with a fresh (or reused, when the labels match) sequence-classification head."""
+                                     labels: list[str] | None, regression: bool, seed: int,
+                                     token_level: bool = False) -> transformers.PreTrainedModel:
+    """A model with a fresh (or reused, when the labels match) sequence- (or, token_level, token-) classification
+    head."""
+    auto = head_class(token_level)
     head = dict(num_labels=num_labels, problem_type="regression" if regression else "single_label_classification")
+    if token_level:
+        head.pop("problem_type")
     if labels is not None:
         head["id2label"] = {i: name for i, name in enumerate(labels)}
         head["label2id"] = {name: i for i, name in enumerate(labels)}
@@ -125,7 +141,7 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
         config = presets.build_config(source.preset, len(tokenizer), tokenizer.pad_token_id, bos, eos)
         for key, value in head.items():
             setattr(config, key, value)
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = auto.from_config(config)
         log.info("initialised %s (%s) at random", source.spec, source.preset.name)
     else:
         try:
@@ -133,7 +149,7 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
                                                 trust_remote_code=remote_code_allowed(), **head)
             if config.pad_token_id is None:
                 config.pad_token_id = tokenizer.pad_token_id
-            model = AutoModelForSequenceClassification.from_pretrained(
+            model = auto.from_pretrained(
                 str(source.path), config=config, local_files_only=True, ignore_mismatched_sizes=True,
                 trust_remote_code=remote_code_allowed())
         except LmcError:
@@ -155,7 +171,8 @@ def _check_head(folder: Path, labels: list[str] | None, regression: bool) -> Non
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
         raise LmcError(f"cannot read {folder}/config.json: {_first_line(exc)}") from None
-    saved_regression = config.problem_type == "regression" or (config.num_labels == 1 and not config.problem_type)
+    saved_regression = config.problem_type == "regression" or (config.num_labels == 1 and not config.problem_type
+                                                                and not is_token_classifier(config))
     if regression != saved_regression:
         kind = "regression" if saved_regression else "classification"
         raise LmcError(f"{folder} holds a {kind} model but the data is a "
@@ -171,7 +188,8 @@ def load_trained_classifier(folder: Path, labels: list[str] | None, regression: 
     """A fine-tuned checkpoint exactly as saved; its head must match the data's labels."""
     _check_head(folder, labels, regression)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
+        return head_class(is_token_classifier(config)).from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
         raise LmcError(f"cannot load model from {folder}: {_first_line(exc)}") from None

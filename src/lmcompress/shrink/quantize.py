@@ -21,6 +21,7 @@ import torch
 
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..data import load_task
+from ..data.ner import TOKEN_TASK
 from ..errors import LmcError
 from ..evaluate import score_test
 from ..models.load import load_tokenizer, load_trained_classifier
@@ -68,6 +69,9 @@ def _prepare(model_spec: str, data) -> tuple[Path, Any, Any, Any, Any]:
     source = _source_run(model_spec)
     data_cfg = data_config_for(data, source)
     task_data = load_task(data_cfg)
+    if task_data.task == TOKEN_TASK:
+        raise LmcError("quantize and export handle sequence classification and regression runs; token-classification (NER) "
+                       "runs are not supported yet")
     model = load_trained_classifier(source, task_data.labels, task_data.task == "regression").eval()
     tokenizer = load_tokenizer(source)
     return source, data_cfg, task_data, model, tokenizer

@@ -1,0 +1,209 @@
+"""`lmcompress distill-embeddings`: bi-encoder distillation for sentence-embedding models such as minilm-l6.
+
+The student reads each sentence and learns the teacher's mean-pooled sentence embedding (MSE, through a learned
+projection when it is narrower). Teacher embeddings of the training sentences are computed once, in inference
+mode, and kept in memory, so every epoch costs only the student. No labels are needed: any raw text will do.
+
+Scoring needs sentence pairs with a similarity score, and none ship offline here, so the held-aside pairs are built
+from real text: the validation documents (a seeded document-level split of the corpus) give positive pairs (two
+sentences of the same document, score 1) and negative pairs (sentences of two different documents, score 0), half
+each. A model's `spearman` is the rank correlation of its cosine similarities with those scores (topical
+relatedness; the teacher's own value is the reference), and `teacher_agreement` the rank correlation of the
+student's cosines with the teacher's on the same pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from scipy.stats import spearmanr
+from transformers import AutoModel
+
+from ..config import EmbeddingDistillConfig, to_dict
+from ..data.corpora import Document, load_corpus
+from ..data.tokenize import collator
+from ..errors import LmcError
+from ..evaluate import count_params, measure_latency, weights_size_bytes
+from ..models import presets
+from ..models.load import _first_line, load_tokenizer, remote_code_allowed, resolve
+from ..runs import METRICS, RunDir, is_main_process, num_processes, stage_manifest, training_record, write_json_atomic
+from ..train import fit
+from . import losses
+from .stage import DistillModule
+from .student import build_student, is_derived_spec, parse_spec
+
+log = logging.getLogger("lmcompress")
+TASK = "sentence-embedding"
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def similarity_pairs(documents: list[list[str]], n_pairs: int, seed: int) -> list[tuple[str, str, float]]:
+    """Held-aside pairs from real text: (two sentences of one document, 1.0) and (sentences of two documents, 0.0),
+    alternating, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    documents = [d for d in documents if d]
+    multi = [d for d in documents if len(d) >= 2]
+    if not multi or len(documents) < 2:
+        raise LmcError("similarity pairs need held-out documents with 2+ sentences and at least 2 documents; raise "
+                       "--validation-fraction or use a corpus of longer documents (enwiki-sample)")
+    pairs = []
+    for i in range(n_pairs):
+        if i % 2 == 0:
+            document = multi[rng.integers(len(multi))]
+            a, b = rng.choice(len(document), 2, replace=False)
+            pairs.append((document[a], document[b], 1.0))
+        else:
+            first, second = rng.choice(len(documents), 2, replace=False)
+            pairs.append((documents[first][rng.integers(len(documents[first]))],
+                          documents[second][rng.integers(len(documents[second]))], 0.0))
+    return pairs
+
+
+def _sentences(documents: list[Document], min_chars: int) -> list[list[str]]:
+    return [[s for s in d if len(s) >= min_chars] for d in documents]
+
+
+@torch.inference_mode()
+def embed(model: torch.nn.Module, tokenizer, sentences: list[str], max_length: int, batch_size: int = 64) -> torch.Tensor:
+    """Mean-pooled sentence embeddings [N, H] (batches sorted by length: little padding), in input order."""
+    model.eval()
+    device = next(model.parameters()).device
+    order = np.argsort([len(s) for s in sentences])
+    out = torch.empty(len(sentences), model.config.hidden_size)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = tokenizer([sentences[i] for i in rows], truncation=True, max_length=max_length, padding=True,
+                          return_tensors="pt").to(device)
+        hidden = model(**batch).last_hidden_state
+        out[torch.from_numpy(rows)] = losses.mean_pool(hidden, batch["attention_mask"]).float().cpu()
+    return out
+
+
+def score_pairs(model, tokenizer, pairs: list[tuple[str, str, float]], max_length: int,
+                reference: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
+    """-> ({spearman[, teacher_agreement]}, cosine per pair)"""
+    a = embed(model, tokenizer, [p[0] for p in pairs], max_length)
+    b = embed(model, tokenizer, [p[1] for p in pairs], max_length)
+    cosine = torch.nn.functional.cosine_similarity(a, b).numpy()
+    scores = {"spearman": float(spearmanr(cosine, [p[2] for p in pairs])[0])}
+    if reference is not None:
+        scores["teacher_agreement"] = float(spearmanr(cosine, reference)[0])
+    return scores, cosine
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def _encoder(folder: Path) -> transformers.PreTrainedModel:
+    try:
+        return AutoModel.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
+    except Exception as exc:
+        raise LmcError(f"cannot load an encoder from {folder}: {_first_line(exc)}") from None
+
+
+def make_student(spec: str, teacher, teacher_tokenizer, seed: int):
+    """-> (student encoder, its tokenizer, teacher layers copied or None)"""
+    if is_derived_spec(spec):
+        student, copied = build_student(teacher, parse_spec(spec))
+        return student, teacher_tokenizer, copied
+    preset = presets.parse_preset(spec)
+    if preset is not None and not Path(spec).exists():
+        transformers.set_seed(seed)
+        config = presets.build_config(preset, len(teacher_tokenizer), teacher_tokenizer.pad_token_id,
+                                      teacher_tokenizer.cls_token_id, teacher_tokenizer.sep_token_id)
+        return AutoModel.from_config(config), teacher_tokenizer, None
+    source = resolve(spec, role="student")
+    return _encoder(source.path), load_tokenizer(source.tokenizer_path), None
+
+
+# ------------------------------------------------------------------------------------------------ stage
+
+
+def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
+    run = RunDir(cfg.out)
+    run.check(cfg.overwrite, cfg.resume)
+    teacher_source = resolve(cfg.teacher, role="teacher")
+    if teacher_source.path is None:
+        raise LmcError("--teacher must be a trained sentence-embedding encoder (zoo name or folder), not a preset")
+    teacher = _encoder(teacher_source.path).eval()
+    teacher_tokenizer = load_tokenizer(teacher_source.tokenizer_path)
+    student, tokenizer, copied = make_student(cfg.student, teacher, teacher_tokenizer, cfg.train.seed)
+
+    from ..pretrain import initial_scores, split_documents
+
+    documents, corpus_source = load_corpus(cfg.data.data, cfg.data.text_column)
+    if cfg.data.max_documents:
+        documents = documents[:cfg.data.max_documents]
+    train_ids, validation_ids = split_documents(documents, cfg.data.validation_fraction, cfg.data.split_seed)
+    train_sentences = [s for d in _sentences([documents[i] for i in train_ids], cfg.min_sentence_chars) for s in d]
+    pairs = similarity_pairs(_sentences([documents[i] for i in validation_ids], cfg.min_sentence_chars),
+                             cfg.data.max_validation_examples, cfg.data.split_seed + 3)
+    if not train_sentences:
+        raise LmcError(f"no training sentences of {cfg.min_sentence_chars}+ characters in {cfg.data.data}")
+    max_len = cfg.data.max_length
+    log.info("%d training sentences, %d held-aside pairs from %d validation documents", len(train_sentences),
+             len(pairs), len(validation_ids))
+
+    run.begin(cfg.overwrite, cfg.resume)
+    with run.guard():
+        transformers.set_seed(cfg.train.seed)
+        log.info("teacher embeddings of the training sentences (once, kept in memory)")
+        targets = embed(teacher, teacher_tokenizer, train_sentences, max_len)  # [N, Ht]
+        teacher_scores, teacher_cosine = score_pairs(teacher, teacher_tokenizer, pairs, max_len)
+        log.info("teacher: held-aside pairs spearman %.4f", teacher_scores["spearman"])
+        train_set = datasets.Dataset.from_dict({"text": train_sentences}).map(
+            lambda b: tokenizer(b["text"], truncation=True, max_length=max_len), batched=True, remove_columns=["text"])
+        train_set = train_set.add_column("idx", list(range(len(train_set))))
+        module = DistillModule(student, student.config.hidden_size, teacher.config.hidden_size, 1)
+
+        def loss_fn(m: DistillModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            batch = dict(batch)
+            idx = batch.pop("idx")
+            hidden = m.student(**batch).last_hidden_state  # [B, T, Hs]
+            pooled = losses.mean_pool(hidden, batch["attention_mask"])  # [B, Hs]
+            return losses.embedding_mse(pooled, targets[idx.cpu()].to(pooled.device), m.project(0))
+
+        def evaluate_fn(m: DistillModule) -> dict[str, float]:
+            return score_pairs(m.student, tokenizer, pairs, max_len, teacher_cosine)[0]
+
+        initial = initial_scores(run.partial, cfg.resume, lambda: evaluate_fn(module))
+        result = fit(module, train_set, collator(tokenizer), cfg.train, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
+                     monitor="spearman", higher_is_better=True, run_folder=run.partial, resume=cfg.resume,
+                     description=f"distill-embeddings {Path(cfg.out).name}")
+        student = module.student.cpu()
+        metrics: dict[str, Any] = {}
+        record: dict[str, Any] = {}
+        if is_main_process():
+            student.save_pretrained(run.partial)
+            tokenizer.save_pretrained(run.partial)
+            scores = result.kept_scores("spearman", True, cfg.train.keep_best)
+            texts = [p[0] for p in pairs[:64]]
+            metrics = {"task": TASK, "split": "validation", "metrics": scores, "main_metric": "spearman",
+                       "metrics_before": initial, "teacher_metrics": teacher_scores,
+                       "retention": round(scores["spearman"] / teacher_scores["spearman"], 4)
+                       if teacher_scores["spearman"] else None,
+                       "params": count_params(student), "size_bytes": weights_size_bytes(run.partial),
+                       "examples": len(pairs),
+                       "latency_ms": measure_latency(student, lambda size: dict(tokenizer(
+                           (texts * size)[:size], truncation=True, max_length=max_len, padding="max_length",
+                           return_tensors="pt")), 10),
+                       "latency_setup": {"threads": torch.get_num_threads(), "seq_len": max_len, "repeats": 10,
+                                         "statistic": "median"}}
+            write_json_atomic(run.partial / METRICS, metrics)
+            record = stage_manifest(
+                "distill-embeddings", str(teacher_source.path), to_dict(cfg),
+                data={"source": corpus_source, "seed": cfg.data.split_seed, "train_sentences": len(train_sentences),
+                      "pairs": len(pairs), "validation_documents": len(validation_ids)},
+                task={"type": TASK}, train=training_record(result), processes=num_processes(),
+                student={"spec": cfg.student, "teacher_layers_copied": copied,
+                         "hidden": student.config.hidden_size})
+        final = run.commit(record)
+    return metrics | {"path": str(final), "wall_time_s": round(result.wall_time_s, 1)} if metrics else {}
