@@ -188,6 +188,7 @@ def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
             texts = [p[0] for p in pairs[:64]]
             metrics = {"task": TASK, "split": "validation", "metrics": scores, "main_metric": "spearman",
                        "metrics_before": initial, "teacher_metrics": teacher_scores,
+                       "teacher_params": count_params(teacher),
                        "retention": round(scores["spearman"] / teacher_scores["spearman"], 4)
                        if teacher_scores["spearman"] else None,
                        "params": count_params(student), "size_bytes": weights_size_bytes(run.partial),
