@@ -23,7 +23,7 @@ from .errors import LmcError
 from .models.load import load_run_model, load_tokenizer
 from .models.outputs import forward
 from .runs import (METRICS, RunDir, data_config_for, is_language_model, is_main_process, read_run_manifest,
-                   write_json_atomic)
+                   refuse_embedding_run, write_json_atomic)
 
 log = logging.getLogger("lmcompress")
 
@@ -202,9 +202,7 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
     manifest = read_run_manifest(folder) or {}
-    if (manifest.get("task") or {}).get("type") == "sentence-embedding":
-        raise LmcError(f"{folder} is a sentence-embedding run: its held-aside pair scores are in metrics.json "
-                       "(evaluate and compare do not re-score embedding runs yet)")
+    refuse_embedding_run(manifest, str(folder))
     if is_language_model(manifest):  # perplexity on its fixed validation set
         from .pretrain import evaluate_lm_run
 

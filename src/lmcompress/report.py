@@ -21,7 +21,8 @@ from .console import console
 from .errors import LmcError
 from .evaluate import MAIN_METRIC, count_params, latency_for_texts, score_split, weights_size_bytes
 from .models.load import load_run_model, load_tokenizer
-from .runs import data_config_for, is_language_model, read_run_manifest, versions, write_json_atomic
+from .runs import (data_config_for, is_language_model, read_run_manifest, refuse_embedding_run, versions,
+                   write_json_atomic)
 
 log = logging.getLogger("lmcompress")
 
@@ -82,9 +83,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         teacher_index = matches[0]
     threads = cfg.threads or torch.get_num_threads()
     for name, folder in zip(names, folders):
-        if ((read_run_manifest(folder) or {}).get("task") or {}).get("type") == "sentence-embedding":
-            raise LmcError(f"{name} is a sentence-embedding run: its held-aside pair scores are in metrics.json "
-                           "(compare does not re-score embedding runs yet)")
+        refuse_embedding_run(read_run_manifest(folder) or {}, name)
     if is_language_model(read_run_manifest(folders[teacher_index]) or {}):
         rows, context = _language_model_rows(cfg, folders, names, teacher_index, threads)
     else:

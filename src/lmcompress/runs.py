@@ -66,11 +66,19 @@ def stage_manifest(stage: str, parent: str, config: dict[str, Any], task_data=No
 
 
 LM_OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop", "clm")
+EMBEDDING_TASK = "sentence-embedding"
 
 
 def is_language_model(manifest: dict[str, Any]) -> bool:
     """A pre-trained or LM-distilled run (scored by perplexity) rather than a task model."""
     return (manifest.get("task") or {}).get("type") in LM_OBJECTIVES
+
+
+def refuse_embedding_run(manifest: dict[str, Any], name: str) -> None:
+    """evaluate and compare re-score task and LM runs; an embedding run's scores exist only from when it was made."""
+    if (manifest.get("task") or {}).get("type") == EMBEDDING_TASK:
+        raise LmcError(f"{name} is a sentence-embedding run: its held-aside pair scores are in metrics.json "
+                       "(evaluate and compare do not re-score embedding runs yet)")
 
 
 def training_record(result) -> dict[str, Any]:

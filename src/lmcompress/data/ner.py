@@ -31,6 +31,13 @@ PEOPLES_DAILY_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 _PD_SENTENCE_END = ("。", "！", "？")
 
 
+def refuse_token_task(task_data, stages: str) -> None:
+    """Stages that handle only sequence-level heads (prune, quantize, export) say so for NER runs."""
+    if task_data.task == TOKEN_TASK:
+        raise LmcError(f"{stages} handle sequence classification and regression runs; token-classification (NER) "
+                       "runs are not supported yet")
+
+
 # ------------------------------------------------------------------------------------------------ readers
 
 

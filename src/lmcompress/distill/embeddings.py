@@ -32,14 +32,14 @@ from ..errors import LmcError
 from ..evaluate import count_params, measure_latency, weights_size_bytes
 from ..models import presets
 from ..models.load import _first_line, load_tokenizer, remote_code_allowed, resolve
-from ..runs import METRICS, RunDir, is_main_process, num_processes, stage_manifest, training_record, write_json_atomic
+from ..runs import (EMBEDDING_TASK, METRICS, RunDir, is_main_process, num_processes, stage_manifest, training_record,
+                    write_json_atomic)
 from ..train import fit
 from . import losses
 from .stage import DistillModule
 from .student import build_student, is_derived_spec, parse_spec
 
 log = logging.getLogger("lmcompress")
-TASK = "sentence-embedding"
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -186,7 +186,7 @@ def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
             tokenizer.save_pretrained(run.partial)
             scores = result.kept_scores("spearman", True, cfg.train.keep_best)
             texts = [p[0] for p in pairs[:64]]
-            metrics = {"task": TASK, "split": "validation", "metrics": scores, "main_metric": "spearman",
+            metrics = {"task": EMBEDDING_TASK, "split": "validation", "metrics": scores, "main_metric": "spearman",
                        "metrics_before": initial, "teacher_metrics": teacher_scores,
                        "teacher_params": count_params(teacher),
                        "retention": round(scores["spearman"] / teacher_scores["spearman"], 4)
@@ -203,7 +203,7 @@ def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
                 "distill-embeddings", str(teacher_source.path), to_dict(cfg),
                 data={"source": corpus_source, "seed": cfg.data.split_seed, "train_sentences": len(train_sentences),
                       "pairs": len(pairs), "validation_documents": len(validation_ids)},
-                task={"type": TASK}, train=training_record(result), processes=num_processes(),
+                task={"type": EMBEDDING_TASK}, train=training_record(result), processes=num_processes(),
                 student={"spec": cfg.student, "teacher_layers_copied": copied,
                          "hidden": student.config.hidden_size})
         final = run.commit(record)

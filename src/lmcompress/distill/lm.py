@@ -26,7 +26,7 @@ from ..config import LMDistillConfig, PretrainConfig, to_dict
 from ..errors import LmcError
 from ..models import presets
 from ..models.load import LMTeacher, load_for_pretraining, load_lm_teacher, load_tokenizer, model_family, resolve
-from ..objectives import ENCODER_FAMILIES, LMOutputs, lm_forward, pretraining_loss
+from ..objectives import LMOutputs, lm_forward, pretraining_loss
 from ..pretrain import (_cache_root, _corpus, _examples_fingerprint, check_objective, collator, finish_lm_run,
                         initial_scores, prepare_data, score_lm, training_set)
 from ..runs import RunDir, num_processes, stage_manifest
@@ -34,7 +34,7 @@ from ..train import fit
 from . import losses
 from .cache import TopKCache, default_root, teacher_fingerprint
 from .stage import DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map, projection_count
-from .student import build_student, is_derived_spec, parse_spec
+from .student import build_student, is_derived_spec, layer_count, model_width, parse_spec
 
 log = logging.getLogger("lmcompress")
 
@@ -44,14 +44,6 @@ def as_pretrain_config(cfg: LMDistillConfig, objective: str) -> PretrainConfig:
     return PretrainConfig(model=cfg.student, out=cfg.out, objective=objective, masking=cfg.masking,
                           mask_prob=cfg.mask_prob, whole_word=cfg.whole_word, chinese_words=cfg.chinese_words,
                           max_ngram=cfg.max_ngram, data=cfg.data, train=cfg.train)
-
-
-def _width(config) -> int:
-    return getattr(config, "hidden_size", None) or config.n_embd
-
-
-def _layers(config) -> int:
-    return getattr(config, "num_hidden_layers", None) or config.n_layer
 
 
 def make_student(spec: str, teacher: LMTeacher, objective: str, seed: int):
@@ -83,7 +75,7 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
     run.check(cfg.overwrite, cfg.resume)
     loss_cfg = cfg.loss
     teacher = load_lm_teacher(cfg.teacher, cfg.objective)
-    objective = cfg.objective if cfg.objective != "auto" else ("mlm" if teacher.family in ENCODER_FAMILIES else "clm")
+    objective = teacher.objective
     check_objective(teacher.family, objective, teacher.tokenizer)
     if cfg.top_k and objective != "clm":
         raise LmcError("--top-k caches a causal-LM teacher's outputs; masked-LM inputs change with every mask, so "
@@ -101,12 +93,12 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
     student, copied, student_tokenizer = make_student(cfg.student, teacher, objective, cfg.train.seed)
     check_vocabularies(teacher.tokenizer, student_tokenizer)
     tokenizer = teacher.tokenizer
-    layer_map = parse_layer_map(loss_cfg.layer_map, _layers(student.config), _layers(teacher.model.config), copied)
+    layer_map = parse_layer_map(loss_cfg.layer_map, layer_count(student.config), layer_count(teacher.model.config), copied)
     needs = intermediate_needs(student, teacher.model, loss_cfg, layer_map)
     pcfg = as_pretrain_config(cfg, objective)
     documents, corpus_source, train_ids, validation_ids = _corpus(pcfg)
-    log.info("student: %d layers (teacher layers %s), width %d, %s params vs teacher %s", _layers(student.config),
-             layer_map, _width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
+    log.info("student: %d layers (teacher layers %s), width %d, %s params vs teacher %s", layer_count(student.config),
+             layer_map, model_width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
              f"{sum(p.numel() for p in teacher.model.parameters()):,}")
 
     run.begin(cfg.overwrite, cfg.resume)
@@ -116,7 +108,7 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
         for i, example in enumerate(data.train):  # the teacher cache is addressed by example index
             example["idx"] = np.int64(i)
         log.info("%s examples: %d train, %d validation", objective, len(data.train), len(data.validation))
-        module = DistillModule(student, _width(student.config), _width(teacher.model.config),
+        module = DistillModule(student, model_width(student.config), model_width(teacher.model.config),
                                projection_count(loss_cfg, layer_map))
         cache = None
         if cfg.top_k and num_processes() > 1:
@@ -160,7 +152,7 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
             task={"type": objective, "family": student.config.model_type}, train=train, processes=num_processes(),
             lm_config=to_dict(pcfg), teacher_metrics=teacher_scores,
             student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
-                     "layers": _layers(student.config), "hidden": _width(student.config)},
+                     "layers": layer_count(student.config), "hidden": model_width(student.config)},
             teacher_cache=cache.stats() if cache is not None else None))
 
 

@@ -31,20 +31,13 @@ from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
-from .student import build_student, default_layer_map, is_derived_spec, load_student_like, parse_spec
+from .student import (build_student, default_layer_map, is_derived_spec, layer_count, load_student_like, model_width,
+                      parse_spec)
 
 log = logging.getLogger("lmcompress")
 TEACHER_PREFIX = "teacher_"  # batch keys of the teacher's own tokens when the student has another tokenizer
 UNLABELLED = -100  # label of augmentation rows: ignored by the hard-label loss
 INTERMEDIATE_STAGE = "intermediate-stage"  # TinyBERT stage 1's checkpoints and result, inside the partial run
-
-
-def _num_layers(config) -> int:
-    return getattr(config, "num_hidden_layers", None) or config.n_layer
-
-
-def _width(config) -> int:
-    return getattr(config, "hidden_size", None) or config.n_embd
 
 
 def parse_layer_map(text: str, n_student: int, n_teacher: int, copied: list[int] | None) -> list[int]:
@@ -99,10 +92,10 @@ def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_m
     if loss_cfg.attention_weight > 0 and student.config.num_attention_heads != teacher.config.num_attention_heads:
         raise LmcError(f"attention transfer needs equal head counts (student {student.config.num_attention_heads}, "
                        f"teacher {teacher.config.num_attention_heads}); use --minilm-weight instead")
-    if loss_cfg.cosine_weight > 0 and _width(student.config) != _width(teacher.config):
+    if loss_cfg.cosine_weight > 0 and model_width(student.config) != model_width(teacher.config):
         raise LmcError("the cosine loss needs equal hidden widths; use --hidden-weight (learned projection) instead")
     if loss_cfg.minilm_weight > 0:
-        for name, width in (("student", _width(student.config)), ("teacher", _width(teacher.config))):
+        for name, width in (("student", model_width(student.config)), ("teacher", model_width(teacher.config))):
             if width % loss_cfg.relation_heads:
                 raise LmcError(f"--relation-heads {loss_cfg.relation_heads} does not divide the {name} width {width}")
     needs = Needs(
@@ -183,7 +176,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     tokenizer = load_tokenizer(teacher_dir)
     student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
     cross_vocabulary = student_tokenizer.get_vocab() != tokenizer.get_vocab()
-    n_s, n_t = _num_layers(student.config), _num_layers(teacher.config)
+    n_s, n_t = layer_count(student.config), layer_count(teacher.config)
     loss_cfg = cfg.loss
     layer_map = parse_layer_map(loss_cfg.layer_map, n_s, n_t, copied)
     needs = intermediate_needs(student, teacher, loss_cfg, layer_map)
@@ -205,7 +198,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
                        "--hidden-weight, --attention-weight, --embedding-weight or --minilm-weight")
 
     log.info("student: %s layers (teacher layers %s), width %d, %s params vs teacher %s", n_s, layer_map,
-             _width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
+             model_width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
              f"{sum(p.numel() for p in teacher.parameters()):,}")
     run.begin(cfg.overwrite, cfg.resume)
     with run.guard():
@@ -226,7 +219,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
             for column in teacher_set.column_names:
                 train_set = train_set.add_column(TEACHER_PREFIX + column, teacher_set[column])
             collate = PairedCollator(student_tokenizer, tokenizer)
-        module = DistillModule(student, _width(student.config), _width(teacher.config),
+        module = DistillModule(student, model_width(student.config), model_width(teacher.config),
                                projection_count(loss_cfg, layer_map))
         cache = None
         if cfg.cache and num_processes() > 1:
@@ -237,7 +230,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         elif cfg.cache and not needs.attentions and not needs.qkv:
             cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else default_root(),
                                  teacher_fingerprint(teacher_dir), teacher_ids, task_data.num_labels,
-                                 needs.hidden, _width(teacher.config))
+                                 needs.hidden, model_width(teacher.config))
         elif cfg.cache:
             log.info("teacher cache off: attention maps and Q/K/V relations are computed live")
         monitor = MAIN_METRIC[task_data.task]
@@ -281,7 +274,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
             lambda: run_manifest(
                 stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
                 student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
-                         "hidden": _width(student.config)},
+                         "hidden": model_width(student.config)},
                 teacher_cache=cache.stats() if cache is not None else None, processes=num_processes(),
                 augmentation=augment_record,
                 **(extra or {})),

@@ -64,8 +64,14 @@ def evenly_spaced_layers(teacher_layers: int, n: int) -> list[int]:
     return [int((k + 1) * teacher_layers / n) - 1 for k in range(n)]
 
 
-def _layer_count(config) -> int:
-    return getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+def layer_count(config) -> int:
+    """Transformer layers of a BERT-style (num_hidden_layers) or GPT-2-style (n_layer) config."""
+    return getattr(config, "num_hidden_layers", None) or config.n_layer
+
+
+def model_width(config) -> int:
+    """Hidden width of a BERT-style (hidden_size) or GPT-2-style (n_embd) config."""
+    return getattr(config, "hidden_size", None) or config.n_embd
 
 
 def chosen_layers(spec: StudentSpec, teacher_layers: int) -> list[int]:
@@ -150,7 +156,7 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
     """A student with the teacher's head, fewer layers and optionally narrower widths -> (student, teacher layers)."""
     config = teacher.config
     family = config.model_type
-    n_teacher = _layer_count(config)
+    n_teacher = layer_count(config)
     keep_layers = chosen_layers(spec, n_teacher)
     narrowing = any(x is not None for x in (spec.hidden, spec.heads, spec.ffn))
     if family == "albert":

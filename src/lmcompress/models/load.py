@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
+                          AutoTokenizer, PreTrainedTokenizerBase)
 
 from .. import catalog
 from ..errors import LmcError
@@ -113,8 +114,6 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
 
 def head_class(token_level: bool):
     """The transformers auto class of a task head: per token (NER) or per sequence."""
-    from transformers import AutoModelForTokenClassification
-
     return AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
 
 
@@ -165,8 +164,8 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
     return model
 
 
-def _check_head(folder: Path, labels: list[str] | None, regression: bool) -> None:
-    """The saved head must match the data: same task kind and the same labels in the same order."""
+def _check_head(folder: Path, labels: list[str] | None, regression: bool) -> transformers.PretrainedConfig:
+    """The saved head must match the data: same task kind and the same labels in the same order -> its config."""
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
@@ -182,13 +181,13 @@ def _check_head(folder: Path, labels: list[str] | None, regression: bool) -> Non
         if trained != labels:
             raise LmcError(f"{folder} was trained for labels {trained[:10]} but the data has {labels[:10]}; "
                            "evaluate it on the data it was trained for")
+    return config
 
 
 def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool) -> transformers.PreTrainedModel:
     """A fine-tuned checkpoint exactly as saved; its head must match the data's labels."""
-    _check_head(folder, labels, regression)
+    config = _check_head(folder, labels, regression)
     try:
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
         return head_class(is_token_classifier(config)).from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
@@ -272,6 +271,7 @@ class LMTeacher:
     tokenizer: PreTrainedTokenizerBase
     path: Path  # folder or single file (.gguf): what the teacher cache fingerprints
     family: str
+    objective: str  # "clm" | "mlm": the one asked for, or the family's when it was "auto"
     untrained: list[str]  # head parameters the checkpoint lacks (started at random)
 
 
@@ -330,4 +330,4 @@ def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
     if gguf:  # a GGUF-loaded config carries quantization settings that save_pretrained and some kernels refuse
         model.config.__dict__.pop("quantization_config", None)
     untrained = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
-    return LMTeacher(model.eval(), tokenizer, path, family, untrained)
+    return LMTeacher(model.eval(), tokenizer, path, family, objective, untrained)

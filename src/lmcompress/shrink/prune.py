@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..config import DistillConfig, PruneConfig, to_dict
 from ..data import load_task
-from ..data.ner import TOKEN_TASK
+from ..data.ner import refuse_token_task
 from ..data.tokenize import collator, tokenize_frame
 from ..distill.student import NARROWABLE, _topk_sorted, slice_model
 from ..errors import LmcError
@@ -162,9 +162,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         raise LmcError(f"--model {cfg.model} is not a fine-tuned run (no config.json)")
     data_cfg = data_config_for(cfg.data, source)
     task_data = load_task(data_cfg)
-    if task_data.task == TOKEN_TASK:
-        raise LmcError("prune handle sequence classification and regression runs; token-classification (NER) "
-                       "runs are not supported yet")
+    refuse_token_task(task_data, "prune")
     model = load_trained_classifier(source, task_data.labels, task_data.task == "regression")
     encoder_layers(model)
     target = plan(model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden)

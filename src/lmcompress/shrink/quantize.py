@@ -21,7 +21,7 @@ import torch
 
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..data import load_task
-from ..data.ner import TOKEN_TASK
+from ..data.ner import refuse_token_task
 from ..errors import LmcError
 from ..evaluate import score_test
 from ..models.load import load_tokenizer, load_trained_classifier
@@ -69,9 +69,7 @@ def _prepare(model_spec: str, data) -> tuple[Path, Any, Any, Any, Any]:
     source = _source_run(model_spec)
     data_cfg = data_config_for(data, source)
     task_data = load_task(data_cfg)
-    if task_data.task == TOKEN_TASK:
-        raise LmcError("quantize and export handle sequence classification and regression runs; token-classification (NER) "
-                       "runs are not supported yet")
+    refuse_token_task(task_data, "quantize and export")
     model = load_trained_classifier(source, task_data.labels, task_data.task == "regression").eval()
     tokenizer = load_tokenizer(source)
     return source, data_cfg, task_data, model, tokenizer
