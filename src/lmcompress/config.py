@@ -57,12 +57,19 @@ class DataConfig:
     split_column: str | None = field(
         default=None, metadata={"help": "column holding train/validation/test per row (else a seeded split)"}
     )
-    task: Literal["auto", "classification", "regression", "token-classification"] = field(
-        default="auto", metadata={"help": "classification, regression or token-classification (NER); auto: CoNLL / "
-                                          "token JSONL -> token-classification, float labels with fractions -> "
-                                          "regression"}
+    task: Literal["auto", "classification", "regression", "token-classification", "question-answering"] = field(
+        default="auto", metadata={"help": "classification, regression, token-classification (NER) or "
+                                          "question-answering (extractive, SQuAD format); auto: CoNLL / token JSONL "
+                                          "-> token-classification, SQuAD JSON -> question-answering, float labels "
+                                          "with fractions -> regression"}
     )
-    max_length: int = field(default=128, metadata={"help": "tokens per example after truncation"})
+    max_length: int = field(default=128, metadata={"help": "tokens per example after truncation (question "
+                                                           "answering: per window of question + context)"})
+    doc_stride: int | None = field(default=None, metadata={
+        "help": "question answering: tokens shared by consecutive windows over a long context (default: a quarter "
+                "of --max-length)"})
+    max_answer_length: int = field(default=30, metadata={
+        "help": "question answering: longest answer span, in tokens, the decoder considers"})
     split_seed: int = field(default=42, metadata={"help": "seed of the stratified train/validation/test split"})
     validation_fraction: float = field(default=0.1, metadata={"help": "share of rows held out for validation"})
     test_fraction: float = field(default=0.1, metadata={"help": "share of rows held out for test"})
@@ -72,6 +79,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _at_least(self, 8, "max_length")
+        _at_least(self, 1, "doc_stride")
+        _at_least(self, 1, "max_answer_length")
+        if self.doc_stride is not None and self.doc_stride >= self.max_length:
+            raise ValueError(f"doc_stride ({self.doc_stride}) must be smaller than max_length ({self.max_length})")
         for name in ("validation_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0.0 < value < 0.5:

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from .config import EvaluateConfig
 from .data import load_task
+from .data import qa
 from .data.ner import TOKEN_TASK, entity_metrics, words_of_labelled_positions
 from .data.tokenize import collator, fixed_batch, tokenize_frame
 from .errors import LmcError
@@ -27,7 +28,7 @@ from .runs import (METRICS, RunDir, data_config_for, is_language_model, is_main_
 
 log = logging.getLogger("lmcompress")
 
-MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", TOKEN_TASK: "f1"}
+MAIN_METRIC = {"classification": "accuracy", "regression": "pearson", TOKEN_TASK: "f1", qa.QA_TASK: "f1"}
 LATENCY_BATCHES = (1, 32)
 
 
@@ -113,6 +114,10 @@ def latency_for_texts(model: torch.nn.Module, tokenizer, texts: list[str], pairs
 
 def score_split(model, tokenizer, task_data, split: str, max_length: int, batch_size: int) -> dict[str, float]:
     frame = task_data.splits[split]
+    if task_data.task == qa.QA_TASK:
+        answers = predict_answers(model, tokenizer, frame, max_length, batch_size, task_data.qa_options,
+                                  allow_empty=task_data.split_record.get("unanswerable", False))
+        return qa.squad_metrics(answers, frame["answer_texts"].tolist())
     dataset = tokenize_frame(frame, tokenizer, max_length)
     if task_data.task == TOKEN_TASK:
         predicted = predict_words(model, dataset, tokenizer, frame, max_length, batch_size)
@@ -145,6 +150,25 @@ def predict_words(model: torch.nn.Module, dataset, tokenizer, frame, max_length:
             predicted.append(tags)
             row += 1
     return predicted
+
+
+@torch.inference_mode()
+def predict_answers(model: torch.nn.Module, tokenizer, frame, max_length: int, batch_size: int, options,
+                    allow_empty: bool) -> list[str]:
+    """Question answering: the answer text the model picks for every row (sliding windows, n-best spans)."""
+    model.eval()
+    device = next(model.parameters(), torch.empty(0)).device
+    features = qa.tokenize_eval_features(frame, tokenizer, max_length, options.doc_stride)
+    starts: list[np.ndarray] = []
+    ends: list[np.ndarray] = []
+    for batch in DataLoader(features.dataset, batch_size=batch_size, shuffle=False, collate_fn=collator(tokenizer)):
+        logits = forward(model, {k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()  # [B, T, 2]
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        for b, length in enumerate(lengths):
+            starts.append(logits[b, :length, 0])
+            ends.append(logits[b, :length, 1])
+    return qa.decode_answers(starts, ends, features, frame["context"].tolist(), options.n_best,
+                             options.max_answer_length, allow_empty)
 
 
 def metrics_payload(task_data, split: str, scores: dict[str, float], model: torch.nn.Module, folder: Path,
@@ -220,7 +244,8 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
                     task_data.split_record["test_fingerprint"], expected)
 
     tokenizer = load_tokenizer(folder)
-    model = load_run_model(folder, task_data.labels, task_data.task == "regression", cfg.threads)
+    model = load_run_model(folder, task_data.labels, task_data.task == "regression", cfg.threads,
+                           task=task_data.task)
     scores = score_split(model, tokenizer, task_data, cfg.split, data_cfg.max_length, 64)
     split_frame = task_data.splits[cfg.split]
     latency = None

@@ -10,10 +10,9 @@ import torch
 
 from .config import FinetuneConfig, to_dict
 from .data import load_task
-from .data.ner import TOKEN_TASK
 from .data.tokenize import collator, tokenize_frame
 from .evaluate import MAIN_METRIC, finish_run, score_split
-from .models.load import load_for_sequence_classification, load_tokenizer, resolve
+from .models.load import load_for_sequence_classification, load_tokenizer, resolve, task_head
 from .models.outputs import forward
 from .runs import RunDir, num_processes, run_manifest
 from .train import fit
@@ -30,7 +29,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(source.tokenizer_path)
     model = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
                                              task_data.task == "regression", cfg.train.seed,
-                                             token_level=task_data.task == TOKEN_TASK)
+                                             head=task_head(task_data.task))
     sizes = task_data.split_record["sizes"]
     log.info("%s: %s task, %s labels, train/validation/test = %d/%d/%d", cfg.data.data, task_data.task,
              task_data.num_labels if task_data.labels else "scalar", sizes["train"], sizes["validation"], sizes["test"])

@@ -150,7 +150,7 @@ def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teache
             log.warning("%s was tested on other rows (fingerprint %s); the report scores everyone on %s", name,
                         recorded, task.split_record["test_fingerprint"])
         tokenizer = load_tokenizer(folder)
-        model = load_run_model(folder, task.labels, task.task == "regression", threads).eval()
+        model = load_run_model(folder, task.labels, task.task == "regression", threads, task=task.task).eval()
         scores = score_split(model, tokenizer, task, "test", data_cfg.max_length, 64)
         timing = latency_for_texts(model, tokenizer, texts, pairs, data_cfg.max_length, cfg.latency_repeats, threads)
         rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest), "params": count_params(model),

@@ -34,6 +34,23 @@ def test_kd_loss_token_level_ignores_padding():
     assert losses.kd_loss(s2, t, 1.0, mask) == pytest.approx(expected, rel=1e-5)
 
 
+def test_span_kd_is_kl_over_real_positions_for_start_and_end():
+    s, t, T = torch.randn(2, 6, 2), torch.randn(2, 6, 2), 2.0
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    expected = 0.0
+    for b, length in ((0, 4), (1, 6)):
+        for which in (0, 1):  # start, end: a distribution over the real positions only
+            expected += _naive_kl(torch.softmax(t[b, :length, which] / T, -1),
+                                  torch.softmax(s[b, :length, which] / T, -1))
+    expected = expected / 4 * T**2
+    assert losses.span_kd_loss(s, t, mask, T) == pytest.approx(expected, rel=1e-5)
+    s2, t2 = s.clone(), t.clone()
+    s2[0, 5] += 100.0  # padding takes no probability on either side
+    t2[0, 4] -= 50.0
+    assert losses.span_kd_loss(s2, t2, mask, T) == pytest.approx(expected, rel=1e-5)
+    assert torch.isfinite(losses.span_kd_loss(s, t, torch.zeros_like(mask), T))
+
+
 def test_kd_loss_zero_when_identical_and_all_masked_guard():
     x = torch.randn(2, 3, 5, requires_grad=True)
     assert losses.kd_loss(x, x.detach(), 4.0).item() == pytest.approx(0.0, abs=1e-6)

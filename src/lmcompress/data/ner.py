@@ -32,9 +32,10 @@ _PD_SENTENCE_END = ("。", "！", "？")
 
 
 def refuse_token_task(task_data, stages: str) -> None:
-    """Stages that handle only sequence-level heads (prune, quantize, export) say so for NER runs."""
-    if task_data.task == TOKEN_TASK:
-        raise LmcError(f"{stages} handle sequence classification and regression runs; token-classification (NER) "
+    """Stages that handle only sequence-level heads (prune, quantize, export) say so for NER and QA runs."""
+    names = {TOKEN_TASK: "token-classification (NER)", "question-answering": "question-answering"}
+    if task_data.task in names:
+        raise LmcError(f"{stages} handle sequence classification and regression runs; {names[task_data.task]} "
                        "runs are not supported yet")
 
 
@@ -69,17 +70,11 @@ def read_conll(path: Path) -> pd.DataFrame:
 
 def read_token_jsonl(path: Path) -> pd.DataFrame:
     """One JSON object per line with `tokens` and `tags` lists of equal length."""
+    from .readers import json_lines
+
     sentences = []
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise LmcError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or "tokens" not in record or "tags" not in record:
-                raise LmcError(f"{path}:{number}: a token-classification record needs 'tokens' and 'tags'")
+        for number, record in json_lines(handle, str(path), ("tokens", "tags"), "token-classification"):
             tokens, tags = record["tokens"], record["tags"]
             if not (isinstance(tokens, list) and isinstance(tags, list) and len(tokens) == len(tags)):
                 raise LmcError(f"{path}:{number}: 'tokens' and 'tags' must be lists of the same length")

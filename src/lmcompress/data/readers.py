@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -79,6 +80,22 @@ def read_table(path: Path) -> pd.DataFrame:
     return frame
 
 
+def json_lines(lines, where: str, required: tuple[str, ...], kind: str):
+    """(line number, object) for each non-empty line, which must be a JSON object holding the `required` keys."""
+    import json
+
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise LmcError(f"{where}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or any(key not in record for key in required):
+            raise LmcError(f"{where}:{number}: a {kind} record needs {', '.join(repr(k) for k in required)}")
+        yield number, record
+
+
 def read_text_lines(path: Path) -> list[str]:
     """Plain text: one example per non-empty line."""
     try:
@@ -113,14 +130,17 @@ def read_label_folders(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def find_split_files(folder: Path, accept=lambda path: file_format(path) is not None) -> dict[str, Path]:
+def find_split_files(folder: Path, accept=lambda path: file_format(path) is not None,
+                     loose: bool = False) -> dict[str, Path]:
     """train/validation/test files inside a folder (any supported format, or what `accept` takes), by conventional
-    names."""
+    names; `loose` also takes a name's part before '-' or '_' (SQuAD's train-v1.1.json, dev-v1.1.json)."""
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if not path.is_file() or not accept(path):
             continue
         stem = path.name.split(".")[0].lower()
+        if loose:
+            stem = re.split(r"[-_]", stem)[0]
         for split, names in SPLIT_FILE_NAMES.items():
             if stem in names:
                 if split in found:

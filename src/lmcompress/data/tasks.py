@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from .. import catalog
 from ..config import DataConfig
 from ..errors import LmcError
-from . import ner, readers
+from . import ner, qa, readers
 
 log = logging.getLogger("lmcompress")
 
@@ -37,13 +37,15 @@ SPLITS = ("train", "validation", "test")
 @dataclass
 class TaskData:
     """Three splits, each a frame with columns text, [text_pair], label (ids for classification, floats for regression),
-    or, for token classification, tokens, tags (tag ids per word) and text (the words joined, for latency)."""
+    or, for token classification, tokens, tags (tag ids per word) and text (the words joined, for latency), or, for
+    question answering, qa.QA_COLUMNS plus text / text_pair (question / context, for latency)."""
 
     splits: dict[str, pd.DataFrame]
-    task: str  # "classification" | "regression" | "token-classification"
+    task: str  # "classification" | "regression" | "token-classification" | "question-answering"
     labels: list[str] | None  # label (or tag) names in id order; None for regression
     has_pair: bool
     split_record: dict[str, Any] = field(default_factory=dict)
+    qa_options: qa.QAOptions | None = None  # question answering: windowing and decoding
 
     @property
     def num_labels(self) -> int:
@@ -180,6 +182,22 @@ def fingerprint(frame: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+def _unstratified_splits(cfg: DataConfig, raw: pd.DataFrame | dict[str, pd.DataFrame], split_fn,
+                         record: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """A folder's own split files (a missing split carved out of train), or split_fn(frame, validation_fraction,
+    test_fraction, seed) over one file: sentences (NER) or contexts (QA), where labels cannot stratify."""
+    if not isinstance(raw, dict):
+        record["split_from"] = "seeded"
+        return split_fn(raw, cfg.validation_fraction, cfg.test_fraction, cfg.split_seed)
+    splits, record["split_from"] = dict(raw), "files"
+    for split, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
+        if split not in splits:  # carved out of train with the recorded seed
+            parts = split_fn(splits["train"], 0.0, fraction, cfg.split_seed)
+            splits["train"] = pd.concat([parts["validation"], parts["train"]], ignore_index=True)
+            splits[split] = parts["test"]
+    return splits
+
+
 def _token_source(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame], str] | None:
     """(frames, source) when cfg.data is token-classification data (CoNLL, token JSONL, peoples-daily-ner)."""
     if catalog.is_zoo_name(cfg.data):
@@ -197,16 +215,7 @@ def _load_token_task(cfg: DataConfig, raw: pd.DataFrame | dict[str, pd.DataFrame
     """Sentences -> seeded sentence-level split (or the folder's own files) -> tag ids; the same record as
     sequence tasks (seed, sizes, test fingerprint) plus the tag scheme."""
     record: dict[str, Any] = {"source": source, "seed": cfg.split_seed, "columns": {"tokens": "tokens", "tags": "tags"}}
-    if isinstance(raw, dict):
-        splits, record["split_from"] = dict(raw), "files"
-        for split, fraction in (("test", cfg.test_fraction), ("validation", cfg.validation_fraction)):
-            if split not in splits:  # carved out of train with the recorded seed
-                parts = ner.split_sentences(splits["train"], 0.0, fraction, cfg.split_seed)
-                splits["train"] = pd.concat([parts["validation"], parts["train"]], ignore_index=True)
-                splits[split] = parts["test"]
-    else:
-        splits = ner.split_sentences(raw, cfg.validation_fraction, cfg.test_fraction, cfg.split_seed)
-        record["split_from"] = "seeded"
+    splits = _unstratified_splits(cfg, raw, ner.split_sentences, record)
     labels = ner.map_tags(splits)
     record["tag_scheme"] = ner.tag_scheme(labels)
     if cfg.max_train_examples is not None:
@@ -217,11 +226,41 @@ def _load_token_task(cfg: DataConfig, raw: pd.DataFrame | dict[str, pd.DataFrame
                     split_record=record)
 
 
+def _qa_source(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame], str] | None:
+    """(frames, source) when cfg.data is SQuAD-format question answering data."""
+    if catalog.is_zoo_name(cfg.data):
+        return None
+    path = Path(cfg.data).expanduser()
+    if path.exists() and (cfg.task == qa.QA_TASK or qa.looks_like_qa_data(path)):
+        return qa.read_qa_source(path), str(path.resolve())
+    if cfg.task == qa.QA_TASK:
+        raise LmcError(f"--data {cfg.data}: no such SQuAD file or folder (no question-answering data ships in the zoo)")
+    return None
+
+
+def _load_qa_task(cfg: DataConfig, raw: pd.DataFrame | dict[str, pd.DataFrame], source: str) -> TaskData:
+    """Questions -> a seeded split by context (or the folder's own files; a missing split is carved out of train the
+    same way), with the same record as other tasks plus whether any question is unanswerable (SQuAD v2)."""
+    record: dict[str, Any] = {"source": source, "seed": cfg.split_seed, "columns": {c: c for c in qa.QA_COLUMNS}}
+    splits = _unstratified_splits(cfg, raw, qa.split_by_context, record)
+    if cfg.max_train_examples is not None:
+        splits["train"] = splits["train"].iloc[: cfg.max_train_examples].reset_index(drop=True)
+    record["unanswerable"] = any(bool((~splits[s]["answer_texts"].map(bool)).any()) for s in SPLITS)
+    record["sizes"] = {s: len(splits[s]) for s in SPLITS}
+    record["test_fingerprint"] = fingerprint(splits["test"][list(qa.QA_COLUMNS)])
+    options = qa.QAOptions(cfg.doc_stride or qa.default_stride(cfg.max_length), cfg.max_answer_length)
+    return TaskData(splits={s: splits[s] for s in SPLITS}, task=qa.QA_TASK, labels=None, has_pair=True,
+                    split_record=record, qa_options=options)
+
+
 def load_task(cfg: DataConfig) -> TaskData:
     """Read, normalise, split and label-map the data named by cfg."""
     token = _token_source(cfg)
     if token is not None:
         return _load_token_task(cfg, *token)
+    squad = _qa_source(cfg)
+    if squad is not None:
+        return _load_qa_task(cfg, *squad)
     raw, source = _raw_frames(cfg)
     record: dict[str, Any] = {"source": source, "seed": cfg.split_seed}
 

@@ -10,13 +10,20 @@ from transformers import DataCollatorForTokenClassification, DataCollatorWithPad
 datasets.disable_progress_bars()
 
 
-def tokenize_frame(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> datasets.Dataset:
+def tokenize_frame(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                   qa_options=None) -> datasets.Dataset:
     """Frame with text, [text_pair], label -> Dataset with input_ids, attention_mask, [token_type_ids], labels
-    (token-classification frames: labels per sub-token, see ner.tokenize_words)."""
+    (token-classification frames: labels per sub-token, see ner.tokenize_words; question-answering frames: one row
+    per context window with start_positions / end_positions, see qa.tokenize_train_features)."""
     if "tokens" in frame.columns:
         from .ner import tokenize_words
 
         return tokenize_words(frame, tokenizer, max_length)
+    if "answer_starts" in frame.columns:
+        from .qa import default_stride, tokenize_train_features
+
+        stride = qa_options.doc_stride if qa_options else default_stride(max_length)
+        return tokenize_train_features(frame, tokenizer, max_length, stride)
     has_pair = "text_pair" in frame.columns
     dataset = datasets.Dataset.from_pandas(frame, preserve_index=False)
 

@@ -43,6 +43,20 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return _masked_mean(per_position, mask if per_position.dim() == 2 else None) * temperature**2
 
 
+def span_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                 temperature: float = 1.0, kind: str = "kl") -> torch.Tensor:
+    """Question answering: logit KD of the answer-start and the answer-end distributions over positions, averaged.
+
+    student_logits, teacher_logits: [B, T, 2] (start, end); mask: [B, T]. Padding positions leave both softmaxes
+    (a large negative logit, not -inf, so 0 * log 0 never makes a NaN).
+    """
+    padding = (mask == 0).unsqueeze(1)  # [B, 1, T]
+    blocked = -1e4 * temperature  # exp(-1e4) is exactly 0 in fp32
+    s = student_logits.float().transpose(1, 2).masked_fill(padding, blocked)  # [B, 2, T]
+    t = teacher_logits.float().transpose(1, 2).masked_fill(padding, blocked)
+    return kd_loss(s, t, temperature, None, kind)
+
+
 def reverse_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """KL(student || teacher): mode-seeking, used for causal-LM distillation. Shapes as kd_loss."""

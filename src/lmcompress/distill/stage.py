@@ -21,11 +21,13 @@ from torch import nn
 from ..config import DistillConfig, to_dict
 from ..data import load_task
 from ..data.ner import TOKEN_TASK
+from ..data.qa import QA_TASK
 from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
 from ..evaluate import MAIN_METRIC, finish_run, score_split
 from ..models import presets
-from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
+from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve, task_head
+from ..models.outputs import adapt
 from ..runs import RunDir, data_config_for, is_main_process, num_processes, run_manifest
 from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..train import fit
@@ -38,6 +40,7 @@ log = logging.getLogger("lmcompress")
 TEACHER_PREFIX = "teacher_"  # batch keys of the teacher's own tokens when the student has another tokenizer
 UNLABELLED = -100  # label of augmentation rows: ignored by the hard-label loss
 INTERMEDIATE_STAGE = "intermediate-stage"  # TinyBERT stage 1's checkpoints and result, inside the partial run
+TARGET_KEYS = ("labels", "start_positions", "end_positions")  # batch keys the teacher must not see
 
 
 def parse_layer_map(text: str, n_student: int, n_teacher: int, copied: list[int] | None) -> list[int]:
@@ -172,7 +175,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     data_cfg = data_config_for(cfg.data, teacher_dir)
     task_data = load_task(data_cfg)
     regression = task_data.task == "regression"
-    teacher = load_trained_classifier(teacher_dir, task_data.labels, regression).eval()
+    teacher = load_trained_classifier(teacher_dir, task_data.labels, regression, task_data.task).eval()
     tokenizer = load_tokenizer(teacher_dir)
     student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
     cross_vocabulary = student_tokenizer.get_vocab() != tokenizer.get_vocab()
@@ -180,11 +183,11 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     loss_cfg = cfg.loss
     layer_map = parse_layer_map(loss_cfg.layer_map, n_s, n_t, copied)
     needs = intermediate_needs(student, teacher, loss_cfg, layer_map)
-    token_level = task_data.task == TOKEN_TASK
-    if cross_vocabulary and token_level:
-        raise LmcError("the student's tokenizer differs from the teacher's; token classification compares the two "
-                       "models word by word on the same sub-tokens, so the student must share the teacher's tokenizer "
-                       "(a preset or a derived spec does)")
+    per_position = task_data.task in (TOKEN_TASK, QA_TASK)  # logits per token, not per sequence
+    if cross_vocabulary and per_position:
+        raise LmcError(f"the student's tokenizer differs from the teacher's; {task_data.task} compares the two "
+                       "models position by position on the same sub-tokens, so the student must share the teacher's "
+                       "tokenizer (a preset or a derived spec does)")
     if cross_vocabulary:
         if needs.hidden or needs.attentions or needs.qkv:
             raise LmcError("the student's tokenizer differs from the teacher's, so their token positions do not line "
@@ -209,7 +212,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
             extra_rows = augmentation_rows(cfg.augment, task_data, cfg.max_augment_rows)
             augment_record = {"source": cfg.augment, "rows": len(extra_rows)}
             train_frame = pd.concat([train_frame, extra_rows], ignore_index=True)
-        train_set = tokenize_frame(train_frame, student_tokenizer, max_len)
+        train_set = tokenize_frame(train_frame, student_tokenizer, max_len, task_data.qa_options)
         train_set = train_set.add_column("idx", list(range(len(train_set))))
         teacher_ids = train_set["input_ids"]
         collate = collator(student_tokenizer)
@@ -224,9 +227,9 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         cache = None
         if cfg.cache and num_processes() > 1:
             log.info("teacher cache off: it is single-process for now (each rank runs the teacher on its shard)")
-        elif cfg.cache and token_level:
-            log.info("teacher cache off: it holds one logit vector per example; token-level logits run the teacher "
-                     "live")
+        elif cfg.cache and per_position:
+            log.info("teacher cache off: it holds one logit vector per example; per-token logits (%s) run the "
+                     "teacher live", task_data.task)
         elif cfg.cache and not needs.attentions and not needs.qkv:
             cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else default_root(),
                                  teacher_fingerprint(teacher_dir), teacher_ids, task_data.num_labels,
@@ -240,7 +243,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
                                cfg.train.eval_batch_size)
 
         def run_phase(phase: str, train_cfg, folder: Path, resume: bool):
-            loss_fn = _make_loss_fn(teacher, cache, needs, layer_map, loss_cfg, regression, cfg.teacher_precision,
+            loss_fn = _make_loss_fn(teacher, cache, needs, layer_map, loss_cfg, task_data.task, cfg.teacher_precision,
                                     phase)
             return fit(module, train_set, collate, train_cfg, loss_fn=loss_fn, evaluate_fn=evaluate_fn,
                        monitor=monitor, higher_is_better=True, run_folder=folder, resume=resume,
@@ -339,19 +342,20 @@ def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, tas
         source = resolve(cfg.student, tokenizer=str(teacher_dir), role="student")
         student = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
                                                    task_data.task == "regression", cfg.train.seed,
-                                                   token_level=task_data.task == TOKEN_TASK)
+                                                   head=task_head(task_data.task))
         return student, None, tokenizer
     source = resolve(cfg.student, role="student")
     return load_student_like(teacher, source.path), None, load_tokenizer(source.tokenizer_path)
 
 
-def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: list[int], loss_cfg, regression: bool,
+def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: list[int], loss_cfg, task: str,
                   teacher_precision: str, phase: str = "all"):
     """phase "all": every loss; "intermediate": only the intermediate-layer losses (TinyBERT stage 1);
     "prediction": only logit KD + hard labels (TinyBERT stage 2)."""
     teacher_qkv = QKVRecorder(teacher) if needs.qkv else None
     student_qkv: dict[int, QKVRecorder] = {}
     want_student_hidden = bool(needs.hidden)
+    regression = task == "regression"
 
     def teacher_outputs(inputs: dict[str, torch.Tensor], idx: torch.Tensor):
         """inputs: the teacher's tokens (no labels) -> logits [B, C], {hidden index: [B, T, Ht]}, attentions or None"""
@@ -363,7 +367,8 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
         autocast = torch.autocast(device_type=inputs["input_ids"].device.type, dtype=torch.bfloat16) \
             if teacher_precision == "bf16" else contextlib.nullcontext()
         with torch.no_grad(), autocast:
-            out = teacher(**inputs, output_hidden_states=bool(needs.hidden), output_attentions=needs.attentions)
+            out = adapt(teacher(**inputs, output_hidden_states=bool(needs.hidden), output_attentions=needs.attentions),
+                        inputs)
         hidden = {i: out.hidden_states[i].float() for i in needs.hidden}
         logits = out.logits.float()
         if cache is not None:
@@ -373,8 +378,14 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
             hidden = {i: h.half().float() for i, h in hidden.items()}
         return logits, hidden, out.attentions
 
-    def _output_loss(out, t_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """alpha * hard-label loss + (1 - alpha) * logit KD (MSE to the teacher's prediction for regression)."""
+    def _output_loss(out, t_logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """alpha * hard-label loss + (1 - alpha) * logit KD (MSE to the teacher's prediction for regression, KD of
+        the start and end distributions for question answering)."""
+        if task == QA_TASK:
+            soft = losses.span_kd_loss(out.logits, t_logits, batch["attention_mask"], loss_cfg.temperature,
+                                       loss_cfg.kd_kind)
+            return losses.mix_hard_and_soft(out.loss, soft, loss_cfg.alpha)
+        labels = batch["labels"]
         if regression:
             soft = torch.nn.functional.mse_loss(out.logits.float().squeeze(-1), t_logits.squeeze(-1))
         else:
@@ -394,17 +405,18 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
         idx = batch.pop("idx")
         # the teacher's inputs: its own tokens of these rows (another vocabulary), else the student's batch
         own = {k[len(TEACHER_PREFIX):]: batch.pop(k) for k in [k for k in batch if k.startswith(TEACHER_PREFIX)]}
-        t_inputs = own or {k: v for k, v in batch.items() if k != "labels"}
+        t_inputs = own or {k: v for k, v in batch.items() if k not in TARGET_KEYS}
         mask = batch["attention_mask"]  # [B, T]
         if teacher.device != batch["input_ids"].device:
             teacher.to(batch["input_ids"].device)
         if needs.qkv and id(module.student) not in student_qkv:
             student_qkv[id(module.student)] = QKVRecorder(module.student)
         t_logits, t_hidden, t_attn = teacher_outputs(t_inputs, idx)
-        out = module.student(**batch, output_hidden_states=want_student_hidden, output_attentions=needs.attentions)
+        out = adapt(module.student(**batch, output_hidden_states=want_student_hidden,
+                                   output_attentions=needs.attentions), batch)
         if phase == "prediction":
-            return _output_loss(out, t_logits, batch["labels"])
-        total = _output_loss(out, t_logits, batch["labels"]) if phase == "all" else 0.0
+            return _output_loss(out, t_logits, batch)
+        total = _output_loss(out, t_logits, batch) if phase == "all" else 0.0
         s_qkv = student_qkv[id(module.student)].outputs if needs.qkv else None
         total = total + intermediate_loss(module, out.hidden_states, out.attentions, t_hidden, t_attn, s_qkv,
                                           teacher_qkv.outputs if needs.qkv else None, mask, layer_map, loss_cfg)

@@ -141,7 +141,7 @@ def _axes(name: str) -> tuple[str | None, ...]:
         (r"(pooler\.dense|classifier\.dense|predictions\.transform\.dense|lm_head\.dense)\.weight$",
          ("hidden", "hidden")),
         (r"(predictions|lm_head)\.decoder\.weight$", (None, "hidden")),  # MLM heads (tied to the embeddings)
-        (r"(classifier|classifier\.out_proj)\.weight$", (None, "hidden")),
+        (r"(classifier|classifier\.out_proj|qa_outputs)\.weight$", (None, "hidden")),
     ]
     for pattern, axes in rules:
         if re.search(pattern, name):
@@ -234,9 +234,9 @@ def default_layer_map(student_layers: list[int] | None, n_student: int, n_teache
 
 def load_student_like(teacher: PreTrainedModel, folder) -> PreTrainedModel:
     """A student checkpoint (dir) with the teacher's head labels (per sequence or per token, as the teacher)."""
-    from ..models.load import head_class, is_token_classifier
+    from ..models.load import head_class, saved_head
 
-    return head_class(is_token_classifier(teacher.config)).from_pretrained(
+    return head_class(saved_head(teacher.config)).from_pretrained(
         str(folder), num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
         label2id=teacher.config.label2id, problem_type=teacher.config.problem_type, ignore_mismatched_sizes=True,
         local_files_only=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification,
-                          AutoTokenizer, PreTrainedTokenizerBase)
+from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerBase)
 
 from .. import catalog
 from ..errors import LmcError
@@ -112,40 +112,57 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     return tok
 
 
-def head_class(token_level: bool):
-    """The transformers auto class of a task head: per token (NER) or per sequence."""
-    return AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
+HEAD_SUFFIXES = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering"}
 
 
-def is_token_classifier(config) -> bool:
-    return any(str(a).endswith("ForTokenClassification") for a in (getattr(config, "architectures", None) or []))
+def head_class(head: str | None):
+    """The transformers auto class of a head: "token-classification" (per token), "question-answering" (span start
+    and end per token) or anything else (per sequence: classification, regression)."""
+    return {"token-classification": AutoModelForTokenClassification,
+            "question-answering": AutoModelForQuestionAnswering}.get(head or "", AutoModelForSequenceClassification)
+
+
+def saved_head(config) -> str | None:
+    """"token-classification" / "question-answering" for those heads (from config.architectures), else None."""
+    for architecture in getattr(config, "architectures", None) or []:
+        for suffix, head in HEAD_SUFFIXES.items():
+            if str(architecture).endswith(suffix):
+                return head
+    return None
+
+
+def task_head(task: str) -> str | None:
+    """The head a task trains: saved_head's value for token and span tasks, None for sequence tasks."""
+    return task if task in HEAD_SUFFIXES.values() else None
 
 
 def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedTokenizerBase, num_labels: int,
                                      labels: list[str] | None, regression: bool, seed: int,
-                                     token_level: bool = False) -> transformers.PreTrainedModel:
-    """A model with a fresh (or reused, when the labels match) sequence- (or, token_level, token-) classification
-    head."""
-    auto = head_class(token_level)
-    head = dict(num_labels=num_labels, problem_type="regression" if regression else "single_label_classification")
-    if token_level:
-        head.pop("problem_type")
+                                     head: str | None = None) -> transformers.PreTrainedModel:
+    """A model with a fresh (or reused, when the labels match) task head: per sequence, or per token / span start
+    and end for head "token-classification" / "question-answering"."""
+    auto = head_class(head)
+    head_cfg = dict(num_labels=num_labels, problem_type="regression" if regression else "single_label_classification")
+    if head == "token-classification":
+        head_cfg.pop("problem_type")
+    elif head == "question-answering":
+        head_cfg = dict(num_labels=2)  # start and end logits
     if labels is not None:
-        head["id2label"] = {i: name for i, name in enumerate(labels)}
-        head["label2id"] = {name: i for i, name in enumerate(labels)}
+        head_cfg["id2label"] = {i: name for i, name in enumerate(labels)}
+        head_cfg["label2id"] = {name: i for i, name in enumerate(labels)}
     transformers.set_seed(seed)
     if source.preset is not None:
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
         config = presets.build_config(source.preset, len(tokenizer), tokenizer.pad_token_id, bos, eos)
-        for key, value in head.items():
+        for key, value in head_cfg.items():
             setattr(config, key, value)
         model = auto.from_config(config)
         log.info("initialised %s (%s) at random", source.spec, source.preset.name)
     else:
         try:
             config = AutoConfig.from_pretrained(str(source.path), local_files_only=True,
-                                                trust_remote_code=remote_code_allowed(), **head)
+                                                trust_remote_code=remote_code_allowed(), **head_cfg)
             if config.pad_token_id is None:
                 config.pad_token_id = tokenizer.pad_token_id
             model = auto.from_pretrained(
@@ -164,14 +181,20 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
     return model
 
 
-def _check_head(folder: Path, labels: list[str] | None, regression: bool) -> transformers.PretrainedConfig:
+def _check_head(folder: Path, labels: list[str] | None, regression: bool,
+                task: str | None = None) -> transformers.PretrainedConfig:
     """The saved head must match the data: same task kind and the same labels in the same order -> its config."""
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
         raise LmcError(f"cannot read {folder}/config.json: {_first_line(exc)}") from None
+    head = saved_head(config)
+    if task is not None and (head == "question-answering") != (task == "question-answering"):
+        raise LmcError(f"{folder} holds a {head or 'sequence-classification'} model but the data is a {task} task")
+    if head == "question-answering":
+        return config
     saved_regression = config.problem_type == "regression" or (config.num_labels == 1 and not config.problem_type
-                                                                and not is_token_classifier(config))
+                                                                and head is None)
     if regression != saved_regression:
         kind = "regression" if saved_regression else "classification"
         raise LmcError(f"{folder} holds a {kind} model but the data is a "
@@ -184,27 +207,28 @@ def _check_head(folder: Path, labels: list[str] | None, regression: bool) -> tra
     return config
 
 
-def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool) -> transformers.PreTrainedModel:
-    """A fine-tuned checkpoint exactly as saved; its head must match the data's labels."""
-    config = _check_head(folder, labels, regression)
+def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool,
+                            task: str | None = None) -> transformers.PreTrainedModel:
+    """A fine-tuned checkpoint exactly as saved; its head must match the data's task and labels."""
+    config = _check_head(folder, labels, regression, task)
     try:
-        return head_class(is_token_classifier(config)).from_pretrained(
+        return head_class(saved_head(config)).from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
         raise LmcError(f"cannot load model from {folder}: {_first_line(exc)}") from None
 
 
-def load_run_model(folder: Path, labels: list[str] | None, regression: bool,
-                   threads: int | None = None) -> torch.nn.Module:
+def load_run_model(folder: Path, labels: list[str] | None, regression: bool, threads: int | None = None,
+                   task: str | None = None) -> torch.nn.Module:
     """Whatever a run dir holds, ready to score: an ONNX graph (model.onnx), a PyTorch checkpoint, or a PyTorch
     checkpoint whose manifest asks for dynamic int8 (applied here, at load time, as in deployment)."""
     from ..runs import quantization_method
     from ..shrink import onnx_io
 
     if (folder / onnx_io.MODEL_FILE).is_file():
-        _check_head(folder, labels, regression)
+        _check_head(folder, labels, regression, task)
         return onnx_io.OnnxClassifier(folder / onnx_io.MODEL_FILE, threads)
-    model = load_trained_classifier(folder, labels, regression)
+    model = load_trained_classifier(folder, labels, regression, task)
     if quantization_method(folder) == "dynamic-int8":
         from ..shrink.quantize import dynamic_int8
 

@@ -10,7 +10,9 @@ from torch import nn
 
 @dataclass
 class ModelOutputs:
-    logits: torch.Tensor  # [B, C] sequence tasks, [B] regression squeezed by callers, [B, T, V] language models
+    # [B, C] sequence tasks, [B] regression squeezed by callers, [B, T, C] token tasks, [B, T, V] language models,
+    # [B, T, 2] question answering (span start and end logits per position)
+    logits: torch.Tensor
     loss: torch.Tensor | None = None  # scalar when labels were given
     hidden_states: tuple[torch.Tensor, ...] | None = None  # (L + 1) x [B, T, H], embeddings first
     attentions: tuple[torch.Tensor, ...] | None = None  # L x [B, heads, T, T] (needs an eager attention)
@@ -21,8 +23,14 @@ def forward(model: nn.Module, batch: dict[str, torch.Tensor], *, hidden_states: 
             attentions: bool = False) -> ModelOutputs:
     """Run any transformers model on a batch and adapt its output."""
     out = model(**batch, output_hidden_states=hidden_states, output_attentions=attentions, return_dict=True)
+    return adapt(out, batch, hidden_states, attentions)
+
+
+def adapt(out, batch: dict[str, torch.Tensor], hidden_states: bool = True, attentions: bool = True) -> ModelOutputs:
+    """A transformers output -> ModelOutputs (question answering's start/end logits stacked on a last axis)."""
+    logits = out.logits if hasattr(out, "logits") else torch.stack([out.start_logits, out.end_logits], dim=-1)
     return ModelOutputs(
-        logits=out.logits,
+        logits=logits,
         loss=getattr(out, "loss", None),
         hidden_states=getattr(out, "hidden_states", None) if hidden_states else None,
         attentions=getattr(out, "attentions", None) if attentions else None,

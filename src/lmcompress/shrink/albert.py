@@ -74,7 +74,12 @@ def albert_from_bert(teacher: PreTrainedModel, spec: AlbertSpec) -> tuple[Albert
     """-> (ALBERT student initialised from the teacher, teacher layers it was built from)."""
     from ..distill.student import evenly_spaced_layers
 
+    from ..models.load import saved_head
+
     cfg = teacher.config
+    if saved_head(cfg) is not None:
+        raise LmcError(f"ALBERT students are built for sequence-classification teachers; this one is a {saved_head(cfg)} "
+                       "model (use layers=N or a preset student)")
     if cfg.model_type != "bert":
         raise LmcError(f"ALBERT conversion needs a BERT teacher (same embeddings layout); this one is {cfg.model_type}")
     n_teacher, width = cfg.num_hidden_layers, cfg.hidden_size

@@ -163,7 +163,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     data_cfg = data_config_for(cfg.data, source)
     task_data = load_task(data_cfg)
     refuse_token_task(task_data, "prune")
-    model = load_trained_classifier(source, task_data.labels, task_data.task == "regression")
+    model = load_trained_classifier(source, task_data.labels, task_data.task == "regression", task_data.task)
     encoder_layers(model)
     target = plan(model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden)
     tokenizer = load_tokenizer(source)

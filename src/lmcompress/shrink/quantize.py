@@ -70,7 +70,8 @@ def _prepare(model_spec: str, data) -> tuple[Path, Any, Any, Any, Any]:
     data_cfg = data_config_for(data, source)
     task_data = load_task(data_cfg)
     refuse_token_task(task_data, "quantize and export")
-    model = load_trained_classifier(source, task_data.labels, task_data.task == "regression").eval()
+    model = load_trained_classifier(source, task_data.labels, task_data.task == "regression",
+                                    task_data.task).eval()
     tokenizer = load_tokenizer(source)
     return source, data_cfg, task_data, model, tokenizer
 
