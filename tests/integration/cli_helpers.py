@@ -64,3 +64,31 @@ def assert_same_weights(a_dir, b_dir) -> None:
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+SHRINK_STAGES = [  # (arguments, largest allowed drop of the main metric vs the parent)
+    (["export"], 1e-6),  # fp32 ONNX: the same predictions
+    (["quantize", "--method", "dynamic-int8"], 0.15),
+    (["quantize", "--method", "onnx-int8"], 0.15),
+    (["prune", "--heads", "0.5", "--ffn", "0.5", "--epochs", "4", "--learning-rate", "5e-3"], 0.25),
+]
+
+
+def shrink_keeps_the_task(parent, tmp_path, capsys, args: list[str], max_drop: float) -> None:
+    """`lmcompress STAGE --model parent` makes a run of the same task whose main metric is at most max_drop below the
+    parent's, and `evaluate` scores the new run (PyTorch, int8 or ONNX) to the same value."""
+    import json
+
+    out = tmp_path / "shrunk"
+    code, _, err = run_cli([args[0], "--model", str(parent), "--out", str(out), *args[1:], "--quiet"], capsys)
+    assert code == 0, err
+    before = json.loads((parent / "metrics.json").read_text())
+    after = json.loads((out / "metrics.json").read_text())
+    main = before["main_metric"]
+    assert after["task"] == before["task"] and after["main_metric"] == main
+    assert after["metrics"][main] >= before["metrics"][main] - max_drop, (before["metrics"], after["metrics"])
+    if args[0] == "prune":
+        assert after["params"] < 0.8 * before["params"]
+    code, stdout, err = run_cli(["evaluate", "--model", str(out), "--no-latency", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["metrics"][main] == after["metrics"][main]

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tests.conftest import FILLER, NEGATIVE, POSITIVE
-from tests.integration.cli_helpers import one_error_line, run_cli
+from tests.integration.cli_helpers import SHRINK_STAGES, run_cli, shrink_keeps_the_task
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +73,6 @@ def test_distilled_ner_student_and_compare(ner_teacher, tmp_path, capsys):
     assert rows[1]["value"] == pytest.approx(student["metrics"]["f1"], abs=1e-6)
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["quantize", "--method", "dynamic-int8"], "token-classification (NER) runs are not supported yet"),
-    (["prune", "--heads", "0.5"], "token-classification (NER) runs are not supported yet"),
-])
-def test_stages_without_token_support_say_so(ner_teacher, tmp_path, capsys, args, fragment):
-    code, _, err = run_cli([args[0], "--model", str(ner_teacher), "--out", str(tmp_path / "x"), *args[1:], "--quiet"],
-                           capsys)
-    assert code == 1
-    one_error_line(err, fragment)
+@pytest.mark.parametrize("args,max_drop", SHRINK_STAGES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_prune_quantize_and_export_keep_token_classification(ner_teacher, tmp_path, capsys, args, max_drop):
+    shrink_keeps_the_task(ner_teacher, tmp_path, capsys, args, max_drop)

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tests.conftest import FILLER, NEGATIVE, POSITIVE
-from tests.integration.cli_helpers import one_error_line, run_cli
+from tests.integration.cli_helpers import SHRINK_STAGES, one_error_line, run_cli, shrink_keeps_the_task
 
 
 def toy_squad(articles: int, seed: int = 0) -> dict:
@@ -99,17 +99,25 @@ def test_span_kd_alone_teaches_a_random_student(qa_teacher, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["metrics"]["f1"] > 0.8
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["quantize", "--method", "dynamic-int8"], "question-answering runs are not supported yet"),
-    (["prune", "--heads", "0.5"], "question-answering runs are not supported yet"),
-    (["distill", "--student", "albert;embedding=16"], "ALBERT students are built for sequence-classification"),
-])
-def test_stages_without_span_support_say_so(qa_teacher, tmp_path, capsys, args, fragment):
-    flag = "--teacher" if args[0] == "distill" else "--model"
-    code, _, err = run_cli([args[0], flag, str(qa_teacher), *args[1:], "--out", str(tmp_path / "out"), "--quiet"],
-                           capsys)
+@pytest.mark.parametrize("args,max_drop", SHRINK_STAGES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_prune_quantize_and_export_keep_question_answering(qa_teacher, tmp_path, capsys, args, max_drop):
+    shrink_keeps_the_task(qa_teacher, tmp_path, capsys, args, max_drop)
+
+
+def test_onnx_graph_names_the_span_outputs(qa_teacher, tmp_path, capsys):
+    import onnx
+
+    code, _, err = run_cli(["export", "--model", str(qa_teacher), "--out", str(tmp_path / "onnx"), "--quiet"], capsys)
+    assert code == 0, err
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False).graph
+    assert [o.name for o in graph.output] == ["start_logits", "end_logits"]
+
+
+def test_albert_students_say_they_need_a_sequence_teacher(qa_teacher, tmp_path, capsys):
+    code, _, err = run_cli(["distill", "--teacher", str(qa_teacher), "--student", "albert;embedding=16", "--out",
+                            str(tmp_path / "out"), "--quiet"], capsys)
     assert code != 0
-    one_error_line(err, fragment)
+    one_error_line(err, "ALBERT students are built for sequence-classification")
     assert not (tmp_path / "out").exists()
 
 

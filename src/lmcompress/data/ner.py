@@ -31,14 +31,6 @@ PEOPLES_DAILY_TYPES = {"nr": "PER", "ns": "LOC", "nt": "ORG"}
 _PD_SENTENCE_END = ("。", "！", "？")
 
 
-def refuse_token_task(task_data, stages: str) -> None:
-    """Stages that handle only sequence-level heads (prune, quantize, export) say so for NER and QA runs."""
-    names = {TOKEN_TASK: "token-classification (NER)", "question-answering": "question-answering"}
-    if task_data.task in names:
-        raise LmcError(f"{stages} handle sequence classification and regression runs; {names[task_data.task]} "
-                       "runs are not supported yet")
-
-
 # ------------------------------------------------------------------------------------------------ readers
 
 

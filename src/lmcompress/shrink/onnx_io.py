@@ -55,6 +55,14 @@ def _quiet() -> Any:
             logging.getLogger("torch").setLevel(previous)
 
 
+def output_names(config) -> list[str]:
+    """The graph's outputs, named as transformers names them: start_logits and end_logits for question answering
+    ([B, T] each), else logits ([B, C] per sequence, [B, T, C] per token)."""
+    from ..models.load import saved_head
+
+    return ["start_logits", "end_logits"] if saved_head(config) == "question-answering" else ["logits"]
+
+
 def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -> Path:
     """Trace `model` on `sample` (input_ids, attention_mask[, token_type_ids]: [B, T]) to `path` with dynamic B, T."""
     require_onnx()
@@ -68,7 +76,8 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -
     try:
         with _quiet(), torch.no_grad():
             program = torch.onnx.export(model, (), kwargs=dict(sample), dynamo=True, dynamic_shapes=shapes,
-                                        input_names=list(sample), output_names=["logits"], verbose=False)
+                                        input_names=list(sample), output_names=output_names(model.config),
+                                        verbose=False)
             program.save(str(path))
     except Exception as exc:  # the exporter raises many types; the first line names the unsupported op
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
@@ -99,9 +108,10 @@ def input_names(sess) -> tuple[str, ...]:
     return tuple(i.name for i in sess.get_inputs())
 
 
-def run_session(sess, batch: dict[str, torch.Tensor], names: tuple[str, ...]) -> np.ndarray:
-    """Feed the graph's inputs `names` (int64) -> logits [B, C]."""
-    return sess.run(["logits"], {name: batch[name].numpy().astype(np.int64) for name in names})[0]
+def run_session(sess, batch: dict[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Feed the graph's inputs `names` (int64) -> every output by name (logits, or start_logits and end_logits)."""
+    outputs = [o.name for o in sess.get_outputs()]
+    return dict(zip(outputs, sess.run(outputs, {name: batch[name].numpy().astype(np.int64) for name in names})))
 
 
 def validate(model: nn.Module, path: Path, batches: list[dict[str, torch.Tensor]], tolerance: float) -> dict[str, Any]:
@@ -111,11 +121,12 @@ def validate(model: nn.Module, path: Path, batches: list[dict[str, torch.Tensor]
     worst = 0.0
     with torch.no_grad():
         for batch in batches:
-            expected = model(**batch).logits.float().numpy()  # [B, C]
-            got = run_session(sess, batch, names)
-            if got.shape != expected.shape:
-                raise LmcError(f"ONNX validation failed: output shape {got.shape} vs PyTorch {expected.shape}")
-            worst = max(worst, float(np.abs(got - expected).max()))
+            out = model(**batch)
+            for name, got in run_session(sess, batch, names).items():
+                expected = getattr(out, name).float().numpy()  # [B, C], [B, T, C] or [B, T]
+                if got.shape != expected.shape:
+                    raise LmcError(f"ONNX validation failed: {name} shape {got.shape} vs PyTorch {expected.shape}")
+                worst = max(worst, float(np.abs(got - expected).max()))
     record = {"max_abs_logit_diff": worst, "tolerance": tolerance,
               "batches": [list(b["input_ids"].shape) for b in batches]}
     if not np.isfinite(worst) or worst > tolerance:
@@ -218,4 +229,5 @@ class OnnxClassifier(nn.Module):
         batch = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             batch["token_type_ids"] = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
-        return SimpleNamespace(logits=torch.from_numpy(run_session(self.session, batch, self.input_names)), loss=None)
+        outputs = run_session(self.session, batch, self.input_names)
+        return SimpleNamespace(**{name: torch.from_numpy(value) for name, value in outputs.items()}, loss=None)

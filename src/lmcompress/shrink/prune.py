@@ -4,7 +4,8 @@ important ones physically, then recover by distilling from the unpruned model.
 Importance is the first-order (Taylor) estimate of the loss change when a unit is removed, |sum over tokens of
 activation x gradient|, accumulated per example: for a head this equals Michel et al.'s gradient of a head mask, for an
 FFN neuron it is |a x dL/da|, for a layer it uses the layer's residual update. Every layer keeps the same number of
-heads and FFN neurons so the result is a standard config that `AutoModelForSequenceClassification` reloads alone.
+heads and FFN neurons so the result is a standard config that transformers' Auto class of its head reloads alone. Any
+task head works (sequence, token, span): the loss whose gradient is scored is the task's own.
 BERT/RoBERTa configs derive the head size as hidden / heads, so removing heads while keeping the head size shrinks the
 hidden width to kept heads x head size (the residual dimensions kept are the most important ones); `--hidden` picks
 another width (the head size then becomes hidden / kept heads, at most the original).
@@ -24,7 +25,6 @@ from torch.utils.data import DataLoader
 
 from ..config import DistillConfig, PruneConfig, to_dict
 from ..data import load_task
-from ..data.ner import refuse_token_task
 from ..data.tokenize import collator, tokenize_frame
 from ..distill.student import NARROWABLE, _topk_sorted, slice_model
 from ..errors import LmcError
@@ -162,14 +162,14 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         raise LmcError(f"--model {cfg.model} is not a fine-tuned run (no config.json)")
     data_cfg = data_config_for(cfg.data, source)
     task_data = load_task(data_cfg)
-    refuse_token_task(task_data, "prune")
     model = load_trained_classifier(source, task_data.labels, task_data.task == "regression", task_data.task)
     encoder_layers(model)
     target = plan(model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden)
     tokenizer = load_tokenizer(source)
 
     rows = task_data.splits["train"].head(cfg.calibration_examples)
-    loader = DataLoader(tokenize_frame(rows, tokenizer, data_cfg.max_length), batch_size=32, collate_fn=collator(tokenizer))
+    loader = DataLoader(tokenize_frame(rows, tokenizer, data_cfg.max_length, task_data.qa_options), batch_size=32,
+                        collate_fn=collator(tokenizer))
     log.info("scoring importance on %d training rows", len(rows))
     scores = importance_scores(model, loader)
     pruned, kept = prune_model(model, scores, target)

@@ -21,7 +21,6 @@ import torch
 
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..data import load_task
-from ..data.ner import refuse_token_task
 from ..errors import LmcError
 from ..evaluate import score_test
 from ..models.load import load_tokenizer, load_trained_classifier
@@ -69,7 +68,6 @@ def _prepare(model_spec: str, data) -> tuple[Path, Any, Any, Any, Any]:
     source = _source_run(model_spec)
     data_cfg = data_config_for(data, source)
     task_data = load_task(data_cfg)
-    refuse_token_task(task_data, "quantize and export")
     model = load_trained_classifier(source, task_data.labels, task_data.task == "regression",
                                     task_data.task).eval()
     tokenizer = load_tokenizer(source)
