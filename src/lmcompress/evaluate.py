@@ -23,8 +23,8 @@ from .data.tokenize import collator, fixed_batch, tokenize_frame
 from .errors import LmcError
 from .models.load import load_run_model, load_tokenizer
 from .models.outputs import forward
-from .runs import (METRICS, RunDir, data_config_for, is_language_model, is_main_process, read_run_manifest,
-                   refuse_embedding_run, write_json_atomic)
+from .runs import (METRICS, RunDir, data_config_for, is_embedding_run, is_language_model, is_main_process,
+                   read_run_manifest, write_json_atomic)
 
 log = logging.getLogger("lmcompress")
 
@@ -226,7 +226,12 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
     manifest = read_run_manifest(folder) or {}
-    refuse_embedding_run(manifest, str(folder))
+    if is_embedding_run(manifest):  # cosine-similarity correlation on its held-aside sentence pairs
+        from .distill.embeddings import held_aside_pairs, score_encoder
+
+        recorded, pairs = held_aside_pairs(folder)
+        return _write_metrics(score_encoder(folder, pairs, recorded.data.max_length,
+                                            cfg.latency_repeats if cfg.latency else None, cfg.threads), cfg, folder)
     if is_language_model(manifest):  # perplexity on its fixed validation set
         from .pretrain import evaluate_lm_run
 

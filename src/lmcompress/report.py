@@ -21,8 +21,7 @@ from .console import console
 from .errors import LmcError
 from .evaluate import MAIN_METRIC, count_params, latency_for_texts, score_split, weights_size_bytes
 from .models.load import load_run_model, load_tokenizer
-from .runs import (data_config_for, is_language_model, read_run_manifest, refuse_embedding_run, versions,
-                   write_json_atomic)
+from .runs import data_config_for, is_embedding_run, is_language_model, read_run_manifest, versions, write_json_atomic
 
 log = logging.getLogger("lmcompress")
 
@@ -42,7 +41,7 @@ def made_by(manifest: dict[str, Any]) -> str:
     stage = manifest.get("stage")
     if not stage:
         return "checkpoint"
-    if stage in ("distill", "distill-lm"):
+    if stage in ("distill", "distill-lm", "distill-embeddings"):
         spec = str((manifest.get("student") or {}).get("spec", ""))
         return f"distill from {Path(spec).name}" if "/" in spec else f"distill {spec}".strip()
     if stage == "quantize":
@@ -65,10 +64,7 @@ def _run_names(folders: list[Path]) -> list[str]:
 
 
 def compare(cfg: CompareConfig) -> dict[str, Any]:
-    folders = [Path(r).expanduser() for r in cfg.runs]
-    for folder in folders:
-        if not (folder / "config.json").is_file():
-            raise LmcError(f"{folder} is not a run directory (no config.json)")
+    folders = [_run_folder(r) for r in cfg.runs]
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise LmcError(f"--out {out} is a file; choose a folder path")
@@ -82,9 +78,10 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             raise LmcError(f"--teacher {cfg.teacher} is not one of the runs ({', '.join(names)})")
         teacher_index = matches[0]
     threads = cfg.threads or torch.get_num_threads()
-    for name, folder in zip(names, folders):
-        refuse_embedding_run(read_run_manifest(folder) or {}, name)
-    if is_language_model(read_run_manifest(folders[teacher_index]) or {}):
+    manifests = [read_run_manifest(folder) or {} for folder in folders]
+    if any(is_embedding_run(m) for m in manifests):
+        rows, context = _embedding_rows(cfg, folders, names, manifests, threads)
+    elif is_language_model(manifests[teacher_index]):
         rows, context = _language_model_rows(cfg, folders, names, teacher_index, threads)
     else:
         rows, context = _task_rows(cfg, folders, names, teacher_index, threads)
@@ -130,6 +127,45 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     print_table(report)
     report["path"] = str(out)
     return report
+
+
+def _run_folder(spec: str) -> Path:
+    """A run directory, or a zoo model name (e.g. minilm-l6, the teacher of an embedding run)."""
+    from . import catalog
+
+    folder = Path(spec).expanduser()
+    if not folder.exists() and catalog.is_zoo_name(spec) and catalog.get(spec).kind == "model":
+        folder = catalog.get(spec).require()
+    if not (folder / "config.json").is_file():
+        raise LmcError(f"{spec} is not a run directory (no config.json)")
+    return folder
+
+
+def _embedding_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[dict[str, Any]],
+                    threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sentence encoders (embedding runs, and plain encoders such as their teacher) on the held-aside pairs of the
+    first embedding run: spearman of cosine similarity."""
+    from .distill.embeddings import held_aside_pairs, score_encoder
+
+    for name, manifest in zip(names, manifests):
+        kind = (manifest.get("task") or {}).get("type")
+        if kind and not is_embedding_run(manifest):
+            raise LmcError(f"{name} is a {kind} run; compare sentence-embedding runs with each other and with plain "
+                           "encoders (their teacher)")
+    reference = next(f for f, m in zip(folders, manifests) if is_embedding_run(m))
+    recorded, pairs = held_aside_pairs(reference)
+    max_length = recorded.data.max_length
+    rows = []
+    for name, folder, manifest in zip(names, folders, manifests):
+        scored = score_encoder(folder, pairs, max_length, cfg.latency_repeats, threads)
+        rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest), "params": scored["params"],
+                     "size_mb": round(scored["size_bytes"] / 1e6, 2), "metric": "spearman",
+                     "value": round(scored["metrics"]["spearman"], 6), "metrics": scored["metrics"],
+                     "latency_ms_b1": scored["latency_ms"]["batch1"], "latency_ms_b32": scored["latency_ms"]["batch32"]})
+        log.info("%s: spearman %.4f, %.1f ms @ b32", name, scored["metrics"]["spearman"], scored["latency_ms"]["batch32"])
+    data = {"source": recorded.data.data, "seed": recorded.data.split_seed, "pairs": len(pairs),
+            "pairs_from": str(reference)}
+    return rows, {"task": "sentence-embedding", "data": data, "seq_len": max_length, "lower_is_better": False}
 
 
 def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
@@ -236,6 +272,9 @@ def _setup_line(report: dict[str, Any]) -> str:
     s, data = report["setup"], report["data"]
     if "sizes" in data:
         rows = f"test rows: {data['sizes']['test']} (fingerprint {data['test_fingerprint']})"
+    elif "pairs" in data:  # sentence embeddings: held-aside pairs of an embedding run
+        rows = (f"held-aside sentence pairs: {data['pairs']} from the validation documents of {data['source']} "
+                f"(split seed {data['seed']})")
     else:  # language models: the teacher run's fixed masked validation set
         rows = (f"validation examples: {data['examples']['validation']} of {data['source']} "
                 f"(fingerprint {data['validation_fingerprint']})")

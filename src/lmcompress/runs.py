@@ -74,11 +74,9 @@ def is_language_model(manifest: dict[str, Any]) -> bool:
     return (manifest.get("task") or {}).get("type") in LM_OBJECTIVES
 
 
-def refuse_embedding_run(manifest: dict[str, Any], name: str) -> None:
-    """evaluate and compare re-score task and LM runs; an embedding run's scores exist only from when it was made."""
-    if (manifest.get("task") or {}).get("type") == EMBEDDING_TASK:
-        raise LmcError(f"{name} is a sentence-embedding run: its held-aside pair scores are in metrics.json "
-                       "(evaluate and compare do not re-score embedding runs yet)")
+def is_embedding_run(manifest: dict[str, Any]) -> bool:
+    """A bi-encoder (distill-embeddings) run, scored by the cosine-similarity correlation of its sentence pairs."""
+    return (manifest.get("task") or {}).get("type") == EMBEDDING_TASK
 
 
 def training_record(result) -> dict[str, Any]:

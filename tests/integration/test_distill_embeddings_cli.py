@@ -29,9 +29,39 @@ def test_bi_encoder_student_learns_the_teachers_embeddings(tiny_bert_dir, corpus
     from transformers import AutoModel
 
     assert AutoModel.from_pretrained(out).config.hidden_size == 16  # a plain encoder checkpoint
-    code, _, err = run_cli(["evaluate", "--model", str(out)], capsys)
+
+    # evaluate rebuilds the same held-aside pairs from lmcompress.json and gets the student's spearman back
+    code, stdout, err = run_cli(["evaluate", "--model", str(out), "--out", str(tmp_path / "eval"), "--json",
+                                 "--latency-repeats", "2"], capsys)
+    assert code == 0, err
+    evaluated = json.loads(stdout)
+    assert evaluated["task"] == "sentence-embedding" and evaluated["examples"] == 200
+    assert abs(evaluated["metrics"]["spearman"] - metrics["metrics"]["spearman"]) < 1e-6
+    assert evaluated["params"] == metrics["params"] and set(evaluated["latency_ms"]) == {"batch1", "batch32"}
+
+    # compare: the teacher (a plain encoder, no run manifest) and the student on those pairs
+    report = tmp_path / "report"
+    code, _, err = run_cli(["compare", str(tiny_bert_dir), str(out), "--out", str(report), "--latency-repeats", "2",
+                            "--quiet"], capsys)
+    assert code == 0, err
+    result = json.loads((report / "report.json").read_text())
+    teacher_row, student_row = result["rows"]
+    assert [r["metric"] for r in result["rows"]] == ["spearman", "spearman"]
+    assert abs(teacher_row["value"] - metrics["teacher_metrics"]["spearman"]) < 1e-5
+    assert abs(student_row["value"] - metrics["metrics"]["spearman"]) < 1e-5
+    assert student_row["retention"] == round(student_row["value"] / teacher_row["value"], 4)
+    assert "held-aside sentence pairs: 200" in (report / "report.md").read_text()
+
+
+def test_compare_keeps_embedding_runs_apart_from_task_runs(tiny_teacher_run, tiny_bert_dir, corpus, tmp_path, capsys):
+    out = tmp_path / "bi-encoder"
+    assert run_cli(["distill-embeddings", "--teacher", str(tiny_bert_dir), "--student", "layers=1", "--data",
+                    str(corpus), "--validation-fraction", "0.25", "--max-validation-examples", "20", "--epochs", "1",
+                    "--out", str(out), "--quiet"], capsys)[0] == 0
+    code, _, err = run_cli(["compare", str(out), str(tiny_teacher_run), "--out", str(tmp_path / "r"), "--quiet"],
+                           capsys)
     assert code == 1
-    one_error_line(err, "sentence-embedding run")
+    one_error_line(err, "is a classification run; compare sentence-embedding runs with each other")
 
 
 def test_similarity_pairs_are_half_same_document_half_not():

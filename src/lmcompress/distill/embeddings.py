@@ -14,7 +14,9 @@ student's cosines with the teacher's on the same pairs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,15 @@ import transformers
 from scipy.stats import spearmanr
 from transformers import AutoModel
 
-from ..config import EmbeddingDistillConfig, to_dict
+from ..config import EmbeddingDistillConfig, from_dict, to_dict
 from ..data.corpora import Document, load_corpus
 from ..data.tokenize import collator
 from ..errors import LmcError
 from ..evaluate import count_params, measure_latency, weights_size_bytes
 from ..models import presets
 from ..models.load import _first_line, load_tokenizer, remote_code_allowed, resolve
-from ..runs import (EMBEDDING_TASK, METRICS, RunDir, is_main_process, num_processes, stage_manifest, training_record,
-                    write_json_atomic)
+from ..runs import (EMBEDDING_TASK, METRICS, RunDir, is_main_process, num_processes, read_run_manifest, stage_manifest,
+                   training_record, write_json_atomic)
 from ..train import fit
 from . import losses
 from .stage import DistillModule
@@ -69,6 +71,73 @@ def similarity_pairs(documents: list[list[str]], n_pairs: int, seed: int) -> lis
 
 def _sentences(documents: list[Document], min_chars: int) -> list[list[str]]:
     return [[s for s in d if len(s) >= min_chars] for d in documents]
+
+
+@dataclass
+class SentenceData:
+    train: list[str]  # training sentences (the train documents')
+    pairs: list[tuple[str, str, float]]  # held-aside scored pairs (the validation documents')
+    source: str
+    validation_documents: int
+
+
+def sentence_data(cfg: EmbeddingDistillConfig) -> SentenceData:
+    """The corpus split by document with the recorded seed -> training sentences and the held-aside pairs; the same
+    config always gives the same pairs, so evaluate and compare can rebuild them from a run's lmcompress.json."""
+    from ..pretrain import split_documents
+
+    documents, source = load_corpus(cfg.data.data, cfg.data.text_column)
+    if cfg.data.max_documents:
+        documents = documents[:cfg.data.max_documents]
+    train_ids, validation_ids = split_documents(documents, cfg.data.validation_fraction, cfg.data.split_seed)
+    train = [s for d in _sentences([documents[i] for i in train_ids], cfg.min_sentence_chars) for s in d]
+    pairs = similarity_pairs(_sentences([documents[i] for i in validation_ids], cfg.min_sentence_chars),
+                             cfg.data.max_validation_examples, cfg.data.split_seed + 3)
+    return SentenceData(train, pairs, source, len(validation_ids))
+
+
+def pairs_fingerprint(pairs: list[tuple[str, str, float]]) -> str:
+    return hashlib.sha256(repr(pairs).encode("utf-8")).hexdigest()[:16]
+
+
+def recorded_config(folder: Path) -> EmbeddingDistillConfig:
+    """The config an embedding run was made with (its lmcompress.json)."""
+    manifest = read_run_manifest(folder) or {}
+    return from_dict(EmbeddingDistillConfig, manifest.get("config") or {}, where=f"{folder}/lmcompress.json config")
+
+
+def held_aside_pairs(folder: Path) -> tuple[EmbeddingDistillConfig, list[tuple[str, str, float]]]:
+    """An embedding run's held-aside pairs, rebuilt and checked against the fingerprint recorded with it."""
+    cfg = recorded_config(folder)
+    pairs = sentence_data(cfg).pairs
+    expected = ((read_run_manifest(folder) or {}).get("data") or {}).get("pairs_fingerprint")
+    if expected and expected != pairs_fingerprint(pairs):
+        log.warning("the held-aside pairs differ from those recorded at training time (corpus changed?)")
+    return cfg, pairs
+
+
+def score_encoder(folder: Path, pairs: list[tuple[str, str, float]], max_length: int, latency_repeats: int | None,
+                  threads: int | None = None) -> dict[str, Any]:
+    """Any encoder folder (an embedding run or a plain checkpoint such as minilm-l6) on the pairs -> the metrics.json
+    payload: spearman of its cosines, params, size and latency (sentences padded to max_length)."""
+    model, tokenizer = _encoder(folder).eval(), load_tokenizer(folder)
+    scores, _ = score_pairs(model, tokenizer, pairs, max_length)
+    payload: dict[str, Any] = {"task": EMBEDDING_TASK, "split": "validation", "metrics": scores,
+                               "main_metric": "spearman", "params": count_params(model),
+                               "size_bytes": weights_size_bytes(folder), "examples": len(pairs)}
+    if latency_repeats:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads or previous)
+        try:
+            texts = [p[0] for p in pairs[:64]]
+            payload["latency_ms"] = measure_latency(model, lambda size: dict(tokenizer(
+                (texts * size)[:size], truncation=True, max_length=max_length, padding="max_length",
+                return_tensors="pt")), latency_repeats)
+        finally:
+            torch.set_num_threads(previous)
+        payload["latency_setup"] = {"threads": threads or previous, "seq_len": max_length,
+                                    "repeats": latency_repeats, "statistic": "median"}
+    return payload
 
 
 @torch.inference_mode()
@@ -137,20 +206,15 @@ def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
     teacher_tokenizer = load_tokenizer(teacher_source.tokenizer_path)
     student, tokenizer, copied = make_student(cfg.student, teacher, teacher_tokenizer, cfg.train.seed)
 
-    from ..pretrain import initial_scores, split_documents
+    from ..pretrain import initial_scores
 
-    documents, corpus_source = load_corpus(cfg.data.data, cfg.data.text_column)
-    if cfg.data.max_documents:
-        documents = documents[:cfg.data.max_documents]
-    train_ids, validation_ids = split_documents(documents, cfg.data.validation_fraction, cfg.data.split_seed)
-    train_sentences = [s for d in _sentences([documents[i] for i in train_ids], cfg.min_sentence_chars) for s in d]
-    pairs = similarity_pairs(_sentences([documents[i] for i in validation_ids], cfg.min_sentence_chars),
-                             cfg.data.max_validation_examples, cfg.data.split_seed + 3)
+    sentences = sentence_data(cfg)
+    train_sentences, pairs, corpus_source = sentences.train, sentences.pairs, sentences.source
     if not train_sentences:
         raise LmcError(f"no training sentences of {cfg.min_sentence_chars}+ characters in {cfg.data.data}")
     max_len = cfg.data.max_length
     log.info("%d training sentences, %d held-aside pairs from %d validation documents", len(train_sentences),
-             len(pairs), len(validation_ids))
+             len(pairs), sentences.validation_documents)
 
     run.begin(cfg.overwrite, cfg.resume)
     with run.guard():
@@ -185,24 +249,19 @@ def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
             student.save_pretrained(run.partial)
             tokenizer.save_pretrained(run.partial)
             scores = result.kept_scores("spearman", True, cfg.train.keep_best)
-            texts = [p[0] for p in pairs[:64]]
-            metrics = {"task": EMBEDDING_TASK, "split": "validation", "metrics": scores, "main_metric": "spearman",
-                       "metrics_before": initial, "teacher_metrics": teacher_scores,
-                       "teacher_params": count_params(teacher),
-                       "retention": round(scores["spearman"] / teacher_scores["spearman"], 4)
-                       if teacher_scores["spearman"] else None,
-                       "params": count_params(student), "size_bytes": weights_size_bytes(run.partial),
-                       "examples": len(pairs),
-                       "latency_ms": measure_latency(student, lambda size: dict(tokenizer(
-                           (texts * size)[:size], truncation=True, max_length=max_len, padding="max_length",
-                           return_tensors="pt")), 10),
-                       "latency_setup": {"threads": torch.get_num_threads(), "seq_len": max_len, "repeats": 10,
-                                         "statistic": "median"}}
+            # params, size and latency of the saved checkpoint; the scores are those measured in training (with the
+            # teacher agreement, which needs the teacher's cosines)
+            metrics = score_encoder(run.partial, pairs, max_len, 10) | {
+                "metrics": scores, "metrics_before": initial, "teacher_metrics": teacher_scores,
+                "teacher_params": count_params(teacher),
+                "retention": round(scores["spearman"] / teacher_scores["spearman"], 4)
+                if teacher_scores["spearman"] else None}
             write_json_atomic(run.partial / METRICS, metrics)
             record = stage_manifest(
                 "distill-embeddings", str(teacher_source.path), to_dict(cfg),
                 data={"source": corpus_source, "seed": cfg.data.split_seed, "train_sentences": len(train_sentences),
-                      "pairs": len(pairs), "validation_documents": len(validation_ids)},
+                      "pairs": len(pairs), "validation_documents": sentences.validation_documents,
+                      "pairs_fingerprint": pairs_fingerprint(pairs)},
                 task={"type": EMBEDDING_TASK}, train=training_record(result), processes=num_processes(),
                 student={"spec": cfg.student, "teacher_layers_copied": copied,
                          "hidden": student.config.hidden_size})
