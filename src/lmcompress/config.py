@@ -278,6 +278,11 @@ class DistillConfig:
         "help": "extra unlabelled in-domain text the teacher labels (TinyBERT-style augmentation; classification "
                 "only): a text file, a folder of .txt, a table with a text column, or a zoo corpus; rows equal to a "
                 "validation or test text are dropped"})
+    augment_replace: int = field(default=0, metadata={
+        "help": "TinyBERT word replacement: this many variants of every training text, each word replaced with "
+                "probability --augment-replace-prob by one of its 15 nearest words in the teacher's input embeddings; "
+                "the teacher labels them (classification only)"})
+    augment_replace_prob: float = field(default=0.4, metadata={"help": "share of words replaced per variant"})
     max_augment_rows: int | None = field(default=None, metadata={"help": "use at most N augmentation rows"})
     intermediate_epochs: float = field(default=0.0, metadata={
         "help": "TinyBERT two-stage: first this many epochs on the intermediate-layer losses only, then --epochs on "
@@ -291,6 +296,9 @@ class DistillConfig:
         if self.intermediate_epochs < 0:
             raise ValueError(f"intermediate_epochs must be >= 0, got {self.intermediate_epochs}")
         _at_least(self, 1, "max_augment_rows")
+        _at_least(self, 0, "augment_replace")
+        if not 0.0 < self.augment_replace_prob <= 1.0:
+            raise ValueError(f"augment_replace_prob must be in (0, 1], got {self.augment_replace_prob}")
 
 
 @dataclass
@@ -312,6 +320,10 @@ class LMDistillConfig:
     top_k: int = field(default=0, metadata={
         "help": "keep only the teacher's top-k vocabulary logits per token (renormalised) and cache them, so later "
                 "epochs skip the teacher (kept under --cache-dir/teacher-outputs); 0: exact KD over the whole vocabulary, teacher run live"})
+    sample_k: int = field(default=0, metadata={
+        "help": "instead of the top-k: draw K tokens per position from the teacher's distribution at the temperature "
+                "(with replacement, seeded per example) and cache them; the KD gradient stays unbiased, where top-k "
+                "drops the tail (random-sampling KD, Anshumann et al. 2025)"})
     teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
         "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
     masking: Literal["dynamic", "static"] = field(default="dynamic", metadata={
@@ -334,10 +346,12 @@ class LMDistillConfig:
         if not 0.0 < self.mask_prob < 1.0:
             raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
         _at_least(self, 1, "max_ngram")
-        _at_least(self, 0, "top_k")
-        if self.top_k and self.kd_direction == "reverse":
-            raise ValueError("reverse KL needs the teacher's whole distribution: use --top-k 0 with --kd-direction "
-                             "reverse")
+        _at_least(self, 0, "top_k", "sample_k")
+        if self.top_k and self.sample_k:
+            raise ValueError("choose one sparse teacher: --top-k or --sample-k")
+        if (self.top_k or self.sample_k) and self.kd_direction == "reverse":
+            raise ValueError("reverse KL needs the teacher's whole distribution: use --top-k 0 and --sample-k 0 with "
+                             "--kd-direction reverse")
 
 
 @dataclass

@@ -15,12 +15,14 @@ import os
 import platform
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import DataConfig, from_dict
 from .errors import LmcError
+
+T = TypeVar("T")
 
 MANIFEST = "lmcompress.json"
 METRICS = "metrics.json"
@@ -111,6 +113,25 @@ def wait_for_everyone() -> None:
 
 def num_processes() -> int:
     return process_state().num_processes
+
+
+def on_every_process(make: Callable[[], T]) -> T:
+    """`make()` on rank 0 first, then on the other ranks: for files rank 0 creates and the others open (the teacher
+    caches: memory-mapped files that every process of one machine shares)."""
+    made = make() if is_main_process() else None
+    wait_for_everyone()
+    return made if made is not None else make()
+
+
+def sum_over_processes(counts: list[int]) -> list[int]:
+    """Element-wise sum of per-process counters (hits, misses) across the ranks of a launch; as is in a plain run."""
+    import torch
+
+    if num_processes() == 1:
+        return counts
+    total = torch.tensor(counts, dtype=torch.int64)
+    torch.distributed.all_reduce(total)
+    return total.tolist()
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

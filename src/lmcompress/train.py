@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader, Dataset
@@ -119,6 +119,17 @@ def _set_rng_state(state: dict[str, Any], torch_state: torch.Tensor) -> None:
     np_state = state["numpy"]
     np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
     torch.set_rng_state(torch_state)
+
+
+class ModelWithLoss(torch.nn.Module):
+    """`loss_fn(model, batch)` as a module: what accelerate prepares (and DDP wraps) in place of the bare model."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
 
 
 class _SignalToInterrupt:
@@ -240,6 +251,9 @@ def fit(
         gradient_accumulation_steps=cfg.grad_accum_steps,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
+        # some parameters get no gradient in some steps (TinyBERT's stages, a pooler a token task skips): DDP must
+        # not wait for them
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -262,8 +276,11 @@ def fit(
 
     optimizer = make_optimizer(model, cfg)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
+    # the loss is computed inside the prepared module's forward: a data-parallel wrapper then sees the whole loss
+    # computation (a distillation loss runs the student's sub-modules and projections) and syncs those gradients
+    model, optimizer, loader, scheduler = accelerator.prepare(ModelWithLoss(model, loss_fn), optimizer, loader,
+                                                              scheduler)
+    unwrapped = accelerator.unwrap_model(model).model
 
     state = LoopState()
     if resume:
@@ -328,7 +345,7 @@ def fit(
                     with accelerator.accumulate(model):
                         # autocast here, not only in the prepared forward: stages call sub-modules directly
                         with accelerator.autocast():
-                            loss = loss_fn(model, batch)
+                            loss = model(batch)
                         if not torch.isfinite(loss) and cfg.nan_policy == "skip" \
                                 and state.skipped_batches < cfg.max_skipped_batches:
                             state.skipped_batches += 1
@@ -361,10 +378,13 @@ def fit(
                     rate = examples_seen / max(1e-9, time.perf_counter() - session_start)
                     progress.update(bar, advance=1, loss=f"{running_loss / running_count:.4f}", rate=f"{rate:.0f}")
                     if state.global_step % cfg.log_every_steps == 0:
+                        # every rank reaches this step together: the logged loss is the mean over all their batches
+                        mean_loss = running_loss / running_count
+                        if accelerator.num_processes > 1:
+                            mean_loss = accelerator.reduce(torch.tensor(mean_loss), reduction="mean").item()
                         if not progress.console.is_terminal and accelerator.is_main_process:  # e.g. a log file
-                            log.info("step %d/%d loss %.4f %.0f ex/s", state.global_step, total_steps,
-                                     running_loss / running_count, rate)
-                        logs.write(state.global_step, {"train/loss": running_loss / running_count,
+                            log.info("step %d/%d loss %.4f %.0f ex/s", state.global_step, total_steps, mean_loss, rate)
+                        logs.write(state.global_step, {"train/loss": mean_loss,
                                                        "train/lr": scheduler.get_last_lr()[0],
                                                        "train/examples_per_s": rate})
                         running_loss, running_count = 0.0, 0

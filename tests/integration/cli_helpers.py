@@ -66,6 +66,24 @@ def assert_same_weights(a_dir, b_dir) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
+def cached_distill_matches_live(teacher, tmp_path, capsys, student_args: list[str]) -> dict:
+    """Distil twice into fresh runs sharing one teacher cache: the first run computes the teacher once (epoch 1)
+    and reads it back after, the second only reads; both save the very same weights. -> the first run's stats."""
+    import json
+
+    cache = tmp_path / "cache"
+    stats = []
+    for name in ("first", "second"):
+        code, _, err = run_cli(["distill", "--teacher", str(teacher), "--out", str(tmp_path / name), "--cache-dir",
+                                str(cache), *student_args, "--quiet"], capsys)
+        assert code == 0, err
+        stats.append(json.loads((tmp_path / name / "lmcompress.json").read_text())["teacher_cache"])
+    n = stats[0]["examples"]
+    assert stats[0]["misses"] == n and stats[0]["hits"] > 0 and stats[1]["misses"] == 0, stats
+    assert_same_weights(tmp_path / "first", tmp_path / "second")
+    return stats[0]
+
+
 SHRINK_STAGES = [  # (arguments, largest allowed drop of the main metric vs the parent)
     (["export"], 1e-6),  # fp32 ONNX: the same predictions
     (["quantize", "--method", "dynamic-int8"], 0.15),

@@ -153,6 +153,20 @@ def test_augmentation_batches_without_labels_train_on_the_teacher_alone(tiny_tea
     assert code == 0, err  # no NaN from a hard-label loss over zero labelled rows
 
 
+def test_word_replaced_variants_are_labelled_by_the_teacher(tiny_teacher_run, tmp_path, capsys):
+    out = tmp_path / "student"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--out", str(out),
+                            "--augment-replace", "3", "--augment-replace-prob", "0.5", "--cache-dir",
+                            str(tmp_path / "cache"), *COMMON], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    record, sizes = manifest["augmentation"], manifest["data"]["sizes"]
+    assert record["word_replacement"]["variants_per_text"] == 3
+    assert sizes["train"] < record["rows"] <= 3 * sizes["train"]  # repeats and unchanged copies are dropped
+    assert manifest["teacher_cache"]["misses"] == sizes["train"] + record["rows"]
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["accuracy"] >= 0.75
+
+
 def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_run, corpus, tmp_path, capsys):
     from transformers import AutoTokenizer
 

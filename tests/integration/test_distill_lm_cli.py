@@ -72,9 +72,10 @@ def test_causal_lm_distillation_gives_a_plain_gpt2_that_evaluate_and_compare_sco
     assert rows[1]["value"] == pytest.approx(metrics["metrics"]["perplexity"], rel=1e-4)
 
 
-def test_top_k_cache_fills_once_and_later_epochs_read_it(clm_teacher, corpus, tmp_path, capsys):
+@pytest.mark.parametrize("sparse", [["--top-k", "8"], ["--sample-k", "8"]], ids=["top-k", "sampled"])
+def test_sparse_teacher_cache_fills_once_and_later_epochs_read_it(clm_teacher, corpus, tmp_path, capsys, sparse):
     cache = tmp_path / "cache"
-    args = ["--student", "gpt2-1l-32h-4a", "--top-k", "8", "--epochs", "2"]
+    args = ["--student", "gpt2-1l-32h-4a", *sparse, "--epochs", "2"]
     code, _, err = run_cli(_distill(clm_teacher, corpus, tmp_path / "a", *args, cache=cache, steps=None), capsys)
     assert code == 0, err
     stats = json.loads((tmp_path / "a" / "lmcompress.json").read_text())["teacher_cache"]
@@ -88,13 +89,33 @@ def test_top_k_cache_fills_once_and_later_epochs_read_it(clm_teacher, corpus, tm
     assert_same_weights(tmp_path / "a", tmp_path / "b")  # cached values are exactly what the live run trained on
 
 
-def test_interrupted_lm_distillation_resumes_to_the_same_weights(clm_teacher, corpus, tmp_path, capsys, monkeypatch):
-    args = ["--student", "gpt2-1l-32h-4a", "--kd-direction", "reverse", "--checkpoint-every-steps", "2"]
+@pytest.mark.parametrize("kd", [["--kd-direction", "reverse"], ["--sample-k", "4"]], ids=["reverse", "sampled"])
+def test_interrupted_lm_distillation_resumes_to_the_same_weights(clm_teacher, corpus, tmp_path, capsys, monkeypatch,
+                                                                 kd):
+    """Sampled KD too: an example's draws are seeded by the example, so the rows the interrupted run cached and the
+    rows the straight run drew live are the same tokens."""
+    args = ["--student", "gpt2-1l-32h-4a", *kd, "--checkpoint-every-steps", "2"]
     straight = tmp_path / "straight"
     assert run_cli(_distill(clm_teacher, corpus, straight, *args), capsys)[0] == 0
     resumed = tmp_path / "resumed"
     interrupt_then_resume(monkeypatch, capsys, _distill(clm_teacher, corpus, resumed, *args), at_backward=6)
     assert_same_weights(straight, resumed)
+
+
+@pytest.mark.parametrize("sparse", [["--top-k", "8"], ["--sample-k", "8"]], ids=["top-k", "sampled"])
+def test_general_distillation_with_static_masks_caches_the_masked_positions(mlm_teacher, corpus, tmp_path, capsys,
+                                                                           sparse):
+    """One mask per example, drawn once: the teacher's (sparse) logits at the masked positions are cached like a
+    causal teacher's, and a run that reads them all back trains to the same weights."""
+    cache = tmp_path / "cache"
+    args = ["--student", "layers=1", "--masking", "static", *sparse, "--epochs", "2", "--temperature", "2"]
+    stats = []
+    for name in ("a", "b"):
+        code, _, err = run_cli(_distill(mlm_teacher, corpus, tmp_path / name, *args, cache=cache, steps=None), capsys)
+        assert code == 0, err
+        stats.append(json.loads((tmp_path / name / "lmcompress.json").read_text())["teacher_cache"])
+    assert stats[0]["misses"] == stats[0]["blocks"] == stats[0]["hits"] and stats[1]["misses"] == 0
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
 
 
 def test_general_distillation_from_a_derived_student_with_intermediate_losses(mlm_teacher, corpus, sentiment_csv,
@@ -134,6 +155,7 @@ def test_a_headless_teacher_teaches_through_relations_only(tiny_bert_dir, corpus
     ("gpt2-1l-32h-4a", ["--objective", "mlm"], "needs an encoder"),
     ("gpt2-1l-32h-4a", ["--alpha", "1"], "takes nothing from the teacher"),
     ("gpt2-1l-32h-4a", ["--top-k", "4", "--kd-direction", "reverse"], "reverse KL needs the teacher's whole"),
+    ("gpt2-1l-32h-4a", ["--top-k", "4", "--sample-k", "4"], "choose one sparse teacher"),
     ("TINY_BERT", [], "--objective clm needs a causal LM"),
 ])
 def test_bad_lm_distillation_setups_fail_in_one_line(student, extra, fragment, clm_teacher, tiny_bert_dir, corpus,
@@ -154,3 +176,11 @@ def test_students_with_another_vocabulary_are_refused(clm_teacher, corpus, tmp_p
     code, _, err = run_cli(_distill(clm_teacher, corpus, tmp_path / "s", "--student", str(other)), capsys)
     assert code == 1
     one_error_line(err, "differs from the teacher's", "lmcompress distill")
+
+
+def test_a_cache_with_dynamic_masks_asks_for_static_ones(mlm_teacher, corpus, tmp_path, capsys):
+    code, _, err = run_cli(_distill(mlm_teacher, corpus, tmp_path / "bad", "--student", "layers=1", "--top-k", "4"),
+                           capsys)
+    assert code == 1
+    one_error_line(err, "add --masking static")
+    assert not (tmp_path / "bad").exists()

@@ -30,3 +30,32 @@ def test_two_processes_train_data_parallel_and_only_rank0_writes(tiny_bert_dir, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]  # no partial dir, no second copy
     assert (result.stdout + result.stderr).count("epoch 6/6: validation") == 1  # rank 1 is silent
     assert not (out / "checkpoint").exists()
+
+
+def test_two_processes_share_one_teacher_cache(tiny_teacher_run, tmp_path):
+    """Rank 0 creates the memory-mapped teacher cache, both ranks fill the rows of their shards in epoch 1 and read
+    rows either filled in epoch 2; the counts in lmcompress.json are summed over the ranks. A later run, launched or
+    not, finds every row cached."""
+    torchrun = VENV_BIN / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this interpreter")
+    cache = tmp_path / "cache"
+
+    def distill(out: Path, processes: int) -> dict:
+        launcher = [str(torchrun), "--nproc_per_node", str(processes)] if processes > 1 else [sys.executable]
+        cmd = [*launcher, "-m", "lmcompress", "distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1",
+               "--hidden-weight", "1", "--epochs", "2", "--batch-size", "16", "--out", str(out), "--cache-dir",
+               str(cache), "--quiet"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        manifest = json.loads((out / "lmcompress.json").read_text())
+        assert manifest["processes"] == processes
+        return manifest["teacher_cache"]
+
+    first = distill(tmp_path / "launched", 2)
+    n = first["examples"]
+    assert first["cached"] == n
+    # epoch 1 computes every row once (a rank may pad its last batch with a repeated row), epoch 2 reads them back
+    assert n <= first["misses"] <= n + 16 and first["hits"] >= n, first
+    assert distill(tmp_path / "again", 2)["misses"] == 0
+    assert distill(tmp_path / "single", 1)["misses"] == 0

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from tests.conftest import FILLER, NEGATIVE, POSITIVE
-from tests.integration.cli_helpers import SHRINK_STAGES, run_cli, shrink_keeps_the_task
+from tests.integration.cli_helpers import SHRINK_STAGES, cached_distill_matches_live, run_cli, shrink_keeps_the_task
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,6 @@ def test_distilled_ner_student_and_compare(ner_teacher, tmp_path, capsys):
     assert code == 0, err
     student = json.loads((out / "metrics.json").read_text())
     assert student["metrics"]["f1"] > 0.6
-    assert json.loads((out / "lmcompress.json").read_text())["teacher_cache"] is None  # token logits run live
     report = tmp_path / "report"
     code, _, err = run_cli(["compare", str(ner_teacher), str(out), "--out", str(report), "--latency-repeats", "2",
                             "--quiet"], capsys)
@@ -76,3 +75,9 @@ def test_distilled_ner_student_and_compare(ner_teacher, tmp_path, capsys):
 @pytest.mark.parametrize("args,max_drop", SHRINK_STAGES, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_prune_quantize_and_export_keep_token_classification(ner_teacher, tmp_path, capsys, args, max_drop):
     shrink_keeps_the_task(ner_teacher, tmp_path, capsys, args, max_drop)
+
+
+def test_token_logits_are_cached_and_read_back_exactly(ner_teacher, tmp_path, capsys):
+    stats = cached_distill_matches_live(ner_teacher, tmp_path, capsys, [
+        "--student", "layers=1", "--hidden-weight", "1", "--epochs", "2", "--batch-size", "16"])
+    assert stats["layers"] == [2]  # the mapped hidden state is cached beside the per-token logits

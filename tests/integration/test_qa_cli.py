@@ -8,7 +8,8 @@ import random
 import pytest
 
 from tests.conftest import FILLER, NEGATIVE, POSITIVE
-from tests.integration.cli_helpers import SHRINK_STAGES, one_error_line, run_cli, shrink_keeps_the_task
+from tests.integration.cli_helpers import (SHRINK_STAGES, cached_distill_matches_live, one_error_line, run_cli,
+                                          shrink_keeps_the_task)
 
 
 def toy_squad(articles: int, seed: int = 0) -> dict:
@@ -76,7 +77,6 @@ def test_distilled_qa_student_and_compare(qa_teacher, tmp_path, capsys):
     student = json.loads((out / "metrics.json").read_text())
     assert student["task"] == "question-answering" and student["metrics"]["f1"] > 0.6, student
     manifest = json.loads((out / "lmcompress.json").read_text())
-    assert manifest["teacher_cache"] is None  # span logits run the teacher live
     assert manifest["config"]["data"]["doc_stride"] == 8  # the teacher's windowing, reused
     assert json.loads((out / "config.json").read_text())["architectures"] == ["BertForQuestionAnswering"]
     report = tmp_path / "report"
@@ -145,3 +145,8 @@ def test_a_classifier_is_not_scored_on_qa_data(tiny_teacher_run, squad_file, cap
                            capsys)
     assert code != 0
     one_error_line(err, "holds a sequence-classification model but the data is a question-answering task")
+
+
+def test_span_logits_are_cached_and_read_back_exactly(qa_teacher, tmp_path, capsys):
+    cached_distill_matches_live(qa_teacher, tmp_path, capsys, ["--student", "layers=1", "--epochs", "2",
+                                                               "--batch-size", "16"])

@@ -169,3 +169,27 @@ def test_mean_pool_ignores_padding_and_embedding_mse_projects():
     projection = torch.nn.Linear(2, 3)
     expected = ((projection(student) - teacher) ** 2).mean().item()
     assert losses.embedding_mse(student, teacher, projection).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sampled_teacher_tokens_give_an_unbiased_kd_gradient():
+    """The mean gradient of random-sampling KD over many draws approaches exact soft-CE KD's; top-k's does not."""
+    torch.manual_seed(1)
+    s = torch.randn(1, 3, 6, requires_grad=True)
+    t = torch.randn(1, 3, 6) * 2
+    T = 2.0
+    exact = torch.autograd.grad(losses.kd_loss(s, t, T, None, "ce"), s)[0]
+    mean = torch.zeros_like(s)
+    draws = 400
+    for i in range(draws):
+        values, ids = losses.sample_teacher_tokens(t, T, 8, [torch.Generator().manual_seed(i)])
+        assert ids.shape == (1, 3, 8) and torch.all(values == values[0, 0, 0])
+        mean += torch.autograd.grad(losses.topk_kd_loss(s, values, ids, T, None, "ce"), s)[0] / draws
+    assert torch.allclose(mean, exact, atol=0.01), (mean - exact).abs().max()
+    values, ids = t.topk(2, dim=-1)
+    truncated = torch.autograd.grad(losses.topk_kd_loss(s, values, ids, T, None, "ce"), s)[0]
+    assert (truncated - exact).abs().max() > 0.05  # top-2 drops the tail: biased
+    # one generator per row: a row's draws do not depend on what else is in the batch
+    pair = losses.sample_teacher_tokens(t.repeat(2, 1, 1), T, 8, [torch.Generator().manual_seed(5),
+                                                                  torch.Generator().manual_seed(5)])[1]
+    alone = losses.sample_teacher_tokens(t, T, 8, [torch.Generator().manual_seed(5)])[1]
+    assert torch.equal(pair[0], alone[0]) and torch.equal(pair[1], alone[0])

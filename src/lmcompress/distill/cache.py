@@ -1,11 +1,14 @@
 """Teacher-output cache: each training example's teacher outputs computed once, then read from memory-mapped files.
 
-Layout under `<root>/<key>/`: `logits.npy` [N, C] float32 with `filled.npy` [N] bool; for each hidden-state index l
-that some student asked for, `hidden_<l>.npy` [total_tokens, H] float16 holding only real tokens (rows
-`offsets[i]:offsets[i] + lengths[i]` belong to example i) with its own `filled_<l>.npy` [N]; `meta.json`. The key
+Layout under `<root>/<key>/`: `logits.npy` [N, C] float32 (per-token tasks, NER and QA: [total_tokens, C], packed
+like the hidden states) with `filled.npy` [N] bool; for each hidden-state index l that some student asked for,
+`hidden_<l>.npy` [total_tokens, H] float16 holding only real tokens (rows `offsets[i]:offsets[i] + lengths[i]` belong
+to example i) with its own `filled_<l>.npy` [N]; `meta.json`. The key
 hashes the teacher's weights and config and the exact training token ids, so a changed teacher or dataset never reads
 stale outputs, while students with different layer maps share one cache: a layer computed for one student is there
-for the next. A cache left half-filled by an interrupted run stays valid (the masks say which rows are done).
+for the next. A cache left half-filled by an interrupted run stays valid (the masks say which rows are done). Under a launcher rank
+0 creates the files and every rank maps them: each fills the rows of its own shard, and later epochs read rows any
+rank filled (one machine: the processes share the page cache).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..runs import sum_over_processes
 
 log = logging.getLogger("lmcompress")
 
@@ -47,18 +52,21 @@ def tokens_fingerprint(input_ids: list[list[int]]) -> str:
 
 class TeacherCache:
     def __init__(self, root: Path, teacher_hash: str, input_ids: list[list[int]], num_classes: int,
-                 hidden_layers: tuple[int, ...] = (), hidden_size: int = 0):
+                 hidden_layers: tuple[int, ...] = (), hidden_size: int = 0, per_token: bool = False):
         self.lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)  # [N]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)  # [N]
         self.hidden_layers = tuple(hidden_layers)
         self.hidden_size = hidden_size
+        self.per_token = per_token  # logits per token [T, C] (token classification, QA spans), not per example
         spec = {"teacher": teacher_hash, "tokens": tokens_fingerprint(input_ids), "classes": num_classes, "format": 2}
+        if per_token:
+            spec["per_token"] = True
         self.key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
         self.folder = root / self.key
         self.n, self.total = len(input_ids), int(self.lengths.sum())
         fresh = not (self.folder / "meta.json").is_file()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.logits = self._array("logits.npy", (self.n, num_classes), np.float32, fresh)
+        self.logits = self._array("logits.npy", (self.total if per_token else self.n, num_classes), np.float32, fresh)
         self.filled = self._array("filled.npy", (self.n,), np.bool_, fresh)
         self.hidden: dict[int, np.memmap] = {}
         self.hidden_filled: dict[int, np.memmap] = {}
@@ -91,30 +99,40 @@ class TeacherCache:
         rows = idx.cpu().numpy()
         return bool(self.filled[rows].all()) and all(bool(m[rows].all()) for m in self.hidden_filled.values())
 
+    def _gather(self, store: np.memmap, rows: np.ndarray, seq_len: int) -> torch.Tensor:
+        """Token-packed rows -> [B, seq_len, D] float32, zeros at padding (right-padded)."""
+        out = torch.zeros(len(rows), seq_len, store.shape[1], dtype=torch.float32)
+        for b, i in enumerate(rows):
+            start, length = self.offsets[i], self.lengths[i]
+            out[b, :length] = torch.from_numpy(np.asarray(store[start:start + length], dtype=np.float32))
+        return out
+
+    def _scatter(self, store: np.memmap, rows: np.ndarray, values: torch.Tensor) -> None:
+        """[B, T, D] right-padded, real tokens first -> the token-packed rows, in the store's dtype."""
+        values = values.detach().cpu().numpy().astype(store.dtype)
+        for b, i in enumerate(rows):
+            start, length = self.offsets[i], self.lengths[i]
+            store[start:start + length] = values[b, :length]
+
     def read(self, idx: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """-> logits [B, C], {layer: hidden [B, seq_len, H] (zeros at padding, right-padded)}"""
+        """-> logits [B, C] (per token: [B, seq_len, C]), {layer: hidden [B, seq_len, H]}; zeros at padding"""
         rows = idx.cpu().numpy()
         self.hits += len(rows)
-        logits = torch.from_numpy(np.asarray(self.logits[rows]))
-        hidden = {}
-        for layer, store in self.hidden.items():
-            out = torch.zeros(len(rows), seq_len, store.shape[1], dtype=torch.float32)
-            for b, i in enumerate(rows):
-                start, length = self.offsets[i], self.lengths[i]
-                out[b, :length] = torch.from_numpy(np.asarray(store[start:start + length], dtype=np.float32))
-            hidden[layer] = out
-        return logits, hidden
+        logits = self._gather(self.logits, rows, seq_len) if self.per_token \
+            else torch.from_numpy(np.asarray(self.logits[rows]))
+        return logits, {layer: self._gather(store, rows, seq_len) for layer, store in self.hidden.items()}
 
     def write(self, idx: torch.Tensor, logits: torch.Tensor, hidden: dict[int, torch.Tensor]) -> None:
-        """logits [B, C]; hidden {layer: [B, T, H]} right-padded, real tokens first. Masks are set after the data."""
+        """logits [B, C] (per token: [B, T, C]); hidden {layer: [B, T, H]}; right-padded, real tokens first. Masks
+        are set after the data."""
         rows = idx.cpu().numpy()
         self.misses += len(rows)
-        self.logits[rows] = logits.detach().float().cpu().numpy()
+        if self.per_token:
+            self._scatter(self.logits, rows, logits.float())
+        else:
+            self.logits[rows] = logits.detach().float().cpu().numpy()
         for layer, states in hidden.items():
-            states = states.detach().to(torch.float16).cpu().numpy()
-            for b, i in enumerate(rows):
-                start, length = self.offsets[i], self.lengths[i]
-                self.hidden[layer][start:start + length] = states[b, :length]
+            self._scatter(self.hidden[layer], rows, states)
             self.hidden_filled[layer][rows] = True
         self.filled[rows] = True
 
@@ -123,7 +141,10 @@ class TeacherCache:
             array.flush()
 
     def stats(self) -> dict[str, object]:
-        return {"folder": str(self.folder), "hits": self.hits, "misses": self.misses,
+        """Counts over every process of a launch (each rank reads and fills the shared files for its own rows); every
+        rank must call it."""
+        hits, misses = sum_over_processes([self.hits, self.misses])
+        return {"folder": str(self.folder), "hits": hits, "misses": misses,
                 "cached": int(self._complete().sum()), "examples": int(self.n), "layers": list(self.hidden_layers)}
 
 
@@ -182,5 +203,7 @@ class TopKCache:
             array.flush()
 
     def stats(self) -> dict[str, object]:
-        return {"folder": str(self.folder), "k": self.k, "hits": self.hits, "misses": self.misses,
+        """Counts over every process of a launch; every rank must call it."""
+        hits, misses = sum_over_processes([self.hits, self.misses])
+        return {"folder": str(self.folder), "k": self.k, "hits": hits, "misses": misses,
                 "cached": int(self.filled.sum()), "blocks": int(len(self.filled))}

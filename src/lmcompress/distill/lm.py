@@ -5,6 +5,8 @@
   still teach through hidden states and MiniLM relations with `--alpha 1` (hard MLM loss + intermediate losses).
 - causal-LM distillation (clm): e.g. smollm2-135m (Llama, GGUF) -> a GPT-2 student sharing its tokenizer, forward
   or reverse KL over the next-token distribution at every real position.
+- a sparse teacher cache (`--top-k`: the k largest logits; `--sample-k`: k draws from the teacher, unbiased) for clm,
+  and for mlm with static masking (the masked positions of each example are fixed, so its teacher outputs are too).
 
 Data, masking, scoring and the run layout are pre-training's (`lmcompress.pretrain`): the student's run is an LM
 run with the same fixed validation set, so `evaluate` and `compare` treat it like a pre-trained model, and a
@@ -26,10 +28,10 @@ from ..config import LMDistillConfig, PretrainConfig, to_dict
 from ..errors import LmcError
 from ..models import presets
 from ..models.load import LMTeacher, load_for_pretraining, load_lm_teacher, load_tokenizer, model_family, resolve
-from ..objectives import LMOutputs, lm_forward, pretraining_loss
+from ..objectives import IGNORE, LMOutputs, lm_forward, pretraining_loss
 from ..pretrain import (_cache_root, _corpus, _examples_fingerprint, check_objective, collator, finish_lm_run,
                         initial_scores, prepare_data, score_lm, training_set)
-from ..runs import RunDir, num_processes, stage_manifest
+from ..runs import RunDir, num_processes, on_every_process, stage_manifest
 from ..train import fit
 from . import losses
 from .cache import TopKCache, default_root, teacher_fingerprint
@@ -77,9 +79,10 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
     teacher = load_lm_teacher(cfg.teacher, cfg.objective)
     objective = teacher.objective
     check_objective(teacher.family, objective, teacher.tokenizer)
-    if cfg.top_k and objective != "clm":
-        raise LmcError("--top-k caches a causal-LM teacher's outputs; masked-LM inputs change with every mask, so "
-                       "general distillation runs the teacher live (--top-k 0)")
+    if (cfg.top_k or cfg.sample_k) and objective != "clm" and cfg.masking != "static":
+        raise LmcError("--top-k / --sample-k cache the teacher's outputs per example, but dynamic masking gives the "
+                       "teacher new inputs every epoch: add --masking static (one mask per example, drawn once), or "
+                       "run the teacher live (--top-k 0)")
     heads = [k for k in teacher.untrained if not k.startswith(("bert.", "roberta.", "albert.", "model.", "transformer."))]
     if heads and loss_cfg.alpha < 1.0:
         raise LmcError(f"teacher {cfg.teacher} has no trained {objective.upper()} head ({', '.join(heads[:3])} missing), "
@@ -111,14 +114,15 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
         module = DistillModule(student, model_width(student.config), model_width(teacher.model.config),
                                projection_count(loss_cfg, layer_map))
         cache = None
-        if cfg.top_k and num_processes() > 1:
-            log.info("teacher cache off: it is single-process for now (each rank runs the teacher on its shard)")
-        elif cfg.top_k:
+        sparse_k = cfg.top_k or cfg.sample_k
+        if sparse_k:
             seq_len = -(-cfg.data.max_length // 8) * 8  # the collator pads to a multiple of 8
             root = Path(cfg.data.cache_dir).expanduser() / "teacher-outputs" if cfg.data.cache_dir else default_root()
-            cache = TopKCache(root,
-                              teacher_fingerprint(teacher.path), _examples_fingerprint(data.train), len(data.train),
-                              seq_len, cfg.top_k)
+            examples = _examples_fingerprint(data.train)
+            if cfg.sample_k:  # sampled tokens depend on the temperature and the seed too
+                examples += f"|sampled|T={cfg.loss.temperature}|seed={cfg.train.seed}"
+            cache = on_every_process(lambda: TopKCache(root, teacher_fingerprint(teacher.path), examples,
+                                                       len(data.train), seq_len, sparse_k))
         validation_collate = collator(tokenizer, objective)
 
         def evaluate_fn(m: DistillModule | torch.nn.Module) -> dict[str, float]:
@@ -144,8 +148,9 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
         student = module.student
         if needs.attentions:
             student.set_attn_implementation("sdpa")
-        if cache is not None:
-            log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
+        cache_stats = cache.stats() if cache is not None else None  # on every rank: it sums their counts
+        if cache_stats is not None:
+            log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
         return finish_lm_run(run, pcfg, student, tokenizer, data, result, initial, lambda train: stage_manifest(
             "distill-lm", str(teacher.path), to_dict(cfg),
             data={"source": corpus_source, "seed": cfg.data.split_seed, **data.record},
@@ -153,7 +158,14 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
             lm_config=to_dict(pcfg), teacher_metrics=teacher_scores,
             student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
                      "layers": layer_count(student.config), "hidden": model_width(student.config)},
-            teacher_cache=cache.stats() if cache is not None else None))
+            teacher_cache=cache_stats))
+
+
+def _at_positions(rows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """rows [N, k] of the N positions where `where` [B, T] is True -> [B, T, k], zeros elsewhere."""
+    out = rows.new_zeros(*where.shape, rows.shape[-1])
+    out[where] = rows
+    return out
 
 
 def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer_map: list[int], cfg: LMDistillConfig,
@@ -177,13 +189,28 @@ def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer
         temperature = loss_cfg.temperature
         if cache is not None:
             t_out = None
+            # clm: a row per position [B, T, k]; mlm: logits only at the masked positions [N, k], stored at their
+            # places in the example's [T, k] rows
+            masked = batch["labels"] != IGNORE if objective != "clm" else None  # [B, T]
             if cache.has(idx):
-                values, ids = cache.read(idx, s_logits.shape[1])
+                values, ids = cache.read(idx, batch["input_ids"].shape[1])
                 values, ids = values.to(s_logits.device), ids.to(s_logits.device)
+                if masked is not None:
+                    values, ids = values[masked], ids[masked]
             else:
                 t_out = teacher_forward(batch)
-                values, ids = t_out.token_logits[..., :vocab_size].float().topk(cache.k, dim=-1)  # [B, T, k]
-                cache.write(idx, values, ids)
+                t_logits = t_out.token_logits[..., :vocab_size].float()
+                if cfg.sample_k:  # k draws from the teacher, seeded by (seed, example): the same whenever drawn
+                    generators = [torch.Generator(device=t_logits.device).manual_seed(
+                        cfg.train.seed * 1_000_003 + int(i)) for i in idx.tolist()]
+                    owners = masked.nonzero()[:, 0] if masked is not None else None  # mlm: each position's example
+                    values, ids = losses.sample_teacher_tokens(t_logits, temperature, cache.k, generators, owners)
+                else:
+                    values, ids = t_logits.topk(cache.k, dim=-1)  # [B, T, k] (mlm: [N, k])
+                if masked is not None:
+                    cache.write(idx, *(_at_positions(x, masked) for x in (values, ids)))
+                else:
+                    cache.write(idx, values, ids)
                 values = values.half().float()  # what a cache hit returns, so resumed runs match bitwise
             return losses.topk_kd_loss(s_logits, values, ids, temperature, mask, loss_cfg.kd_kind), t_out
         t_out = teacher_forward(batch)

@@ -86,6 +86,32 @@ def topk_kd_loss(student_logits: torch.Tensor, teacher_values: torch.Tensor, tea
     return _masked_mean(per_position, mask if per_position.dim() == 2 else None) * temperature**2
 
 
+def sample_teacher_tokens(teacher_logits: torch.Tensor, temperature: float, k: int, generators: list[torch.Generator],
+                          owners: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random-sampling KD's sparse teacher: k token ids per position drawn with replacement from
+    softmax(teacher_logits / T), each slot weighted 1/k.
+
+    teacher_logits [B, T, V] with one generator per example, or [N, V] (masked positions) with owners [N] naming each
+    position's example; an example's draws never depend on what else is in its batch -> (values, ids), shaped
+    like teacher_logits with k for V, for `topk_kd_loss`: values are T * log(1/k), so the renormalised teacher there
+    gives every slot 1/k and a token drawn c times gets c/k, whose expectation is the teacher's probability. The
+    gradient of the loss is then unbiased (its value differs from the exact KL by a term constant in the student).
+    """
+    probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    vocab = probs.shape[-1]
+    if owners is None:  # [B, T, V]: every position of row b belongs to example b
+        owners = torch.arange(probs.shape[0], device=probs.device).repeat_interleave(probs.shape[1])
+    flat = probs.reshape(-1, vocab)  # [R, V]
+    ids = torch.empty(flat.shape[0], k, dtype=torch.long, device=flat.device)
+    for example, generator in enumerate(generators):
+        rows = owners == example
+        if rows.any():
+            ids[rows] = torch.multinomial(flat[rows], k, replacement=True, generator=generator)
+    ids = ids.reshape(*probs.shape[:-1], k)
+    values = torch.full(ids.shape, temperature * math.log(1.0 / k), dtype=torch.float32, device=ids.device)
+    return values, ids
+
+
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sentence embedding as sentence-transformers makes it: hidden [B, T, H] averaged over real tokens -> [B, H]."""
     weights = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]

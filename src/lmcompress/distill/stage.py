@@ -28,7 +28,7 @@ from ..evaluate import MAIN_METRIC, finish_run, score_split
 from ..models import presets
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve, task_head
 from ..models.outputs import adapt
-from ..runs import RunDir, data_config_for, is_main_process, num_processes, run_manifest
+from ..runs import RunDir, data_config_for, is_main_process, num_processes, on_every_process, run_manifest
 from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..train import fit
 from . import losses
@@ -208,9 +208,8 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         transformers.set_seed(cfg.train.seed)  # projections start the same whatever ran before in this process
         max_len = data_cfg.max_length
         train_frame, augment_record = task_data.splits["train"], None
-        if cfg.augment:
-            extra_rows = augmentation_rows(cfg.augment, task_data, cfg.max_augment_rows)
-            augment_record = {"source": cfg.augment, "rows": len(extra_rows)}
+        if cfg.augment or cfg.augment_replace:
+            extra_rows, augment_record = augmentation_rows(cfg, task_data, teacher, tokenizer)
             train_frame = pd.concat([train_frame, extra_rows], ignore_index=True)
         train_set = tokenize_frame(train_frame, student_tokenizer, max_len, task_data.qa_options)
         train_set = train_set.add_column("idx", list(range(len(train_set))))
@@ -225,15 +224,11 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         module = DistillModule(student, model_width(student.config), model_width(teacher.config),
                                projection_count(loss_cfg, layer_map))
         cache = None
-        if cfg.cache and num_processes() > 1:
-            log.info("teacher cache off: it is single-process for now (each rank runs the teacher on its shard)")
-        elif cfg.cache and per_position:
-            log.info("teacher cache off: it holds one logit vector per example; per-token logits (%s) run the "
-                     "teacher live", task_data.task)
-        elif cfg.cache and not needs.attentions and not needs.qkv:
-            cache = TeacherCache(Path(cfg.cache_dir) if cfg.cache_dir else default_root(),
-                                 teacher_fingerprint(teacher_dir), teacher_ids, task_data.num_labels,
-                                 needs.hidden, model_width(teacher.config))
+        if cfg.cache and not needs.attentions and not needs.qkv:
+            cache = on_every_process(lambda: TeacherCache(
+                Path(cfg.cache_dir) if cfg.cache_dir else default_root(), teacher_fingerprint(teacher_dir),
+                teacher_ids, teacher.config.num_labels, needs.hidden, model_width(teacher.config),
+                per_token=per_position))
         elif cfg.cache:
             log.info("teacher cache off: attention maps and Q/K/V relations are computed live")
         monitor = MAIN_METRIC[task_data.task]
@@ -272,18 +267,19 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         student = module.student.cpu()
         if needs.attentions:
             student.set_attn_implementation("sdpa")
+        cache_stats = cache.stats() if cache is not None else None  # on every rank: it sums their counts
         metrics = finish_run(
             run, student, student_tokenizer, task_data, max_len, cfg.train.eval_batch_size,
             lambda: run_manifest(
                 stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
                 student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
                          "hidden": model_width(student.config)},
-                teacher_cache=cache.stats() if cache is not None else None, processes=num_processes(),
+                teacher_cache=cache_stats, processes=num_processes(),
                 augmentation=augment_record,
                 **(extra or {})),
             wall_time_s=round(result.wall_time_s, 1))
-    if cache is not None:
-        log.info("teacher cache: %d hits, %d misses", cache.hits, cache.misses)
+    if cache_stats is not None:
+        log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
     return metrics
 
 
@@ -299,25 +295,39 @@ class PairedCollator:
         return dict(self.student(own)) | {TEACHER_PREFIX + k: v for k, v in self.teacher(theirs).items()}
 
 
-def augmentation_rows(source: str, task_data, limit: int | None) -> pd.DataFrame:
-    """Unlabelled texts for the teacher to label: one row per document, label UNLABELLED (the hard-label loss skips
-    them, logit KD does not). Texts equal to a validation or test row are dropped so nothing held out leaks in."""
+def augmentation_rows(cfg: DistillConfig, task_data, teacher, tokenizer) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Texts for the teacher to label, label UNLABELLED (the hard-label loss skips them, logit KD does not): the
+    documents of --augment, then --augment-replace word-replaced variants of the training texts. Texts equal to a
+    validation or test row are dropped so nothing held out leaks in. -> (rows, record for lmcompress.json)"""
     from ..data.corpora import load_corpus
+    from .augment import EmbeddingNeighbours, word_replaced_texts
 
     if task_data.task != "classification" or task_data.has_pair:
-        raise LmcError("--augment adds single texts to a sequence-classification task; this task is "
-                       f"{'a pair task' if task_data.has_pair else 'a ' + task_data.task}")
-    documents, _ = load_corpus(source)
+        raise LmcError("--augment / --augment-replace add single texts to a sequence-classification task; this task "
+                       f"is {'a pair task' if task_data.has_pair else 'a ' + task_data.task}")
     held_out = {str(t).strip() for split in ("validation", "test") for t in task_data.splits[split]["text"]}
-    texts = [" ".join(document).strip() for document in documents]
-    kept = [t for t in texts if t and t not in held_out]
-    if limit:
-        kept = kept[:limit]
+    texts, record = [], {}
+    if cfg.augment:
+        documents, _ = load_corpus(cfg.augment)
+        texts += [" ".join(document).strip() for document in documents]
+        record["source"] = cfg.augment
+    if cfg.augment_replace:
+        neighbours = EmbeddingNeighbours(tokenizer, teacher.get_input_embeddings().weight)
+        variants = word_replaced_texts(task_data.splits["train"]["text"].tolist(), neighbours, cfg.augment_replace,
+                                       cfg.augment_replace_prob, cfg.train.seed)
+        texts += variants
+        record["word_replacement"] = {"variants_per_text": cfg.augment_replace, "probability": cfg.augment_replace_prob,
+                                      "neighbours": f"{neighbours.k} nearest of {len(neighbours.words)} whole-word "
+                                                    "tokens in the teacher's input embeddings", "rows": len(variants)}
+    kept = [t for t in texts if t and t.strip() not in held_out]
+    if cfg.max_augment_rows:
+        kept = kept[:cfg.max_augment_rows]
     if not kept:
-        raise LmcError(f"--augment {source} gives no texts outside the validation and test rows")
-    log.info("augmentation: %d unlabelled rows from %s for the teacher to label (%d equal to held-out rows dropped)",
-             len(kept), source, sum(1 for t in texts if t in held_out))
-    return pd.DataFrame({"text": kept, "label": [UNLABELLED] * len(kept)})
+        raise LmcError("the augmentation gives no texts outside the validation and test rows")
+    record["rows"] = len(kept)
+    log.info("augmentation: %d unlabelled rows for the teacher to label (%d equal to held-out rows dropped)",
+             len(kept), sum(1 for t in texts if t.strip() in held_out))
+    return pd.DataFrame({"text": kept, "label": [UNLABELLED] * len(kept)}), record
 
 
 def _teacher_dir(spec: str) -> Path:
