@@ -313,7 +313,8 @@ def fit(
 
     def evaluate_now(when: str) -> None:
         """Validation metrics into the history and the log; the best weights so far kept aside."""
-        metrics = evaluate_fn(unwrapped)
+        with accelerator.autocast():  # validation at the training precision (bf16 runs: bf16), as transformers does
+            metrics = evaluate_fn(unwrapped)
         value = metrics[monitor]
         improved = state.best_value is None or (value > state.best_value if higher_is_better
                                                 else value < state.best_value)

@@ -67,8 +67,9 @@ def assert_same_weights(a_dir, b_dir) -> None:
 
 
 def cached_distill_matches_live(teacher, tmp_path, capsys, student_args: list[str]) -> dict:
-    """Distil twice into fresh runs sharing one teacher cache: the first run computes the teacher once (epoch 1)
-    and reads it back after, the second only reads; both save the very same weights. -> the first run's stats."""
+    """Distil twice into fresh runs sharing one teacher cache: the first run computes the teacher once (its pass
+    before training) and reads it back in every epoch, the second only reads; both save the very same weights.
+    -> the first run's stats."""
     import json
 
     cache = tmp_path / "cache"

@@ -78,7 +78,7 @@ class TeacherCache:
             (self.folder / "meta.json").write_text(json.dumps(spec, indent=2))
         self.hits = self.misses = 0
         log.info("teacher cache %s: %d/%d examples already cached with everything this student needs", self.folder,
-                 int(self._complete().sum()), self.n)
+                 int(self.complete().sum()), self.n)
 
     def _array(self, name: str, shape: tuple[int, ...], dtype, create: bool) -> np.memmap:
         path = self.folder / name
@@ -89,7 +89,8 @@ class TeacherCache:
             return array
         return np.lib.format.open_memmap(path, mode="r+")
 
-    def _complete(self) -> np.ndarray:
+    def complete(self) -> np.ndarray:
+        """[N] bool: rows whose logits and every requested hidden state are cached."""
         done = np.asarray(self.filled).copy()
         for mask in self.hidden_filled.values():
             done &= np.asarray(mask)
@@ -145,7 +146,7 @@ class TeacherCache:
         rank must call it."""
         hits, misses = sum_over_processes([self.hits, self.misses])
         return {"folder": str(self.folder), "hits": hits, "misses": misses,
-                "cached": int(self._complete().sum()), "examples": int(self.n), "layers": list(self.hidden_layers)}
+                "cached": int(self.complete().sum()), "examples": int(self.n), "layers": list(self.hidden_layers)}
 
 
 class TopKCache:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import safetensors.torch
 import torch
@@ -245,6 +246,10 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
                        description=f"distill {Path(cfg.out).name}" + (f" ({phase} layers)" if phase != "all" else ""))
 
         try:
+            if cache is not None:  # the teacher's pass, once, before training: every epoch then reads the cache
+                fill_teacher_cache(cache, train_set, teacher_ids, collate,
+                                   make_teacher_outputs(teacher, cache, needs, cfg.teacher_precision), teacher,
+                                   cfg.train.eval_batch_size)
             if cfg.intermediate_epochs > 0:  # TinyBERT: intermediate layers first, then the prediction layer
                 first = run.partial / INTERMEDIATE_STAGE
                 done = first / "module.safetensors"
@@ -281,6 +286,32 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     if cache_stats is not None:
         log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
     return metrics
+
+
+def teacher_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The teacher's inputs in a training batch: its own tokens (TEACHER_PREFIX keys, when the student has another
+    vocabulary), else the student's tokens without the targets."""
+    own = {k[len(TEACHER_PREFIX):]: v for k, v in batch.items() if k.startswith(TEACHER_PREFIX)}
+    return own or {k: v for k, v in batch.items() if k not in TARGET_KEYS and k != "idx"}
+
+
+def fill_teacher_cache(cache: TeacherCache, train_set, teacher_ids: list[list[int]], collate, teacher_outputs, teacher,
+                       batch_size: int) -> None:
+    """Run the teacher once over every training row the cache lacks, in batches of similar length (little padding,
+    so faster than meeting the rows in training order); under a launcher each rank takes every n-th of them."""
+    from ..runs import process_state, wait_for_everyone
+
+    missing = np.flatnonzero(~cache.complete())
+    state = process_state()
+    mine = sorted(missing.tolist(), key=lambda i: len(teacher_ids[i]))[state.process_index::state.num_processes]
+    if len(missing):
+        log.info("teacher pass over %d training rows (cached for every epoch)", len(missing))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        teacher.to(device)
+        for start in range(0, len(mine), batch_size):
+            batch = collate([train_set[int(i)] for i in mine[start:start + batch_size]])
+            teacher_outputs({k: v.to(device) for k, v in teacher_inputs(batch).items()}, batch["idx"])
+    wait_for_everyone()
 
 
 class PairedCollator:
@@ -358,14 +389,9 @@ def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, tas
     return load_student_like(teacher, source.path), None, load_tokenizer(source.tokenizer_path)
 
 
-def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: list[int], loss_cfg, task: str,
-                  teacher_precision: str, phase: str = "all"):
-    """phase "all": every loss; "intermediate": only the intermediate-layer losses (TinyBERT stage 1);
-    "prediction": only logit KD + hard labels (TinyBERT stage 2)."""
-    teacher_qkv = QKVRecorder(teacher) if needs.qkv else None
-    student_qkv: dict[int, QKVRecorder] = {}
-    want_student_hidden = bool(needs.hidden)
-    regression = task == "regression"
+def make_teacher_outputs(teacher, cache: TeacherCache | None, needs: Needs, teacher_precision: str):
+    """-> teacher_outputs(inputs, idx): the teacher's outputs for these rows, read from the cache or computed (and
+    then cached)."""
 
     def teacher_outputs(inputs: dict[str, torch.Tensor], idx: torch.Tensor):
         """inputs: the teacher's tokens (no labels) -> logits [B, C], {hidden index: [B, T, Ht]}, attentions or None"""
@@ -387,6 +413,20 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
             # whether its teacher outputs were computed now or read back (a resumed run then matches bitwise)
             hidden = {i: h.half().float() for i, h in hidden.items()}
         return logits, hidden, out.attentions
+
+    return teacher_outputs
+
+
+def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: list[int], loss_cfg, task: str,
+                  teacher_precision: str, phase: str = "all"):
+    """phase "all": every loss; "intermediate": only the intermediate-layer losses (TinyBERT stage 1);
+    "prediction": only logit KD + hard labels (TinyBERT stage 2)."""
+    teacher_qkv = QKVRecorder(teacher) if needs.qkv else None
+    student_qkv: dict[int, QKVRecorder] = {}
+    want_student_hidden = bool(needs.hidden)
+    regression = task == "regression"
+
+    teacher_outputs = make_teacher_outputs(teacher, cache, needs, teacher_precision)
 
     def _output_loss(out, t_logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """alpha * hard-label loss + (1 - alpha) * logit KD (MSE to the teacher's prediction for regression, KD of
@@ -414,8 +454,9 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
         batch = dict(batch)
         idx = batch.pop("idx")
         # the teacher's inputs: its own tokens of these rows (another vocabulary), else the student's batch
-        own = {k[len(TEACHER_PREFIX):]: batch.pop(k) for k in [k for k in batch if k.startswith(TEACHER_PREFIX)]}
-        t_inputs = own or {k: v for k, v in batch.items() if k not in TARGET_KEYS}
+        t_inputs = teacher_inputs(batch)
+        for key in [k for k in batch if k.startswith(TEACHER_PREFIX)]:
+            del batch[key]
         mask = batch["attention_mask"]  # [B, T]
         if teacher.device != batch["input_ids"].device:
             teacher.to(batch["input_ids"].device)
