@@ -31,7 +31,7 @@ from ..config import EmbeddingDistillConfig, from_dict, to_dict
 from ..data.corpora import Document, load_corpus
 from ..data.tokenize import collator
 from ..errors import LmcError
-from ..evaluate import count_params, measure_latency, weights_size_bytes
+from ..evaluate import count_params, latency_for_texts, weights_size_bytes
 from ..models import presets
 from ..models.load import _first_line, load_tokenizer, remote_code_allowed, resolve
 from ..runs import (EMBEDDING_TASK, METRICS, RunDir, is_main_process, num_processes, read_run_manifest, stage_manifest,
@@ -117,26 +117,19 @@ def held_aside_pairs(folder: Path) -> tuple[EmbeddingDistillConfig, list[tuple[s
 
 
 def score_encoder(folder: Path, pairs: list[tuple[str, str, float]], max_length: int, latency_repeats: int | None,
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = None, scores: dict[str, float] | None = None) -> dict[str, Any]:
     """Any encoder folder (an embedding run or a plain checkpoint such as minilm-l6) on the pairs -> the metrics.json
-    payload: spearman of its cosines, params, size and latency (sentences padded to max_length)."""
+    payload: spearman of its cosines (or `scores`, when the caller measured them already), params, size and latency
+    (sentences padded to max_length)."""
     model, tokenizer = _encoder(folder).eval(), load_tokenizer(folder)
-    scores, _ = score_pairs(model, tokenizer, pairs, max_length)
+    if scores is None:
+        scores, _ = score_pairs(model, tokenizer, pairs, max_length)
     payload: dict[str, Any] = {"task": EMBEDDING_TASK, "split": "validation", "metrics": scores,
                                "main_metric": "spearman", "params": count_params(model),
                                "size_bytes": weights_size_bytes(folder), "examples": len(pairs)}
     if latency_repeats:
-        previous = torch.get_num_threads()
-        torch.set_num_threads(threads or previous)
-        try:
-            texts = [p[0] for p in pairs[:64]]
-            payload["latency_ms"] = measure_latency(model, lambda size: dict(tokenizer(
-                (texts * size)[:size], truncation=True, max_length=max_length, padding="max_length",
-                return_tensors="pt")), latency_repeats)
-        finally:
-            torch.set_num_threads(previous)
-        payload["latency_setup"] = {"threads": threads or previous, "seq_len": max_length,
-                                    "repeats": latency_repeats, "statistic": "median"}
+        payload |= latency_for_texts(model, tokenizer, [p[0] for p in pairs], None, max_length, latency_repeats,
+                                     threads)
     return payload
 
 
@@ -251,8 +244,8 @@ def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
             scores = result.kept_scores("spearman", True, cfg.train.keep_best)
             # params, size and latency of the saved checkpoint; the scores are those measured in training (with the
             # teacher agreement, which needs the teacher's cosines)
-            metrics = score_encoder(run.partial, pairs, max_len, 10) | {
-                "metrics": scores, "metrics_before": initial, "teacher_metrics": teacher_scores,
+            metrics = score_encoder(run.partial, pairs, max_len, 10, scores=scores) | {
+                "metrics_before": initial, "teacher_metrics": teacher_scores,
                 "teacher_params": count_params(teacher),
                 "retention": round(scores["spearman"] / teacher_scores["spearman"], 4)
                 if teacher_scores["spearman"] else None}

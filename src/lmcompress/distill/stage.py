@@ -29,7 +29,8 @@ from ..evaluate import MAIN_METRIC, finish_run, score_split
 from ..models import presets
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve, task_head
 from ..models.outputs import adapt
-from ..runs import RunDir, data_config_for, is_main_process, num_processes, on_every_process, run_manifest
+from ..runs import (RunDir, data_config_for, is_main_process, num_processes, on_every_process, process_state,
+                    run_manifest, wait_for_everyone)
 from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..train import fit
 from . import losses
@@ -299,8 +300,6 @@ def fill_teacher_cache(cache: TeacherCache, train_set, teacher_ids: list[list[in
                        batch_size: int) -> None:
     """Run the teacher once over every training row the cache lacks, in batches of similar length (little padding,
     so faster than meeting the rows in training order); under a launcher each rank takes every n-th of them."""
-    from ..runs import process_state, wait_for_everyone
-
     missing = np.flatnonzero(~cache.complete())
     state = process_state()
     mine = sorted(missing.tolist(), key=lambda i: len(teacher_ids[i]))[state.process_index::state.num_processes]
