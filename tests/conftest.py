@@ -99,3 +99,16 @@ def corpus(tmp_path_factory):
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def clm_teacher(corpus, tmp_path_factory):
+    """A tiny GPT-2 pre-trained a few steps on the corpus (vocabulary trained on it)."""
+    from lmcompress.cli import main
+
+    out = tmp_path_factory.mktemp("clm") / "teacher"
+    code = main(["pretrain", "--model", "gpt2-2l-32h-4a", "--data", str(corpus), "--out", str(out), "--max-length",
+                 "32", "--batch-size", "8", "--max-steps", "20", "--learning-rate", "3e-3", "--quiet", "--cache-dir",
+                 str(out.parent / "cache"), "--objective", "clm", "--train-tokenizer", "300"])
+    assert code == 0
+    return out

@@ -274,6 +274,9 @@ class DistillConfig:
     cache_dir: str | None = field(default=None, metadata={"help": "teacher-output cache root (default ~/.cache/lmcompress)"})
     teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
         "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
+    fsdp: bool = field(default=False, metadata={
+        "help": "under a launcher (torchrun, accelerate launch): shard the teacher's weights over the processes "
+                "(FSDP) instead of a whole copy in each, for a teacher too large for one device"})
     augment: str | None = field(default=None, metadata={
         "help": "extra unlabelled in-domain text the teacher labels (TinyBERT-style augmentation; classification "
                 "only): a text file, a folder of .txt, a table with a text column, or a zoo corpus; rows equal to a "
@@ -326,6 +329,9 @@ class LMDistillConfig:
                 "drops the tail (random-sampling KD, Anshumann et al. 2025)"})
     teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
         "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
+    fsdp: bool = field(default=False, metadata={
+        "help": "under a launcher (torchrun, accelerate launch): shard the teacher's weights over the processes "
+                "(FSDP) instead of a whole copy in each, for a teacher too large for one device"})
     masking: Literal["dynamic", "static"] = field(default="dynamic", metadata={
         "help": "mlm: a fresh mask each epoch (dynamic) or one drawn once (static)"})
     mask_prob: float = field(default=0.15, metadata={"help": "mlm: share of tokens predicted"})

@@ -167,7 +167,9 @@ def training_set(cfg: PretrainConfig, tokenizer, data: LMData) -> torch.utils.da
 # ------------------------------------------------------------------------------------------------ scoring
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: distill-lm scores its teacher with this too, and a sharded (--fsdp) teacher's gathered
+# weights live in buffers that FSDP refills outside inference mode, which inference tensors do not allow
+@torch.no_grad()
 def score_lm(model: torch.nn.Module, examples: list[dict[str, np.ndarray]], collate, objective: str,
              batch_size: int) -> dict[str, float]:
     """Token-weighted loss, perplexity and accuracy over the fixed validation set (+ NSP/SOP accuracy)."""

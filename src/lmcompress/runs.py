@@ -127,11 +127,18 @@ def sum_over_processes(counts: list[int]) -> list[int]:
     """Element-wise sum of per-process counters (hits, misses) across the ranks of a launch; as is in a plain run."""
     import torch
 
-    if num_processes() == 1:
+    state = process_state()
+    if state.num_processes == 1:
         return counts
-    total = torch.tensor(counts, dtype=torch.int64)
+    total = torch.tensor(counts, dtype=torch.int64, device=state.device)  # NCCL reduces only device tensors
     torch.distributed.all_reduce(total)
     return total.tolist()
+
+
+def on_all_processes(flag: bool) -> bool:
+    """True where `flag` holds on every rank of a launch (`flag` itself in a plain run): for decisions that must be
+    the same everywhere, such as whether a sharded teacher runs for this batch."""
+    return sum_over_processes([0 if flag else 1])[0] == 0
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:

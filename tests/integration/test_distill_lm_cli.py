@@ -12,16 +12,6 @@ from tests.integration.test_pretrain_cli import _pretrain
 
 
 @pytest.fixture(scope="module")
-def clm_teacher(corpus, tmp_path_factory):
-    """A tiny GPT-2 pre-trained a few steps on the corpus (vocabulary trained on it)."""
-    out = tmp_path_factory.mktemp("clm") / "teacher"
-    code = _main(_pretrain("gpt2-2l-32h-4a", corpus, out, "--objective", "clm", "--train-tokenizer", "300",
-                           "--max-steps", "20", "--learning-rate", "3e-3"))
-    assert code == 0
-    return out
-
-
-@pytest.fixture(scope="module")
 def mlm_teacher(tiny_bert_dir, corpus, tmp_path_factory):
     """The tiny BERT with a trained MLM head."""
     out = tmp_path_factory.mktemp("mlm") / "teacher"

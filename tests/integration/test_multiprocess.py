@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.integration.cli_helpers import assert_same_weights
+
 VENV_BIN = Path(sys.executable).parent
+WORKER = Path(__file__).parent / "fsdp_teacher_worker.py"
+
+
+def launch(args: list[str], cwd: Path, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node N ARGS`; a launch that hangs (ranks out of step in a collective) fails the test
+    after `timeout` seconds, its whole process group killed."""
+    torchrun = VENV_BIN / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this interpreter")
+    process = subprocess.Popen([str(torchrun), "--nproc_per_node", str(processes), *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"the launch hung for {timeout} s: {' '.join(args[:3])}")
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
 
 def test_two_processes_train_data_parallel_and_only_rank0_writes(tiny_bert_dir, sentiment_csv, tmp_path):
@@ -60,3 +82,49 @@ def test_two_processes_share_one_teacher_cache(tiny_teacher_run, tmp_path):
     assert first["misses"] == n and 2 * n <= first["hits"] <= 2 * n + 32, first
     assert distill(tmp_path / "again", 2)["misses"] == 0
     assert distill(tmp_path / "single", 1)["misses"] == 0
+
+
+def test_sharded_teacher_matches_the_whole_one_and_its_ranks_stay_in_step(tmp_path):
+    """The --fsdp building blocks in 2 processes: forward equality, the cache-filling pass with an uneven share of
+    rows, and a training batch cached on one rank only (tests/integration/fsdp_teacher_worker.py)."""
+    result = launch([str(WORKER), str(tmp_path / "cache")], cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "OK"
+
+
+def _fsdp_pair(stage_args: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """The same 2-process distillation with the teacher whole in each process and sharded (--fsdp) -> manifests;
+    the two students must be bit-identical."""
+    manifests = []
+    for name, flag in (("whole", []), ("sharded", ["--fsdp"])):
+        out = tmp_path / name
+        result = launch(["-m", "lmcompress", *stage_args, "--out", str(out), "--cache-dir", str(tmp_path / f"cache-{name}"),
+                         "--quiet", *flag], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        manifests.append(json.loads((out / "lmcompress.json").read_text()))
+    assert_same_weights(tmp_path / "whole", tmp_path / "sharded")
+    whole, sharded = manifests
+    assert whole["teacher_sharding"] is None and whole["processes"] == sharded["processes"] == 2
+    info = sharded["teacher_sharding"]
+    assert info["processes"] == 2 and info["params_per_process"] < 0.6 * info["params"], info
+    return whole, sharded
+
+
+def test_fsdp_teacher_run_live_teaches_the_same_student(tiny_teacher_run, tmp_path):
+    """Attention-map transfer keeps the teacher live (no cache): the sharded teacher runs in every step, both ranks
+    in step, over an odd number of rows (the last batch padded with repeats)."""
+    whole, _ = _fsdp_pair(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1",
+                           "--attention-weight", "1", "--epochs", "1", "--batch-size", "16",
+                           "--max-train-examples", "97"], tmp_path)
+    assert whole["teacher_cache"] is None
+
+
+def test_fsdp_lm_teacher_with_top_k_cache_teaches_the_same_student(clm_teacher, corpus, tmp_path):
+    """Causal-LM KD with the top-k cache: epoch 1 fills it while training (a rank whose batch is cached still runs
+    the sharded teacher when the other's is not), epoch 2 reads it."""
+    whole, sharded = _fsdp_pair(["distill-lm", "--teacher", str(clm_teacher), "--data", str(corpus),
+                                 "--student", "gpt2-1l-32h-4a", "--top-k", "8", "--epochs", "2", "--max-length", "32",
+                                 "--batch-size", "8", "--learning-rate", "3e-3"], tmp_path)
+    assert sharded["teacher_cache"]["misses"] == whole["teacher_cache"]["misses"]
+    assert sharded["teacher_cache"]["hits"] == whole["teacher_cache"]["hits"] > 0
+    assert sharded["teacher_metrics"] == whole["teacher_metrics"]

@@ -31,10 +31,11 @@ from ..models.load import LMTeacher, load_for_pretraining, load_lm_teacher, load
 from ..objectives import IGNORE, LMOutputs, lm_forward, pretraining_loss
 from ..pretrain import (_cache_root, _corpus, _examples_fingerprint, check_objective, collator, finish_lm_run,
                         initial_scores, prepare_data, score_lm, training_set)
-from ..runs import RunDir, num_processes, on_every_process, stage_manifest
+from ..runs import RunDir, num_processes, on_all_processes, on_every_process, stage_manifest
 from ..train import fit
 from . import losses
 from .cache import TopKCache, default_root, teacher_fingerprint
+from .sharding import is_sharded, shard_teacher
 from .stage import DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map, projection_count
 from .student import build_student, is_derived_spec, layer_count, model_width, parse_spec
 
@@ -129,6 +130,7 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
             model = m.student if isinstance(m, DistillModule) else m
             return score_lm(model, data.validation, validation_collate, objective, cfg.train.eval_batch_size)
 
+        sharding = shard_teacher(teacher.model) if cfg.fsdp else None
         teacher_scores = evaluate_fn(teacher.model)
         log.info("teacher: validation %s", ", ".join(f"{k} {v:.4f}" for k, v in teacher_scores.items()))
         initial = initial_scores(run.partial, cfg.resume, lambda: evaluate_fn(student))
@@ -155,6 +157,7 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
             "distill-lm", str(teacher.path), to_dict(cfg),
             data={"source": corpus_source, "seed": cfg.data.split_seed, **data.record},
             task={"type": objective, "family": student.config.model_type}, train=train, processes=num_processes(),
+            teacher_sharding=sharding,
             lm_config=to_dict(pcfg), teacher_metrics=teacher_scores,
             student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
                      "layers": layer_count(student.config), "hidden": model_width(student.config)},
@@ -175,6 +178,7 @@ def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer
     teacher_qkv = QKVRecorder(teacher) if needs.qkv else None
     student_qkv: dict[int, QKVRecorder] = {}
     wants_logits = loss_cfg.alpha < 1.0
+    sharded = is_sharded(teacher)
 
     def teacher_forward(batch: dict[str, torch.Tensor]) -> LMOutputs:
         autocast = torch.autocast(device_type=batch["input_ids"].device.type, dtype=torch.bfloat16) \
@@ -192,13 +196,16 @@ def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer
             # clm: a row per position [B, T, k]; mlm: logits only at the masked positions [N, k], stored at their
             # places in the example's [T, k] rows
             masked = batch["labels"] != IGNORE if objective != "clm" else None  # [B, T]
-            if cache.has(idx):
+            cached = cache.has(idx)
+            if sharded and not on_all_processes(cached):  # a sharded teacher runs on every rank or on none
+                t_out = teacher_forward(batch)
+            if cached:
                 values, ids = cache.read(idx, batch["input_ids"].shape[1])
                 values, ids = values.to(s_logits.device), ids.to(s_logits.device)
                 if masked is not None:
                     values, ids = values[masked], ids[masked]
             else:
-                t_out = teacher_forward(batch)
+                t_out = t_out or teacher_forward(batch)
                 t_logits = t_out.token_logits[..., :vocab_size].float()
                 if cfg.sample_k:  # k draws from the teacher, seeded by (seed, example): the same whenever drawn
                     generators = [torch.Generator(device=t_logits.device).manual_seed(
@@ -223,7 +230,7 @@ def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer
         batch = dict(batch)
         idx = batch.pop("idx")
         device = batch["input_ids"].device
-        if next(teacher.parameters()).device != device:
+        if not sharded and next(teacher.parameters()).device != device:
             teacher.to(device)
         if needs.qkv and id(module.student) not in student_qkv:
             student_qkv[id(module.student)] = QKVRecorder(module.student)

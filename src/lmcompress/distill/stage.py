@@ -29,12 +29,13 @@ from ..evaluate import MAIN_METRIC, finish_run, score_split
 from ..models import presets
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve, task_head
 from ..models.outputs import adapt
-from ..runs import (RunDir, data_config_for, is_main_process, num_processes, on_every_process, process_state,
-                    run_manifest, wait_for_everyone)
+from ..runs import (RunDir, data_config_for, is_main_process, num_processes, on_all_processes, on_every_process,
+                    process_state, run_manifest, wait_for_everyone)
 from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
+from .sharding import is_sharded, shard_teacher
 from .student import (build_student, default_layer_map, is_derived_spec, layer_count, load_student_like, model_width,
                       parse_spec)
 
@@ -223,6 +224,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
             for column in teacher_set.column_names:
                 train_set = train_set.add_column(TEACHER_PREFIX + column, teacher_set[column])
             collate = PairedCollator(student_tokenizer, tokenizer)
+        sharding = shard_teacher(teacher) if cfg.fsdp else None  # after augmentation read its embeddings whole
         module = DistillModule(student, model_width(student.config), model_width(teacher.config),
                                projection_count(loss_cfg, layer_map))
         cache = None
@@ -249,7 +251,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         try:
             if cache is not None:  # the teacher's pass, once, before training: every epoch then reads the cache
                 fill_teacher_cache(cache, train_set, teacher_ids, collate,
-                                   make_teacher_outputs(teacher, cache, needs, cfg.teacher_precision), teacher,
+                                   TeacherOutputs(teacher, cache, needs, cfg.teacher_precision),
                                    cfg.train.eval_batch_size)
             if cfg.intermediate_epochs > 0:  # TinyBERT: intermediate layers first, then the prediction layer
                 first = run.partial / INTERMEDIATE_STAGE
@@ -280,7 +282,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
                 stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
                 student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map, "layers": n_s,
                          "hidden": model_width(student.config)},
-                teacher_cache=cache_stats, processes=num_processes(),
+                teacher_cache=cache_stats, processes=num_processes(), teacher_sharding=sharding,
                 augmentation=augment_record,
                 **(extra or {})),
             wall_time_s=round(result.wall_time_s, 1))
@@ -296,20 +298,27 @@ def teacher_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return own or {k: v for k, v in batch.items() if k not in TARGET_KEYS and k != "idx"}
 
 
-def fill_teacher_cache(cache: TeacherCache, train_set, teacher_ids: list[list[int]], collate, teacher_outputs, teacher,
-                       batch_size: int) -> None:
+def fill_teacher_cache(cache: TeacherCache, train_set, teacher_ids: list[list[int]], collate,
+                       teacher_outputs: TeacherOutputs, batch_size: int) -> None:
     """Run the teacher once over every training row the cache lacks, in batches of similar length (little padding,
     so faster than meeting the rows in training order); under a launcher each rank takes every n-th of them."""
     missing = np.flatnonzero(~cache.complete())
     state = process_state()
     mine = sorted(missing.tolist(), key=lambda i: len(teacher_ids[i]))[state.process_index::state.num_processes]
+    batches = [mine[start:start + batch_size] for start in range(0, len(mine), batch_size)]
+    if teacher_outputs.sharded and len(missing):
+        # every rank runs the sharded teacher equally often: one with fewer rows repeats a batch and keeps nothing
+        most = -(-len(missing) // state.num_processes)  # rank 0's share, the largest
+        batches += [None] * (-(-most // batch_size) - len(batches))
     if len(missing):
         log.info("teacher pass over %d training rows (cached for every epoch)", len(missing))
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        teacher.to(device)
-        for start in range(0, len(mine), batch_size):
-            batch = collate([train_set[int(i)] for i in mine[start:start + batch_size]])
-            teacher_outputs({k: v.to(device) for k, v in teacher_inputs(batch).items()}, batch["idx"])
+        device = state.device
+        if not teacher_outputs.sharded:
+            teacher_outputs.teacher.to(device)
+        for rows in batches:
+            batch = collate([train_set[int(i)] for i in (rows if rows is not None else mine[:1] or [0])])
+            inputs = {k: v.to(device) for k, v in teacher_inputs(batch).items()}
+            teacher_outputs.compute(inputs, batch["idx"], keep=rows is not None)
     wait_for_everyone()
 
 
@@ -388,32 +397,42 @@ def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, tas
     return load_student_like(teacher, source.path), None, load_tokenizer(source.tokenizer_path)
 
 
-def make_teacher_outputs(teacher, cache: TeacherCache | None, needs: Needs, teacher_precision: str):
-    """-> teacher_outputs(inputs, idx): the teacher's outputs for these rows, read from the cache or computed (and
-    then cached)."""
+class TeacherOutputs:
+    """The teacher's outputs for a batch of training rows: read back from the cache, or computed (and then cached)."""
 
-    def teacher_outputs(inputs: dict[str, torch.Tensor], idx: torch.Tensor):
+    def __init__(self, teacher, cache: TeacherCache | None, needs: Needs, teacher_precision: str):
+        self.teacher, self.cache, self.needs, self.precision = teacher, cache, needs, teacher_precision
+        self.sharded = is_sharded(teacher)
+
+    def __call__(self, inputs: dict[str, torch.Tensor], idx: torch.Tensor):
         """inputs: the teacher's tokens (no labels) -> logits [B, C], {hidden index: [B, T, Ht]}, attentions or None"""
-        seq_len = inputs["input_ids"].shape[1]
-        if cache is not None and cache.has(idx):
-            logits, hidden = cache.read(idx, seq_len)
+        cached = self.cache is not None and self.cache.has(idx)
+        # a sharded teacher runs on every rank or on none: it runs unless every rank has its rows cached
+        if self.sharded and not on_all_processes(cached):
+            computed = self.compute(inputs, idx, keep=not cached)
+            if not cached:
+                return computed
+        if cached:
+            logits, hidden = self.cache.read(idx, inputs["input_ids"].shape[1])
             device = inputs["input_ids"].device
             return logits.to(device), {k: v.to(device) for k, v in hidden.items()}, None
+        return self.compute(inputs, idx)
+
+    def compute(self, inputs: dict[str, torch.Tensor], idx: torch.Tensor, keep: bool = True):
+        """The teacher's forward; with `keep`, its outputs go into the cache."""
         autocast = torch.autocast(device_type=inputs["input_ids"].device.type, dtype=torch.bfloat16) \
-            if teacher_precision == "bf16" else contextlib.nullcontext()
+            if self.precision == "bf16" else contextlib.nullcontext()
         with torch.no_grad(), autocast:
-            out = adapt(teacher(**inputs, output_hidden_states=bool(needs.hidden), output_attentions=needs.attentions),
-                        inputs)
-        hidden = {i: out.hidden_states[i].float() for i in needs.hidden}
+            out = adapt(self.teacher(**inputs, output_hidden_states=bool(self.needs.hidden),
+                                     output_attentions=self.needs.attentions), inputs)
+        hidden = {i: out.hidden_states[i].float() for i in self.needs.hidden}
         logits = out.logits.float()
-        if cache is not None:
-            cache.write(idx, logits, hidden)
+        if self.cache is not None and keep:
+            self.cache.write(idx, logits, hidden)
             # the cache keeps hidden states in fp16: use the same values live, so a batch gives the same loss
             # whether its teacher outputs were computed now or read back (a resumed run then matches bitwise)
             hidden = {i: h.half().float() for i, h in hidden.items()}
         return logits, hidden, out.attentions
-
-    return teacher_outputs
 
 
 def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: list[int], loss_cfg, task: str,
@@ -425,7 +444,7 @@ def _make_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_map: 
     want_student_hidden = bool(needs.hidden)
     regression = task == "regression"
 
-    teacher_outputs = make_teacher_outputs(teacher, cache, needs, teacher_precision)
+    teacher_outputs = TeacherOutputs(teacher, cache, needs, teacher_precision)
 
     def _output_loss(out, t_logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """alpha * hard-label loss + (1 - alpha) * logit KD (MSE to the teacher's prediction for regression, KD of

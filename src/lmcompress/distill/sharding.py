@@ -1,0 +1,66 @@
+"""`--fsdp`: the frozen teacher sharded over the processes of a launch (PyTorch FSDP2, `fully_shard`).
+
+Each process keeps 1/N of every teacher weight; a forward gathers one transformer block at a time and frees it
+again, so a teacher N times larger than one device's memory still teaches (the student, small by design, stays
+data-parallel). The teacher is loaded whole into CPU memory first and its shards then moved to the device, so the
+device never holds it whole.
+
+A sharded forward is a collective: every process must run the teacher the same number of times, in the same order.
+The callers keep that: the teacher-cache decision is taken jointly (`runs.on_all_processes`), and the teacher pass
+that fills the cache gives every process the same number of batches.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from torch import nn
+
+from ..runs import process_state
+
+log = logging.getLogger("lmcompress")
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def repeated_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer's layer stack: the longest ModuleList (BERT's encoder.layer, GPT-2's h, Llama's layers)."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__} has no list of layers to shard")
+    return max(lists, key=len)
+
+
+def shard_teacher(teacher: nn.Module) -> dict[str, int] | None:
+    """Shard `teacher` in place over the processes of this launch -> {processes, params, params_per_process}, or
+    None (and the teacher left whole) in a single process.
+
+    Each layer is its own FSDP unit (gathered only while it runs); the root unit keeps the rest: embeddings, heads,
+    and weights tied between them (an LM head tied to the input embeddings must live in one unit).
+    """
+    state = process_state()
+    if state.num_processes == 1:
+        log.warning("--fsdp shards the teacher over the processes of a launch (torchrun or accelerate launch "
+                    "--num_processes N); in one process the teacher stays whole")
+        return None
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    teacher.requires_grad_(False)
+    total = sum(p.numel() for p in teacher.parameters())
+    mesh = init_device_mesh(state.device.type, (state.num_processes,))
+    for block in repeated_blocks(teacher):
+        fully_shard(block, mesh=mesh)
+    fully_shard(teacher, mesh=mesh)
+    # FSDP keeps the root unit gathered after a forward, expecting a backward; a frozen teacher has none, so its
+    # embeddings and heads are sharded again at once
+    teacher.register_forward_hook(lambda module, args, output: module.reshard())
+    here = sum(p.to_local().numel() for p in teacher.parameters())
+    log.info("teacher sharded over %d processes: %s of its %s weights on each", state.num_processes, f"{here:,}",
+             f"{total:,}")
+    return {"processes": state.num_processes, "params": total, "params_per_process": here}
+
