@@ -23,8 +23,10 @@ def launch(args: list[str], cwd: Path, processes: int = 2, timeout: int = 300) -
     torchrun = VENV_BIN / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun is not installed next to this interpreter")
-    process = subprocess.Popen([str(torchrun), "--nproc_per_node", str(processes), *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, cwd=cwd, start_new_session=True)
+    # --standalone: a free port of its own, so a launch never meets one still closing from the previous test
+    process = subprocess.Popen([str(torchrun), "--standalone", "--nproc_per_node", str(processes), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                               start_new_session=True)
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -35,14 +37,10 @@ def launch(args: list[str], cwd: Path, processes: int = 2, timeout: int = 300) -
 
 
 def test_two_processes_train_data_parallel_and_only_rank0_writes(tiny_bert_dir, sentiment_csv, tmp_path):
-    torchrun = VENV_BIN / "torchrun"
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed next to this interpreter")
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc_per_node", "2", "-m", "lmcompress", "finetune",
-           "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out), "--epochs", "6",
-           "--batch-size", "16", "--learning-rate", "3e-3", "--max-length", "32", "--json"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = launch(["-m", "lmcompress", "finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv),
+                     "--out", str(out), "--epochs", "6", "--batch-size", "16", "--learning-rate", "3e-3",
+                     "--max-length", "32", "--json"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "lmcompress.json").read_text())
     assert manifest["complete"] is True and manifest["processes"] == 2
@@ -58,17 +56,14 @@ def test_two_processes_share_one_teacher_cache(tiny_teacher_run, tmp_path):
     """Rank 0 creates the memory-mapped teacher cache, both ranks fill the rows of their shards in epoch 1 and read
     rows either filled in epoch 2; the counts in lmcompress.json are summed over the ranks. A later run, launched or
     not, finds every row cached."""
-    torchrun = VENV_BIN / "torchrun"
-    if not torchrun.exists():
-        pytest.skip("torchrun is not installed next to this interpreter")
     cache = tmp_path / "cache"
 
     def distill(out: Path, processes: int) -> dict:
-        launcher = [str(torchrun), "--nproc_per_node", str(processes)] if processes > 1 else [sys.executable]
-        cmd = [*launcher, "-m", "lmcompress", "distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1",
-               "--hidden-weight", "1", "--epochs", "2", "--batch-size", "16", "--out", str(out), "--cache-dir",
-               str(cache), "--quiet"]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        args = ["-m", "lmcompress", "distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1",
+                "--hidden-weight", "1", "--epochs", "2", "--batch-size", "16", "--out", str(out), "--cache-dir",
+                str(cache), "--quiet"]
+        result = launch(args, cwd=tmp_path, processes=processes, timeout=600) if processes > 1 else \
+            subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         manifest = json.loads((out / "lmcompress.json").read_text())
         assert manifest["processes"] == processes

@@ -12,7 +12,10 @@ that fills the cache gives every process the same number of batches.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import sys
 
 from torch import nn
 
@@ -56,11 +59,40 @@ def shard_teacher(teacher: nn.Module) -> dict[str, int] | None:
     for block in repeated_blocks(teacher):
         fully_shard(block, mesh=mesh)
     fully_shard(teacher, mesh=mesh)
-    # FSDP keeps the root unit gathered after a forward, expecting a backward; a frozen teacher has none, so its
-    # embeddings and heads are sharded again at once
-    teacher.register_forward_hook(lambda module, args, output: module.reshard())
+    teacher.register_forward_hook(_after_forward(state.device.type == "cpu"))
+    if state.device.type == "cpu":
+        _trim_heap()  # the whole teacher, freed by sharding
     here = sum(p.to_local().numel() for p in teacher.parameters())
     log.info("teacher sharded over %d processes: %s of its %s weights on each", state.num_processes, f"{here:,}",
              f"{total:,}")
     return {"processes": state.num_processes, "params": total, "params_per_process": here}
 
+
+def _after_forward(on_cpu: bool):
+    def hook(module, args, output) -> None:
+        # FSDP keeps the root unit gathered after a forward, expecting a backward; a frozen teacher has none, so its
+        # embeddings and heads are sharded again at once
+        module.reshard()
+        if on_cpu:
+            _trim_heap()  # the layers gathered for this forward
+
+    return hook
+
+
+@functools.cache
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _trim_heap() -> None:
+    """On CPU the teacher's shards and gathered layers live in host memory, and glibc keeps what is freed in its heap:
+    without handing it back, a sharded teacher held more resident memory than a whole one (smollm2-135m, 2 processes:
+    about 1,000 MB vs 1,100-1,140 MB after a few forwards, against 865 MB with it; no measurable cost per forward)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
