@@ -19,6 +19,7 @@ import sys
 
 from torch import nn
 
+from ..errors import LmcError
 from ..runs import process_state
 
 log = logging.getLogger("lmcompress")
@@ -34,7 +35,7 @@ def repeated_blocks(model: nn.Module) -> nn.ModuleList:
     """The transformer's layer stack: the longest ModuleList (BERT's encoder.layer, GPT-2's h, Llama's layers)."""
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
-        raise ValueError(f"{type(model).__name__} has no list of layers to shard")
+        raise LmcError(f"--fsdp: {type(model).__name__} has no list of layers to shard; run without --fsdp")
     return max(lists, key=len)
 
 
