@@ -37,7 +37,7 @@ from transformers import get_linear_schedule_with_warmup
 from .config import TrainConfig
 from .console import console
 from .errors import LmcError
-from .runs import process_state
+from .runs import on_all_processes, process_state
 
 log = logging.getLogger("lmcompress")
 
@@ -347,18 +347,24 @@ def fit(
                         # autocast here, not only in the prepared forward: stages call sub-modules directly
                         with accelerator.autocast():
                             loss = model(batch)
-                        if not torch.isfinite(loss) and cfg.nan_policy == "skip" \
+                        finite = bool(torch.isfinite(loss))
+                        if accelerator.num_processes > 1:
+                            # one rank's NaN skips or stops the step on every rank: a rank that went on alone would
+                            # wait forever in the gradient all-reduce
+                            finite = on_all_processes(finite)
+                        if not finite and cfg.nan_policy == "skip" \
                                 and state.skipped_batches < cfg.max_skipped_batches:
                             state.skipped_batches += 1
-                            log.warning("loss %s at step %d: batch skipped (%d of at most %d)", loss.item(),
+                            log.warning("loss %s at step %d: batch skipped (%d of at most %d)", _loss_text(loss),
                                         state.global_step + 1, state.skipped_batches, cfg.max_skipped_batches)
                             optimizer.zero_grad(set_to_none=True)  # also drops this window's partial gradients
                             state.batches_done_in_epoch += 1
                             in_flight.clear()
                             continue
-                        if not torch.isfinite(loss):
+                        if not finite:
                             raise LmcError(
-                                f"loss became {loss.item()} at step {state.global_step + 1} (epoch {state.epoch + 1})"
+                                f"loss became {_loss_text(loss)} at step {state.global_step + 1} "
+                                f"(epoch {state.epoch + 1})"
                                 + (f" after {state.skipped_batches} skipped batches" if state.skipped_batches else "")
                                 + "; lower --learning-rate or check the labels (or --nan-policy skip)"
                             )
@@ -417,6 +423,12 @@ def fit(
     wall = time.perf_counter() - started
     return FitResult(state=state, steps=state.global_step, wall_time_s=wall,
                      examples_per_s=examples_seen / max(1e-9, time.perf_counter() - session_start))
+
+
+def _loss_text(loss: torch.Tensor) -> str:
+    """The loss for a message: its value, or where it is finite here, that another rank's was not."""
+    value = loss.item()
+    return str(value) if not math.isfinite(value) else f"non-finite on another process (here {value:.4f})"
 
 
 def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: LoopState,

@@ -15,6 +15,7 @@ from tests.integration.cli_helpers import assert_same_weights
 
 VENV_BIN = Path(sys.executable).parent
 WORKER = Path(__file__).parent / "fsdp_teacher_worker.py"
+NAN_WORKER = Path(__file__).parent / "nan_worker.py"
 
 
 def launch(args: list[str], cwd: Path, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -123,3 +124,19 @@ def test_fsdp_lm_teacher_with_top_k_cache_teaches_the_same_student(clm_teacher, 
     assert sharded["teacher_cache"]["misses"] == whole["teacher_cache"]["misses"]
     assert sharded["teacher_cache"]["hits"] == whole["teacher_cache"]["hits"] > 0
     assert sharded["teacher_metrics"] == whole["teacher_metrics"]
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_nan_loss_on_one_rank_is_met_by_every_rank(tmp_path, policy):
+    """Rank 1's loss turns NaN at its 3rd batch (tests/integration/nan_worker.py). Before, --nan-policy skip hung
+    (rank 1 skipped the all-reduce rank 0 waited in) and stop crashed rank 0 with a gloo traceback."""
+    result = launch([str(NAN_WORKER), policy, str(tmp_path / "run")], cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = sorted((json.loads(line) for line in result.stdout.replace("}{", "}\n{").splitlines()
+                       if line.startswith("{")), key=lambda o: o["rank"])
+    assert [o["rank"] for o in outcomes] == [0, 1]
+    if policy == "skip":  # 64 rows, 8 per batch: 4 batches per rank, the 3rd skipped on both
+        assert all(o == {"rank": o["rank"], "steps": 3, "skipped": 1} for o in outcomes), outcomes
+    else:
+        assert outcomes[1]["error"].startswith("loss became nan at step 3 (epoch 1)"), outcomes
+        assert outcomes[0]["error"].startswith("loss became non-finite on another process"), outcomes
