@@ -270,6 +270,9 @@ def fit(
                             generator=generator)
     if len(loader) == 0:
         raise LmcError("the training split is empty")
+    # the steps are counted on this rank's share of the batches: with the whole loader's count, N processes would
+    # stretch the learning-rate schedule N times past the end of training
+    loader = accelerator.prepare(loader)
     updates_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
     total_steps = cfg.max_steps or math.ceil(updates_per_epoch * cfg.epochs)
     num_epochs = math.ceil(total_steps / updates_per_epoch)
@@ -278,8 +281,7 @@ def fit(
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
     # the loss is computed inside the prepared module's forward: a data-parallel wrapper then sees the whole loss
     # computation (a distillation loss runs the student's sub-modules and projections) and syncs those gradients
-    model, optimizer, loader, scheduler = accelerator.prepare(ModelWithLoss(model, loss_fn), optimizer, loader,
-                                                              scheduler)
+    model, optimizer, scheduler = accelerator.prepare(ModelWithLoss(model, loss_fn), optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model).model
 
     state = LoopState()

@@ -41,8 +41,13 @@ def test_two_processes_train_data_parallel_and_only_rank0_writes(tiny_bert_dir, 
     out = tmp_path / "ddp"
     result = launch(["-m", "lmcompress", "finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv),
                      "--out", str(out), "--epochs", "6", "--batch-size", "16", "--learning-rate", "3e-3",
-                     "--max-length", "32", "--json"], cwd=tmp_path, timeout=600)
+                     "--max-length", "32", "--log-every-steps", "12", "--json"], cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    # the learning-rate schedule spans the 36 steps the ranks take (it ran over 72 before: the whole loader's count)
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    lrs = {entry["step"]: entry["train/lr"] for entry in logged if "train/lr" in entry}
+    assert sorted(lrs) == [12, 24, 36] and lrs[36] == 0.0
+    assert lrs[12] == pytest.approx(3e-3 * (36 - 12) / (36 - 3))  # 3 warm-up steps (10%), then linear decay
     manifest = json.loads((out / "lmcompress.json").read_text())
     assert manifest["complete"] is True and manifest["processes"] == 2
     assert manifest["train"]["steps"] == 36  # 192 training rows / 16 per batch = 12 batches, split over 2 ranks, x6 epochs
