@@ -407,16 +407,14 @@ class TeacherOutputs:
     def __call__(self, inputs: dict[str, torch.Tensor], idx: torch.Tensor):
         """inputs: the teacher's tokens (no labels) -> logits [B, C], {hidden index: [B, T, Ht]}, attentions or None"""
         cached = self.cache is not None and self.cache.has(idx)
-        # a sharded teacher runs on every rank or on none: it runs unless every rank has its rows cached
-        if self.sharded and not on_all_processes(cached):
-            computed = self.compute(inputs, idx, keep=not cached)
-            if not cached:
-                return computed
-        if cached:
-            logits, hidden = self.cache.read(idx, inputs["input_ids"].shape[1])
-            device = inputs["input_ids"].device
-            return logits.to(device), {k: v.to(device) for k, v in hidden.items()}, None
-        return self.compute(inputs, idx)
+        # a sharded teacher runs on every rank or on none (every rank must ask): unless all have their rows cached
+        runs = not on_all_processes(cached) if self.sharded else not cached
+        computed = self.compute(inputs, idx, keep=not cached) if runs else None
+        if not cached:
+            return computed
+        logits, hidden = self.cache.read(idx, inputs["input_ids"].shape[1])
+        device = inputs["input_ids"].device
+        return logits.to(device), {k: v.to(device) for k, v in hidden.items()}, None
 
     def compute(self, inputs: dict[str, torch.Tensor], idx: torch.Tensor, keep: bool = True):
         """The teacher's forward; with `keep`, its outputs go into the cache."""
