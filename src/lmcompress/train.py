@@ -132,25 +132,41 @@ class ModelWithLoss(torch.nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-class _SignalToInterrupt:
-    """Turn SIGTERM into KeyboardInterrupt so a killed job still writes its checkpoint."""
+class _Signals:
+    """SIGTERM (and, under a launcher, SIGINT) stop training with a checkpoint.
 
-    def __enter__(self) -> _SignalToInterrupt:
-        self.previous = None
-        if hasattr(signal, "SIGTERM"):
+    In one process the signal becomes a KeyboardInterrupt at once: the checkpoint keeps the RNG states of the batch in
+    flight, so the resumed run redoes it. Under a launcher the signal reaches the ranks at different instants, one
+    maybe inside a gradient all-reduce the others would abandon; so it is only noted, and the ranks agree after each
+    optimizer step whether any was signalled, then all stop at that same step (`stop_requested`).
+    """
+
+    def __init__(self, launched: bool):
+        self.launched, self.requested, self.previous = launched, False, {}
+
+    def __enter__(self) -> _Signals:
+        names = ("SIGTERM", "SIGINT") if self.launched else ("SIGTERM",)
+        for sig in [getattr(signal, name) for name in names if hasattr(signal, name)]:
             try:
-                self.previous = signal.signal(signal.SIGTERM, self._raise)
+                self.previous[sig] = signal.signal(sig, self._note if self.launched else self._raise)
             except ValueError:  # not the main thread
-                self.previous = None
+                continue
         return self
 
     @staticmethod
     def _raise(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    def _note(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def stop_requested(self) -> bool:
+        """Under a launcher, whether any rank was signalled (every rank must ask, after the same step)."""
+        return self.launched and not on_all_processes(not self.requested)
+
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
 
 
 class _Logs:
@@ -333,7 +349,7 @@ def fit(
                 os.replace(checkpoint_dir / "best.safetensors.tmp", checkpoint_dir / "best.safetensors")
 
     try:
-        with _SignalToInterrupt(), progress:
+        with _Signals(launched=accelerator.num_processes > 1) as signals, progress:
             bar = progress.add_task(description, total=total_steps, completed=state.global_step, loss="-", rate="-")
             running_loss, running_count = 0.0, 0
             while state.epoch < num_epochs and state.global_step < total_steps:
@@ -403,6 +419,8 @@ def fit(
                         model.train()
                     if state.global_step % cfg.checkpoint_every_steps == 0:
                         save_checkpoint()
+                    if signals.stop_requested():
+                        raise KeyboardInterrupt  # on every rank, after this same step: checkpointed below
                     if state.global_step >= total_steps:
                         break
                 # end of an epoch (or of max_steps): evaluate, keep the best

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.integration.cli_helpers import assert_same_weights
 
 VENV_BIN = Path(sys.executable).parent
 WORKER = Path(__file__).parent / "fsdp_teacher_worker.py"
-NAN_WORKER = Path(__file__).parent / "nan_worker.py"
+FIT_WORKER = Path(__file__).parent / "fit_worker.py"
 
 
 def launch(args: list[str], cwd: Path, processes: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -31,8 +32,13 @@ def launch(args: list[str], cwd: Path, processes: int = 2, timeout: int = 300) -
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        import psutil  # an accelerate dependency
+
+        # the workers first: they may sit in sessions of their own, and they hold the output pipes open
+        for child in psutil.Process(process.pid).children(recursive=True):
+            child.kill()
         os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        process.communicate(timeout=60)
         pytest.fail(f"the launch hung for {timeout} s: {' '.join(args[:3])}")
     return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
 
@@ -131,17 +137,38 @@ def test_fsdp_lm_teacher_with_top_k_cache_teaches_the_same_student(clm_teacher, 
     assert sharded["teacher_metrics"] == whole["teacher_metrics"]
 
 
-@pytest.mark.parametrize("policy", ["skip", "stop"])
-def test_a_nan_loss_on_one_rank_is_met_by_every_rank(tmp_path, policy):
-    """Rank 1's loss turns NaN at its 3rd batch (tests/integration/nan_worker.py). Before, --nan-policy skip hung
-    (rank 1 skipped the all-reduce rank 0 waited in) and stop crashed rank 0 with a gloo traceback."""
-    result = launch([str(NAN_WORKER), policy, str(tmp_path / "run")], cwd=tmp_path, timeout=120)
+def _fit_worker(mode: str, folder: Path) -> list[dict]:
+    """One launch of tests/integration/fit_worker.py -> each rank's outcome, rank 0 first."""
+    result = launch([str(FIT_WORKER), mode, str(folder)], cwd=folder.parent, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = sorted((json.loads(line) for line in result.stdout.replace("}{", "}\n{").splitlines()
                        if line.startswith("{")), key=lambda o: o["rank"])
-    assert [o["rank"] for o in outcomes] == [0, 1]
-    if policy == "skip":  # 64 rows, 8 per batch: 4 batches per rank, the 3rd skipped on both
-        assert all(o == {"rank": o["rank"], "steps": 3, "skipped": 1} for o in outcomes), outcomes
+    assert [o["rank"] for o in outcomes] == [0, 1], result.stdout
+    return outcomes
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_nan_loss_on_one_rank_is_met_by_every_rank(tmp_path, policy):
+    """Rank 1's loss turns NaN at its 3rd batch. Before, --nan-policy skip hung (rank 1 skipped the all-reduce rank 0
+    waited in) and stop crashed rank 0 with a gloo traceback."""
+    outcomes = _fit_worker(f"nan-{policy}", tmp_path / "run")
+    if policy == "skip":  # 64 rows, 8 per batch: 4 batches per rank and epoch, the 3rd skipped on both ranks
+        assert all(o == {"rank": o["rank"], "steps": 7, "skipped": 1} for o in outcomes), outcomes
     else:
         assert outcomes[1]["error"].startswith("loss became nan at step 3 (epoch 1)"), outcomes
         assert outcomes[0]["error"].startswith("loss became non-finite on another process"), outcomes
+
+
+def test_sigterm_to_one_rank_checkpoints_every_rank_at_one_step_and_resumes_exactly(tmp_path):
+    """SIGTERM reaches rank 1 alone, inside its 3rd batch: both ranks finish that step, agree to stop, and checkpoint
+    it; a second launch with resume ends with the weights of an uninterrupted launch, bitwise."""
+    from safetensors.torch import load_file
+
+    _fit_worker("straight", tmp_path / "straight")
+    outcomes = _fit_worker("sigterm", tmp_path / "interrupted")
+    assert all(o["error"].startswith("interrupted at step 3; checkpoint saved") for o in outcomes), outcomes
+    assert [o["steps"] for o in _fit_worker("resume", tmp_path / "interrupted")] == [8, 8]
+    straight = load_file(tmp_path / "straight" / "final.safetensors")
+    resumed = load_file(tmp_path / "interrupted" / "final.safetensors")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

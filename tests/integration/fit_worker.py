@@ -1,17 +1,23 @@
-"""Run by test_multiprocess.py under `torchrun --nproc_per_node 2`: the loss turns NaN on rank 1 only, at its 3rd
-batch. Every rank must take the same decision (skip that step together, or stop together) instead of one waiting
-forever in the gradient all-reduce. Prints a JSON line per rank: what fit returned, or the error it raised.
+"""Run by test_multiprocess.py under `torchrun --nproc_per_node 2`: something happens to rank 1 alone at its 3rd
+batch, and every rank must meet it at the same step instead of one waiting forever in the gradient all-reduce.
 
-    torchrun --nproc_per_node 2 tests/integration/nan_worker.py skip|stop RUN_FOLDER
+    torchrun --nproc_per_node 2 tests/integration/fit_worker.py MODE RUN_FOLDER
+
+MODE: nan-skip / nan-stop (rank 1's loss turns NaN; --nan-policy skip or stop), sigterm (rank 1 is sent SIGTERM),
+straight (nothing happens), resume (resume the checkpoint in RUN_FOLDER). Prints a JSON line per rank: what fit
+returned, or the error it raised; rank 0 saves the final weights as RUN_FOLDER/final.safetensors.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 from transformers import BertConfig, BertForSequenceClassification
 
 from lmcompress.config import TrainConfig
@@ -20,7 +26,7 @@ from lmcompress.runs import process_state
 from lmcompress.train import fit
 
 
-def main(policy: str, folder: Path) -> None:
+def main(mode: str, folder: Path) -> None:
     rank = process_state().process_index
     torch.manual_seed(0)
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
@@ -38,13 +44,21 @@ def main(policy: str, folder: Path) -> None:
     def loss_fn(m, batch):
         calls["n"] += 1
         loss = m(**batch).loss
-        return loss * float("nan") if rank == 1 and calls["n"] == 3 else loss
+        if rank == 1 and calls["n"] == 3:
+            if mode.startswith("nan"):
+                return loss * float("nan")
+            if mode == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler preempting one rank's process would
+        return loss
 
-    cfg = TrainConfig(epochs=1, batch_size=8, nan_policy=policy, max_skipped_batches=2, keep_best=False)
+    cfg = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-3, nan_policy="skip" if mode == "nan-skip" else "stop",
+                      max_skipped_batches=2, keep_best=False)
     try:
         result = fit(model, rows, collate, cfg, loss_fn=loss_fn, evaluate_fn=lambda m: {"score": 0.0},
-                     monitor="score", higher_is_better=True, run_folder=folder, resume=False)
+                     monitor="score", higher_is_better=True, run_folder=folder, resume=mode == "resume")
         outcome = {"rank": rank, "steps": result.steps, "skipped": result.state.skipped_batches}
+        if rank == 0:
+            save_model(model, str(folder / "final.safetensors"))
     except LmcError as exc:
         outcome = {"rank": rank, "error": str(exc)}
     print(json.dumps(outcome), flush=True)
