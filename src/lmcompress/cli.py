@@ -231,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: error: internal error {type(exc).__name__}: {first} (re-run with --debug and "
                          "report it)\n")
         return 1
+    finally:
+        from .runs import close_process_group
+
+        close_process_group()
 
 
 if __name__ == "__main__":

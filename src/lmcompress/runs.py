@@ -135,6 +135,15 @@ def sum_over_processes(counts: list[int]) -> list[int]:
     return total.tolist()
 
 
+def close_process_group() -> None:
+    """End a launch's process group before the interpreter exits, as PyTorch asks: left to exit with it, a rank can
+    abort after its work is done ("terminate called without an active exception") and fail the launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def on_all_processes(flag: bool) -> bool:
     """True where `flag` holds on every rank of a launch (`flag` itself in a plain run): for decisions that must be
     the same everywhere, such as whether a sharded teacher runs for this batch."""

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, gather_object
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_model, save_model
 from torch.utils.data import DataLoader, Dataset
@@ -302,7 +302,7 @@ def fit(
 
     state = LoopState()
     if resume:
-        state = _load_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler)
+        state = _load_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, accelerator.process_index)
         log.info("resumed at epoch %d, step %d", state.epoch + 1, state.global_step)
 
     logs = _Logs(run_folder, accelerator.is_main_process)
@@ -325,8 +325,11 @@ def fit(
 
     def save_checkpoint() -> None:
         state.elapsed_s = time.perf_counter() - started
+        rng = in_flight.get("rng") or (_rng_state(), torch.get_rng_state())
+        # every rank's RNG states: ranks pad their batches differently, so their dropout streams part ways
+        rngs = gather_object([rng]) if accelerator.num_processes > 1 else [rng]
         if accelerator.is_main_process:
-            _save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, state, in_flight.get("rng"))
+            _save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, state, rngs)
         accelerator.wait_for_everyone()
 
     def evaluate_now(when: str) -> None:
@@ -452,7 +455,7 @@ def _loss_text(loss: torch.Tensor) -> str:
 
 
 def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, state: LoopState,
-                     rng: tuple[dict[str, Any], torch.Tensor] | None = None) -> None:
+                     rngs: list[tuple[dict[str, Any], torch.Tensor]]) -> None:
     """New files under fresh names, then one atomic rename of state.json (which names them) commits the checkpoint;
     a kill -9 at any instant leaves either the previous complete checkpoint or the new one, never a mix."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -460,16 +463,17 @@ def _save_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, sched
     files = {"model": f"model-{tag}.safetensors", "optim": f"optim-{tag}.pt"}
     save_model(model, str(folder / files["model"]))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": rng[1] if rng else torch.get_rng_state()}, folder / files["optim"])
+                "torch_rng": [torch_rng for _, torch_rng in rngs]}, folder / files["optim"])  # one per rank
     pending = folder / "state.json.tmp"
-    pending.write_text(json.dumps({"loop": state.__dict__, "rng": rng[0] if rng else _rng_state(), "files": files}), encoding="utf-8")
+    pending.write_text(json.dumps({"loop": state.__dict__, "rng": [py_np for py_np, _ in rngs], "files": files}),
+                       encoding="utf-8")
     os.replace(pending, folder / "state.json")  # the commit point
     for old in list(folder.glob("model-*.safetensors")) + list(folder.glob("optim-*.pt")):
         if old.name not in files.values():
             old.unlink(missing_ok=True)
 
 
-def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> LoopState:
+def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, rank: int = 0) -> LoopState:
     try:
         saved = json.loads((folder / "state.json").read_text(encoding="utf-8"))
         files = saved.get("files", {"model": "model.safetensors", "optim": "optim.pt"})
@@ -480,5 +484,12 @@ def _load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, sched
                        "re-run with --overwrite to start over") from None
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
-    _set_rng_state(saved["rng"], extra["torch_rng"])
+    rngs, torch_rngs = saved["rng"], extra["torch_rng"]
+    if isinstance(rngs, dict):  # a checkpoint from before per-rank states: one for every rank
+        rngs, torch_rngs = [rngs], [torch_rngs]
+    if rank >= len(rngs):
+        log.warning("the checkpoint was written by %d processes, this launch has more: rank %d continues with rank "
+                    "0's random state (the run will not repeat the uninterrupted one exactly)", len(rngs), rank)
+    pick = rank if rank < len(rngs) else 0
+    _set_rng_state(rngs[pick], torch_rngs[pick])
     return LoopState(**saved["loop"])

@@ -32,11 +32,16 @@ def main(mode: str, folder: Path) -> None:
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=32, num_labels=2))
     generator = torch.Generator().manual_seed(0)
-    rows = [{"input_ids": torch.randint(1, 50, (8,), generator=generator), "labels": torch.tensor(i % 2)}
-            for i in range(64)]
+    # rows of different lengths: ranks pad their batches differently, so their dropout draws (and RNG states) part
+    rows = [{"input_ids": torch.randint(1, 50, (int(torch.randint(3, 13, (1,), generator=generator)),),
+                                        generator=generator), "labels": torch.tensor(i % 2)} for i in range(64)]
 
     def collate(examples):
-        return {"input_ids": torch.stack([e["input_ids"] for e in examples]),
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.zeros(len(examples), width, dtype=torch.long)
+        for b, e in enumerate(examples):
+            ids[b, :len(e["input_ids"])] = e["input_ids"]
+        return {"input_ids": ids, "attention_mask": (ids != 0).long(),
                 "labels": torch.stack([e["labels"] for e in examples])}
 
     calls = {"n": 0}
@@ -65,4 +70,7 @@ def main(mode: str, folder: Path) -> None:
 
 
 if __name__ == "__main__":
+    from lmcompress.runs import close_process_group
+
     main(sys.argv[1], Path(sys.argv[2]))
+    close_process_group()

@@ -107,4 +107,7 @@ def main(cache_root: Path) -> None:
 
 
 if __name__ == "__main__":
+    from lmcompress.runs import close_process_group
+
     main(Path(sys.argv[1]))
+    close_process_group()
