@@ -7,12 +7,18 @@ teacher cache on, checkpoint every 10 steps) on the first --rows training rows o
 process with its own cache folder. The second is sent SIGKILL once its training log passes a step drawn at random
 (seeded), then re-run with --resume (more kills with --kills). The final weights are compared tensor by tensor
 (bitwise) and the test metrics exactly. Writes benchmarks/results/kill_resume.{json,md}.
+
+With --processes N both runs are the same command under `torchrun --standalone --nproc_per_node N` (data parallel),
+and a kill is SIGKILL to the launcher and every worker at once, as a scheduler ending a job does; results go to
+benchmarks/results/kill_resume_{N}proc.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -22,15 +28,19 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors.torch import load_file
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def command(teacher: Path, out: Path, cache: Path, rows: int, epochs: float, resume: bool) -> list[str]:
-    exe = str(Path(sys.executable).parent / "lmcompress")
-    cmd = [exe, "distill", "--teacher", str(teacher), "--student", "layers=2;hidden=192;heads=6;ffn=768",
+def command(teacher: Path, out: Path, cache: Path, rows: int, epochs: float, resume: bool,
+            processes: int = 1) -> list[str]:
+    bin_dir = Path(sys.executable).parent
+    launcher = [str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", str(processes), "-m", "lmcompress"] \
+        if processes > 1 else [str(bin_dir / "lmcompress")]
+    cmd = [*launcher, "distill", "--teacher", str(teacher), "--student", "layers=2;hidden=192;heads=6;ffn=768",
            "--out", str(out), "--cache-dir", str(cache), "--max-train-examples", str(rows), "--epochs", str(epochs),
            "--hidden-weight", "1", "--checkpoint-every-steps", "10", "--log-every-steps", "1", "--json"]
     return cmd + (["--resume"] if resume else [])
@@ -45,12 +55,16 @@ def last_logged_step(partial: Path) -> int:
 
 
 def run_killed(cmd: list[str], partial: Path, kill_at: int) -> float:
-    """Start `cmd`, SIGKILL it once the log reaches `kill_at`; -> seconds it ran."""
+    """Start `cmd`, SIGKILL it (with any workers it launched) once the log reaches `kill_at`; -> seconds it ran."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     while proc.poll() is None:
         if last_logged_step(partial) >= kill_at:
-            os.kill(proc.pid, signal.SIGKILL)
+            workers = psutil.Process(proc.pid).children(recursive=True)
+            os.killpg(proc.pid, signal.SIGKILL)
+            for worker in workers:
+                with contextlib.suppress(psutil.Error):
+                    worker.kill()
             proc.wait()
             return time.perf_counter() - start
         time.sleep(0.05)
@@ -65,14 +79,16 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--kills", type=int, default=2, help="how many times to kill the second run")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--processes", type=int, default=1, help="data-parallel processes (torchrun) per run")
     args = parser.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
-    total_steps = int(-(-args.rows * 0.8 // 32) * args.epochs)  # ~80% of rows are training rows after the split
+    batches = math.ceil(args.rows * 0.8 / 32)  # ~80% of rows are training rows after the split
+    total_steps = int(math.ceil(batches / args.processes) * args.epochs)  # each rank takes 1/N of the batches
 
     start = time.perf_counter()
     straight = subprocess.run(command(args.teacher, args.out / "straight", args.out / "cache-straight", args.rows,
-                                      args.epochs, False), capture_output=True, text=True)
+                                      args.epochs, False, args.processes), capture_output=True, text=True)
     if straight.returncode != 0:
         raise SystemExit(straight.stderr)
     straight_s = time.perf_counter() - start
@@ -85,12 +101,13 @@ def main() -> int:
     for k in range(args.kills):
         kill_at = rng.randint(lower, total_steps - 5)
         resume = k > 0
-        ran = run_killed(command(args.teacher, killed_dir, cache, args.rows, args.epochs, resume), partial, kill_at)
+        ran = run_killed(command(args.teacher, killed_dir, cache, args.rows, args.epochs, resume, args.processes),
+                         partial, kill_at)
         state = json.loads((partial / "checkpoint" / "state.json").read_text())
         kills.append({"killed_after_step": last_logged_step(partial), "target_step": kill_at, "ran_s": round(ran, 1),
                       "checkpoint_step": state["loop"]["global_step"]})
         lower = kill_at + 1
-    resumed = subprocess.run(command(args.teacher, killed_dir, cache, args.rows, args.epochs, True),
+    resumed = subprocess.run(command(args.teacher, killed_dir, cache, args.rows, args.epochs, True, args.processes),
                              capture_output=True, text=True)
     if resumed.returncode != 0:
         raise SystemExit(resumed.stderr)
@@ -103,7 +120,8 @@ def main() -> int:
     mb = json.loads((killed_dir / "metrics.json").read_text())["metrics"]
     results = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "distill_command": " ".join(command(args.teacher, Path("OUT"), Path("CACHE"), args.rows, args.epochs, False)),
+        "distill_command": " ".join(command(args.teacher, Path("OUT"), Path("CACHE"), args.rows, args.epochs, False,
+                                                     args.processes)),
         "steps": json.loads((killed_dir / "lmcompress.json").read_text())["train"]["steps"],
         "kills": kills, "straight_wall_s": round(straight_s, 1),
         "tensors": len(a), "tensors_differing": differing, "max_abs_weight_diff": max_diff,
@@ -112,17 +130,19 @@ def main() -> int:
         "threads": torch.get_num_threads(),
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "kill_resume.json").write_text(json.dumps(results, indent=2) + "\n")
+    name = "kill_resume" if args.processes == 1 else f"kill_resume_{args.processes}proc"
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["# kill -9 and resume vs an uninterrupted distillation", "",
           f"Command: `{results['command']}`  ",
-          f"Distillation: `{results['distill_command']}` ({results['steps']} optimizer steps).", "",
+          f"Distillation: `{results['distill_command']}` ({results['steps']} optimizer steps, {args.processes} "
+          f"process{'es' if args.processes > 1 else ''}).", "",
           "| kill | target step | last logged step | resumed from checkpoint step |", "|---|---|---|---|"]
     md += [f"| {i + 1} | {k['target_step']} | {k['killed_after_step']} | {k['checkpoint_step']} |"
            for i, k in enumerate(kills)]
     md += ["", f"Final weights: {len(a) - len(differing)}/{len(a)} tensors bitwise equal "
            f"(max |diff| {max_diff:.3g}); test metrics equal: {results['metrics_equal']} "
            f"({ma} vs {mb})."]
-    (RESULTS / "kill_resume.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0 if results["bitwise_equal"] and results["metrics_equal"] else 1
 
