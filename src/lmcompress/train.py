@@ -327,7 +327,7 @@ def fit(
         state.elapsed_s = time.perf_counter() - started
         rng = in_flight.get("rng") or (_rng_state(), torch.get_rng_state())
         # every rank's RNG states: ranks pad their batches differently, so their dropout streams part ways
-        rngs = gather_object([rng]) if accelerator.num_processes > 1 else [rng]
+        rngs = gather_object([rng])  # [rng] itself in one process
         if accelerator.is_main_process:
             _save_checkpoint(checkpoint_dir, unwrapped, optimizer, scheduler, state, rngs)
         accelerator.wait_for_everyone()
@@ -368,11 +368,9 @@ def fit(
                         # autocast here, not only in the prepared forward: stages call sub-modules directly
                         with accelerator.autocast():
                             loss = model(batch)
-                        finite = bool(torch.isfinite(loss))
-                        if accelerator.num_processes > 1:
-                            # one rank's NaN skips or stops the step on every rank: a rank that went on alone would
-                            # wait forever in the gradient all-reduce
-                            finite = on_all_processes(finite)
+                        # one rank's NaN skips or stops the step on every rank: a rank that went on alone would wait
+                        # forever in the gradient all-reduce
+                        finite = on_all_processes(bool(torch.isfinite(loss)))
                         if not finite and cfg.nan_policy == "skip" \
                                 and state.skipped_batches < cfg.max_skipped_batches:
                             state.skipped_batches += 1

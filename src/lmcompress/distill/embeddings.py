@@ -100,17 +100,13 @@ def pairs_fingerprint(pairs: list[tuple[str, str, float]]) -> str:
     return hashlib.sha256(repr(pairs).encode("utf-8")).hexdigest()[:16]
 
 
-def recorded_config(folder: Path) -> EmbeddingDistillConfig:
-    """The config an embedding run was made with (its lmcompress.json)."""
-    manifest = read_run_manifest(folder) or {}
-    return from_dict(EmbeddingDistillConfig, manifest.get("config") or {}, where=f"{folder}/lmcompress.json config")
-
-
 def held_aside_pairs(folder: Path) -> tuple[EmbeddingDistillConfig, list[tuple[str, str, float]]]:
-    """An embedding run's held-aside pairs, rebuilt and checked against the fingerprint recorded with it."""
-    cfg = recorded_config(folder)
+    """An embedding run's config (its lmcompress.json) and its held-aside pairs, rebuilt from that config and checked
+    against the fingerprint recorded with it."""
+    manifest = read_run_manifest(folder) or {}
+    cfg = from_dict(EmbeddingDistillConfig, manifest.get("config") or {}, where=f"{folder}/lmcompress.json config")
     pairs = sentence_data(cfg).pairs
-    expected = ((read_run_manifest(folder) or {}).get("data") or {}).get("pairs_fingerprint")
+    expected = (manifest.get("data") or {}).get("pairs_fingerprint")
     if expected and expected != pairs_fingerprint(pairs):
         log.warning("the held-aside pairs differ from those recorded at training time (corpus changed?)")
     return cfg, pairs
