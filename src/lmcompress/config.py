@@ -19,6 +19,9 @@ import yaml
 
 from .errors import LmcError
 
+RESUME_HELP = ("continue the interrupted run in --out (default: when it was started with the same options, so "
+               "re-running a command continues it); --no-resume refuses to")
+
 def _at_least(cfg: Any, minimum: int, *names: str) -> None:
     """ValueError for the first named field below `minimum` (None means unset and passes)."""
     for name in names:
@@ -140,7 +143,7 @@ class FinetuneConfig:
     model: str = field(default="", metadata={"help": "zoo name, local HF directory, run dir or preset (bert-4l-312h)"})
     out: str = field(default="", metadata={"help": "run directory to create"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer dir or zoo name (for presets)"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -197,7 +200,7 @@ class PretrainConfig:
         "help": "word boundaries for Chinese whole-word masking: jieba segmentation (auto: when the text is Chinese)"})
     max_ngram: int = field(default=1, metadata={"help": "n-gram masking up to n words, p ~ 1/n (ALBERT uses 3)"})
     short_seq_prob: float = field(default=0.1, metadata={"help": "NSP/SOP: share of pairs built shorter than max"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=1.0, warmup_ratio=0.06))
@@ -268,7 +271,7 @@ class DistillConfig:
         "help": "preset (bert-4l-312h), model dir, or derived from the teacher: 'pick=0,2,4', 'layers=2;hidden=192', "
                 "'albert;embedding=128;shared' (ALBERT conversion)"})
     out: str = field(default="", metadata={"help": "run directory to create"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     cache: bool = field(default=True, metadata={"help": "cache teacher outputs so later epochs skip the teacher"})
     cache_dir: str | None = field(default=None, metadata={"help": "teacher-output cache root (default ~/.cache/lmcompress)"})
@@ -339,7 +342,7 @@ class LMDistillConfig:
     chinese_words: Literal["auto", "jieba", "off"] = field(default="auto", metadata={
         "help": "mlm: jieba word boundaries for Chinese whole-word masking"})
     max_ngram: int = field(default=1, metadata={"help": "mlm: n-gram masking up to n words"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=5e-4, epochs=1.0, warmup_ratio=0.06))
@@ -370,7 +373,7 @@ class EmbeddingDistillConfig:
         "help": "derived from the teacher ('layers=2', 'layers=2;hidden=192'), a preset (bert-2l-384h, the "
                 "teacher's tokenizer) or an encoder folder (its own tokenizer is fine: each side reads the text)"})
     out: str = field(default="", metadata={"help": "run directory to create"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from its last checkpoint"})
+    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     min_sentence_chars: int = field(default=20, metadata={"help": "skip shorter sentences (headings, list debris)"})
     data: CorpusConfig = field(default_factory=lambda: CorpusConfig(max_length=64, max_validation_examples=2000))
@@ -393,6 +396,8 @@ class CompareConfig:
     latency_repeats: int = field(default=20, metadata={"help": "timed repeats per batch size (median reported)"})
     threads: int | None = field(default=None, metadata={"help": "torch threads for every timing (default: all cores)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing report folder"})
+    baseline: Literal["none", "tfidf"] = field(default="none", metadata={
+        "help": "add a reference row: tfidf = TF-IDF + logistic regression fitted on the same training rows"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -417,7 +422,7 @@ class PruneConfig:
     calibration_examples: int = field(default=512, metadata={"help": "training rows used to score importance"})
     recovery: Literal["distill", "finetune", "none"] = field(default="distill", metadata={
         "help": "after pruning: distil from the unpruned model, fine-tune on labels, or nothing"})
-    resume: bool = field(default=False, metadata={"help": "continue an interrupted recovery from its last checkpoint"})
+    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=3.0))
@@ -617,7 +622,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip
         flag = "--" + f.name.replace("_", "-")
         dest = prefix + f.name
         help_text = f.metadata.get("help", "")
-        if tp is bool:
+        if tp is bool or tp == (bool | None):
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             arg_type, choices = _flag_type(tp)

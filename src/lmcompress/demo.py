@@ -39,7 +39,7 @@ def demo_recipe(quick: bool) -> dict[str, Any]:
 
 def best_variant(rows: list[dict[str, Any]], teacher: str, min_retention: float = 0.97) -> dict[str, Any] | None:
     """The fastest model at batch 32 that keeps >= min_retention of the teacher's metric."""
-    keep = [r for r in rows if r["name"] != teacher and (r["retention"] or 0) >= min_retention]
+    keep = [r for r in rows if r["name"] != teacher and not r.get("reference") and (r["retention"] or 0) >= min_retention]
     return max(keep, key=lambda r: r["speedup_b32"], default=None)
 
 

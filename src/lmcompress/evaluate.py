@@ -1,4 +1,4 @@
-"""Task metrics, size, and CPU latency of a model; `evaluate_run` writes metrics.json (DESIGN.md schema)."""
+"""Task metrics, size, and CPU latency of a model; `evaluate_run` writes metrics.json (schema: docs/run-directories.md)."""
 
 from __future__ import annotations
 

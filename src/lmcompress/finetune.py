@@ -23,7 +23,8 @@ log = logging.getLogger("lmcompress")
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune cfg.model on cfg.data; returns the test metrics written to <out>/metrics.json."""
     run = RunDir(cfg.out)
-    run.check(cfg.overwrite, cfg.resume)  # before any slow work, so bad --out fails fast
+    request = to_dict(cfg)
+    cfg.resume = run.check(cfg.overwrite, cfg.resume, request)  # before any slow work, so bad --out fails fast
     task_data = load_task(cfg.data)
     source = resolve(cfg.model, cfg.tokenizer)
     tokenizer = load_tokenizer(source.tokenizer_path)
@@ -34,7 +35,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     log.info("%s: %s task, %s labels, train/validation/test = %d/%d/%d", cfg.data.data, task_data.task,
              task_data.num_labels if task_data.labels else "scalar", sizes["train"], sizes["validation"], sizes["test"])
 
-    run.begin(cfg.overwrite, cfg.resume)
+    run.begin(cfg.overwrite, cfg.resume, request)
     with run.guard():
         max_len = cfg.data.max_length
         train_set = tokenize_frame(task_data.splits["train"], tokenizer, max_len)

@@ -204,7 +204,7 @@ def latency_batch(collate: lm.PretrainCollator, examples: list[dict[str, np.ndar
 
 def lm_metrics_payload(cfg: PretrainConfig, model: torch.nn.Module, tokenizer, data: LMData, folder: Path,
                        scores: dict[str, float], latency_repeats: int | None = 10) -> dict[str, Any]:
-    """metrics.json of an LM run (DESIGN.md schema, perplexity as the main metric); latency unless repeats is None."""
+    """metrics.json of an LM run (schema: docs/run-directories.md; perplexity as the main metric); latency unless repeats is None."""
     payload = {"task": cfg.objective, "split": "validation", "metrics": scores, "main_metric": "perplexity",
                "params": count_params(model), "size_bytes": weights_size_bytes(folder),
                "examples": len(data.validation), "validation_fingerprint": data.record["validation_fingerprint"]}
@@ -234,7 +234,8 @@ def _corpus(cfg: PretrainConfig) -> tuple[list[Document], str, list[int], list[i
 
 def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
-    run.check(cfg.overwrite, cfg.resume)
+    request = to_dict(cfg)
+    cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
     source = resolve(cfg.model, cfg.tokenizer, new_vocab=cfg.train_tokenizer is not None)
     family = model_family(source)
     check_objective(family, cfg.objective)
@@ -255,7 +256,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     check_objective(family, cfg.objective, tokenizer)
     model = load_for_pretraining(source, tokenizer, cfg.objective, cfg.train.seed)
 
-    run.begin(cfg.overwrite, cfg.resume)
+    run.begin(cfg.overwrite, cfg.resume, request)
     with run.guard():
         if cfg.train_tokenizer and is_main_process():
             tokenizer.save_pretrained(run.partial)

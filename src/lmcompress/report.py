@@ -1,5 +1,5 @@
 """`lmcompress compare`: score and time every run on the same test rows in one process, then write
-report.json (DESIGN.md schema), report.md, a self-contained report.html and pareto.png (metric vs latency).
+report.json (schema: docs/run-directories.md), report.md, a self-contained report.html and pareto.png (metric vs latency).
 """
 
 from __future__ import annotations
@@ -8,17 +8,18 @@ import base64
 import html
 import logging
 import os
-import platform
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .baselines import check_tfidf, tfidf_row
 from .config import CompareConfig
 from .data import load_task
 from .console import console
 from .errors import LmcError
+from .machine import processor
 from .evaluate import MAIN_METRIC, count_params, latency_for_texts, score_split, weights_size_bytes
 from .models.load import load_run_model, load_tokenizer
 from .runs import data_config_for, is_embedding_run, is_language_model, read_run_manifest, versions, write_json_atomic
@@ -80,6 +81,9 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         teacher_index = matches[0]
     threads = cfg.threads or torch.get_num_threads()
     manifests = [read_run_manifest(folder) or {} for folder in folders]
+    if cfg.baseline != "none" and (any(is_embedding_run(m) for m in manifests) or is_language_model(manifests[teacher_index])):
+        raise LmcError(f"--baseline {cfg.baseline} is a text classifier; it has no counterpart for embedding or "
+                       "language-model runs (drop --baseline)")
     if any(is_embedding_run(m) for m in manifests):
         rows, context = _embedding_rows(cfg, folders, names, manifests, threads)
     elif is_language_model(manifests[teacher_index]):
@@ -98,15 +102,18 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         row["speedup_b32"] = round(ref["latency_ms_b32"] / row["latency_ms_b32"], 3)
         row["throughput_b32"] = round(32_000.0 / row["latency_ms_b32"], 1)
     sign = -1.0 if lower_is_better else 1.0
-    for row, on_front in zip(rows, pareto_front([(r["latency_ms_b32"], sign * r["value"]) for r in rows])):
+    candidates = [r for r in rows if not r.get("reference")]  # a baseline row is shown, never a Pareto point
+    for row, on_front in zip(candidates, pareto_front([(r["latency_ms_b32"], sign * r["value"]) for r in candidates])):
         row["pareto"] = on_front
+    for row in rows:
+        row.setdefault("pareto", False)
     report = {
         "teacher": ref["name"],
         "rows": rows,
         "task": context["task"],
         "data": context["data"],
         "setup": {"threads": threads, "seq_len": context["seq_len"], "latency_repeats": cfg.latency_repeats,
-                  "statistic": "median, warm-up excluded", "device": "cpu", "cpu": platform.processor() or platform.machine(),
+                  "statistic": "median, warm-up excluded", "device": "cpu", "processor": processor(),
                   "cores": os.cpu_count()},
         "versions": versions(),
     }
@@ -174,6 +181,8 @@ def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teache
     """Every run scored on the teacher's task test rows."""
     data_cfg = data_config_for(cfg.data, folders[teacher_index])
     task = load_task(data_cfg)
+    if cfg.baseline == "tfidf":
+        check_tfidf(task)
     metric = MAIN_METRIC[task.task]
     test = task.splits["test"]
     texts = test["text"].tolist()
@@ -196,6 +205,9 @@ def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teache
                      "latency_ms_b1": timing["latency_ms"]["batch1"], "latency_ms_b32": timing["latency_ms"]["batch32"]})
         log.info("%s: %s %.4f, %.1f ms @ b32", name, metric, scores[metric], timing["latency_ms"]["batch32"])
         del model
+    if cfg.baseline == "tfidf":
+        rows.append(tfidf_row(task, cfg.latency_repeats))
+        log.info("%s: %s %.4f, %.1f ms @ b32", rows[-1]["name"], metric, rows[-1]["value"], rows[-1]["latency_ms_b32"])
     return rows, {"task": task.task, "data": task.split_record, "seq_len": data_cfg.max_length,
                   "lower_is_better": False}
 
@@ -279,7 +291,9 @@ def _setup_line(report: dict[str, Any]) -> str:
     else:  # language models: the teacher run's fixed masked validation set
         rows = (f"validation examples: {data['examples']['validation']} of {data['source']} "
                 f"(fingerprint {data['validation_fingerprint']})")
-    return (f"CPU latency: median of {s['latency_repeats']} forward passes after warm-up, sequence length "
+    cpu = s.get("processor") or {}
+    where = f" on {cpu.get('model')} ({', '.join(cpu.get('isa') or []) or 'no AVX2'})" if cpu else ""
+    return (f"CPU latency{where}: median of {s['latency_repeats']} forward passes after warm-up, sequence length "
             f"{s['seq_len']}, {s['threads']} threads, all models in one process; {rows}; "
             f"torch {report['versions']['torch']}, transformers {report['versions']['transformers']}.")
 

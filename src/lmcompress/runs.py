@@ -1,8 +1,9 @@
 """Run directories: built in a hidden `.NAME.partial` sibling and renamed into place only when complete.
 
 So a run dir is either complete (its lmcompress.json says `"complete": true`) or absent. An interrupted stage
-leaves only the `.partial` sibling with its checkpoint, which `--resume` continues; a stage that fails before its
-first checkpoint removes the sibling too.
+leaves only the `.partial` sibling with its checkpoint and the options it was started with (request.json); running
+the same command again continues it (a job scheduler that requeues a preempted job does exactly that), other
+options are refused with the keys that differ. A stage that fails before its first checkpoint removes the sibling.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import datetime as dt
 import errno
 import json
+import logging
 import os
 import platform
 import shutil
@@ -23,10 +25,14 @@ from .config import DataConfig, from_dict
 from .errors import LmcError
 
 T = TypeVar("T")
+log = logging.getLogger("lmcompress")
 
 MANIFEST = "lmcompress.json"
 METRICS = "metrics.json"
 CHECKPOINT = "checkpoint"
+REQUEST = "request.json"  # the options an interrupted run was started with, to recognise the same command
+# options that do not change what a run computes: a re-run that differs only in them still continues
+NOT_PART_OF_REQUEST = ("resume", "overwrite")
 
 
 def versions() -> dict[str, str]:
@@ -206,8 +212,10 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return (self.checkpoint / "state.json").is_file()
 
-    def check(self, overwrite: bool, resume: bool) -> None:
-        """Validate the out dir before any work starts (so bad input never leaves anything behind)."""
+    def check(self, overwrite: bool, resume: bool | None, request: dict[str, Any] | None = None) -> bool:
+        """Validate the out dir before any work starts (so bad input never leaves anything behind) -> whether the
+        run continues an interrupted one: always with --resume, never with --no-resume or --overwrite, and by
+        default when the interrupted run was started with the same `request` (the stage's options)."""
         if self.final.exists() and not self.final.is_dir():
             raise LmcError(f"--out {self.final} is a file; choose a folder path")
         if self.final.is_dir() and any(self.final.iterdir()) and not overwrite:
@@ -215,12 +223,34 @@ class RunDir:
             raise LmcError(f"--out {self.final} already holds {what}; pass --overwrite to replace it or pick another --out")
         if resume and not self.has_checkpoint():
             raise LmcError(f"--resume: no interrupted run to continue at {self.partial}")
-        if self.partial.exists() and not resume:
-            if overwrite:
-                return
-            raise LmcError(
-                f"an interrupted run exists at {self.partial}; pass --resume to continue it or --overwrite to start over"
-            )
+        self._check_writable()
+        if resume or overwrite or not self.partial.exists():
+            return bool(resume)
+        if resume is False:
+            raise LmcError(f"an interrupted run exists at {self.partial}; pass --resume to continue it or "
+                           "--overwrite to start over")
+        if not self.has_checkpoint():
+            return False  # interrupted before its first checkpoint: nothing to continue, start afresh
+        return self._same_request(request)
+
+    def _same_request(self, request: dict[str, Any] | None) -> bool:
+        try:
+            recorded = json.loads((self.partial / REQUEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if request is None or recorded is None:
+            raise LmcError(f"an interrupted run exists at {self.partial}; pass --resume to continue it or "
+                           "--overwrite to start over")
+        differ = differing_keys(recorded, comparable(request))
+        if differ:
+            raise LmcError(f"an interrupted run at {self.partial} was started with other options ({'; '.join(differ[:6])}"
+                           f"{'; …' if len(differ) > 6 else ''}); re-run its command to continue it, pass --overwrite "
+                           "to start over, or choose another --out")
+        log.info("continuing the interrupted run at %s (same options; --no-resume refuses, --overwrite starts over)",
+                 self.partial)
+        return True
+
+    def _check_writable(self) -> None:
         parent = self.final.parent if str(self.final.parent) else Path(".")
         probe = parent
         while not probe.exists() and probe != probe.parent:
@@ -228,12 +258,14 @@ class RunDir:
         if not os.access(probe, os.W_OK):
             raise LmcError(f"cannot write to {probe}: permission denied; choose another --out")
 
-    def begin(self, overwrite: bool, resume: bool) -> None:
-        self.check(overwrite, resume)
+    def begin(self, overwrite: bool, resume: bool, request: dict[str, Any] | None = None) -> None:
+        """Create the partial dir (emptied unless resuming) and record `request`, so the same command continues it."""
         if is_main_process():
             if self.partial.exists() and not resume:
                 shutil.rmtree(self.partial)
             self.partial.mkdir(parents=True, exist_ok=True)
+            if request is not None and not resume:
+                write_json_atomic(self.partial / REQUEST, comparable(request))
         wait_for_everyone()
 
     def commit(self, manifest: dict[str, Any]) -> Path:
@@ -269,11 +301,28 @@ class RunDir:
             raise
 
 
+def comparable(request: dict[str, Any]) -> dict[str, Any]:
+    """A stage's options as JSON values, without those that do not change what it computes."""
+    return json.loads(json.dumps({k: v for k, v in request.items() if k not in NOT_PART_OF_REQUEST}, default=str))
+
+
+def differing_keys(recorded: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """`train.epochs 3 -> 5` for every leaf that differs between two nested option dicts."""
+    out = []
+    for key in sorted(set(recorded) | set(current)):
+        old, new = recorded.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += differing_keys(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key} {old!r} -> {new!r}")
+    return out
+
+
 def os_error(exc: OSError) -> LmcError:
     """Disk and permission errors -> one line."""
     where = exc.filename or ""
     if exc.errno == errno.ENOSPC:
-        return LmcError(f"disk full while writing {where}; free space and re-run (add --resume if a checkpoint exists)")
+        return LmcError(f"disk full while writing {where}; free space and re-run the same command (it continues from the last checkpoint)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return LmcError(f"permission denied writing {where}; choose another --out")
     return LmcError(f"{exc.strerror or exc} {where}".strip())

@@ -433,7 +433,7 @@ def fit(
         save_checkpoint()
         raise LmcError(
             f"interrupted at step {state.global_step}; checkpoint saved in {checkpoint_dir} — "
-            "re-run the same command with --resume to continue"
+            "re-run the same command to continue"
         ) from None
     finally:
         logs.close()

@@ -95,20 +95,25 @@ def test_console_script_runs_and_reports_a_missing_flag_in_one_line():
     assert result.stderr.strip().splitlines() == ["lmcompress: error: pretrain: data is required (--data)"]
 
 
-def test_resume_flag_continues_an_interrupted_cli_run(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
-    """Interrupt the CLI mid-run (as SIGTERM would), then --resume it to completion."""
+def test_rerunning_the_same_command_continues_an_interrupted_run(tiny_bert_dir, sentiment_csv, tmp_path, capsys,
+                                                                   monkeypatch):
+    """Interrupt the CLI mid-run (as SIGTERM would); other options and --no-resume are refused with what differs,
+    and the same command (as a requeued job would re-run it) continues to completion."""
     out = tmp_path / "run"
     args = ["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out), "--epochs", "2",
             "--batch-size", "16", "--checkpoint-every-steps", "5", "--max-length", "32", "--quiet"]
     undo = interrupt_backward_at(monkeypatch, 14)
     code, _, err = run_cli(args, capsys)
-    assert code == 1 and "interrupted at step 13" in err and "--resume" in err
+    assert code == 1 and "interrupted at step 13" in err and "re-run the same command" in err
     assert not out.exists() and (tmp_path / ".run.partial" / "checkpoint" / "state.json").is_file()
     undo()
 
-    code, _, err = run_cli(args, capsys)  # without --resume: refuses to clobber the interrupted run
+    code, _, err = run_cli([*args, "--no-resume"], capsys)  # refuses to clobber the interrupted run
     assert code == 1 and "pass --resume to continue it" in err
-    code, _, err = run_cli(args + ["--resume"], capsys)
+    code, _, err = run_cli([*args, "--learning-rate", "1e-3"], capsys)  # other options: named, nothing touched
+    assert code == 1 and "train.learning_rate 5e-05 -> 0.001" in err and "--overwrite" in err, err
+    assert err.count("\n") == 1 and (tmp_path / ".run.partial" / "checkpoint" / "state.json").is_file()
+    code, _, err = run_cli(args, capsys)
     assert code == 0, err
     manifest = json.loads((out / "lmcompress.json").read_text())
     assert manifest["train"]["steps"] == 24 and manifest["complete"] is True

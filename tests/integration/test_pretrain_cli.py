@@ -180,3 +180,19 @@ def test_a_recipe_pretrains_then_fine_tunes(tiny_bert_dir, corpus, sentiment_csv
     assert code == 0, err
     task = json.loads((tmp_path / "runs" / "task" / "lmcompress.json").read_text())
     assert task["parent"] == str(tmp_path / "runs" / "lm") and task["complete"]
+
+
+def test_clm_preset_with_a_wordpiece_tokenizer_separates_documents_with_sep(tiny_tokenizer_dir, corpus, tmp_path,
+                                                                            capsys):
+    """A GPT-2 preset given a BERT vocabulary (no end-of-text token) was an internal error; [SEP] now ends each
+    document in the packed stream."""
+    out = tmp_path / "gpt2-wordpiece"
+    code, _, err = run_cli(_pretrain("gpt2-2l-32h", corpus, out, "--objective", "clm", "--tokenizer",
+                                     str(tiny_tokenizer_dir)), capsys)
+    assert code == 0, err
+    from lmcompress.data.lm import SpecialIds, clm_blocks
+
+    tok_sep = 3  # [SEP] in the tiny vocabulary
+    blocks = clm_blocks([[(torch.tensor([7, 8]).numpy(), torch.tensor([1, 1]).numpy())]] * 5, 8,
+                        SpecialIds(cls=2, sep=tok_sep, eos=None, pad=0, mask=4))
+    assert [int(x) for x in blocks[0]["input_ids"][:6]] == [7, 8, tok_sep, 7, 8, tok_sep]

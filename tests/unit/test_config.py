@@ -1,4 +1,5 @@
 import argparse
+import json
 
 import pytest
 
@@ -85,3 +86,25 @@ def test_partial_section_keeps_the_stage_defaults():
 
     cfg = from_dict(DistillConfig, {"teacher": "t", "student": "layers=2", "out": "o", "train": {"epochs": 2}})
     assert cfg.train.epochs == 2.0 and cfg.train.learning_rate == 1e-4  # distill's default, not finetune's 5e-5
+
+
+def test_interrupted_run_options_are_compared_key_by_key(tmp_path):
+    """Re-running the same command continues an interrupted run; other options are named and refused."""
+    from lmcompress.runs import REQUEST, RunDir, differing_keys
+
+    assert differing_keys({"train": {"epochs": 3, "seed": 1}, "out": "a"},
+                          {"train": {"epochs": 5, "seed": 1}, "out": "a"}) == ["train.epochs 3 -> 5"]
+    run = RunDir(tmp_path / "run")
+    request = {"model": "m", "resume": None, "overwrite": False, "train": {"epochs": 3}}
+    assert run.check(False, None, request) is False  # nothing there yet
+    run.begin(False, False, request)
+    assert json.loads((run.partial / REQUEST).read_text()) == {"model": "m", "train": {"epochs": 3}}
+    assert run.check(False, None, request) is False  # no checkpoint yet: nothing to continue, start afresh
+    (run.checkpoint).mkdir()
+    (run.checkpoint / "state.json").write_text("{}")
+    assert run.check(False, None, dict(request, resume=True, overwrite=False)) is True  # resume/overwrite don't count
+    with pytest.raises(LmcError, match=r"train\.epochs 3 -> 4"):
+        run.check(False, None, dict(request, train={"epochs": 4}))
+    with pytest.raises(LmcError, match="pass --resume to continue it"):
+        run.check(False, False, request)
+    assert run.check(True, None, dict(request, train={"epochs": 4})) is False  # --overwrite starts over

@@ -86,3 +86,32 @@ def test_gpt2_layer_pick_and_no_narrowing():
     torch.testing.assert_close(student.transformer.h[1].mlp.c_fc.weight, teacher.transformer.h[3].mlp.c_fc.weight)
     with pytest.raises(LmcError, match="supported for bert, roberta"):
         build_student(teacher, parse_spec("layers=2;hidden=16"))
+
+
+@pytest.mark.parametrize("family", ["modernbert", "qwen2"])
+def test_layer_pick_keeps_per_layer_config_and_weights(family):
+    """ModernBERT and Qwen2 configs list a type per layer (`layer_types`) and name their layers `model.layers.N`:
+    a student of 2 picked layers keeps those layers' types and weights, and plain transformers reloads it."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    if family == "modernbert":
+        config = AutoConfig.for_model("modernbert", vocab_size=99, hidden_size=32, num_hidden_layers=4,
+                                      num_attention_heads=4, intermediate_size=48, global_attn_every_n_layers=3,
+                                      num_labels=2, pad_token_id=0)
+        teacher = AutoModelForSequenceClassification.from_config(config).eval()
+    else:
+        config = AutoConfig.for_model("qwen2", vocab_size=99, hidden_size=32, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=48,
+                                      use_sliding_window=True, sliding_window=8, max_window_layers=2)
+        teacher = AutoModelForCausalLM.from_config(config).eval()
+    types = list(teacher.config.layer_types)
+    student, kept = build_student(teacher, parse_spec("pick=1,3"))
+    assert kept == [1, 3]
+    assert list(student.config.layer_types) == [types[1], types[3]]
+    assert student.config.num_hidden_layers == 2
+    teacher_state, student_state = teacher.state_dict(), student.state_dict()
+    for name, value in student_state.items():
+        if ".layers.1." in name:
+            torch.testing.assert_close(value, teacher_state[name.replace(".layers.1.", ".layers.3.")])
+    type(student)(student.config)  # the cut config passes transformers' own checks

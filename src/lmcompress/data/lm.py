@@ -174,8 +174,13 @@ def mlm_blocks(documents: list[list[Segment]], max_length: int, special_ids: Spe
 
 
 def clm_blocks(documents: list[list[Segment]], max_length: int, special_ids: SpecialIds) -> list[dict[str, np.ndarray]]:
-    """Packed blocks of max_length tokens, documents separated by the end-of-text token."""
-    stream, starts = _stream(documents, special_ids.eos)
+    """Packed blocks of max_length tokens, documents separated by the end-of-text token ([SEP] for a WordPiece
+    tokenizer, which has none: a GPT-2 preset given the default BERT vocabulary)."""
+    separator = special_ids.eos if special_ids.eos is not None else special_ids.sep
+    if separator is None:
+        raise LmcError("the tokenizer has neither an end-of-text nor a [SEP] token to separate documents for causal "
+                       "LM; pass --train-tokenizer N or a --tokenizer that has one")
+    stream, starts = _stream(documents, separator)
     examples = []
     for begin in range(0, len(stream), max_length):
         chunk = stream[begin:begin + max_length]

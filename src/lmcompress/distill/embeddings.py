@@ -187,7 +187,8 @@ def make_student(spec: str, teacher, teacher_tokenizer, seed: int):
 
 def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
-    run.check(cfg.overwrite, cfg.resume)
+    request = to_dict(cfg)
+    cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
     teacher_source = resolve(cfg.teacher, role="teacher")
     if teacher_source.path is None:
         raise LmcError("--teacher must be a trained sentence-embedding encoder (zoo name or folder), not a preset")
@@ -205,7 +206,7 @@ def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
     log.info("%d training sentences, %d held-aside pairs from %d validation documents", len(train_sentences),
              len(pairs), sentences.validation_documents)
 
-    run.begin(cfg.overwrite, cfg.resume)
+    run.begin(cfg.overwrite, cfg.resume, request)
     with run.guard():
         transformers.set_seed(cfg.train.seed)
         log.info("teacher embeddings of the training sentences (once, kept in memory)")

@@ -75,7 +75,8 @@ def check_vocabularies(teacher_tokenizer, student_tokenizer) -> None:
 
 def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
-    run.check(cfg.overwrite, cfg.resume)
+    request = to_dict(cfg)
+    cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
     loss_cfg = cfg.loss
     teacher = load_lm_teacher(cfg.teacher, cfg.objective)
     objective = teacher.objective
@@ -105,7 +106,7 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
              layer_map, model_width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
              f"{sum(p.numel() for p in teacher.model.parameters()):,}")
 
-    run.begin(cfg.overwrite, cfg.resume)
+    run.begin(cfg.overwrite, cfg.resume, request)
     with run.guard():
         transformers.set_seed(cfg.train.seed)
         data = prepare_data(pcfg, tokenizer, documents, train_ids, validation_ids, _cache_root(pcfg))

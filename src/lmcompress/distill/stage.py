@@ -36,6 +36,7 @@ from ..train import fit
 from . import losses
 from .cache import TeacherCache, default_root, teacher_fingerprint
 from .sharding import is_sharded, shard_teacher
+from .static import distill_static, is_static_spec
 from .student import (build_student, default_layer_map, is_derived_spec, layer_count, load_student_like, model_width,
                       parse_spec)
 
@@ -170,16 +171,21 @@ class QKVRecorder:
         return hook
 
 
-def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`stage`/`extra` let stages built on distillation (prune recovery) name themselves in lmcompress.json."""
+def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | None = None,
+            request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`stage`/`extra`/`request` let stages built on distillation (prune recovery) name themselves in
+    lmcompress.json and recognise their own interrupted runs."""
     run = RunDir(cfg.out)
-    run.check(cfg.overwrite, cfg.resume)
+    request = request or to_dict(cfg)
+    cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
     teacher_dir = _teacher_dir(cfg.teacher)
     data_cfg = data_config_for(cfg.data, teacher_dir)
     task_data = load_task(data_cfg)
     regression = task_data.task == "regression"
     teacher = load_trained_classifier(teacher_dir, task_data.labels, regression, task_data.task).eval()
     tokenizer = load_tokenizer(teacher_dir)
+    if is_static_spec(cfg.student):
+        return distill_static(cfg, run, request, teacher, teacher_dir, tokenizer, task_data, data_cfg)
     student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
     cross_vocabulary = student_tokenizer.get_vocab() != tokenizer.get_vocab()
     n_s, n_t = layer_count(student.config), layer_count(teacher.config)
@@ -206,7 +212,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     log.info("student: %s layers (teacher layers %s), width %d, %s params vs teacher %s", n_s, layer_map,
              model_width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
              f"{sum(p.numel() for p in teacher.parameters()):,}")
-    run.begin(cfg.overwrite, cfg.resume)
+    run.begin(cfg.overwrite, cfg.resume, request)
     with run.guard():
         transformers.set_seed(cfg.train.seed)  # projections start the same whatever ran before in this process
         max_len = data_cfg.max_length

@@ -20,7 +20,8 @@ from ..errors import LmcError
 
 SPEC_KEYS = ("pick", "layers", "hidden", "heads", "ffn")
 NARROWABLE = ("bert", "roberta")
-LAYER_KEY = re.compile(r"^(.*?\.(?:layer|h))\.(\d+)\.(.*)$")  # encoder.layer.3.… (BERT/RoBERTa), transformer.h.3.… (GPT-2)
+# encoder.layer.3.… (BERT/RoBERTa and kin), transformer.h.3.… (GPT-2), model.layers.3.… (ModernBERT, Llama)
+LAYER_KEY = re.compile(r"^(.*?\.(?:layer|layers|h))\.(\d+)\.(.*)$")
 
 
 @dataclass(frozen=True)
@@ -165,11 +166,7 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
     if narrowing and family not in NARROWABLE:
         raise LmcError(f"hidden=/heads=/ffn= are supported for {', '.join(NARROWABLE)} teachers, not {family}")
 
-    new_config = copy.deepcopy(config)
-    if family == "gpt2":
-        new_config.n_layer = len(keep_layers)
-    else:
-        new_config.num_hidden_layers = len(keep_layers)
+    new_config = cut_layers_in_config(config, keep_layers)
     hidden_idx = qkv_idx = ffn_idx = None
     if narrowing:
         teacher_state = {k: v.detach() for k, v in teacher.state_dict().items()}
@@ -197,6 +194,18 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
 
     student = slice_model(teacher, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx)
     return student, keep_layers
+
+
+def cut_layers_in_config(config, keep_layers: list[int]):
+    """A copy of `config` with only `keep_layers`: the layer count, and every per-layer list (ModernBERT's and
+    Qwen2's `layer_types`), which transformers checks against the count."""
+    new_config = copy.deepcopy(config)
+    n_teacher = layer_count(config)
+    setattr(new_config, "n_layer" if config.model_type == "gpt2" else "num_hidden_layers", len(keep_layers))
+    for key, value in config.to_dict().items():
+        if isinstance(value, list) and len(value) == n_teacher and key.startswith("layer"):
+            setattr(new_config, key, [value[i] for i in keep_layers])
+    return new_config
 
 
 def slice_model(teacher: PreTrainedModel, new_config, keep_layers: list[int], hidden_idx: torch.Tensor | None,

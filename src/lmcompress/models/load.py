@@ -18,7 +18,7 @@ from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelFo
 
 from .. import catalog
 from ..errors import LmcError
-from . import presets
+from . import presets, static
 
 log = logging.getLogger("lmcompress")
 transformers.utils.logging.set_verbosity_error()
@@ -228,6 +228,10 @@ def load_run_model(folder: Path, labels: list[str] | None, regression: bool, thr
     if (folder / onnx_io.MODEL_FILE).is_file():
         _check_head(folder, labels, regression, task)
         return onnx_io.OnnxClassifier(folder / onnx_io.MODEL_FILE, threads)
+    if static.is_static_dir(folder):
+        if task not in (None, "classification", "regression"):
+            raise LmcError(f"{folder} is a static-embedding classifier; it cannot score a {task} task")
+        return static.load_static(folder, labels, regression)
     model = load_trained_classifier(folder, labels, regression, task)
     if quantization_method(folder) == "dynamic-int8":
         from ..shrink.quantize import dynamic_int8

@@ -156,7 +156,7 @@ def prune_model(model, scores: Importance, target: PrunePlan):
 
 def prune(cfg: PruneConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
-    run.check(cfg.overwrite, cfg.resume)  # fail on a bad --out before minutes of scoring
+    cfg.resume = run.check(cfg.overwrite, cfg.resume, to_dict(cfg))  # fail on a bad --out before minutes of scoring
     source = Path(cfg.model).expanduser()
     if not (source / "config.json").is_file():
         raise LmcError(f"--model {cfg.model} is not a fine-tuned run (no config.json)")
@@ -208,10 +208,12 @@ def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: dict[str
     loss = cfg.loss
     if cfg.recovery == "finetune":
         loss = type(loss)(alpha=1.0)
-    distill_cfg = DistillConfig(teacher=str(source), student=str(init), out=cfg.out, resume=cfg.resume,
+    # resume: True as decided by prune, else None (distill then starts afresh where no checkpoint exists)
+    distill_cfg = DistillConfig(teacher=str(source), student=str(init), out=cfg.out, resume=cfg.resume or None,
                                 overwrite=cfg.overwrite, data=cfg.data, train=cfg.train, loss=loss)
     try:
-        return distill(distill_cfg, stage="prune", extra={"pruning": record, "prune_config": to_dict(cfg)})
+        return distill(distill_cfg, stage="prune", extra={"pruning": record, "prune_config": to_dict(cfg)},
+                       request=to_dict(cfg))
     finally:
         if is_main_process():
             shutil.rmtree(init, ignore_errors=True)

@@ -51,15 +51,18 @@ def _source_run(spec: str) -> Path:
 
 
 def _batches(task_data, split: str, tokenizer, max_length: int, sizes: tuple[int, ...]) -> list[dict[str, torch.Tensor]]:
-    """Real rows of `split`, padded to each batch's longest row (so masks contain padding), one batch per size."""
+    """Real rows of `split`, padded to each batch's longest row (so masks contain padding), one batch per size
+    (rows reused in turn when the split is smaller than the batches)."""
     frame = task_data.splits[split]
+    if len(frame) == 0:
+        raise LmcError(f"the {split} split is empty: nothing to check the exported model on; give more rows")
     texts = frame["text"].tolist()
     pairs = frame["text_pair"].tolist() if task_data.has_pair else None
     out, start = [], 0
     for size in sizes:
-        chunk = slice(start, start + size)
-        out.append(dict(tokenizer(texts[chunk], pairs[chunk] if pairs else None, truncation=True,
-                                  max_length=max_length, padding=True, return_tensors="pt")))
+        rows = [(start + i) % len(texts) for i in range(size)]
+        out.append(dict(tokenizer([texts[i] for i in rows], [pairs[i] for i in rows] if pairs else None,
+                                  truncation=True, max_length=max_length, padding=True, return_tensors="pt")))
         start += size
     return out
 

@@ -1,0 +1,32 @@
+"""What processor a timing ran on: speed ratios differ between machines of the same kind (an Intel Xeon with AMX,
+an AMD EPYC with or without AVX-512), so every report records it."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+# instruction-set extensions that decide which int8 / bf16 kernels a runtime can use
+ISA_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+def processor() -> dict[str, object]:
+    """{"model", "cores", "isa": [flags among ISA_FLAGS]} from /proc/cpuinfo (platform strings elsewhere)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16); without them bf16 is emulated, slower
+    than fp32."""
+    return bool({"amx_bf16", "avx512_bf16"} & set(processor()["isa"]))

@@ -1,0 +1,223 @@
+"""Combination sweep: every CLI stage x preset family x objective/task x tokenizer choice x main flags.
+
+Each combination either runs (exit 0) or is refused with one `lmcompress: error:` line; none may end in an
+"internal error" or a traceback. The axes are read from the config dataclasses (the Literal choices of objective,
+task, precision, quantize method, ...; the boolean switches), so a new choice joins the sweep by itself. CI runs a
+seeded sample of the product; `pytest -m slow tests/integration/test_sweep.py` runs all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import random
+import typing
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lmcompress.config import (DataConfig, DistillConfig, ExportConfig, LMDistillConfig, PretrainConfig, QuantizeConfig,
+                               TrainConfig)
+from lmcompress.models.presets import FAMILIES
+from lmcompress.pipeline import STAGES
+
+from ..conftest import make_sentiment_rows
+from .cli_helpers import run_cli
+
+CI_SAMPLE = 36  # combinations run in CI (seeded); the rest under -m slow
+SEED = 0
+
+
+def choices(cls: type, name: str) -> tuple:
+    """The values a config field accepts: a Literal's choices, or both booleans."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    if hint is bool or args == [bool]:
+        return (False, True)
+    raise TypeError(f"{cls.__name__}.{name} has no finite choices")
+
+
+TOKENIZERS = ("default", "trained", "given")  # preset vocabularies: minilm-l6's, trained on the corpus, a folder
+TASKS = tuple(t for t in choices(DataConfig, "task") if t != "auto")
+STUDENTS = ("layers=1", "layers=1;hidden=16;heads=2;ffn=32", "preset", "albert;embedding=8;shared")
+
+
+def combinations() -> list[tuple[str, dict]]:
+    """(stage, axes) for the whole product, in a fixed order."""
+    out: list[tuple[str, dict]] = []
+
+    def product(stage: str, **axes) -> None:
+        for values in itertools.product(*axes.values()):
+            out.append((stage, dict(zip(axes, values))))
+
+    precisions = choices(TrainConfig, "precision")
+    product("pretrain", family=FAMILIES, objective=choices(PretrainConfig, "objective"), tokenizer=TOKENIZERS,
+            precision=precisions)
+    product("finetune", family=FAMILIES, task=TASKS, tokenizer=("default", "given"),
+            group_by_length=choices(TrainConfig, "group_by_length"))
+    product("distill", family=FAMILIES, student=STUDENTS, cache=choices(DistillConfig, "cache"),
+            intermediate_epochs=(0.0, 1.0), precision=precisions)
+    product("distill-lm", family=FAMILIES, student=("layers=1", "preset"),
+            top_k=(0, 8), teacher_precision=choices(LMDistillConfig, "teacher_precision"))
+    product("distill-embeddings", family=FAMILIES, student=("layers=1", "preset"))
+    product("prune", family=FAMILIES, recovery=("distill", "finetune", "none"))
+    product("quantize", family=FAMILIES, method=choices(QuantizeConfig, "method"))
+    product("export", family=FAMILIES, precision=choices(ExportConfig, "precision"))
+    product("evaluate", family=FAMILIES, task=("classification",))
+    product("compare", family=FAMILIES, task=("classification",))
+    assert {stage for stage, _ in out} == set(STAGES), "every CLI stage is swept"
+    return out
+
+
+ALL = combinations()
+SAMPLED = set(map(id, random.Random(SEED).sample(ALL, CI_SAMPLE)))
+
+
+def _id(combo: tuple[str, dict]) -> str:
+    stage, axes = combo
+    return stage + "-" + "-".join(f"{v}" for v in axes.values())
+
+
+PARAMS = [pytest.param(c, id=_id(c), marks=() if id(c) in SAMPLED else pytest.mark.slow) for c in ALL]
+
+
+# ------------------------------------------------------------------------------------------------------ inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, corpus, tiny_tokenizer_dir, ner_rows):
+    root = tmp_path_factory.mktemp("sweep")
+    data = {"classification": root / "cls.csv", "regression": root / "reg.csv", "token-classification": root / "ner.conll",
+            "question-answering": Path(__file__).parents[1] / "fixtures" / "squad_mini.json"}
+    pd.DataFrame(make_sentiment_rows(48)).to_csv(data["classification"], index=False)
+    pd.DataFrame({"text": [r["text"] for r in make_sentiment_rows(48)],
+                  "score": [float(i % 5) for i in range(48)]}).to_csv(data["regression"], index=False)
+    data["token-classification"].write_text(ner_rows, encoding="utf-8")
+    return {"root": root, "data": data, "corpus": corpus, "tokenizer": tiny_tokenizer_dir, "teachers": {}}
+
+
+@pytest.fixture(scope="module")
+def ner_rows() -> str:
+    rng = random.Random(0)
+    words = ["good", "bad", "film", "plot", "story", "acting"]
+    sentences = []
+    for _ in range(40):
+        picked = rng.sample(words, 4)
+        sentences.append("\n".join(f"{w} {'B-PER' if w == 'good' else 'O'}" for w in picked))
+    return "\n\n".join(sentences) + "\n"
+
+
+def _small_train() -> list[str]:
+    return ["--epochs", "1", "--batch-size", "8", "--max-length", "24", "--quiet"]
+
+
+def teacher_run(inputs, family: str, capsys) -> Path:
+    """A fine-tuned tiny classification teacher of `family` (made once per module, through the CLI)."""
+    teachers = inputs["teachers"]
+    if family not in teachers:
+        out = inputs["root"] / f"teacher-{family}"
+        code, _, err = run_cli(["finetune", "--model", f"{family}-2l-32h", "--tokenizer", str(inputs["tokenizer"]),
+                                "--data", str(inputs["data"]["classification"]), "--out", str(out),
+                                *_small_train()], capsys)
+        assert code == 0, err
+        teachers[family] = out
+    return teachers[family]
+
+
+def lm_teacher(inputs, family: str, capsys) -> Path:
+    """A tiny pre-trained teacher of `family` (CLM for GPT-2, MLM otherwise) for distill-lm / distill-embeddings."""
+    key = f"lm-{family}"
+    teachers = inputs["teachers"]
+    if key not in teachers:
+        out = inputs["root"] / key
+        objective = "clm" if family == "gpt2" else "mlm"
+        code, _, err = run_cli(["pretrain", "--model", f"{family}-2l-32h", "--tokenizer", str(inputs["tokenizer"]),
+                                "--objective", objective, "--data", str(inputs["corpus"]), "--out", str(out),
+                                "--max-steps", "4", "--batch-size", "8", "--max-length", "32", "--quiet",
+                                "--cache-dir", str(inputs["root"] / "cache")], capsys)
+        assert code == 0, err
+        teachers[key] = out
+    return teachers[key]
+
+
+# -------------------------------------------------------------------------------------------------- commands
+
+
+def command(stage: str, axes: dict, inputs, out: Path, capsys) -> list[str]:
+    """The CLI arguments of one combination."""
+    family = axes["family"]
+    cache = ["--cache-dir", str(inputs["root"] / "cache")]
+    if stage == "pretrain":
+        tokenizer = {"default": [], "trained": ["--train-tokenizer", "120"],
+                     "given": ["--tokenizer", str(inputs["tokenizer"])]}[axes["tokenizer"]]
+        return ["pretrain", "--model", f"{family}-2l-32h", *tokenizer, "--objective", axes["objective"], "--data",
+                str(inputs["corpus"]), "--out", str(out), "--max-steps", "2", "--batch-size", "8", "--max-length",
+                "32", "--precision", axes["precision"], "--quiet", *cache]
+    if stage == "finetune":
+        tokenizer = ["--tokenizer", str(inputs["tokenizer"])] if axes["tokenizer"] == "given" else []
+        flags = ["--group-by-length"] if axes["group_by_length"] else []
+        if axes["task"] == "question-answering":  # questions need room for a context window
+            flags += ["--max-length", "64", "--doc-stride", "16"]
+        return ["finetune", "--model", f"{family}-2l-32h", *tokenizer, "--data", str(inputs["data"][axes["task"]]),
+                "--task", axes["task"], "--out", str(out), *_small_train(), *flags]
+    if stage == "distill":
+        student = f"{family}-1l-16h" if axes["student"] == "preset" else axes["student"]
+        flags = ["--cache" if axes["cache"] else "--no-cache", "--precision", axes["precision"]]
+        if axes["intermediate_epochs"]:
+            flags += ["--intermediate-epochs", "1", "--hidden-weight", "1"]
+        return ["distill", "--teacher", str(teacher_run(inputs, family, capsys)), "--student", student, "--out",
+                str(out), *flags, *_small_train(), *cache]
+    if stage in ("distill-lm", "distill-embeddings"):
+        student = f"{family}-1l-16h" if axes["student"] == "preset" else axes["student"]
+        flags = (["--top-k", str(axes["top_k"]), "--teacher-precision", axes["teacher_precision"]]
+                 if stage == "distill-lm" else [])
+        return [stage, "--teacher", str(lm_teacher(inputs, family, capsys)), "--student", student, "--data",
+                str(inputs["corpus"]), "--out", str(out), *flags, "--epochs", "1", "--batch-size", "8",
+                "--max-length", "32", "--quiet", *cache]
+    teacher = str(teacher_run(inputs, family, capsys))
+    if stage == "prune":
+        return ["prune", "--model", teacher, "--heads", "0.5", "--ffn", "0.5", "--recovery", axes["recovery"],
+                "--out", str(out), *_small_train()]
+    if stage == "quantize":
+        return ["quantize", "--model", teacher, "--method", axes["method"], "--out", str(out), "--quiet"]
+    if stage == "export":
+        return ["export", "--model", teacher, "--precision", axes["precision"], "--out", str(out), "--quiet"]
+    if stage == "evaluate":
+        return ["evaluate", "--model", teacher, "--latency-repeats", "1", "--out", str(out), "--quiet"]
+    return ["compare", teacher, teacher, "--out", str(out), "--latency-repeats", "1", "--quiet"]
+
+
+def outcome(code: int, err: str) -> str:
+    """'ran', or 'refused: <message>' for one clean error line; anything else fails the test."""
+    assert "Traceback" not in err and "internal error" not in err, err
+    if code == 0:
+        return "ran"
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("lmcompress: error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], err
+    return "refused: " + errors[0].removeprefix("lmcompress: error: ")
+
+
+@pytest.mark.parametrize("combo", PARAMS)
+def test_combination_runs_or_is_refused_in_one_line(combo, inputs, tmp_path, capsys):
+    stage, axes = combo
+    out = tmp_path / "out"
+    code, _, err = run_cli(command(stage, axes, inputs, out, capsys), capsys)
+    result = outcome(code, err)
+    if result != "ran":
+        assert not out.exists(), f"a refused run left {out} behind"
+    log = inputs["root"].parent / "sweep-outcomes.jsonl"  # for the closing note: what ran, what was refused
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"stage": stage, **axes, "outcome": result}) + "\n")
+
+
+def test_sweep_axes_come_from_the_config():
+    """A new Literal choice joins the sweep by itself: the axes are the dataclass fields' own choices."""
+    assert set(choices(PretrainConfig, "objective")) <= {axes["objective"] for s, axes in ALL if s == "pretrain"}
+    assert set(choices(QuantizeConfig, "method")) == {axes["method"] for s, axes in ALL if s == "quantize"}
+    assert set(choices(TrainConfig, "precision")) == {axes["precision"] for s, axes in ALL if s == "distill"}
+    assert len(ALL) > CI_SAMPLE and dataclasses.is_dataclass(DistillConfig)
