@@ -34,6 +34,8 @@ import psutil
 import torch
 from safetensors.torch import load_file
 
+from lmcompress.machine import processor
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -132,13 +134,14 @@ def main() -> int:
         "tensors": len(a), "tensors_differing": differing, "max_abs_weight_diff": max_diff,
         "bitwise_equal": not differing and a.keys() == b.keys(),
         "metrics_straight": ma, "metrics_resumed": mb, "metrics_equal": ma == mb,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "processor": processor(),
     }
     RESULTS.mkdir(exist_ok=True)
     name = "kill_resume" if args.processes == 1 else f"kill_resume_{args.processes}proc"
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["# kill -9 and resume vs an uninterrupted distillation", "",
-          f"Command: `{results['command']}`  ",
+          f"Command: `{results['command']}` on {results['processor']['model']} "
+          f"({', '.join(results['processor']['isa'])}, {results['processor']['cores']} cores)  ",
           f"Distillation: `{results['distill_command']}` ({results['steps']} optimizer steps, {args.processes} "
           f"process{'es' if args.processes > 1 else ''}).", "",
           "| kill | target step | last logged step | resumed from checkpoint step |", "|---|---|---|---|"]

@@ -6,8 +6,7 @@ teacher's training rows and scored and timed on the same test rows as every othe
 
 from __future__ import annotations
 
-import statistics
-import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,24 +25,19 @@ def _texts(frame, has_pair: bool) -> list[str]:
     return (texts + " " + frame["text_pair"].astype(str)).tolist() if has_pair else texts.tolist()
 
 
-def _scores(pipeline, texts: list[str], regression: bool) -> np.ndarray:
-    """[N, C] class scores (decision function), or [N, 1] predictions for regression."""
+def _scores(pipeline, texts: list[str], regression: bool, num_labels: int) -> np.ndarray:
+    """[N, num_labels] class scores (decision function, columns placed by label id: a label absent from the
+    training rows scores -inf), or [N, 1] predictions for regression."""
     if regression:
         return pipeline.predict(texts).reshape(-1, 1)
-    scores = pipeline.decision_function(texts)
-    return np.stack([-scores, scores], axis=1) if scores.ndim == 1 else scores  # binary: one margin -> 2 columns
-
-
-def _latency_ms(pipeline, texts: list[str], size: int, repeats: int, regression: bool) -> float:
-    batch = (texts * (size // max(1, len(texts)) + 1))[:size]
-    for _ in range(3):
-        _scores(pipeline, batch, regression)
-    times = []
-    for _ in range(repeats if size > 1 else repeats * 3):
-        start = time.perf_counter()
-        _scores(pipeline, batch, regression)
-        times.append((time.perf_counter() - start) * 1000.0)
-    return round(statistics.median(times), 3)
+    margins = pipeline.decision_function(texts)
+    classes = pipeline.classes_
+    scores = np.full((len(texts), num_labels), -np.inf)
+    if margins.ndim == 1:  # binary: one margin, positive for classes_[1]
+        scores[:, classes[0]], scores[:, classes[1]] = -margins, margins
+    else:
+        scores[:, classes] = margins
+    return scores
 
 
 def check_tfidf(task) -> None:
@@ -53,20 +47,24 @@ def check_tfidf(task) -> None:
                        "--baseline)")
 
 
-def tfidf_row(task, repeats: int) -> dict[str, Any]:
-    """The baseline fitted on the training split, as a compare row."""
+def tfidf_row(task) -> tuple[dict[str, Any], Callable[[list[str]], object]]:
+    """The baseline fitted on the training split -> (its compare row, without latency; what one prediction call is,
+    texts in, scores out, vectorising included), for the caller to time beside the other rows."""
     check_tfidf(task)
     regression = task.task == "regression"
     model = Ridge(alpha=1.0) if regression else LogisticRegression(max_iter=2000, C=4.0)
     pipeline = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True), model)
     train, test = task.splits["train"], task.splits["test"]
-    pipeline.fit(_texts(train, task.has_pair), train["label"].to_numpy())
-    test_texts = _texts(test, task.has_pair)
-    scores = task_metrics(task.task, _scores(pipeline, test_texts, regression), test["label"].to_numpy())
+    try:
+        pipeline.fit(_texts(train, task.has_pair), train["label"].to_numpy())
+    except ValueError as exc:  # one class only, or no word kept by min_df
+        raise LmcError(f"--baseline tfidf cannot be fitted on these training rows: {exc}") from None
+    num_labels = len(task.labels or [])
+    scores = task_metrics(task.task, _scores(pipeline, _texts(test, task.has_pair), regression, num_labels),
+                          test["label"].to_numpy())
     metric = MAIN_METRIC[task.task]
     params = int(model.coef_.size + np.size(model.intercept_))
-    return {"name": BASELINE_NAME, "path": "", "made_by": "baseline: TF-IDF 1-2 grams + "
-            + ("ridge regression" if regression else "logistic regression"), "reference": True, "params": params,
-            "size_mb": round(params * 4 / 1e6, 2), "metric": metric, "value": round(scores[metric], 6),
-            "metrics": scores, "latency_ms_b1": _latency_ms(pipeline, test_texts[:64], 1, repeats, regression),
-            "latency_ms_b32": _latency_ms(pipeline, test_texts[:64], 32, repeats, regression)}
+    row = {"name": BASELINE_NAME, "path": "", "made_by": "baseline: TF-IDF 1-2 grams + "
+           + ("ridge regression" if regression else "logistic regression"), "reference": True, "params": params,
+           "size_mb": round(params * 4 / 1e6, 2), "metric": metric, "value": round(scores[metric], 6), "metrics": scores}
+    return row, lambda texts: _scores(pipeline, texts, regression, num_labels)

@@ -153,7 +153,7 @@ def run_recipe(recipe: str | Path | dict[str, Any], out: str | None = None, over
         if hasattr(cfg, "overwrite"):
             cfg.overwrite = overwrite or stale or step.out.exists()
         if step.stage in RESUMABLE and RunDir(step.out).has_checkpoint() and not overwrite:
-            cfg.resume = True
+            cfg.resume = None  # the stage continues it if the step's options are unchanged, else names what changed
             log.info("%s: resuming the interrupted run", header)
         else:
             log.info("%s", header)

@@ -5,6 +5,7 @@ report.json (schema: docs/run-directories.md), report.md, a self-contained repor
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import logging
 import os
@@ -20,8 +21,10 @@ from .data import load_task
 from .console import console
 from .errors import LmcError
 from .machine import processor
-from .evaluate import MAIN_METRIC, count_params, latency_for_texts, score_split, weights_size_bytes
+from .data.tokenize import fixed_batch
+from .evaluate import LATENCY_BATCHES, MAIN_METRIC, count_params, score_split, weights_size_bytes
 from .models.load import load_run_model, load_tokenizer
+from .timing import interleaved_rounds, per_round_ratios, quartiles
 from .runs import data_config_for, is_embedding_run, is_language_model, read_run_manifest, versions, write_json_atomic
 
 log = logging.getLogger("lmcompress")
@@ -98,9 +101,9 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         ratio = (ref["value"] / row["value"] if lower_is_better else row["value"] / ref["value"]) \
             if ref["value"] and row["value"] else None
         row["retention"] = round(ratio, 4) if ratio is not None else None
-        row["speedup_b1"] = round(ref["latency_ms_b1"] / row["latency_ms_b1"], 3)
-        row["speedup_b32"] = round(ref["latency_ms_b32"] / row["latency_ms_b32"], 3)
         row["throughput_b32"] = round(32_000.0 / row["latency_ms_b32"], 1)
+    _speedups([r for r in rows if r is not ref], ref)
+    _speedups([ref], ref)
     sign = -1.0 if lower_is_better else 1.0
     candidates = [r for r in rows if not r.get("reference")]  # a baseline row is shown, never a Pareto point
     for row, on_front in zip(candidates, pareto_front([(r["latency_ms_b32"], sign * r["value"]) for r in candidates])):
@@ -114,6 +117,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         "data": context["data"],
         "setup": {"threads": threads, "seq_len": context["seq_len"], "latency_repeats": cfg.latency_repeats,
                   "statistic": "median, warm-up excluded", "device": "cpu", "processor": processor(),
+                  "interleaved": context["task"] in ("classification", "regression", "token-classification",
+                                                     "question-answering"),
                   "cores": os.cpu_count()},
         "versions": versions(),
     }
@@ -178,17 +183,18 @@ def _embedding_rows(cfg: CompareConfig, folders: list[Path], names: list[str], m
 
 def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
                threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every run scored on the teacher's task test rows."""
+    """Every run scored on the teacher's task test rows, then all timed side by side (interleaved rounds)."""
     data_cfg = data_config_for(cfg.data, folders[teacher_index])
     task = load_task(data_cfg)
     if cfg.baseline == "tfidf":
         check_tfidf(task)
     metric = MAIN_METRIC[task.task]
     test = task.splits["test"]
-    texts = test["text"].tolist()
-    pairs = test["text_pair"].tolist() if task.has_pair else None
+    texts = test["text"].tolist()[:64]
+    pairs = test["text_pair"].tolist()[:64] if task.has_pair else None
 
     rows: list[dict[str, Any]] = []
+    calls: dict[tuple[int, int], Any] = {}  # (row index, batch size) -> one forward pass on a fixed batch
     for name, folder in zip(names, folders):
         manifest = read_run_manifest(folder) or {}
         recorded = manifest.get("data", {}).get("test_fingerprint")
@@ -198,18 +204,59 @@ def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teache
         tokenizer = load_tokenizer(folder)
         model = load_run_model(folder, task.labels, task.task == "regression", threads, task=task.task).eval()
         scores = score_split(model, tokenizer, task, "test", data_cfg.max_length, 64)
-        timing = latency_for_texts(model, tokenizer, texts, pairs, data_cfg.max_length, cfg.latency_repeats, threads)
         rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest), "params": count_params(model),
                      "size_mb": round(weights_size_bytes(folder) / 1e6, 2), "metric": metric,
-                     "value": round(scores[metric], 6), "metrics": scores,
-                     "latency_ms_b1": timing["latency_ms"]["batch1"], "latency_ms_b32": timing["latency_ms"]["batch32"]})
-        log.info("%s: %s %.4f, %.1f ms @ b32", name, metric, scores[metric], timing["latency_ms"]["batch32"])
-        del model
+                     "value": round(scores[metric], 6), "metrics": scores})
+        log.info("%s: %s %.4f", name, metric, scores[metric])
+        for size in LATENCY_BATCHES:
+            batch = fixed_batch(texts, pairs, tokenizer, data_cfg.max_length, size)
+            calls[(len(rows) - 1, size)] = functools.partial(model, **batch)
     if cfg.baseline == "tfidf":
-        rows.append(tfidf_row(task, cfg.latency_repeats))
-        log.info("%s: %s %.4f, %.1f ms @ b32", rows[-1]["name"], metric, rows[-1]["value"], rows[-1]["latency_ms_b32"])
+        row, predict_texts = tfidf_row(task)
+        rows.append(row)
+        log.info("%s: %s %.4f", row["name"], metric, row["value"])
+        joined = [t + " " + p for t, p in zip(texts, pairs)] if pairs else texts
+        for size in LATENCY_BATCHES:
+            calls[(len(rows) - 1, size)] = functools.partial(predict_texts, (joined * size)[:size])
+    _time_side_by_side(rows, calls, cfg.latency_repeats, threads)
     return rows, {"task": task.task, "data": task.split_record, "seq_len": data_cfg.max_length,
                   "lower_is_better": False}
+
+
+def _time_side_by_side(rows: list[dict[str, Any]], calls: dict[tuple[int, int], Any], repeats: int,
+                       threads: int) -> None:
+    """Per row and batch size: median latency, its interquartile range, and every round's time (kept in
+    report.json: speedups are taken within each round). Batch 1 gets 3x the rounds: single calls are short and
+    noisier."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for size in LATENCY_BATCHES:
+            times = interleaved_rounds({index: calls[(index, s)] for index, s in calls if s == size},
+                                       repeats * 3 if size == 1 else repeats)
+            for index, row in enumerate(rows):
+                q1, median, q3 = quartiles(times[index])
+                row[f"latency_ms_b{size}"] = round(median, 3)
+                row[f"latency_iqr_ms_b{size}"] = [round(q1, 3), round(q3, 3)]
+                row[f"latency_rounds_ms_b{size}"] = [round(t, 4) for t in times[index]]
+    finally:
+        torch.set_num_threads(previous)
+    for row in rows:
+        log.info("%s: %.1f ms @ b32 (interquartile %.1f-%.1f)", row["name"], row["latency_ms_b32"],
+                 *row["latency_iqr_ms_b32"])
+
+
+def _speedups(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
+    """speedup = reference latency / row latency: within each round when the rows were timed side by side (the
+    median of those ratios, with their interquartile range), else from the medians."""
+    for row in rows:
+        for size in LATENCY_BATCHES:
+            mine, theirs = row.get(f"latency_rounds_ms_b{size}"), ref.get(f"latency_rounds_ms_b{size}")
+            if mine is not None and theirs is not None:
+                q1, median, q3 = quartiles(per_round_ratios(theirs, mine))
+                row[f"speedup_b{size}"], row[f"speedup_iqr_b{size}"] = round(median, 3), [round(q1, 3), round(q3, 3)]
+            else:
+                row[f"speedup_b{size}"] = round(ref[f"latency_ms_b{size}"] / row[f"latency_ms_b{size}"], 3)
 
 
 def _language_model_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
@@ -265,6 +312,15 @@ def _headers(report: dict[str, Any]) -> list[str]:
     return [metric if key == "value" else title for title, key in COLUMNS]
 
 
+def _shown(key: str, row: dict[str, Any]) -> str:
+    """A table cell: latencies and speedups with their interquartile range when they were timed side by side."""
+    spread = row.get(key.replace("latency_ms_", "latency_iqr_ms_").replace("speedup_", "speedup_iqr_"))
+    if key.startswith(("latency_ms_b", "speedup_b")) and spread and row.get(key) is not None:
+        unit = "x" if key.startswith("speedup") else ""
+        return f"{_cell(key, row[key])} ({spread[0]:.{2 if unit else 1}f}–{spread[1]:.{2 if unit else 1}f}{unit})"
+    return _cell(key, row.get(key))
+
+
 def _cell(key: str, value: Any) -> str:
     if value is None:
         return "-"
@@ -293,8 +349,11 @@ def _setup_line(report: dict[str, Any]) -> str:
                 f"(fingerprint {data['validation_fingerprint']})")
     cpu = s.get("processor") or {}
     where = f" on {cpu.get('model')} ({', '.join(cpu.get('isa') or []) or 'no AVX2'})" if cpu else ""
-    return (f"CPU latency{where}: median of {s['latency_repeats']} forward passes after warm-up, sequence length "
-            f"{s['seq_len']}, {s['threads']} threads, all models in one process; {rows}; "
+    how = ("models interleaved round by round, speedups within each round, interquartile range in brackets"
+           if s.get("interleaved") else "all models in one process")
+    return (f"CPU latency{where}: median of {s['latency_repeats']} rounds after warm-up ({3 * s['latency_repeats']} "
+            f"at batch 1), sequence length "
+            f"{s['seq_len']}, {s['threads']} threads, {how}; {rows}; "
             f"torch {report['versions']['torch']}, transformers {report['versions']['transformers']}.")
 
 
@@ -302,7 +361,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# lmcompress comparison — teacher: {report['teacher']}", "", _setup_line(report), "",
              "| " + " | ".join(_headers(report)) + " | Pareto |", "|" + "---|" * (len(COLUMNS) + 1)]
     for row in report["rows"]:
-        lines.append("| " + " | ".join(_cell(k, row[k]) for _, k in COLUMNS) + f" | {'yes' if row['pareto'] else ''} |")
+        lines.append("| " + " | ".join(_shown(k, row) for _, k in COLUMNS) + f" | {'yes' if row['pareto'] else ''} |")
     lines += ["", "![metric vs latency](pareto.png)", ""]
     return "\n".join(lines)
 
@@ -313,7 +372,7 @@ def render_html(report: dict[str, Any], png: Path) -> str:
     body = []
     for row in report["rows"]:
         cls = ' class="teacher"' if row["name"] == report["teacher"] else ""
-        cells = "".join(f"<td>{html.escape(_cell(k, row[k]))}</td>" for _, k in COLUMNS)
+        cells = "".join(f"<td>{html.escape(_shown(k, row))}</td>" for _, k in COLUMNS)
         body.append(f"<tr{cls}>{cells}<td>{'★' if row['pareto'] else ''}</td></tr>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lmcompress comparison</title>
@@ -380,5 +439,5 @@ def print_table(report: dict[str, Any]) -> None:
     for title in _headers(report):
         table.add_column(title, justify="left" if title in ("model", "made by") else "right")
     for row in report["rows"]:
-        table.add_row(*(_cell(k, row[k]) for _, k in COLUMNS))
+        table.add_row(*(_shown(k, row) for _, k in COLUMNS))
     console().print(table)

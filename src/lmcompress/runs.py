@@ -264,7 +264,7 @@ class RunDir:
             if self.partial.exists() and not resume:
                 shutil.rmtree(self.partial)
             self.partial.mkdir(parents=True, exist_ok=True)
-            if request is not None and not resume:
+            if request is not None and (not resume or not (self.partial / REQUEST).is_file()):
                 write_json_atomic(self.partial / REQUEST, comparable(request))
         wait_for_everyone()
 
@@ -277,6 +277,7 @@ class RunDir:
 
     def _commit(self, manifest: dict[str, Any]) -> None:
         shutil.rmtree(self.checkpoint, ignore_errors=True)
+        (self.partial / REQUEST).unlink(missing_ok=True)  # lmcompress.json records the options of a complete run
         manifest = dict(manifest, complete=True, finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
         write_json_atomic(self.partial / MANIFEST, manifest)
         if self.final.exists():

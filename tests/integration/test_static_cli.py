@@ -19,7 +19,7 @@ def static_run(tiny_teacher_run, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("static") / "static"
     code = main(["distill", "--teacher", str(tiny_teacher_run), "--student", "static;dim=16", "--out", str(out),
-                 "--epochs", "4", "--batch-size", "16", "--quiet"])
+                 "--epochs", "12", "--batch-size", "16", "--quiet"])
     assert code == 0
     return out
 
@@ -63,6 +63,13 @@ def test_evaluate_and_compare_read_a_static_run_with_a_tfidf_baseline(static_run
     assert baseline["reference"] is True and baseline["params"] > 0 and baseline["latency_ms_b32"] > 0
     assert 0.5 < baseline["value"] <= 1.0 and rows["static"]["value"] == round(recorded, 6)
     assert "tfidf-logreg" in (out / "report.md").read_text()
+    # timed side by side: medians with their interquartile range, speedups within each round, the processor named
+    static = rows["static"]
+    assert static["latency_iqr_ms_b32"][0] <= static["latency_ms_b32"] <= static["latency_iqr_ms_b32"][1]
+    assert static["speedup_iqr_b32"][0] <= static["speedup_b32"] <= static["speedup_iqr_b32"][1]
+    assert len(static["latency_rounds_ms_b32"]) == 2 and len(static["latency_rounds_ms_b1"]) == 6
+    assert report["setup"]["interleaved"] is True and report["setup"]["processor"]["model"]
+    assert not baseline["pareto"]
 
 
 def test_static_student_refuses_token_tasks_and_bad_specs(tiny_teacher_run, tmp_path, capsys):

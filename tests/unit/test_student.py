@@ -115,3 +115,14 @@ def test_layer_pick_keeps_per_layer_config_and_weights(family):
         if ".layers.1." in name:
             torch.testing.assert_close(value, teacher_state[name.replace(".layers.1.", ".layers.3.")])
     type(student)(student.config)  # the cut config passes transformers' own checks
+
+
+def test_base_models_without_a_prefix_copy_the_picked_layers():
+    """AutoModel checkpoints (distill-embeddings loads them) name layers `h.N.` / `layer.N.` with no prefix."""
+    from transformers import GPT2Model
+
+    torch.manual_seed(0)
+    teacher = GPT2Model(GPT2Config(vocab_size=99, n_embd=32, n_layer=3, n_head=4)).eval()
+    student, kept = build_student(teacher, parse_spec("pick=2"))
+    assert kept == [2]
+    torch.testing.assert_close(student.h[0].mlp.c_fc.weight, teacher.h[2].mlp.c_fc.weight)

@@ -32,8 +32,10 @@ from . import losses
 log = logging.getLogger("lmcompress")
 
 SEQUENCE_TASKS = ("classification", "regression")
-# a fresh linear head (and a table never trained on the task) needs a larger step than a transformer student
+# a fresh linear head (and a table never trained on the task) needs a larger step and more passes than a
+# transformer student; an epoch costs seconds, and the best epoch is kept
 STATIC_LEARNING_RATE = 2e-3
+STATIC_EPOCHS = 20.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ def static_student(teacher, tokenizer, spec: StaticSpec, num_labels: int, head_c
     table = torch.from_numpy(static.embedding).float()
     if static.weights is not None:
         table = table * torch.from_numpy(static.weights).float().unsqueeze(-1)
+    # one scale for the whole table (directions kept): PCA outputs of a teacher can be tiny, and a head on inputs
+    # of std 0.006 barely learned at any sane learning rate
+    table = table / table.std().clamp(min=1e-12)
     fast = PreTrainedTokenizerFast(tokenizer_object=static.tokenizer, unk_token=tokenizer.unk_token,
                                    pad_token=tokenizer.pad_token or tokenizer.unk_token,
                                    model_max_length=tokenizer.model_max_length)
@@ -94,11 +99,14 @@ def distill_static(cfg: DistillConfig, run, request: dict[str, Any], teacher, te
         raise LmcError(f"a static student pools one vector per text; {task_data.task} needs one per token: "
                        "give a transformer student (layers=N, a preset or a folder)")
     spec = parse_static_spec(cfg.student)
+    _refuse_transformer_options(cfg)
     regression = task_data.task == "regression"
     train_cfg = _static_train_config(cfg.train)
     head_config = {"labels": task_data.labels, "problem_type": "regression" if regression else
                    "single_label_classification", "teacher": str(teacher_dir)}
+    torch.manual_seed(cfg.train.seed)  # the head's initialisation: the same whatever ran before in this process
     student, student_tokenizer = static_student(teacher, tokenizer, spec, task_data.num_labels, head_config)
+    student.static_config["max_length"] = data_cfg.max_length  # model2vec's encode truncates as training did
     run.begin(cfg.overwrite, cfg.resume, request)
     with run.guard():
         max_len = data_cfg.max_length
@@ -117,21 +125,40 @@ def distill_static(cfg: DistillConfig, run, request: dict[str, Any], teacher, te
                      higher_is_better=True, run_folder=run.partial, resume=cfg.resume,
                      description=f"distill {Path(cfg.out).name} (static)")
         student = student.cpu()
-        record = {"kind": "static", "dim": student.embeddings.weight.shape[1], "table": spec.table,
+        record = {"kind": "static", "spec": cfg.student, "dim": student.embeddings.weight.shape[1], "table": spec.table,
                   "vocabulary": student.embeddings.weight.shape[0], "method": "model2vec distill_from_model"}
         return finish_run(run, student, student_tokenizer, task_data, max_len, cfg.train.eval_batch_size,
-                          lambda: run_manifest("distill", str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)},
+                          lambda: run_manifest("distill", str(teacher_dir),
+                                               to_dict(cfg) | {"data": to_dict(data_cfg), "train": to_dict(train_cfg)},
                                                task_data, result, processes=num_processes(), student=record))
 
 
+def _refuse_transformer_options(cfg: DistillConfig) -> None:
+    """Options that only mean something for a transformer student: one line rather than silently ignored."""
+    loss = cfg.loss
+    given = [flag for flag, value in (("--hidden-weight", loss.hidden_weight), ("--embedding-weight",
+             loss.embedding_weight), ("--cosine-weight", loss.cosine_weight), ("--attention-weight",
+             loss.attention_weight), ("--minilm-weight", loss.minilm_weight), ("--intermediate-epochs",
+             cfg.intermediate_epochs), ("--augment-replace", cfg.augment_replace)) if value]
+    given += [flag for flag, on in (("--augment", cfg.augment), ("--fsdp", cfg.fsdp)) if on]
+    if given:
+        raise LmcError(f"a static student has no layers or hidden states: drop {', '.join(given)} (static students "
+                       "learn from the teacher's logits and the labels)")
+
+
 def _static_train_config(train: TrainConfig) -> TrainConfig:
-    """The learning rate the user gave, else the static student's own default."""
+    """The learning rate and epochs the user gave, else the static student's own defaults (a value equal to the
+    transformer default counts as not given)."""
     default = next(f for f in dataclasses.fields(DistillConfig) if f.name == "train").default_factory()
+    changes = {}
     if train.learning_rate == default.learning_rate:
-        log.info("static student: learning rate %g (the transformer default %g is too small for a fresh head; "
-                 "pass --learning-rate to choose)", STATIC_LEARNING_RATE, train.learning_rate)
-        return dataclasses.replace(train, learning_rate=STATIC_LEARNING_RATE)
-    return train
+        changes["learning_rate"] = STATIC_LEARNING_RATE
+    if train.epochs == default.epochs and train.max_steps is None:
+        changes["epochs"] = STATIC_EPOCHS
+    if changes:
+        log.info("static student: %s (the transformer defaults suit a fresh head poorly; pass --learning-rate / "
+                 "--epochs to choose)", ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in changes.items()))
+    return dataclasses.replace(train, **changes)
 
 
 def _loss_fn(cfg: DistillConfig, regression: bool):

@@ -20,8 +20,9 @@ from ..errors import LmcError
 
 SPEC_KEYS = ("pick", "layers", "hidden", "heads", "ffn")
 NARROWABLE = ("bert", "roberta")
-# encoder.layer.3.… (BERT/RoBERTa and kin), transformer.h.3.… (GPT-2), model.layers.3.… (ModernBERT, Llama)
-LAYER_KEY = re.compile(r"^(.*?\.(?:layer|layers|h))\.(\d+)\.(.*)$")
+# encoder.layer.3.… (BERT/RoBERTa and kin), transformer.h.3.… (GPT-2), model.layers.3.… (ModernBERT, Llama); base
+# models (AutoModel, as distill-embeddings loads them) have no prefix: h.3.…, layers.3.…
+LAYER_KEY = re.compile(r"^((?:.*?\.)?(?:layer|layers|h))\.(\d+)\.(.*)$")
 
 
 @dataclass(frozen=True)

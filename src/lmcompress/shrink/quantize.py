@@ -126,7 +126,7 @@ def _parent_metrics(source: Path) -> dict[str, Any] | None:
 
 def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
-    run.check(cfg.overwrite, False)
+    run.check(cfg.overwrite, None)
     if cfg.method != "dynamic-int8":
         onnx_io.require_onnx()
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
@@ -166,7 +166,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
-    run.check(cfg.overwrite, False)
+    run.check(cfg.overwrite, None)
     onnx_io.require_onnx()
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
