@@ -25,8 +25,3 @@ def processor() -> dict[str, object]:
         pass
     return {"model": model, "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
 
-
-def has_fast_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AMX or AVX512-BF16); without them bf16 is emulated, slower
-    than fp32."""
-    return bool({"amx_bf16", "avx512_bf16"} & set(processor()["isa"]))

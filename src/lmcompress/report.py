@@ -19,10 +19,10 @@ from .baselines import check_tfidf, tfidf_row
 from .config import CompareConfig
 from .data import load_task
 from .console import console
-from .errors import LmcError
-from .machine import processor
 from .data.tokenize import fixed_batch
+from .errors import LmcError
 from .evaluate import LATENCY_BATCHES, MAIN_METRIC, count_params, score_split, weights_size_bytes
+from .machine import processor
 from .models.load import load_run_model, load_tokenizer
 from .timing import interleaved_rounds, per_round_ratios, quartiles
 from .runs import data_config_for, is_embedding_run, is_language_model, read_run_manifest, versions, write_json_atomic
@@ -102,8 +102,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             if ref["value"] and row["value"] else None
         row["retention"] = round(ratio, 4) if ratio is not None else None
         row["throughput_b32"] = round(32_000.0 / row["latency_ms_b32"], 1)
-    _speedups([r for r in rows if r is not ref], ref)
-    _speedups([ref], ref)
+    _speedups(rows, ref)
     sign = -1.0 if lower_is_better else 1.0
     candidates = [r for r in rows if not r.get("reference")]  # a baseline row is shown, never a Pareto point
     for row, on_front in zip(candidates, pareto_front([(r["latency_ms_b32"], sign * r["value"]) for r in candidates])):
@@ -117,8 +116,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         "data": context["data"],
         "setup": {"threads": threads, "seq_len": context["seq_len"], "latency_repeats": cfg.latency_repeats,
                   "statistic": "median, warm-up excluded", "device": "cpu", "processor": processor(),
-                  "interleaved": context["task"] in ("classification", "regression", "token-classification",
-                                                     "question-answering"),
+                  "interleaved": "latency_rounds_ms_b32" in ref,  # task rows are timed side by side
                   "cores": os.cpu_count()},
         "versions": versions(),
     }

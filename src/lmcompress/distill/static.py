@@ -61,8 +61,10 @@ def parse_static_spec(spec: str) -> StaticSpec:
     return StaticSpec(**values)
 
 
-def static_student(teacher, tokenizer, spec: StaticSpec, num_labels: int, head_config: dict[str, Any]):
-    """-> (StaticClassifier with model2vec's table from the teacher's encoder, its tokenizer for transformers)"""
+def static_student(teacher, tokenizer, spec: StaticSpec, num_labels: int, head_config: dict[str, Any],
+                   max_length: int):
+    """-> (StaticClassifier with model2vec's table from the teacher's encoder, its tokenizer for transformers);
+    `max_length` goes into the saved config, so model2vec's own encode truncates as training did."""
     from model2vec.distill import distill_from_model  # heavy import (sklearn PCA, tokenizer surgery): only here
 
     width = teacher.config.hidden_size
@@ -84,8 +86,8 @@ def static_student(teacher, tokenizer, spec: StaticSpec, num_labels: int, head_c
                                    pad_token=tokenizer.pad_token or tokenizer.unk_token,
                                    model_max_length=tokenizer.model_max_length)
     unk_id = fast.unk_token_id if fast.unk_token is not None else None
-    config = {k: v for k, v in static.config.items() if k not in ("normalize",)}
-    model = StaticClassifier(table, num_labels, unk_id, head_config | {"unk_id": unk_id}, config,
+    model = StaticClassifier(table, num_labels, unk_id, head_config | {"unk_id": unk_id},
+                             dict(static.config, max_length=max_length),
                              static.tokenizer.to_str())
     if spec.table == "frozen":
         model.embeddings.weight.requires_grad_(False)
@@ -105,8 +107,8 @@ def distill_static(cfg: DistillConfig, run, request: dict[str, Any], teacher, te
     head_config = {"labels": task_data.labels, "problem_type": "regression" if regression else
                    "single_label_classification", "teacher": str(teacher_dir)}
     torch.manual_seed(cfg.train.seed)  # the head's initialisation: the same whatever ran before in this process
-    student, student_tokenizer = static_student(teacher, tokenizer, spec, task_data.num_labels, head_config)
-    student.static_config["max_length"] = data_cfg.max_length  # model2vec's encode truncates as training did
+    student, student_tokenizer = static_student(teacher, tokenizer, spec, task_data.num_labels, head_config,
+                                                data_cfg.max_length)
     run.begin(cfg.overwrite, cfg.resume, request)
     with run.guard():
         max_len = data_cfg.max_length
