@@ -6,7 +6,8 @@ Each student: `lmcompress distill` with logit KD (T=4, alpha 0.5) + hidden-state
 narrower), teacher cache on. With --general-steps N, one more student follows TinyBERT's two phases: general
 distillation first (`lmcompress distill-lm`: minilm-l6, not the fine-tuned teacher, teaches the 2L-192H shape on
 enwiki-sample through MiniLM relations + hidden-state MSE + the student's own MLM loss; no task data), then the same
-task distillation as the others, starting from that student instead of the teacher's sliced weights. Afterwards the teacher and every student are scored on the same test rows and timed
+task distillation as the others, starting from that student instead of the teacher's sliced weights.
+Afterwards the teacher and every student are scored on the same test rows and timed
 at batch 1 and 32 (sequence length = the teacher's max length, median of repeats, same threads), so the latency
 ratios come from one process. Writes benchmarks/results/distill_students.{json,md}.
 """

@@ -101,7 +101,7 @@ def main() -> int:
     cache = args.out / "cache-killed"
     kills = []
     lower = 11  # after the first checkpoint (step 10), so there is something to resume from
-    for k in range(args.kills):
+    for _k in range(args.kills):
         kill_at = rng.randint(lower, total_steps - 5)
         ran = run_killed(command(args.teacher, killed_dir, cache, args.rows, args.epochs, args.processes),
                          partial, kill_at)

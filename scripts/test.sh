@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# The test command of the README: set up (idempotent) and run the suite (unit + integration, tiny random models).
-# Real-model tests are opt-in: scripts/test.sh -m slow
+# The test command of the README: set up (idempotent), lint, and run the suite on tiny random models: unit,
+# integration and distributed tiers (everything but the opt-in real-model tests, `-m slow`).
+#   bash scripts/test.sh            what CI runs
+#   bash scripts/test.sh unit       the edit loop: unit tests only (under a minute), no lint
+#   bash scripts/test.sh ARGS...    any other pytest arguments, e.g. -m slow, -k resume
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [ "${1:-}" = "unit" ]; then
+  shift
+  exec .venv/bin/python -m pytest -q -m unit "$@"
+fi
+if [ $# -eq 0 ]; then
+  .venv/bin/ruff check src tests benchmarks
+fi
 exec .venv/bin/python -m pytest -q "$@"

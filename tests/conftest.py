@@ -14,6 +14,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "fun"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
+TIERS = ("unit", "integration", "distributed", "slow")  # test folders, each its own pytest marker
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its folder's tier, so `-m unit` (the edit loop) or `-m "not distributed"` select by it."""
+    for item in items:
+        tier = next((part for part in Path(str(item.fspath)).parts if part in TIERS), None)
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 FILLER = ["the", "movie", "film", "was", "a", "plot", "and", "acting", "really", "quite", "story", "very"]
 
 

@@ -325,7 +325,8 @@ class LMDistillConfig:
                 "the exact teacher distribution, so no top-k cache)"})
     top_k: int = field(default=0, metadata={
         "help": "keep only the teacher's top-k vocabulary logits per token (renormalised) and cache them, so later "
-                "epochs skip the teacher (kept under --cache-dir/teacher-outputs); 0: exact KD over the whole vocabulary, teacher run live"})
+                "epochs skip the teacher (kept under --cache-dir/teacher-outputs); 0: exact KD over the whole "
+                "vocabulary, teacher run live"})
     sample_k: int = field(default=0, metadata={
         "help": "instead of the top-k: draw K tokens per position from the teacher's distribution at the temperature "
                 "(with replacement, seeded per example) and cache them; the KD gradient stays unbiased, where top-k "

@@ -18,7 +18,8 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -204,7 +205,8 @@ def latency_batch(collate: lm.PretrainCollator, examples: list[dict[str, np.ndar
 
 def lm_metrics_payload(cfg: PretrainConfig, model: torch.nn.Module, tokenizer, data: LMData, folder: Path,
                        scores: dict[str, float], latency_repeats: int | None = 10) -> dict[str, Any]:
-    """metrics.json of an LM run (schema: docs/run-directories.md; perplexity as the main metric); latency unless repeats is None."""
+    """metrics.json of an LM run (schema: docs/run-directories.md; perplexity as the main metric);
+    latency unless repeats is None."""
     payload = {"task": cfg.objective, "split": "validation", "metrics": scores, "main_metric": "perplexity",
                "params": count_params(model), "size_bytes": weights_size_bytes(folder),
                "examples": len(data.validation), "validation_fingerprint": data.record["validation_fingerprint"]}

@@ -323,7 +323,8 @@ def os_error(exc: OSError) -> LmcError:
     """Disk and permission errors -> one line."""
     where = exc.filename or ""
     if exc.errno == errno.ENOSPC:
-        return LmcError(f"disk full while writing {where}; free space and re-run the same command (it continues from the last checkpoint)")
+        return LmcError(f"disk full while writing {where}; free space and re-run the same command "
+                        "(it continues from the last checkpoint)")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return LmcError(f"permission denied writing {where}; choose another --out")
     return LmcError(f"{exc.strerror or exc} {where}".strip())

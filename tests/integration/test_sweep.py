@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lmcompress.config import (CompareConfig, DataConfig, DistillConfig, ExportConfig, LMDistillConfig, PretrainConfig, QuantizeConfig,
-                               TrainConfig)
+from lmcompress.config import (CompareConfig, DataConfig, DistillConfig, ExportConfig, LMDistillConfig, PretrainConfig,
+                               QuantizeConfig, TrainConfig)
 from lmcompress.models.presets import FAMILIES
 from lmcompress.pipeline import STAGES
 

@@ -16,7 +16,7 @@ def _pair_rows(n: int) -> list[dict]:
     """Label: do both sentences carry the same sentiment?"""
     rng = random.Random(1)
     rows = []
-    for i in range(n):
+    for _i in range(n):
         a, b = rng.choice([POSITIVE, NEGATIVE]), rng.choice([POSITIVE, NEGATIVE])
         rows.append({"sentence1": "the film was " + rng.choice(a), "sentence2": "a story very " + rng.choice(b),
                      "label": "same" if a is b else "different"})

@@ -1,4 +1,4 @@
-"""--fsdp pieces that need no launcher (the sharded runs themselves are in tests/integration/test_multiprocess.py)."""
+"""--fsdp pieces that need no launcher (the sharded runs themselves are in tests/distributed/test_multiprocess.py)."""
 
 import logging
 

@@ -6,9 +6,9 @@ like the hidden states) with `filled.npy` [N] bool; for each hidden-state index 
 to example i) with its own `filled_<l>.npy` [N]; `meta.json`. The key
 hashes the teacher's weights and config and the exact training token ids, so a changed teacher or dataset never reads
 stale outputs, while students with different layer maps share one cache: a layer computed for one student is there
-for the next. A cache left half-filled by an interrupted run stays valid (the masks say which rows are done). Under a launcher rank
-0 creates the files and every rank maps them: each fills the rows of its own shard, and later epochs read rows any
-rank filled (one machine: the processes share the page cache).
+for the next. A cache left half-filled by an interrupted run stays valid (the masks say which rows are done).
+Under a launcher rank 0 creates the files and every rank maps them: each fills the rows of its own shard, and later
+epochs read rows any rank filled (one machine: the processes share the page cache).
 """
 
 from __future__ import annotations

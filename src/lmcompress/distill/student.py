@@ -128,7 +128,8 @@ def _ffn_index(state, prefix: str, keep: int) -> torch.Tensor:
 
 
 def _axes(name: str) -> tuple[str | None, ...]:
-    """What each axis of a BERT/RoBERTa parameter (task or MLM head included) indexes: 'hidden', 'qkv', 'ffn' or None (kept whole)."""
+    """What each axis of a BERT/RoBERTa parameter (task or MLM head included) indexes: 'hidden', 'qkv', 'ffn' or
+    None (kept whole)."""
     rules = [
         (r"attention\.self\.(query|key|value)\.weight$", ("qkv", "hidden")),
         (r"attention\.self\.(query|key|value)\.bias$", ("qkv",)),

@@ -2,7 +2,7 @@
 give the whole teacher's outputs, and the callers must keep every rank's sharded forwards in step (a rank that
 skips one would hang the other). Exits non-zero (an AssertionError) on the first difference; prints OK on rank 0.
 
-    torchrun --nproc_per_node 2 tests/integration/fsdp_teacher_worker.py CACHE_ROOT
+    torchrun --nproc_per_node 2 tests/distributed/fsdp_teacher_worker.py CACHE_ROOT
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def test_two_processes_share_one_teacher_cache(tiny_teacher_run, tmp_path):
 
 def test_sharded_teacher_matches_the_whole_one_and_its_ranks_stay_in_step(tmp_path):
     """The --fsdp building blocks in 2 processes: forward equality, the cache-filling pass with an uneven share of
-    rows, and a training batch cached on one rank only (tests/integration/fsdp_teacher_worker.py)."""
+    rows, and a training batch cached on one rank only (tests/distributed/fsdp_teacher_worker.py)."""
     result = launch([str(WORKER), str(tmp_path / "cache")], cwd=tmp_path, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "OK"
@@ -138,7 +138,7 @@ def test_fsdp_lm_teacher_with_top_k_cache_teaches_the_same_student(clm_teacher, 
 
 
 def _fit_worker(mode: str, folder: Path) -> list[dict]:
-    """One launch of tests/integration/fit_worker.py -> each rank's outcome, rank 0 first."""
+    """One launch of tests/distributed/fit_worker.py -> each rank's outcome, rank 0 first."""
     result = launch([str(FIT_WORKER), mode, str(folder)], cwd=folder.parent, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     outcomes = sorted((json.loads(line) for line in result.stdout.replace("}{", "}\n{").splitlines()

@@ -1,7 +1,7 @@
 """Run by test_multiprocess.py under `torchrun --nproc_per_node 2`: something happens to rank 1 alone at its 3rd
 batch, and every rank must meet it at the same step instead of one waiting forever in the gradient all-reduce.
 
-    torchrun --nproc_per_node 2 tests/integration/fit_worker.py MODE RUN_FOLDER
+    torchrun --nproc_per_node 2 tests/distributed/fit_worker.py MODE RUN_FOLDER
 
 MODE: nan-skip / nan-stop (rank 1's loss turns NaN; --nan-policy skip or stop), sigterm (rank 1 is sent SIGTERM),
 straight (nothing happens), resume (resume the checkpoint in RUN_FOLDER). Prints a JSON line per rank: what fit
