@@ -48,9 +48,9 @@ def _run(cmd: list[str], reuse: Path | None = None) -> tuple[dict, float | None]
 def _teacher_latency(distilled: Path, repeats: int) -> dict[str, float]:
     import torch
 
-    from lmcompress.evaluate import measure_latency
+    from lmcompress.measure import measure_latency
     from lmcompress.models.load import load_lm_teacher
-    from lmcompress.pretrain import collator, latency_batch, run_validation_set
+    from lmcompress.runkinds.lm import collator, latency_batch, run_validation_set
 
     cfg, tokenizer, data, _ = run_validation_set(distilled)
     teacher = load_lm_teacher("smollm2-135m", "clm").model

@@ -37,7 +37,8 @@ from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.distill.stage import distill
 from lmcompress.distill.student import build_student, parse_spec
-from lmcompress.evaluate import predict, task_metrics
+from lmcompress.runkinds.task import predict
+from lmcompress.scores import task_metrics
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
 from lmcompress.runs import read_run_manifest
 

@@ -1,10 +1,14 @@
 """lmcompress: make Transformer language models smaller and faster, and prove it."""
 
-__version__ = "0.1.0"
+# "X as X": re-exported names
+from .api import STAGE_FUNCTIONS
+from .api import demo as demo
+from .api import run as run
+from .api import zoo as zoo
+from .errors import LmcError as LmcError
+from .models.trust import allow_remote_code as allow_remote_code  # the API's --trust-remote-code
+from .version import __version__ as __version__
 
-from .api import compare, demo, distill, evaluate, export, finetune, pretrain, prune, quantize, run, zoo  # noqa: E402
-from .errors import LmcError  # noqa: E402
-from .models.load import allow_remote_code  # noqa: E402  (the API's --trust-remote-code)
+globals().update(STAGE_FUNCTIONS)  # lmcompress.finetune, lmcompress.distill_lm, ...: one per stage of the registry
 
-__all__ = ["LmcError", "allow_remote_code", "compare", "demo", "distill", "evaluate", "export", "finetune", "pretrain", "prune",
-           "quantize", "run", "zoo", "__version__"]
+__all__ = sorted([*STAGE_FUNCTIONS, "LmcError", "allow_remote_code", "demo", "run", "zoo", "__version__"])

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 
 from .errors import LmcError
-from .evaluate import MAIN_METRIC, task_metrics
+from .scores import MAIN_METRIC, task_metrics
 
 BASELINE_NAME = "tfidf-logreg"
 

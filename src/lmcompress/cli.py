@@ -9,11 +9,18 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from . import __version__, api
-from .config import CompareConfig, add_flags, build_config, flags_to_dict
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import api
+from .config import add_flags, build_config, flags_to_dict
 from .console import console
 from .errors import LmcError
-from .pipeline import STAGES, builtin_recipes, stage_runner
+from .models.trust import allow_remote_code
+from .pipeline import builtin_recipes
+from .runs import close_process_group, os_error
+from .stages import STAGES
+from .version import __version__
 
 PROG = "lmcompress"
 log = logging.getLogger("lmcompress")
@@ -28,8 +35,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _setup_logging(quiet: bool) -> None:
-    from rich.logging import RichHandler
-
     handler = RichHandler(console=console(stderr=True), show_path=False, show_time=False, markup=False)
     # third-party libraries (the ONNX exporter above all) log pages at INFO: only their warnings pass
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler], force=True)
@@ -56,24 +61,20 @@ def _print_json_or_summary(result: dict[str, Any], as_json: bool) -> None:
 # ------------------------------------------------------------------------------------------------------------ commands
 
 
-def _config_command(stage: str):
-    """A handler: flags (+ --config YAML) -> the stage's typed config -> its runner -> summary or JSON."""
+def _stage_command(name: str):
+    """A handler: flags (+ --config YAML) -> the stage's typed config -> its runner -> summary or JSON (compare: where
+    the report is)."""
 
     def handler(args: argparse.Namespace) -> int:
-        cfg = build_config(STAGES[stage][0], args.config, flags_to_dict(args), stage)
-        _print_json_or_summary(stage_runner(stage)(cfg), args.json)
+        stage = STAGES[name]
+        result = stage.run(build_config(stage.config, args.config, flags_to_dict(args), name))
+        if stage.positional_runs:  # compare
+            console().print(f"report: {result['path']}/report.html (also report.md, report.json, pareto.png)")
+        else:
+            _print_json_or_summary(result, args.json)
         return 0
 
     return handler
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from .report import compare
-
-    cfg = build_config(CompareConfig, args.config, flags_to_dict(args), "compare")
-    report = compare(cfg)
-    console().print(f"report: {report['path']}/report.html (also report.md, report.json, pareto.png)")
-    return 0
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:
@@ -83,8 +84,6 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.table import Table
-
     table = Table(title="lmcompress zoo (offline; nothing is downloaded at run time)")
     for column in ("name", "kind", "installed", "size", "install / path"):
         table.add_column(column, overflow="fold")
@@ -99,8 +98,6 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     result = api.run(args.recipe, out=args.out, overwrite=args.overwrite, only=args.only)
-    from rich.table import Table
-
     table = Table(title=f"recipe {result['name']}: {result['wall_time_s']:.0f} s")
     for column in ("step", "stage", "status", "wall s", "run"):
         table.add_column(column)
@@ -128,49 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let model folders run their own Python code (off by default; only for sources you trust)")
     subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    def stage(name: str, help_text: str, description: str, func=None, json_flag: bool = True,
-              positional_runs: bool = False) -> None:
-        """A subcommand whose flags are generated from its config dataclass (YAML keys == flags); it runs the
-        stage's runner (pipeline.STAGES, shared with recipes) unless `func` handles it."""
-        cls = STAGES[name][0]
-        func = func or _config_command(name)
-        sub = subs.add_parser(name, parents=[common], help=help_text, description=description)
-        if positional_runs:
+    for stage in STAGES.values():  # flags generated from each stage's config dataclass (YAML keys == flags)
+        sub = subs.add_parser(stage.name, parents=[common], help=stage.help, description=stage.description)
+        if stage.positional_runs:
             sub.add_argument("runs", nargs="+", metavar="RUN", help="run directories; the first is the teacher "
                              "unless --teacher")
         sub.add_argument("--config", help="YAML file with the same keys (one section per group); flags override it")
-        if json_flag:
+        if not stage.positional_runs:
             sub.add_argument("--json", action="store_true", help="print the metrics as JSON")
-        add_flags(sub, cls, skip=("runs",) if positional_runs else ())
-        sub.set_defaults(func=func)
-
-    stage("pretrain", "self-supervised pre-training: MLM (+NSP/SOP) or causal LM on raw text",
-          "Pre-train on raw text: masked LM with static or dynamic, whole-word (jieba for Chinese) or n-gram masking, "
-          "with NSP (BERT) or SOP (ALBERT), or causal LM (GPT-2); optionally with a vocabulary trained on the corpus.")
-    stage("finetune", "fine-tune a model on a labelled task",
-          "Fine-tune a model (zoo name, HF dir or preset) for classification/regression.")
-    stage("distill", "distil a fine-tuned teacher into a smaller student",
-          "Task-specific distillation: logit KD with temperature mixed with hard labels, optional hidden-state / "
-          "embedding / cosine / attention / MiniLM relation losses, teacher cache.")
-    stage("distill-lm", "distil a language model on raw text: general (MLM) or causal-LM distillation",
-          "Distillation over the vocabulary without labels: an encoder with an MLM head into a smaller encoder on "
-          "masked text (general distillation), or a causal LM (smollm2-135m) into a GPT-2 student sharing its "
-          "tokenizer; forward or reverse KL, optional top-k teacher cache, hidden-state / MiniLM relation losses.")
-    stage("distill-embeddings", "distil a sentence-embedding model into a smaller bi-encoder",
-          "Bi-encoder distillation: the student learns the teacher's mean-pooled sentence embeddings (MSE) on raw "
-          "sentences; scored by the rank correlation of cosine similarities on held-aside sentence pairs.")
-    stage("compare", "side-by-side report: metric, retention, size, latency",
-          "Score and time every run on the same test rows in one process; write report.md, report.html, "
-          "report.json and pareto.png.", func=cmd_compare, json_flag=False, positional_runs=True)
-    stage("prune", "remove heads, FFN neurons or layers by importance, then recover",
-          "Structured pruning: importance from |activation x gradient| on training rows, physical removal (a "
-          "standard config that reloads with transformers alone), recovery by distillation from the unpruned model.")
-    stage("quantize", "int8: PyTorch dynamic, ONNX Runtime dynamic or static",
-          "Int8 quantization with the accuracy change and latency measured; ONNX methods export and validate first.")
-    stage("export", "validated ONNX export (fp32 or fp16)",
-          "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches.")
-    stage("evaluate", "score a run: metrics, size, latency",
-          "Evaluate a run on the same split it was trained with (or --data).")
+        add_flags(sub, stage.config, skip=("runs",) if stage.positional_runs else ())
+        sub.set_defaults(func=_stage_command(stage.name))
 
     zo = subs.add_parser("zoo", parents=[common], help="list offline models and datasets and whether installed")
     zo.add_argument("--json", action="store_true", help="machine-readable output")
@@ -204,8 +168,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _setup_logging(getattr(args, "quiet", False))
     debug = getattr(args, "debug", False) or os.environ.get("LMCOMPRESS_DEBUG") == "1"
-    from .models.load import allow_remote_code
-
     allow_remote_code(getattr(args, "trust_remote_code", False))
     try:
         return args.func(args)
@@ -220,8 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a disk or permission problem outside a stage's own guard (e.g. creating --out)
         if debug:
             raise
-        from .runs import os_error
-
         sys.stderr.write(f"{PROG}: error: {os_error(exc)}\n")
         return 1
     except Exception as exc:  # a bug of ours: still one line unless --debug
@@ -232,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
                          "report it)\n")
         return 1
     finally:
-        from .runs import close_process_group
-
         close_process_group()
 
 

@@ -95,7 +95,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings shared by every training stage (one loop: `lmcompress.train`)."""
+    """Optimisation settings shared by every training stage (one loop: `lmcompress.training`)."""
 
     epochs: float = field(default=3.0, metadata={"help": "passes over the training data"})
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})

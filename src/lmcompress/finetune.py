@@ -11,11 +11,13 @@ import torch
 from .config import FinetuneConfig, to_dict
 from .data import load_task
 from .data.tokenize import collator, tokenize_frame
-from .evaluate import MAIN_METRIC, finish_run, score_split
-from .models.load import load_for_sequence_classification, load_tokenizer, resolve, task_head
+from .models.heads import task_head
+from .models.load import load_for_sequence_classification, load_tokenizer, resolve
+from .runkinds.task import finish_run, score_split
+from .scores import MAIN_METRIC
 from .models.outputs import forward
 from .runs import RunDir, num_processes, run_manifest
-from .train import fit
+from .training import fit
 
 log = logging.getLogger("lmcompress")
 

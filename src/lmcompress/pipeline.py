@@ -22,25 +22,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .config import (CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
-                     FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, QuantizeConfig, from_dict, load_yaml)
+from .config import from_dict, load_yaml
 from .errors import LmcError
 from .runs import RunDir, is_complete
+from .stages import STAGES
 
 log = logging.getLogger("lmcompress")
 
-STAGES: dict[str, tuple[type, str]] = {  # stage -> (config class, "module:function")
-    "pretrain": (PretrainConfig, "lmcompress.pretrain:pretrain"),
-    "finetune": (FinetuneConfig, "lmcompress.finetune:finetune"),
-    "distill": (DistillConfig, "lmcompress.distill.stage:distill"),
-    "distill-lm": (LMDistillConfig, "lmcompress.distill.lm:distill_lm"),
-    "distill-embeddings": (EmbeddingDistillConfig, "lmcompress.distill.embeddings:distill_embeddings"),
-    "prune": (PruneConfig, "lmcompress.shrink.prune:prune"),
-    "quantize": (QuantizeConfig, "lmcompress.shrink.quantize:quantize"),
-    "export": (ExportConfig, "lmcompress.shrink.quantize:export"),
-    "evaluate": (EvaluateConfig, "lmcompress.evaluate:evaluate_run"),
-    "compare": (CompareConfig, "lmcompress.report:compare"),
-}
 REFERENCE_KEYS = ("model", "teacher", "student", "tokenizer")
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESUMABLE = {"pretrain", "finetune", "distill", "distill-lm", "distill-embeddings", "prune"}
@@ -109,18 +97,10 @@ def parse(raw: dict[str, Any], where: str, out: str | None = None) -> tuple[str,
                 item[key] = done[item[key]]
         if stage == "compare":
             item["runs"] = [done.get(r, r) if isinstance(r, str) else r for r in item.get("runs", [])]
-        cls = STAGES[stage][0]
+        cls = STAGES[stage].config
         item["out"] = str(root / step_name)
         steps.append(Step(step_name, stage, from_dict(cls, item, where=label)))
     return name, steps
-
-
-def stage_runner(stage: str):
-    """The function that runs `stage` on its config, imported on first use (keeps CLI start-up light)."""
-    import importlib
-
-    module, _, function = STAGES[stage][1].partition(":")
-    return getattr(importlib.import_module(module), function)
 
 
 def run_recipe(recipe: str | Path | dict[str, Any], out: str | None = None, overwrite: bool = False,
@@ -158,7 +138,7 @@ def run_recipe(recipe: str | Path | dict[str, Any], out: str | None = None, over
         else:
             log.info("%s", header)
         t0 = time.perf_counter()
-        results[step.name] = stage_runner(step.stage)(cfg)
+        results[step.name] = STAGES[step.stage].run(cfg)
         ran.add(str(step.out))
         summary.append({"step": step.name, "stage": step.stage, "status": "done",
                         "wall_s": round(time.perf_counter() - t0, 1)})

@@ -5,7 +5,6 @@ report.json (schema: docs/run-directories.md), report.md, a self-contained repor
 from __future__ import annotations
 
 import base64
-import functools
 import html
 import logging
 import os
@@ -15,17 +14,15 @@ from typing import Any
 
 import torch
 
-from .baselines import check_tfidf, tfidf_row
+from . import catalog
 from .config import CompareConfig
-from .data import load_task
 from .console import console
-from .data.tokenize import fixed_batch
 from .errors import LmcError
-from .evaluate import LATENCY_BATCHES, MAIN_METRIC, count_params, score_split, weights_size_bytes
 from .machine import processor
-from .models.load import load_run_model, load_tokenizer
-from .timing import interleaved_rounds, per_round_ratios, quartiles
-from .runs import data_config_for, is_embedding_run, is_language_model, read_run_manifest, versions, write_json_atomic
+from .measure import LATENCY_BATCHES
+from .runkinds import TASK, kind_for_comparison
+from .runs import read_run_manifest, versions, write_json_atomic
+from .timing import per_round_ratios, quartiles
 
 log = logging.getLogger("lmcompress")
 
@@ -38,26 +35,6 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
                         for j, (lat_j, val_j) in enumerate(points) if j != i)
         flags.append(not dominated)
     return flags
-
-
-def made_by(manifest: dict[str, Any]) -> str:
-    """How a run was made, in a few words: `finetune`, `distill layers=2`, `prune heads 12 -> 6`, `quantize onnx-int8`."""
-    stage = manifest.get("stage")
-    if not stage:
-        return "checkpoint"
-    if stage in ("distill", "distill-lm", "distill-embeddings"):
-        spec = str((manifest.get("student") or {}).get("spec", ""))
-        return f"distill from {Path(spec).name}" if "/" in spec else f"distill {spec}".strip()
-    if stage == "quantize":
-        return f"quantize {(manifest.get('quantization') or {}).get('method', '')}".strip()
-    if stage == "export":
-        return f"export onnx {(manifest.get('export') or {}).get('precision', '')}".strip()
-    if stage == "prune":
-        pruning = manifest.get("pruning") or {}
-        changed = [f"{key.split('_')[0]} {value}" for key in ("heads_per_layer", "ffn_per_layer", "hidden")
-                   if isinstance(value := pruning.get(key), str) and len(set(value.split(" -> "))) == 2]
-        return "prune " + ", ".join(changed) if changed else "prune"
-    return stage
 
 
 def _run_names(folders: list[Path]) -> list[str]:
@@ -84,16 +61,12 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         teacher_index = matches[0]
     threads = cfg.threads or torch.get_num_threads()
     manifests = [read_run_manifest(folder) or {} for folder in folders]
-    if cfg.baseline != "none" and (any(is_embedding_run(m) for m in manifests) or is_language_model(manifests[teacher_index])):
+    kind = kind_for_comparison(manifests, teacher_index)
+    if cfg.baseline != "none" and kind is not TASK:
         raise LmcError(f"--baseline {cfg.baseline} is a text classifier; it has no counterpart for embedding or "
                        "language-model runs (drop --baseline)")
-    if any(is_embedding_run(m) for m in manifests):
-        rows, context = _embedding_rows(cfg, folders, names, manifests, threads)
-    elif is_language_model(manifests[teacher_index]):
-        rows, context = _language_model_rows(cfg, folders, names, teacher_index, threads)
-    else:
-        rows, context = _task_rows(cfg, folders, names, teacher_index, threads)
-    lower_is_better = context["lower_is_better"]
+    rows, context = kind.compare_rows(cfg, folders, names, manifests, teacher_index, threads)
+    lower_is_better = kind.lower_is_better
 
     ref = rows[teacher_index]
     for row in rows:
@@ -142,106 +115,12 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 
 def _run_folder(spec: str) -> Path:
     """A run directory, or a zoo model name (e.g. minilm-l6, the teacher of an embedding run)."""
-    from . import catalog
-
     folder = Path(spec).expanduser()
     if not folder.exists() and catalog.is_zoo_name(spec) and catalog.get(spec).kind == "model":
         folder = catalog.get(spec).require()
     if not (folder / "config.json").is_file():
         raise LmcError(f"{spec} is not a run directory (no config.json)")
     return folder
-
-
-def _embedding_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[dict[str, Any]],
-                    threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Sentence encoders (embedding runs, and plain encoders such as their teacher) on the held-aside pairs of the
-    first embedding run: spearman of cosine similarity."""
-    from .distill.embeddings import held_aside_pairs, score_encoder
-
-    for name, manifest in zip(names, manifests):
-        kind = (manifest.get("task") or {}).get("type")
-        if kind and not is_embedding_run(manifest):
-            raise LmcError(f"{name} is a {kind} run; compare sentence-embedding runs with each other and with plain "
-                           "encoders (their teacher)")
-    reference = next(f for f, m in zip(folders, manifests) if is_embedding_run(m))
-    recorded, pairs = held_aside_pairs(reference)
-    max_length = recorded.data.max_length
-    rows = []
-    for name, folder, manifest in zip(names, folders, manifests):
-        scored = score_encoder(folder, pairs, max_length, cfg.latency_repeats, threads)
-        rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest), "params": scored["params"],
-                     "size_mb": round(scored["size_bytes"] / 1e6, 2), "metric": "spearman",
-                     "value": round(scored["metrics"]["spearman"], 6), "metrics": scored["metrics"],
-                     "latency_ms_b1": scored["latency_ms"]["batch1"], "latency_ms_b32": scored["latency_ms"]["batch32"]})
-        log.info("%s: spearman %.4f, %.1f ms @ b32", name, scored["metrics"]["spearman"], scored["latency_ms"]["batch32"])
-    data = {"source": recorded.data.data, "seed": recorded.data.split_seed, "pairs": len(pairs),
-            "pairs_from": str(reference)}
-    return rows, {"task": "sentence-embedding", "data": data, "seq_len": max_length, "lower_is_better": False}
-
-
-def _task_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
-               threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every run scored on the teacher's task test rows, then all timed side by side (interleaved rounds)."""
-    data_cfg = data_config_for(cfg.data, folders[teacher_index])
-    task = load_task(data_cfg)
-    if cfg.baseline == "tfidf":
-        check_tfidf(task)
-    metric = MAIN_METRIC[task.task]
-    test = task.splits["test"]
-    texts = test["text"].tolist()[:64]
-    pairs = test["text_pair"].tolist()[:64] if task.has_pair else None
-
-    rows: list[dict[str, Any]] = []
-    calls: dict[tuple[int, int], Any] = {}  # (row index, batch size) -> one forward pass on a fixed batch
-    for name, folder in zip(names, folders):
-        manifest = read_run_manifest(folder) or {}
-        recorded = manifest.get("data", {}).get("test_fingerprint")
-        if recorded and recorded != task.split_record["test_fingerprint"]:
-            log.warning("%s was tested on other rows (fingerprint %s); the report scores everyone on %s", name,
-                        recorded, task.split_record["test_fingerprint"])
-        tokenizer = load_tokenizer(folder)
-        model = load_run_model(folder, task.labels, task.task == "regression", threads, task=task.task).eval()
-        scores = score_split(model, tokenizer, task, "test", data_cfg.max_length, 64)
-        rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest), "params": count_params(model),
-                     "size_mb": round(weights_size_bytes(folder) / 1e6, 2), "metric": metric,
-                     "value": round(scores[metric], 6), "metrics": scores})
-        log.info("%s: %s %.4f", name, metric, scores[metric])
-        for size in LATENCY_BATCHES:
-            batch = fixed_batch(texts, pairs, tokenizer, data_cfg.max_length, size)
-            calls[(len(rows) - 1, size)] = functools.partial(model, **batch)
-    if cfg.baseline == "tfidf":
-        row, predict_texts = tfidf_row(task)
-        rows.append(row)
-        log.info("%s: %s %.4f", row["name"], metric, row["value"])
-        joined = [t + " " + p for t, p in zip(texts, pairs)] if pairs else texts
-        for size in LATENCY_BATCHES:
-            calls[(len(rows) - 1, size)] = functools.partial(predict_texts, (joined * size)[:size])
-    _time_side_by_side(rows, calls, cfg.latency_repeats, threads)
-    return rows, {"task": task.task, "data": task.split_record, "seq_len": data_cfg.max_length,
-                  "lower_is_better": False}
-
-
-def _time_side_by_side(rows: list[dict[str, Any]], calls: dict[tuple[int, int], Any], repeats: int,
-                       threads: int) -> None:
-    """Per row and batch size: median latency, its interquartile range, and every round's time (kept in
-    report.json: speedups are taken within each round). Batch 1 gets 3x the rounds: single calls are short and
-    noisier."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for size in LATENCY_BATCHES:
-            times = interleaved_rounds({index: calls[(index, s)] for index, s in calls if s == size},
-                                       repeats * 3 if size == 1 else repeats)
-            for index, row in enumerate(rows):
-                q1, median, q3 = quartiles(times[index])
-                row[f"latency_ms_b{size}"] = round(median, 3)
-                row[f"latency_iqr_ms_b{size}"] = [round(q1, 3), round(q3, 3)]
-                row[f"latency_rounds_ms_b{size}"] = [round(t, 4) for t in times[index]]
-    finally:
-        torch.set_num_threads(previous)
-    for row in rows:
-        log.info("%s: %.1f ms @ b32 (interquartile %.1f-%.1f)", row["name"], row["latency_ms_b32"],
-                 *row["latency_iqr_ms_b32"])
 
 
 def _speedups(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
@@ -255,46 +134,6 @@ def _speedups(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
                 row[f"speedup_b{size}"], row[f"speedup_iqr_b{size}"] = round(median, 3), [round(q1, 3), round(q3, 3)]
             else:
                 row[f"speedup_b{size}"] = round(ref[f"latency_ms_b{size}"] / row[f"latency_ms_b{size}"], 3)
-
-
-def _language_model_rows(cfg: CompareConfig, folders: list[Path], names: list[str], teacher_index: int,
-                         threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Pre-trained (or generally distilled) language models: perplexity on the teacher run's fixed validation set,
-    which only means the same thing for runs that share the teacher's tokenizer."""
-    from .evaluate import measure_latency
-    from .models.load import load_for_pretraining, resolve
-    from .pretrain import collator, latency_batch, run_validation_set, score_lm
-
-    for name, folder in zip(names, folders):  # before any slow work
-        if not is_language_model(read_run_manifest(folder) or {}):
-            raise LmcError(f"{name} is not a language-model run; compare pre-trained models with each other and "
-                           "task models with each other")
-    pcfg, tokenizer, data, source = run_validation_set(folders[teacher_index])
-    scoring = "clm" if pcfg.objective == "clm" else "mlm"  # sentence-pair heads are not part of the comparison
-    collate = collator(tokenizer, pcfg.objective)
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    rows = []
-    try:
-        for name, folder in zip(names, folders):
-            if load_tokenizer(folder).get_vocab() != tokenizer.get_vocab():
-                raise LmcError(f"{name} has another tokenizer than {names[teacher_index]}: perplexities over different "
-                               "vocabularies cannot be compared")
-            model = load_for_pretraining(resolve(str(folder)), tokenizer, scoring, pcfg.train.seed).eval()
-            scores = score_lm(model, data.validation, collate, scoring, 64)
-            latency = measure_latency(model, lambda size: latency_batch(collate, data.validation, size),
-                                      cfg.latency_repeats)
-            rows.append({"name": name, "path": str(folder), "made_by": made_by(read_run_manifest(folder) or {}),
-                         "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
-                         "metric": "perplexity", "value": round(scores["perplexity"], 4), "metrics": scores,
-                         "latency_ms_b1": latency["batch1"], "latency_ms_b32": latency["batch32"]})
-            log.info("%s: perplexity %.2f, %.1f ms @ b32", name, scores["perplexity"], latency["batch32"])
-            del model
-    finally:
-        torch.set_num_threads(previous)
-    return rows, {"task": pcfg.objective, "data": {"source": source, **data.record}, "seq_len": pcfg.data.max_length,
-                  "lower_is_better": True}
 
 
 # ------------------------------------------------------------------------------------------------ rendering

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from .config import DataConfig, from_dict
 from .errors import LmcError
+from .version import __version__
 
 T = TypeVar("T")
 log = logging.getLogger("lmcompress")
@@ -40,8 +41,6 @@ def versions() -> dict[str, str]:
     import datasets
     import torch
     import transformers
-
-    from . import __version__
 
     return {
         "lmcompress": __version__,
@@ -88,7 +87,7 @@ def is_embedding_run(manifest: dict[str, Any]) -> bool:
 
 
 def training_record(result) -> dict[str, Any]:
-    """What `train.fit` did, for lmcompress.json."""
+    """What `training.fit` did, for lmcompress.json."""
     return {"steps": result.steps, "wall_time_s": round(result.wall_time_s, 1),
             "examples_per_s": round(result.examples_per_s, 1), "best_epoch": result.state.best_epoch,
             "history": result.state.history}
@@ -328,3 +327,54 @@ def os_error(exc: OSError) -> LmcError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return LmcError(f"permission denied writing {where}; choose another --out")
     return LmcError(f"{exc.strerror or exc} {where}".strip())
+
+
+INITIAL_METRICS = "initial_metrics.json"
+
+
+def initial_scores(folder: Path, resume: bool, evaluate: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """Validation scores before training, kept in the run so a resumed run reports the same 'before'."""
+    path = folder / INITIAL_METRICS
+    if resume and path.is_file():
+        initial = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        initial = evaluate()
+        if is_main_process():
+            write_json_atomic(path, initial)
+    log.info("before training: validation %s", ", ".join(f"{k} {v:.4f}" for k, v in initial.items()))
+    return initial
+
+
+def finish_stage(run: RunDir, write: Callable[[Path], dict[str, Any]],
+                 manifest: Callable[[dict[str, Any]], dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The one way a stage ends. Rank 0 writes its outputs into the partial folder and scores them
+    (`write(folder)` -> the metrics.json payload), writes metrics.json, builds lmcompress.json with
+    `manifest(metrics)`; every rank then waits for the commit -> metrics + `path` + `extra` ({} on other ranks)."""
+    metrics: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    if is_main_process():
+        metrics = write(run.partial)
+        write_json_atomic(run.partial / METRICS, metrics)
+        record = manifest(metrics)
+    final = run.commit(record)
+    return metrics | {"path": str(final), **extra} if metrics else {}
+
+
+def made_by(manifest: dict[str, Any]) -> str:
+    """How a run was made, in a few words: `finetune`, `distill layers=2`, `prune heads 12 -> 6`, `quantize onnx-int8`."""
+    stage = manifest.get("stage")
+    if not stage:
+        return "checkpoint"
+    if stage in ("distill", "distill-lm", "distill-embeddings"):
+        spec = str((manifest.get("student") or {}).get("spec", ""))
+        return f"distill from {Path(spec).name}" if "/" in spec else f"distill {spec}".strip()
+    if stage == "quantize":
+        return f"quantize {(manifest.get('quantization') or {}).get('method', '')}".strip()
+    if stage == "export":
+        return f"export onnx {(manifest.get('export') or {}).get('precision', '')}".strip()
+    if stage == "prune":
+        pruning = manifest.get("pruning") or {}
+        changed = [f"{key.split('_')[0]} {value}" for key in ("heads_per_layer", "ffn_per_layer", "hidden")
+                   if isinstance(value := pruning.get(key), str) and len(set(value.split(" -> "))) == 2]
+        return "prune " + ", ".join(changed) if changed else "prune"
+    return stage

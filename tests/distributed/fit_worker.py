@@ -23,7 +23,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from lmcompress.config import TrainConfig
 from lmcompress.errors import LmcError
 from lmcompress.runs import process_state
-from lmcompress.train import fit
+from lmcompress.training import fit
 
 
 def main(mode: str, folder: Path) -> None:

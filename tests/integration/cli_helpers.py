@@ -29,7 +29,7 @@ def one_error_line(err: str, *fragments: str) -> None:
 
 def interrupt_backward_at(monkeypatch, call: int):
     """Make the `call`-th backward pass raise KeyboardInterrupt (as Ctrl-C/SIGTERM would); returns `undo()`."""
-    import lmcompress.train as train_mod
+    import lmcompress.training.loop as train_mod
 
     real_backward = train_mod.Accelerator.backward
     calls = {"n": 0}

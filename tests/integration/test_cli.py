@@ -150,12 +150,12 @@ def test_zoo_lists_every_offline_name(capsys):
 def test_disk_full_is_one_line_and_keeps_the_checkpoint(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
     import errno
 
-    import lmcompress.evaluate as evaluate_mod
+    import lmcompress.runkinds.task as task_mod
 
     def full_disk(model, tokenizer, task_data, folder, *args):
         raise OSError(errno.ENOSPC, "No space left on device", str(folder / "model.safetensors"))
 
-    monkeypatch.setattr(evaluate_mod, "save_and_score", full_disk)
+    monkeypatch.setattr(task_mod, "save_and_score", full_disk)
     out = tmp_path / "run"
     code, _, err = run_cli(["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--out", str(out),
                             "--epochs", "1", "--batch-size", "32", "--max-length", "32", "--quiet"], capsys)

@@ -96,8 +96,8 @@ def test_tinybert_two_stage_trains_intermediate_layers_then_the_prediction_layer
     from .cli_helpers import assert_same_weights, interrupt_then_resume
 
     phases = []
-    real = stage_mod._make_loss_fn
-    monkeypatch.setattr(stage_mod, "_make_loss_fn", lambda *a, **k: phases.append(a[-1]) or real(*a, **k))
+    real = stage_mod.make_task_loss_fn
+    monkeypatch.setattr(stage_mod, "make_task_loss_fn", lambda *a, **k: phases.append(a[-1]) or real(*a, **k))
     args = ["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--hidden-weight", "1",
             "--intermediate-epochs", "1", "--epochs", "2", "--batch-size", "16", "--learning-rate", "2e-3",
             "--checkpoint-every-steps", "2", "--quiet"]
@@ -194,3 +194,20 @@ def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_
     code, stdout, err = run_cli(["evaluate", "--model", str(out), "--no-latency", "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["metrics"]["accuracy"] == metrics["accuracy"]
+
+
+def test_each_part_of_the_loss_is_logged_and_they_sum_to_the_loss(tiny_teacher_run, tmp_path, capsys):
+    out = tmp_path / "parts"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--out", str(out),
+                            "--hidden-weight", "1", "--minilm-weight", "1", "--relation-heads", "4", "--alpha", "0.3",
+                            "--log-every-steps", "1",
+                            "--epochs", "1", "--batch-size", "16", "--learning-rate", "2e-3", "--no-cache", "--quiet"],
+                           capsys)
+    assert code == 0, err
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if "train/loss" in line]
+    assert steps
+    for line in steps:
+        parts = {k: v for k, v in line.items() if k.startswith("train/loss_")}
+        assert set(parts) == {"train/loss_hard", "train/loss_kd", "train/loss_hidden", "train/loss_minilm"}
+        assert sum(parts.values()) == pytest.approx(line["train/loss"], rel=1e-4)

@@ -65,7 +65,7 @@ def test_compare_keeps_embedding_runs_apart_from_task_runs(tiny_teacher_run, tin
 
 
 def test_similarity_pairs_are_half_same_document_half_not():
-    from lmcompress.distill.embeddings import similarity_pairs
+    from lmcompress.runkinds.embedding import similarity_pairs
 
     documents = [[f"doc{d} sentence {s}" for s in range(3)] for d in range(4)]
     pairs = similarity_pairs(documents, 100, seed=0)

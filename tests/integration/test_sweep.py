@@ -20,7 +20,7 @@ import pytest
 from lmcompress.config import (CompareConfig, DataConfig, DistillConfig, ExportConfig, LMDistillConfig, PretrainConfig,
                                QuantizeConfig, TrainConfig)
 from lmcompress.models.presets import FAMILIES
-from lmcompress.pipeline import STAGES
+from lmcompress.stages import STAGES
 
 from ..conftest import make_sentiment_rows
 from .cli_helpers import run_cli

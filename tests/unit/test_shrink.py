@@ -7,9 +7,10 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
 from lmcompress.errors import LmcError
-from lmcompress.evaluate import count_params
+from lmcompress.measure import count_params
 from lmcompress.shrink import albert, prune
-from lmcompress.shrink.quantize import dynamic_int8
+from lmcompress.backends.onnx import OnnxClassifier
+from lmcompress.backends.torch_int8 import dynamic_int8
 
 
 @pytest.fixture()
@@ -193,10 +194,10 @@ def test_onnx_export_validates_and_runs(model, tmp_path):
     assert record["max_abs_logit_diff"] < 1e-4 and record["batches"] == [[3, 11], [1, 4]]
     with pytest.raises(LmcError, match="ONNX validation failed"):
         onnx_io.validate(model, path, checks, tolerance=1e-12)
-    classifier = onnx_io.OnnxClassifier(path, threads=1)
+    classifier = OnnxClassifier(path, threads=1)
     torch.testing.assert_close(classifier(**checks[0]).logits, model(**checks[0]).logits, rtol=1e-4, atol=1e-4)
     assert classifier.param_count == count_params(model)  # the same weights, wherever the exporter put them
     int8 = onnx_io.quantize_dynamic_int8(path, tmp_path / "q.onnx")
-    q = onnx_io.OnnxClassifier(int8, threads=1)
+    q = OnnxClassifier(int8, threads=1)
     assert (q(**checks[0]).logits - model(**checks[0]).logits).abs().max() < 0.1
     assert int8.stat().st_size < path.stat().st_size

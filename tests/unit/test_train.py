@@ -8,10 +8,12 @@ from safetensors.torch import load_file
 from lmcompress.config import TrainConfig
 from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.errors import LmcError
-from lmcompress.evaluate import predict, task_metrics
+from lmcompress.runkinds.task import predict
+from lmcompress.scores import task_metrics
 from lmcompress.models.load import load_for_sequence_classification, load_tokenizer, resolve
 from lmcompress.models.outputs import forward
-from lmcompress.train import LengthGroupedEpochSampler, example_lengths, fit, resolve_precision
+from lmcompress.training import fit, resolve_precision
+from lmcompress.training.samplers import LengthGroupedEpochSampler, example_lengths
 
 from ..conftest import make_sentiment_rows
 
@@ -166,7 +168,7 @@ def test_a_kill_while_checkpointing_keeps_the_previous_checkpoint(tiny_tokenizer
     uses the previous complete checkpoint and still ends bitwise equal to an uninterrupted run."""
     import os
 
-    import lmcompress.train as train_mod
+    import lmcompress.training.checkpoint as train_mod
 
     cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3, checkpoint_every_steps=4, keep_best=False,
                       log_every_steps=1)

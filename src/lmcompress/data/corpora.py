@@ -24,6 +24,7 @@ from pathlib import Path
 from .. import catalog
 from ..errors import LmcError
 from . import readers
+from .tasks import TEXT_NAMES
 
 log = logging.getLogger("lmcompress")
 
@@ -156,8 +157,6 @@ def _read_table_documents(path: Path, text_column: str | None) -> list[Document]
     frame = readers.read_table(path)
     columns = [str(c) for c in frame.columns]
     if text_column is None:
-        from .tasks import TEXT_NAMES
-
         lowered = {c.lower(): c for c in columns}
         text_column = next((lowered[n] for n in TEXT_NAMES if n in lowered), None)
         if text_column is None:

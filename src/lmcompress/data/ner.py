@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LmcError
+from .readers import find_split_files, json_lines
 
 log = logging.getLogger("lmcompress")
 
@@ -62,8 +63,6 @@ def read_conll(path: Path) -> pd.DataFrame:
 
 def read_token_jsonl(path: Path) -> pd.DataFrame:
     """One JSON object per line with `tokens` and `tags` lists of equal length."""
-    from .readers import json_lines
-
     sentences = []
     with path.open(encoding="utf-8") as handle:
         for number, record in json_lines(handle, str(path), ("tokens", "tags"), "token-classification"):
@@ -155,8 +154,6 @@ def read_token_source(path: Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
 
 def _split_files(folder: Path) -> dict[str, Path]:
     """train/validation/test token files in a folder, by the conventional names (dev, valid, ... accepted)."""
-    from .readers import find_split_files
-
     return find_split_files(folder, lambda p: p.suffix.lower() in CONLL_SUFFIXES + (".txt",) or is_token_jsonl(p))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LmcError
+from .readers import find_split_files, json_lines
 
 log = logging.getLogger("lmcompress")
 
@@ -96,8 +97,6 @@ def read_squad(path: Path) -> pd.DataFrame:
                     records.append(_record(qa.get("question"), paragraph["context"], answers,
                                            qa.get("id", f"{a}-{p}-{q}"), f"{where}, question {q}"))
     else:
-        from .readers import json_lines
-
         for number, row in json_lines(raw_text.splitlines(), str(path), ("question", "context"), "question-answering"):
             records.append(_record(row["question"], row["context"], row.get("answers"), row.get("id", number),
                                    f"{path}:{number}"))
@@ -138,8 +137,6 @@ def is_squad_file(path: Path) -> bool:
 
 
 def _split_files(folder: Path) -> dict[str, Path]:
-    from .readers import find_split_files
-
     return find_split_files(folder, is_squad_file, loose=True)  # SQuAD's own names: train-v1.1.json, dev-v1.1.json
 
 

@@ -7,6 +7,9 @@ import pandas as pd
 import torch
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding, PreTrainedTokenizerBase
 
+from .ner import tokenize_words
+from .qa import default_stride, tokenize_train_features
+
 datasets.disable_progress_bars()
 
 
@@ -16,12 +19,8 @@ def tokenize_frame(frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_
     (token-classification frames: labels per sub-token, see ner.tokenize_words; question-answering frames: one row
     per context window with start_positions / end_positions, see qa.tokenize_train_features)."""
     if "tokens" in frame.columns:
-        from .ner import tokenize_words
-
         return tokenize_words(frame, tokenizer, max_length)
     if "answer_starts" in frame.columns:
-        from .qa import default_stride, tokenize_train_features
-
         stride = qa_options.doc_stride if qa_options else default_stride(max_length)
         return tokenize_train_features(frame, tokenizer, max_length, stride)
     has_pair = "text_pair" in frame.columns

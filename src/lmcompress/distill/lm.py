@@ -28,15 +28,16 @@ from ..config import LMDistillConfig, PretrainConfig, to_dict
 from ..errors import LmcError
 from ..models import presets
 from ..models.load import LMTeacher, load_for_pretraining, load_lm_teacher, load_tokenizer, model_family, resolve
-from ..objectives import IGNORE, LMOutputs, lm_forward, pretraining_loss
-from ..pretrain import (_cache_root, _corpus, _examples_fingerprint, check_objective, collator, finish_lm_run,
-                        initial_scores, prepare_data, score_lm, training_set)
-from ..runs import RunDir, num_processes, on_all_processes, on_every_process, stage_manifest
-from ..train import fit
+from ..objectives import IGNORE, LMOutputs, check_objective, lm_forward, pretraining_loss
+from ..runkinds.lm import (LMData, cache_root, collator, corpus, examples_fingerprint, finish_lm_run, prepare_data,
+                           score_lm, training_set)
+from ..runs import RunDir, initial_scores, num_processes, on_all_processes, on_every_process, stage_manifest
+from ..training import fit
 from . import losses
 from .cache import TopKCache, default_root, teacher_fingerprint
+from .components import (DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map,
+                         projection_count)
 from .sharding import is_sharded, shard_teacher
-from .stage import DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map, projection_count
 from .student import build_student, is_derived_spec, layer_count, model_width, parse_spec
 
 log = logging.getLogger("lmcompress")
@@ -64,6 +65,36 @@ def make_student(spec: str, teacher: LMTeacher, objective: str, seed: int):
     return load_for_pretraining(source, tokenizer, objective, seed), None, tokenizer
 
 
+def _check_losses(cfg: LMDistillConfig, teacher: LMTeacher, objective: str) -> None:
+    """The losses asked for must take something from this teacher."""
+    loss_cfg = cfg.loss
+    base = teacher.model.base_model_prefix + "."
+    heads = [k for k in teacher.untrained if not k.startswith(base)]
+    if heads and loss_cfg.alpha < 1.0:
+        raise LmcError(f"teacher {cfg.teacher} has no trained {objective.upper()} head ({', '.join(heads[:3])} missing), "
+                       "so its vocabulary distribution means nothing: use --alpha 1 with --hidden-weight/--minilm-weight "
+                       "(MiniLM/TinyBERT-style general distillation), or pre-train the teacher's head first")
+    intermediate = any(getattr(loss_cfg, f"{name}_weight") > 0
+                       for name in ("hidden", "embedding", "cosine", "attention", "minilm"))
+    if loss_cfg.alpha == 1.0 and not intermediate:
+        raise LmcError("--alpha 1 without an intermediate loss (--hidden-weight, --minilm-weight, ...) takes nothing "
+                       "from the teacher; that is `lmcompress pretrain`")
+
+
+def _top_k_cache(cfg: LMDistillConfig, teacher: LMTeacher, data: LMData) -> TopKCache | None:
+    """The sparse teacher cache (--top-k / --sample-k), addressed by example index; None when the teacher runs live."""
+    sparse_k = cfg.top_k or cfg.sample_k
+    if not sparse_k:
+        return None
+    seq_len = -(-cfg.data.max_length // 8) * 8  # the collator pads to a multiple of 8
+    root = Path(cfg.data.cache_dir).expanduser() / "teacher-outputs" if cfg.data.cache_dir else default_root()
+    examples = examples_fingerprint(data.train)
+    if cfg.sample_k:  # sampled tokens depend on the temperature and the seed too
+        examples += f"|sampled|T={cfg.loss.temperature}|seed={cfg.train.seed}"
+    return on_every_process(lambda: TopKCache(root, teacher_fingerprint(teacher.path), examples, len(data.train),
+                                              seq_len, sparse_k))
+
+
 def check_vocabularies(teacher_tokenizer, student_tokenizer) -> None:
     if student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
         raise LmcError(
@@ -85,23 +116,14 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
         raise LmcError("--top-k / --sample-k cache the teacher's outputs per example, but dynamic masking gives the "
                        "teacher new inputs every epoch: add --masking static (one mask per example, drawn once), or "
                        "run the teacher live (--top-k 0)")
-    heads = [k for k in teacher.untrained if not k.startswith(("bert.", "roberta.", "albert.", "model.", "transformer."))]
-    if heads and loss_cfg.alpha < 1.0:
-        raise LmcError(f"teacher {cfg.teacher} has no trained {objective.upper()} head ({', '.join(heads[:3])} missing), "
-                       "so its vocabulary distribution means nothing: use --alpha 1 with --hidden-weight/--minilm-weight "
-                       "(MiniLM/TinyBERT-style general distillation), or pre-train the teacher's head first")
-    intermediate = any(getattr(loss_cfg, f"{name}_weight") > 0
-                       for name in ("hidden", "embedding", "cosine", "attention", "minilm"))
-    if loss_cfg.alpha == 1.0 and not intermediate:
-        raise LmcError("--alpha 1 without an intermediate loss (--hidden-weight, --minilm-weight, ...) takes nothing "
-                       "from the teacher; that is `lmcompress pretrain`")
+    _check_losses(cfg, teacher, objective)
     student, copied, student_tokenizer = make_student(cfg.student, teacher, objective, cfg.train.seed)
     check_vocabularies(teacher.tokenizer, student_tokenizer)
     tokenizer = teacher.tokenizer
     layer_map = parse_layer_map(loss_cfg.layer_map, layer_count(student.config), layer_count(teacher.model.config), copied)
     needs = intermediate_needs(student, teacher.model, loss_cfg, layer_map)
     pcfg = as_pretrain_config(cfg, objective)
-    documents, corpus_source, train_ids, validation_ids = _corpus(pcfg)
+    documents, corpus_source, train_ids, validation_ids = corpus(pcfg)
     log.info("student: %d layers (teacher layers %s), width %d, %s params vs teacher %s", layer_count(student.config),
              layer_map, model_width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
              f"{sum(p.numel() for p in teacher.model.parameters()):,}")
@@ -109,22 +131,13 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
     run.begin(cfg.overwrite, cfg.resume, request)
     with run.guard():
         transformers.set_seed(cfg.train.seed)
-        data = prepare_data(pcfg, tokenizer, documents, train_ids, validation_ids, _cache_root(pcfg))
+        data = prepare_data(pcfg, tokenizer, documents, train_ids, validation_ids, cache_root(pcfg))
         for i, example in enumerate(data.train):  # the teacher cache is addressed by example index
             example["idx"] = np.int64(i)
         log.info("%s examples: %d train, %d validation", objective, len(data.train), len(data.validation))
         module = DistillModule(student, model_width(student.config), model_width(teacher.model.config),
                                projection_count(loss_cfg, layer_map))
-        cache = None
-        sparse_k = cfg.top_k or cfg.sample_k
-        if sparse_k:
-            seq_len = -(-cfg.data.max_length // 8) * 8  # the collator pads to a multiple of 8
-            root = Path(cfg.data.cache_dir).expanduser() / "teacher-outputs" if cfg.data.cache_dir else default_root()
-            examples = _examples_fingerprint(data.train)
-            if cfg.sample_k:  # sampled tokens depend on the temperature and the seed too
-                examples += f"|sampled|T={cfg.loss.temperature}|seed={cfg.train.seed}"
-            cache = on_every_process(lambda: TopKCache(root, teacher_fingerprint(teacher.path), examples,
-                                                       len(data.train), seq_len, sparse_k))
+        cache = _top_k_cache(cfg, teacher, data)
         validation_collate = collator(tokenizer, objective)
 
         def evaluate_fn(m: DistillModule | torch.nn.Module) -> dict[str, float]:
@@ -172,6 +185,37 @@ def _at_positions(rows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _sparse_teacher_tokens(cache: TopKCache, cfg: LMDistillConfig, batch, idx: torch.Tensor, objective: str,
+                           vocab_size: int, teacher_forward, sharded: bool):
+    """The teacher's k tokens and values per position, read from the cache or computed (top-k or sampled) and
+    cached -> (values, ids, the teacher's outputs when it ran). clm: a row per position [B, T, k]; mlm: only the
+    masked positions [N, k], stored at their places in the example's [T, k] rows."""
+    t_out = None
+    masked = batch["labels"] != IGNORE if objective != "clm" else None  # [B, T]
+    cached = cache.has(idx)
+    if sharded and not on_all_processes(cached):  # a sharded teacher runs on every rank or on none
+        t_out = teacher_forward(batch)
+    if cached:
+        device = batch["input_ids"].device
+        values, ids = cache.read(idx, batch["input_ids"].shape[1])
+        values, ids = values.to(device), ids.to(device)
+        return (values[masked], ids[masked], t_out) if masked is not None else (values, ids, t_out)
+    t_out = t_out or teacher_forward(batch)
+    t_logits = t_out.token_logits[..., :vocab_size].float()
+    if cfg.sample_k:  # k draws from the teacher, seeded by (seed, example): the same whenever drawn
+        generators = [torch.Generator(device=t_logits.device).manual_seed(cfg.train.seed * 1_000_003 + int(i))
+                      for i in idx.tolist()]
+        owners = masked.nonzero()[:, 0] if masked is not None else None  # mlm: each position's example
+        values, ids = losses.sample_teacher_tokens(t_logits, cfg.loss.temperature, cache.k, generators, owners)
+    else:
+        values, ids = t_logits.topk(cache.k, dim=-1)  # [B, T, k] (mlm: [N, k])
+    if masked is not None:
+        cache.write(idx, *(_at_positions(x, masked) for x in (values, ids)))
+    else:
+        cache.write(idx, values, ids)
+    return values.half().float(), ids, t_out  # what a cache hit returns, so resumed runs match bitwise
+
+
 def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer_map: list[int], cfg: LMDistillConfig,
                  objective: str, vocab_size: int):
     """loss(module, batch) = alpha * LM loss + (1 - alpha) * KD over the vocabulary + intermediate losses."""
@@ -193,33 +237,8 @@ def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer
         s_logits = s_logits[..., :vocab_size]  # padded vocabularies: rows beyond the tokenizer are never targets
         temperature = loss_cfg.temperature
         if cache is not None:
-            t_out = None
-            # clm: a row per position [B, T, k]; mlm: logits only at the masked positions [N, k], stored at their
-            # places in the example's [T, k] rows
-            masked = batch["labels"] != IGNORE if objective != "clm" else None  # [B, T]
-            cached = cache.has(idx)
-            if sharded and not on_all_processes(cached):  # a sharded teacher runs on every rank or on none
-                t_out = teacher_forward(batch)
-            if cached:
-                values, ids = cache.read(idx, batch["input_ids"].shape[1])
-                values, ids = values.to(s_logits.device), ids.to(s_logits.device)
-                if masked is not None:
-                    values, ids = values[masked], ids[masked]
-            else:
-                t_out = t_out or teacher_forward(batch)
-                t_logits = t_out.token_logits[..., :vocab_size].float()
-                if cfg.sample_k:  # k draws from the teacher, seeded by (seed, example): the same whenever drawn
-                    generators = [torch.Generator(device=t_logits.device).manual_seed(
-                        cfg.train.seed * 1_000_003 + int(i)) for i in idx.tolist()]
-                    owners = masked.nonzero()[:, 0] if masked is not None else None  # mlm: each position's example
-                    values, ids = losses.sample_teacher_tokens(t_logits, temperature, cache.k, generators, owners)
-                else:
-                    values, ids = t_logits.topk(cache.k, dim=-1)  # [B, T, k] (mlm: [N, k])
-                if masked is not None:
-                    cache.write(idx, *(_at_positions(x, masked) for x in (values, ids)))
-                else:
-                    cache.write(idx, values, ids)
-                values = values.half().float()  # what a cache hit returns, so resumed runs match bitwise
+            values, ids, t_out = _sparse_teacher_tokens(cache, cfg, batch, idx, objective, vocab_size,
+                                                        teacher_forward, sharded)
             return losses.topk_kd_loss(s_logits, values, ids, temperature, mask, loss_cfg.kd_kind), t_out
         t_out = teacher_forward(batch)
         t_logits = t_out.token_logits[..., :vocab_size].float()
@@ -227,7 +246,7 @@ def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer
             return losses.reverse_kd_loss(s_logits, t_logits, temperature, mask), t_out
         return losses.kd_loss(s_logits, t_logits, temperature, mask, loss_cfg.kd_kind), t_out
 
-    def loss_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = dict(batch)
         idx = batch.pop("idx")
         device = batch["input_ids"].device
@@ -240,19 +259,23 @@ def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer
         # clm compares the next-token distributions at every real token; mlm logits [N, V] hold only masked positions
         mask = batch["attention_mask"] if objective == "clm" else None
         total: torch.Tensor | float = 0.0
+        parts: dict[str, torch.Tensor] = {}  # each term as it enters the total, for the logs
         t_out = None
         if loss_cfg.alpha > 0:
             total = loss_cfg.alpha * pretraining_loss(out, batch, objective)
+            parts["hard"] = total.detach()
         if wants_logits:
             soft, t_out = soft_loss(out.token_logits, batch, idx, mask)
+            parts["kd"] = ((1.0 - loss_cfg.alpha) * soft).detach()
             total = total + (1.0 - loss_cfg.alpha) * soft
         if needs.hidden or needs.attentions or needs.qkv:
             t_out = t_out or teacher_forward(batch)
             t_hidden = {i: t_out.hidden_states[i].float() for i in needs.hidden}
             s_qkv = student_qkv[id(module.student)].outputs if needs.qkv else None
-            total = total + intermediate_loss(module, out.hidden_states, out.attentions, t_hidden, t_out.attentions,
-                                              s_qkv, teacher_qkv.outputs if needs.qkv else None,
-                                              batch["attention_mask"], layer_map, loss_cfg)
-        return total
+            inner, inner_parts = intermediate_loss(module, out.hidden_states, out.attentions, t_hidden,
+                                                   t_out.attentions, s_qkv, teacher_qkv.outputs if needs.qkv else None,
+                                                   batch["attention_mask"], layer_map, loss_cfg)
+            total, parts = total + inner, parts | inner_parts
+        return total, parts
 
     return loss_fn

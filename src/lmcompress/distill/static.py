@@ -23,10 +23,11 @@ from transformers import PreTrainedTokenizerFast
 from ..config import DistillConfig, TrainConfig, to_dict
 from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
-from ..evaluate import MAIN_METRIC, finish_run, predict, score_split
+from ..runkinds.task import finish_run, predict, score_split
+from ..scores import MAIN_METRIC
 from ..models.static import StaticClassifier
 from ..runs import num_processes, run_manifest
-from ..train import fit
+from ..training import fit
 from . import losses
 
 log = logging.getLogger("lmcompress")

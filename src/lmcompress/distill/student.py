@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import LmcError
+from ..models.heads import head_class, saved_head
 
 SPEC_KEYS = ("pick", "layers", "hidden", "heads", "ffn")
 NARROWABLE = ("bert", "roberta")
@@ -245,8 +246,6 @@ def default_layer_map(student_layers: list[int] | None, n_student: int, n_teache
 
 def load_student_like(teacher: PreTrainedModel, folder) -> PreTrainedModel:
     """A student checkpoint (dir) with the teacher's head labels (per sequence or per token, as the teacher)."""
-    from ..models.load import head_class, saved_head
-
     return head_class(saved_head(teacher.config)).from_pretrained(
         str(folder), num_labels=teacher.config.num_labels, id2label=teacher.config.id2label,
         label2id=teacher.config.label2id, problem_type=teacher.config.problem_type, ignore_mismatched_sizes=True,

@@ -7,38 +7,27 @@ directory, and `trust_remote_code` stays off unless the user passes --trust-remo
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import transformers
-from transformers import (AutoConfig, AutoModelForQuestionAnswering, AutoModelForSequenceClassification,
-                          AutoModelForTokenClassification, AutoTokenizer, PreTrainedTokenizerBase)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer,
+                          PreTrainedTokenizerBase)
 
 from .. import catalog
 from ..errors import LmcError
-from . import presets, static
+from ..objectives import ENCODER_FAMILIES, check_objective
+from . import presets
+from .heads import head_class, saved_head
+from .trust import remote_code_allowed
 
 log = logging.getLogger("lmcompress")
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
 DEFAULT_PRESET_TOKENIZER = "minilm-l6"
-_REMOTE_CODE = {"allowed": False}
-
-
-def allow_remote_code(allowed: bool) -> None:
-    """Let transformers run Python files shipped inside model folders (`--trust-remote-code`); off by default."""
-    _REMOTE_CODE["allowed"] = allowed
-    if allowed:
-        log.warning("--trust-remote-code: Python code shipped inside model folders will run in this process")
-
-
-def remote_code_allowed() -> bool:
-    return _REMOTE_CODE["allowed"]
-
-
 @dataclass
 class ModelSource:
     """Where a model comes from: a directory with weights, or a preset to initialise at random."""
@@ -49,7 +38,7 @@ class ModelSource:
     tokenizer_path: Path | None  # None only for a preset whose vocabulary is trained (pretrain --train-tokenizer)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     if "trust_remote_code" in text and not remote_code_allowed():
         return "it ships its own Python model code; re-run with --trust-remote-code only if you trust its source"
@@ -101,7 +90,7 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:  # corrupt or missing tokenizer files raise many types
-        raise LmcError(f"cannot load a tokenizer from {path}: {_first_line(exc)}") from None
+        raise LmcError(f"cannot load a tokenizer from {path}: {first_line(exc)}") from None
     if len(tok) <= len(set(tok.all_special_tokens)):
         raise LmcError(f"tokenizer in {path} has only its {len(tok)} special tokens; its vocabulary is missing")
     if tok.pad_token is None:
@@ -110,30 +99,6 @@ def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
             raise LmcError(f"tokenizer in {path} has neither a pad nor an end-of-sequence token")
         tok.pad_token = tok.eos_token
     return tok
-
-
-HEAD_SUFFIXES = {"ForTokenClassification": "token-classification", "ForQuestionAnswering": "question-answering"}
-
-
-def head_class(head: str | None):
-    """The transformers auto class of a head: "token-classification" (per token), "question-answering" (span start
-    and end per token) or anything else (per sequence: classification, regression)."""
-    return {"token-classification": AutoModelForTokenClassification,
-            "question-answering": AutoModelForQuestionAnswering}.get(head or "", AutoModelForSequenceClassification)
-
-
-def saved_head(config) -> str | None:
-    """"token-classification" / "question-answering" for those heads (from config.architectures), else None."""
-    for architecture in getattr(config, "architectures", None) or []:
-        for suffix, head in HEAD_SUFFIXES.items():
-            if str(architecture).endswith(suffix):
-                return head
-    return None
-
-
-def task_head(task: str) -> str | None:
-    """The head a task trains: saved_head's value for token and span tasks, None for sequence tasks."""
-    return task if task in HEAD_SUFFIXES.values() else None
 
 
 def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedTokenizerBase, num_labels: int,
@@ -171,7 +136,7 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
         except LmcError:
             raise
         except Exception as exc:
-            raise LmcError(f"cannot load model from {source.path}: {_first_line(exc)}") from None
+            raise LmcError(f"cannot load model from {source.path}: {first_line(exc)}") from None
     embeddings = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > embeddings:
         raise LmcError(
@@ -181,13 +146,13 @@ def load_for_sequence_classification(source: ModelSource, tokenizer: PreTrainedT
     return model
 
 
-def _check_head(folder: Path, labels: list[str] | None, regression: bool,
+def check_head(folder: Path, labels: list[str] | None, regression: bool,
                 task: str | None = None) -> transformers.PretrainedConfig:
     """The saved head must match the data: same task kind and the same labels in the same order -> its config."""
     try:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
-        raise LmcError(f"cannot read {folder}/config.json: {_first_line(exc)}") from None
+        raise LmcError(f"cannot read {folder}/config.json: {first_line(exc)}") from None
     head = saved_head(config)
     if task is not None and (head == "question-answering") != (task == "question-answering"):
         raise LmcError(f"{folder} holds a {head or 'sequence-classification'} model but the data is a {task} task")
@@ -210,34 +175,12 @@ def _check_head(folder: Path, labels: list[str] | None, regression: bool,
 def load_trained_classifier(folder: Path, labels: list[str] | None, regression: bool,
                             task: str | None = None) -> transformers.PreTrainedModel:
     """A fine-tuned checkpoint exactly as saved; its head must match the data's task and labels."""
-    config = _check_head(folder, labels, regression, task)
+    config = check_head(folder, labels, regression, task)
     try:
         return head_class(saved_head(config)).from_pretrained(
             str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     except Exception as exc:
-        raise LmcError(f"cannot load model from {folder}: {_first_line(exc)}") from None
-
-
-def load_run_model(folder: Path, labels: list[str] | None, regression: bool, threads: int | None = None,
-                   task: str | None = None) -> torch.nn.Module:
-    """Whatever a run dir holds, ready to score: an ONNX graph (model.onnx), a PyTorch checkpoint, or a PyTorch
-    checkpoint whose manifest asks for dynamic int8 (applied here, at load time, as in deployment)."""
-    from ..runs import quantization_method
-    from ..shrink import onnx_io
-
-    if (folder / onnx_io.MODEL_FILE).is_file():
-        _check_head(folder, labels, regression, task)
-        return onnx_io.OnnxClassifier(folder / onnx_io.MODEL_FILE, threads)
-    if static.is_static_dir(folder):
-        if task not in (None, "classification", "regression"):
-            raise LmcError(f"{folder} is a static-embedding classifier; it cannot score a {task} task")
-        return static.load_static(folder, labels, regression)
-    model = load_trained_classifier(folder, labels, regression, task)
-    if quantization_method(folder) == "dynamic-int8":
-        from ..shrink.quantize import dynamic_int8
-
-        model = dynamic_int8(model)
-    return model
+        raise LmcError(f"cannot load model from {folder}: {first_line(exc)}") from None
 
 
 def model_family(source: ModelSource) -> str:
@@ -248,7 +191,7 @@ def model_family(source: ModelSource) -> str:
         config = AutoConfig.from_pretrained(str(source.path), local_files_only=True,
                                             trust_remote_code=remote_code_allowed())
     except Exception as exc:
-        raise LmcError(f"cannot read {source.path}/config.json: {_first_line(exc)}") from None
+        raise LmcError(f"cannot read {source.path}/config.json: {first_line(exc)}") from None
     return config.model_type
 
 
@@ -257,8 +200,6 @@ def load_for_pretraining(source: ModelSource, tokenizer: PreTrainedTokenizerBase
     """The family's pre-training model: *ForPreTraining for MLM + NSP/SOP (BERT, ALBERT), *ForMaskedLM for MLM,
     *ForCausalLM for CLM. Heads missing from a checkpoint (an encoder like minilm-l6) start fresh, with the MLM
     decoder tied to the word embeddings."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining
-
     auto = {"clm": AutoModelForCausalLM, "mlm": AutoModelForMaskedLM}.get(objective, AutoModelForPreTraining)
     transformers.set_seed(seed)
     try:
@@ -272,7 +213,7 @@ def load_for_pretraining(source: ModelSource, tokenizer: PreTrainedTokenizerBase
             model = auto.from_pretrained(str(source.path), local_files_only=True,
                                          trust_remote_code=remote_code_allowed())
     except Exception as exc:
-        raise LmcError(f"cannot build a {objective} model from {source.spec}: {_first_line(exc)}") from None
+        raise LmcError(f"cannot build a {objective} model from {source.spec}: {first_line(exc)}") from None
     embeddings = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > embeddings:
         raise LmcError(f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {embeddings} rows; "
@@ -306,10 +247,6 @@ class LMTeacher:
 def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
     """A teacher with its language-model head, in eval mode: a zoo model (smollm2-135m is a GGUF file), an HF dir,
     a pretrain run or a .gguf file. `objective` auto picks clm for causal models and mlm for encoders."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-    from ..objectives import ENCODER_FAMILIES
-
     if catalog.is_zoo_name(spec):
         entry = catalog.get(spec)
         if entry.kind != "model":
@@ -322,14 +259,12 @@ def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
     gguf = path.suffix == ".gguf"
     if gguf:
         folder, extra = path.parent, {"gguf_file": path.name}
-        import importlib.util
-
         if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF through it
             raise LmcError("reading a .gguf teacher needs the gguf package: pip install gguf")
         try:
             config = AutoConfig.from_pretrained(str(folder), local_files_only=True, **extra)
         except Exception as exc:
-            raise LmcError(f"cannot read the GGUF teacher {path}: {_first_line(exc)}") from None
+            raise LmcError(f"cannot read the GGUF teacher {path}: {first_line(exc)}") from None
     elif path.is_dir() and (path / "config.json").is_file():
         folder, extra = path, {}
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
@@ -338,8 +273,6 @@ def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
     family = config.model_type
     if objective == "auto":
         objective = "mlm" if family in ENCODER_FAMILIES else "clm"
-    from ..pretrain import check_objective
-
     check_objective(family, objective)  # before loading weights
     auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
     log.info("loading teacher %s (%s, %s)", spec, family, objective)
@@ -352,7 +285,7 @@ def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
     except LmcError:
         raise
     except Exception as exc:
-        raise LmcError(f"cannot load a {objective} teacher from {spec}: {_first_line(exc)}") from None
+        raise LmcError(f"cannot load a {objective} teacher from {spec}: {first_line(exc)}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if gguf:  # a GGUF-loaded config carries quantization settings that save_pretrained and some kernels refuse

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AlbertConfig, AlbertForSequenceClassification, PreTrainedModel
 
+from ..distill.student import evenly_spaced_layers
 from ..errors import LmcError
+from ..models.heads import saved_head
 
 LAYER_PARTS = {  # BERT layer parameter -> ALBERT layer parameter
     "attention.self.query": "attention.query",
@@ -72,10 +74,6 @@ def factorise_embedding(weight: torch.Tensor, size: int) -> tuple[torch.Tensor, 
 
 def albert_from_bert(teacher: PreTrainedModel, spec: AlbertSpec) -> tuple[AlbertForSequenceClassification, list[int]]:
     """-> (ALBERT student initialised from the teacher, teacher layers it was built from)."""
-    from ..distill.student import evenly_spaced_layers
-
-    from ..models.load import saved_head
-
     cfg = teacher.config
     if saved_head(cfg) is not None:
         raise LmcError(f"ALBERT students are built for sequence-classification teachers; this one is a {saved_head(cfg)} "

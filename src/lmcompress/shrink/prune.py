@@ -28,7 +28,8 @@ from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
 from ..distill.student import NARROWABLE, _topk_sorted, slice_model
 from ..errors import LmcError
-from ..evaluate import finish_run
+from ..distill.stage import distill
+from ..runkinds.task import finish_run
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..runs import RunDir, data_config_for, is_main_process, stage_manifest, wait_for_everyone
 
@@ -196,8 +197,6 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
 
 def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: dict[str, Any]) -> dict[str, Any]:
     """Distil the pruned model from the unpruned one (the distill stage; `finetune` = labels only)."""
-    from ..distill.stage import distill
-
     init = Path(cfg.out).expanduser()
     init = init.with_name(f".{init.name}.pruned-init")
     if is_main_process():  # under `accelerate launch` every rank pruned the same way; rank 0 writes it once

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +21,21 @@ import torch
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..data import load_task
 from ..errors import LmcError
-from ..evaluate import score_test
+from ..runkinds.task import score_test
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..runs import METRICS, RunDir, data_config_for, quantization_method, stage_manifest, write_json_atomic
+from ..backends.onnx import DISABLED_OPTIMIZERS, MODEL_FILE, OnnxClassifier, require_onnx
+from ..backends.torch_int8 import dynamic_int8
 from . import onnx_io
 
 log = logging.getLogger("lmcompress")
-
-
-def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
-    """Linear weights -> int8, activations quantised per batch at run time (CPU inference)."""
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notice; the API still works in torch 2.13
-        return quantize_dynamic(model.eval().cpu(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def _source_run(spec: str) -> Path:
     folder = Path(spec).expanduser()
     if not (folder / "config.json").is_file():
         raise LmcError(f"--model {spec} is not a run directory or Hugging Face checkpoint (no config.json)")
-    if (folder / onnx_io.MODEL_FILE).is_file():
+    if (folder / MODEL_FILE).is_file():
         raise LmcError(f"--model {spec} is already an ONNX run; quantize or export its PyTorch parent instead")
     if quantization_method(folder):
         raise LmcError(f"--model {spec} is already quantized; start from its fp32 parent")
@@ -92,7 +84,7 @@ def _export_validated(model, tokenizer, task_data, max_length: int, folder: Path
 
 def _write_onnx_run(run: RunDir, source: Path, tokenizer, graph: Path) -> None:
     """model.onnx + the labels' config.json + tokenizer: what onnxruntime users deploy."""
-    graph.rename(run.partial / onnx_io.MODEL_FILE)
+    graph.rename(run.partial / MODEL_FILE)
     shutil.copy2(source / "config.json", run.partial / "config.json")
     tokenizer.save_pretrained(run.partial)
 
@@ -128,7 +120,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
     if cfg.method != "dynamic-int8":
-        onnx_io.require_onnx()
+        require_onnx()
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
     run.begin(cfg.overwrite, False)
@@ -155,8 +147,8 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
             import onnxruntime
 
             quantization |= {"export_validation": validation, "library": f"onnxruntime {onnxruntime.__version__}",
-                             "disabled_optimizers": list(onnx_io.DISABLED_OPTIMIZERS)}
-            scored = onnx_io.OnnxClassifier(run.partial / onnx_io.MODEL_FILE)
+                             "disabled_optimizers": list(DISABLED_OPTIMIZERS)}
+            scored = OnnxClassifier(run.partial / MODEL_FILE)
         manifest = _manifest("quantize", source, cfg, data_cfg, task_data, quantization=quantization)
         metrics = _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))
     log.info("%s: %s %.4f (%+.4f vs %s)", cfg.method, metrics["main_metric"], metrics["metrics"][metrics["main_metric"]],
@@ -167,7 +159,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
 def export(cfg: ExportConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
-    onnx_io.require_onnx()
+    require_onnx()
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
     tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE[cfg.precision]
@@ -184,6 +176,6 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
         _write_onnx_run(run, source, tokenizer, graph)
         manifest = _manifest("export", source, cfg, data_cfg, task_data,
                              export={"format": "onnx", "precision": cfg.precision, "validation": validation,
-                                     "disabled_optimizers": list(onnx_io.DISABLED_OPTIMIZERS)})
-        scored = onnx_io.OnnxClassifier(run.partial / onnx_io.MODEL_FILE)
+                                     "disabled_optimizers": list(DISABLED_OPTIMIZERS)})
+        scored = OnnxClassifier(run.partial / MODEL_FILE)
         return _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))

@@ -1,0 +1,96 @@
+"""What a model costs: parameters, bytes on disk, and CPU latency (median of timed forward passes, warm-up excluded;
+side by side, models interleaved round by round, when several are compared)."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+from .data.tokenize import fixed_batch
+from .timing import interleaved_rounds, quartiles
+
+log = logging.getLogger("lmcompress")
+
+LATENCY_BATCHES = (1, 32)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    """Unique parameters (tied weights counted once), int8-packed Linear weights and ONNX initialisers included."""
+    if hasattr(model, "param_count"):  # OnnxClassifier
+        return model.param_count
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    for module in model.modules():
+        if isinstance(module, DynamicInt8Linear):  # its int8 weights live outside parameters()
+            total += module.weight().numel() + (module.bias().numel() if module.bias() is not None else 0)
+    return total
+
+
+def weights_size_bytes(folder: Path) -> int:
+    """Bytes of the weight files a deployment ships (safetensors / ONNX), not logs or tokenizer."""
+    files = list(folder.glob("*.safetensors")) + list(folder.glob("*.onnx")) + list(folder.glob("*.onnx.data"))
+    return sum(f.stat().st_size for f in files)
+
+
+@torch.inference_mode()
+def measure_latency(model: torch.nn.Module, make_batch: Callable[[int], dict[str, torch.Tensor]], repeats: int,
+                    warmup: int = 3, batch_sizes: tuple[int, ...] = LATENCY_BATCHES) -> dict[str, float]:
+    """Median wall time (ms) of a forward pass per batch size, warm-up runs excluded."""
+    model.eval()
+    out: dict[str, float] = {}
+    for size in batch_sizes:
+        batch = make_batch(size)
+        for _ in range(warmup):
+            model(**batch)
+        times = []
+        for _ in range(repeats if size > 1 else repeats * 3):
+            start = time.perf_counter()
+            model(**batch)
+            times.append((time.perf_counter() - start) * 1000.0)
+        out[f"batch{size}"] = round(statistics.median(times), 3)
+    return out
+
+
+def latency_for_texts(model: torch.nn.Module, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
+                      repeats: int, threads: int | None) -> dict[str, Any]:
+    """Latency on real test texts padded to max_length, with the thread count fixed and recorded."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        latency = measure_latency(
+            model, lambda size: fixed_batch(texts[:64], pairs[:64] if pairs else None, tokenizer, max_length, size),
+            repeats)
+    finally:
+        torch.set_num_threads(previous)
+    return {"latency_ms": latency, "latency_setup": {"threads": threads or previous, "seq_len": max_length,
+                                                     "repeats": repeats, "statistic": "median"}}
+
+
+def time_side_by_side(rows: list[dict[str, Any]], calls: dict[tuple[int, int], Any], repeats: int,
+                       threads: int) -> None:
+    """Per row and batch size: median latency, its interquartile range, and every round's time (kept in
+    report.json: speedups are taken within each round). Batch 1 gets 3x the rounds: single calls are short and
+    noisier."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for size in LATENCY_BATCHES:
+            times = interleaved_rounds({index: calls[(index, s)] for index, s in calls if s == size},
+                                       repeats * 3 if size == 1 else repeats)
+            for index, row in enumerate(rows):
+                q1, median, q3 = quartiles(times[index])
+                row[f"latency_ms_b{size}"] = round(median, 3)
+                row[f"latency_iqr_ms_b{size}"] = [round(q1, 3), round(q3, 3)]
+                row[f"latency_rounds_ms_b{size}"] = [round(t, 4) for t in times[index]]
+    finally:
+        torch.set_num_threads(previous)
+    for row in rows:
+        log.info("%s: %.1f ms @ b32 (interquartile %.1f-%.1f)", row["name"], row["latency_ms_b32"],
+                 *row["latency_iqr_ms_b32"])

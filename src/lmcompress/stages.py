@@ -1,0 +1,73 @@
+"""The stage registry: one entry per stage, the single source of the CLI's subcommands, the Python API's functions
+(`lmcompress.<stage>`, dashes as underscores), the recipe steps and `lmcompress.__all__`.
+
+Entries name their runner as "module:function" and it is imported on first use, so `lmcompress --help` and
+`import lmcompress` stay light (no torch, no transformers until a stage runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .config import (CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
+                     FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, QuantizeConfig)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the subcommand, e.g. "distill-lm"
+    config: type  # its typed config dataclass: flags, YAML keys and recipe step keys are generated from it
+    runner: str  # "module:function" taking the config and returning the result (metrics or report)
+    help: str  # one line for `lmcompress --help` and the API function's docstring
+    description: str  # the subcommand's --help text
+    positional_runs: bool = False  # compare: run directories as positional arguments
+
+    @property
+    def api_name(self) -> str:
+        return self.name.replace("-", "_")
+
+    def run(self, cfg: Any) -> dict[str, Any]:
+        module, _, function = self.runner.partition(":")
+        runner: Callable[[Any], dict[str, Any]] = getattr(importlib.import_module(module), function)
+        return runner(cfg)
+
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in [
+    Stage("pretrain", PretrainConfig, "lmcompress.pretrain:pretrain",
+          "self-supervised pre-training: MLM (+NSP/SOP) or causal LM on raw text",
+          "Pre-train on raw text: masked LM with static or dynamic, whole-word (jieba for Chinese) or n-gram masking, "
+          "with NSP (BERT) or SOP (ALBERT), or causal LM (GPT-2); optionally with a vocabulary trained on the "
+          "corpus."),
+    Stage("finetune", FinetuneConfig, "lmcompress.finetune:finetune", "fine-tune a model on a labelled task",
+          "Fine-tune a model (zoo name, HF dir or preset) for classification/regression."),
+    Stage("distill", DistillConfig, "lmcompress.distill.stage:distill",
+          "distil a fine-tuned teacher into a smaller student",
+          "Task-specific distillation: logit KD with temperature mixed with hard labels, optional hidden-state / "
+          "embedding / cosine / attention / MiniLM relation losses, teacher cache."),
+    Stage("distill-lm", LMDistillConfig, "lmcompress.distill.lm:distill_lm",
+          "distil a language model on raw text: general (MLM) or causal-LM distillation",
+          "Distillation over the vocabulary without labels: an encoder with an MLM head into a smaller encoder on "
+          "masked text (general distillation), or a causal LM (smollm2-135m) into a GPT-2 student sharing its "
+          "tokenizer; forward or reverse KL, optional top-k teacher cache, hidden-state / MiniLM relation losses."),
+    Stage("distill-embeddings", EmbeddingDistillConfig, "lmcompress.distill.embeddings:distill_embeddings",
+          "distil a sentence-embedding model into a smaller bi-encoder",
+          "Bi-encoder distillation: the student learns the teacher's mean-pooled sentence embeddings (MSE) on raw "
+          "sentences; scored by the rank correlation of cosine similarities on held-aside sentence pairs."),
+    Stage("compare", CompareConfig, "lmcompress.report:compare", "side-by-side report: metric, retention, size, latency",
+          "Score and time every run on the same test rows in one process; write report.md, report.html, "
+          "report.json and pareto.png.", positional_runs=True),
+    Stage("prune", PruneConfig, "lmcompress.shrink.prune:prune",
+          "remove heads, FFN neurons or layers by importance, then recover",
+          "Structured pruning: importance from |activation x gradient| on training rows, physical removal (a "
+          "standard config that reloads with transformers alone), recovery by distillation from the unpruned model."),
+    Stage("quantize", QuantizeConfig, "lmcompress.shrink.quantize:quantize",
+          "int8: PyTorch dynamic, ONNX Runtime dynamic or static",
+          "Int8 quantization with the accuracy change and latency measured; ONNX methods export and validate first."),
+    Stage("export", ExportConfig, "lmcompress.shrink.quantize:export", "validated ONNX export (fp32 or fp16)",
+          "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches."),
+    Stage("evaluate", EvaluateConfig, "lmcompress.evaluate:evaluate_run", "score a run: metrics, size, latency",
+          "Evaluate a run on the same split it was trained with (or --data)."),
+]}

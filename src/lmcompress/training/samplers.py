@@ -1,0 +1,48 @@
+"""The order of training examples: shuffled, or grouped by length; both drawn from (seed, epoch) so a resumed run
+replays the same batches."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers.trainer_pt_utils import get_length_grouped_indices
+
+from ..config import TrainConfig
+
+
+def example_lengths(data) -> list[int]:
+    """Tokens per training example: a tokenised `datasets.Dataset` column, or each item's input_ids."""
+    if hasattr(data, "column_names") and "input_ids" in data.column_names:
+        return [len(ids) for ids in data["input_ids"]]
+    examples = getattr(data, "examples", data)  # e.g. DynamicMasking wraps a list of examples
+    return [len(examples[i]["input_ids"]) for i in range(len(examples))]
+
+
+class LengthGroupedEpochSampler(torch.utils.data.Sampler):
+    """transformers' length-grouped order (random mega-batches, each sorted by length), drawn from (seed, epoch) so
+    that a resumed run replays the same batches."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def make_loader(train_data: Dataset, collate, cfg: TrainConfig) -> DataLoader:
+    """Batches of the training data in a seeded order (length-grouped with --group-by-length)."""
+    # a generator even for the length-grouped order: without one the loader draws its worker seed from the global
+    # RNG, which would shift dropout between a straight run and a resumed one
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if cfg.group_by_length:
+        sampler = LengthGroupedEpochSampler(example_lengths(train_data), cfg.batch_size, cfg.seed)
+        return DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                          generator=generator)
+    return DataLoader(train_data, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, generator=generator)
