@@ -25,7 +25,7 @@ import torch
 
 from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, from_dict
 from lmcompress.data import load_task
-from lmcompress.distill.stage import distill
+from lmcompress.distillation.stage import distill
 from lmcompress.measure import count_params, latency_for_texts, weights_size_bytes
 from lmcompress.runkinds.task import score_split
 from lmcompress.models.load import load_tokenizer, load_trained_classifier

@@ -35,8 +35,8 @@ from transformers import get_linear_schedule_with_warmup
 from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, from_dict
 from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
-from lmcompress.distill.stage import distill
-from lmcompress.distill.student import build_student, parse_spec
+from lmcompress.distillation.stage import distill
+from lmcompress.distillation.student import build_student, parse_spec
 from lmcompress.runkinds.task import predict
 from lmcompress.scores import task_metrics
 from lmcompress.models.load import load_tokenizer, load_trained_classifier

@@ -29,7 +29,7 @@ import torch
 from lmcompress.config import (CompareConfig, DataConfig, DistillConfig, DistillLossConfig, ExportConfig, PruneConfig,
                                QuantizeConfig, TrainConfig)
 from lmcompress.data import load_task
-from lmcompress.distill.stage import distill
+from lmcompress.distillation.stage import distill
 from lmcompress.report import compare
 from lmcompress.runs import data_config_for, is_complete
 from lmcompress.shrink.prune import prune

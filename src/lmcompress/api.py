@@ -45,7 +45,7 @@ def zoo() -> list[dict[str, Any]]:
     rows = []
     for entry in catalog.ENTRIES.values():
         path = entry.locate()
-        rows.append({"name": entry.name, "kind": entry.kind, "installed": path is not None,
+        rows.append({"name": entry.name, "kind": entry.kind, "installed": entry.installed(),
                      "size_bytes": entry.size_bytes(), "path": str(path) if path else None,
                      "install": entry.install, "description": entry.description})
     for family in presets.FAMILIES:

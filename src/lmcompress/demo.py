@@ -7,6 +7,7 @@ on 1,000 training rows with one epoch per step (same test rows), written to a se
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -50,8 +51,6 @@ def run_demo(quick: bool = False, out: str = "runs/demo", overwrite: bool = Fals
     log.info("demo%s: %s", " (quick: 1,000 training rows, 1 epoch per step)" if quick else "", root)
     result = run_recipe(demo_recipe(quick), out=str(root), overwrite=overwrite)
     report_dir = Path(result["paths"]["report"])
-    import json
-
     report = json.loads((report_dir / "report.json").read_text(encoding="utf-8"))
     screen = console()
     steps = ", ".join(f"{s['step']} {s['wall_s']:.0f}s" if s["status"] == "done" else f"{s['step']} (reused)"

@@ -16,14 +16,9 @@ from torch import nn
 
 from .data.masking import IGNORE
 from .errors import LmcError
+from .models.families import ENCODER_FAMILIES, FAMILIES, family_of
 
-# family -> (attribute path of the MLM head, of the sentence-pair head or None)
-HEADS = {
-    "bert": ("cls.predictions", "cls.seq_relationship"),
-    "albert": ("predictions", "sop_classifier"),
-    "roberta": ("lm_head", None),
-}
-ENCODER_FAMILIES = tuple(HEADS)
+_HEADS = {f.name: (f.mlm_head, f.pair_head) for f in FAMILIES if f.mlm_head}  # family -> (MLM head, pair head)
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -67,15 +62,6 @@ def _module(model: nn.Module, path: str) -> nn.Module:
     return model
 
 
-def family_of(model: nn.Module) -> str:
-    model_type = getattr(model.config, "model_type", "")
-    if model_type in HEADS:
-        return model_type
-    if model_type == "xlm-roberta" or model_type == "camembert":
-        return "roberta"
-    return model_type
-
-
 def lm_forward(model: nn.Module, batch: dict[str, torch.Tensor], objective: str, hidden_states: bool = False,
                attentions: bool = False) -> LMOutputs:
     """Run a pre-training model on a collated batch (see data.lm.PretrainCollator); distillation also asks for the
@@ -89,10 +75,11 @@ def lm_forward(model: nn.Module, batch: dict[str, torch.Tensor], objective: str,
         out = model(**inputs, return_dict=True, **extra)
         return LMOutputs(out.logits, labels, hidden_states=out.hidden_states if hidden_states else None,
                          attentions=out.attentions if attentions else None)
-    family = family_of(model)
-    if family not in HEADS:
-        raise LmcError(f"masked-LM pre-training supports {', '.join(ENCODER_FAMILIES)}; this model is {family}")
-    mlm_path, pair_path = HEADS[family]
+    family = family_of(model.config)
+    if family is None or family.mlm_head is None:
+        raise LmcError(f"masked-LM pre-training supports {', '.join(ENCODER_FAMILIES)}; this model is "
+                       f"{model.config.model_type}")
+    mlm_path, pair_path = family.mlm_head, family.pair_head
     out = model.base_model(**inputs, return_dict=True, **extra)
     hidden = out.last_hidden_state  # [B, T, H]
     predicted = labels != IGNORE  # [B, T]
@@ -100,7 +87,7 @@ def lm_forward(model: nn.Module, batch: dict[str, torch.Tensor], objective: str,
     pair_logits = None
     if objective != "mlm":
         if pair_path is None:
-            raise LmcError(f"{family} has no sentence-pair head; use --objective mlm")
+            raise LmcError(f"{family.name} has no sentence-pair head; use --objective mlm")
         pair_logits = _module(model, pair_path)(out.pooler_output)  # [B, 2]
     return LMOutputs(token_logits, labels[predicted], pair_logits, out.hidden_states if hidden_states else None,
                      out.attentions if attentions else None)
@@ -123,10 +110,10 @@ def check_objective(family: str, objective: str, tokenizer=None) -> None:
             raise LmcError(f"--objective clm needs a causal LM (a gpt2 preset or a GPT-2-style folder); {family} is "
                            "an encoder: use mlm, mlm+nsp or mlm+sop")
         return
-    if family not in HEADS:
+    if family not in _HEADS:
         raise LmcError(f"--objective {objective} needs an encoder ({', '.join(ENCODER_FAMILIES)}); {family} is not "
                        "one (use --objective clm for causal LMs)")
-    if objective != "mlm" and HEADS[family][1] is None:
+    if objective != "mlm" and _HEADS[family][1] is None:
         raise LmcError(f"{family} has no sentence-pair head in transformers; use --objective mlm (RoBERTa's recipe)")
     if tokenizer is not None and tokenizer.mask_token_id is None:
         raise LmcError("the tokenizer has no mask token, so it cannot be used for masked-LM pre-training")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.table import Table
 
 from . import catalog
 from .config import CompareConfig
@@ -236,7 +237,7 @@ img {{ max-width: 100%; margin-top: 1.5rem; border: 1px solid #d0d7de; }}
 
 
 def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path, lower_is_better: bool = False) -> None:
-    import matplotlib
+    import matplotlib  # heavy (fonts, backends): only when a report is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -270,8 +271,6 @@ def plot_pareto(rows: list[dict[str, Any]], metric: str, path: Path, lower_is_be
 
 
 def print_table(report: dict[str, Any]) -> None:
-    from rich.table import Table
-
     table = Table(title=f"teacher: {report['teacher']}")
     for title in _headers(report):
         table.add_column(title, justify="left" if title in ("model", "made by") else "right")

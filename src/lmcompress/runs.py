@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+import torch.distributed as dist
+
 from .config import DataConfig, from_dict
 from .errors import LmcError
 from .version import __version__
@@ -37,9 +40,9 @@ NOT_PART_OF_REQUEST = ("resume", "overwrite")
 
 
 def versions() -> dict[str, str]:
+    # accelerate, datasets and transformers load in seconds and runs.py is imported at the CLI's start: only here
     import accelerate
     import datasets
-    import torch
     import transformers
 
     return {
@@ -101,8 +104,7 @@ def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, res
 def process_state():
     """accelerate's process-wide state. Created here first with cpu=True on machines without a GPU, because only then
     does accelerate treat a `torchrun` launch as CPU data parallelism (gloo) instead of N unrelated processes."""
-    import torch
-    from accelerate import PartialState
+    from accelerate import PartialState  # (see versions: kept off the CLI's start-up)
 
     return PartialState(cpu=not torch.cuda.is_available())
 
@@ -130,8 +132,6 @@ def on_every_process(make: Callable[[], T]) -> T:
 
 def sum_over_processes(counts: list[int]) -> list[int]:
     """Element-wise sum of per-process counters (hits, misses) across the ranks of a launch; as is in a plain run."""
-    import torch
-
     state = process_state()
     if state.num_processes == 1:
         return counts
@@ -143,8 +143,6 @@ def sum_over_processes(counts: list[int]) -> list[int]:
 def close_process_group() -> None:
     """End a launch's process group before the interpreter exits, as PyTorch asks: left to exit with it, a rank can
     abort after its work is done ("terminate called without an active exception") and fail the launch."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

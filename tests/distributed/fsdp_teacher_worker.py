@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from lmcompress.distill.cache import TeacherCache
-from lmcompress.distill.sharding import is_sharded, shard_teacher
-from lmcompress.distill.components import Needs, TeacherOutputs, fill_teacher_cache
+from lmcompress.distillation.cache import TeacherCache
+from lmcompress.distillation.sharding import is_sharded, shard_teacher
+from lmcompress.distillation.components import Needs, TeacherOutputs, fill_teacher_cache
 from lmcompress.runs import on_all_processes, on_every_process, process_state
 
 

@@ -49,8 +49,25 @@ def _inputs(ctx: Ctx) -> None:
         (ctx.teacher / "tokenizer.json").read_text().replace('"good"', '"goood"'))
     (t / "recipe_typo.yaml").write_text(
         f"steps:\n  - {{name: t, stage: finetune, model: {ctx.model}, data: {{data: {ctx.data}}}, trian: {{}}}}\n")
+    for label, words in (("pos", "café crème très bon"), ("neg", "déjà vu, ennuyeux")):  # Latin-1 e-mails
+        (t / "latin1_mail" / label).mkdir(parents=True)
+        for i in range(6):
+            (t / "latin1_mail" / label / f"{i}.txt").write_bytes(f"{words} {i}".encode("latin-1"))
+    _tiny_gpt2_classifier(ctx.model, t / "gpt2_run")
     (t / ".interrupted.partial" / "checkpoint").mkdir(parents=True)  # a checkpoint cut short by a kill
     (t / ".interrupted.partial" / "checkpoint" / "state.json").write_text('{"loop": {}, "files": {"model": "m"}}')
+
+
+def _tiny_gpt2_classifier(tokenizer_dir: Path, out: Path) -> None:
+    """A fine-tuned-looking GPT-2 classifier (labels neg, pos): an architecture prune cannot narrow."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64, num_labels=2,
+                        pad_token_id=tokenizer.pad_token_id, id2label={0: "neg", 1: "pos"},
+                        label2id={"neg": 0, "pos": 1})
+    GPT2ForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def F(*args: str):  # finetune with the tiny model and data unless the case replaces them
@@ -65,6 +82,13 @@ CASES: dict[str, tuple] = {
     "empty data file": (lambda c: F("--model", str(c.model), "--data", str(c.tmp / "empty.csv")), ["is empty"]),
     "single-class data": (lambda c: F("--model", str(c.model), "--data", str(c.tmp / "one_label")), ["single value"]),
     "non-UTF-8 data": (lambda c: F("--model", str(c.model), "--data", str(c.tmp / "binary.csv")), ["not UTF-8"]),
+    "a folder of Latin-1 files without --encoding": (
+        lambda c: F("--model", str(c.model), "--data", str(c.tmp / "latin1_mail")),
+        ["12 of 12 files", "are not UTF-8 text", "--encoding auto"]),
+    "unknown --encoding": (lambda c: F("--model", str(c.model), "--data", str(c.data), "--encoding", "klingon"),
+                           ["--encoding klingon is not a known text encoding"]),
+    "Hub id not in the cache, offline": (lambda c: F("--model", "nobody-org/no-model", "--data", str(c.data)),
+                                         ["nobody-org/no-model is not in the Hugging Face cache", "HF_HUB_OFFLINE"]),
     # finetune: models
     "unknown model name": (lambda c: F("--model", "bert-base-chinese", "--data", str(c.data)), ["unknown model"]),
     "dataset given as model": (lambda c: F("--model", "rotten-tomatoes", "--data", str(c.data)),
@@ -119,6 +143,9 @@ CASES: dict[str, tuple] = {
     "prune more layers than exist": (lambda c: ["prune", "--model", str(c.teacher), "--layers", "5"],
                                      ["--layers 5: the model has only 2 layers"]),
     "prune nothing asked": (lambda c: ["prune", "--model", str(c.teacher)], ["nothing to prune"]),
+    "prune an architecture without narrowing rules": (
+        lambda c: ["prune", "--model", str(c.tmp / "gpt2_run"), "--data", str(c.data), "--heads", "0.5"],
+        ["prune is supported for bert, roberta", "not gpt2"]),
     # quantize / export
     "quantize unknown method": (lambda c: ["quantize", "--model", str(c.teacher), "--method", "int4"],
                                 ["invalid choice: 'int4'"]),

@@ -124,3 +124,21 @@ def test_albert_student_through_distill(tiny_teacher_run, tmp_path, capsys):
                             "--out", str(tmp_path / "bad")], capsys)
     assert code == 1
     one_error_line(err, "embedding=64 must be smaller than the teacher's hidden width 32")
+
+
+def test_prune_recovery_on_labels_never_runs_the_teacher(tiny_teacher_run, tmp_path, capsys, monkeypatch):
+    from lmcompress.distillation import components
+
+    def teacher_ran(*args, **kwargs):
+        raise AssertionError("the teacher ran for a KD term weighted 0")
+
+    monkeypatch.setattr(components.TeacherOutputs, "compute", teacher_ran)
+    out = tmp_path / "pruned-ft"
+    code, _, err = run_cli(["prune", "--model", str(tiny_teacher_run), "--heads", "0.5", "--recovery", "finetune",
+                            "--out", str(out), "--epochs", "1", "--batch-size", "16", "--log-every-steps", "1",
+                            "--quiet"], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    assert manifest["teacher_cache"] is None and manifest["pruning"]["recovery"] == "finetune"
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert {k for line in logged for k in line if k.startswith("train/loss_")} == {"train/loss_hard"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 
 import pytest
 
@@ -19,6 +20,8 @@ def _cli_commands() -> set[str]:
 
 
 def test_every_cli_stage_is_an_api_function_in_all():
+    for stage in STAGES.values():  # importing a stage's module must not shadow the function of the same name
+        importlib.import_module(stage.runner.partition(":")[0])
     commands = _cli_commands()
     assert set(STAGES) <= commands and {"run", "demo", "zoo"} <= commands
     for name in commands:
@@ -37,3 +40,11 @@ def test_api_functions_check_options_like_the_flags(stage):
 def test_only_compare_takes_positional_runs():
     with pytest.raises(TypeError, match="keyword options only"):
         lmcompress.distill_lm("runs/teacher")
+
+
+@pytest.mark.parametrize("command", sorted(_cli_commands()))
+def test_every_subcommand_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: lmcompress {command}" in capsys.readouterr().out

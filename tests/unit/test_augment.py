@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lmcompress.distill.augment import EmbeddingNeighbours, replace_words, whole_word_tokens, word_replaced_texts
+from lmcompress.distillation.augment import EmbeddingNeighbours, replace_words, whole_word_tokens, word_replaced_texts
 
 
 def _tokenizer(tiny_tokenizer_dir):

@@ -1,6 +1,6 @@
 import torch
 
-from lmcompress.distill.cache import TeacherCache, TopKCache, teacher_fingerprint
+from lmcompress.distillation.cache import TeacherCache, TopKCache, teacher_fingerprint
 
 
 def test_round_trip_ragged_hidden_states_and_reuse(tmp_path):

@@ -226,3 +226,52 @@ def test_fortunes_reader(tmp_path):
     out = readers.read_fortunes(tmp_path)
     assert out["label"].tolist() == ["computers", "computers", "people", "people"]
     assert out["text"].tolist()[3] == "Another one\nover two lines."
+
+
+def _mixed_encoding_folder(root):
+    """Label folders as mail and news archives are: UTF-8, Latin-1 and cp1252 files side by side."""
+    texts = {"pos": ["café au lait, très bon", "naïve but charming — a delight", "great fun for everyone"],
+             "neg": ["déjà vu, dull and slow", "a boring “plot” with no end", "poor acting all round"]}
+    encodings = ["utf-8", "latin-1", "cp1252"]
+    for label, rows in texts.items():
+        (root / label).mkdir(parents=True)
+        for i, text in enumerate(rows * 4):
+            encoding = encodings[(i // 3) % 3]  # every text in every encoding
+            if encoding == "latin-1" and not all(ord(c) < 256 for c in text):
+                encoding = "utf-8"
+            (root / label / f"{i}.txt").write_bytes(text.encode(encoding))
+    return texts
+
+
+def test_a_folder_of_mixed_encodings_is_one_line_counting_the_files_then_reads_with_auto(tmp_path):
+    texts = _mixed_encoding_folder(tmp_path / "mail")
+    with pytest.raises(LmcError) as refused:
+        readers.read_path(tmp_path / "mail")
+    message = str(refused.value)
+    assert "not UTF-8 text" in message and "--encoding auto" in message and "of 24 files" in message
+    frame = readers.read_path(tmp_path / "mail", "auto")
+    assert len(frame) == 24
+    expected = {t for rows in texts.values() for t in rows}
+    assert set(frame["text"]) == expected  # every file decoded to its original text
+
+
+def test_a_named_encoding_and_an_unknown_one(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("text,label\ncafé crème,pos\nthé froid,neg\n".encode("latin-1"))
+    with pytest.raises(LmcError, match="not UTF-8 text .*--encoding auto"):
+        readers.read_path(path)
+    assert readers.read_path(path, "latin-1")["text"].tolist() == ["café crème", "thé froid"]
+    assert readers.read_path(path, "auto")["text"].tolist() == ["café crème", "thé froid"]
+    with pytest.raises(LmcError, match="--encoding klingon is not a known text encoding"):
+        readers.read_path(path, "klingon")
+
+
+@pytest.mark.parametrize("suffix", [".csv.bz2", ".csv.gz", ".jsonl.xz"])
+def test_compressed_tables_are_decoded_too(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    frame = pd.DataFrame({"text": ["crème brûlée", "smörgåsbord"], "label": ["a", "b"]})
+    if ".jsonl" in suffix:
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_csv(path, index=False)
+    assert readers.read_path(path)["text"].tolist() == ["crème brûlée", "smörgåsbord"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from lmcompress.distill import losses
+from lmcompress.distillation import losses
 
 torch.manual_seed(0)
 

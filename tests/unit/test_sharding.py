@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
-from lmcompress.distill.sharding import is_sharded, repeated_blocks, shard_teacher
+from lmcompress.distillation.sharding import is_sharded, repeated_blocks, shard_teacher
 from lmcompress.errors import LmcError
 
 

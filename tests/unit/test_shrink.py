@@ -120,8 +120,8 @@ def test_prune_rejects_other_families():
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30))
-    with pytest.raises(LmcError, match="prune supports bert, roberta"):
-        prune.encoder_layers(gpt2)
+    with pytest.raises(LmcError, match="prune is supported for bert, roberta"):
+        prune.plan(gpt2.config, 0.5, 0.5, None, None)
 
 
 def test_albert_factorisation_and_layers(model, tmp_path):

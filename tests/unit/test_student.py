@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, GPT2Config
 from transformers import GPT2ForSequenceClassification
 
-from lmcompress.distill.student import build_student, default_layer_map, evenly_spaced_layers, parse_spec
+from lmcompress.distillation.student import build_student, default_layer_map, evenly_spaced_layers, parse_spec
 from lmcompress.errors import LmcError
 
 

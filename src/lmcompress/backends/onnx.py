@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 
@@ -32,6 +31,9 @@ def require_onnx() -> None:
 
 def session(path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session with all graph optimisations except those in DISABLED_OPTIMIZERS."""
+    require_onnx()
+    import onnxruntime as ort  # loads in a second or two: only for ONNX run directories
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1

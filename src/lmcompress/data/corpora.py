@@ -19,7 +19,11 @@ import bz2
 import hashlib
 import logging
 import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import mwparserfromhell
+import pandas as pd
 
 from .. import catalog
 from ..errors import LmcError
@@ -91,10 +95,6 @@ def _read_utf8(path: Path) -> str:
 
 def read_enwiki(path: Path) -> list[Document]:
     """MediaWiki XML dump -> one document per article (main namespace, no redirects), markup stripped."""
-    import xml.etree.ElementTree as ET
-
-    import mwparserfromhell
-
     documents = []
     try:
         with bz2.open(path) as handle:
@@ -143,8 +143,6 @@ def read_fortune_entries(folder: Path) -> list[Document]:
 
 def read_rotten_tomatoes_text(path: Path) -> list[Document]:
     """All rows, plot summaries included: in-domain text without the labels."""
-    import pandas as pd
-
     with bz2.open(path, "rt", encoding="utf-8") as handle:
         frame = pd.read_csv(handle)
     return [d for d in (_document([str(t)]) for t in frame["text"].dropna()) if d]

@@ -54,7 +54,7 @@ def _word_starts(encoding, text: str, jieba_starts: set[int] | None) -> list[int
 
 def _encode_batch(batch: dict[str, list], tokenizer, chinese_words: bool) -> dict[str, list]:
     if chinese_words:
-        import jieba
+        import jieba  # loads its dictionary on import (seconds): only for Chinese text
 
         jieba.setLogLevel(logging.WARNING)
     ids_out, starts_out = [], []

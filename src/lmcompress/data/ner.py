@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import datasets
 import pandas as pd
+from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.scheme import BILOU, IOB2, IOBES
 
 from ..errors import LmcError
 from .readers import find_split_files, json_lines
@@ -233,8 +236,6 @@ def words_of_labelled_positions(word_ids: list[int | None]) -> list[int]:
 
 def tokenize_words(frame: pd.DataFrame, tokenizer, max_length: int) -> Any:
     """Frame with tokens, tags -> datasets.Dataset with input_ids, attention_mask, [token_type_ids], labels."""
-    import datasets
-
     if not getattr(tokenizer, "is_fast", False):
         raise LmcError("token classification needs a fast (Rust) tokenizer: it maps sub-tokens back to words")
     dataset = datasets.Dataset.from_pandas(frame[["tokens", "tags"]], preserve_index=False)
@@ -249,9 +250,6 @@ def tokenize_words(frame: pd.DataFrame, tokenizer, max_length: int) -> Any:
 
 def entity_metrics(gold: list[list[str]], predicted: list[list[str]], scheme: str) -> dict[str, float]:
     """Entity-level precision / recall / F1 (seqeval, strict span and type match) and per-word accuracy."""
-    from seqeval.metrics import f1_score, precision_score, recall_score
-    from seqeval.scheme import BILOU, IOB2, IOBES
-
     mode = {"BIO": IOB2, "BIOES": IOBES, "BILOU": BILOU}[scheme]
     kwargs = {"mode": "strict", "scheme": mode, "zero_division": 0}
     words = sum(len(g) for g in gold)

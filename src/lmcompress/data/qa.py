@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import pandas as pd
 
@@ -223,8 +224,6 @@ def answer_positions(offsets: list[tuple[int, int]], sequence_ids: list[int | No
 def tokenize_train_features(frame: pd.DataFrame, tokenizer, max_length: int, stride: int):
     """-> datasets.Dataset: input_ids, attention_mask, [token_type_ids], start_positions, end_positions (one row per
     window; the first answer is the training target)."""
-    import datasets
-
     encoded = _encode(frame, tokenizer, max_length, stride)
     starts, ends = [], []
     for i, example in enumerate(encoded["overflow_to_sample_mapping"]):
@@ -248,8 +247,6 @@ class EvalFeatures:
 
 
 def tokenize_eval_features(frame: pd.DataFrame, tokenizer, max_length: int, stride: int) -> EvalFeatures:
-    import datasets
-
     encoded = _encode(frame, tokenizer, max_length, stride)
     offsets = [[tuple(o) if s == 1 else None for o, s in zip(encoded["offset_mapping"][i], encoded.sequence_ids(i))]
                for i in range(len(encoded["input_ids"]))]

@@ -70,7 +70,7 @@ def _raw_frames(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame]
     path = Path(name).expanduser()
     if not path.exists():
         raise LmcError(f"--data {name}: no such file or folder, and not a zoo name ({', '.join(catalog.ENTRIES)})")
-    return readers.read_path(path), str(path.resolve())
+    return readers.read_path(path, cfg.encoding), str(path.resolve())
 
 
 def _pick_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...], role: str, flag: str) -> str | None:

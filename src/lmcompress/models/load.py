@@ -18,9 +18,11 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from .. import catalog
 from ..errors import LmcError
-from ..objectives import ENCODER_FAMILIES, check_objective
+from ..objectives import check_objective
+from .families import ENCODER_FAMILIES, family_name
 from . import presets
 from .heads import head_class, saved_head
+from .hub import is_hub_id, resolve_hub_id
 from .trust import remote_code_allowed
 
 log = logging.getLogger("lmcompress")
@@ -36,6 +38,7 @@ class ModelSource:
     path: Path | None  # HF directory, None for presets
     preset: presets.Preset | None
     tokenizer_path: Path | None  # None only for a preset whose vocabulary is trained (pretrain --train-tokenizer)
+    hub: dict[str, str] | None = None  # named by Hub id: the id, the revision asked for and the commit resolved
 
 
 def first_line(exc: BaseException) -> str:
@@ -63,7 +66,7 @@ def _resolve_dir(spec: str, role: str) -> Path:
         raise LmcError(f"{role} {spec} is a file; expected a model folder, zoo name or preset")
     raise LmcError(
         f"unknown {role} '{spec}': not a zoo model ({', '.join(n for n, e in catalog.ENTRIES.items() if e.kind == 'model')}), "
-        "an existing folder, or a preset like bert-4l-312h"
+        "an existing folder, a Hub id (org/name[@revision]) or a preset like bert-4l-312h"
     )
 
 
@@ -81,9 +84,13 @@ def resolve(spec: str, tokenizer: str | None = None, role: str = "model", new_vo
         if not tok_path.is_dir():
             raise LmcError(f"tokenizer {tok_spec} is not a folder")
         return ModelSource(spec, None, preset, tok_path)
-    path = _resolve_dir(spec, role)
+    hub = None
+    if is_hub_id(spec):
+        path, hub = resolve_hub_id(spec, role)
+    else:
+        path = _resolve_dir(spec, role)
     tok_path = Path(tokenizer) if tokenizer else path
-    return ModelSource(spec, path, None, tok_path)
+    return ModelSource(spec, path, None, tok_path, hub)
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -184,7 +191,8 @@ def load_trained_classifier(folder: Path, labels: list[str] | None, regression: 
 
 
 def model_family(source: ModelSource) -> str:
-    """bert | roberta | albert | gpt2 | another transformers model_type, read without loading weights."""
+    """The model's family (models/families.py: bert, roberta for XLM-R too, gpt2, llama ...) or, without an adapter,
+    its transformers model_type; read without loading weights."""
     if source.preset is not None:
         return source.preset.family
     try:
@@ -192,7 +200,7 @@ def model_family(source: ModelSource) -> str:
                                             trust_remote_code=remote_code_allowed())
     except Exception as exc:
         raise LmcError(f"cannot read {source.path}/config.json: {first_line(exc)}") from None
-    return config.model_type
+    return family_name(config.model_type)
 
 
 def load_for_pretraining(source: ModelSource, tokenizer: PreTrainedTokenizerBase, objective: str,
@@ -224,7 +232,7 @@ def load_for_pretraining(source: ModelSource, tokenizer: PreTrainedTokenizerBase
 @contextlib.contextmanager
 def _no_tqdm():
     """transformers' GGUF reader draws a tqdm bar it offers no switch for; swap it for a plain pass-through."""
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils  # needs the optional gguf package
 
     original = gguf_utils.tqdm
     gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
@@ -252,10 +260,12 @@ def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
         if entry.kind != "model":
             raise LmcError(f"'{spec}' is a dataset, not a model; pass it as --data")
         path = entry.require()
+    elif is_hub_id(spec):
+        path, _ = resolve_hub_id(spec, "--teacher")
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise LmcError(f"--teacher {spec}: no such zoo model, folder or .gguf file")
+            raise LmcError(f"--teacher {spec}: no such zoo model, folder, .gguf file or Hub id (org/name[@revision])")
     gguf = path.suffix == ".gguf"
     if gguf:
         folder, extra = path.parent, {"gguf_file": path.name}
@@ -270,7 +280,7 @@ def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     else:
         raise LmcError(f"--teacher {spec} is neither a Hugging Face model folder nor a .gguf file")
-    family = config.model_type
+    family = family_name(config.model_type)
     if objective == "auto":
         objective = "mlm" if family in ENCODER_FAMILIES else "clm"
     check_objective(family, objective)  # before loading weights

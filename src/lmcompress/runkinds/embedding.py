@@ -24,7 +24,7 @@ from transformers import AutoModel
 
 from ..config import CompareConfig, EmbeddingDistillConfig, EvaluateConfig, from_dict
 from ..data.corpora import Document, load_corpus
-from ..distill.losses import mean_pool
+from ..distillation.losses import mean_pool
 from ..errors import LmcError
 from ..measure import count_params, latency_for_texts, weights_size_bytes
 from ..models.load import first_line, load_tokenizer

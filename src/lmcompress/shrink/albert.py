@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 from transformers import AlbertConfig, AlbertForSequenceClassification, PreTrainedModel
 
-from ..distill.student import evenly_spaced_layers
+from ..distillation.student import evenly_spaced_layers
 from ..errors import LmcError
+from ..models.families import family_name
 from ..models.heads import saved_head
 
 LAYER_PARTS = {  # BERT layer parameter -> ALBERT layer parameter
@@ -78,7 +79,7 @@ def albert_from_bert(teacher: PreTrainedModel, spec: AlbertSpec) -> tuple[Albert
     if saved_head(cfg) is not None:
         raise LmcError(f"ALBERT students are built for sequence-classification teachers; this one is a {saved_head(cfg)} "
                        "model (use layers=N or a preset student)")
-    if cfg.model_type != "bert":
+    if family_name(cfg.model_type) != "bert":
         raise LmcError(f"ALBERT conversion needs a BERT teacher (same embeddings layout); this one is {cfg.model_type}")
     n_teacher, width = cfg.num_hidden_layers, cfg.hidden_size
     depth = spec.layers or n_teacher

@@ -8,6 +8,7 @@ every export is validated against PyTorch on real, padded batches before anythin
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import warnings
@@ -51,6 +52,11 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -
     """Trace `model` on `sample` (input_ids, attention_mask[, token_type_ids]: [B, T]) to `path` with dynamic B, T."""
     require_onnx()
     model = model.eval().cpu()
+    # inputs the model names (DistilBERT and MPNet take no token_type_ids: a BERT tokenizer's would reach their
+    # **kwargs, which torch.export cannot trace)
+    named = {name for name, p in inspect.signature(model.forward).parameters.items()
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    sample = {name: value for name, value in sample.items() if name in named}
     # sdpa exports a NaN guard (IsNaN + Where) that cost ORT 16 ms of 82 at batch 32; the eager graph has none
     previous = getattr(model.config, "_attn_implementation", None)
     if previous not in (None, "eager"):
@@ -95,7 +101,7 @@ def validate(model: nn.Module, path: Path, batches: list[dict[str, torch.Tensor]
 
 def to_fp16(source: Path, target: Path) -> Path:
     """fp16 weights and activations, fp32 inputs/outputs kept so callers feed the same arrays."""
-    import onnx
+    import onnx  # onnx and ONNX Runtime's tools load in seconds: only when exporting or quantizing
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     with _quiet():
@@ -106,7 +112,7 @@ def to_fp16(source: Path, target: Path) -> Path:
 
 def _preprocess(source: Path, target: Path) -> Path:
     """ORT's recommended step before quantization: graph optimisation + shape inference."""
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # (see to_fp16)
 
     with _quiet():
         quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
@@ -116,7 +122,7 @@ def _preprocess(source: Path, target: Path) -> Path:
 def quantize_dynamic_int8(source: Path, target: Path) -> Path:
     """Int8 weights, activations quantised per batch at run time (per-tensor signed int8 was the
     fastest variant measured here: unsigned weights were 3x slower, per-channel no faster)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # (see to_fp16)
 
     pre = _preprocess(source, target.with_name(target.stem + ".pre.onnx"))
     try:
@@ -131,7 +137,7 @@ def quantize_dynamic_int8(source: Path, target: Path) -> Path:
 def quantize_static_int8(source: Path, target: Path, calibration: list[dict[str, torch.Tensor]]) -> Path:
     """Int8 weights and activations with ranges calibrated on `calibration` batches (QOperator, uint8 activations,
     int8 weights)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # (to_fp16)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

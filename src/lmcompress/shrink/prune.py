@@ -13,7 +13,6 @@ another width (the head size then becomes hidden / kept heads, at most the origi
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 from dataclasses import dataclass
@@ -26,11 +25,12 @@ from torch.utils.data import DataLoader
 from ..config import DistillConfig, PruneConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
-from ..distill.student import NARROWABLE, _topk_sorted, slice_model
+from ..distillation.student import slice_model, topk_sorted
+from ..distillation.stage import distill
 from ..errors import LmcError
-from ..distill.stage import distill
-from ..runkinds.task import finish_run
+from ..models.families import require_family
 from ..models.load import load_tokenizer, load_trained_classifier
+from ..runkinds.task import finish_run
 from ..runs import RunDir, data_config_for, is_main_process, stage_manifest, wait_for_everyone
 
 log = logging.getLogger("lmcompress")
@@ -45,18 +45,12 @@ class Importance:
     hidden: torch.Tensor  # [H]
 
 
-def encoder_layers(model) -> torch.nn.ModuleList:
-    family = model.config.model_type
-    if family not in NARROWABLE:
-        raise LmcError(f"prune supports {', '.join(NARROWABLE)} models; this one is {family}")
-    return model.base_model.encoder.layer
-
-
 def importance_scores(model, batches) -> Importance:
     """Accumulate |sum_t activation x gradient| per example over `batches` (dicts with labels) -> Importance."""
-    layers = encoder_layers(model)
+    family = require_family(model.config, "prune", narrow=True)
+    layers = family.layer_list(model)
     cfg = model.config
-    n_layers, heads, width, ffn = len(layers), cfg.num_attention_heads, cfg.hidden_size, cfg.intermediate_size
+    n_layers, heads, width, ffn = len(layers), family.heads(cfg), family.width(cfg), family.ffn(cfg)
     acc = Importance(torch.zeros(n_layers, heads), torch.zeros(n_layers, width), torch.zeros(n_layers, ffn),
                      torch.zeros(n_layers), torch.zeros(width))
     seen: dict[tuple[str, int], Any] = {}
@@ -77,8 +71,8 @@ def importance_scores(model, batches) -> Importance:
 
     handles = []
     for i, layer in enumerate(layers):
-        handles.append(layer.attention.output.dense.register_forward_pre_hook(keep_input("context", i)))
-        handles.append(layer.output.dense.register_forward_pre_hook(keep_input("ffn", i)))
+        handles.append(family.part(layer, family.attention_out).register_forward_pre_hook(keep_input("context", i)))
+        handles.append(family.part(layer, family.ffn_out).register_forward_pre_hook(keep_input("ffn", i)))
         handles.append(layer.register_forward_hook(keep_layer(i), with_kwargs=True))
     model.eval()  # no dropout: the same rows give the same scores, so a resumed prune rebuilds the same model
     try:
@@ -115,12 +109,13 @@ class PrunePlan:
 
 def plan(config, heads_ratio: float, ffn_ratio: float, layers: int | None, hidden: int | None) -> PrunePlan:
     """Target sizes from the ratios, checked against the model (one-line errors)."""
-    n_layers, heads, width = config.num_hidden_layers, config.num_attention_heads, config.hidden_size
+    family = require_family(config, "prune", narrow=True)
+    n_layers, heads, width = family.depth(config), family.heads(config), family.width(config)
     head_size = width // heads
     if layers is not None and layers > n_layers:
         raise LmcError(f"--layers {layers}: the model has only {n_layers} layers")
     kept_heads = max(1, round(heads * (1 - heads_ratio)))
-    kept_ffn = max(1, round(config.intermediate_size * (1 - ffn_ratio)))
+    kept_ffn = max(1, round(family.ffn(config) * (1 - ffn_ratio)))
     if hidden is None:
         new_hidden, new_head_size = kept_heads * head_size, head_size
     else:
@@ -136,23 +131,21 @@ def plan(config, heads_ratio: float, ffn_ratio: float, layers: int | None, hidde
 def prune_model(model, scores: Importance, target: PrunePlan):
     """Physically remove the least important units -> (a standard model of the same family, kept layer indices)."""
     cfg = model.config
-    head_size = cfg.hidden_size // cfg.num_attention_heads
+    family = require_family(cfg, "prune", narrow=True)
+    head_size = family.width(cfg) // family.heads(cfg)
     n_layers = len(scores.layers)
-    keep_layers = _topk_sorted(scores.layers, target.layers or n_layers).tolist()
-    hidden_idx = _topk_sorted(scores.hidden, target.hidden) if target.hidden < cfg.hidden_size else None
+    keep_layers = topk_sorted(scores.layers, target.layers or n_layers).tolist()
+    hidden_idx = topk_sorted(scores.hidden, target.hidden) if target.hidden < family.width(cfg) else None
     qkv_idx, ffn_idx = {}, {}
     for layer in keep_layers:
         rows = []
-        for head in _topk_sorted(scores.heads[layer], target.heads).tolist():
+        for head in topk_sorted(scores.heads[layer], target.heads).tolist():
             dims = scores.head_dims[layer, head * head_size:(head + 1) * head_size]  # [d]
-            rows.append(_topk_sorted(dims, target.head_size) + head * head_size)
+            rows.append(topk_sorted(dims, target.head_size) + head * head_size)
         qkv_idx[layer] = torch.cat(rows)
-        ffn_idx[layer] = _topk_sorted(scores.ffn[layer], target.ffn)
-    new_config = copy.deepcopy(cfg)
-    new_config.num_hidden_layers = len(keep_layers)
-    new_config.num_attention_heads, new_config.hidden_size = target.heads, target.hidden
-    new_config.intermediate_size = target.ffn
-    return slice_model(model, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx), keep_layers
+        ffn_idx[layer] = topk_sorted(scores.ffn[layer], target.ffn)
+    new_config = family.reshaped(cfg, keep_layers, target.hidden, target.heads, target.ffn)
+    return slice_model(model, family, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx), keep_layers
 
 
 def prune(cfg: PruneConfig) -> dict[str, Any]:
@@ -164,7 +157,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     data_cfg = data_config_for(cfg.data, source)
     task_data = load_task(data_cfg)
     model = load_trained_classifier(source, task_data.labels, task_data.task == "regression", task_data.task)
-    encoder_layers(model)
+    family = require_family(model.config, "prune", narrow=True)  # before any slow work
     target = plan(model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden)
     tokenizer = load_tokenizer(source)
 
@@ -175,9 +168,10 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     scores = importance_scores(model, loader)
     pruned, kept = prune_model(model, scores, target)
     before, after = (sum(p.numel() for p in m.parameters()) for m in (model, pruned))
-    record = {"kept_layers": kept, "heads_per_layer": f"{model.config.num_attention_heads} -> {target.heads}",
-              "head_size": target.head_size, "hidden": f"{model.config.hidden_size} -> {target.hidden}",
-              "ffn_per_layer": f"{model.config.intermediate_size} -> {target.ffn}", "params": f"{before:,} -> {after:,}",
+    config = model.config
+    record = {"kept_layers": kept, "heads_per_layer": f"{family.heads(config)} -> {target.heads}",
+              "head_size": target.head_size, "hidden": f"{family.width(config)} -> {target.hidden}",
+              "ffn_per_layer": f"{family.ffn(config)} -> {target.ffn}", "params": f"{before:,} -> {after:,}",
               "importance": "sum over examples of |sum over tokens of activation x gradient|",
               "calibration_examples": len(rows), "recovery": cfg.recovery,
               "layer_importance": [round(x, 6) for x in scores.layers.tolist()]}

@@ -11,21 +11,23 @@ Run dir contents:
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..backends.onnx import DISABLED_OPTIMIZERS, MODEL_FILE, OnnxClassifier, require_onnx
+from ..backends.torch_int8 import dynamic_int8
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..data import load_task
 from ..errors import LmcError
-from ..runkinds.task import score_test
 from ..models.load import load_tokenizer, load_trained_classifier
+from ..runkinds.task import score_test
 from ..runs import METRICS, RunDir, data_config_for, quantization_method, stage_manifest, write_json_atomic
-from ..backends.onnx import DISABLED_OPTIMIZERS, MODEL_FILE, OnnxClassifier, require_onnx
-from ..backends.torch_int8 import dynamic_int8
 from . import onnx_io
 
 log = logging.getLogger("lmcompress")
@@ -107,8 +109,6 @@ def _finish(run: RunDir, model, tokenizer, task_data, max_length: int, manifest:
 
 
 def _parent_metrics(source: Path) -> dict[str, Any] | None:
-    import json
-
     path = source / METRICS
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -144,9 +144,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
                 onnx_io.quantize_dynamic_int8(fp32, target)
             fp32.unlink()
             _write_onnx_run(run, source, tokenizer, target)
-            import onnxruntime
-
-            quantization |= {"export_validation": validation, "library": f"onnxruntime {onnxruntime.__version__}",
+            quantization |= {"export_validation": validation, "library": f"onnxruntime {metadata.version('onnxruntime')}",
                              "disabled_optimizers": list(DISABLED_OPTIMIZERS)}
             scored = OnnxClassifier(run.partial / MODEL_FILE)
         manifest = _manifest("quantize", source, cfg, data_cfg, task_data, quantization=quantization)

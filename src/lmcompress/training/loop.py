@@ -155,7 +155,8 @@ class _Loop:
         self.unwrapped = accelerator.unwrap_model(model).model
         self.checkpoint_dir, self.total_steps = run_folder / "checkpoint", total_steps
         self.state = LoopState()
-        self.logs = TrainLogs(run_folder, accelerator.is_main_process)
+        self.run_folder = run_folder
+        self.logs: TrainLogs | None = None  # opened once the checkpoint (if any) is loaded: see start()
         self.show_progress = accelerator.is_main_process and log.isEnabledFor(logging.INFO)  # not under --quiet
         self.progress = progress_bar(self.show_progress)
         self.running = _Running()
@@ -165,12 +166,19 @@ class _Loop:
         # resumed run redoes that batch with the very dropout (and anything else random) the uninterrupted run used
         self.in_flight: tuple[dict[str, Any], torch.Tensor] | None = None
 
-    def resume(self) -> None:
-        self.state = load_checkpoint(self.checkpoint_dir, self.unwrapped, self.optimizer, self.scheduler,
-                                     self.accelerator.process_index)
-        log.info("resumed at epoch %d, step %d", self.state.epoch + 1, self.state.global_step)
-        self.logs.forget_after(self.state.global_step)
+    def start(self, resume: bool) -> None:
+        """Load the checkpoint when resuming, then open the logs (lines after the checkpoint are dropped: that work
+        is redone) and start the clocks: wall time continues the checkpoint's, the example rate counts this
+        session's work only."""
+        if resume:
+            self.state = load_checkpoint(self.checkpoint_dir, self.unwrapped, self.optimizer, self.scheduler,
+                                         self.accelerator.process_index)
+            log.info("resumed at epoch %d, step %d", self.state.epoch + 1, self.state.global_step)
+        self.logs = TrainLogs(self.run_folder, self.accelerator.is_main_process)
+        if resume:
+            self.logs.forget_after(self.state.global_step)
         self.started = time.perf_counter() - self.state.elapsed_s
+        self.session_start = time.perf_counter()
 
     def save_checkpoint(self) -> None:
         self.state.elapsed_s = time.perf_counter() - self.started
@@ -314,8 +322,7 @@ def fit(model: torch.nn.Module, train_data: Dataset, collate: Callable, cfg: Tra
     prepared, optimizer, scheduler = accelerator.prepare(ModelWithLoss(model, loss_fn), optimizer, scheduler)
     loop = _Loop(accelerator, prepared, optimizer, scheduler, loader, cfg, evaluate_fn, monitor, higher_is_better,
                  run_folder, total_steps)
-    if resume:
-        loop.resume()
+    loop.start(resume)
     try:
         with Signals(launched=accelerator.num_processes > 1) as signals, loop.progress:
             bar = loop.progress.add_task(description, total=total_steps, completed=loop.state.global_step, loss="-",

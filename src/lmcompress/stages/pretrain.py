@@ -15,14 +15,14 @@ from typing import Any
 
 import torch
 
-from .config import PretrainConfig, to_dict
-from .data.vocab import train_tokenizer
-from .errors import LmcError
-from .models.load import load_for_pretraining, load_tokenizer, model_family, resolve
-from .objectives import check_objective, lm_forward, pretraining_loss
-from .runkinds.lm import cache_root, collator, corpus, finish_lm_run, prepare_data, score_lm, training_set
-from .runs import RunDir, initial_scores, is_main_process, num_processes, stage_manifest
-from .training import fit
+from ..config import PretrainConfig, to_dict
+from ..data.vocab import train_tokenizer
+from ..errors import LmcError
+from ..models.load import load_for_pretraining, load_tokenizer, model_family, resolve
+from ..objectives import check_objective, lm_forward, pretraining_loss
+from ..runkinds.lm import cache_root, collator, corpus, finish_lm_run, prepare_data, score_lm, training_set
+from ..runs import RunDir, initial_scores, is_main_process, num_processes, stage_manifest
+from ..training import fit
 
 log = logging.getLogger("lmcompress")
 
@@ -30,9 +30,6 @@ log = logging.getLogger("lmcompress")
 def _tokenizer(cfg: PretrainConfig, source, family: str, run: RunDir, train_documents: list):
     """The model's own tokenizer, or (--train-tokenizer) one trained on the training documents, or on a resumed
     run the one the checkpoint was trained with."""
-    if cfg.train_tokenizer and source.preset is None:
-        raise LmcError("--train-tokenizer makes a new vocabulary, so the model must start from a preset "
-                       f"(e.g. {family}-4l-256h); a pretrained model keeps its own tokenizer")
     if cfg.train_tokenizer and cfg.resume:
         return load_tokenizer(run.partial)
     if cfg.train_tokenizer:
@@ -47,6 +44,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     source = resolve(cfg.model, cfg.tokenizer, new_vocab=cfg.train_tokenizer is not None)
     family = model_family(source)
     check_objective(family, cfg.objective)
+    if cfg.train_tokenizer and source.preset is None:
+        raise LmcError("--train-tokenizer makes a new vocabulary, so the model must start from a preset "
+                       f"(e.g. {family}-4l-256h); a pretrained model keeps its own tokenizer")
     documents, corpus_source, train_ids, validation_ids = corpus(cfg)
     log.info("%s: %d documents (%d train / %d validation)", cfg.data.data, len(documents), len(train_ids),
              len(validation_ids))

@@ -8,16 +8,16 @@ from typing import Any
 
 import torch
 
-from .config import FinetuneConfig, to_dict
-from .data import load_task
-from .data.tokenize import collator, tokenize_frame
-from .models.heads import task_head
-from .models.load import load_for_sequence_classification, load_tokenizer, resolve
-from .runkinds.task import finish_run, score_split
-from .scores import MAIN_METRIC
-from .models.outputs import forward
-from .runs import RunDir, num_processes, run_manifest
-from .training import fit
+from ..config import FinetuneConfig, to_dict
+from ..data import load_task
+from ..data.tokenize import collator, tokenize_frame
+from ..models.heads import task_head
+from ..models.load import load_for_sequence_classification, load_tokenizer, resolve
+from ..runkinds.task import finish_run, score_split
+from ..scores import MAIN_METRIC
+from ..models.outputs import forward
+from ..runs import RunDir, num_processes, run_manifest
+from ..training import fit
 
 log = logging.getLogger("lmcompress")
 
@@ -57,5 +57,5 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         return finish_run(
             run, model, tokenizer, task_data, max_len, cfg.train.eval_batch_size,
             lambda: run_manifest("finetune", str(source.path) if source.path else source.spec, to_dict(cfg), task_data,
-                                 result, processes=num_processes()),
+                                 result, processes=num_processes(), hub=source.hub),
             wall_time_s=round(result.wall_time_s, 1))

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import EvaluateConfig
-from .errors import LmcError
-from .runkinds import kind_of
-from .runs import METRICS, read_run_manifest, write_json_atomic
+from ..config import EvaluateConfig
+from ..errors import LmcError
+from ..runkinds import kind_of
+from ..runs import METRICS, read_run_manifest, write_json_atomic
 
 
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:

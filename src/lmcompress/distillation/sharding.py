@@ -20,19 +20,23 @@ import sys
 from torch import nn
 
 from ..errors import LmcError
+from ..models.families import family_of
 from ..runs import process_state
 
 log = logging.getLogger("lmcompress")
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule  # public in torch >= 2.6 only; the pin is 2.13, the floor 2.4
 
     return isinstance(model, FSDPModule)
 
 
 def repeated_blocks(model: nn.Module) -> nn.ModuleList:
-    """The transformer's layer stack: the longest ModuleList (BERT's encoder.layer, GPT-2's h, Llama's layers)."""
+    """The transformer's layer stack: the family's layer list (models/families.py), else the longest ModuleList."""
+    family = family_of(model.config) if hasattr(model, "config") else None
+    if family is not None:
+        return family.layer_list(model)
     lists = [m for m in model.modules() if isinstance(m, nn.ModuleList)]
     if not lists:
         raise LmcError(f"--fsdp: {type(model).__name__} has no list of layers to shard; run without --fsdp")
@@ -51,7 +55,7 @@ def shard_teacher(teacher: nn.Module) -> dict[str, int] | None:
         log.warning("--fsdp shards the teacher over the processes of a launch (torchrun or accelerate launch "
                     "--num_processes N); in one process the teacher stays whole")
         return None
-    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import init_device_mesh  # (see is_sharded)
     from torch.distributed.fsdp import fully_shard
 
     teacher.requires_grad_(False)

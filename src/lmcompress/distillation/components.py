@@ -15,6 +15,7 @@ from torch import nn
 
 from ..data.tokenize import collator
 from ..errors import LmcError
+from ..models.families import family_of
 from ..models.outputs import adapt
 from ..runs import on_all_processes, process_state, wait_for_everyone
 from . import losses
@@ -81,10 +82,12 @@ def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_m
                        f"teacher {teacher.config.num_attention_heads}); use --minilm-weight instead")
     if loss_cfg.cosine_weight > 0 and model_width(student.config) != model_width(teacher.config):
         raise LmcError("the cosine loss needs equal hidden widths; use --hidden-weight (learned projection) instead")
-    if loss_cfg.minilm_weight > 0:
-        for name, width in (("student", model_width(student.config)), ("teacher", model_width(teacher.config))):
-            if width % loss_cfg.relation_heads:
-                raise LmcError(f"--relation-heads {loss_cfg.relation_heads} does not divide the {name} width {width}")
+    if loss_cfg.minilm_weight > 0:  # before any slow work: both models' Q/K/V, split into the relation heads
+        for name, model in (("student", student), ("teacher", teacher)):
+            for width in sorted(set(QKVRecorder.widths(model).values()), reverse=True):
+                if width % loss_cfg.relation_heads:
+                    raise LmcError(f"--relation-heads {loss_cfg.relation_heads} does not divide the {name} width "
+                                   f"{width}")
     needs = Needs(
         hidden=tuple(sorted(set(([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if reads_hidden else [])))),
         attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0)
@@ -144,14 +147,25 @@ class QKVRecorder:
     """Forward hooks that keep the last layer's query/key/value projections [B, T, H] (MiniLM-v2)."""
 
     def __init__(self, model: nn.Module):
-        names = [n for n, _ in model.named_modules() if n.endswith("attention.self.query")]
-        if not names:
-            raise LmcError(f"MiniLM relations need a BERT/RoBERTa-style attention; {type(model).__name__} has none")
-        prefix = names[-1].rsplit(".", 1)[0]
-        modules = dict(model.named_modules())
         self.outputs: dict[str, torch.Tensor] = {}
-        self.handles = [modules[f"{prefix}.{part}"].register_forward_hook(self._keep(part))
-                        for part in ("query", "key", "value")]
+        self.handles = [module.register_forward_hook(self._keep(part))
+                        for part, module in self.projections(model).items()]
+
+    @staticmethod
+    def projections(model: nn.Module) -> dict[str, nn.Module]:
+        """The last layer's query, key and value projections (one LmcError line where the family has none)."""
+        family = family_of(model.config)
+        if family is None or family.query is None or family.shares_layers:
+            raise LmcError("MiniLM relations need separate query/key/value projections per layer; "
+                           f"{type(model).__name__} has none (its family fuses or shares them)")
+        last = family.layer_list(model)[-1]
+        return {part: family.part(last, path)
+                for part, path in (("query", family.query), ("key", family.key), ("value", family.value))}
+
+    @staticmethod
+    def widths(model: nn.Module) -> dict[str, int]:
+        """Output width of each projection (grouped-query attention: key and value narrower than the query)."""
+        return {part: module.out_features for part, module in QKVRecorder.projections(model).items()}
 
     def _keep(self, part: str):
         def hook(module, inputs, output):

@@ -8,7 +8,7 @@
 - a sparse teacher cache (`--top-k`: the k largest logits; `--sample-k`: k draws from the teacher, unbiased) for clm,
   and for mlm with static masking (the masked positions of each example are fixed, so its teacher outputs are too).
 
-Data, masking, scoring and the run layout are pre-training's (`lmcompress.pretrain`): the student's run is an LM
+Data, masking, scoring and the run layout are pre-training's (`runkinds/lm.py`): the student's run is an LM
 run with the same fixed validation set, so `evaluate` and `compare` treat it like a pre-trained model, and a
 `pretrain` run of the same student architecture without a teacher is the baseline to compare against.
 """
@@ -34,7 +34,7 @@ from ..runkinds.lm import (LMData, cache_root, collator, corpus, examples_finger
 from ..runs import RunDir, initial_scores, num_processes, on_all_processes, on_every_process, stage_manifest
 from ..training import fit
 from . import losses
-from .cache import TopKCache, default_root, teacher_fingerprint
+from .cache import TopKCache, teacher_cache_root, teacher_fingerprint
 from .components import (DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map,
                          projection_count)
 from .sharding import is_sharded, shard_teacher
@@ -87,7 +87,7 @@ def _top_k_cache(cfg: LMDistillConfig, teacher: LMTeacher, data: LMData) -> TopK
     if not sparse_k:
         return None
     seq_len = -(-cfg.data.max_length // 8) * 8  # the collator pads to a multiple of 8
-    root = Path(cfg.data.cache_dir).expanduser() / "teacher-outputs" if cfg.data.cache_dir else default_root()
+    root = teacher_cache_root(cfg.data.cache_dir)
     examples = examples_fingerprint(data.train)
     if cfg.sample_k:  # sampled tokens depend on the temperature and the seed too
         examples += f"|sampled|T={cfg.loss.temperature}|seed={cfg.train.seed}"

@@ -23,19 +23,20 @@ from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
 from ..models import presets
 from ..models.heads import task_head
+from ..models.hub import is_hub_id, resolve_hub_id
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
 from ..runkinds.task import MAIN_METRIC, finish_run, score_split
 from ..runs import RunDir, data_config_for, is_main_process, num_processes, on_every_process, run_manifest
 from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..training import fit
 from .augment import EmbeddingNeighbours, word_replaced_texts
-from .cache import TeacherCache, default_root, teacher_fingerprint
+from .cache import TeacherCache, teacher_cache_root, teacher_fingerprint
 from .components import (TEACHER_PREFIX, DistillModule, Needs, PairedCollator, TeacherOutputs, fill_teacher_cache,
                          intermediate_needs, parse_layer_map, projection_count)
 from .sharding import shard_teacher
 from .static import distill_static, is_static_spec
 from .student import build_student, is_derived_spec, layer_count, load_student_like, model_width, parse_spec
-from .task_loss import UNLABELLED, make_task_loss_fn
+from .task_loss import UNLABELLED, make_task_loss_fn, uses_labels_only
 
 log = logging.getLogger("lmcompress")
 INTERMEDIATE_STAGE = "intermediate-stage"  # TinyBERT stage 1's checkpoints and result, inside the partial run
@@ -61,7 +62,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     run = RunDir(cfg.out)
     request = request or to_dict(cfg)
     cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
-    teacher_dir = _teacher_dir(cfg.teacher)
+    teacher_dir, teacher_hub = _teacher_dir(cfg.teacher)
     data_cfg = data_config_for(cfg.data, teacher_dir)
     task_data = load_task(data_cfg)
     teacher = load_trained_classifier(teacher_dir, task_data.labels, task_data.task == "regression",
@@ -106,7 +107,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
                 student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
                          "layers": layer_count(student.config), "hidden": model_width(student.config)},
                 teacher_cache=cache_stats, processes=num_processes(), teacher_sharding=sharding,
-                augmentation=augment_record, **(extra or {})),
+                augmentation=augment_record, teacher_hub=teacher_hub, **(extra or {})),
             wall_time_s=round(result.wall_time_s, 1))
     if cache_stats is not None:
         log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
@@ -156,13 +157,13 @@ def _teacher_cache(cfg: DistillConfig, teacher, teacher_dir: Path, teacher_ids, 
                    task: str) -> TeacherCache | None:
     """The cache of the teacher's logits and hidden states (None when off, or when the losses read attention maps
     or Q/K/V, which are not cached)."""
-    if not cfg.cache:
+    if not cfg.cache or uses_labels_only(cfg.loss, needs):  # (labels only: the teacher never runs)
         return None
     if needs.attentions or needs.qkv:
         log.info("teacher cache off: attention maps and Q/K/V relations are computed live")
         return None
     return on_every_process(lambda: TeacherCache(
-        Path(cfg.cache_dir) if cfg.cache_dir else default_root(), teacher_fingerprint(teacher_dir), teacher_ids,
+        teacher_cache_root(cfg.cache_dir), teacher_fingerprint(teacher_dir), teacher_ids,
         teacher.config.num_labels, needs.hidden, model_width(teacher.config),
         per_token=task in (TOKEN_TASK, QA_TASK)))
 
@@ -230,13 +231,16 @@ def augmentation_rows(cfg: DistillConfig, task_data, teacher, tokenizer) -> tupl
     return pd.DataFrame({"text": kept, "label": [UNLABELLED] * len(kept)}), record
 
 
-def _teacher_dir(spec: str) -> Path:
+def _teacher_dir(spec: str) -> tuple[Path, dict[str, str] | None]:
+    """The teacher's folder: a run directory, a checkpoint folder or a Hub id (-> its snapshot and record)."""
+    if is_hub_id(spec):
+        return resolve_hub_id(spec, "--teacher")
     path = Path(spec).expanduser()
     if not path.is_dir() or not (path / "config.json").is_file():
         hint = " (fine-tune it first: lmcompress finetune --model NAME --data D --out runs/teacher)" \
             if not path.exists() else ""
         raise LmcError(f"--teacher {spec} is not a fine-tuned run or Hugging Face checkpoint{hint}")
-    return path
+    return path, None
 
 
 def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, task_data):

@@ -31,6 +31,12 @@ def default_root() -> Path:
     return Path(os.environ.get("LMCOMPRESS_CACHE", Path.home() / ".cache" / "lmcompress" / "teacher-outputs"))
 
 
+def teacher_cache_root(cache_dir: str | None) -> Path:
+    """Where every distill stage keeps teacher outputs: CACHE_DIR/teacher-outputs for --cache-dir CACHE_DIR (the
+    root that also holds tokenised corpora), else ~/.cache/lmcompress/teacher-outputs ($LMCOMPRESS_CACHE)."""
+    return Path(cache_dir).expanduser() / "teacher-outputs" if cache_dir else default_root()
+
+
 def teacher_fingerprint(folder: Path) -> str:
     """Hash of the teacher's weights and config files (or of a single-file checkpoint such as a .gguf)."""
     digest = hashlib.sha256()

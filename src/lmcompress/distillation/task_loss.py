@@ -41,13 +41,16 @@ def make_task_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_m
             # [B, C] per sequence; [B, T, C] per token, compared on the labelled (first sub-token) positions only
             mask = (labels != UNLABELLED) if out.logits.dim() == 3 else None
             soft = losses.kd_loss(out.logits, t_logits, loss_cfg.temperature, mask, loss_cfg.kd_kind)
-        hard = out.loss
-        if out.logits.dim() == 2 and not regression and bool((labels == UNLABELLED).any()):
-            # augmentation rows: the teacher's labels only
-            labelled = labels != UNLABELLED
-            hard = torch.nn.functional.cross_entropy(out.logits[labelled].float(), labels[labelled]) \
-                if labelled.any() else out.logits.sum() * 0.0
+        hard = _hard_loss(out, labels)
         return losses.mix_hard_and_soft(hard, soft, loss_cfg.alpha), _parts(hard, soft)
+
+    def _hard_loss(out, labels: torch.Tensor) -> torch.Tensor:
+        """The student's loss on the labels; augmentation rows (UNLABELLED) have the teacher's labels only."""
+        if out.logits.dim() == 2 and not regression and bool((labels == UNLABELLED).any()):
+            labelled = labels != UNLABELLED
+            return torch.nn.functional.cross_entropy(out.logits[labelled].float(), labels[labelled]) \
+                if labelled.any() else out.logits.sum() * 0.0
+        return out.loss
 
     def _parts(hard: torch.Tensor, soft: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each term as it enters the total (weighted), detached: for the logs only."""
@@ -76,4 +79,16 @@ def make_task_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_m
                                                teacher_qkv.outputs if needs.qkv else None, mask, layer_map, loss_cfg)
         return total + inner, parts | inner_parts
 
-    return loss_fn
+    def labels_only_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> LossWithParts:
+        """alpha 1 without intermediate losses (prune --recovery finetune): the labels alone; the teacher never runs."""
+        batch = {k: v for k, v in batch.items() if k != "idx" and not k.startswith(TEACHER_PREFIX)}
+        out = adapt(module.student(**batch), batch)
+        hard = out.loss if task == QA_TASK else _hard_loss(out, batch["labels"])
+        return hard, {"hard": hard.detach()}
+
+    return labels_only_fn if uses_labels_only(loss_cfg, needs, phase) else loss_fn
+
+
+def uses_labels_only(loss_cfg, needs: Needs, phase: str = "all") -> bool:
+    """Whether the loss takes nothing from the teacher: all weight on the labels and no intermediate loss."""
+    return loss_cfg.alpha == 1.0 and phase != "intermediate" and not (needs.hidden or needs.attentions or needs.qkv)

@@ -1,8 +1,9 @@
-"""The stage registry: one entry per stage, the single source of the CLI's subcommands, the Python API's functions
+"""The stage registry (the pretrain, finetune and evaluate stages live in this package too): one entry per stage,
+the single source of the CLI's subcommands, the Python API's functions
 (`lmcompress.<stage>`, dashes as underscores), the recipe steps and `lmcompress.__all__`.
 
-Entries name their runner as "module:function" and it is imported on first use, so `lmcompress --help` and
-`import lmcompress` stay light (no torch, no transformers until a stage runs).
+Entries name their runner as "module:function" and it is imported when the stage runs, so a command loads only its
+own stage's modules (ONNX Runtime, model2vec and the like load only for the stages that use them).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import (CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
+from ..config import (CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
                      FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, QuantizeConfig)
 
 
@@ -36,23 +37,23 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in [
-    Stage("pretrain", PretrainConfig, "lmcompress.pretrain:pretrain",
+    Stage("pretrain", PretrainConfig, "lmcompress.stages.pretrain:pretrain",
           "self-supervised pre-training: MLM (+NSP/SOP) or causal LM on raw text",
           "Pre-train on raw text: masked LM with static or dynamic, whole-word (jieba for Chinese) or n-gram masking, "
           "with NSP (BERT) or SOP (ALBERT), or causal LM (GPT-2); optionally with a vocabulary trained on the "
           "corpus."),
-    Stage("finetune", FinetuneConfig, "lmcompress.finetune:finetune", "fine-tune a model on a labelled task",
+    Stage("finetune", FinetuneConfig, "lmcompress.stages.finetune:finetune", "fine-tune a model on a labelled task",
           "Fine-tune a model (zoo name, HF dir or preset) for classification/regression."),
-    Stage("distill", DistillConfig, "lmcompress.distill.stage:distill",
+    Stage("distill", DistillConfig, "lmcompress.distillation.stage:distill",
           "distil a fine-tuned teacher into a smaller student",
           "Task-specific distillation: logit KD with temperature mixed with hard labels, optional hidden-state / "
           "embedding / cosine / attention / MiniLM relation losses, teacher cache."),
-    Stage("distill-lm", LMDistillConfig, "lmcompress.distill.lm:distill_lm",
+    Stage("distill-lm", LMDistillConfig, "lmcompress.distillation.lm:distill_lm",
           "distil a language model on raw text: general (MLM) or causal-LM distillation",
           "Distillation over the vocabulary without labels: an encoder with an MLM head into a smaller encoder on "
           "masked text (general distillation), or a causal LM (smollm2-135m) into a GPT-2 student sharing its "
           "tokenizer; forward or reverse KL, optional top-k teacher cache, hidden-state / MiniLM relation losses."),
-    Stage("distill-embeddings", EmbeddingDistillConfig, "lmcompress.distill.embeddings:distill_embeddings",
+    Stage("distill-embeddings", EmbeddingDistillConfig, "lmcompress.distillation.embeddings:distill_embeddings",
           "distil a sentence-embedding model into a smaller bi-encoder",
           "Bi-encoder distillation: the student learns the teacher's mean-pooled sentence embeddings (MSE) on raw "
           "sentences; scored by the rank correlation of cosine similarities on held-aside sentence pairs."),
@@ -68,6 +69,6 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           "Int8 quantization with the accuracy change and latency measured; ONNX methods export and validate first."),
     Stage("export", ExportConfig, "lmcompress.shrink.quantize:export", "validated ONNX export (fp32 or fp16)",
           "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches."),
-    Stage("evaluate", EvaluateConfig, "lmcompress.evaluate:evaluate_run", "score a run: metrics, size, latency",
+    Stage("evaluate", EvaluateConfig, "lmcompress.stages.evaluate:evaluate_run", "score a run: metrics, size, latency",
           "Evaluate a run on the same split it was trained with (or --data)."),
 ]}

@@ -1,0 +1,184 @@
+"""Architecture adapters: one `Family` per model family says where its parts live, so no other module reaches
+into a model by a family-specific path or branches on `model_type`.
+
+A family names, relative to its base model (`model.base_model`), the list of transformer layers; relative to one
+layer, the attention projections (query, key, value, output) and the FFN input/output layers; the config keys of
+depth, width, heads and FFN size; its language-model heads; and, for families whose students can be narrowed and
+pruned, what each axis of each parameter indexes (hidden width, attention rows, FFN neurons). Adding an
+architecture is adding an entry to FAMILIES (and its rows to the family test matrix).
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import LmcError
+
+Axes = tuple[str | None, ...]  # per parameter axis: "hidden", "qkv", "ffn" or None (kept whole)
+
+# BERT-layout parameters (task and MLM heads included): what each axis indexes
+BERT_AXES: tuple[tuple[str, Axes], ...] = (
+    (r"attention\.self\.(query|key|value)\.weight$", ("qkv", "hidden")),
+    (r"attention\.self\.(query|key|value)\.bias$", ("qkv",)),
+    (r"attention\.output\.dense\.weight$", ("hidden", "qkv")),
+    (r"intermediate\.dense\.weight$", ("ffn", "hidden")),
+    (r"intermediate\.dense\.bias$", ("ffn",)),
+    (r"layer\.\d+\.output\.dense\.weight$", ("hidden", "ffn")),
+    (r"(output\.dense|LayerNorm|pooler\.dense|classifier\.dense|transform\.dense|lm_head\.dense|lm_head\.layer_norm)"
+     r"\.bias$", ("hidden",)),
+    (r"(LayerNorm|lm_head\.layer_norm)\.weight$", ("hidden",)),
+    (r"(word|position|token_type)_embeddings\.weight$", (None, "hidden")),
+    (r"(pooler\.dense|classifier\.dense|predictions\.transform\.dense|lm_head\.dense)\.weight$", ("hidden", "hidden")),
+    (r"(predictions|lm_head)\.decoder\.weight$", (None, "hidden")),  # MLM heads (tied to the embeddings)
+    (r"(classifier|classifier\.out_proj|qa_outputs)\.weight$", (None, "hidden")),
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]  # transformers model_type values this adapter serves
+    layers: str  # the layer list, relative to the base model
+    query: str | None  # relative to a layer; None where the projections are fused
+    key: str | None
+    value: str | None
+    attention_out: str
+    ffn_in: str
+    ffn_out: str
+    depth_key: str = "num_hidden_layers"
+    width_key: str = "hidden_size"
+    heads_key: str = "num_attention_heads"
+    ffn_key: str = "intermediate_size"
+    norm: str = "LayerNorm"  # parameter names of the layer norms end with NORM.weight
+    word_embeddings: str = "word_embeddings"
+    mlm_head: str | None = None  # attribute path of the MLM head (masked-LM objectives)
+    pair_head: str | None = None  # of the sentence-pair head (NSP / SOP)
+    shares_layers: bool = False  # ALBERT: one layer reused across depth, so layers cannot be picked
+    axes_rules: tuple[tuple[str, Axes], ...] = ()  # non-empty: students can be narrowed and models pruned
+
+    @property
+    def can_narrow(self) -> bool:
+        return bool(self.axes_rules)
+
+    def layer_list(self, model: nn.Module) -> nn.ModuleList:
+        return operator.attrgetter(self.layers)(model.base_model)
+
+    def part(self, layer: nn.Module, path: str) -> nn.Module:
+        return operator.attrgetter(path)(layer)
+
+    def depth(self, config) -> int:
+        return getattr(config, self.depth_key)
+
+    def width(self, config) -> int:
+        return getattr(config, self.width_key)
+
+    def heads(self, config) -> int:
+        return getattr(config, self.heads_key)
+
+    def ffn(self, config) -> int:
+        return getattr(config, self.ffn_key)
+
+    def reshaped(self, config, layers: list[int] | None = None, hidden: int | None = None, heads: int | None = None,
+                 ffn: int | None = None):
+        """A copy of `config` with only the teacher layers `layers` (the count, and every per-layer list, such as
+        ModernBERT's and Qwen2's `layer_types`, which transformers checks against it) and the widths given."""
+        new = copy.deepcopy(config)
+        if layers is not None:
+            n = self.depth(config)
+            setattr(new, self.depth_key, len(layers))
+            for key, value in config.to_dict().items():
+                if isinstance(value, list) and len(value) == n and key.startswith("layer"):
+                    setattr(new, key, [value[i] for i in layers])
+        for key, value in ((self.width_key, hidden), (self.heads_key, heads), (self.ffn_key, ffn)):
+            if value is not None:
+                setattr(new, key, value)
+        return new
+
+    def axes(self, parameter: str) -> Axes:
+        """What each axis of a parameter indexes (empty: kept whole)."""
+        for pattern, axes in self.axes_rules:
+            if re.search(pattern, parameter):
+                return axes
+        return ()
+
+
+_BERT_LAYER = dict(layers="encoder.layer", query="attention.self.query", key="attention.self.key",
+                   value="attention.self.value", attention_out="attention.output.dense", ffn_in="intermediate.dense",
+                   ffn_out="output.dense")
+
+FAMILIES: tuple[Family, ...] = (
+    Family("bert", ("bert",), **_BERT_LAYER, mlm_head="cls.predictions", pair_head="cls.seq_relationship",
+           axes_rules=BERT_AXES),
+    Family("roberta", ("roberta", "xlm-roberta", "camembert"), **_BERT_LAYER, mlm_head="lm_head", axes_rules=BERT_AXES),
+    Family("electra", ("electra",), **_BERT_LAYER),
+    Family("deberta-v2", ("deberta-v2",), layers="encoder.layer", query="attention.self.query_proj",
+           key="attention.self.key_proj", value="attention.self.value_proj", attention_out="attention.output.dense",
+           ffn_in="intermediate.dense", ffn_out="output.dense"),
+    Family("mpnet", ("mpnet",), layers="encoder.layer", query="attention.attn.q", key="attention.attn.k",
+           value="attention.attn.v", attention_out="attention.attn.o", ffn_in="intermediate.dense",
+           ffn_out="output.dense"),
+    Family("distilbert", ("distilbert",), layers="transformer.layer", query="attention.q_lin", key="attention.k_lin",
+           value="attention.v_lin", attention_out="attention.out_lin", ffn_in="ffn.lin1", ffn_out="ffn.lin2",
+           depth_key="n_layers", width_key="dim", heads_key="n_heads", ffn_key="hidden_dim"),
+    Family("modernbert", ("modernbert",), layers="layers", query=None, key=None, value=None, attention_out="attn.Wo",
+           ffn_in="mlp.Wi", ffn_out="mlp.Wo", norm="norm"),
+    Family("albert", ("albert",), layers="encoder.albert_layer_groups", query="attention.query", key="attention.key",
+           value="attention.value", attention_out="attention.dense", ffn_in="ffn", ffn_out="ffn_output",
+           mlm_head="predictions", pair_head="sop_classifier", shares_layers=True),
+    Family("gpt2", ("gpt2",), layers="h", query=None, key=None, value=None, attention_out="attn.c_proj",
+           ffn_in="mlp.c_fc", ffn_out="mlp.c_proj", depth_key="n_layer", width_key="n_embd", heads_key="n_head",
+           ffn_key="n_inner", norm="ln_", word_embeddings="wte"),
+    Family("llama", ("llama", "qwen2", "qwen3", "mistral"), layers="layers", query="self_attn.q_proj",
+           key="self_attn.k_proj", value="self_attn.v_proj", attention_out="self_attn.o_proj", ffn_in="mlp.up_proj",
+           ffn_out="mlp.down_proj", norm="layernorm", word_embeddings="embed_tokens"),
+)
+_BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
+ENCODER_FAMILIES = tuple(f.name for f in FAMILIES if f.mlm_head)  # with a masked-LM head for pre-training
+
+
+def family_of(config) -> Family | None:
+    """The adapter of a config's (or a model's) architecture; None for an architecture without one."""
+    config = getattr(config, "config", config)
+    return _BY_MODEL_TYPE.get(getattr(config, "model_type", ""))
+
+
+def family_name(model_type: str) -> str:
+    """The family a model_type belongs to (xlm-roberta -> roberta), or the model_type itself."""
+    family = _BY_MODEL_TYPE.get(model_type)
+    return family.name if family else model_type
+
+
+# an architecture without an adapter: layers can still be picked by their parameter names (layer.N, layers.N, h.N)
+GENERIC = Family("generic", (), layers="", query=None, key=None, value=None, attention_out="", ffn_in="", ffn_out="")
+
+
+def require_family(config, operation: str, narrow: bool = False) -> Family:
+    """The adapter of `config`'s architecture for `operation` ("prune", "hidden=/heads=/ffn="), or one line saying
+    what this architecture can and cannot go through. Without `narrow`, an architecture without an adapter gets
+    GENERIC (layers picked by parameter name)."""
+    family = family_of(config)
+    model_type = getattr(getattr(config, "config", config), "model_type", "?")
+    if family is None and not narrow:
+        return GENERIC
+    if narrow and (family is None or not family.can_narrow):
+        narrowable = ", ".join(f.name for f in FAMILIES if f.can_narrow)
+        raise LmcError(f"{operation} is supported for {narrowable} models, not {model_type}; {model_type} can still "
+                       "be fine-tuned, distilled into a student with fewer layers (layers=N) or a preset, and quantized")
+    return family
+
+
+def depth(config) -> int:
+    """Transformer layers of any config (the family's key, else num_hidden_layers, which most configs map)."""
+    family = family_of(config)
+    return family.depth(config) if family else config.num_hidden_layers
+
+
+def width(config) -> int:
+    """Hidden width of any config (the family's key, else hidden_size)."""
+    family = family_of(config)
+    return family.width(config) if family else config.hidden_size

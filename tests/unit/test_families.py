@@ -1,0 +1,129 @@
+"""Architecture adapters (models/families.py) on tiny random models of every family: each adapter's paths exist in
+the real transformers classes, and the code that reaches inside models through them works per family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (AlbertConfig, AutoModelForSequenceClassification, BertConfig, DebertaV2Config,
+                          DistilBertConfig, ElectraConfig, GPT2Config, LlamaConfig, ModernBertConfig, MPNetConfig,
+                          Qwen2Config, RobertaConfig, XLMRobertaConfig)
+
+from lmcompress.distillation.components import QKVRecorder
+from lmcompress.distillation.sharding import repeated_blocks
+from lmcompress.distillation.student import build_student, parse_spec
+from lmcompress.errors import LmcError
+from lmcompress.models.families import FAMILIES, family_name, family_of, require_family
+from lmcompress.shrink import prune
+
+SHAPE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+             max_position_embeddings=64, pad_token_id=0)
+CONFIGS = {
+    "bert": lambda: BertConfig(**SHAPE),
+    "roberta": lambda: RobertaConfig(**SHAPE),
+    "xlm-roberta": lambda: XLMRobertaConfig(**SHAPE),
+    "electra": lambda: ElectraConfig(**SHAPE, embedding_size=32),
+    "deberta-v2": lambda: DebertaV2Config(**SHAPE),
+    "mpnet": lambda: MPNetConfig(**SHAPE),
+    "distilbert": lambda: DistilBertConfig(vocab_size=99, dim=32, n_layers=3, n_heads=4, hidden_dim=37,
+                                           max_position_embeddings=64, pad_token_id=0),
+    "modernbert": lambda: ModernBertConfig(**SHAPE, global_attn_every_n_layers=2),
+    "albert": lambda: AlbertConfig(**SHAPE, embedding_size=16),
+    "gpt2": lambda: GPT2Config(vocab_size=99, n_embd=32, n_layer=3, n_head=4, n_positions=64, pad_token_id=0),
+    "llama": lambda: LlamaConfig(**SHAPE, num_key_value_heads=2),
+    "qwen2": lambda: Qwen2Config(**SHAPE, num_key_value_heads=2),
+}
+
+
+def _model(model_type: str):
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(CONFIGS[model_type]()).eval()
+
+
+def test_every_adapter_is_exercised_here():
+    served = {t for f in FAMILIES for t in f.model_types}
+    assert served - set(CONFIGS) <= {"camembert", "qwen3", "mistral"}  # same classes as roberta / qwen2 / llama
+
+
+@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+def test_the_adapter_finds_every_part(model_type):
+    model = _model(model_type)
+    family = family_of(model.config)
+    assert family is not None and family_name(model_type) == family.name
+    layers = family.layer_list(model)
+    assert isinstance(layers, torch.nn.ModuleList)
+    assert family.depth(model.config) == 3
+    assert len(layers) == (1 if family.shares_layers else 3)  # ALBERT: one group of layers shared across depth
+    first = layers[0].albert_layers[0] if family.shares_layers else layers[0]
+    for path in (family.query, family.key, family.value, family.attention_out, family.ffn_in, family.ffn_out):
+        if path is not None:
+            assert isinstance(family.part(first, path), torch.nn.Module), path
+    assert family.width(model.config) == 32 and family.heads(model.config) == 4
+    assert repeated_blocks(model) is layers  # FSDP units: the family's layers
+
+
+@pytest.mark.parametrize("model_type", sorted(set(CONFIGS) - {"albert"}))
+def test_a_student_of_one_layer_keeps_that_layer_and_reloads(model_type, tmp_path):
+    teacher = _model(model_type)
+    student, kept = build_student(teacher, parse_spec("pick=2"))
+    family = family_of(teacher.config)
+    assert kept == [2] and family.depth(student.config) == 1
+    copied, source = family.layer_list(student)[0].state_dict(), family.layer_list(teacher)[2].state_dict()
+    assert copied
+    for name, value in copied.items():  # (a ModernBERT first layer has no attention norm: one parameter fewer)
+        torch.testing.assert_close(value, source[name], msg=name)
+    student.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()  # plain transformers
+    batch = {"input_ids": torch.randint(1, 99, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long)}
+    torch.testing.assert_close(reloaded(**batch).logits, student.eval()(**batch).logits)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta"])
+def test_narrowing_and_pruning_where_the_family_has_axis_rules(model_type):
+    teacher = _model(model_type)
+    student, _ = build_student(teacher, parse_spec("layers=1;hidden=16;heads=2;ffn=20"))
+    assert (student.config.hidden_size, student.config.num_attention_heads, student.config.intermediate_size) == \
+        (16, 2, 20)
+    target = prune.plan(teacher.config, 0.5, 0.5, 2, None)
+    assert (target.heads, target.hidden, target.ffn) == (2, 16, 18)
+
+
+@pytest.mark.parametrize("model_type", ["electra", "gpt2", "llama"])
+def test_families_without_axis_rules_refuse_narrowing_in_one_line(model_type):
+    teacher = _model(model_type)
+    with pytest.raises(LmcError, match="hidden=/heads=/ffn= is supported for bert, roberta models"):
+        build_student(teacher, parse_spec("layers=1;hidden=16"))
+    with pytest.raises(LmcError, match="prune is supported for bert, roberta models"):
+        prune.plan(teacher.config, 0.5, 0.5, None, None)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "deberta-v2", "mpnet", "distilbert", "llama"])
+def test_qkv_of_the_last_layer_are_recorded_for_minilm(model_type):
+    model = _model(model_type)
+    recorder = QKVRecorder(model)
+    model(input_ids=torch.randint(1, 99, (2, 5)), attention_mask=torch.ones(2, 5, dtype=torch.long))
+    assert recorder.outputs["query"].shape == (2, 5, 32)
+    assert set(recorder.outputs) == {"query", "key", "value"}
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "modernbert", "albert"])
+def test_fused_or_shared_attention_refuses_minilm_in_one_line(model_type):
+    with pytest.raises(LmcError, match="separate query/key/value"):
+        QKVRecorder(_model(model_type))
+
+
+def test_an_architecture_without_an_adapter_is_one_line_naming_what_it_can_do():
+    config = BertConfig(**SHAPE)
+    config.model_type = "funnel"
+    with pytest.raises(LmcError, match="prune is supported for bert, roberta models, not funnel; funnel can still be "
+                                       "fine-tuned, distilled into a student with fewer layers"):
+        require_family(config, "prune", narrow=True)
+
+
+def test_without_an_adapter_layers_are_still_picked_by_parameter_name():
+    teacher = _model("bert")
+    teacher.config.model_type = "ernie-like"  # a BERT layout under a model_type no adapter serves
+    student, kept = build_student(teacher, parse_spec("pick=1"))
+    assert kept == [1] and student.config.num_hidden_layers == 1
+    torch.testing.assert_close(student.bert.encoder.layer[0].output.dense.weight,
+                               teacher.bert.encoder.layer[1].output.dense.weight)
