@@ -78,22 +78,31 @@ def test_a_student_of_one_layer_keeps_that_layer_and_reloads(model_type, tmp_pat
     torch.testing.assert_close(reloaded(**batch).logits, student.eval()(**batch).logits)
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta"])
-def test_narrowing_and_pruning_where_the_family_has_axis_rules(model_type):
+NARROWABLE = ["bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert"]
+BATCH = {"input_ids": torch.randint(1, 99, (2, 7)), "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3])}
+
+
+@pytest.mark.parametrize("model_type", NARROWABLE)
+def test_narrowing_keeps_everything_when_nothing_is_removed_and_shrinks_what_is_asked(model_type):
     teacher = _model(model_type)
+    whole, _ = build_student(teacher, parse_spec("layers=3;hidden=32;heads=4;ffn=37"))
+    torch.testing.assert_close(whole.eval()(**BATCH).logits, teacher(**BATCH).logits, rtol=0, atol=0)
     student, _ = build_student(teacher, parse_spec("layers=1;hidden=16;heads=2;ffn=20"))
-    assert (student.config.hidden_size, student.config.num_attention_heads, student.config.intermediate_size) == \
-        (16, 2, 20)
+    family = family_of(teacher.config)
+    config = student.config
+    assert (family.depth(config), family.width(config), family.heads(config), family.ffn(config)) == (1, 16, 2, 20)
+    assert student.eval()(**BATCH).logits.shape == (2, 2)
     target = prune.plan(teacher.config, 0.5, 0.5, 2, None)
     assert (target.heads, target.hidden, target.ffn) == (2, 16, 18)
 
 
-@pytest.mark.parametrize("model_type", ["electra", "gpt2", "llama"])
+@pytest.mark.parametrize("model_type", ["mpnet", "modernbert", "gpt2", "llama"])
 def test_families_without_axis_rules_refuse_narrowing_in_one_line(model_type):
     teacher = _model(model_type)
-    with pytest.raises(LmcError, match="hidden=/heads=/ffn= is supported for bert, roberta models"):
+    narrowable = "bert, roberta, electra, deberta-v2, distilbert models"
+    with pytest.raises(LmcError, match=f"hidden=/heads=/ffn= is supported for {narrowable}"):
         build_student(teacher, parse_spec("layers=1;hidden=16"))
-    with pytest.raises(LmcError, match="prune is supported for bert, roberta models"):
+    with pytest.raises(LmcError, match=f"prune is supported for {narrowable}"):
         prune.plan(teacher.config, 0.5, 0.5, None, None)
 
 
@@ -115,8 +124,9 @@ def test_fused_or_shared_attention_refuses_minilm_in_one_line(model_type):
 def test_an_architecture_without_an_adapter_is_one_line_naming_what_it_can_do():
     config = BertConfig(**SHAPE)
     config.model_type = "funnel"
-    with pytest.raises(LmcError, match="prune is supported for bert, roberta models, not funnel; funnel can still be "
-                                       "fine-tuned, distilled into a student with fewer layers"):
+    with pytest.raises(LmcError, match="prune is supported for bert, roberta, electra, deberta-v2, distilbert models, "
+                                       "not funnel; funnel can still be fine-tuned, distilled into a student with "
+                                       "fewer layers"):
         require_family(config, "prune", narrow=True)
 
 

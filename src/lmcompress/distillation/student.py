@@ -102,7 +102,9 @@ def _hidden_index(family: Family, state: dict[str, torch.Tensor], hidden: int, k
     """Residual-stream dims to keep: mean |layer-norm gain| across layers x word-embedding column norm."""
     gains = [v.abs() for k, v in state.items() if k.endswith(f"{family.norm}.weight") and v.numel() == hidden]
     embed = next(v for k, v in state.items() if k.endswith(f"{family.word_embeddings}.weight"))
-    score = torch.stack(gains).mean(0) * embed.norm(dim=0)  # [H]
+    score = torch.stack(gains).mean(0)  # [H]
+    if embed.shape[1] == hidden:  # (ELECTRA's narrower embeddings reach the hidden width through a projection)
+        score = score * embed.norm(dim=0)
     return topk_sorted(score, keep)
 
 

@@ -37,6 +37,30 @@ BERT_AXES: tuple[tuple[str, Axes], ...] = (
     (r"(predictions|lm_head)\.decoder\.weight$", (None, "hidden")),  # MLM heads (tied to the embeddings)
     (r"(classifier|classifier\.out_proj|qa_outputs)\.weight$", (None, "hidden")),
 )
+# ELECTRA: BERT's layout, plus a projection from narrower embeddings (embedding_size) up to the hidden width
+ELECTRA_AXES = BERT_AXES + (
+    (r"embeddings_project\.weight$", ("hidden", None)),
+    (r"embeddings_project\.bias$", ("hidden",)),
+)
+# DeBERTa-v2/v3: BERT's layout with *_proj attention names, and the shared relative-position embeddings
+DEBERTA_AXES = (
+    (r"attention\.self\.(query_proj|key_proj|value_proj|pos_key_proj|pos_query_proj)\.weight$", ("qkv", "hidden")),
+    (r"attention\.self\.(query_proj|key_proj|value_proj|pos_key_proj|pos_query_proj)\.bias$", ("qkv",)),
+    (r"rel_embeddings\.weight$", (None, "hidden")),
+) + BERT_AXES
+DISTILBERT_AXES: tuple[tuple[str, Axes], ...] = (
+    (r"attention\.(q_lin|k_lin|v_lin)\.weight$", ("qkv", "hidden")),
+    (r"attention\.(q_lin|k_lin|v_lin)\.bias$", ("qkv",)),
+    (r"attention\.out_lin\.weight$", ("hidden", "qkv")),
+    (r"ffn\.lin1\.weight$", ("ffn", "hidden")),
+    (r"ffn\.lin1\.bias$", ("ffn",)),
+    (r"ffn\.lin2\.weight$", ("hidden", "ffn")),
+    (r"(out_lin|lin2|layer_norm|LayerNorm|pre_classifier|vocab_transform)\.bias$", ("hidden",)),
+    (r"(layer_norm|LayerNorm)\.weight$", ("hidden",)),
+    (r"(word|position)_embeddings\.weight$", (None, "hidden")),
+    (r"(pre_classifier|vocab_transform)\.weight$", ("hidden", "hidden")),
+    (r"(classifier|qa_outputs|vocab_projector)\.weight$", (None, "hidden")),
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +82,9 @@ class Family:
     word_embeddings: str = "word_embeddings"
     mlm_head: str | None = None  # attribute path of the MLM head (masked-LM objectives)
     pair_head: str | None = None  # of the sentence-pair head (NSP / SOP)
+    # other config keys that follow the hidden width when they equal it (ELECTRA's embedding_size, DeBERTa's
+    # pooler_hidden_size): else a narrowed student would grow a projection, or keep a head, the teacher lacks
+    width_followers: tuple[str, ...] = ()
     shares_layers: bool = False  # ALBERT: one layer reused across depth, so layers cannot be picked
     axes_rules: tuple[tuple[str, Axes], ...] = ()  # non-empty: students can be narrowed and models pruned
 
@@ -94,6 +121,9 @@ class Family:
             for key, value in config.to_dict().items():
                 if isinstance(value, list) and len(value) == n and key.startswith("layer"):
                     setattr(new, key, [value[i] for i in layers])
+        for key in self.width_followers if hidden is not None else ():
+            if getattr(config, key, None) == self.width(config):
+                setattr(new, key, hidden)
         for key, value in ((self.width_key, hidden), (self.heads_key, heads), (self.ffn_key, ffn)):
             if value is not None:
                 setattr(new, key, value)
@@ -115,16 +145,19 @@ FAMILIES: tuple[Family, ...] = (
     Family("bert", ("bert",), **_BERT_LAYER, mlm_head="cls.predictions", pair_head="cls.seq_relationship",
            axes_rules=BERT_AXES),
     Family("roberta", ("roberta", "xlm-roberta", "camembert"), **_BERT_LAYER, mlm_head="lm_head", axes_rules=BERT_AXES),
-    Family("electra", ("electra",), **_BERT_LAYER),
+    Family("electra", ("electra",), **_BERT_LAYER, width_followers=("embedding_size",),
+           axes_rules=ELECTRA_AXES),
     Family("deberta-v2", ("deberta-v2",), layers="encoder.layer", query="attention.self.query_proj",
            key="attention.self.key_proj", value="attention.self.value_proj", attention_out="attention.output.dense",
-           ffn_in="intermediate.dense", ffn_out="output.dense"),
+           ffn_in="intermediate.dense", ffn_out="output.dense", width_followers=("pooler_hidden_size",),
+           axes_rules=DEBERTA_AXES),
     Family("mpnet", ("mpnet",), layers="encoder.layer", query="attention.attn.q", key="attention.attn.k",
            value="attention.attn.v", attention_out="attention.attn.o", ffn_in="intermediate.dense",
            ffn_out="output.dense"),
     Family("distilbert", ("distilbert",), layers="transformer.layer", query="attention.q_lin", key="attention.k_lin",
            value="attention.v_lin", attention_out="attention.out_lin", ffn_in="ffn.lin1", ffn_out="ffn.lin2",
-           depth_key="n_layers", width_key="dim", heads_key="n_heads", ffn_key="hidden_dim"),
+           depth_key="n_layers", width_key="dim", heads_key="n_heads", ffn_key="hidden_dim", norm="layer_norm",
+           axes_rules=DISTILBERT_AXES),
     Family("modernbert", ("modernbert",), layers="layers", query=None, key=None, value=None, attention_out="attn.Wo",
            ffn_in="mlp.Wi", ffn_out="mlp.Wo", norm="norm"),
     Family("albert", ("albert",), layers="encoder.albert_layer_groups", query="attention.query", key="attention.key",
