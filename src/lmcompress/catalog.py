@@ -66,8 +66,9 @@ class ZooEntry:
 
     def require(self) -> Path:
         path = self.locate()
-        if path is None and self.parts and self._pieces() is not None:
-            path = self._unpack(self._pieces())
+        pieces = self._pieces() if path is None and self.parts else None
+        if pieces is not None:
+            path = self._unpack(pieces)
         if path is None:
             raise LmcError(f"zoo entry '{self.name}' is not installed; install it with: {self.install}")
         return path

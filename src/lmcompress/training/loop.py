@@ -14,7 +14,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,18 +129,17 @@ class _Running:
     """The training loss and its parts summed since the last log line."""
 
     loss: float = 0.0
-    parts: dict[str, float] | None = None
+    parts: dict[str, float] = field(default_factory=dict)
     count: int = 0
 
     def add(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
         self.loss += loss.detach().float().item()
-        self.parts = self.parts or {}
         for name, value in parts.items():
             self.parts[name] = self.parts.get(name, 0.0) + float(value)
         self.count += 1
 
     def means(self) -> dict[str, float]:
-        return {"loss": self.loss / self.count} | {f"loss_{k}": v / self.count for k, v in sorted((self.parts or {}).items())}
+        return {"loss": self.loss / self.count} | {f"loss_{k}": v / self.count for k, v in sorted(self.parts.items())}
 
 
 class _Loop:
