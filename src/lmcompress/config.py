@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -477,6 +478,66 @@ class ExportConfig(OutputOptions):
         _required(self, "model", "out")
         _positive(self, "tolerance")
 
+
+
+BUDGET_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'45m', '1h30m', '90s' or a bare number of minutes -> seconds (ValueError naming the format)."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text) * 60
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"time_budget {text!r}: use minutes (45), or units such as 45m, 1h30m, 600s")
+    return sum(float(n) * BUDGET_UNITS[u] for n, u in parts)
+
+
+@dataclass
+class AutoConfig(OutputOptions):
+    """`lmcompress auto`: the user states the target; the search measures shapes here, trains the promising ones and
+    hands back the smallest model that meets it."""
+
+    teacher: str = field(default="", metadata={"help": "fine-tuned teacher run (classification or regression)"})
+    min_retention: float = field(default=0.97, metadata={
+        "help": "share of the teacher's test metric the model must keep (0-1]"})
+    min_speedup: float | None = field(default=None, metadata={
+        "help": "times faster than the teacher (PyTorch fp32) at --batch-size; or give --max-latency-ms"})
+    max_latency_ms: float | None = field(default=None, metadata={"help": "latency ceiling at --batch-size, in ms"})
+    batch_size: int = field(default=32, metadata={"help": "batch the target is measured at: 1 or 32 (the report's "
+                                                          "two batch sizes)"})
+    seq_len: int | None = field(default=None, metadata={
+        "help": "tokens per text for training, scoring and timing (default: the teacher's max length)"})
+    backend: Literal["auto", "torch", "onnxruntime", "openvino"] = field(default="auto", metadata={
+        "help": "runtime the model will be served on: onnxruntime (int8), torch (fp32 or dynamic int8); auto = "
+                "onnxruntime when installed"})
+    time_budget: str = field(default="45m", metadata={
+        "help": "wall time for the whole search (45m, 1h30m, 600s); runs already complete cost nothing"})
+    augment: str | None = field(default=None, metadata={
+        "help": "in-domain unlabelled text for distillation (file or folder), as `distill --augment`"})
+    shortlist: int = field(default=4, metadata={"help": "shapes screened by a short distillation (one per depth)"})
+    screen_rows: int = field(default=2000, metadata={"help": "training rows of a screening distillation"})
+    epochs: float = field(default=4.0, metadata={"help": "distillation epochs of a candidate trained in full"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "distillation learning rate"})
+    threads: int | None = field(default=None, metadata={"help": "threads for every timing (default: all cores)"})
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        _required(self, "teacher", "out")
+        if (self.min_speedup is None) == (self.max_latency_ms is None):
+            raise ValueError("give exactly one speed target: --min-speedup or --max-latency-ms")
+        if not 0 < self.min_retention <= 1:
+            raise ValueError(f"min_retention is a share in (0, 1], got {self.min_retention}")
+        if self.batch_size not in (1, 32):
+            raise ValueError(f"batch_size must be 1 or 32 (the batches the report times), got {self.batch_size}")
+        _positive(self, "min_speedup", "max_latency_ms", "epochs", "learning_rate")
+        _at_least(self, 1, "seq_len", "shortlist", "screen_rows", "threads")
+        parse_duration(self.time_budget)
+
+    @property
+    def budget_s(self) -> float:
+        return parse_duration(self.time_budget)
 
 # --------------------------------------------------------------------------------------------------------------
 # dict / YAML -> dataclass with type checks and unknown-key rejection

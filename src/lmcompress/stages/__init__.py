@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import (CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
+from ..config import (AutoConfig, CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
                      FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, QuantizeConfig)
 
 
@@ -71,4 +71,10 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches."),
     Stage("evaluate", EvaluateConfig, "lmcompress.stages.evaluate:evaluate_run", "score a run: metrics, size, latency",
           "Evaluate a run on the same split it was trained with (or --data)."),
+    Stage("auto", AutoConfig, "lmcompress.auto.search:auto",
+          "state the target (retention, speedup or latency); get the smallest model that meets it",
+          "Search for the student that meets --min-retention and --min-speedup (or --max-latency-ms) on this "
+          "machine: time student shapes cut from the teacher (random weights), screen the promising ones by a short "
+          "distillation, train the best with pruning + distillation + int8, and hand back the report and OUT/best. "
+          "Re-running the same command continues the search."),
 ]}

@@ -1,0 +1,188 @@
+"""The first step of `auto`: which student shapes are fast enough, measured on this machine.
+
+A shape's speed does not depend on its weights, so every shape of a grid (depth x attention width x FFN width, cut
+from the teacher's config) is built with random weights and timed beside the teacher, in groups, models interleaved
+round by round (timing.py); int8 variants are exported and quantized for the shapes near the target only. What this
+measures is the search's *prediction* of a trained candidate's latency; the final report measures the trained model
+again, and the two are compared in the search log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..backends.onnx import OnnxClassifier
+from ..backends.torch_int8 import dynamic_int8
+from ..models.families import Family
+from ..models.static import StaticClassifier
+from ..shrink.onnx_io import export_onnx, quantize_dynamic_int8
+from ..timing import interleaved_rounds, per_round_ratios, quartiles
+
+log = logging.getLogger("lmcompress")
+
+DEPTHS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
+WIDTH_SHARES = (1.0, 0.5, 0.25)  # of the teacher's heads (hidden follows, as `prune --heads`) and of its FFN
+STATIC_DIM = 256
+GROUP = 8  # random models timed together with the teacher: bounds the memory of a 12-layer grid
+INT8_REACH = 3.5  # int8 was at most ~2x fp32 in our measurements: shapes this far below the target are not exported
+MAX_EXPORTS = 16
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A student shape: depth, kept heads per layer, hidden width, FFN neurons per layer; or the static student."""
+
+    layers: int
+    heads: int
+    hidden: int
+    ffn: int
+    static: bool = False
+
+    @property
+    def name(self) -> str:
+        return "static" if self.static else f"L{self.layers}-H{self.hidden}-A{self.heads}-F{self.ffn}"
+
+    def macs_per_token(self, seq_len: int) -> float:
+        """Multiply-adds per token of the transformer layers (projections, FFN, attention scores and mixing)."""
+        if self.static:
+            return 0.0
+        return self.layers * (4 * self.hidden * self.hidden + 2 * self.hidden * self.ffn + 2 * seq_len * self.hidden)
+
+
+def teacher_shape(family: Family, config) -> Shape:
+    return Shape(family.depth(config), family.heads(config), family.width(config), family.ffn(config))
+
+
+def shape_grid(family: Family, config, static: bool) -> list[Shape]:
+    """Depths up to the teacher's, x head and FFN shares when the family can be narrowed (else full width); the
+    teacher's own shape is included (its int8 variant is a candidate)."""
+    full = teacher_shape(family, config)
+    depths = sorted({d for d in DEPTHS if d <= full.layers} | {full.layers})
+    shares = WIDTH_SHARES if family.can_narrow else (1.0,)
+    head_size = full.hidden // full.heads
+    shapes = []
+    for layers in depths:
+        for head_share in shares:
+            heads = max(1, round(full.heads * head_share))
+            for ffn_share in shares:
+                shapes.append(Shape(layers, heads, heads * head_size, max(1, round(full.ffn * ffn_share))))
+    unique = list(dict.fromkeys(shapes))
+    return unique + ([Shape(0, 0, STATIC_DIM, 0, static=True)] if static else [])
+
+
+def random_model(teacher: torch.nn.Module, family: Family, shape: Shape, vocab: int, unk_id: int | None):
+    """A model of `shape` with the teacher's class and head, random weights (enough to time it)."""
+    if shape.static:
+        num_labels = teacher.config.num_labels
+        return StaticClassifier(torch.randn(vocab, shape.hidden), num_labels, unk_id, {}, {}, "").eval()
+    keep = list(range(shape.layers))
+    config = family.reshaped(teacher.config, keep, shape.hidden, shape.heads, shape.ffn)
+    return type(teacher)(config).eval()
+
+
+def _speedups(times: dict[Any, list[float]], reference: Any) -> dict[Any, dict[str, Any]]:
+    """Per timed key: median ms, its interquartile range, and the median within-round speedup over `reference`."""
+    out = {}
+    for key, rounds in times.items():
+        q1, median, q3 = quartiles(rounds)
+        ratios = per_round_ratios(times[reference], rounds)
+        r1, ratio, r3 = quartiles(ratios)
+        out[key] = {"latency_ms": round(median, 3), "latency_iqr_ms": [round(q1, 3), round(q3, 3)],
+                    "speedup": round(ratio, 3), "speedup_iqr": [round(r1, 3), round(r3, 3)]}
+    return out
+
+
+def time_in_groups(teacher_call: Callable[[], object], calls: dict[str, Callable[[], object]],
+                   rounds: int) -> tuple[dict[str, dict[str, Any]], float]:
+    """Each group of GROUP calls is timed with the teacher in its rounds, so every speedup is taken within a round
+    -> (figures per call, the teacher's median ms over all rounds)."""
+    results: dict[str, dict[str, Any]] = {}
+    teacher_ms: list[float] = []
+    keys = list(calls)
+    for start in range(0, len(keys), GROUP):
+        group = {key: calls[key] for key in keys[start:start + GROUP]} | {"__teacher__": teacher_call}
+        times = interleaved_rounds(group, rounds)
+        teacher_ms += times["__teacher__"]
+        results.update({k: v for k, v in _speedups(times, "__teacher__").items() if k != "__teacher__"})
+    return results, statistics.median(teacher_ms)
+
+
+@dataclass(frozen=True)
+class SpeedTarget:
+    """--min-speedup S (over the teacher in PyTorch fp32) or --max-latency-ms X, at the search's batch size."""
+
+    min_speedup: float | None
+    max_latency_ms: float | None
+
+    def required_speedup(self, teacher_ms: float) -> float:
+        return self.min_speedup if self.min_speedup is not None else teacher_ms / self.max_latency_ms
+
+    def met(self, latency_ms: float, speedup: float) -> bool:
+        if self.min_speedup is not None:
+            return speedup >= self.min_speedup
+        return latency_ms <= self.max_latency_ms
+
+    def describe(self) -> str:
+        return f">= {self.min_speedup:g}x" if self.min_speedup is not None else f"<= {self.max_latency_ms:g} ms"
+
+
+@dataclass
+class Measured:
+    shape: Shape
+    variant: str  # fp32 (PyTorch), dynamic-int8 (PyTorch), onnx-int8 (ONNX Runtime)
+    params: int
+    latency_ms: float
+    latency_iqr_ms: list[float]
+    speedup: float
+    speedup_iqr: list[float]
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.shape.name, **asdict(self.shape), "variant": self.variant, "params": self.params,
+                "latency_ms": self.latency_ms, "latency_iqr_ms": self.latency_iqr_ms, "speedup": self.speedup,
+                "speedup_iqr": self.speedup_iqr}
+
+
+def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str, torch.Tensor], vocab: int,
+                   unk_id: int | None, int8_variant: str | None, target: SpeedTarget,
+                   rounds: int = 5) -> tuple[list[Measured], float]:
+    """fp32 latency of every shape, then `int8_variant` for the shapes whose fp32 speedup is within INT8_REACH of
+    the required speedup (at most MAX_EXPORTS of them, nearest the target first) -> (figures, teacher ms)."""
+    def call(model) -> Callable[[], object]:
+        return lambda: model(**batch)
+
+    models = {s.name: random_model(teacher, family, s, vocab, unk_id) for s in shapes}
+    by_name = {s.name: s for s in shapes}
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    log.info("timing %d shapes with random weights beside the teacher (%d rounds, batch %d x %d tokens)",
+             len(models), rounds, batch["input_ids"].shape[0], batch["input_ids"].shape[1])
+    fp32, teacher_ms = time_in_groups(call(teacher), {n: call(m) for n, m in models.items()}, rounds)
+    measured = [Measured(by_name[n], "fp32", params[n], **fp32[n]) for n in models]
+    required = target.required_speedup(teacher_ms)
+    if int8_variant is None:
+        return measured, teacher_ms
+    near = [m for m in measured if not m.shape.static and required / INT8_REACH <= m.speedup <= required * 2]
+    near.sort(key=lambda m: abs(math.log(m.speedup / required)))
+    chosen = near[:MAX_EXPORTS]
+    if not chosen:
+        return measured, teacher_ms
+    log.info("%s variants of %d shapes near the target", int8_variant, len(chosen))
+    with tempfile.TemporaryDirectory(prefix="lmcompress-shapes-") as tmp:
+        quantized = {m.shape.name: _int8(models[m.shape.name], int8_variant, batch, Path(tmp)) for m in chosen}
+        int8, _ = time_in_groups(call(teacher), {n: call(q) for n, q in quantized.items()}, rounds)
+    return measured + [Measured(by_name[n], int8_variant, params[n], **int8[n]) for n in quantized], teacher_ms
+
+
+def _int8(model, variant: str, batch: dict[str, torch.Tensor], folder: Path):
+    if variant == "dynamic-int8":
+        return dynamic_int8(model)
+    graph = export_onnx(model, batch, folder / f"{id(model)}.onnx")
+    return OnnxClassifier(quantize_dynamic_int8(graph, folder / f"{id(model)}-int8.onnx"), torch.get_num_threads())

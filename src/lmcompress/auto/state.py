@@ -1,0 +1,65 @@
+"""The state of one `auto` search: its candidates and what it knows so far (shared by search and summary)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import AutoConfig, DataConfig
+from ..models.families import Family
+from .shapes import Shape, SpeedTarget
+
+LOG_FILE = "search.jsonl"
+
+
+@dataclass
+class Candidate:
+    shape: Shape
+    variant: str  # fp32, dynamic-int8 or onnx-int8
+    predicted: dict[str, Any]  # the random-weight timing (shapes.Measured.record())
+    folder: Path
+    screen_score: float | None = None
+    validation_retention: float | None = None
+    trained: bool = False
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.shape.name if self.variant == "fp32" else f"{self.shape.name}-{self.variant}"
+
+    @property
+    def deploy(self) -> Path:
+        return self.folder / ("student" if self.variant == "fp32" else self.variant)
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": self.shape.name, "variant": self.variant, "folder": str(self.folder),
+                "predicted_speedup": self.predicted["speedup"], "predicted_latency_ms": self.predicted["latency_ms"],
+                "screen_score": self.screen_score, "validation_retention": self.validation_retention,
+                "trained": self.trained, "note": self.note}
+
+
+@dataclass
+class Search:
+    cfg: AutoConfig
+    root: Path
+    teacher_dir: Path
+    data: DataConfig
+    family: Family
+    teacher_config: Any
+    target: SpeedTarget
+    deadline: float
+    teacher_validation: float = 0.0
+    metric: str = ""
+    teacher_ms: float = 0.0
+    candidates: list[Candidate] = field(default_factory=list)
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def event(self, kind: str, **payload: Any) -> None:
+        """One line of OUT/search.jsonl."""
+        with (self.root / LOG_FILE).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"event": kind, "time": round(time.time(), 1), **payload}) + "\n")

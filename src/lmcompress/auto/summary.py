@@ -1,0 +1,144 @@
+"""What `auto` hands back: the chosen row in the report (`"chosen"` in report.json), the search (candidates,
+predicted and measured latency) in report.json, report.md and candidates.png, the chosen model in OUT/best, and one
+line saying whether the target was met."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..console import console
+from ..runs import write_json_atomic
+from .state import Search
+
+log = logging.getLogger("lmcompress")
+
+
+def choose(rows: list[dict[str, Any]], search: Search) -> tuple[dict[str, Any], bool]:
+    """(row, met): the fastest row meeting both targets on the test rows; else the best point reached (the most
+    retained among the fast-enough rows, else the fastest row)."""
+    size = search.cfg.batch_size
+    fast = [r for r in rows[1:] if search.target.met(r[f"latency_ms_b{size}"], r[f"speedup_b{size}"])]
+    good = [r for r in fast if (r["retention"] or 0) >= search.cfg.min_retention]
+    if good:
+        return min(good, key=lambda r: r[f"latency_ms_b{size}"]), True
+    if fast:
+        return max(fast, key=lambda r: r["retention"] or 0), False
+    return min(rows[1:], key=lambda r: r[f"latency_ms_b{size}"]), False
+
+
+def _latency_check(search: Search, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per trained candidate: the speedup and latency predicted from random weights vs measured in the report."""
+    size = search.cfg.batch_size
+    trained = [c for c in search.candidates if c.trained]
+    out = []
+    for c, row in zip(trained, rows[1:]):
+        measured = row[f"latency_ms_b{size}"]
+        out.append({"name": c.name, "row": row["name"], "predicted_speedup": c.predicted["speedup"],
+                    "measured_speedup": row[f"speedup_b{size}"], "predicted_ms": c.predicted["latency_ms"],
+                    "measured_ms": measured, "measured_over_predicted": round(measured / c.predicted["latency_ms"], 3)})
+    return out
+
+
+def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dict[str, Any]], line: str) -> str:
+    size = search.cfg.batch_size
+    lines = ["", "## auto: the search", "", line, "",
+             f"Target: retention >= {search.cfg.min_retention:.0%} on the test rows, speed "
+             f"{search.target.describe()} at batch {size}. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
+             "| candidate | predicted speedup | screen retention (validation) | validation retention | trained | note |",
+             "|---|---|---|---|---|---|"]
+    for c in search.candidates:
+        screen = f"{c.screen_score:.1%}" if c.screen_score is not None else "-"
+        val = f"{c.validation_retention:.1%}" if c.validation_retention is not None else "-"
+        lines.append(f"| {c.name} | {c.predicted['speedup']:.1f}x | {screen} | {val} | {'yes' if c.trained else 'no'} "
+                     f"| {c.note} |")
+    lines += ["", "Latency predicted from random weights vs measured in this report:", "",
+              "| candidate | predicted ms | measured ms | measured / predicted |", "|---|---|---|---|"]
+    lines += [f"| {x['name']} | {x['predicted_ms']:.1f} | {x['measured_ms']:.1f} | {x['measured_over_predicted']:.2f} |"
+              for x in check]
+    return "\n".join(lines) + "\n\n![candidates](candidates.png)\n"
+
+
+def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[dict[str, Any]],
+                    rows: list[dict[str, Any]], path: Path) -> None:
+    """Every timed shape at its predicted speedup (ticks), trained candidates from predicted to measured."""
+    import matplotlib  # heavy: only when a search report is drawn
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    retention = {r["name"]: r["retention"] or 0 for r in rows}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    floor = min([search.cfg.min_retention - 0.05] + [v for v in retention.values() if v])
+    ax.plot([r["speedup"] for r in records], [floor] * len(records), "|", color="0.6", markersize=12,
+            label="timed shapes (random weights)")
+    for x in check:
+        y = retention.get(x["row"], floor)
+        ax.annotate("", (x["measured_speedup"], y), (x["predicted_speedup"], y), arrowprops={"arrowstyle": "->"})
+        ax.plot(x["predicted_speedup"], y, "o", mfc="none", color="C0")
+        ax.plot(x["measured_speedup"], y, "o", color="C0")
+        ax.annotate(x["name"], (x["measured_speedup"], y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(search.cfg.min_retention, color="C3", linestyle="--", linewidth=1, label="target retention")
+    ax.axvline(search.target.required_speedup(search.teacher_ms), color="C2", linestyle="--", linewidth=1,
+               label="target speedup")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"speedup over the teacher at batch {search.cfg.batch_size} (hollow: predicted, filled: measured)")
+    ax.set_ylabel("retention (test)")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _copy_best(source: Path, target: Path) -> None:
+    """OUT/best: a plain copy of the chosen run directory (written aside, then renamed into place)."""
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(partial, target)
+
+
+def _verdict(search: Search, chosen: dict[str, Any], met: bool) -> str:
+    size = search.cfg.batch_size
+    figures = (f"{chosen['name']}: {chosen[f'speedup_b{size}']:.1f}x faster at batch {size} "
+               f"({chosen[f'latency_ms_b{size}']:.1f} ms), {chosen['retention']:.1%} of the teacher's "
+               f"{chosen['metric']}, {chosen['params'] / 1e6:.1f}M params")
+    if met:
+        return f"target met by {figures}"
+    return (f"target not met (retention >= {search.cfg.min_retention:.0%}, {search.target.describe()}); best point "
+            f"reached: {figures}")
+
+
+def hand_back(search: Search, report: dict[str, Any], records: list[dict[str, Any]],
+              wall_s: float) -> dict[str, Any]:
+    rows = report["rows"]
+    chosen, met = choose(rows, search)
+    check = _latency_check(search, rows)
+    line = _verdict(search, chosen, met)
+    folder = Path(report["path"])
+    deploy = {c.name: c.deploy for c in search.candidates if c.trained}
+    source = next(c.deploy for c, x in zip([c for c in search.candidates if c.trained], check)
+                  if x["row"] == chosen["name"])
+    _copy_best(source, search.root / "best")
+    report = {k: v for k, v in report.items() if k != "path"} | {"chosen": chosen["name"], "auto": {
+        "target_met": met, "verdict": line, "min_retention": search.cfg.min_retention,
+        "speed_target": search.target.describe(), "batch_size": search.cfg.batch_size,
+        "teacher_ms": search.teacher_ms, "validation_metric": search.metric,
+        "teacher_validation": search.teacher_validation, "candidates": [c.record() for c in search.candidates],
+        "latency_check": check, "deploy": {k: str(v) for k, v in deploy.items()}, "wall_time_s": round(wall_s, 1)}}
+    write_json_atomic(folder / "report.json", report)
+    with (folder / "report.md").open("a", encoding="utf-8") as handle:
+        handle.write(_markdown(search, chosen, met, check, line))
+    plot_candidates(search, records, check, rows, folder / "candidates.png")
+    search.event("chosen", name=chosen["name"], met=met, verdict=line)
+    console().print(("[green]" if met else "[yellow]") + line + "[/]")
+    console().print(f"report: {folder}/report.md (search: candidates.png, {search.root}/search.jsonl); model: "
+                    f"{search.root}/best; wall time {wall_s / 60:.1f} min")
+    return {"split": "test", "metrics": {chosen["metric"]: chosen["value"]}, "params": chosen["params"],
+            "size_bytes": int(chosen["size_mb"] * 1e6), "path": str(search.root / "best"), "target_met": met,
+            "chosen": chosen["name"], "verdict": line}

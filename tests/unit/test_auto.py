@@ -1,0 +1,80 @@
+"""The pure parts of `auto`: the shape grid, the speed target, the time budget, and the choice of row."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from transformers import BertConfig, MPNetConfig
+
+from lmcompress.auto.shapes import Shape, SpeedTarget, shape_grid, teacher_shape
+from lmcompress.auto.summary import choose
+from lmcompress.config import parse_duration
+from lmcompress.models.families import family_of
+
+
+def test_grid_of_a_narrowable_teacher_spans_depth_heads_and_ffn():
+    config = BertConfig(num_hidden_layers=6, hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    family = family_of(config)
+    grid = shape_grid(family, config, static=True)
+    transformers_ = [s for s in grid if not s.static]
+    assert {s.layers for s in transformers_} == {1, 2, 3, 4, 6}
+    assert {(s.heads, s.hidden) for s in transformers_} == {(12, 384), (6, 192), (3, 96)}  # head size kept at 32
+    assert {s.ffn for s in transformers_} == {1536, 768, 384}
+    assert len(transformers_) == 5 * 3 * 3 and grid[-1].static
+    assert teacher_shape(family, config) in grid  # its int8 variant is a candidate
+
+
+def test_grid_of_a_family_that_cannot_be_narrowed_varies_depth_only():
+    config = MPNetConfig(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072)
+    grid = shape_grid(family_of(config), config, static=False)
+    assert [s.layers for s in grid] == [1, 2, 3, 4, 6, 8, 12]
+    assert {(s.hidden, s.heads, s.ffn) for s in grid} == {(768, 12, 3072)}
+
+
+def test_shape_cost_grows_with_every_dimension():
+    base = Shape(2, 6, 192, 768)
+    assert base.macs_per_token(64) < Shape(3, 6, 192, 768).macs_per_token(64)
+    assert base.macs_per_token(64) < Shape(2, 12, 384, 768).macs_per_token(64)
+    assert base.macs_per_token(64) < Shape(2, 6, 192, 1536).macs_per_token(64)
+    assert base.name == "L2-H192-A6-F768" and Shape(0, 0, 256, 0, static=True).name == "static"
+
+
+def test_speed_target_by_speedup_or_latency():
+    by_speedup, by_latency = SpeedTarget(10.0, None), SpeedTarget(None, 40.0)
+    assert by_speedup.required_speedup(500.0) == 10.0 and by_latency.required_speedup(500.0) == 12.5
+    assert by_speedup.met(latency_ms=999, speedup=10.0) and not by_speedup.met(latency_ms=1, speedup=9.9)
+    assert by_latency.met(latency_ms=40.0, speedup=1) and not by_latency.met(latency_ms=40.1, speedup=99)
+
+
+@pytest.mark.parametrize("text, seconds", [("45m", 2700), ("1h30m", 5400), ("600s", 600), ("30", 1800)])
+def test_time_budget_units(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "45 min", "m45", ""])
+def test_time_budget_refuses_other_text(text):
+    with pytest.raises(ValueError, match="use minutes"):
+        parse_duration(text)
+
+
+def _row(name, retention, speedup):
+    return {"name": name, "retention": retention, "speedup_b32": speedup, "latency_ms_b32": 100 / speedup}
+
+
+def _search(min_retention=0.97, min_speedup=10.0):
+    return SimpleNamespace(cfg=SimpleNamespace(batch_size=32, min_retention=min_retention),
+                           target=SpeedTarget(min_speedup, None))
+
+
+def test_choose_the_fastest_row_that_meets_both_targets():
+    rows = [_row("teacher", 1.0, 1.0), _row("big", 0.99, 11.0), _row("small", 0.975, 15.0), _row("tiny", 0.9, 40.0)]
+    assert choose(rows, _search()) == (rows[2], True)
+
+
+def test_choose_the_best_point_when_no_row_meets_the_target():
+    rows = [_row("teacher", 1.0, 1.0), _row("slow-good", 0.99, 5.0), _row("fast-a", 0.95, 12.0),
+            _row("fast-b", 0.96, 20.0)]
+    assert choose(rows, _search()) == (rows[3], False)  # the most retained among the fast enough
+    rows = [_row("teacher", 1.0, 1.0), _row("a", 0.99, 3.0), _row("b", 0.98, 6.0)]
+    assert choose(rows, _search()) == (rows[2], False)  # none fast enough: the fastest
