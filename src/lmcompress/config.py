@@ -533,7 +533,8 @@ class AutoConfig(OutputOptions):
             raise ValueError(f"batch_size must be 1 or 32 (the batches the report times), got {self.batch_size}")
         _positive(self, "min_speedup", "max_latency_ms", "epochs", "learning_rate")
         _at_least(self, 1, "seq_len", "shortlist", "screen_rows", "threads")
-        parse_duration(self.time_budget)
+        if parse_duration(self.time_budget) <= 0:
+            raise ValueError(f"time_budget must be more than 0, got {self.time_budget}")
 
     @property
     def budget_s(self) -> float:

@@ -83,8 +83,9 @@ def parse(raw: dict[str, Any], where: str, out: str | None = None) -> tuple[str,
             raise LmcError(f"{label}: name must be letters, digits, '.', '_' or '-' (it becomes the folder name)")
         if step_name in {s.name for s in steps}:
             raise LmcError(f"{label}: the name {step_name} is used twice")
-        if stage not in STAGES:
-            raise LmcError(f"{label}: stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        if stage not in STAGES or stage == "auto":
+            raise LmcError(f"{label}: stage must be one of {', '.join(s for s in STAGES if s != 'auto')}, got "
+                           f"{stage!r} (auto is a search of its own: run `lmcompress auto`)")
         if "out" in item:
             raise LmcError(f"{label}: a step writes to {root}/{step_name}; remove its 'out' key")
         done = {s.name: str(s.out) for s in steps}

@@ -77,3 +77,26 @@ def test_auto_refuses_a_folder_that_holds_something_else(tiny_teacher_run, tmp_p
                             "--min-speedup", "2"], capsys)
     assert code == 1
     one_error_line(err, "holds no auto search")
+
+
+def test_auto_rerun_with_other_training_options_is_refused(auto_run, tiny_teacher_run, capsys):
+    flags = [a if a != "1" else "2" for a in SEARCH]  # --epochs 2
+    code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(auto_run), *flags], capsys)
+    assert code == 1
+    one_error_line(err, "holds a search made with other options (epochs 1.0 -> 2.0)", "--overwrite")
+
+
+def test_auto_refuses_an_out_folder_holding_the_teacher(tiny_teacher_run, capsys):
+    code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(tiny_teacher_run.parent),
+                            "--min-speedup", "2", "--overwrite"], capsys)
+    assert code == 1
+    one_error_line(err, "holds the teacher")
+    assert (tiny_teacher_run / "config.json").is_file()
+
+
+def test_auto_is_not_a_recipe_step(tiny_teacher_run, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nsteps:\n  - {{name: a, stage: auto, teacher: {tiny_teacher_run}, min_speedup: 2}}\n")
+    code, _, err = run_cli(["run", str(recipe), "--out", str(tmp_path / "out")], capsys)
+    assert code == 1
+    one_error_line(err, "auto is a search of its own")

@@ -67,14 +67,16 @@ def _search(min_retention=0.97, min_speedup=10.0):
                            target=SpeedTarget(min_speedup, None))
 
 
-def test_choose_the_fastest_row_that_meets_both_targets():
-    rows = [_row("teacher", 1.0, 1.0), _row("big", 0.99, 11.0), _row("small", 0.975, 15.0), _row("tiny", 0.9, 40.0)]
-    assert choose(rows, _search()) == (rows[2], True)
+def test_choose_the_fastest_row_that_meets_both_targets_on_validation():
+    rows = [_row("teacher", 1.0, 1.0), _row("big", 0.99, 11.0), _row("small", 0.975, 15.0), _row("tiny", 0.99, 40.0)]
+    validation = {"big": 0.99, "small": 0.97, "tiny": 0.90}  # tiny keeps 99% on test, but the test rows decide nothing
+    assert choose(rows, validation, _search()) == (rows[2], True)
 
 
 def test_choose_the_best_point_when_no_row_meets_the_target():
     rows = [_row("teacher", 1.0, 1.0), _row("slow-good", 0.99, 5.0), _row("fast-a", 0.95, 12.0),
             _row("fast-b", 0.96, 20.0)]
-    assert choose(rows, _search()) == (rows[3], False)  # the most retained among the fast enough
+    validation = {"slow-good": 0.99, "fast-a": 0.96, "fast-b": 0.95}
+    assert choose(rows, validation, _search()) == (rows[2], False)  # the most retained among the fast enough
     rows = [_row("teacher", 1.0, 1.0), _row("a", 0.99, 3.0), _row("b", 0.98, 6.0)]
-    assert choose(rows, _search()) == (rows[2], False)  # none fast enough: the fastest
+    assert choose(rows, {"a": 0.99, "b": 0.98}, _search()) == (rows[2], False)  # none fast enough: the fastest

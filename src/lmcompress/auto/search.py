@@ -36,7 +36,8 @@ from ..machine import processor
 from ..models.families import family_of
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..pipeline import run_recipe
-from ..runs import data_config_for, read_run_manifest, write_json_atomic
+from ..runs import (data_config_for, differing_keys, is_complete, quantization_method, read_run_manifest,
+                    write_json_atomic)
 from ..stages import STAGES
 from . import summary
 from .state import LOG_FILE, Candidate, Search
@@ -48,6 +49,12 @@ SPEED_MARGIN = 1.1  # a random-weight timing must beat the target by this much: 
 STATIC_EPOCHS = 10.0
 REPORT_RESERVE_S = 180.0  # kept back from the budget for the final report
 SHAPES_FILE = "shapes.json"
+REQUEST_FILE = "request.json"
+STATIC_ESTIMATE_S = 300.0  # model2vec's table + 10 epochs of a linear head (110 s of training on rotten-tomatoes)
+QUANTIZE_ESTIMATE_S = 120.0
+# options that change what a candidate's steps make: a re-run with other values would mix old and new models
+REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "shortlist", "screen_rows", "epochs",
+                "learning_rate", "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
 
 
@@ -60,7 +67,10 @@ def auto(cfg: AutoConfig) -> dict[str, Any]:
         raise LmcError(f"no student shape reaches {search.target.describe()} at batch {cfg.batch_size} on this "
                        f"machine with the {_backend(cfg.backend)} backend (fastest measured: "
                        f"{max(r['speedup'] for r in records):.1f}x); relax the speed target")
-    search.teacher_validation, search.metric = _validation_score(search, search.teacher_dir, search.root / "teacher-validation")
+    search.teacher_validation, search.metric = _validation_score(search, search.teacher_dir,
+                                                                 search.root / "teacher-validation")
+    if not search.teacher_validation:
+        raise LmcError(f"the teacher scores {search.metric} 0 on the validation rows: there is nothing to retain")
     _screen(search)
     _train(search)
     report = _report(search)
@@ -75,13 +85,21 @@ def _backend(name: str) -> str:
         raise LmcError("--backend openvino: lmcompress cannot serve OpenVINO models yet; use onnxruntime or torch")
     if name != "auto":
         return name
-    return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "torch"
+    onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))  # as require_onnx
+    return "onnxruntime" if onnx else "torch"
+
+
+def _teacher(cfg: AutoConfig) -> Path:
+    teacher_dir = Path(cfg.teacher).expanduser().resolve()  # absolute: a recipe step could be named like it
+    if not (teacher_dir / "config.json").is_file():
+        raise LmcError(f"--teacher {cfg.teacher} is not a fine-tuned run (no config.json)")
+    if quantization_method(teacher_dir) or (teacher_dir / "model.onnx").is_file():
+        raise LmcError(f"--teacher {cfg.teacher} is a quantized run; give the fp32 run it was made from")
+    return teacher_dir
 
 
 def _prepare(cfg: AutoConfig, started: float) -> Search:
-    teacher_dir = Path(cfg.teacher).expanduser()
-    if not (teacher_dir / "config.json").is_file():
-        raise LmcError(f"--teacher {cfg.teacher} is not a fine-tuned run (no config.json)")
+    teacher_dir = _teacher(cfg)
     data = data_config_for(cfg.data, teacher_dir)
     recorded = ((read_run_manifest(teacher_dir) or {}).get("config") or {}).get("data") or {}
     data.max_length = cfg.seq_len or recorded.get("max_length") or data.max_length  # the teacher's, unless told
@@ -89,25 +107,47 @@ def _prepare(cfg: AutoConfig, started: float) -> Search:
     if task_data.task not in ("classification", "regression"):
         raise LmcError(f"auto searches students for classification and regression; {task_data.task} runs can be "
                        "distilled and quantized stage by stage (lmcompress distill / prune / quantize)")
+    if cfg.augment and (task_data.task != "classification" or task_data.has_pair):
+        raise LmcError("--augment labels extra single texts by the teacher: classification of single texts only")
     config = load_trained_classifier(teacher_dir, task_data.labels, task_data.task == "regression").config
     family = family_of(config)
-    if family is None or family.shares_layers:
-        raise LmcError(f"auto cuts students from the teacher's layers; {config.model_type} has no adapter for that "
+    if family is None or family.shares_layers or family.name in ("gpt2", "llama"):
+        raise LmcError(f"auto cuts encoder students from the teacher's layers; {config.model_type} is not supported "
                        "(lmcompress distill into a preset student still works)")
-    root = _out_folder(cfg)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions and data.max_length > positions:
+        raise LmcError(f"--seq-len {data.max_length}: the teacher takes at most {positions} tokens")
+    root = _out_folder(cfg, teacher_dir)
+    _check_request(cfg, root, data)
     target = SpeedTarget(cfg.min_speedup, cfg.max_latency_ms)
-    return Search(cfg, root, teacher_dir, data, family, config, target, started + cfg.budget_s)
+    return Search(cfg, root, teacher_dir, data, family, config, target, started + cfg.budget_s,
+                  train_rows=len(task_data.splits["train"]))
 
 
-def _out_folder(cfg: AutoConfig) -> Path:
+def _out_folder(cfg: AutoConfig, teacher_dir: Path) -> Path:
     """OUT, refused when it holds something other than an auto search (a re-run continues the search in it)."""
-    root = Path(cfg.out).expanduser()
-    if root.exists() and cfg.overwrite:
+    root = Path(cfg.out).expanduser().resolve()
+    if root == teacher_dir or root in teacher_dir.parents:
+        raise LmcError(f"--out {cfg.out} holds the teacher; choose a folder outside it")
+    ours = (root / LOG_FILE).is_file()
+    if root.exists() and any(root.iterdir()) and not ours:
+        raise LmcError(f"--out {cfg.out} is not empty and holds no auto search; choose another folder")
+    if ours and cfg.overwrite:
         shutil.rmtree(root)
-    if root.exists() and any(root.iterdir()) and not (root / LOG_FILE).is_file():
-        raise LmcError(f"--out {root} is not empty and holds no auto search; choose another folder")
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def _check_request(cfg: AutoConfig, root: Path, data) -> None:
+    """OUT/request.json: the options that shape the candidates. A re-run must give the same (else it would mix
+    models trained both ways); the targets and the time budget may change."""
+    request = {k: v for k, v in to_dict(cfg).items() if k in REQUEST_KEYS} | {"data": to_dict(data)}
+    recorded = _read_json(root / REQUEST_FILE)
+    if recorded is not None and recorded != json.loads(json.dumps(request)):
+        changed = differing_keys(recorded, json.loads(json.dumps(request)))
+        raise LmcError(f"--out {cfg.out} holds a search made with other options ({', '.join(changed)}); use another "
+                       "--out, or --overwrite to start it over")
+    write_json_atomic(root / REQUEST_FILE, request)
 
 
 # ------------------------------------------------------------------------------------------------ 1. measure
@@ -231,50 +271,72 @@ def _validation_score(search: Search, model: Path, out: Path) -> tuple[float, st
     return payload["metrics"][payload["main_metric"]], payload["main_metric"]
 
 
-def _screen_score(folder: Path) -> float | None:
-    """The best validation score of a distill run's epochs."""
-    train = (read_run_manifest(folder) or {}).get("train") or {}
-    history, best = train.get("history") or [], train.get("best_epoch")
-    scores = [h for h in history if h.get("epoch") == best] or history[-1:]
-    metric = next((k for k in scores[0] if k not in ("epoch", "step")), None) if scores else None
-    return scores[0][metric] if metric else None
+def _screen_score(folder: Path, metric: str) -> float | None:
+    """The best validation score of a distill run's evaluations."""
+    history = ((read_run_manifest(folder) or {}).get("train") or {}).get("history") or []
+    return max((h[metric] for h in history if metric in h), default=None)
 
 
 def _screen(search: Search) -> None:
-    """A short distillation of every shortlisted shape (the static student and the teacher's int8 are cheap
-    enough to be trained in full instead) -> candidates ordered by validation retention, best first."""
+    """A short distillation of every shortlisted shape -> candidates ordered by validation retention, best first.
+    The static student and the teacher's int8 have no screening: they are cheap to make in full, and go first."""
     for i, c in enumerate(search.candidates, start=1):
         names = [s["name"] for s in _steps(search, c)]
         if "screen" not in names:
             continue
-        if search.left_s() < REPORT_RESERVE_S:
-            c.note = "not screened: time budget spent"
-            continue
-        _run(search, c, [n for n in ("init", "screen") if n in names])
-        score = _screen_score(c.folder / "screen")
+        if not is_complete(c.folder / "screen"):
+            if search.left_s() < REPORT_RESERVE_S:
+                c.note = "not screened: time budget spent"
+                continue
+            if not _attempt(search, c, [n for n in ("init", "screen") if n in names]):
+                continue
+        score = _screen_score(c.folder / "screen", search.metric)
         c.screen_score = score / search.teacher_validation if score is not None else None
         log.info("screen %d/%d %s: predicted %.1fx, validation retention after 1 epoch on %d rows %.1f%%, %.0f min "
                  "left", i, len(search.candidates), c.name, c.predicted["speedup"], search.cfg.screen_rows,
                  100 * (c.screen_score or 0), search.left_s() / 60)
         search.event("screened", **c.record())
-    search.candidates.sort(key=lambda c: -(c.screen_score if c.screen_score is not None else 2.0))
+    search.candidates.sort(key=_training_order)
+
+
+def _training_order(c: Candidate) -> float:
+    if c.shape.static or c.screen_score is None and not c.note:
+        return -2.0  # cheap candidates without screening first
+    return -(c.screen_score or -1.0)  # unscreened (failed, out of time) last; they are not trained
+
+
+def _attempt(search: Search, c: Candidate, only: list[str]) -> bool:
+    """Run steps of one candidate; a failure (NaN loss, an export the runtime refuses...) ends this candidate only."""
+    try:
+        _run(search, c, only)
+        return True
+    except LmcError as exc:
+        c.note = f"failed: {exc}"
+        log.warning("%s failed: %s", c.name, exc)
+        search.event("failed", **c.record())
+        return False
 
 
 def _estimate_s(search: Search, c: Candidate) -> float:
-    """Seconds to train `c` in full, from its screening run's pace (examples per second, the teacher's pass over
-    the screening rows included, so on the safe side); 0 when it is already trained."""
-    if c.screen_score is None or (c.deploy / "config.json").is_file():
+    """Seconds to make `c` in full: its screening run's pace (examples per second) over the training rows, plus
+    the teacher's pass over them (its timed batch latency); 0 when it is already made."""
+    if is_complete(c.deploy):
         return 0.0
-    screen = read_run_manifest(c.folder / "screen") or {}
-    pace = (screen.get("train") or {}).get("examples_per_s") or 1.0
-    rows = ((read_run_manifest(search.teacher_dir) or {}).get("data") or {}).get("sizes", {}).get("train", 0)
-    return 1.2 * search.cfg.epochs * rows / pace + 60.0
+    if c.shape.static:
+        return STATIC_ESTIMATE_S
+    if c.shape == teacher_shape(search.family, search.teacher_config):
+        return QUANTIZE_ESTIMATE_S
+    pace = ((read_run_manifest(c.folder / "screen") or {}).get("train") or {}).get("examples_per_s") or 1.0
+    teacher_s = search.train_rows * search.teacher_ms / 1000 / search.cfg.batch_size
+    return 1.2 * search.cfg.epochs * search.train_rows / pace + teacher_s + QUANTIZE_ESTIMATE_S
 
 
 def _train(search: Search) -> None:
     """Train candidates best-screened first; once one keeps the retention on validation, only faster ones follow."""
     fastest_met: float | None = None
     for i, c in enumerate(search.candidates, start=1):
+        if c.note:  # failed, or not screened
+            continue
         if fastest_met is not None and c.predicted["speedup"] <= fastest_met:
             c.note = "not trained: a faster candidate already met the target"
             continue
@@ -283,7 +345,8 @@ def _train(search: Search) -> None:
             c.note = f"not trained: needs about {need / 60:.0f} min, {search.left_s() / 60:.0f} min left"
             log.info("candidate %d/%d %s: %s", i, len(search.candidates), c.name, c.note)
             continue
-        _run(search, c, [s["name"] for s in _steps(search, c) if s["name"] not in ("init", "screen")])
+        if not _attempt(search, c, [s["name"] for s in _steps(search, c) if s["name"] not in ("init", "screen")]):
+            continue
         c.trained = True
         score = json.loads((c.folder / "validation" / "metrics.json").read_text(encoding="utf-8"))
         c.validation_retention = score["metrics"][score["main_metric"]] / search.teacher_validation

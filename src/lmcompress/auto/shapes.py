@@ -101,18 +101,19 @@ def _speedups(times: dict[Any, list[float]], reference: Any) -> dict[Any, dict[s
     return out
 
 
-def time_in_groups(teacher_call: Callable[[], object], calls: dict[str, Callable[[], object]],
+def time_in_groups(teacher_call: Callable[[], object], makers: dict[str, Callable[[], Callable[[], object]]],
                    rounds: int) -> tuple[dict[str, dict[str, Any]], float]:
-    """Each group of GROUP calls is timed with the teacher in its rounds, so every speedup is taken within a round
-    -> (figures per call, the teacher's median ms over all rounds)."""
+    """Each group of GROUP models is built (`makers` return a call), timed with the teacher in its rounds, so every
+    speedup is taken within a round, and freed before the next -> (figures per name, the teacher's median ms)."""
     results: dict[str, dict[str, Any]] = {}
     teacher_ms: list[float] = []
-    keys = list(calls)
-    for start in range(0, len(keys), GROUP):
-        group = {key: calls[key] for key in keys[start:start + GROUP]} | {"__teacher__": teacher_call}
+    names = list(makers)
+    for start in range(0, len(names), GROUP):
+        group = {name: makers[name]() for name in names[start:start + GROUP]} | {"__teacher__": teacher_call}
         times = interleaved_rounds(group, rounds)
         teacher_ms += times["__teacher__"]
         results.update({k: v for k, v in _speedups(times, "__teacher__").items() if k != "__teacher__"})
+        del group
     return results, statistics.median(teacher_ms)
 
 
@@ -156,33 +157,43 @@ def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str
                    rounds: int = 5) -> tuple[list[Measured], float]:
     """fp32 latency of every shape, then `int8_variant` for the shapes whose fp32 speedup is within INT8_REACH of
     the required speedup (at most MAX_EXPORTS of them, nearest the target first) -> (figures, teacher ms)."""
-    def call(model) -> Callable[[], object]:
-        return lambda: model(**batch)
-
-    models = {s.name: random_model(teacher, family, s, vocab, unk_id) for s in shapes}
     by_name = {s.name: s for s in shapes}
-    params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    params: dict[str, int] = {}
+
+    def fp32(shape: Shape) -> Callable[[], Callable[[], object]]:
+        def make() -> Callable[[], object]:
+            model = random_model(teacher, family, shape, vocab, unk_id)
+            params[shape.name] = sum(p.numel() for p in model.parameters())
+            return lambda: model(**batch)
+        return make
+
     log.info("timing %d shapes with random weights beside the teacher (%d rounds, batch %d x %d tokens)",
-             len(models), rounds, batch["input_ids"].shape[0], batch["input_ids"].shape[1])
-    fp32, teacher_ms = time_in_groups(call(teacher), {n: call(m) for n, m in models.items()}, rounds)
-    measured = [Measured(by_name[n], "fp32", params[n], **fp32[n]) for n in models]
+             len(shapes), rounds, batch["input_ids"].shape[0], batch["input_ids"].shape[1])
+    teacher_call = lambda: teacher(**batch)  # noqa: E731
+    timed, teacher_ms = time_in_groups(teacher_call, {s.name: fp32(s) for s in shapes}, rounds)
+    measured = [Measured(by_name[n], "fp32", params[n], **timed[n]) for n in by_name]
     required = target.required_speedup(teacher_ms)
-    if int8_variant is None:
-        return measured, teacher_ms
     near = [m for m in measured if not m.shape.static and required / INT8_REACH <= m.speedup <= required * 2]
     near.sort(key=lambda m: abs(math.log(m.speedup / required)))
-    chosen = near[:MAX_EXPORTS]
+    chosen = near[:MAX_EXPORTS] if int8_variant else []
     if not chosen:
         return measured, teacher_ms
     log.info("%s variants of %d shapes near the target", int8_variant, len(chosen))
     with tempfile.TemporaryDirectory(prefix="lmcompress-shapes-") as tmp:
-        quantized = {m.shape.name: _int8(models[m.shape.name], int8_variant, batch, Path(tmp)) for m in chosen}
-        int8, _ = time_in_groups(call(teacher), {n: call(q) for n, q in quantized.items()}, rounds)
-    return measured + [Measured(by_name[n], int8_variant, params[n], **int8[n]) for n in quantized], teacher_ms
+        def int8(shape: Shape) -> Callable[[], Callable[[], object]]:
+            def make() -> Callable[[], object]:
+                model = _int8(random_model(teacher, family, shape, vocab, unk_id), int8_variant, batch,
+                              Path(tmp) / shape.name)
+                return lambda: model(**batch)
+            return make
+
+        timed, _ = time_in_groups(teacher_call, {m.shape.name: int8(m.shape) for m in chosen}, rounds)
+    return measured + [Measured(by_name[n], int8_variant, params[n], **timed[n]) for n in timed], teacher_ms
 
 
-def _int8(model, variant: str, batch: dict[str, torch.Tensor], folder: Path):
+def _int8(model, variant: str, batch: dict[str, torch.Tensor], stem: Path):
     if variant == "dynamic-int8":
         return dynamic_int8(model)
-    graph = export_onnx(model, batch, folder / f"{id(model)}.onnx")
-    return OnnxClassifier(quantize_dynamic_int8(graph, folder / f"{id(model)}-int8.onnx"), torch.get_num_threads())
+    graph = export_onnx(model, batch, stem.with_suffix(".onnx"))
+    return OnnxClassifier(quantize_dynamic_int8(graph, stem.with_name(stem.name + "-int8.onnx")),
+                          torch.get_num_threads())

@@ -54,6 +54,7 @@ class Search:
     teacher_validation: float = 0.0
     metric: str = ""
     teacher_ms: float = 0.0
+    train_rows: int = 0
     candidates: list[Candidate] = field(default_factory=list)
 
     def left_s(self) -> float:

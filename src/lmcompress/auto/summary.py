@@ -12,30 +12,36 @@ from typing import Any
 
 from ..console import console
 from ..runs import write_json_atomic
-from .state import Search
+from .state import Candidate, Search
 
 log = logging.getLogger("lmcompress")
 
 
-def choose(rows: list[dict[str, Any]], search: Search) -> tuple[dict[str, Any], bool]:
-    """(row, met): the fastest row meeting both targets on the test rows; else the best point reached (the most
-    retained among the fast-enough rows, else the fastest row)."""
+def choose(rows: list[dict[str, Any]], validation: dict[str, float], search: Search) -> tuple[dict[str, Any], bool]:
+    """(row, met): of the rows measured fast enough in the report, the fastest whose validation retention
+    (`validation[row name]`) meets the target; else the best point reached (the most retained of the fast-enough
+    rows, else the fastest row). The test rows decide nothing: they only report."""
     size = search.cfg.batch_size
     fast = [r for r in rows[1:] if search.target.met(r[f"latency_ms_b{size}"], r[f"speedup_b{size}"])]
-    good = [r for r in fast if (r["retention"] or 0) >= search.cfg.min_retention]
+    good = [r for r in fast if validation.get(r["name"], 0) >= search.cfg.min_retention]
     if good:
         return min(good, key=lambda r: r[f"latency_ms_b{size}"]), True
     if fast:
-        return max(fast, key=lambda r: r["retention"] or 0), False
+        return max(fast, key=lambda r: validation.get(r["name"], 0)), False
     return min(rows[1:], key=lambda r: r[f"latency_ms_b{size}"]), False
 
 
+def row_of(rows: list[dict[str, Any]], c: Candidate) -> dict[str, Any]:
+    return next(r for r in rows if Path(r["path"]).resolve() == c.deploy.resolve())
+
+
 def _latency_check(search: Search, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per trained candidate: the speedup and latency predicted from random weights vs measured in the report."""
+    """Per trained candidate: the speedup and latency predicted from random weights vs measured in the report
+    (the speedups are within-round ratios in both; the milliseconds were measured minutes apart)."""
     size = search.cfg.batch_size
-    trained = [c for c in search.candidates if c.trained]
     out = []
-    for c, row in zip(trained, rows[1:]):
+    for c in (c for c in search.candidates if c.trained):
+        row = row_of(rows, c)
         measured = row[f"latency_ms_b{size}"]
         out.append({"name": c.name, "row": row["name"], "predicted_speedup": c.predicted["speedup"],
                     "measured_speedup": row[f"speedup_b{size}"], "predicted_ms": c.predicted["latency_ms"],
@@ -46,8 +52,9 @@ def _latency_check(search: Search, rows: list[dict[str, Any]]) -> list[dict[str,
 def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dict[str, Any]], line: str) -> str:
     size = search.cfg.batch_size
     lines = ["", "## auto: the search", "", line, "",
-             f"Target: retention >= {search.cfg.min_retention:.0%} on the test rows, speed "
-             f"{search.target.describe()} at batch {size}. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
+             f"Target: retention >= {search.cfg.min_retention:.0%} on the validation rows (the search decides on "
+             f"them; the table above reports the test rows), speed {search.target.describe()} at batch {size} as "
+             f"measured in this report. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
              "| candidate | predicted speedup | screen retention (validation) | validation retention | trained | note |",
              "|---|---|---|---|---|---|"]
     for c in search.candidates:
@@ -103,28 +110,36 @@ def _copy_best(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
-def _verdict(search: Search, chosen: dict[str, Any], met: bool) -> str:
-    size = search.cfg.batch_size
+def _share(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "-"
+
+
+def _verdict(search: Search, chosen: dict[str, Any], validation: float | None, met: bool) -> str:
+    size, goal = search.cfg.batch_size, search.cfg.min_retention
     figures = (f"{chosen['name']}: {chosen[f'speedup_b{size}']:.1f}x faster at batch {size} "
-               f"({chosen[f'latency_ms_b{size}']:.1f} ms), {chosen['retention']:.1%} of the teacher's "
-               f"{chosen['metric']}, {chosen['params'] / 1e6:.1f}M params")
+               f"({chosen[f'latency_ms_b{size}']:.1f} ms), {chosen['params'] / 1e6:.1f}M params, retention "
+               f"{_share(validation)} on validation and {_share(chosen['retention'])} on test rows")
     if met:
-        return f"target met by {figures}"
-    return (f"target not met (retention >= {search.cfg.min_retention:.0%}, {search.target.describe()}); best point "
-            f"reached: {figures}")
+        caveat = "" if (chosen["retention"] or 0) >= goal else f" (the test rows keep less than {goal:.0%})"
+        return f"target met by {figures}{caveat}"
+    fast = search.target.met(chosen[f"latency_ms_b{size}"], chosen[f"speedup_b{size}"])
+    gap = (f"{100 * (goal - (validation or 0)):.1f} points of retention short" if fast else
+           f"speed {chosen[f'speedup_b{size}']:.1f}x vs {search.target.describe()}")
+    return (f"target not met (retention >= {goal:.0%}, {search.target.describe()}); best point reached: {figures} "
+            f"- {gap}")
 
 
 def hand_back(search: Search, report: dict[str, Any], records: list[dict[str, Any]],
               wall_s: float) -> dict[str, Any]:
     rows = report["rows"]
-    chosen, met = choose(rows, search)
+    trained = [c for c in search.candidates if c.trained]
+    validation = {row_of(rows, c)["name"]: c.validation_retention for c in trained}
+    chosen, met = choose(rows, validation, search)
     check = _latency_check(search, rows)
-    line = _verdict(search, chosen, met)
+    line = _verdict(search, chosen, validation.get(chosen["name"]), met)
     folder = Path(report["path"])
-    deploy = {c.name: c.deploy for c in search.candidates if c.trained}
-    source = next(c.deploy for c, x in zip([c for c in search.candidates if c.trained], check)
-                  if x["row"] == chosen["name"])
-    _copy_best(source, search.root / "best")
+    deploy = {c.name: c.deploy for c in trained}
+    _copy_best(next(c.deploy for c in trained if row_of(rows, c) is chosen), search.root / "best")
     report = {k: v for k, v in report.items() if k != "path"} | {"chosen": chosen["name"], "auto": {
         "target_met": met, "verdict": line, "min_retention": search.cfg.min_retention,
         "speed_target": search.target.describe(), "batch_size": search.cfg.batch_size,
