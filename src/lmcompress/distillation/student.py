@@ -108,19 +108,30 @@ def _hidden_index(family: Family, state: dict[str, torch.Tensor], hidden: int, k
     return topk_sorted(score, keep)
 
 
-def _attention_index(family: Family, state, prefix: str, heads: int, keep_heads: int, keep_dim: int) -> torch.Tensor:
-    """Rows of Q/K/V (= columns of the attention output) to keep: best heads, best dims inside each."""
+def _head_scores(family: Family, state, prefix: str, heads: int) -> torch.Tensor:
+    """[A]: |V rows| x |O columns| of each head."""
+    v, o = state[f"{prefix}.{family.value}.weight"], state[f"{prefix}.{family.attention_out}.weight"]
+    d = v.shape[0] // heads
+    return v.view(heads, d, -1).flatten(1).norm(dim=1) * o.view(o.shape[0], heads, d).transpose(0, 1).flatten(1).norm(dim=1)
+
+
+def _attention_index(family: Family, state, prefix: str, kept_heads: list[int], heads: int,
+                     keep_dim: int) -> torch.Tensor:
+    """Rows of Q/K/V (= columns of the attention output) to keep: the kept heads, the best dims inside each."""
     q, k, v = (state[f"{prefix}.{part}.weight"] for part in (family.query, family.key, family.value))  # [A*d, H]
     o = state[f"{prefix}.{family.attention_out}.weight"]  # [H, A*d]
     d = q.shape[0] // heads
     row_score = q.norm(dim=1) * k.norm(dim=1) + v.norm(dim=1) * o.norm(dim=0)  # [A*d]
-    head_score = (v.view(heads, d, -1).flatten(1).norm(dim=1) * o.view(o.shape[0], heads, d).transpose(0, 1)
-                  .flatten(1).norm(dim=1))  # [A]
-    rows = []
-    for head in topk_sorted(head_score, keep_heads).tolist():
-        inside = topk_sorted(row_score[head * d:(head + 1) * d], keep_dim) + head * d
-        rows.append(inside)
-    return torch.cat(rows)
+    return torch.cat([topk_sorted(row_score[h * d:(h + 1) * d], keep_dim) + h * d for h in kept_heads])
+
+
+def kept_heads_per_layer(family: Family, scores: dict[int, torch.Tensor], keep: int) -> dict[int, list[int]]:
+    """Teacher layer -> its `keep` best heads by `scores[layer]` [A]; one set for all layers (summed scores) when
+    the family shares a per-head parameter across layers."""
+    if family.uniform_heads:
+        shared = topk_sorted(torch.stack(list(scores.values())).sum(0), keep).tolist()
+        return {layer: shared for layer in scores}
+    return {layer: topk_sorted(score, keep).tolist() for layer, score in scores.items()}
 
 
 def _ffn_index(family: Family, state, prefix: str, keep: int) -> torch.Tensor:
@@ -155,14 +166,15 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
         raise LmcError(f"hidden={new_hidden} with {new_heads} heads needs head size {new_dim} > the teacher's "
                        f"{hidden // heads}; keep more heads")
     state = {k: v.detach() for k, v in teacher.state_dict().items()}
-    qkv_idx, ffn_idx = {}, {}
-    for layer in keep_layers:
-        prefix = layer_prefix(state, layer)
-        qkv_idx[layer] = _attention_index(family, state, prefix, heads, new_heads, new_dim)
-        ffn_idx[layer] = _ffn_index(family, state, prefix, new_ffn)
+    prefixes = {layer: layer_prefix(state, layer) for layer in keep_layers}
+    kept = kept_heads_per_layer(family, {layer: _head_scores(family, state, prefixes[layer], heads)
+                                         for layer in keep_layers}, new_heads)
+    qkv_idx = {layer: _attention_index(family, state, prefixes[layer], kept[layer], heads, new_dim)
+               for layer in keep_layers}
+    ffn_idx = {layer: _ffn_index(family, state, prefixes[layer], new_ffn) for layer in keep_layers}
     new_config = family.reshaped(config, keep_layers, new_hidden, new_heads, new_ffn)
     student = slice_model(teacher, family, new_config, keep_layers, _hidden_index(family, state, hidden, new_hidden),
-                          qkv_idx, ffn_idx)
+                          qkv_idx, ffn_idx, torch.tensor(kept[keep_layers[0]]))
     return student, keep_layers
 
 
@@ -177,10 +189,11 @@ def layer_prefix(state: dict[str, torch.Tensor], layer: int) -> str:
 
 def slice_model(teacher: PreTrainedModel, family: Family, new_config, keep_layers: list[int],
                 hidden_idx: torch.Tensor | None, qkv_idx: dict[int, torch.Tensor] | None,
-                ffn_idx: dict[int, torch.Tensor] | None) -> PreTrainedModel:
+                ffn_idx: dict[int, torch.Tensor] | None, head_idx: torch.Tensor | None = None) -> PreTrainedModel:
     """A model of `new_config` holding the teacher's weights restricted to the kept layers and indices.
 
-    hidden_idx: [H'] residual dims; qkv_idx[layer]: [A'*d'] Q/K/V rows; ffn_idx[layer]: [F'] neurons (None = all).
+    hidden_idx: [H'] residual dims; qkv_idx[layer]: [A'*d'] Q/K/V rows; ffn_idx[layer]: [F'] neurons; head_idx: [A']
+    heads of a per-head parameter shared by the layers (uniform_heads families). None = all.
     """
     teacher_state = {k: v.detach() for k, v in teacher.state_dict().items()}
     student = type(teacher)(new_config)
@@ -191,8 +204,9 @@ def slice_model(teacher: PreTrainedModel, family: Family, new_config, keep_layer
         source_name = f"{match.group(1)}.{teacher_layer}.{match.group(3)}" if match else name
         value = teacher_state[source_name]
         for axis, kind in enumerate(family.axes(name)):
-            per_layer = {"qkv": qkv_idx, "ffn": ffn_idx}.get(kind)
-            index = hidden_idx if kind == "hidden" else (per_layer or {}).get(teacher_layer)
+            shared = {"hidden": hidden_idx, "heads": head_idx}
+            per_layer = {"qkv": qkv_idx, "ffn": ffn_idx}.get(kind) or {}
+            index = shared[kind] if kind in shared else per_layer.get(teacher_layer)
             if index is not None and value.shape[axis] != target.shape[axis]:
                 value = value.index_select(axis, index)
         if value.shape != target.shape:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import LmcError
 
-Axes = tuple[str | None, ...]  # per parameter axis: "hidden", "qkv", "ffn" or None (kept whole)
+Axes = tuple[str | None, ...]  # per parameter axis: "hidden", "qkv", "ffn", "heads" or None (kept whole)
 
 # BERT-layout parameters (task and MLM heads included): what each axis indexes
 BERT_AXES: tuple[tuple[str, Axes], ...] = (
@@ -47,6 +47,15 @@ DEBERTA_AXES = (
     (r"attention\.self\.(query_proj|key_proj|value_proj|pos_key_proj|pos_query_proj)\.weight$", ("qkv", "hidden")),
     (r"attention\.self\.(query_proj|key_proj|value_proj|pos_key_proj|pos_query_proj)\.bias$", ("qkv",)),
     (r"rel_embeddings\.weight$", (None, "hidden")),
+) + BERT_AXES
+# MPNet: q/k/v/o under attention.attn, and one relative-position bias per head shared by every layer (so every
+# layer keeps the same heads: `uniform_heads`)
+MPNET_AXES = (
+    (r"attention\.attn\.(q|k|v)\.weight$", ("qkv", "hidden")),
+    (r"attention\.attn\.(q|k|v)\.bias$", ("qkv",)),
+    (r"attention\.attn\.o\.weight$", ("hidden", "qkv")),
+    (r"attention\.attn\.o\.bias$", ("hidden",)),
+    (r"relative_attention_bias\.weight$", (None, "heads")),
 ) + BERT_AXES
 DISTILBERT_AXES: tuple[tuple[str, Axes], ...] = (
     (r"attention\.(q_lin|k_lin|v_lin)\.weight$", ("qkv", "hidden")),
@@ -86,6 +95,7 @@ class Family:
     # pooler_hidden_size): else a narrowed student would grow a projection, or keep a head, the teacher lacks
     width_followers: tuple[str, ...] = ()
     shares_layers: bool = False  # ALBERT: one layer reused across depth, so layers cannot be picked
+    uniform_heads: bool = False  # a per-head parameter shared by the layers (MPNet): every layer keeps the same heads
     axes_rules: tuple[tuple[str, Axes], ...] = ()  # non-empty: students can be narrowed and models pruned
 
     @property
@@ -153,7 +163,7 @@ FAMILIES: tuple[Family, ...] = (
            axes_rules=DEBERTA_AXES),
     Family("mpnet", ("mpnet",), layers="encoder.layer", query="attention.attn.q", key="attention.attn.k",
            value="attention.attn.v", attention_out="attention.attn.o", ffn_in="intermediate.dense",
-           ffn_out="output.dense"),
+           ffn_out="output.dense", axes_rules=MPNET_AXES, uniform_heads=True),
     Family("distilbert", ("distilbert",), layers="transformer.layer", query="attention.q_lin", key="attention.k_lin",
            value="attention.v_lin", attention_out="attention.out_lin", ffn_in="ffn.lin1", ffn_out="ffn.lin2",
            depth_key="n_layers", width_key="dim", heads_key="n_heads", ffn_key="hidden_dim", norm="layer_norm",

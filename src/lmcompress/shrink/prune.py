@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..config import DistillConfig, PruneConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
-from ..distillation.student import slice_model, topk_sorted
+from ..distillation.student import kept_heads_per_layer, slice_model, topk_sorted
 from ..distillation.stage import distill
 from ..errors import LmcError
 from ..models.families import require_family
@@ -136,16 +136,18 @@ def prune_model(model, scores: Importance, target: PrunePlan):
     n_layers = len(scores.layers)
     keep_layers = topk_sorted(scores.layers, target.layers or n_layers).tolist()
     hidden_idx = topk_sorted(scores.hidden, target.hidden) if target.hidden < family.width(cfg) else None
+    kept = kept_heads_per_layer(family, {layer: scores.heads[layer] for layer in keep_layers}, target.heads)
     qkv_idx, ffn_idx = {}, {}
     for layer in keep_layers:
         rows = []
-        for head in topk_sorted(scores.heads[layer], target.heads).tolist():
+        for head in kept[layer]:
             dims = scores.head_dims[layer, head * head_size:(head + 1) * head_size]  # [d]
             rows.append(topk_sorted(dims, target.head_size) + head * head_size)
         qkv_idx[layer] = torch.cat(rows)
         ffn_idx[layer] = topk_sorted(scores.ffn[layer], target.ffn)
     new_config = family.reshaped(cfg, keep_layers, target.hidden, target.heads, target.ffn)
-    return slice_model(model, family, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx), keep_layers
+    head_idx = torch.tensor(kept[keep_layers[0]])
+    return slice_model(model, family, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx, head_idx), keep_layers
 
 
 def prune(cfg: PruneConfig) -> dict[str, Any]:
