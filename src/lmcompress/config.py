@@ -57,8 +57,8 @@ class DataConfig:
     data: str = field(default="", metadata={"help": "zoo name or path: CSV, TSV, JSONL, Parquet, text, or label folders"})
     text_column: str | None = field(default=None, metadata={"help": "column with the text (detected if omitted)"})
     encoding: str = field(default="utf-8", metadata={
-        "help": "text encoding of CSV, TSV, JSONL, text and label-folder files: a codec (utf-8, latin-1, cp1252) or "
-                "auto (detected per file)"})
+        "help": "text encoding of CSV, TSV, JSONL, text, label-folder, CoNLL and SQuAD files: a codec (utf-8, "
+                "latin-1, cp1252) or auto (detected per file)"})
     text_pair_column: str | None = field(default=None, metadata={"help": "second text column for pair tasks"})
     label_column: str | None = field(default=None, metadata={"help": "column with the label (detected if omitted)"})
     split_column: str | None = field(

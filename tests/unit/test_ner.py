@@ -92,3 +92,15 @@ def test_tokenize_words_aligns_with_a_real_fast_tokenizer(tiny_tokenizer_dir):
     pieces = tok.convert_ids_to_tokens(row["input_ids"])
     assert pieces == ["[CLS]", "good", "z", "##e", "##d", "film", "[SEP]"]
     assert row["labels"] == [-100, 1, 2, -100, -100, 0, -100]
+
+
+@pytest.mark.parametrize("name", ["train.conll", "train.jsonl"])
+def test_token_files_in_another_encoding_need_encoding_auto_or_its_name(tmp_path, name):
+    path = tmp_path / name
+    text = ("Zoë B-PER\ncafé O\n" if name.endswith("conll") else
+            json.dumps({"tokens": ["Zoë", "café"], "tags": ["B-PER", "O"]}, ensure_ascii=False) + "\n")
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(LmcError, match="is not UTF-8 text .*--encoding auto"):
+        ner.read_token_source(path)
+    for encoding in ("auto", "latin-1"):
+        assert ner.read_token_source(path, encoding)["tokens"].tolist() == [["Zoë", "café"]]

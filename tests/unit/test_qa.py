@@ -195,3 +195,14 @@ def test_decoding_oracle_logits_over_real_windows_gives_back_the_gold_answers(ti
     answers = qa.decode_answers(starts, ends, features, frame["context"].tolist(), 20, 64, allow_empty=False)
     assert answers == [texts[0] for texts in frame["answer_texts"]]
     assert qa.squad_metrics(answers, frame["answer_texts"].tolist()) == {"exact_match": 1.0, "f1": 1.0}
+
+
+def test_squad_file_in_another_encoding_needs_encoding_auto_or_its_name(tmp_path):
+    path = tmp_path / "train.jsonl"
+    row = {"question": "Who drank the café au lait?", "context": "Zoë drank the café au lait.",
+           "answers": {"text": ["Zoë"], "answer_start": [0]}}
+    path.write_bytes((json.dumps(row, ensure_ascii=False) + "\n").encode("cp1252"))
+    with pytest.raises(LmcError, match="is not UTF-8 text .*--encoding auto"):
+        qa.read_qa_source(path)
+    for encoding in ("auto", "cp1252"):
+        assert qa.read_qa_source(path, encoding)["context"].tolist() == ["Zoë drank the café au lait."]

@@ -22,7 +22,7 @@ from seqeval.metrics import f1_score, precision_score, recall_score
 from seqeval.scheme import BILOU, IOB2, IOBES
 
 from ..errors import LmcError
-from .readers import find_split_files, json_lines
+from .readers import decode, find_split_files, json_lines
 
 log = logging.getLogger("lmcompress")
 
@@ -38,16 +38,13 @@ _PD_SENTENCE_END = ("。", "！", "？")
 # ------------------------------------------------------------------------------------------------ readers
 
 
-def read_conll(path: Path) -> pd.DataFrame:
+def read_conll(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     """CoNLL-style text: a token and its tag per line (first and last whitespace-separated columns), a blank line
     between sentences; `-DOCSTART-` lines and `#` comments are skipped."""
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
     tags: list[str] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise LmcError(f"{path} is not UTF-8 text") from None
+    lines = decode(path.read_bytes(), path, encoding).splitlines()
     for number, line in enumerate(lines, start=1):
         parts = line.split()
         if not parts or parts[0] == "-DOCSTART-" or line.startswith("#"):
@@ -64,15 +61,15 @@ def read_conll(path: Path) -> pd.DataFrame:
     return _frame(sentences, str(path))
 
 
-def read_token_jsonl(path: Path) -> pd.DataFrame:
+def read_token_jsonl(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     """One JSON object per line with `tokens` and `tags` lists of equal length."""
     sentences = []
-    with path.open(encoding="utf-8") as handle:
-        for number, record in json_lines(handle, str(path), ("tokens", "tags"), "token-classification"):
-            tokens, tags = record["tokens"], record["tags"]
-            if not (isinstance(tokens, list) and isinstance(tags, list) and len(tokens) == len(tags)):
-                raise LmcError(f"{path}:{number}: 'tokens' and 'tags' must be lists of the same length")
-            sentences.append(([str(t) for t in tokens], [str(t) for t in tags]))
+    lines = decode(path.read_bytes(), path, encoding).splitlines()
+    for number, record in json_lines(lines, str(path), ("tokens", "tags"), "token-classification"):
+        tokens, tags = record["tokens"], record["tags"]
+        if not (isinstance(tokens, list) and isinstance(tags, list) and len(tokens) == len(tags)):
+            raise LmcError(f"{path}:{number}: 'tokens' and 'tags' must be lists of the same length")
+        sentences.append(([str(t) for t in tokens], [str(t) for t in tags]))
     return _frame(sentences, str(path))
 
 
@@ -143,16 +140,16 @@ def _frame(sentences: list[tuple[list[str], list[str]]], source: str, joiner: st
                          "text": [joiner.join(s[0]) for s in sentences]})
 
 
-def read_token_source(path: Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
-    """A CoNLL/JSONL file, or a folder with train[/validation/test] files of those formats."""
+def read_token_source(path: Path, encoding: str = "utf-8") -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """A CoNLL/JSONL file, or a folder with train[/validation/test] files of those formats, in `encoding`."""
     if path.is_dir():
         files = _split_files(path)
         if "train" not in files:
             raise LmcError(f"folder {path} has no train file (train.conll, train.jsonl, ...)")
-        return {split: read_token_source(file) for split, file in files.items()}
+        return {split: read_token_source(file, encoding) for split, file in files.items()}
     if is_token_jsonl(path):
-        return read_token_jsonl(path)
-    return read_conll(path)
+        return read_token_jsonl(path, encoding)
+    return read_conll(path, encoding)
 
 
 def _split_files(folder: Path) -> dict[str, Path]:

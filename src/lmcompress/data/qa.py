@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import LmcError
-from .readers import find_split_files, json_lines
+from .readers import decode, find_split_files, json_lines
 
 log = logging.getLogger("lmcompress")
 
@@ -71,13 +71,10 @@ def _record(question: Any, context: Any, answers: Any, qid: Any, where: str) -> 
             "answer_starts": starts}
 
 
-def read_squad(path: Path) -> pd.DataFrame:
+def read_squad(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     """SQuAD JSON ({"data": [{"paragraphs": [{"context", "qas": [...]}]}]}) or JSONL with question, context and
     answers per line -> frame with QA_COLUMNS (+ text = question, text_pair = context, for latency batches)."""
-    try:
-        raw_text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise LmcError(f"{path} is not UTF-8 text") from None
+    raw_text = decode(path.read_bytes(), path, encoding)
     records: list[dict[str, Any]] = []
     try:
         document = json.loads(raw_text)
@@ -148,14 +145,14 @@ def looks_like_qa_data(path: Path) -> bool:
     return is_squad_file(path)
 
 
-def read_qa_source(path: Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
-    """A SQuAD file, or a folder with train[/dev/test] SQuAD files."""
+def read_qa_source(path: Path, encoding: str = "utf-8") -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """A SQuAD file, or a folder with train[/dev/test] SQuAD files, in `encoding`."""
     if path.is_dir():
         files = _split_files(path)
         if "train" not in files:
             raise LmcError(f"folder {path} has no train file (train.json, train-v1.1.json, ...)")
-        return {split: read_squad(file) for split, file in files.items()}
-    return read_squad(path)
+        return {split: read_squad(file, encoding) for split, file in files.items()}
+    return read_squad(path, encoding)
 
 
 def split_by_context(frame: pd.DataFrame, validation_fraction: float, test_fraction: float,

@@ -207,7 +207,7 @@ def _token_source(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFram
         return (ner.read_peoples_daily_ner(entry.require()), entry.name) if entry.name == "peoples-daily-ner" else None
     path = Path(cfg.data).expanduser()
     if path.exists() and (cfg.task == ner.TOKEN_TASK or ner.looks_like_token_data(path)):
-        return ner.read_token_source(path), str(path.resolve())
+        return ner.read_token_source(path, cfg.encoding), str(path.resolve())
     if cfg.task == ner.TOKEN_TASK:
         raise LmcError(f"--data {cfg.data}: no such file or folder")
     return None
@@ -234,7 +234,7 @@ def _qa_source(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame],
         return None
     path = Path(cfg.data).expanduser()
     if path.exists() and (cfg.task == qa.QA_TASK or qa.looks_like_qa_data(path)):
-        return qa.read_qa_source(path), str(path.resolve())
+        return qa.read_qa_source(path, cfg.encoding), str(path.resolve())
     if cfg.task == qa.QA_TASK:
         raise LmcError(f"--data {cfg.data}: no such SQuAD file or folder (no question-answering data ships in the zoo)")
     return None
