@@ -420,7 +420,7 @@ class PruneConfig(RunOptions):
     """`lmcompress prune`: data-driven structured pruning, then recovery by distillation from the unpruned model."""
 
     model: str = field(default="", metadata={
-        "help": "fine-tuned run to prune (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa-v2, MPNet, DistilBERT)"})
+        "help": "fine-tuned run to prune (BERT, RoBERTa, XLM-R, ELECTRA, DeBERTa-v2, MPNet, DistilBERT, ModernBERT)"})
     heads: float = field(default=0.0, metadata={
         "help": "share of attention heads to remove in every layer (0-<1); BERT configs tie hidden = heads x head "
                 "size, so the hidden width shrinks with them unless --hidden says otherwise"})

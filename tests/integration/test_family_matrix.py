@@ -29,7 +29,7 @@ FAMILIES = {
     "modernbert": lambda ids: ModernBertConfig(**SHAPE, global_attn_every_n_layers=2, **ids),
     "albert": lambda ids: AlbertConfig(**SHAPE, embedding_size=16, **ids),
 }
-NARROWABLE = {"bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet", "distilbert"}
+NARROWABLE = {"bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet", "distilbert", "modernbert"}
 STAGES = ("distill layers=1", "distill narrowed", "prune", "onnx-int8", "export", "compare")
 FAST = ["--epochs", "1", "--batch-size", "16", "--max-length", "32", "--quiet"]
 
@@ -93,7 +93,8 @@ def _refusal(family: str, stage: str) -> list[str] | None:
         return ["an ALBERT teacher shares one layer across depth"]
     if family not in NARROWABLE and stage in ("distill narrowed", "prune"):
         operation = "hidden=/heads=/ffn=" if stage == "distill narrowed" else "prune"
-        return [f"{operation} is supported for bert, roberta, electra, deberta-v2, mpnet, distilbert models, not {family}",
+        return [f"{operation} is supported for bert, roberta, electra, deberta-v2, mpnet, distilbert, modernbert models, "
+                f"not {family}",
                 "can still be fine-tuned"]
     return None
 

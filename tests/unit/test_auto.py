@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from transformers import BertConfig, ModernBertConfig
+from transformers import BertConfig, LlamaConfig
 
 from lmcompress.auto.shapes import Shape, SpeedTarget, shape_grid, teacher_shape
 from lmcompress.auto.summary import choose
@@ -26,7 +26,7 @@ def test_grid_of_a_narrowable_teacher_spans_depth_heads_and_ffn():
 
 
 def test_grid_of_a_family_that_cannot_be_narrowed_varies_depth_only():
-    config = ModernBertConfig(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072)
+    config = LlamaConfig(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072)
     grid = shape_grid(family_of(config), config, static=False)
     assert [s.layers for s in grid] == [1, 2, 3, 4, 6, 8, 12]
     assert {(s.hidden, s.heads, s.ffn) for s in grid} == {(768, 12, 3072)}

@@ -78,7 +78,7 @@ def test_a_student_of_one_layer_keeps_that_layer_and_reloads(model_type, tmp_pat
     torch.testing.assert_close(reloaded(**batch).logits, student.eval()(**batch).logits)
 
 
-NARROWABLE = ["bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet", "distilbert"]
+NARROWABLE = ["bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet", "distilbert", "modernbert"]
 BATCH = {"input_ids": torch.randint(1, 99, (2, 7)), "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3])}
 
 
@@ -108,10 +108,10 @@ def test_mpnet_layers_keep_one_head_set_matching_its_shared_relative_position_bi
     assert kept_heads_per_layer(family_of(_model("bert").config), scores, 2) == {0: [0, 1], 1: [2, 3]}
 
 
-@pytest.mark.parametrize("model_type", ["modernbert", "gpt2", "llama"])
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_families_without_axis_rules_refuse_narrowing_in_one_line(model_type):
     teacher = _model(model_type)
-    narrowable = "bert, roberta, electra, deberta-v2, mpnet, distilbert models"
+    narrowable = "bert, roberta, electra, deberta-v2, mpnet, distilbert, modernbert models"
     with pytest.raises(LmcError, match=f"hidden=/heads=/ffn= is supported for {narrowable}"):
         build_student(teacher, parse_spec("layers=1;hidden=16"))
     with pytest.raises(LmcError, match=f"prune is supported for {narrowable}"):
@@ -136,7 +136,8 @@ def test_fused_or_shared_attention_refuses_minilm_in_one_line(model_type):
 def test_an_architecture_without_an_adapter_is_one_line_naming_what_it_can_do():
     config = BertConfig(**SHAPE)
     config.model_type = "funnel"
-    with pytest.raises(LmcError, match="prune is supported for bert, roberta, electra, deberta-v2, mpnet, distilbert models, "
+    with pytest.raises(LmcError, match="prune is supported for bert, roberta, electra, deberta-v2, mpnet, distilbert, "
+                                       "modernbert models, "
                                        "not funnel; funnel can still be fine-tuned, distilled into a student with "
                                        "fewer layers"):
         require_family(config, "prune", narrow=True)
@@ -149,3 +150,14 @@ def test_without_an_adapter_layers_are_still_picked_by_parameter_name():
     assert kept == [1] and student.config.num_hidden_layers == 1
     torch.testing.assert_close(student.bert.encoder.layer[0].output.dense.weight,
                                teacher.bert.encoder.layer[1].output.dense.weight)
+
+
+def test_modernbert_keeps_whole_heads_because_of_rotary_positions():
+    teacher = _model("modernbert")
+    with pytest.raises(LmcError, match="rotates each head's dims in pairs"):
+        build_student(teacher, parse_spec("layers=1;hidden=16;heads=4"))  # head size 8 -> 4
+    with pytest.raises(LmcError, match="heads stay whole"):
+        prune.plan(teacher.config, 0.5, 0.0, None, 8)
+    student, _ = build_student(teacher, parse_spec("layers=1;heads=2;hidden=16;ffn=20"))
+    fused = student.model.layers[0].attn.Wqkv.weight
+    assert fused.shape == (3 * 16, 16) and student.model.layers[0].mlp.Wi.weight.shape == (2 * 20, 16)

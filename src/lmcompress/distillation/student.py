@@ -110,7 +110,7 @@ def _hidden_index(family: Family, state: dict[str, torch.Tensor], hidden: int, k
 
 def _head_scores(family: Family, state, prefix: str, heads: int) -> torch.Tensor:
     """[A]: |V rows| x |O columns| of each head."""
-    v, o = state[f"{prefix}.{family.value}.weight"], state[f"{prefix}.{family.attention_out}.weight"]
+    v, o = family.qkv_weights(state, prefix)[2], state[f"{prefix}.{family.attention_out}.weight"]
     d = v.shape[0] // heads
     return v.view(heads, d, -1).flatten(1).norm(dim=1) * o.view(o.shape[0], heads, d).transpose(0, 1).flatten(1).norm(dim=1)
 
@@ -118,7 +118,7 @@ def _head_scores(family: Family, state, prefix: str, heads: int) -> torch.Tensor
 def _attention_index(family: Family, state, prefix: str, kept_heads: list[int], heads: int,
                      keep_dim: int) -> torch.Tensor:
     """Rows of Q/K/V (= columns of the attention output) to keep: the kept heads, the best dims inside each."""
-    q, k, v = (state[f"{prefix}.{part}.weight"] for part in (family.query, family.key, family.value))  # [A*d, H]
+    q, k, v = family.qkv_weights(state, prefix)  # [A*d, H] each
     o = state[f"{prefix}.{family.attention_out}.weight"]  # [H, A*d]
     d = q.shape[0] // heads
     row_score = q.norm(dim=1) * k.norm(dim=1) + v.norm(dim=1) * o.norm(dim=0)  # [A*d]
@@ -135,9 +135,13 @@ def kept_heads_per_layer(family: Family, scores: dict[int, torch.Tensor], keep: 
 
 
 def _ffn_index(family: Family, state, prefix: str, keep: int) -> torch.Tensor:
-    w_in = state[f"{prefix}.{family.ffn_in}.weight"]  # [F, H]
+    w_in = state[f"{prefix}.{family.ffn_in}.weight"]  # [F, H] ([2F, H]: input and gate rows for a GLU)
     w_out = state[f"{prefix}.{family.ffn_out}.weight"]  # [H, F]
-    return topk_sorted(w_in.norm(dim=1) * w_out.norm(dim=0), keep)
+    score = w_in.norm(dim=1)
+    if family.glu:
+        inputs, gates = score.chunk(2)
+        score = inputs * gates
+    return topk_sorted(score * w_out.norm(dim=0), keep)
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -162,6 +166,9 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
     if new_hidden % new_heads:
         raise LmcError(f"hidden={new_hidden} is not divisible by {new_heads} heads; set heads= to a divisor")
     new_dim = new_hidden // new_heads
+    if family.rotary and new_dim != hidden // heads:
+        raise LmcError(f"{teacher.config.model_type} rotates each head's dims in pairs (rotary positions): keep the "
+                       f"head size {hidden // heads}, hidden = heads x {hidden // heads}")
     if new_dim > hidden // heads:
         raise LmcError(f"hidden={new_hidden} with {new_heads} heads needs head size {new_dim} > the teacher's "
                        f"{hidden // heads}; keep more heads")
@@ -204,16 +211,24 @@ def slice_model(teacher: PreTrainedModel, family: Family, new_config, keep_layer
         source_name = f"{match.group(1)}.{teacher_layer}.{match.group(3)}" if match else name
         value = teacher_state[source_name]
         for axis, kind in enumerate(family.axes(name)):
-            shared = {"hidden": hidden_idx, "heads": head_idx}
-            per_layer = {"qkv": qkv_idx, "ffn": ffn_idx}.get(kind) or {}
-            index = shared[kind] if kind in shared else per_layer.get(teacher_layer)
+            index = _axis_index(kind, teacher_layer, hidden_idx, head_idx, qkv_idx, ffn_idx)
             if index is not None and value.shape[axis] != target.shape[axis]:
-                value = value.index_select(axis, index)
+                parts = {"qkv3": 3, "ffn2": 2}.get(kind, 1)  # fused blocks: the same rows in each
+                size = value.shape[axis] // parts
+                value = value.index_select(axis, torch.cat([index + i * size for i in range(parts)]))
         if value.shape != target.shape:
             raise LmcError(f"cannot derive {name}: teacher {tuple(value.shape)} vs student {tuple(target.shape)}")
         new_state[name] = value.clone()
     student.load_state_dict(new_state)
     return student
+
+
+def _axis_index(kind: str | None, teacher_layer: int | None, hidden_idx, head_idx, qkv_idx, ffn_idx):
+    """The kept indices along an axis of `kind` (None: keep it whole)."""
+    if kind in ("hidden", "heads"):
+        return hidden_idx if kind == "hidden" else head_idx
+    per_layer = {"qkv": qkv_idx, "qkv3": qkv_idx, "ffn": ffn_idx, "ffn2": ffn_idx}.get(kind) or {}
+    return per_layer.get(teacher_layer)
 
 
 def default_layer_map(student_layers: list[int] | None, n_student: int, n_teacher: int) -> list[int]:

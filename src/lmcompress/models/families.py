@@ -19,7 +19,9 @@ from torch import nn
 
 from ..errors import LmcError
 
-Axes = tuple[str | None, ...]  # per parameter axis: "hidden", "qkv", "ffn", "heads" or None (kept whole)
+# per parameter axis: "hidden", "qkv" (attention rows), "ffn", "heads", "qkv3" / "ffn2" (fused Q|K|V rows, GLU
+# input|gate rows: the same index in each part) or None (kept whole)
+Axes = tuple[str | None, ...]
 
 # BERT-layout parameters (task and MLM heads included): what each axis indexes
 BERT_AXES: tuple[tuple[str, Axes], ...] = (
@@ -57,6 +59,20 @@ MPNET_AXES = (
     (r"attention\.attn\.o\.bias$", ("hidden",)),
     (r"relative_attention_bias\.weight$", (None, "heads")),
 ) + BERT_AXES
+# ModernBERT: Q, K and V fused in one Wqkv, the GLU's input and gate fused in one Wi, bias-free norms
+MODERNBERT_AXES: tuple[tuple[str, Axes], ...] = (
+    (r"attn\.Wqkv\.weight$", ("qkv3", "hidden")),
+    (r"attn\.Wqkv\.bias$", ("qkv3",)),
+    (r"attn\.Wo\.weight$", ("hidden", "qkv")),
+    (r"mlp\.Wi\.weight$", ("ffn2", "hidden")),
+    (r"mlp\.Wi\.bias$", ("ffn2",)),
+    (r"mlp\.Wo\.weight$", ("hidden", "ffn")),
+    (r"(attn\.Wo|mlp\.Wo|norm|head\.dense)\.bias$", ("hidden",)),
+    (r"norm\.weight$", ("hidden",)),
+    (r"tok_embeddings\.weight$", (None, "hidden")),
+    (r"head\.dense\.weight$", ("hidden", "hidden")),
+    (r"(classifier|decoder)\.weight$", (None, "hidden")),
+)
 DISTILBERT_AXES: tuple[tuple[str, Axes], ...] = (
     (r"attention\.(q_lin|k_lin|v_lin)\.weight$", ("qkv", "hidden")),
     (r"attention\.(q_lin|k_lin|v_lin)\.bias$", ("qkv",)),
@@ -96,6 +112,9 @@ class Family:
     width_followers: tuple[str, ...] = ()
     shares_layers: bool = False  # ALBERT: one layer reused across depth, so layers cannot be picked
     uniform_heads: bool = False  # a per-head parameter shared by the layers (MPNet): every layer keeps the same heads
+    fused_qkv: str | None = None  # one Q|K|V projection (ModernBERT's attn.Wqkv), relative to a layer
+    glu: bool = False  # ffn_in holds the input and the gate rows (2F): neurons are kept in both halves
+    rotary: bool = False  # rotary positions pair the dims of a head: heads are kept whole (same head size)
     axes_rules: tuple[tuple[str, Axes], ...] = ()  # non-empty: students can be narrowed and models pruned
 
     @property
@@ -107,6 +126,12 @@ class Family:
 
     def part(self, layer: nn.Module, path: str) -> nn.Module:
         return operator.attrgetter(path)(layer)
+
+    def qkv_weights(self, state: dict, prefix: str) -> tuple:
+        """(Q, K, V) weights [A*d, H] of the layer at `prefix` in a state dict (split when fused)."""
+        if self.fused_qkv:
+            return tuple(state[f"{prefix}.{self.fused_qkv}.weight"].chunk(3, dim=0))
+        return tuple(state[f"{prefix}.{part}.weight"] for part in (self.query, self.key, self.value))
 
     def depth(self, config) -> int:
         return getattr(config, self.depth_key)
@@ -169,7 +194,8 @@ FAMILIES: tuple[Family, ...] = (
            depth_key="n_layers", width_key="dim", heads_key="n_heads", ffn_key="hidden_dim", norm="layer_norm",
            axes_rules=DISTILBERT_AXES),
     Family("modernbert", ("modernbert",), layers="layers", query=None, key=None, value=None, attention_out="attn.Wo",
-           ffn_in="mlp.Wi", ffn_out="mlp.Wo", norm="norm"),
+           ffn_in="mlp.Wi", ffn_out="mlp.Wo", norm="norm", word_embeddings="tok_embeddings", fused_qkv="attn.Wqkv",
+           glu=True, rotary=True, axes_rules=MODERNBERT_AXES),
     Family("albert", ("albert",), layers="encoder.albert_layer_groups", query="attention.query", key="attention.key",
            value="attention.value", attention_out="attention.dense", ffn_in="ffn", ffn_out="ffn_output",
            mlm_head="predictions", pair_head="sop_classifier", shares_layers=True),

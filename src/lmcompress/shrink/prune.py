@@ -125,6 +125,9 @@ def plan(config, heads_ratio: float, ffn_ratio: float, layers: int | None, hidde
             raise LmcError(f"--hidden {hidden} must be a multiple of the {kept_heads} kept heads with a head size of "
                            f"at most {head_size}")
         new_hidden, new_head_size = hidden, hidden // kept_heads
+        if family.rotary and new_head_size != head_size:
+            raise LmcError(f"--hidden {hidden}: {config.model_type} rotates each head's dims in pairs (rotary "
+                           f"positions), so heads stay whole: hidden = {kept_heads} kept heads x {head_size}")
     return PrunePlan(layers, kept_heads, new_head_size, new_hidden, kept_ffn)
 
 
