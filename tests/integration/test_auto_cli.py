@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from .cli_helpers import one_error_line, run_cli
 
 # a speed target every shape meets, so the search trains what it shortlists; torch: no ONNX export (fast)
-SEARCH = ["--min-speedup", "0.01", "--backend", "torch", "--shortlist", "2", "--screen-rows", "64", "--epochs", "1",
+SEARCH = ["--min-speedup", "0.01", "--backend", "torch", "--shortlist", "1", "--screen-rows", "64", "--epochs", "1",
           "--time-budget", "20m", "--quiet"]
 
 
@@ -31,7 +31,7 @@ def test_auto_hands_back_a_report_with_the_chosen_row_and_the_model(auto_run):
     search = report["auto"]
     assert isinstance(search["target_met"], bool) and search["verdict"].startswith(("target met", "target not met"))
     trained = [c for c in search["candidates"] if c["trained"]]
-    assert len(trained) == len(names) - 1 >= 2  # two shapes (one per depth) and the static student
+    assert len(trained) == len(names) - 1 == 2  # one shape (the biggest fast enough) and the static student
     assert {c["shape"] for c in trained} >= {"static"}
     assert all(0 < c["validation_retention"] for c in trained)
     assert [x["row"] for x in search["latency_check"]] == names[1:]

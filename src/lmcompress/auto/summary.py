@@ -70,14 +70,14 @@ def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dic
 
 
 def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[dict[str, Any]],
-                    rows: list[dict[str, Any]], path: Path) -> None:
-    """Every timed shape at its predicted speedup (ticks), trained candidates from predicted to measured."""
+                    retention: dict[str, float], path: Path) -> None:
+    """Every timed shape at its predicted speedup (ticks), trained candidates from predicted to measured speed at
+    their validation retention (`retention[row name]`, what the search decides on)."""
     import matplotlib  # heavy: only when a search report is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    retention = {r["name"]: r["retention"] or 0 for r in rows}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     floor = min([search.cfg.min_retention - 0.05] + [v for v in retention.values() if v])
     ax.plot([r["speedup"] for r in records], [floor] * len(records), "|", color="0.6", markersize=12,
@@ -93,7 +93,7 @@ def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[d
                label="target speedup")
     ax.set_xscale("log")
     ax.set_xlabel(f"speedup over the teacher at batch {search.cfg.batch_size} (hollow: predicted, filled: measured)")
-    ax.set_ylabel("retention (test)")
+    ax.set_ylabel("retention (validation rows)")
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -149,7 +149,7 @@ def hand_back(search: Search, report: dict[str, Any], records: list[dict[str, An
     write_json_atomic(folder / "report.json", report)
     with (folder / "report.md").open("a", encoding="utf-8") as handle:
         handle.write(_markdown(search, chosen, met, check, line))
-    plot_candidates(search, records, check, rows, folder / "candidates.png")
+    plot_candidates(search, records, check, validation, folder / "candidates.png")
     search.event("chosen", name=chosen["name"], met=met, verdict=line)
     console().print(("[green]" if met else "[yellow]") + line + "[/]")
     console().print(f"report: {folder}/report.md (search: candidates.png, {search.root}/search.jsonl); model: "
