@@ -80,3 +80,22 @@ def test_choose_the_best_point_when_no_row_meets_the_target():
     assert choose(rows, validation, _search()) == (rows[2], False)  # the most retained among the fast enough
     rows = [_row("teacher", 1.0, 1.0), _row("a", 0.99, 3.0), _row("b", 0.98, 6.0)]
     assert choose(rows, {"a": 0.99, "b": 0.98}, _search()) == (rows[2], False)  # none fast enough: the fastest
+
+
+def test_shapes_far_below_the_target_by_multiply_adds_are_not_timed():
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from lmcompress.auto.shapes import measure_shapes
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    teacher = BertForSequenceClassification(config).eval()
+    family = family_of(config)
+    grid = shape_grid(family, config, static=True)
+    batch = {"input_ids": torch.randint(1, 50, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    easy, _ = measure_shapes(teacher, family, grid, batch, 50, 1, None, SpeedTarget(1.0, None), rounds=1)
+    hard, _ = measure_shapes(teacher, family, grid, batch, 50, 1, None, SpeedTarget(30.0, None), rounds=1)
+    assert {m.shape for m in easy} == set(grid)  # every shape is within 3x of the multiply-adds a 1x target needs
+    kept = {m.shape for m in hard}
+    assert Shape(0, 0, 256, 0, static=True) in kept and Shape(1, 1, 8, 16) in kept
+    assert Shape(2, 4, 32, 64) not in kept and len(kept) < len(grid)

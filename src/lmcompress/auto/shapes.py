@@ -35,6 +35,9 @@ STATIC_DIM = 256
 GROUP = 8  # random models timed together with the teacher: bounds the memory of a 12-layer grid
 INT8_REACH = 3.5  # int8 was at most ~2x fp32 in our measurements: shapes this far below the target are not exported
 MAX_EXPORTS = 16
+# the transformer layers' multiply-adds bound a shape's fp32 speedup from above (embeddings and head cost the same in
+# every shape) and int8 added at most ~2x: a shape whose MACs ratio is this far below the target is not timed
+MACS_REACH = 3.0
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,12 @@ def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str
                    rounds: int = 5) -> tuple[list[Measured], float]:
     """fp32 latency of every shape, then `int8_variant` for the shapes whose fp32 speedup is within INT8_REACH of
     the required speedup (at most MAX_EXPORTS of them, nearest the target first) -> (figures, teacher ms)."""
+    teacher_call = lambda: teacher(**batch)  # noqa: E731
+    seq_len = batch["input_ids"].shape[1]
+    full = max(shapes, key=lambda s: s.macs_per_token(seq_len))
+    required = target.required_speedup(statistics.median(interleaved_rounds({"t": teacher_call}, 3)["t"]))
+    shapes = [s for s in shapes if s.static or full.macs_per_token(seq_len) >= required / MACS_REACH *
+              s.macs_per_token(seq_len)]
     by_name = {s.name: s for s in shapes}
     params: dict[str, int] = {}
 
@@ -167,9 +176,9 @@ def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str
             return lambda: model(**batch)
         return make
 
-    log.info("timing %d shapes with random weights beside the teacher (%d rounds, batch %d x %d tokens)",
-             len(shapes), rounds, batch["input_ids"].shape[0], batch["input_ids"].shape[1])
-    teacher_call = lambda: teacher(**batch)  # noqa: E731
+    log.info("timing %d shapes with random weights beside the teacher (%d rounds, batch %d x %d tokens; shapes with "
+             "under 1/%g of the multiply-adds the target needs left out)", len(shapes), rounds,
+             batch["input_ids"].shape[0], seq_len, MACS_REACH)
     timed, teacher_ms = time_in_groups(teacher_call, {s.name: fp32(s) for s in shapes}, rounds)
     measured = [Measured(by_name[n], "fp32", params[n], **timed[n]) for n in by_name]
     required = target.required_speedup(teacher_ms)
