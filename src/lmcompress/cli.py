@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     de = subs.add_parser("demo", parents=[common], help="minilm-l6 fine-tuned on rotten-tomatoes, then `auto` finds "
                          "a model >= 10x faster keeping 97%% of its accuracy (the hand-made chain: `run demo`)")
-    de.add_argument("--quick", action="store_true", help="smoke run: 1,000 training rows, 1 epoch, a 10-minute search "
+    de.add_argument("--quick", action="store_true", help="smoke run: 1,000 training rows, 1 epoch, a 20-minute search "
                     "(OUT/quick)")
     de.add_argument("--out", default="runs/demo", help="folder for the demo's runs")
     de.add_argument("--overwrite", action="store_true", help="redo runs that already exist")

@@ -3,7 +3,7 @@ for a model at least 10x faster that keeps 97% of the teacher's accuracy.
 
 The teacher is the first step of the built-in recipe (recipes/demo.yaml); the rest of that recipe, the hand-made
 chain that `auto` replaces, stays as an example (`lmcompress run demo`). Re-running skips the complete teacher and
-continues the search. `--quick` is a smoke run: 1,000 training rows, one epoch, a 10-minute search (same test rows),
+continues the search. `--quick` is a smoke run: 1,000 training rows, one epoch, a 20-minute search (same test rows),
 written to a separate folder.
 """
 
@@ -24,7 +24,7 @@ log = logging.getLogger("lmcompress")
 QUICK_ROWS = 1000
 TARGET = {"min_retention": 0.97, "min_speedup": 10.0}
 SEARCH = {"time_budget": "45m"}
-QUICK_SEARCH = {"time_budget": "10m", "shortlist": 2, "screen_rows": 256, "epochs": 1.0}
+QUICK_SEARCH = {"time_budget": "20m", "shortlist": 1, "screen_rows": 256, "epochs": 1.0}
 
 
 def demo_recipe(quick: bool) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def run_demo(quick: bool = False, out: str = "runs/demo", overwrite: bool = Fals
     for name in ("minilm-l6", "rotten-tomatoes"):
         catalog.get(name).require()  # one-line error naming the install command if missing
     root = Path(out) / "quick" if quick else Path(out)
-    log.info("demo%s: %s", " (quick: 1,000 training rows, 1 epoch, a 10-minute search)" if quick else "", root)
+    log.info("demo%s: %s", " (quick: 1,000 training rows, 1 epoch, a 20-minute search)" if quick else "", root)
     teacher = run_recipe(demo_recipe(quick), out=str(root), overwrite=overwrite, only=["teacher"])
     search = AutoConfig(teacher=teacher["paths"]["teacher"], out=str(root / "auto"), overwrite=overwrite,
                         **TARGET, **(QUICK_SEARCH if quick else SEARCH))

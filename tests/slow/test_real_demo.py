@@ -1,5 +1,5 @@
 """Opt-in (`scripts/test.sh -m slow`): the quick demo on the real minilm-l6 and rotten-tomatoes (teacher on
-1,000 rows, then a 10-minute `auto` search)."""
+1,000 rows, then a 20-minute `auto` search)."""
 
 import json
 

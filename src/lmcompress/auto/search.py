@@ -53,8 +53,8 @@ REQUEST_FILE = "request.json"
 STATIC_ESTIMATE_S = 480.0  # model2vec's table + 10 epochs of a head + scoring: 500 s on rotten-tomatoes (busy CPU)
 QUANTIZE_ESTIMATE_S = 120.0
 # options that change what a candidate's steps make: a re-run with other values would mix old and new models
-REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "shortlist", "screen_rows", "epochs",
-                "learning_rate", "data")
+REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "screen_rows", "epochs", "learning_rate",
+                "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
 
 
@@ -142,7 +142,7 @@ def _check_request(cfg: AutoConfig, root: Path, data) -> None:
     """OUT/request.json: the options that shape the candidates. A re-run must give the same (else it would mix
     models trained both ways); the targets and the time budget may change."""
     request = {k: v for k, v in to_dict(cfg).items() if k in REQUEST_KEYS} | {"data": to_dict(data)}
-    recorded = _read_json(root / REQUEST_FILE)
+    recorded = {k: v for k, v in (_read_json(root / REQUEST_FILE) or {}).items() if k in REQUEST_KEYS} or None
     if recorded is not None and recorded != json.loads(json.dumps(request)):
         changed = differing_keys(recorded, json.loads(json.dumps(request)))
         raise LmcError(f"--out {cfg.out} holds a search made with other options ({', '.join(changed)}); use another "
