@@ -68,6 +68,7 @@ def combinations() -> list[tuple[str, dict]]:
     product("export", family=FAMILIES, precision=choices(ExportConfig, "precision"))
     product("evaluate", family=FAMILIES, task=("classification",))
     product("compare", family=FAMILIES, baseline=choices(CompareConfig, "baseline"))
+    product("auto", family=FAMILIES, backend=("torch", "onnxruntime"))
     assert {stage for stage, _ in out} == set(STAGES), "every CLI stage is swept"
     return out
 
@@ -197,6 +198,9 @@ def command(stage: str, axes: dict, inputs, out: Path, capsys) -> list[str]:
         return ["export", "--model", teacher, "--precision", axes["precision"], "--out", str(out), "--quiet"]
     if stage == "evaluate":
         return ["evaluate", "--model", teacher, "--latency-repeats", "1", "--out", str(out), "--quiet"]
+    if stage == "auto":  # a target every shape meets: the search trains what it shortlists
+        return ["auto", "--teacher", teacher, "--min-speedup", "0.01", "--backend", axes["backend"], "--shortlist", "1",
+                "--screen-rows", "16", "--epochs", "1", "--time-budget", "10m", "--out", str(out), "--quiet"]
     return ["compare", teacher, teacher, "--baseline", axes["baseline"], "--out", str(out), "--latency-repeats", "1",
             "--quiet"]
 
@@ -221,6 +225,8 @@ def finished(stage: str, out: Path) -> bool:
         return (out / "report.json").is_file() and (out / "report.md").is_file()
     if stage == "evaluate":
         return (out / "metrics.json").is_file()
+    if stage == "auto":
+        return (out / "report" / "report.json").is_file() and (out / "best" / "config.json").is_file()
     return is_complete(out)
 
 
