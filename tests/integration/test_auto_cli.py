@@ -100,3 +100,13 @@ def test_auto_is_not_a_recipe_step(tiny_teacher_run, tmp_path, capsys):
     code, _, err = run_cli(["run", str(recipe), "--out", str(tmp_path / "out")], capsys)
     assert code == 1
     one_error_line(err, "auto is a search of its own")
+
+
+def test_scoring_does_not_change_the_callers_data_config(tiny_teacher_run, sentiment_csv, tmp_path):
+    from lmcompress.config import DataConfig, EvaluateConfig
+    from lmcompress.stages import STAGES
+
+    data = DataConfig(data=str(sentiment_csv), max_length=32, max_train_examples=10)
+    STAGES["evaluate"].run(EvaluateConfig(model=str(tiny_teacher_run), split="validation", latency=False,
+                                          out=str(tmp_path), data=data))
+    assert data.max_train_examples == 10  # auto passes its config on to the candidates' training steps
