@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 from transformers import BertConfig, LlamaConfig
 
-from lmcompress.auto.shapes import Shape, SpeedTarget, shape_grid, teacher_shape
-from lmcompress.auto.summary import choose
+from lmcompress.search.shapes import Shape, SpeedTarget, shape_grid, teacher_shape
+from lmcompress.search.summary import choose
 from lmcompress.config import parse_duration
 from lmcompress.models.families import family_of
 
@@ -86,7 +86,7 @@ def test_shapes_far_below_the_target_by_multiply_adds_are_not_timed():
     import torch
     from transformers import BertForSequenceClassification
 
-    from lmcompress.auto.shapes import measure_shapes
+    from lmcompress.search.shapes import measure_shapes
 
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     teacher = BertForSequenceClassification(config).eval()

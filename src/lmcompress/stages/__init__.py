@@ -71,7 +71,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches."),
     Stage("evaluate", EvaluateConfig, "lmcompress.stages.evaluate:evaluate_run", "score a run: metrics, size, latency",
           "Evaluate a run on the same split it was trained with (or --data)."),
-    Stage("auto", AutoConfig, "lmcompress.auto.search:auto",
+    Stage("auto", AutoConfig, "lmcompress.search.run:auto",
           "state the target (retention, speedup or latency); get the smallest model that meets it",
           "Search for the student that meets --min-retention and --min-speedup (or --max-latency-ms) on this "
           "machine: time student shapes cut from the teacher (random weights), screen the promising ones by a short "
