@@ -9,6 +9,7 @@ options are refused with the keys that differ. A stage that fails before its fir
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import json
@@ -177,9 +178,10 @@ def quantization_method(folder: Path) -> str | None:
 
 
 def data_config_for(given: DataConfig, run: Path) -> DataConfig:
-    """`given` when it names data, else the data config `run` was trained with (same rows, same split)."""
+    """A copy of `given` when it names data, else the data config `run` was trained with (same rows, same split).
+    Always a new object: callers adjust it (scoring drops the row cap) while the caller's own config goes on."""
     if given.data:
-        return given
+        return dataclasses.replace(given)
     recorded = (read_run_manifest(run) or {}).get("config", {}).get("data")
     if not recorded:
         raise LmcError(f"{run} records no training data; pass --data")

@@ -3,7 +3,6 @@ the metrics.json payload, and the end of every stage that leaves a task model.""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -151,8 +150,8 @@ def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dic
     if cfg.data.data and recorded.get("data") == cfg.data.data and recorded.get("split_seed") != cfg.data.split_seed:
         log.warning("evaluating with split seed %s but the run was trained with %s: test rows differ",
                     cfg.data.split_seed, recorded.get("split_seed"))
-    # the split is what matters for scoring (a copy: the caller's config may go on to train)
-    data_cfg = dataclasses.replace(data_config_for(cfg.data, folder), max_train_examples=None)
+    data_cfg = data_config_for(cfg.data, folder)
+    data_cfg.max_train_examples = None  # the split is what matters for scoring
     task_data = load_task(data_cfg)
     expected = manifest.get("data", {}).get("test_fingerprint")
     if expected and expected != task_data.split_record["test_fingerprint"]:
