@@ -406,6 +406,10 @@ class CompareConfig:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing report folder"})
     baseline: Literal["none", "tfidf"] = field(default="none", metadata={
         "help": "add a reference row: tfidf = TF-IDF + logistic regression fitted on the same training rows"})
+    backends: Literal["run", "auto"] = field(default="run", metadata={
+        "help": "run: each model on the runtime its run dir holds; auto: each PyTorch model also exported to ONNX "
+                "Runtime and OpenVINO (and bf16 where the CPU has it), all timed side by side, each row showing "
+                "its fastest backend and speedups taken against the teacher on PyTorch fp32"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
@@ -449,10 +453,12 @@ class QuantizeConfig(OutputOptions):
     """`lmcompress quantize`: int8 in PyTorch (dynamic) or in ONNX Runtime (dynamic or static), measured."""
 
     model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to quantize"})
-    method: Literal["dynamic-int8", "static-int8", "onnx-int8"] = field(default="onnx-int8", metadata={
+    method: Literal["dynamic-int8", "static-int8", "onnx-int8", "openvino-int8"] = field(default="onnx-int8", metadata={
         "help": "dynamic-int8: PyTorch Linear layers; onnx-int8: ONNX Runtime dynamic; static-int8: ONNX Runtime "
-                "with activation ranges calibrated on training rows"})
-    calibration_examples: int = field(default=256, metadata={"help": "training rows for static-int8 calibration"})
+                "with activation ranges calibrated on training rows; openvino-int8: OpenVINO IR quantized by NNCF, "
+                "calibrated on training rows"})
+    calibration_examples: int = field(default=256, metadata={
+        "help": "training rows for static-int8 and openvino-int8 calibration"})
     tolerance: float | None = field(default=None, metadata={
         "help": "max |logit difference| allowed between the fp32 ONNX export and PyTorch (default 1e-3)"})
     data: DataConfig = field(default_factory=DataConfig)
@@ -465,11 +471,15 @@ class QuantizeConfig(OutputOptions):
 
 @dataclass
 class ExportConfig(OutputOptions):
-    """`lmcompress export`: a validated ONNX graph (fp32 or fp16) beside the tokenizer and config."""
+    """`lmcompress export`: a validated ONNX graph (fp32 or fp16) or OpenVINO IR (fp32; bf16 inference hint) beside
+    the tokenizer and config."""
 
     model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to export"})
-    format: Literal["onnx"] = field(default="onnx", metadata={"help": "export format"})
-    precision: Literal["fp32", "fp16"] = field(default="fp32", metadata={"help": "weights and activations"})
+    format: Literal["onnx", "openvino"] = field(default="onnx", metadata={
+        "help": "onnx: model.onnx for ONNX Runtime; openvino: model.xml + model.bin for OpenVINO"})
+    precision: Literal["fp32", "fp16", "bf16"] = field(default="fp32", metadata={
+        "help": "fp32; fp16 (onnx: weights and activations); bf16 (openvino: the inference precision it is compiled "
+                "with, on CPUs with AMX or AVX512-BF16)"})
     tolerance: float | None = field(default=None, metadata={
         "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16)"})
     data: DataConfig = field(default_factory=DataConfig)
@@ -477,7 +487,10 @@ class ExportConfig(OutputOptions):
     def __post_init__(self) -> None:
         _required(self, "model", "out")
         _positive(self, "tolerance")
-
+        allowed = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "bf16")}[self.format]
+        if self.precision not in allowed:
+            raise ValueError(f"--precision {self.precision} does not apply to --format {self.format} "
+                              f"(use {' or '.join(allowed)})")
 
 
 BUDGET_UNITS = {"s": 1, "m": 60, "h": 3600}

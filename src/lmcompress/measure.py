@@ -23,7 +23,7 @@ LATENCY_BATCHES = (1, 32)
 
 def count_params(model: torch.nn.Module) -> int:
     """Unique parameters (tied weights counted once), int8-packed Linear weights and ONNX initialisers included."""
-    if hasattr(model, "param_count"):  # OnnxClassifier
+    if hasattr(model, "param_count"):  # OnnxClassifier, OpenVinoClassifier
         return model.param_count
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     for module in model.modules():
@@ -33,8 +33,9 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def weights_size_bytes(folder: Path) -> int:
-    """Bytes of the weight files a deployment ships (safetensors / ONNX), not logs or tokenizer."""
+    """Bytes of the weight files a deployment ships (safetensors / ONNX / OpenVINO IR), not logs or tokenizer."""
     files = list(folder.glob("*.safetensors")) + list(folder.glob("*.onnx")) + list(folder.glob("*.onnx.data"))
+    files += [folder / "model.bin"] if (folder / "model.xml").is_file() else []  # the IR's weights
     return sum(f.stat().st_size for f in files)
 
 

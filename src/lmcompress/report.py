@@ -63,6 +63,9 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     threads = cfg.threads or torch.get_num_threads()
     manifests = [read_run_manifest(folder) or {} for folder in folders]
     kind = kind_for_comparison(manifests, teacher_index)
+    if cfg.backends != "run" and kind is not TASK:
+        raise LmcError("--backends auto times task models on each runtime; embedding and language-model runs are "
+                       "timed on their own (drop --backends)")
     if cfg.baseline != "none" and kind is not TASK:
         raise LmcError(f"--baseline {cfg.baseline} is a text classifier; it has no counterpart for embedding or "
                        "language-model runs (drop --baseline)")
@@ -126,20 +129,24 @@ def _run_folder(spec: str) -> Path:
 
 def _speedups(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
     """speedup = reference latency / row latency: within each round when the rows were timed side by side (the
-    median of those ratios, with their interquartile range), else from the medians."""
+    median of those ratios, with their interquartile range), else from the medians. The reference is the teacher
+    on PyTorch fp32 when it was timed on several backends (so the teacher's own row shows what its best backend
+    gains), else the teacher's row."""
+    reference = (ref.get("backends") or {}).get("torch", ref)
     for row in rows:
         for size in LATENCY_BATCHES:
-            mine, theirs = row.get(f"latency_rounds_ms_b{size}"), ref.get(f"latency_rounds_ms_b{size}")
+            mine, theirs = row.get(f"latency_rounds_ms_b{size}"), reference.get(f"latency_rounds_ms_b{size}")
             if mine is not None and theirs is not None:
                 q1, median, q3 = quartiles(per_round_ratios(theirs, mine))
                 row[f"speedup_b{size}"], row[f"speedup_iqr_b{size}"] = round(median, 3), [round(q1, 3), round(q3, 3)]
             else:
-                row[f"speedup_b{size}"] = round(ref[f"latency_ms_b{size}"] / row[f"latency_ms_b{size}"], 3)
+                row[f"speedup_b{size}"] = round(reference[f"latency_ms_b{size}"] / row[f"latency_ms_b{size}"], 3)
 
 
 # ------------------------------------------------------------------------------------------------ rendering
 
-COLUMNS = [("model", "name"), ("made by", "made_by"), ("params", "params"), ("size MB", "size_mb"), ("value", "value"),
+COLUMNS = [("model", "name"), ("made by", "made_by"), ("backend", "backend"), ("params", "params"),
+           ("size MB", "size_mb"), ("value", "value"),
            ("retention", "retention"), ("ms b1", "latency_ms_b1"), ("ms b32", "latency_ms_b32"),
            ("speedup b1", "speedup_b1"), ("speedup b32", "speedup_b32")]
 
@@ -189,6 +196,8 @@ def _setup_line(report: dict[str, Any]) -> str:
     where = f" on {cpu.get('model')} ({', '.join(cpu.get('isa') or []) or 'no AVX2'})" if cpu else ""
     how = ("models interleaved round by round, speedups within each round, interquartile range in brackets"
            if s.get("interleaved") else "all models in one process")
+    if any(row.get("backends") for row in report["rows"]):
+        how += "; each model on its fastest backend, speedups against the teacher on PyTorch fp32"
     return (f"CPU latency{where}: median of {s['latency_repeats']} rounds after warm-up ({3 * s['latency_repeats']} "
             f"at batch 1), sequence length "
             f"{s['seq_len']}, {s['threads']} threads, {how}; {rows}; "
@@ -200,8 +209,28 @@ def render_markdown(report: dict[str, Any]) -> str:
              "| " + " | ".join(_headers(report)) + " | Pareto |", "|" + "---|" * (len(COLUMNS) + 1)]
     for row in report["rows"]:
         lines.append("| " + " | ".join(_shown(k, row) for _, k in COLUMNS) + f" | {'yes' if row['pareto'] else ''} |")
+    lines += _backend_table(report)
     lines += ["", "![metric vs latency](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def _backend_table(report: dict[str, Any]) -> list[str]:
+    """Every model on every backend it was timed on (compare --backends auto): batch-32 latency, interquartile
+    range, and the score served by that backend."""
+    timed = [row for row in report["rows"] if row.get("backends")]
+    if not timed:
+        return []
+    names = sorted({b for row in timed for b in row["backends"]})
+    lines = ["", "Every backend, ms at batch 32 (interquartile range) and the score it served:", "",
+             "| model | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+    for row in timed:
+        cells = []
+        for name in names:
+            e = row["backends"].get(name)
+            cells.append("-" if e is None else f"{e['latency_ms_b32']:.1f} ({e['latency_iqr_ms_b32'][0]:.1f}–"
+                         f"{e['latency_iqr_ms_b32'][1]:.1f}); {e['value']:.4f}")
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render_html(report: dict[str, Any], png: Path) -> str:

@@ -7,6 +7,8 @@ import json
 import pytest
 from transformers import AutoModelForSequenceClassification
 
+from lmcompress.timing import per_round_ratios, quartiles
+
 from .cli_helpers import one_error_line, run_cli
 
 
@@ -85,6 +87,78 @@ def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path
     rows = json.loads((report / "report.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["teacher", "onnx-int8", "dynamic-int8"]
     assert rows[1]["params"] == rows[2]["params"] == rows[0]["params"]  # int8 keeps every weight, in fewer bits
+
+
+def test_openvino_export_and_int8_score_like_any_run(tiny_teacher_run, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    teacher = json.loads((tiny_teacher_run / "metrics.json").read_text())
+    fp32 = tmp_path / "ov-fp32"
+    code, _, err = run_cli(["export", "--model", str(tiny_teacher_run), "--format", "openvino", "--out", str(fp32),
+                            "--quiet"], capsys)
+    assert code == 0, err
+    manifest = json.loads((fp32 / "lmcompress.json").read_text())
+    assert manifest["openvino"]["precision"] == "fp32"
+    assert manifest["export"]["validation"]["max_abs_logit_diff"] < 1e-3
+    metrics = json.loads((fp32 / "metrics.json").read_text())
+    assert metrics["metrics"]["accuracy"] == pytest.approx(teacher["metrics"]["accuracy"])  # an exact conversion
+    assert metrics["params"] == teacher["params"]
+    assert sorted(p.name for p in fp32.glob("model.*")) == ["model.bin", "model.xml"]
+
+    int8 = tmp_path / "ov-int8"
+    code, _, err = run_cli(["quantize", "--model", str(tiny_teacher_run), "--method", "openvino-int8",
+                            "--calibration-examples", "16", "--out", str(int8), "--quiet"], capsys)
+    assert code == 0, err
+    manifest = json.loads((int8 / "lmcompress.json").read_text())
+    assert manifest["quantization"]["method"] == "openvino-int8" and manifest["quantization"]["calibration_examples"] == 16
+    assert not list(int8.glob("*.onnx")) and not list(int8.glob("int8.*"))  # only the IR ships
+    ir = ov.Core().read_model(str(int8 / "model.xml"))  # plain openvino loads it
+    assert "FakeQuantize" in {op.get_type_name() for op in ir.get_ops()}  # activations quantized
+    assert any(op.get_type_name() == "Constant" and op.get_element_type().get_type_name() == "i8"
+               for op in ir.get_ops())  # weights stored in int8
+    assert (int8 / "model.bin").stat().st_size < (fp32 / "model.bin").stat().st_size / 2
+
+    code, out, err = run_cli(["evaluate", "--model", str(int8), "--json", "--latency-repeats", "1"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["metrics"]["accuracy"] == pytest.approx(
+        json.loads((int8 / "metrics.json").read_text())["metrics"]["accuracy"])
+    code, _, err = run_cli(["quantize", "--model", str(fp32), "--out", str(tmp_path / "again")], capsys)
+    assert code == 1
+    one_error_line(err, "already an OpenVINO run")
+    code, _, err = run_cli(["export", "--model", str(tiny_teacher_run), "--format", "openvino", "--precision", "fp16",
+                            "--out", str(tmp_path / "half")], capsys)
+    assert code == 1
+    one_error_line(err, "--precision fp16 does not apply to --format openvino")
+
+
+def test_compare_backends_auto_times_every_runtime(tiny_teacher_run, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    from lmcompress.backends import serving
+
+    monkeypatch.setattr(serving, "cpu_has_bf16", lambda: True)  # bf16 variants too, emulated on any CPU
+    int8 = tmp_path / "int8"
+    assert run_cli(["quantize", "--model", str(tiny_teacher_run), "--out", str(int8), "--quiet"], capsys)[0] == 0
+    report = tmp_path / "report"
+    code, _, err = run_cli(["compare", str(tiny_teacher_run), str(int8), "--backends", "auto", "--out", str(report),
+                            "--latency-repeats", "2", "--quiet"], capsys)
+    assert code == 0, err
+    teacher, quantized = json.loads((report / "report.json").read_text())["rows"]
+    assert set(teacher["backends"]) == {"torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16"}
+    assert quantized["backend"] == "onnxruntime" and "backends" not in quantized  # a deployment format as it is
+    fastest = min(teacher["backends"], key=lambda b: teacher["backends"][b]["latency_ms_b32"])
+    assert teacher["backend"] == fastest
+    assert teacher["latency_ms_b32"] == teacher["backends"][fastest]["latency_ms_b32"]
+    for backend in ("onnxruntime", "openvino"):  # fp32 exports serve the same predictions
+        assert teacher["backends"][backend]["value"] == pytest.approx(teacher["backends"]["torch"]["value"])
+    # the teacher's own speedup is its fastest backend against PyTorch fp32, round by round
+    torch_rounds = teacher["backends"]["torch"]["latency_rounds_ms_b32"]
+    expected = quartiles(per_round_ratios(torch_rounds, teacher["latency_rounds_ms_b32"]))[1]
+    assert teacher["speedup_b32"] == pytest.approx(expected, abs=1e-3)
+    markdown = (report / "report.md").read_text()
+    assert "Every backend" in markdown and "openvino-bf16" in markdown
 
 
 def test_quantize_and_export_bad_input(tiny_teacher_run, tmp_path, capsys):

@@ -178,7 +178,7 @@ def test_dynamic_int8_is_close_and_counts_every_weight(model):
 
 
 def test_onnx_export_validates_and_runs(model, tmp_path):
-    onnx_io = pytest.importorskip("lmcompress.shrink.onnx_io")
+    onnx_io = pytest.importorskip("lmcompress.backends.onnx_io")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     with torch.no_grad():  # trained weights are all distinct; the exporter stores identical init tensors only once

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backends import load_run_model
+from ..backends.serving import run_backend, serving_variants
 from ..baselines import check_tfidf, tfidf_row
 from ..config import CompareConfig, EvaluateConfig
 from ..data import load_task, qa
@@ -172,40 +174,69 @@ def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dic
 
 def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[dict[str, Any]],
                  teacher_index: int, threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every run scored on the teacher's task test rows, then all timed side by side (interleaved rounds)."""
+    """Every run scored on the teacher's task test rows on each of its backends (`--backends auto`) or on its own,
+    then every (run, backend) timed side by side (interleaved rounds); a row shows its fastest backend."""
     data_cfg = data_config_for(cfg.data, folders[teacher_index])
     task = load_task(data_cfg)
     if cfg.baseline == "tfidf":
         check_tfidf(task)
-    metric = MAIN_METRIC[task.task]
     test = task.splits["test"]
     texts = test["text"].tolist()[:64]
     pairs = test["text_pair"].tolist()[:64] if task.has_pair else None
 
     rows: list[dict[str, Any]] = []
-    calls: dict[tuple[int, int], Any] = {}  # (row index, batch size) -> one forward pass on a fixed batch
-    for name, folder, manifest in zip(names, folders, manifests):
-        recorded = manifest.get("data", {}).get("test_fingerprint")
-        if recorded and recorded != task.split_record["test_fingerprint"]:
-            log.warning("%s was tested on other rows (fingerprint %s); the report scores everyone on %s", name,
-                        recorded, task.split_record["test_fingerprint"])
-        tokenizer = load_tokenizer(folder)
-        model = load_run_model(folder, task.labels, task.task == "regression", threads, task=task.task).eval()
-        scores = score_split(model, tokenizer, task, "test", data_cfg.max_length, 64)
-        rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest), "params": count_params(model),
-                     "size_mb": round(weights_size_bytes(folder) / 1e6, 2), "metric": metric,
-                     "value": round(scores[metric], 6), "metrics": scores})
-        log.info("%s: %s %.4f", name, metric, scores[metric])
-        for size in LATENCY_BATCHES:
-            batch = fixed_batch(texts, pairs, tokenizer, data_cfg.max_length, size)
-            calls[(len(rows) - 1, size)] = functools.partial(model, **batch)
-    if cfg.baseline == "tfidf":
-        row, predict_texts = tfidf_row(task)
-        rows.append(row)
-        log.info("%s: %s %.4f", row["name"], metric, row["value"])
-        joined = [t + " " + p for t, p in zip(texts, pairs)] if pairs else texts
-        for size in LATENCY_BATCHES:
-            calls[(len(rows) - 1, size)] = functools.partial(predict_texts, (joined * size)[:size])
-    time_side_by_side(rows, calls, cfg.latency_repeats, threads)
+    entries: list[dict[str, Any]] = []  # one per (row, backend): what is timed
+    calls: dict[tuple[int, int], Any] = {}  # (entry index, batch size) -> one forward pass on a fixed batch
+    with tempfile.TemporaryDirectory(prefix="lmcompress-backends-") as work:  # exports live while they are timed
+        for name, folder, manifest in zip(names, folders, manifests):
+            recorded = manifest.get("data", {}).get("test_fingerprint")
+            if recorded and recorded != task.split_record["test_fingerprint"]:
+                log.warning("%s was tested on other rows (fingerprint %s); the report scores everyone on %s", name,
+                            recorded, task.split_record["test_fingerprint"])
+            tokenizer = load_tokenizer(folder)
+            batches = {size: fixed_batch(texts, pairs, tokenizer, data_cfg.max_length, size) for size in LATENCY_BATCHES}
+            model = load_run_model(folder, task.labels, task.task == "regression", threads, task=task.task).eval()
+            variants = (serving_variants(folder, model, batches[max(LATENCY_BATCHES)], Path(work) / str(len(rows)),
+                                         threads) if cfg.backends == "auto" else {run_backend(folder): model})
+            rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest),
+                         "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
+                         "metric": MAIN_METRIC[task.task]})
+            for backend, served in variants.items():
+                scores = score_split(served, tokenizer, task, "test", data_cfg.max_length, 64)
+                entries.append({"name": name if len(variants) == 1 else f"{name} [{backend}]", "row": len(rows) - 1,
+                                "backend": backend, "value": round(scores[rows[-1]["metric"]], 6), "metrics": scores})
+                log.info("%s: %s %.4f", entries[-1]["name"], rows[-1]["metric"], entries[-1]["value"])
+                for size in LATENCY_BATCHES:
+                    calls[(len(entries) - 1, size)] = functools.partial(served, **batches[size])
+        if cfg.baseline == "tfidf":
+            _add_tfidf(task, texts, pairs, rows, entries, calls)
+        time_side_by_side(entries, calls, cfg.latency_repeats, threads)
+    fold_backends(rows, entries)
     return rows, {"task": task.task, "data": task.split_record, "seq_len": data_cfg.max_length,
                   "lower_is_better": False}
+
+
+def _add_tfidf(task, texts: list[str], pairs: list[str] | None, rows: list[dict[str, Any]],
+               entries: list[dict[str, Any]], calls: dict[tuple[int, int], Any]) -> None:
+    """The TF-IDF reference row, timed with the others on the same texts (pairs joined)."""
+    row, predict_texts = tfidf_row(task)
+    rows.append(row)
+    entries.append({"name": row["name"], "row": len(rows) - 1, "backend": "scikit-learn", "value": row["value"],
+                    "metrics": row.get("metrics")})
+    log.info("%s: %s %.4f", row["name"], row["metric"], row["value"])
+    joined = [t + " " + p for t, p in zip(texts, pairs)] if pairs else texts
+    for size in LATENCY_BATCHES:
+        calls[(len(entries) - 1, size)] = functools.partial(predict_texts, (joined * size)[:size])
+
+
+def fold_backends(rows: list[dict[str, Any]], entries: list[dict[str, Any]]) -> None:
+    """Each row takes its fastest backend's score and timings (batch 32 decides); with more than one backend,
+    row["backends"] keeps every backend's, timing rounds included (the report's speedups use the teacher's
+    PyTorch rounds)."""
+    for index, row in enumerate(rows):
+        mine = [e for e in entries if e["row"] == index]
+        best = min(mine, key=lambda e: e["latency_ms_b32"])
+        row.update({k: v for k, v in best.items() if k not in ("name", "row")})
+        if len(mine) > 1:
+            row["backends"] = {e["backend"]: {k: v for k, v in e.items() if k not in ("name", "row", "backend")}
+                               for e in mine}

@@ -24,7 +24,7 @@ from ..backends.onnx import OnnxClassifier
 from ..backends.torch_int8 import dynamic_int8
 from ..models.families import Family
 from ..models.static import StaticClassifier
-from ..shrink.onnx_io import export_onnx, quantize_dynamic_int8
+from ..backends.onnx_io import export_onnx, quantize_dynamic_int8
 from ..timing import interleaved_rounds, per_round_ratios, quartiles
 
 log = logging.getLogger("lmcompress")

@@ -7,6 +7,9 @@ Run dir contents:
   deployed too (PyTorch has no portable on-disk format for dynamically quantized Linear layers). The file on disk is
   therefore fp32-sized; use onnx-int8 for a smaller file.
 - onnx-int8 / static-int8 / export: model.onnx + config.json (labels) + tokenizer, loadable with onnxruntime alone.
+- openvino-int8 / export --format openvino: model.xml + model.bin (OpenVINO IR, converted from the validated ONNX
+  export; int8 by NNCF post-training quantization) + config.json + tokenizer, loadable with openvino alone. The
+  inference precision (fp32, or bf16 on CPUs that have it) is recorded under "openvino" in lmcompress.json.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..backends import openvino as ov_backend
 from ..backends.onnx import DISABLED_OPTIMIZERS, MODEL_FILE, OnnxClassifier, require_onnx
 from ..backends.torch_int8 import dynamic_int8
 from ..config import ExportConfig, QuantizeConfig, to_dict
@@ -28,7 +32,7 @@ from ..errors import LmcError
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..runkinds.task import score_test
 from ..runs import METRICS, RunDir, data_config_for, quantization_method, stage_manifest, write_json_atomic
-from . import onnx_io
+from ..backends import onnx_io
 
 log = logging.getLogger("lmcompress")
 
@@ -37,8 +41,9 @@ def _source_run(spec: str) -> Path:
     folder = Path(spec).expanduser()
     if not (folder / "config.json").is_file():
         raise LmcError(f"--model {spec} is not a run directory or Hugging Face checkpoint (no config.json)")
-    if (folder / MODEL_FILE).is_file():
-        raise LmcError(f"--model {spec} is already an ONNX run; quantize or export its PyTorch parent instead")
+    if (folder / MODEL_FILE).is_file() or (folder / ov_backend.IR_FILE).is_file():
+        kind = "an ONNX" if (folder / MODEL_FILE).is_file() else "an OpenVINO"
+        raise LmcError(f"--model {spec} is already {kind} run; quantize or export its PyTorch parent instead")
     if quantization_method(folder):
         raise LmcError(f"--model {spec} is already quantized; start from its fp32 parent")
     return folder
@@ -91,6 +96,32 @@ def _write_onnx_run(run: RunDir, source: Path, tokenizer, graph: Path) -> None:
     tokenizer.save_pretrained(run.partial)
 
 
+def _write_openvino_run(run: RunDir, source: Path, tokenizer, xml: Path) -> None:
+    """model.xml + model.bin + the labels' config.json + tokenizer: what OpenVINO users deploy."""
+    xml.with_suffix(".bin").rename(run.partial / ov_backend.WEIGHTS_FILE)
+    xml.rename(run.partial / ov_backend.IR_FILE)
+    shutil.copy2(source / "config.json", run.partial / "config.json")
+    tokenizer.save_pretrained(run.partial)
+
+
+def _calibration(task_data, tokenizer, max_length: int, rows: int) -> list[dict[str, torch.Tensor]]:
+    """Batches of 8 training rows, `rows` of them in all (fewer when the split is smaller)."""
+    return _batches(task_data, "train", tokenizer, max_length,
+                    tuple([8] * -(-min(rows, len(task_data.splits["train"])) // 8)))
+
+
+def _validated_ir(model, fp32_onnx: Path, checks: list[dict[str, torch.Tensor]], tolerance: float) -> tuple[Path, dict]:
+    """The validated ONNX graph converted to an fp32 IR, checked again against PyTorch (compiled in f32)."""
+    xml = ov_backend.onnx_to_ir(fp32_onnx, fp32_onnx.with_suffix(".xml"))
+    record = onnx_io.validate_with(model, ov_backend.OpenVinoClassifier(xml), checks, tolerance, "OpenVINO")
+    log.info("OpenVINO conversion validated: max |logit diff| %.2e <= %.0e", record["max_abs_logit_diff"], tolerance)
+    return xml, record
+
+
+def _openvino_record(precision: str) -> dict[str, Any]:
+    return {"precision": precision, "library": f"openvino {metadata.version('openvino')}"}
+
+
 def _manifest(stage: str, source: Path, cfg, data_cfg, task_data, **extra: Any) -> dict[str, Any]:
     return stage_manifest(stage, str(source), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, **extra)
 
@@ -121,6 +152,8 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
     run.check(cfg.overwrite, None)
     if cfg.method != "dynamic-int8":
         require_onnx()
+    if cfg.method == "openvino-int8":
+        ov_backend.require_openvino()
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
     run.begin(cfg.overwrite, False)
@@ -133,11 +166,19 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
             scored = dynamic_int8(model)
         else:
             tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE["fp32"]
-            fp32, validation, _ = _export_validated(model, tokenizer, task_data, max_length, run.partial, tolerance)
+            fp32, validation, checks = _export_validated(model, tokenizer, task_data, max_length, run.partial,
+                                                         tolerance)
+            if cfg.method == "openvino-int8":
+                calibration = _calibration(task_data, tokenizer, max_length, cfg.calibration_examples)
+                scored = _openvino_int8(run, source, model, tokenizer, fp32, checks, tolerance, calibration)
+                quantization |= {"export_validation": validation, "library": f"nncf {metadata.version('nncf')}",
+                                 "calibration_examples": cfg.calibration_examples}
+                manifest = _manifest("quantize", source, cfg, data_cfg, task_data, quantization=quantization,
+                                     openvino=_openvino_record("fp32"))
+                return _finish_logged(cfg, source, run, scored, tokenizer, task_data, max_length, manifest)
             target = run.partial / "int8.onnx"
             if cfg.method == "static-int8":
-                calibration = _batches(task_data, "train", tokenizer, max_length,
-                                       tuple([8] * -(-min(cfg.calibration_examples, len(task_data.splits["train"])) // 8)))
+                calibration = _calibration(task_data, tokenizer, max_length, cfg.calibration_examples)
                 onnx_io.quantize_static_int8(fp32, target, calibration)
                 quantization["calibration_examples"] = sum(len(b["input_ids"]) for b in calibration)
             else:
@@ -148,7 +189,23 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
                              "disabled_optimizers": list(DISABLED_OPTIMIZERS)}
             scored = OnnxClassifier(run.partial / MODEL_FILE)
         manifest = _manifest("quantize", source, cfg, data_cfg, task_data, quantization=quantization)
-        metrics = _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))
+        return _finish_logged(cfg, source, run, scored, tokenizer, task_data, max_length, manifest)
+
+
+def _openvino_int8(run: RunDir, source: Path, model, tokenizer, fp32: Path, checks: list[dict[str, torch.Tensor]],
+                   tolerance: float, calibration: list[dict[str, torch.Tensor]]):
+    """fp32 ONNX -> validated fp32 IR -> NNCF int8 IR calibrated on `calibration`, written into the run."""
+    xml, _ = _validated_ir(model, fp32, checks, tolerance)
+    target = ov_backend.quantize_ir_int8(xml, run.partial / "int8.xml", calibration)
+    for leftover in (fp32, xml, xml.with_suffix(".bin")):
+        leftover.unlink()
+    _write_openvino_run(run, source, tokenizer, target)
+    return ov_backend.OpenVinoClassifier(run.partial / ov_backend.IR_FILE)
+
+
+def _finish_logged(cfg: QuantizeConfig, source: Path, run: RunDir, scored, tokenizer, task_data, max_length: int,
+                   manifest: dict[str, Any]) -> dict[str, Any]:
+    metrics = _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))
     log.info("%s: %s %.4f (%+.4f vs %s)", cfg.method, metrics["main_metric"], metrics["metrics"][metrics["main_metric"]],
              metrics.get("delta_vs_parent", 0.0), source)
     return metrics
@@ -158,9 +215,12 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
     require_onnx()
+    if cfg.format == "openvino":
+        ov_backend.require_openvino()
+        ov_backend.check_precision(cfg.precision)
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
-    tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE[cfg.precision]
+    tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE["fp16" if cfg.precision == "fp16" else "fp32"]
     run.begin(cfg.overwrite, False)
     with run.guard():
         graph, validation, checks = _export_validated(
@@ -171,6 +231,14 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
             graph.unlink()
             validation = onnx_io.validate(model, half, checks, tolerance)
             graph = half
+        if cfg.format == "openvino":
+            xml, validation = _validated_ir(model, graph, checks, tolerance)
+            graph.unlink()
+            _write_openvino_run(run, source, tokenizer, xml)
+            manifest = _manifest("export", source, cfg, data_cfg, task_data, openvino=_openvino_record(cfg.precision),
+                                 export={"format": "openvino", "precision": cfg.precision, "validation": validation})
+            scored = ov_backend.OpenVinoClassifier(run.partial / ov_backend.IR_FILE, precision=cfg.precision)
+            return _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))
         _write_onnx_run(run, source, tokenizer, graph)
         manifest = _manifest("export", source, cfg, data_cfg, task_data,
                              export={"format": "onnx", "precision": cfg.precision, "validation": validation,

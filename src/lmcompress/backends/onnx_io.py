@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backends.onnx import input_names, require_onnx, run_session, session
+from .onnx import OnnxClassifier, require_onnx
 from ..errors import LmcError
 from ..models.heads import saved_head
 
@@ -80,21 +80,26 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -
 
 def validate(model: nn.Module, path: Path, batches: list[dict[str, torch.Tensor]], tolerance: float) -> dict[str, Any]:
     """Max |logit difference| between ONNX Runtime and PyTorch on real batches; LmcError above `tolerance`."""
-    sess = session(path)
-    names = input_names(sess)
+    return validate_with(model, OnnxClassifier(path), batches, tolerance, "ONNX")
+
+
+def validate_with(model: nn.Module, served: nn.Module, batches: list[dict[str, torch.Tensor]], tolerance: float,
+                  runtime: str) -> dict[str, Any]:
+    """Max |logit difference| between `served` (an ONNX Runtime or OpenVINO model) and PyTorch on real batches;
+    LmcError above `tolerance`."""
     worst = 0.0
     with torch.no_grad():
         for batch in batches:
-            out = model(**batch)
-            for name, got in run_session(sess, batch, names).items():
-                expected = getattr(out, name).float().numpy()  # [B, C], [B, T, C] or [B, T]
+            out, got_all = model(**batch), served(**batch)
+            for name in output_names(model.config):
+                got, expected = getattr(got_all, name).float().numpy(), getattr(out, name).float().numpy()
                 if got.shape != expected.shape:
-                    raise LmcError(f"ONNX validation failed: {name} shape {got.shape} vs PyTorch {expected.shape}")
+                    raise LmcError(f"{runtime} validation failed: {name} shape {got.shape} vs PyTorch {expected.shape}")
                 worst = max(worst, float(np.abs(got - expected).max()))
     record = {"max_abs_logit_diff": worst, "tolerance": tolerance,
               "batches": [list(b["input_ids"].shape) for b in batches]}
     if not np.isfinite(worst) or worst > tolerance:
-        raise LmcError(f"ONNX validation failed: max |logit difference| vs PyTorch is {worst:.3g} > tolerance "
+        raise LmcError(f"{runtime} validation failed: max |logit difference| vs PyTorch is {worst:.3g} > tolerance "
                        f"{tolerance:g}; nothing was written (raise --tolerance only if you accept the difference)")
     return record
 
