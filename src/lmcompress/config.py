@@ -523,8 +523,9 @@ class AutoConfig(OutputOptions):
     seq_len: int | None = field(default=None, metadata={
         "help": "tokens per text for training, scoring and timing (default: the teacher's max length)"})
     backend: Literal["auto", "torch", "onnxruntime", "openvino"] = field(default="auto", metadata={
-        "help": "runtime the model will be served on: onnxruntime (int8), torch (fp32 or dynamic int8); auto = "
-                "onnxruntime when installed"})
+        "help": "runtime the model will be served on: onnxruntime (fp32 PyTorch or ORT int8), openvino (fp32 PyTorch "
+                "or OpenVINO int8), torch (fp32 or dynamic int8); auto = the int8 of every runtime installed is timed "
+                "and the fastest kept"})
     time_budget: str = field(default="45m", metadata={
         "help": "wall time for the whole search (45m, 1h30m, 600s); runs already complete cost nothing"})
     augment: str | None = field(default=None, metadata={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -93,9 +94,47 @@ def test_shapes_far_below_the_target_by_multiply_adds_are_not_timed():
     family = family_of(config)
     grid = shape_grid(family, config, static=True)
     batch = {"input_ids": torch.randint(1, 50, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
-    easy, _ = measure_shapes(teacher, family, grid, batch, 50, 1, None, SpeedTarget(1.0, None), rounds=1)
-    hard, _ = measure_shapes(teacher, family, grid, batch, 50, 1, None, SpeedTarget(30.0, None), rounds=1)
+    easy, _ = measure_shapes(teacher, family, grid, batch, 50, 1, (), SpeedTarget(1.0, None), rounds=1)
+    hard, _ = measure_shapes(teacher, family, grid, batch, 50, 1, (), SpeedTarget(30.0, None), rounds=1)
     assert {m.shape for m in easy} == set(grid)  # every shape is within 3x of the multiply-adds a 1x target needs
     kept = {m.shape for m in hard}
     assert Shape(0, 0, 256, 0, static=True) in kept and Shape(1, 1, 8, 16) in kept
     assert Shape(2, 4, 32, 64) not in kept and len(kept) < len(grid)
+
+
+def test_each_runtime_int8_variant_is_timed_near_the_target():
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxscript")
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from lmcompress.search.shapes import measure_shapes
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    teacher = BertForSequenceClassification(config).eval()
+    family = family_of(config)
+    grid = [Shape(1, 2, 16, 32), Shape(2, 4, 32, 32)]
+    batch = {"input_ids": torch.randint(1, 50, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    measured, _ = measure_shapes(teacher, family, grid, batch, 50, 1, ("onnx-int8", "openvino-int8"),
+                                 SpeedTarget(1.0, None), rounds=1)
+    assert {m.shape for m in measured if m.variant == "fp32"} == set(grid)
+    near = {m.shape for m in measured if m.variant != "fp32"}  # those within reach of the target
+    assert near and {(shape, v) for shape in near for v in ("onnx-int8", "openvino-int8")} == {
+        (m.shape, m.variant) for m in measured if m.variant != "fp32"}
+    assert all(m.latency_ms > 0 and m.speedup > 0 for m in measured)
+
+
+def test_shortlist_takes_fp32_when_fast_enough_else_the_fastest_int8():
+    from lmcompress.search.run import shortlist
+
+    def record(name, layers, variant, speedup):
+        return {"name": name, "layers": layers, "heads": 1, "hidden": 8, "ffn": 16, "static": False,
+                "variant": variant, "speedup": speedup, "params": 1000 * layers}
+
+    records = [record("L2", 2, "fp32", 5.0), record("L2", 2, "onnx-int8", 11.5), record("L2", 2, "openvino-int8", 14.0),
+               record("L1", 1, "fp32", 12.0), record("L1", 1, "openvino-int8", 20.0)]
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    search = SimpleNamespace(target=SpeedTarget(10.0, None), teacher_ms=100.0, family=family_of(config),
+                             teacher_config=config, cfg=SimpleNamespace(shortlist=4), root=Path("/nowhere"))
+    chosen = {(c.shape.layers, c.variant) for c in shortlist(records, search)}
+    assert chosen == {(2, "openvino-int8"), (1, "fp32")}

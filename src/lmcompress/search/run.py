@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ..backends.onnx import MODEL_FILE, require_onnx
+from ..backends.openvino import IR_FILE, require_openvino
 from ..config import AutoConfig, CompareConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import fixed_batch
@@ -65,7 +67,7 @@ def auto(cfg: AutoConfig) -> dict[str, Any]:
     search.candidates = shortlist(records, search)
     if not search.candidates:
         raise LmcError(f"no student shape reaches {search.target.describe()} at batch {cfg.batch_size} on this "
-                       f"machine with the {_backend(cfg.backend)} backend (fastest measured: "
+                       f"machine with {' or '.join(int8_variants(cfg.backend))} (fastest measured: "
                        f"{max(r['speedup'] for r in records):.1f}x); relax the speed target")
     search.teacher_validation, search.metric = _validation_score(search, search.teacher_dir,
                                                                  search.root / "teacher-validation")
@@ -80,20 +82,28 @@ def auto(cfg: AutoConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ setting up
 
 
-def _backend(name: str) -> str:
-    if name == "openvino":
-        raise LmcError("--backend openvino: lmcompress cannot serve OpenVINO models yet; use onnxruntime or torch")
-    if name != "auto":
-        return name
+def int8_variants(backend: str) -> tuple[str, ...]:
+    """The int8 variants timed for `--backend`: auto times those of every runtime installed (ONNX Runtime and
+    OpenVINO; PyTorch's dynamic int8 when neither is), since which is fastest depends on the processor."""
     onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))  # as require_onnx
-    return "onnxruntime" if onnx else "torch"
+    openvino = onnx and all(importlib.util.find_spec(m) for m in ("openvino", "nncf"))  # converted from ONNX
+    if backend == "onnxruntime":
+        require_onnx()
+    if backend == "openvino":
+        require_onnx()
+        require_openvino()
+    named = {"torch": ("dynamic-int8",), "onnxruntime": ("onnx-int8",), "openvino": ("openvino-int8",)}
+    if backend in named:
+        return named[backend]
+    found = (("onnx-int8",) if onnx else ()) + (("openvino-int8",) if openvino else ())
+    return found or ("dynamic-int8",)
 
 
 def _teacher(cfg: AutoConfig) -> Path:
     teacher_dir = Path(cfg.teacher).expanduser().resolve()  # absolute: a recipe step could be named like it
     if not (teacher_dir / "config.json").is_file():
         raise LmcError(f"--teacher {cfg.teacher} is not a fine-tuned run (no config.json)")
-    if quantization_method(teacher_dir) or (teacher_dir / "model.onnx").is_file():
+    if quantization_method(teacher_dir) or (teacher_dir / MODEL_FILE).is_file() or (teacher_dir / IR_FILE).is_file():
         raise LmcError(f"--teacher {cfg.teacher} is a quantized run; give the fp32 run it was made from")
     return teacher_dir
 
@@ -159,9 +169,9 @@ def _check_request(cfg: AutoConfig, root: Path, data) -> None:
 def _measure(search: Search, teacher, task_data) -> list[dict[str, Any]]:
     """Random-weight timings of the shape grid, cached in OUT/shapes.json for the same setup."""
     cfg = search.cfg
-    backend = _backend(cfg.backend)
+    variants = int8_variants(cfg.backend)
     threads = cfg.threads or torch.get_num_threads()
-    setup = {"teacher": str(search.teacher_dir), "backend": backend, "batch_size": cfg.batch_size,
+    setup = {"teacher": str(search.teacher_dir), "int8_variants": list(variants), "batch_size": cfg.batch_size,
              "seq_len": search.data.max_length, "threads": threads, "processor": processor(),
              "target": search.target.describe()}  # int8 variants are timed for the shapes near the target
     cached = _read_json(search.root / SHAPES_FILE)
@@ -178,7 +188,7 @@ def _measure(search: Search, teacher, task_data) -> list[dict[str, Any]]:
     try:
         measured, teacher_ms = measure_shapes(
             teacher.eval(), search.family, shape_grid(search.family, teacher.config, static=not task_data.has_pair),
-            batch, len(tokenizer), tokenizer.unk_token_id, {"onnxruntime": "onnx-int8", "torch": "dynamic-int8"}[backend],
+            batch, len(tokenizer), tokenizer.unk_token_id, variants,
             search.target)
     finally:
         torch.set_num_threads(previous)
@@ -198,13 +208,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def shortlist(records: list[dict[str, Any]], search: Search) -> list[Candidate]:
     """Shapes that meet the target with SPEED_MARGIN, each with its most accurate fast-enough variant (fp32 before
-    int8); the biggest per depth, the `shortlist` biggest of those; the static student when it is fast enough.
-    (The teacher's own shape in fp32 is the teacher: not a candidate.)"""
+    int8, then the fastest int8); the biggest per depth, the `shortlist` biggest of those; the static student when
+    it is fast enough. (The teacher's own shape in fp32 is the teacher: not a candidate.)"""
     required = search.target.required_speedup(search.teacher_ms) * SPEED_MARGIN
     teacher = teacher_shape(search.family, search.teacher_config).name
     fast = [r for r in records if r["speedup"] >= required and not (r["name"] == teacher and r["variant"] == "fp32")]
     best_per_shape: dict[str, dict[str, Any]] = {}
-    for record in sorted(fast, key=lambda r: r["variant"] != "fp32"):
+    for record in sorted(fast, key=lambda r: (r["variant"] != "fp32", -r["speedup"])):
         best_per_shape.setdefault(record["name"], record)
     per_depth: dict[int, dict[str, Any]] = {}
     for record in sorted(best_per_shape.values(), key=lambda r: -r["params"]):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..backends.onnx import OnnxClassifier
+from ..backends.openvino import OpenVinoClassifier, onnx_to_ir, quantize_ir_int8
 from ..backends.torch_int8 import dynamic_int8
 from ..models.families import Family
 from ..models.static import StaticClassifier
@@ -142,7 +143,7 @@ class SpeedTarget:
 @dataclass
 class Measured:
     shape: Shape
-    variant: str  # fp32 (PyTorch), dynamic-int8 (PyTorch), onnx-int8 (ONNX Runtime)
+    variant: str  # fp32 (PyTorch), dynamic-int8 (PyTorch), onnx-int8 (ONNX Runtime), openvino-int8 (OpenVINO)
     params: int
     latency_ms: float
     latency_iqr_ms: list[float]
@@ -156,10 +157,11 @@ class Measured:
 
 
 def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str, torch.Tensor], vocab: int,
-                   unk_id: int | None, int8_variant: str | None, target: SpeedTarget,
+                   unk_id: int | None, int8_variants: tuple[str, ...], target: SpeedTarget,
                    rounds: int = 5) -> tuple[list[Measured], float]:
-    """fp32 latency of every shape, then `int8_variant` for the shapes whose fp32 speedup is within INT8_REACH of
-    the required speedup (at most MAX_EXPORTS of them, nearest the target first) -> (figures, teacher ms)."""
+    """fp32 latency of every shape, then each of `int8_variants` for the shapes whose fp32 speedup is within
+    INT8_REACH of the required speedup (at most MAX_EXPORTS of them, nearest the target first) -> (figures, teacher
+    ms)."""
     teacher_call = lambda: teacher(**batch)  # noqa: E731
     seq_len = batch["input_ids"].shape[1]
     full = max(shapes, key=lambda s: s.macs_per_token(seq_len))
@@ -184,25 +186,31 @@ def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str
     required = target.required_speedup(teacher_ms)
     near = [m for m in measured if not m.shape.static and required / INT8_REACH <= m.speedup <= required * 2]
     near.sort(key=lambda m: abs(math.log(m.speedup / required)))
-    chosen = near[:MAX_EXPORTS] if int8_variant else []
-    if not chosen:
-        return measured, teacher_ms
-    log.info("%s variants of %d shapes near the target", int8_variant, len(chosen))
-    with tempfile.TemporaryDirectory(prefix="lmcompress-shapes-") as tmp:
-        def int8(shape: Shape) -> Callable[[], Callable[[], object]]:
-            def make() -> Callable[[], object]:
-                model = _int8(random_model(teacher, family, shape, vocab, unk_id), int8_variant, batch,
-                              Path(tmp) / shape.name)
-                return lambda: model(**batch)
-            return make
+    chosen = near[:MAX_EXPORTS]
+    for variant in int8_variants if chosen else ():
+        log.info("%s variants of %d shapes near the target", variant, len(chosen))
+        with tempfile.TemporaryDirectory(prefix="lmcompress-shapes-") as tmp:
+            def int8(shape: Shape, variant: str = variant, tmp: str = tmp) -> Callable[[], Callable[[], object]]:
+                def make() -> Callable[[], object]:
+                    model = _int8(random_model(teacher, family, shape, vocab, unk_id), variant, batch,
+                                  Path(tmp) / shape.name)
+                    return lambda: model(**batch)
+                return make
 
-        timed, _ = time_in_groups(teacher_call, {m.shape.name: int8(m.shape) for m in chosen}, rounds)
-    return measured + [Measured(by_name[n], int8_variant, params[n], **timed[n]) for n in timed], teacher_ms
+            timed, _ = time_in_groups(teacher_call, {m.shape.name: int8(m.shape) for m in chosen}, rounds)
+        measured += [Measured(by_name[n], variant, params[n], **timed[n]) for n in timed]
+    return measured, teacher_ms
 
 
 def _int8(model, variant: str, batch: dict[str, torch.Tensor], stem: Path):
+    """The shape's int8 variant as it would be served: PyTorch dynamic, ONNX Runtime dynamic, or OpenVINO int8
+    (NNCF, calibrated on the timing batch: a random-weight model's ranges matter only for speed)."""
     if variant == "dynamic-int8":
         return dynamic_int8(model)
     graph = export_onnx(model, batch, stem.with_suffix(".onnx"))
+    if variant == "openvino-int8":
+        xml = quantize_ir_int8(onnx_to_ir(graph, stem.with_suffix(".xml")), stem.with_name(stem.name + "-int8.xml"),
+                               [batch])
+        return OpenVinoClassifier(xml, torch.get_num_threads())
     return OnnxClassifier(quantize_dynamic_int8(graph, stem.with_name(stem.name + "-int8.onnx")),
                           torch.get_num_threads())
