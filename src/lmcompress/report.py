@@ -19,9 +19,11 @@ from . import catalog
 from .config import CompareConfig
 from .console import console
 from .errors import LmcError
+from .backends.serving import cpu_has_bf16
 from .machine import processor
 from .measure import LATENCY_BATCHES
 from .runkinds import TASK, kind_for_comparison
+from .roofline import matmul_peaks
 from .runs import read_run_manifest, versions, write_json_atomic
 from .timing import per_round_ratios, quartiles
 
@@ -80,6 +82,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         row["retention"] = round(ratio, 4) if ratio is not None else None
         row["throughput_b32"] = round(32_000.0 / row["latency_ms_b32"], 1)
     _speedups(rows, ref)
+    peaks = matmul_peaks(threads, cpu_has_bf16()) if kind is TASK else {}
+    _roofline(rows, peaks)
     sign = -1.0 if lower_is_better else 1.0
     candidates = [r for r in rows if not r.get("reference")]  # a baseline row is shown, never a Pareto point
     for row, on_front in zip(candidates, pareto_front([(r["latency_ms_b32"], sign * r["value"]) for r in candidates])):
@@ -94,7 +98,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         "setup": {"threads": threads, "seq_len": context["seq_len"], "latency_repeats": cfg.latency_repeats,
                   "statistic": "median, warm-up excluded", "device": "cpu", "processor": processor(),
                   "interleaved": "latency_rounds_ms_b32" in ref,  # task rows are timed side by side
-                  "cores": os.cpu_count()},
+                  "cores": os.cpu_count(), "matmul_peak_gflops": peaks},
         "versions": versions(),
     }
 
@@ -127,6 +131,16 @@ def _run_folder(spec: str) -> Path:
     return folder
 
 
+def _roofline(rows: list[dict[str, Any]], peaks: dict[str, float | None]) -> None:
+    """Achieved GFLOP/s at batch 32 (the config's FLOPs over the measured latency) and its share of this machine's
+    matmul peak for the row's precision."""
+    for row in rows:
+        if row.get("gflop_b32") and row.get("latency_ms_b32"):
+            row["gflops_b32"] = round(row["gflop_b32"] / (row["latency_ms_b32"] / 1000.0), 1)
+            peak = peaks.get(row.get("precision", "fp32"))
+            row["peak_share_b32"] = round(row["gflops_b32"] / peak, 4) if peak else None
+
+
 def _speedups(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
     """speedup = reference latency / row latency: within each round when the rows were timed side by side (the
     median of those ratios, with their interquartile range), else from the medians. The reference is the teacher
@@ -148,7 +162,8 @@ def _speedups(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
 COLUMNS = [("model", "name"), ("made by", "made_by"), ("backend", "backend"), ("params", "params"),
            ("size MB", "size_mb"), ("value", "value"),
            ("retention", "retention"), ("ms b1", "latency_ms_b1"), ("ms b32", "latency_ms_b32"),
-           ("speedup b1", "speedup_b1"), ("speedup b32", "speedup_b32")]
+           ("speedup b1", "speedup_b1"), ("speedup b32", "speedup_b32"), ("GFLOP/s b32", "gflops_b32"),
+           ("% of peak", "peak_share_b32")]
 
 
 def _headers(report: dict[str, Any]) -> list[str]:
@@ -171,7 +186,7 @@ def _cell(key: str, value: Any) -> str:
         return "-"
     if key == "params":
         return f"{value / 1e6:.2f}M"
-    if key == "retention":
+    if key in ("retention", "peak_share_b32"):
         return f"{value:.1%}"
     if key.startswith("speedup"):
         return f"{value:.2f}x"
@@ -198,6 +213,10 @@ def _setup_line(report: dict[str, Any]) -> str:
            if s.get("interleaved") else "all models in one process")
     if any(row.get("backends") for row in report["rows"]):
         how += "; each model on its fastest backend, speedups against the teacher on PyTorch fp32"
+    peaks = s.get("matmul_peak_gflops") or {}
+    if any(peaks.values()):
+        how += ("; % of peak = achieved GFLOP/s (the config's FLOPs / batch-32 latency) over this machine's measured "
+                "matmul peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if v) + " GFLOP/s")
     return (f"CPU latency{where}: median of {s['latency_repeats']} rounds after warm-up ({3 * s['latency_repeats']} "
             f"at batch 1), sequence length "
             f"{s['seq_len']}, {s['threads']} threads, {how}; {rows}; "

@@ -145,7 +145,8 @@ def test_compare_backends_auto_times_every_runtime(tiny_teacher_run, tmp_path, c
     code, _, err = run_cli(["compare", str(tiny_teacher_run), str(int8), "--backends", "auto", "--out", str(report),
                             "--latency-repeats", "2", "--quiet"], capsys)
     assert code == 0, err
-    teacher, quantized = json.loads((report / "report.json").read_text())["rows"]
+    payload = json.loads((report / "report.json").read_text())
+    teacher, quantized = payload["rows"]
     assert set(teacher["backends"]) == {"torch", "torch-bf16", "onnxruntime", "openvino", "openvino-bf16"}
     assert quantized["backend"] == "onnxruntime" and "backends" not in quantized  # a deployment format as it is
     fastest = min(teacher["backends"], key=lambda b: teacher["backends"][b]["latency_ms_b32"])
@@ -159,6 +160,18 @@ def test_compare_backends_auto_times_every_runtime(tiny_teacher_run, tmp_path, c
     assert teacher["speedup_b32"] == pytest.approx(expected, abs=1e-3)
     markdown = (report / "report.md").read_text()
     assert "Every backend" in markdown and "openvino-bf16" in markdown
+
+    # roofline: FLOPs from the config, achieved rate over the latency, share of the peak of the row's precision
+    config, seq = json.loads((tiny_teacher_run / "config.json").read_text()), payload["setup"]["seq_len"]
+    layers, hidden, ffn = config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]
+    flops = 2 * 32 * seq * layers * (4 * hidden * hidden + 2 * hidden * ffn + 2 * seq * hidden)
+    assert teacher["gflop_b32"] == pytest.approx(flops / 1e9, abs=1e-3) == quantized["gflop_b32"]
+    peaks = payload["setup"]["matmul_peak_gflops"]
+    assert peaks["fp32"] > 0 and peaks["int8"] > 0
+    assert quantized["precision"] == "int8"
+    assert quantized["peak_share_b32"] == pytest.approx(quantized["gflops_b32"] / peaks["int8"], rel=1e-2)
+    assert quantized["gflops_b32"] == pytest.approx(quantized["gflop_b32"] / quantized["latency_ms_b32"] * 1000, rel=1e-2)
+    assert "% of peak" in markdown
 
 
 def test_quantize_and_export_bad_input(tiny_teacher_run, tmp_path, capsys):

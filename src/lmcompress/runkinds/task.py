@@ -25,7 +25,8 @@ from ..measure import LATENCY_BATCHES, count_params, latency_for_texts, time_sid
 from ..models.load import load_tokenizer
 from ..models.outputs import forward
 from ..scores import MAIN_METRIC, task_metrics
-from ..runs import RunDir, data_config_for, finish_stage, made_by
+from ..roofline import forward_flops
+from ..runs import RunDir, data_config_for, finish_stage, made_by, quantization_method
 
 log = logging.getLogger("lmcompress")
 
@@ -198,13 +199,15 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
             model = load_run_model(folder, task.labels, task.task == "regression", threads, task=task.task).eval()
             variants = (serving_variants(folder, model, batches[max(LATENCY_BATCHES)], Path(work) / str(len(rows)),
                                          threads) if cfg.backends == "auto" else {run_backend(folder): model})
+            flops = forward_flops(folder, max(LATENCY_BATCHES), data_cfg.max_length)
             rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest),
                          "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
-                         "metric": MAIN_METRIC[task.task]})
+                         "metric": MAIN_METRIC[task.task], "gflop_b32": round(flops / 1e9, 3) if flops else None})
             for backend, served in variants.items():
                 scores = score_split(served, tokenizer, task, "test", data_cfg.max_length, 64)
                 entries.append({"name": name if len(variants) == 1 else f"{name} [{backend}]", "row": len(rows) - 1,
-                                "backend": backend, "value": round(scores[rows[-1]["metric"]], 6), "metrics": scores})
+                                "backend": backend, "precision": _precision(folder, backend),
+                                "value": round(scores[rows[-1]["metric"]], 6), "metrics": scores})
                 log.info("%s: %s %.4f", entries[-1]["name"], rows[-1]["metric"], entries[-1]["value"])
                 for size in LATENCY_BATCHES:
                     calls[(len(entries) - 1, size)] = functools.partial(served, **batches[size])
@@ -214,6 +217,13 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
     fold_backends(rows, entries)
     return rows, {"task": task.task, "data": task.split_record, "seq_len": data_cfg.max_length,
                   "lower_is_better": False}
+
+
+def _precision(folder: Path, backend: str) -> str:
+    """The arithmetic a (run, backend) pair computes in: int8 for any quantized run, bf16 for a bf16 backend."""
+    if quantization_method(folder):
+        return "int8"
+    return "bf16" if backend.endswith("-bf16") else "fp32"
 
 
 def _add_tfidf(task, texts: list[str], pairs: list[str] | None, rows: list[dict[str, Any]],
