@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/shrink.py --teacher runs/demo/teacher --out runs/shrink
 
 Variants (each made by the real stage, skipped when already complete):
-  dynamic-int8      lmcompress quantize --method dynamic-int8   (PyTorch, int8 applied at load)
   onnx-fp32         lmcompress export                           (validated fp32 ONNX)
+  openvino-int8     lmcompress quantize --method openvino-int8  (OpenVINO IR, NNCF int8, calibrated)
   onnx-int8         lmcompress quantize --method onnx-int8      (ONNX Runtime dynamic int8)
   static-int8       lmcompress quantize --method static-int8    (ONNX Runtime static int8, calibrated)
   pruned            lmcompress prune --heads 0.5 --ffn 0.5      (recovery: distillation from the teacher)
@@ -42,9 +42,10 @@ def stages(teacher: Path, out: Path, epochs: float) -> dict[str, tuple]:
     train = TrainConfig(epochs=epochs, batch_size=32, learning_rate=1e-4, checkpoint_every_steps=500)
     loss = DistillLossConfig(temperature=4.0, alpha=0.5, hidden_weight=1.0)
     return {
-        "dynamic-int8": (quantize, QuantizeConfig(model=str(teacher), out=str(out / "dynamic-int8"), method="dynamic-int8")),
         "onnx-fp32": (export, ExportConfig(model=str(teacher), out=str(out / "onnx-fp32"))),
         "onnx-int8": (quantize, QuantizeConfig(model=str(teacher), out=str(out / "onnx-int8"), method="onnx-int8")),
+        "openvino-int8": (quantize, QuantizeConfig(model=str(teacher), out=str(out / "openvino-int8"),
+                                                   method="openvino-int8")),
         "static-int8": (quantize, QuantizeConfig(model=str(teacher), out=str(out / "static-int8"), method="static-int8")),
         "pruned": (prune, PruneConfig(model=str(teacher), out=str(out / "pruned"), heads=0.5, ffn=0.5, train=train,
                                       loss=loss)),
@@ -60,7 +61,14 @@ def plain_reload_accuracy(folder: Path, texts: list[str], labels: np.ndarray, ma
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    if (folder / "model.onnx").is_file():
+    if (folder / "model.xml").is_file():
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(folder / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        names = {port.get_any_name() for port in compiled.inputs}
+        run = lambda enc: compiled({k: v for k, v in enc.items() if k in names})["logits"]  # noqa: E731
+        tensors = "np"
+    elif (folder / "model.onnx").is_file():
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -69,9 +77,6 @@ def plain_reload_accuracy(folder: Path, texts: list[str], labels: np.ndarray, ma
         tensors = "np"
     else:
         model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
-        manifest = json.loads((folder / "lmcompress.json").read_text())
-        if manifest.get("quantization", {}).get("method") == "dynamic-int8":
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         run = lambda enc: model(**enc).logits.numpy()  # noqa: E731
         tensors = "pt"
     predictions = []

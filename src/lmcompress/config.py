@@ -448,15 +448,21 @@ class PruneConfig(RunOptions):
             raise ValueError("nothing to prune: give --heads, --ffn, --layers or --hidden")
 
 
+DYNAMIC_INT8_REMOVED = (
+    "--method dynamic-int8 was removed: torch.ao's quantize_dynamic is deprecated and its successor, torchao int8, "
+    "ran 0.1-0.6x as fast as fp32 on CPU (benchmarks/results/torchao_int8.md); use --method onnx-int8 or "
+    "openvino-int8 (faster, and a file you deploy as it is)")
+
+
 @dataclass
 class QuantizeConfig(OutputOptions):
     """`lmcompress quantize`: int8 in PyTorch (dynamic) or in ONNX Runtime (dynamic or static), measured."""
 
     model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to quantize"})
     method: Literal["dynamic-int8", "static-int8", "onnx-int8", "openvino-int8"] = field(default="onnx-int8", metadata={
-        "help": "dynamic-int8: PyTorch Linear layers; onnx-int8: ONNX Runtime dynamic; static-int8: ONNX Runtime "
-                "with activation ranges calibrated on training rows; openvino-int8: OpenVINO IR quantized by NNCF, "
-                "calibrated on training rows"})
+        "help": "onnx-int8: ONNX Runtime dynamic; static-int8: ONNX Runtime with activation ranges calibrated on "
+                "training rows; openvino-int8: OpenVINO IR quantized by NNCF, calibrated on training rows "
+                "(dynamic-int8 was removed: see docs/stages.md)"})
     calibration_examples: int = field(default=256, metadata={
         "help": "training rows for static-int8 and openvino-int8 calibration"})
     tolerance: float | None = field(default=None, metadata={
@@ -464,6 +470,8 @@ class QuantizeConfig(OutputOptions):
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
+        if self.method == "dynamic-int8":
+            raise ValueError(DYNAMIC_INT8_REMOVED)
         _required(self, "model", "out")
         _at_least(self, 1, "calibration_examples")
         _positive(self, "tolerance")

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
 from .data.tokenize import fixed_batch
 from .timing import interleaved_rounds, quartiles
@@ -22,14 +21,10 @@ LATENCY_BATCHES = (1, 32)
 
 
 def count_params(model: torch.nn.Module) -> int:
-    """Unique parameters (tied weights counted once), int8-packed Linear weights and ONNX initialisers included."""
+    """Unique parameters (tied weights counted once); the weights of an ONNX graph or OpenVINO IR."""
     if hasattr(model, "param_count"):  # OnnxClassifier, OpenVinoClassifier
         return model.param_count
-    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    for module in model.modules():
-        if isinstance(module, DynamicInt8Linear):  # its int8 weights live outside parameters()
-            total += module.weight().numel() + (module.bias().numel() if module.bias() is not None else 0)
-    return total
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def weights_size_bytes(folder: Path) -> int:

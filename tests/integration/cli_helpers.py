@@ -87,7 +87,7 @@ def cached_distill_matches_live(teacher, tmp_path, capsys, student_args: list[st
 
 SHRINK_STAGES = [  # (arguments, largest allowed drop of the main metric vs the parent)
     (["export"], 1e-6),  # fp32 ONNX: the same predictions
-    (["quantize", "--method", "dynamic-int8"], 0.15),
+    (["quantize", "--method", "openvino-int8", "--calibration-examples", "16"], 0.15),
     (["quantize", "--method", "onnx-int8"], 0.15),
     (["prune", "--heads", "0.5", "--ffn", "0.5", "--epochs", "4", "--learning-rate", "5e-3"], 0.25),
 ]

@@ -19,7 +19,7 @@ def write_recipe(path, tiny_bert_dir, sentiment_csv, **step_overrides):
          "train": {"epochs": 1, "batch_size": 16, "learning_rate": 2e-3}},
         {"name": "pruned", "stage": "prune", "model": "teacher", "ffn": 0.5, "recovery": "none",
          "calibration_examples": 32},
-        {"name": "int8", "stage": "quantize", "model": "pruned", "method": "dynamic-int8"},
+        {"name": "int8", "stage": "quantize", "model": "pruned", "method": "onnx-int8"},
         {"name": "report", "stage": "compare", "runs": ["teacher", "student", "pruned", "int8"], "latency_repeats": 1},
     ]
     for step in steps:

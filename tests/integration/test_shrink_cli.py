@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from transformers import AutoModelForSequenceClassification
@@ -48,7 +49,7 @@ def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path
 
     teacher = json.loads((tiny_teacher_run / "metrics.json").read_text())
     runs = {}
-    for method in ("dynamic-int8", "onnx-int8", "static-int8"):
+    for method in ("onnx-int8", "static-int8"):
         out = tmp_path / method
         code, _, err = run_cli(["quantize", "--model", str(tiny_teacher_run), "--method", method,
                                 "--calibration-examples", "16", "--out", str(out), "--quiet"], capsys)
@@ -62,7 +63,6 @@ def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path
     assert onnx_manifest["quantization"]["export_validation"]["max_abs_logit_diff"] < 1e-3
     assert json.loads((runs["static-int8"] / "lmcompress.json").read_text())["quantization"]["calibration_examples"] == 16
     ort.InferenceSession(str(runs["onnx-int8"] / "model.onnx"))  # plain onnxruntime loads it
-    assert (runs["dynamic-int8"] / "model.safetensors").is_file()  # fp32 on disk, int8 applied at load
 
     for precision in ("fp32", "fp16"):
         out = tmp_path / f"onnx-{precision}"
@@ -81,11 +81,11 @@ def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path
         json.loads((runs["onnx-int8"] / "metrics.json").read_text())["metrics"]["accuracy"])
 
     report = tmp_path / "report"
-    code, _, err = run_cli(["compare", str(tiny_teacher_run), str(runs["onnx-int8"]), str(runs["dynamic-int8"]),
+    code, _, err = run_cli(["compare", str(tiny_teacher_run), str(runs["onnx-int8"]), str(runs["static-int8"]),
                             "--out", str(report), "--latency-repeats", "1", "--quiet"], capsys)
     assert code == 0, err
     rows = json.loads((report / "report.json").read_text())["rows"]
-    assert [r["name"] for r in rows] == ["teacher", "onnx-int8", "dynamic-int8"]
+    assert [r["name"] for r in rows] == ["teacher", "onnx-int8", "static-int8"]
     assert rows[1]["params"] == rows[2]["params"] == rows[0]["params"]  # int8 keeps every weight, in fewer bits
 
 
@@ -190,6 +190,17 @@ def test_quantize_and_export_bad_input(tiny_teacher_run, tmp_path, capsys):
     one_error_line(err, "already an ONNX run")
     code, _, err = run_cli(["quantize", "--model", str(tiny_teacher_run), "--method", "int4", "--out", str(out)], capsys)
     assert code == 2 and "invalid choice: 'int4'" in err
+    code, _, err = run_cli(["quantize", "--model", str(tiny_teacher_run), "--method", "dynamic-int8", "--out", str(out)],
+                           capsys)  # removed: the line says why and what to use instead
+    assert code == 1
+    one_error_line(err, "dynamic-int8 was removed", "onnx-int8 or openvino-int8")
+    old = tmp_path / "old-dynamic"  # a run made before: refused where it is loaded, with the way forward
+    shutil.copytree(tiny_teacher_run, old)
+    manifest = json.loads((old / "lmcompress.json").read_text())
+    (old / "lmcompress.json").write_text(json.dumps(manifest | {"quantization": {"method": "dynamic-int8"}}))
+    code, _, err = run_cli(["evaluate", "--model", str(old)], capsys)
+    assert code == 1
+    one_error_line(err, "no longer serves", "quantize its parent again")
     code, _, err = run_cli(["quantize", "--model", str(tmp_path / "missing"), "--out", str(out)], capsys)
     assert code == 1
     one_error_line(err, "is not a run directory")

@@ -67,7 +67,7 @@ def auto(cfg: AutoConfig) -> dict[str, Any]:
     search.candidates = shortlist(records, search)
     if not search.candidates:
         raise LmcError(f"no student shape reaches {search.target.describe()} at batch {cfg.batch_size} on this "
-                       f"machine with {' or '.join(int8_variants(cfg.backend))} (fastest measured: "
+                       f"machine with {' or '.join(('fp32',) + int8_variants(cfg.backend))} (fastest measured: "
                        f"{max(r['speedup'] for r in records):.1f}x); relax the speed target")
     search.teacher_validation, search.metric = _validation_score(search, search.teacher_dir,
                                                                  search.root / "teacher-validation")
@@ -84,7 +84,7 @@ def auto(cfg: AutoConfig) -> dict[str, Any]:
 
 def int8_variants(backend: str) -> tuple[str, ...]:
     """The int8 variants timed for `--backend`: auto times those of every runtime installed (ONNX Runtime and
-    OpenVINO; PyTorch's dynamic int8 when neither is), since which is fastest depends on the processor."""
+    OpenVINO), since which is fastest depends on the processor; torch serves fp32 only."""
     onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))  # as require_onnx
     openvino = onnx and all(importlib.util.find_spec(m) for m in ("openvino", "nncf"))  # converted from ONNX
     if backend == "onnxruntime":
@@ -92,11 +92,10 @@ def int8_variants(backend: str) -> tuple[str, ...]:
     if backend == "openvino":
         require_onnx()
         require_openvino()
-    named = {"torch": ("dynamic-int8",), "onnxruntime": ("onnx-int8",), "openvino": ("openvino-int8",)}
+    named = {"torch": (), "onnxruntime": ("onnx-int8",), "openvino": ("openvino-int8",)}
     if backend in named:
         return named[backend]
-    found = (("onnx-int8",) if onnx else ()) + (("openvino-int8",) if openvino else ())
-    return found or ("dynamic-int8",)
+    return (("onnx-int8",) if onnx else ()) + (("openvino-int8",) if openvino else ())
 
 
 def _teacher(cfg: AutoConfig) -> Path:

@@ -22,7 +22,6 @@ import torch
 
 from ..backends.onnx import OnnxClassifier
 from ..backends.openvino import OpenVinoClassifier, onnx_to_ir, quantize_ir_int8
-from ..backends.torch_int8 import dynamic_int8
 from ..models.families import Family
 from ..models.static import StaticClassifier
 from ..backends.onnx_io import export_onnx, quantize_dynamic_int8
@@ -143,7 +142,7 @@ class SpeedTarget:
 @dataclass
 class Measured:
     shape: Shape
-    variant: str  # fp32 (PyTorch), dynamic-int8 (PyTorch), onnx-int8 (ONNX Runtime), openvino-int8 (OpenVINO)
+    variant: str  # fp32 (PyTorch), onnx-int8 (ONNX Runtime), openvino-int8 (OpenVINO)
     params: int
     latency_ms: float
     latency_iqr_ms: list[float]
@@ -203,10 +202,8 @@ def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str
 
 
 def _int8(model, variant: str, batch: dict[str, torch.Tensor], stem: Path):
-    """The shape's int8 variant as it would be served: PyTorch dynamic, ONNX Runtime dynamic, or OpenVINO int8
-    (NNCF, calibrated on the timing batch: a random-weight model's ranges matter only for speed)."""
-    if variant == "dynamic-int8":
-        return dynamic_int8(model)
+    """The shape's int8 variant as it would be served: ONNX Runtime dynamic, or OpenVINO int8 (NNCF, calibrated
+    on the timing batch: a random-weight model's ranges matter only for speed)."""
     graph = export_onnx(model, batch, stem.with_suffix(".onnx"))
     if variant == "openvino-int8":
         xml = quantize_ir_int8(onnx_to_ir(graph, stem.with_suffix(".xml")), stem.with_name(stem.name + "-int8.xml"),

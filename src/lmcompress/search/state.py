@@ -18,7 +18,7 @@ LOG_FILE = "search.jsonl"
 @dataclass
 class Candidate:
     shape: Shape
-    variant: str  # fp32, dynamic-int8 or onnx-int8
+    variant: str  # fp32, onnx-int8 or openvino-int8
     predicted: dict[str, Any]  # the random-weight timing (shapes.Measured.record())
     folder: Path
     screen_score: float | None = None

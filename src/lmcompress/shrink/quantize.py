@@ -2,10 +2,6 @@
 and `compare` score like any other, with the accuracy and latency measured at the end of the stage.
 
 Run dir contents:
-- dynamic-int8: the fp32 checkpoint (plain transformers) + `"quantization": {"method": "dynamic-int8"}` in
-  lmcompress.json; int8 is applied at load time by `torch.ao.quantization.quantize_dynamic`, which is how it is
-  deployed too (PyTorch has no portable on-disk format for dynamically quantized Linear layers). The file on disk is
-  therefore fp32-sized; use onnx-int8 for a smaller file.
 - onnx-int8 / static-int8 / export: model.onnx + config.json (labels) + tokenizer, loadable with onnxruntime alone.
 - openvino-int8 / export --format openvino: model.xml + model.bin (OpenVINO IR, converted from the validated ONNX
   export; int8 by NNCF post-training quantization) + config.json + tokenizer, loadable with openvino alone. The
@@ -25,7 +21,6 @@ import torch
 
 from ..backends import openvino as ov_backend
 from ..backends.onnx import DISABLED_OPTIMIZERS, MODEL_FILE, OnnxClassifier, require_onnx
-from ..backends.torch_int8 import dynamic_int8
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..data import load_task
 from ..errors import LmcError
@@ -150,46 +145,47 @@ def _parent_metrics(source: Path) -> dict[str, Any] | None:
 def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
-    if cfg.method != "dynamic-int8":
-        require_onnx()
+    require_onnx()
     if cfg.method == "openvino-int8":
         ov_backend.require_openvino()
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
     run.begin(cfg.overwrite, False)
     with run.guard():
-        quantization: dict[str, Any] = {"method": cfg.method}
-        if cfg.method == "dynamic-int8":
-            model.save_pretrained(run.partial)
-            tokenizer.save_pretrained(run.partial)
-            quantization |= {"applied_at_load": True, "library": f"torch {torch.__version__} (torch.ao dynamic)"}
-            scored = dynamic_int8(model)
+        tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE["fp32"]
+        fp32, validation, checks = _export_validated(model, tokenizer, task_data, max_length, run.partial, tolerance)
+        quantization: dict[str, Any] = {"method": cfg.method, "export_validation": validation}
+        calibration = (_calibration(task_data, tokenizer, max_length, cfg.calibration_examples)
+                       if cfg.method in ("static-int8", "openvino-int8") else [])
+        if calibration:
+            quantization["calibration_examples"] = sum(len(b["input_ids"]) for b in calibration)
+        if cfg.method == "openvino-int8":
+            scored = _openvino_int8(run, source, model, tokenizer, fp32, checks, tolerance, calibration)
+            quantization["library"] = f"nncf {metadata.version('nncf')}"
+            extra = {"openvino": _openvino_record("fp32")}
         else:
-            tolerance = cfg.tolerance or onnx_io.DEFAULT_TOLERANCE["fp32"]
-            fp32, validation, checks = _export_validated(model, tokenizer, task_data, max_length, run.partial,
-                                                         tolerance)
-            if cfg.method == "openvino-int8":
-                calibration = _calibration(task_data, tokenizer, max_length, cfg.calibration_examples)
-                scored = _openvino_int8(run, source, model, tokenizer, fp32, checks, tolerance, calibration)
-                quantization |= {"export_validation": validation, "library": f"nncf {metadata.version('nncf')}",
-                                 "calibration_examples": cfg.calibration_examples}
-                manifest = _manifest("quantize", source, cfg, data_cfg, task_data, quantization=quantization,
-                                     openvino=_openvino_record("fp32"))
-                return _finish_logged(cfg, source, run, scored, tokenizer, task_data, max_length, manifest)
-            target = run.partial / "int8.onnx"
-            if cfg.method == "static-int8":
-                calibration = _calibration(task_data, tokenizer, max_length, cfg.calibration_examples)
-                onnx_io.quantize_static_int8(fp32, target, calibration)
-                quantization["calibration_examples"] = sum(len(b["input_ids"]) for b in calibration)
-            else:
-                onnx_io.quantize_dynamic_int8(fp32, target)
-            fp32.unlink()
-            _write_onnx_run(run, source, tokenizer, target)
-            quantization |= {"export_validation": validation, "library": f"onnxruntime {metadata.version('onnxruntime')}",
+            scored = _onnx_int8(cfg.method, run, source, tokenizer, fp32, calibration)
+            quantization |= {"library": f"onnxruntime {metadata.version('onnxruntime')}",
                              "disabled_optimizers": list(DISABLED_OPTIMIZERS)}
-            scored = OnnxClassifier(run.partial / MODEL_FILE)
-        manifest = _manifest("quantize", source, cfg, data_cfg, task_data, quantization=quantization)
-        return _finish_logged(cfg, source, run, scored, tokenizer, task_data, max_length, manifest)
+            extra = {}
+        manifest = _manifest("quantize", source, cfg, data_cfg, task_data, quantization=quantization, **extra)
+        metrics = _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))
+    log.info("%s: %s %.4f (%+.4f vs %s)", cfg.method, metrics["main_metric"], metrics["metrics"][metrics["main_metric"]],
+             metrics.get("delta_vs_parent", 0.0), source)
+    return metrics
+
+
+def _onnx_int8(method: str, run: RunDir, source: Path, tokenizer, fp32: Path,
+               calibration: list[dict[str, torch.Tensor]]) -> OnnxClassifier:
+    """fp32 ONNX -> ORT int8 (static with `calibration`, else dynamic), written into the run."""
+    target = run.partial / "int8.onnx"
+    if method == "static-int8":
+        onnx_io.quantize_static_int8(fp32, target, calibration)
+    else:
+        onnx_io.quantize_dynamic_int8(fp32, target)
+    fp32.unlink()
+    _write_onnx_run(run, source, tokenizer, target)
+    return OnnxClassifier(run.partial / MODEL_FILE)
 
 
 def _openvino_int8(run: RunDir, source: Path, model, tokenizer, fp32: Path, checks: list[dict[str, torch.Tensor]],
@@ -201,14 +197,6 @@ def _openvino_int8(run: RunDir, source: Path, model, tokenizer, fp32: Path, chec
         leftover.unlink()
     _write_openvino_run(run, source, tokenizer, target)
     return ov_backend.OpenVinoClassifier(run.partial / ov_backend.IR_FILE)
-
-
-def _finish_logged(cfg: QuantizeConfig, source: Path, run: RunDir, scored, tokenizer, task_data, max_length: int,
-                   manifest: dict[str, Any]) -> dict[str, Any]:
-    metrics = _finish(run, scored, tokenizer, task_data, max_length, manifest, _parent_metrics(source))
-    log.info("%s: %s %.4f (%+.4f vs %s)", cfg.method, metrics["main_metric"], metrics["metrics"][metrics["main_metric"]],
-             metrics.get("delta_vs_parent", 0.0), source)
-    return metrics
 
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
