@@ -111,7 +111,8 @@ class TrainConfig:
     grad_accum_steps: int = field(default=1, metadata={"help": "batches accumulated per optimizer step"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 disables"})
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        default="auto", metadata={"help": "auto: bf16 on a GPU that has it, fp32 on CPU"}
+        default="auto", metadata={"help": "auto: bf16 where the hardware has bf16 kernels (a GPU that has it, a CPU "
+                                          "with AMX or AVX512-BF16), else fp32"}
     )
     seed: int = field(default=42, metadata={"help": "seed for initialisation, shuffling and dropout"})
     checkpoint_every_steps: int = field(default=200, metadata={"help": "write a resumable checkpoint every N steps"})

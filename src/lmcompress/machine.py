@@ -11,6 +11,13 @@ from pathlib import Path
 ISA_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # the CPU has bf16 matmul kernels
+
+
+def cpu_has_bf16() -> bool:
+    return any(flag in processor()["isa"] for flag in BF16_FLAGS)
+
+
 def processor() -> dict[str, object]:
     """{"model", "cores", "isa": [flags among ISA_FLAGS]} from /proc/cpuinfo (platform strings elsewhere)."""
     model, flags = platform.processor() or platform.machine(), set()

@@ -19,8 +19,7 @@ from . import catalog
 from .config import CompareConfig
 from .console import console
 from .errors import LmcError
-from .backends.serving import cpu_has_bf16
-from .machine import processor
+from .machine import cpu_has_bf16, processor
 from .measure import LATENCY_BATCHES
 from .runkinds import TASK, kind_for_comparison
 from .roofline import matmul_peaks

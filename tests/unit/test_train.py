@@ -128,10 +128,15 @@ def test_grad_accumulation_counts_optimizer_steps(tiny_tokenizer_dir, tmp_path):
     assert result.steps == 4  # 12 batches / 3
 
 
-def test_precision_resolution_on_cpu():
+def test_precision_resolution_on_cpu(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("CPU-only expectations")
+    from lmcompress.training import loop
+
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
     assert resolve_precision("auto") == "no"
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)  # AMX or AVX512-BF16
+    assert resolve_precision("auto") == "bf16"
     assert resolve_precision("bf16") == "bf16"
     with pytest.raises(LmcError, match="fp16 needs a GPU"):
         resolve_precision("fp16")

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from ..machine import processor
+from ..machine import cpu_has_bf16
 from ..models import static
 from ..runs import quantization_method, read_run_manifest
 from . import onnx_io
@@ -25,13 +25,6 @@ from .onnx import MODEL_FILE
 from .openvino import IR_FILE, OpenVinoClassifier, onnx_to_ir
 
 log = logging.getLogger("lmcompress")
-
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_has_bf16() -> bool:
-    return any(flag in processor()["isa"] for flag in BF16_FLAGS)
-
 
 def run_backend(folder: Path) -> str:
     """The runtime a run dir is served by as it is: onnxruntime, openvino[-bf16] or torch."""
