@@ -9,6 +9,10 @@ Setup (shared by every contender):
   optimiser= AdamW lr 1e-4, no weight decay, linear decay, 5 epochs, batch 32 (lmcompress: torch's fused AdamW;
              TextBrewer runs twice, with torch's default AdamW and with the fused one)
 TextBrewer's soft CE has no T^2 factor, so it gets kd_loss_weight = 0.5 * T^2 to optimise the identical loss.
+`lmcompress_defaults` is `lmcompress distill --teacher T --student pick=0,1` with every other option at its default
+(5 epochs, lr 1e-4, KL logit KD, teacher cache, --precision auto: bf16 where the CPU has AMX or AVX512-BF16): what a
+user who sets nothing gets. `--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without
+bf16 kernels).
 
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
     .venv/bin/python benchmarks/distill_vs_textbrewer.py --teacher runs/teacher --epochs 5
@@ -23,6 +27,7 @@ import copy
 import json
 import platform
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +42,8 @@ from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.distillation.stage import distill
 from lmcompress.distillation.student import build_student, parse_spec
+from lmcompress.machine import processor
+from lmcompress.training import resolve_precision
 from lmcompress.runkinds.task import predict
 from lmcompress.scores import task_metrics
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
@@ -101,13 +108,34 @@ def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cach
             "group_by_length": group_by_length, "cache": manifest["teacher_cache"]}
 
 
+def lmcompress_defaults_run(args, out: Path, cache_dir: Path) -> dict:
+    cfg = DistillConfig(teacher=str(args.teacher), student="pick=0,1", out=str(out), overwrite=True,
+                        cache_dir=str(cache_dir))
+    start = time.perf_counter()
+    metrics = distill(cfg)
+    wall = time.perf_counter() - start
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
+            "test": metrics["metrics"], "precision": {"no": "fp32"}.get(resolve_precision("auto"), "bf16"),
+            "epochs": cfg.train.epochs, "cache": manifest["teacher_cache"]}
+
+
+LMCOMPRESS = (("lmcompress_fp32", "fp32", "fp32", False), ("lmcompress_bf16", "bf16", "bf16", False),
+              ("lmcompress_bf16_grouped", "bf16", "bf16", True))
+ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), "lmcompress_defaults")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=Path("runs/teacher"))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-textbrewer", action="store_true")
+    parser.add_argument("--contenders", default=",".join(ALL), help=f"comma-separated subset of {', '.join(ALL)}")
     args = parser.parse_args()
+    chosen = set(args.contenders.split(","))
+    if chosen - set(ALL):
+        parser.error(f"unknown contender(s): {', '.join(sorted(chosen - set(ALL)))}")
 
     recorded = read_run_manifest(args.teacher)["config"]["data"]
     data_cfg = from_dict(DataConfig, {**recorded, "max_length": 64})
@@ -123,7 +151,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
     results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "teacher": str(args.teacher),
                      "teacher_test_accuracy": teacher_acc, "epochs": args.epochs, "threads": torch.get_num_threads(),
-                     "machine": platform.platform(), "torch": torch.__version__, "train_examples": len(train_set),
+                     "machine": platform.platform(), "processor": processor(),
+                     "lscpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout,
+                     "torch": torch.__version__, "train_examples": len(train_set),
                      "contenders": {}}
     # The teacher's max length is 64 here for every contender (the data config above); the lmcompress runs
     # re-read it from the teacher run, so record it to be sure both saw the same inputs.
@@ -131,16 +161,22 @@ def main() -> int:
         print(f"note: teacher was trained with max_length {recorded.get('max_length')}; benchmark uses 64 for all")
     if not args.skip_textbrewer:
         for name, fused in (("textbrewer", False), ("textbrewer_fused_adamw", True)):
+            if name not in chosen:
+                continue
             results["contenders"][name] = textbrewer_run(copy.deepcopy(teacher), copy.deepcopy(student), train_set,
                                                          collate, tokenizer, task_data, args, fused)
             print(json.dumps(results["contenders"][name]))
-    for name, precision, teacher_precision, grouped in (("lmcompress_fp32", "fp32", "fp32", False),
-                                                        ("lmcompress_bf16", "bf16", "bf16", False),
-                                                        ("lmcompress_bf16_grouped", "bf16", "bf16", True)):
+    for name, precision, teacher_precision, grouped in LMCOMPRESS:
+        if name not in chosen:
+            continue
         cache_dir = work / f"cache-{name}"  # a cold cache each: the teacher's first epoch is in the timing
         results["contenders"][name] = lmcompress_run(args, precision, teacher_precision, work / name, cache_dir,
                                                      grouped)
         print(json.dumps(results["contenders"][name]))
+    if "lmcompress_defaults" in chosen:
+        results["contenders"]["lmcompress_defaults"] = lmcompress_defaults_run(args, work / "defaults",
+                                                                              work / "cache-defaults")
+        print(json.dumps(results["contenders"]["lmcompress_defaults"]))
     shutil.rmtree(work, ignore_errors=True)
 
     tb = results["contenders"].get("textbrewer")
@@ -158,7 +194,8 @@ def main() -> int:
     (RESULTS / "distill_vs_textbrewer.json").write_text(json.dumps(results, indent=2) + "\n")
     md = [f"# Distillation wall time: lmcompress vs TextBrewer {tb['version'] if tb else ''}", "",
           f"Command: `{results['command']}`  ", f"Machine: {results['machine']}, {results['threads']} threads, "
-          f"torch {results['torch']}  ",
+          f"torch {results['torch']}  ", f"Processor: {results['processor']['model']} "
+          f"({', '.join(results['processor']['isa'])})  ",
           f"Teacher {args.teacher} test accuracy {teacher_acc:.4f}; student = teacher layers 0-1; "
           f"{args.epochs} epochs over {len(train_set)} examples; same data, batch size, padding collator and losses "
           "(each tool shuffles with its own seeded sampler; `_grouped` batches similar lengths together, "
