@@ -146,7 +146,7 @@ def _speedups(rows: list[dict[str, Any]], ref: dict[str, Any]) -> None:
     on PyTorch fp32 when it was timed on several backends (so the teacher's own row shows what its best backend
     gains), else the teacher's row."""
     reference = (ref.get("backends") or {}).get("torch", ref)
-    for row in rows:
+    for row in rows + [e for r in rows for e in (r.get("backends") or {}).values()]:
         for size in LATENCY_BATCHES:
             mine, theirs = row.get(f"latency_rounds_ms_b{size}"), reference.get(f"latency_rounds_ms_b{size}")
             if mine is not None and theirs is not None:

@@ -381,5 +381,6 @@ def _report(search: Search) -> dict[str, Any]:
                        "re-run the same command with a larger --time-budget (finished steps are kept)")
     cfg = CompareConfig(runs=[str(search.teacher_dir)] + [str(c.deploy) for c in trained],
                         out=str(search.root / "report"), overwrite=True, latency_repeats=10,
-                        threads=search.cfg.threads, data=search.data)
+                        threads=search.cfg.threads, data=search.data,
+                        backends="auto" if search.cfg.backend == "auto" else "run")
     return STAGES["compare"].run(cfg)

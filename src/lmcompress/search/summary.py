@@ -31,6 +31,11 @@ def choose(rows: list[dict[str, Any]], validation: dict[str, float], search: Sea
     return min(rows[1:], key=lambda r: r[f"latency_ms_b{size}"]), False
 
 
+VARIANT_BACKEND = {"fp32": "torch", "onnx-int8": "onnxruntime", "openvino-int8": "openvino"}
+EXPORT_HINT = {"onnxruntime": "lmcompress export", "openvino": "lmcompress export --format openvino",
+               "openvino-bf16": "lmcompress export --format openvino --precision bf16"}
+
+
 def row_of(rows: list[dict[str, Any]], c: Candidate) -> dict[str, Any]:
     return next(r for r in rows if Path(r["path"]).resolve() == c.deploy.resolve())
 
@@ -41,7 +46,8 @@ def _latency_check(search: Search, rows: list[dict[str, Any]]) -> list[dict[str,
     size = search.cfg.batch_size
     out = []
     for c in (c for c in search.candidates if c.trained):
-        row = row_of(rows, c)
+        row = row_of(rows, c)  # the prediction timed the variant on its own runtime: compare with the same
+        row = (row.get("backends") or {}).get(VARIANT_BACKEND.get(c.variant, ""), row)
         measured = row[f"latency_ms_b{size}"]
         out.append({"name": c.name, "row": row["name"], "predicted_speedup": c.predicted["speedup"],
                     "measured_speedup": row[f"speedup_b{size}"], "predicted_ms": c.predicted["latency_ms"],
@@ -116,7 +122,10 @@ def _share(value: float | None) -> str:
 
 def _verdict(search: Search, chosen: dict[str, Any], validation: float | None, met: bool) -> str:
     size, goal = search.cfg.batch_size, search.cfg.min_retention
-    figures = (f"{chosen['name']}: {chosen[f'speedup_b{size}']:.1f}x faster at batch {size} "
+    backend = chosen.get("backend", "torch")
+    if chosen.get("backends") and backend in EXPORT_HINT:  # a PyTorch checkpoint served fastest by another runtime
+        backend += f", deploy with {EXPORT_HINT[backend]}"
+    figures = (f"{chosen['name']} on {backend}: {chosen[f'speedup_b{size}']:.1f}x faster at batch {size} "
                f"({chosen[f'latency_ms_b{size}']:.1f} ms), {chosen['params'] / 1e6:.1f}M params, retention "
                f"{_share(validation)} on validation and {_share(chosen['retention'])} on test rows")
     if met:
