@@ -451,7 +451,7 @@ class PruneConfig(RunOptions):
 
 DYNAMIC_INT8_REMOVED = (
     "--method dynamic-int8 was removed: torch.ao's quantize_dynamic is deprecated and its successor, torchao int8, "
-    "ran 0.1-0.6x as fast as fp32 on CPU (benchmarks/results/torchao_int8.md); use --method onnx-int8 or "
+    "ran 0.04-0.93x as fast as fp32 on CPU (benchmarks/results/torchao_int8.md); use --method onnx-int8 or "
     "openvino-int8 (faster, and a file you deploy as it is)")
 
 

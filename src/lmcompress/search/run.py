@@ -308,7 +308,8 @@ def _screen(search: Search) -> None:
         score = _screen_score(c.folder / "screen", search.metric)
         c.screen_score = score / search.teacher_validation if score is not None else None
         log.info("screen %d/%d %s: predicted %.1fx, validation retention after 1 epoch on %d rows %.1f%%, %.0f min "
-                 "left", i, len(search.candidates), c.name, c.predicted["speedup"], search.cfg.screen_rows,
+                 "left", i, len(search.candidates), c.name, c.predicted["speedup"],
+                 min(search.cfg.screen_rows, search.train_rows or search.cfg.screen_rows),
                  100 * (c.screen_score or 0), search.left_s() / 60)
         search.event("screened", **c.record())
     search.candidates.sort(key=_training_order)
