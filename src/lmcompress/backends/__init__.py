@@ -9,9 +9,9 @@ import torch
 from ..errors import LmcError
 from ..models import static
 from ..models.load import check_head, load_trained_classifier
-from ..runs import quantization_method, read_run_manifest
+from ..runs import quantization_method
 from .onnx import MODEL_FILE, OnnxClassifier
-from .openvino import IR_FILE, OpenVinoClassifier
+from .openvino import IR_FILE, OpenVinoClassifier, recorded_precision
 
 
 def load_run_model(folder: Path, labels: list[str] | None, regression: bool, threads: int | None = None,
@@ -23,8 +23,7 @@ def load_run_model(folder: Path, labels: list[str] | None, regression: bool, thr
         return OnnxClassifier(folder / MODEL_FILE, threads)
     if (folder / IR_FILE).is_file():
         check_head(folder, labels, regression, task)
-        precision = ((read_run_manifest(folder) or {}).get("openvino") or {}).get("precision", "fp32")
-        return OpenVinoClassifier(folder / IR_FILE, threads, precision)
+        return OpenVinoClassifier(folder / IR_FILE, threads, recorded_precision(folder))
     if static.is_static_dir(folder):
         if task not in (None, "classification", "regression"):
             raise LmcError(f"{folder} is a static-embedding classifier; it cannot score a {task} task")

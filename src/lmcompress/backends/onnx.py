@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import LmcError
+from ..models.load import first_line
 
 MODEL_FILE = "model.onnx"
 # ORT's SkipLayerNormalization fusion made every LayerNorm ~10x slower on this CPU (int8 minilm-l6, batch 32:
@@ -44,8 +45,7 @@ def session(path: Path, threads: int | None = None):
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
                                     disabled_optimizers=list(DISABLED_OPTIMIZERS))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0][:300]
-        raise LmcError(f"ONNX Runtime cannot load {path}: {first}") from None
+        raise LmcError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") from None
 
 
 def input_names(sess) -> tuple[str, ...]:

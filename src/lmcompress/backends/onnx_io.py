@@ -22,6 +22,7 @@ from torch import nn
 from .onnx import OnnxClassifier, require_onnx
 from ..errors import LmcError
 from ..models.heads import saved_head
+from ..models.load import first_line
 
 log = logging.getLogger("lmcompress")
 
@@ -70,8 +71,7 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -
                                         verbose=False)
             program.save(str(path))
     except Exception as exc:  # the exporter raises many types; the first line names the unsupported op
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise LmcError(f"ONNX export of {type(model).__name__} failed: {first}") from None
+        raise LmcError(f"ONNX export of {type(model).__name__} failed: {first_line(exc)}") from None
     finally:
         if previous not in (None, "eager"):
             model.set_attn_implementation(previous)

@@ -19,15 +19,18 @@ import torch
 from torch import nn
 
 from ..errors import LmcError
+from ..models.load import first_line
+from ..runs import read_run_manifest
 
 IR_FILE = "model.xml"  # its weights: model.bin beside it
 WEIGHTS_FILE = "model.bin"
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 
-def require_openvino() -> None:
+def require_openvino(quantizing: bool = True) -> None:
+    """openvino, and nncf when `quantizing` (serving an IR needs openvino alone; nncf is a heavy import)."""
     try:
-        for name in ("openvino", "nncf"):
+        for name in ("openvino", "nncf") if quantizing else ("openvino",):
             importlib.import_module(name)
     except ImportError as exc:
         raise LmcError(f"OpenVINO support needs openvino and nncf ({exc.name} is missing): "
@@ -35,7 +38,7 @@ def require_openvino() -> None:
 
 
 def _ov():
-    require_openvino()
+    require_openvino(quantizing=False)
     import openvino as ov  # loads in a second or two: only for OpenVINO runs
 
     return ov
@@ -48,6 +51,11 @@ def _core():
 def cpu_supports_bf16() -> bool:
     """Whether OpenVINO has bf16 kernels for this CPU (AMX or AVX512-BF16)."""
     return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def recorded_precision(folder: Path) -> str:
+    """The inference precision an OpenVINO run dir was made for (lmcompress.json "openvino"), fp32 by default."""
+    return ((read_run_manifest(folder) or {}).get("openvino") or {}).get("precision", "fp32")
 
 
 def check_precision(precision: str) -> None:
@@ -63,8 +71,7 @@ def onnx_to_ir(onnx_path: Path, xml_path: Path) -> Path:
     try:
         model = ov.convert_model(str(onnx_path))
     except Exception as exc:  # the converter raises its own types; the first line names the unsupported op
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise LmcError(f"OpenVINO cannot convert {onnx_path.name}: {first}") from None
+        raise LmcError(f"OpenVINO cannot convert {onnx_path.name}: {first_line(exc)}") from None
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
     return xml_path
 
@@ -72,6 +79,7 @@ def onnx_to_ir(onnx_path: Path, xml_path: Path) -> Path:
 def quantize_ir_int8(xml_path: Path, target: Path, calibration: list[dict[str, torch.Tensor]]) -> Path:
     """NNCF post-training int8 (weights and activations, ranges from `calibration` batches; the transformer
     preset keeps softmax and layer norm in floating point) -> the int8 IR at `target`."""
+    require_openvino()
     import nncf  # heavy (its own torch/onnx probes): only when quantizing for OpenVINO
 
     core = _core()
@@ -111,8 +119,7 @@ class OpenVinoClassifier(nn.Module):
                 "INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
                 "PERFORMANCE_HINT": "LATENCY"})
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise LmcError(f"OpenVINO cannot load {path}: {first}") from None
+            raise LmcError(f"OpenVINO cannot load {path}: {first_line(exc)}") from None
         self.path, self.precision = path, precision
         self.param_count = ir_param_count(model)
         self.input_names = tuple(port.get_any_name() for port in self.compiled.inputs)

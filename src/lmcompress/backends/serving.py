@@ -19,10 +19,10 @@ from torch import nn
 
 from ..machine import cpu_has_bf16
 from ..models import static
-from ..runs import quantization_method, read_run_manifest
+from ..runs import quantization_method
 from . import onnx_io
 from .onnx import MODEL_FILE
-from .openvino import IR_FILE, OpenVinoClassifier, onnx_to_ir
+from .openvino import IR_FILE, OpenVinoClassifier, onnx_to_ir, recorded_precision
 
 log = logging.getLogger("lmcompress")
 
@@ -31,8 +31,7 @@ def run_backend(folder: Path) -> str:
     if (folder / MODEL_FILE).is_file():
         return "onnxruntime"
     if (folder / IR_FILE).is_file():
-        precision = ((read_run_manifest(folder) or {}).get("openvino") or {}).get("precision", "fp32")
-        return "openvino-bf16" if precision == "bf16" else "openvino"
+        return "openvino-bf16" if recorded_precision(folder) == "bf16" else "openvino"
     return "torch"
 
 
@@ -49,7 +48,7 @@ class Bf16Autocast(nn.Module):
         return SimpleNamespace(**{k: v.float() for k, v in out.items() if torch.is_tensor(v)}, loss=None)
 
 
-def _available(*modules: str) -> bool:
+def installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
@@ -64,14 +63,14 @@ def serving_variants(folder: Path, model: nn.Module, sample: dict[str, torch.Ten
     variants: dict[str, nn.Module] = {"torch": model}
     if bf16:
         variants["torch-bf16"] = Bf16Autocast(model)
-    if not _available("onnx", "onnxscript", "onnxruntime"):
+    if not installed("onnx", "onnxscript", "onnxruntime"):
         log.info("%s: ONNX Runtime and OpenVINO not timed (onnx, onnxscript or onnxruntime is not installed)", folder)
         return variants
     workdir.mkdir(parents=True, exist_ok=True)
     graph = onnx_io.export_onnx(model, sample, workdir / "fp32.onnx")
     onnx_io.validate(model, graph, [sample], onnx_io.DEFAULT_TOLERANCE["fp32"])
     variants["onnxruntime"] = onnx_io.OnnxClassifier(graph, threads)
-    if _available("openvino"):
+    if installed("openvino"):
         xml = onnx_to_ir(graph, workdir / "fp32.xml")
         variants["openvino"] = OpenVinoClassifier(xml, threads, "fp32")
         if bf16:

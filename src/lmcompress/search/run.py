@@ -17,7 +17,6 @@ Every decision (ranking, stopping, the choice) uses the validation rows; the tes
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import shutil
@@ -27,8 +26,9 @@ from typing import Any
 
 import torch
 
-from ..backends.onnx import MODEL_FILE, require_onnx
-from ..backends.openvino import IR_FILE, require_openvino
+from ..backends.onnx import require_onnx
+from ..backends.openvino import require_openvino
+from ..backends.serving import installed, run_backend
 from ..config import AutoConfig, CompareConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import fixed_batch
@@ -85,8 +85,8 @@ def auto(cfg: AutoConfig) -> dict[str, Any]:
 def int8_variants(backend: str) -> tuple[str, ...]:
     """The int8 variants timed for `--backend`: auto times those of every runtime installed (ONNX Runtime and
     OpenVINO), since which is fastest depends on the processor; torch serves fp32 only."""
-    onnx = all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime"))  # as require_onnx
-    openvino = onnx and all(importlib.util.find_spec(m) for m in ("openvino", "nncf"))  # converted from ONNX
+    onnx = installed("onnx", "onnxscript", "onnxruntime")  # as require_onnx
+    openvino = onnx and installed("openvino", "nncf")  # converted from ONNX
     if backend == "onnxruntime":
         require_onnx()
     if backend == "openvino":
@@ -102,7 +102,7 @@ def _teacher(cfg: AutoConfig) -> Path:
     teacher_dir = Path(cfg.teacher).expanduser().resolve()  # absolute: a recipe step could be named like it
     if not (teacher_dir / "config.json").is_file():
         raise LmcError(f"--teacher {cfg.teacher} is not a fine-tuned run (no config.json)")
-    if quantization_method(teacher_dir) or (teacher_dir / MODEL_FILE).is_file() or (teacher_dir / IR_FILE).is_file():
+    if quantization_method(teacher_dir) or run_backend(teacher_dir) != "torch":  # an ONNX or OpenVINO run
         raise LmcError(f"--teacher {cfg.teacher} is a quantized run; give the fp32 run it was made from")
     return teacher_dir
 

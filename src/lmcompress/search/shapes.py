@@ -25,6 +25,7 @@ from ..backends.openvino import OpenVinoClassifier, onnx_to_ir, quantize_ir_int8
 from ..models.families import Family
 from ..models.static import StaticClassifier
 from ..backends.onnx_io import export_onnx, quantize_dynamic_int8
+from ..roofline import macs_per_token
 from ..timing import interleaved_rounds, per_round_ratios, quartiles
 
 log = logging.getLogger("lmcompress")
@@ -56,9 +57,7 @@ class Shape:
 
     def macs_per_token(self, seq_len: int) -> float:
         """Multiply-adds per token of the transformer layers (projections, FFN, attention scores and mixing)."""
-        if self.static:
-            return 0.0
-        return self.layers * (4 * self.hidden * self.hidden + 2 * self.hidden * self.ffn + 2 * seq_len * self.hidden)
+        return 0.0 if self.static else macs_per_token(self.layers, self.hidden, self.ffn, seq_len)
 
 
 def teacher_shape(family: Family, config) -> Shape:

@@ -204,7 +204,7 @@ def export(cfg: ExportConfig) -> dict[str, Any]:
     run.check(cfg.overwrite, None)
     require_onnx()
     if cfg.format == "openvino":
-        ov_backend.require_openvino()
+        ov_backend.require_openvino(quantizing=False)
         ov_backend.check_precision(cfg.precision)
     source, data_cfg, task_data, model, tokenizer = _prepare(cfg.model, cfg.data)
     max_length = data_cfg.max_length
