@@ -449,6 +449,47 @@ class PruneConfig(RunOptions):
             raise ValueError("nothing to prune: give --heads, --ffn, --layers or --hidden")
 
 
+@dataclass
+class PruneLMConfig(RunOptions, TeacherOptions):
+    """`lmcompress prune-lm`: Minitron-style width and depth pruning of a causal LM, recovered by distillation."""
+
+    model: str = field(default="", metadata={
+        "help": "causal LM to prune (Llama, SmolLM2, Qwen2/3, Mistral, GPT-2): zoo name (smollm2-135m), HF dir, "
+                "pretrain or distill-lm run, or .gguf file"})
+    heads: float = field(default=0.0, metadata={
+        "help": "share of query heads to remove in every layer (0-<1); under grouped-query attention, inside each "
+                "KV group"})
+    kv_heads: float = field(default=0.0, metadata={
+        "help": "share of KV heads (with their query heads) to remove in every layer (grouped-query attention)"})
+    ffn: float = field(default=0.0, metadata={"help": "share of FFN neurons to remove in every layer (0-<1)"})
+    layers: int | None = field(default=None, metadata={
+        "help": "keep only the N most important layers (importance: 1 - cosine of the layer's input and output)"})
+    hidden: int | None = field(default=None, metadata={"help": "embedding channels (hidden width) to keep"})
+    calibration_examples: int = field(default=256, metadata={"help": "training blocks used to score importance"})
+    recovery: Literal["distill", "none"] = field(default="distill", metadata={
+        "help": "after pruning: distil from the unpruned model (distill-lm, top-k cache), or nothing"})
+    top_k: int = field(default=64, metadata={
+        "help": "recovery: cache the unpruned model's top-k logits per token (0: exact KD, teacher run live)"})
+    baseline: bool = field(default=False, metadata={
+        "help": "also train the pruned shape from random init on the same blocks and steps (OUT-baseline), and "
+                "record its scores under metrics.json \"baseline\""})
+    data: CorpusConfig = field(default_factory=CorpusConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=2e-4, epochs=1.0, warmup_ratio=0.06))
+    loss: DistillLossConfig = field(default_factory=lambda: DistillLossConfig(temperature=1.0, alpha=0.0))
+
+    def __post_init__(self) -> None:
+        _required(self, "model", "out")
+        if not self.data.data:
+            raise ValueError("data is required (--data)")
+        for name in ("heads", "kv_heads", "ffn"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} is the share to remove and must be in [0, 1), got {getattr(self, name)}")
+        _at_least(self, 1, "layers", "hidden", "calibration_examples")
+        _at_least(self, 0, "top_k")
+        if not (self.heads or self.kv_heads or self.ffn or self.layers or self.hidden):
+            raise ValueError("nothing to prune: give --heads, --kv-heads, --ffn, --layers or --hidden")
+
+
 DYNAMIC_INT8_REMOVED = (
     "--method dynamic-int8 was removed: torch.ao's quantize_dynamic is deprecated and its successor, torchao int8, "
     "ran 0.04-0.93x as fast as fp32 on CPU (benchmarks/results/torchao_int8.md); use --method onnx-int8 or "

@@ -90,3 +90,36 @@ def time_side_by_side(rows: list[dict[str, Any]], calls: dict[tuple[int, int], A
     for row in rows:
         log.info("%s: %.1f ms @ b32 (interquartile %.1f-%.1f)", row["name"], row["latency_ms_b32"],
                  *row["latency_iqr_ms_b32"])
+
+
+GENERATION_TOKENS = 32
+
+
+def generation_speed(models: dict[str, torch.nn.Module], prompt: torch.Tensor, new_tokens: int = GENERATION_TOKENS,
+                     rounds: int = 5) -> dict[str, dict[str, Any]]:
+    """Causal LMs at batch 1, greedy with the KV cache, timed in interleaved rounds (warm-up first) -> per model:
+    time to first token (the prompt's forward and one token), decode tokens/s (the `new_tokens` - 1 tokens after the
+    first) and their interquartile ranges. `prompt`: [1, P] token ids."""
+    mask = torch.ones_like(prompt)
+
+    def generate(model: torch.nn.Module, tokens: int) -> Callable[[], object]:
+        return lambda: model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=tokens,
+                                      min_new_tokens=tokens, do_sample=False, pad_token_id=model.config.eos_token_id)
+
+    calls: dict[tuple[str, int], Callable[[], object]] = {}
+    for name, model in models.items():
+        model.eval()
+        calls[(name, 1)] = generate(model, 1)
+        calls[(name, new_tokens)] = generate(model, new_tokens)
+    with torch.inference_mode():
+        times = interleaved_rounds(calls, rounds, warmup=1)
+    out: dict[str, dict[str, Any]] = {}
+    for name in models:
+        first, full = times[(name, 1)], times[(name, new_tokens)]
+        rates = [(new_tokens - 1) * 1000.0 / max(f - t, 1e-6) for f, t in zip(full, first)]
+        q1, ttft, q3 = quartiles(first)
+        r1, rate, r3 = quartiles(rates)
+        out[name] = {"ttft_ms": round(ttft, 2), "ttft_iqr_ms": [round(q1, 2), round(q3, 2)],
+                     "decode_tokens_per_s": round(rate, 1), "decode_iqr": [round(r1, 1), round(r3, 1)],
+                     "prompt_tokens": int(prompt.shape[1]), "new_tokens": new_tokens, "rounds": rounds}
+    return out

@@ -31,7 +31,7 @@ log = logging.getLogger("lmcompress")
 
 REFERENCE_KEYS = ("model", "teacher", "student", "tokenizer")
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RESUMABLE = {"pretrain", "finetune", "distill", "distill-lm", "distill-embeddings", "prune"}
+RESUMABLE = {"pretrain", "finetune", "distill", "distill-lm", "distill-embeddings", "prune", "prune-lm"}
 
 
 @dataclass

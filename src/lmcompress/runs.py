@@ -372,9 +372,9 @@ def made_by(manifest: dict[str, Any]) -> str:
         return f"quantize {(manifest.get('quantization') or {}).get('method', '')}".strip()
     if stage == "export":
         return f"export onnx {(manifest.get('export') or {}).get('precision', '')}".strip()
-    if stage == "prune":
+    if stage in ("prune", "prune-lm"):
         pruning = manifest.get("pruning") or {}
-        changed = [f"{key.split('_')[0]} {value}" for key in ("heads_per_layer", "ffn_per_layer", "hidden")
+        changed = [f"{key.split('_')[0]} {value}" for key in ("layers", "heads_per_layer", "ffn_per_layer", "hidden")
                    if isinstance(value := pruning.get(key), str) and len(set(value.split(" -> "))) == 2]
-        return "prune " + ", ".join(changed) if changed else "prune"
+        return f"{stage} " + ", ".join(changed) if changed else stage
     return stage

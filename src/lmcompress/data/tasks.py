@@ -68,7 +68,8 @@ def _raw_frames(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame]
             return readers.read_debates(entry.require()), name
         if entry.kind == "model":
             raise LmcError(f"'{name}' is a model, not a dataset; pass it as --model")
-        raise LmcError(f"'{name}' is a pre-training corpus without labels; use it with `lmcompress pretrain`")
+        raise LmcError(f"'{name}' is a pre-training corpus without labels; use it with `lmcompress pretrain`, "
+                       "`distill-lm` or `prune-lm`")
     path = Path(name).expanduser()
     if not path.exists():
         raise LmcError(f"--data {name}: no such file or folder, and not a zoo name ({', '.join(catalog.ENTRIES)})")

@@ -104,9 +104,12 @@ def check_vocabularies(teacher_tokenizer, student_tokenizer) -> None:
             "(lmcompress distill), where each side may tokenise the raw text itself")
 
 
-def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
+def distill_lm(cfg: LMDistillConfig, stage: str = "distill-lm", extra: dict[str, Any] | None = None,
+               request: dict[str, Any] | None = None, metrics_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`stage`/`extra`/`request`/`metrics_extra` let stages built on it (prune-lm's recovery) name themselves in
+    lmcompress.json, add to metrics.json and recognise their own interrupted runs."""
     run = RunDir(cfg.out)
-    request = to_dict(cfg)
+    request = request or to_dict(cfg)
     cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
     loss_cfg = cfg.loss
     teacher = load_lm_teacher(cfg.teacher, cfg.objective)
@@ -168,14 +171,14 @@ def distill_lm(cfg: LMDistillConfig) -> dict[str, Any]:
         if cache_stats is not None:
             log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
         return finish_lm_run(run, pcfg, student, tokenizer, data, result, initial, lambda train: stage_manifest(
-            "distill-lm", str(teacher.path), to_dict(cfg),
+            stage, str(teacher.path), to_dict(cfg), **(extra or {}),
             data={"source": corpus_source, "seed": cfg.data.split_seed, **data.record},
             task={"type": objective, "family": student.config.model_type}, train=train, processes=num_processes(),
             teacher_sharding=sharding,
             lm_config=to_dict(pcfg), teacher_metrics=teacher_scores,
             student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
                      "layers": layer_count(student.config), "hidden": model_width(student.config)},
-            teacher_cache=cache_stats))
+            teacher_cache=cache_stats), metrics_extra)
 
 
 def _at_positions(rows: torch.Tensor, where: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Students derived from the teacher: `pick=0,2,4` / `layers=N`, optionally narrower `hidden=`, `heads=`, `ffn=`.
+"""Students derived from the teacher: `pick=0,2,4` / `layers=N`, optionally narrower `hidden=`, `heads=`, `kv-heads=`
+(grouped-query attention), `ffn=`.
 
 A SPEC is `;`-joined items, e.g. `layers=2;hidden=192`. Layers are copied from the teacher; narrower widths are
 initialised by slicing the teacher's weights, keeping the highest-magnitude hidden dimensions, heads (and the
@@ -19,7 +20,7 @@ from ..errors import LmcError
 from ..models.families import GENERIC, Family, depth, family_of, require_family, width
 from ..models.heads import head_class, saved_head
 
-SPEC_KEYS = ("pick", "layers", "hidden", "heads", "ffn")
+SPEC_KEYS = ("pick", "layers", "hidden", "heads", "kv-heads", "ffn")
 # encoder.layer.3.… (BERT/RoBERTa and kin), transformer.h.3.… (GPT-2), model.layers.3.… (ModernBERT, Llama); base
 # models (AutoModel, as distill-embeddings loads them) have no prefix: h.3.…, layers.3.…
 LAYER_KEY = re.compile(r"^((?:.*?\.)?(?:layer|layers|h))\.(\d+)\.(.*)$")
@@ -31,6 +32,7 @@ class StudentSpec:
     layers: int | None = None
     hidden: int | None = None
     heads: int | None = None
+    kv_heads: int | None = None  # grouped-query attention: KV heads kept whole, each with its query heads
     ffn: int | None = None
 
 
@@ -50,12 +52,12 @@ def parse_spec(spec: str) -> StudentSpec:
             if key == "pick":
                 values[key] = tuple(int(x) for x in raw.split(",") if x.strip())
             else:
-                values[key] = int(raw)
+                values[key.replace("-", "_")] = int(raw)
         except ValueError:
             raise LmcError(f"student spec item '{part}': expected whole numbers") from None
     if "pick" in values and "layers" in values:
         raise LmcError("student spec: give pick= or layers=, not both")
-    for key in ("layers", "hidden", "heads", "ffn"):
+    for key in ("layers", "hidden", "heads", "kv_heads", "ffn"):
         if key in values and values[key] < 1:
             raise LmcError(f"student spec: {key} must be >= 1, got {values[key]}")
     return StudentSpec(**values)
@@ -100,7 +102,8 @@ def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def _hidden_index(family: Family, state: dict[str, torch.Tensor], hidden: int, keep: int) -> torch.Tensor:
     """Residual-stream dims to keep: mean |layer-norm gain| across layers x word-embedding column norm."""
-    gains = [v.abs() for k, v in state.items() if k.endswith(f"{family.norm}.weight") and v.numel() == hidden]
+    norm = re.compile(rf"{family.norm}\w*\.weight$")  # LayerNorm.weight, input_layernorm.weight, ln_1.weight
+    gains = [v.abs() for k, v in state.items() if norm.search(k) and v.numel() == hidden]
     embed = next(v for k, v in state.items() if k.endswith(f"{family.word_embeddings}.weight"))
     score = torch.stack(gains).mean(0)  # [H]
     if embed.shape[1] == hidden:  # (ELECTRA's narrower embeddings reach the hidden width through a projection)
@@ -109,18 +112,28 @@ def _hidden_index(family: Family, state: dict[str, torch.Tensor], hidden: int, k
 
 
 def _head_scores(family: Family, state, prefix: str, heads: int) -> torch.Tensor:
-    """[A]: |V rows| x |O columns| of each head."""
-    v, o = family.qkv_weights(state, prefix)[2], state[f"{prefix}.{family.attention_out}.weight"]
-    d = v.shape[0] // heads
-    return v.view(heads, d, -1).flatten(1).norm(dim=1) * o.view(o.shape[0], heads, d).transpose(0, 1).flatten(1).norm(dim=1)
+    """[A]: |V rows| x |O columns| of each head (|Q rows| x |O columns| under grouped-query attention, where V
+    rows belong to a KV head shared by several query heads)."""
+    q, _, v = family.qkv_weights(state, prefix)
+    o = family.weight(state, prefix, family.attention_out)
+    d = q.shape[0] // heads
+    rows = v if v.shape[0] == q.shape[0] else q
+    return rows.view(heads, d, -1).flatten(1).norm(dim=1) * o.view(o.shape[0], heads, d).transpose(0, 1).flatten(1).norm(dim=1)
+
+
+def head_rows(heads: list[int], head_size: int) -> torch.Tensor:
+    """Q/K/V rows of whole heads."""
+    return torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in heads])
 
 
 def _attention_index(family: Family, state, prefix: str, kept_heads: list[int], heads: int,
                      keep_dim: int) -> torch.Tensor:
     """Rows of Q/K/V (= columns of the attention output) to keep: the kept heads, the best dims inside each."""
     q, k, v = family.qkv_weights(state, prefix)  # [A*d, H] each
-    o = state[f"{prefix}.{family.attention_out}.weight"]  # [H, A*d]
     d = q.shape[0] // heads
+    if keep_dim == d:
+        return head_rows(kept_heads, d)
+    o = family.weight(state, prefix, family.attention_out)  # [H, A*d]
     row_score = q.norm(dim=1) * k.norm(dim=1) + v.norm(dim=1) * o.norm(dim=0)  # [A*d]
     return torch.cat([topk_sorted(row_score[h * d:(h + 1) * d], keep_dim) + h * d for h in kept_heads])
 
@@ -134,22 +147,80 @@ def kept_heads_per_layer(family: Family, scores: dict[int, torch.Tensor], keep: 
     return {layer: topk_sorted(score, keep).tolist() for layer, score in scores.items()}
 
 
+def kept_kv_groups(scores: dict[int, torch.Tensor], kv_heads: int, keep_kv: int,
+                   keep: int) -> dict[int, tuple[list[int], list[int]]]:
+    """Grouped-query attention: teacher layer -> (kept KV heads, kept query heads). A KV head goes whole with its
+    group of query heads, so the groups with the highest summed query-head scores stay, and inside each the
+    `keep // keep_kv` best query heads (the same number per group, as the config requires)."""
+    kept = {}
+    for layer, score in scores.items():  # [A]
+        groups = score.view(kv_heads, -1)  # [K, A/K]
+        kv = topk_sorted(groups.sum(1), keep_kv).tolist()
+        size = groups.shape[1]
+        queries = [g * size + i for g in kv for i in topk_sorted(groups[g], keep // keep_kv).tolist()]
+        kept[layer] = (kv, queries)
+    return kept
+
+
 def _ffn_index(family: Family, state, prefix: str, keep: int) -> torch.Tensor:
-    w_in = state[f"{prefix}.{family.ffn_in}.weight"]  # [F, H] ([2F, H]: input and gate rows for a GLU)
-    w_out = state[f"{prefix}.{family.ffn_out}.weight"]  # [H, F]
+    w_in = family.weight(state, prefix, family.ffn_in)  # [F, H] ([2F, H]: input and gate rows for a GLU)
+    w_out = family.weight(state, prefix, family.ffn_out)  # [H, F]
     score = w_in.norm(dim=1)
     if family.glu:
         inputs, gates = score.chunk(2)
         score = inputs * gates
+    if family.ffn_gate:
+        score = score * family.weight(state, prefix, family.ffn_gate).norm(dim=1)
     return topk_sorted(score * w_out.norm(dim=0), keep)
 
 
 # ------------------------------------------------------------------------------------------------ building
 
 
+@dataclass(frozen=True)
+class Widths:
+    """A narrowed student's widths: hidden, query heads, KV heads (= heads without grouped-query attention), head
+    size and FFN neurons per layer."""
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_size: int
+    ffn: int
+
+
+def narrowed_widths(family: Family, config, spec: StudentSpec) -> Widths:
+    """The widths `spec` asks for, checked against the teacher (one-line errors)."""
+    hidden, heads, kv = family.width(config), family.heads(config), family.kv_heads(config)
+    head_size, ffn = family.head_size(config), family.ffn(config)
+    new_kv = spec.kv_heads or (kv if kv == heads else min(kv, spec.heads or kv))
+    new_heads = spec.heads or (heads if kv == heads else heads // kv * new_kv)
+    new_hidden, new_ffn = spec.hidden or hidden, spec.ffn or ffn
+    if new_hidden > hidden or new_heads > heads or new_ffn > ffn or new_kv > kv:
+        raise LmcError(f"a student cannot be wider than its teacher (hidden {hidden}, heads {heads}, kv-heads {kv}, "
+                       f"ffn {ffn})")
+    if kv != heads:  # grouped-query attention: whole KV heads, each with the same number of its query heads
+        if new_heads % new_kv or new_heads // new_kv > heads // kv:
+            raise LmcError(f"heads={new_heads} with kv-heads={new_kv}: each kept KV head serves the same number of "
+                           f"query heads, at most the teacher's {heads // kv}")
+    elif spec.kv_heads is not None and new_kv != new_heads:
+        raise LmcError(f"{config.model_type} has no grouped-query attention: kv-heads must equal heads")
+    if family.head_dim_key:  # the head size is a config key: the width is free
+        return Widths(new_hidden, new_heads, new_kv, head_size, new_ffn)
+    if new_hidden % new_heads:
+        raise LmcError(f"hidden={new_hidden} is not divisible by {new_heads} heads; set heads= to a divisor")
+    new_dim = new_hidden // new_heads
+    if family.rotary and new_dim != head_size:
+        raise LmcError(f"{config.model_type} rotates each head's dims in pairs (rotary positions): keep the "
+                       f"head size {head_size}, hidden = heads x {head_size}")
+    if new_dim > head_size:
+        raise LmcError(f"hidden={new_hidden} with {new_heads} heads needs head size {new_dim} > the teacher's "
+                       f"{head_size}; keep more heads")
+    return Widths(new_hidden, new_heads, new_heads, new_dim, new_ffn)
+
+
 def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrainedModel, list[int]]:
     """A student with the teacher's head, fewer layers and optionally narrower widths -> (student, teacher layers)."""
-    narrowing = any(x is not None for x in (spec.hidden, spec.heads, spec.ffn))
+    narrowing = any(x is not None for x in (spec.hidden, spec.heads, spec.kv_heads, spec.ffn))
     if (family_of(teacher.config) or GENERIC).shares_layers:
         raise LmcError("an ALBERT teacher shares one layer across depth; derive students from BERT/RoBERTa/GPT-2 "
                        "teachers or give a preset student")
@@ -159,29 +230,24 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
         return slice_model(teacher, family, family.reshaped(teacher.config, keep_layers), keep_layers, None, None,
                            None), keep_layers
     config = teacher.config
-    hidden, heads, ffn = family.width(config), family.heads(config), family.ffn(config)
-    new_hidden, new_heads, new_ffn = spec.hidden or hidden, spec.heads or heads, spec.ffn or ffn
-    if new_hidden > hidden or new_heads > heads or new_ffn > ffn:
-        raise LmcError(f"a student cannot be wider than its teacher (hidden {hidden}, heads {heads}, ffn {ffn})")
-    if new_hidden % new_heads:
-        raise LmcError(f"hidden={new_hidden} is not divisible by {new_heads} heads; set heads= to a divisor")
-    new_dim = new_hidden // new_heads
-    if family.rotary and new_dim != hidden // heads:
-        raise LmcError(f"{teacher.config.model_type} rotates each head's dims in pairs (rotary positions): keep the "
-                       f"head size {hidden // heads}, hidden = heads x {hidden // heads}")
-    if new_dim > hidden // heads:
-        raise LmcError(f"hidden={new_hidden} with {new_heads} heads needs head size {new_dim} > the teacher's "
-                       f"{hidden // heads}; keep more heads")
+    target = narrowed_widths(family, config, spec)
+    heads, kv, head_size = family.heads(config), family.kv_heads(config), family.head_size(config)
     state = {k: v.detach() for k, v in teacher.state_dict().items()}
     prefixes = {layer: layer_prefix(state, layer) for layer in keep_layers}
-    kept = kept_heads_per_layer(family, {layer: _head_scores(family, state, prefixes[layer], heads)
-                                         for layer in keep_layers}, new_heads)
-    qkv_idx = {layer: _attention_index(family, state, prefixes[layer], kept[layer], heads, new_dim)
+    scores = {layer: _head_scores(family, state, prefixes[layer], heads) for layer in keep_layers}
+    if kv != heads:
+        groups = kept_kv_groups(scores, kv, target.kv_heads, target.heads)
+        kept = {layer: queries for layer, (_, queries) in groups.items()}
+        kv_idx = {layer: head_rows(kv_heads, head_size) for layer, (kv_heads, _) in groups.items()}
+    else:
+        kept, kv_idx = kept_heads_per_layer(family, scores, target.heads), None
+    qkv_idx = {layer: _attention_index(family, state, prefixes[layer], kept[layer], heads, target.head_size)
                for layer in keep_layers}
-    ffn_idx = {layer: _ffn_index(family, state, prefixes[layer], new_ffn) for layer in keep_layers}
-    new_config = family.reshaped(config, keep_layers, new_hidden, new_heads, new_ffn)
-    student = slice_model(teacher, family, new_config, keep_layers, _hidden_index(family, state, hidden, new_hidden),
-                          qkv_idx, ffn_idx, torch.tensor(kept[keep_layers[0]]))
+    ffn_idx = {layer: _ffn_index(family, state, prefixes[layer], target.ffn) for layer in keep_layers}
+    new_config = family.reshaped(config, keep_layers, target.hidden, target.heads, target.ffn, target.kv_heads)
+    hidden_idx = _hidden_index(family, state, family.width(config), target.hidden)
+    student = slice_model(teacher, family, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx,
+                          torch.tensor(kept[keep_layers[0]]), kv_idx)
     return student, keep_layers
 
 
@@ -196,11 +262,13 @@ def layer_prefix(state: dict[str, torch.Tensor], layer: int) -> str:
 
 def slice_model(teacher: PreTrainedModel, family: Family, new_config, keep_layers: list[int],
                 hidden_idx: torch.Tensor | None, qkv_idx: dict[int, torch.Tensor] | None,
-                ffn_idx: dict[int, torch.Tensor] | None, head_idx: torch.Tensor | None = None) -> PreTrainedModel:
+                ffn_idx: dict[int, torch.Tensor] | None, head_idx: torch.Tensor | None = None,
+                kv_idx: dict[int, torch.Tensor] | None = None) -> PreTrainedModel:
     """A model of `new_config` holding the teacher's weights restricted to the kept layers and indices.
 
-    hidden_idx: [H'] residual dims; qkv_idx[layer]: [A'*d'] Q/K/V rows; ffn_idx[layer]: [F'] neurons; head_idx: [A']
-    heads of a per-head parameter shared by the layers (uniform_heads families). None = all.
+    hidden_idx: [H'] residual dims; qkv_idx[layer]: [A'*d'] Q/K/V rows (Q rows only under grouped-query attention,
+    where kv_idx[layer]: [K'*d] holds the K/V rows); ffn_idx[layer]: [F'] neurons; head_idx: [A'] heads of a per-head
+    parameter shared by the layers (uniform_heads families). None = all.
     """
     teacher_state = {k: v.detach() for k, v in teacher.state_dict().items()}
     student = type(teacher)(new_config)
@@ -211,7 +279,7 @@ def slice_model(teacher: PreTrainedModel, family: Family, new_config, keep_layer
         source_name = f"{match.group(1)}.{teacher_layer}.{match.group(3)}" if match else name
         value = teacher_state[source_name]
         for axis, kind in enumerate(family.axes(name)):
-            index = _axis_index(kind, teacher_layer, hidden_idx, head_idx, qkv_idx, ffn_idx)
+            index = _axis_index(kind, teacher_layer, hidden_idx, head_idx, qkv_idx, ffn_idx, kv_idx)
             if index is not None and value.shape[axis] != target.shape[axis]:
                 parts = {"qkv3": 3, "ffn2": 2}.get(kind, 1)  # fused blocks: the same rows in each
                 size = value.shape[axis] // parts
@@ -223,11 +291,11 @@ def slice_model(teacher: PreTrainedModel, family: Family, new_config, keep_layer
     return student
 
 
-def _axis_index(kind: str | None, teacher_layer: int | None, hidden_idx, head_idx, qkv_idx, ffn_idx):
+def _axis_index(kind: str | None, teacher_layer: int | None, hidden_idx, head_idx, qkv_idx, ffn_idx, kv_idx):
     """The kept indices along an axis of `kind` (None: keep it whole)."""
     if kind in ("hidden", "heads"):
         return hidden_idx if kind == "hidden" else head_idx
-    per_layer = {"qkv": qkv_idx, "qkv3": qkv_idx, "ffn": ffn_idx, "ffn2": ffn_idx}.get(kind) or {}
+    per_layer = {"qkv": qkv_idx, "qkv3": qkv_idx, "ffn": ffn_idx, "ffn2": ffn_idx, "kv": kv_idx}.get(kind) or {}
     return per_layer.get(teacher_layer)
 
 

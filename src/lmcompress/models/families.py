@@ -73,6 +73,35 @@ MODERNBERT_AXES: tuple[tuple[str, Axes], ...] = (
     (r"head\.dense\.weight$", ("hidden", "hidden")),
     (r"(classifier|decoder)\.weight$", (None, "hidden")),
 )
+# Llama family (Llama, SmolLM2, Qwen2/3, Mistral): grouped-query attention, so K and V rows ("kv") index the kept KV
+# heads and Q rows ("qkv") the query heads kept inside them; a gated FFN in separate gate/up projections; RMS norms
+# without bias; Qwen3's per-head q_norm/k_norm span one head and stay whole
+LLAMA_AXES: tuple[tuple[str, Axes], ...] = (
+    (r"self_attn\.q_proj\.weight$", ("qkv", "hidden")),
+    (r"self_attn\.q_proj\.bias$", ("qkv",)),
+    (r"self_attn\.(k_proj|v_proj)\.weight$", ("kv", "hidden")),
+    (r"self_attn\.(k_proj|v_proj)\.bias$", ("kv",)),
+    (r"self_attn\.o_proj\.weight$", ("hidden", "qkv")),
+    (r"mlp\.(gate_proj|up_proj)\.weight$", ("ffn", "hidden")),
+    (r"mlp\.down_proj\.weight$", ("hidden", "ffn")),
+    (r"(q_norm|k_norm)\.weight$", ()),
+    (r"norm\.weight$", ("hidden",)),
+    (r"embed_tokens\.weight$", (None, "hidden")),
+    (r"(lm_head|score)\.weight$", (None, "hidden")),
+)
+# GPT-2: Conv1D layers store weights as [in, out] (the transpose of nn.Linear), Q|K|V fused in c_attn
+GPT2_AXES: tuple[tuple[str, Axes], ...] = (
+    (r"attn\.c_attn\.weight$", ("hidden", "qkv3")),
+    (r"attn\.c_attn\.bias$", ("qkv3",)),
+    (r"attn\.c_proj\.weight$", ("qkv", "hidden")),
+    (r"mlp\.c_fc\.weight$", ("hidden", "ffn")),
+    (r"mlp\.c_fc\.bias$", ("ffn",)),
+    (r"mlp\.c_proj\.weight$", ("ffn", "hidden")),
+    (r"(c_proj|ln_\w+)\.bias$", ("hidden",)),
+    (r"ln_\w+\.weight$", ("hidden",)),
+    (r"(wte|wpe)\.weight$", (None, "hidden")),
+    (r"(lm_head|score)\.weight$", (None, "hidden")),
+)
 DISTILBERT_AXES: tuple[tuple[str, Axes], ...] = (
     (r"attention\.(q_lin|k_lin|v_lin)\.weight$", ("qkv", "hidden")),
     (r"attention\.(q_lin|k_lin|v_lin)\.bias$", ("qkv",)),
@@ -103,7 +132,7 @@ class Family:
     width_key: str = "hidden_size"
     heads_key: str = "num_attention_heads"
     ffn_key: str = "intermediate_size"
-    norm: str = "LayerNorm"  # parameter names of the layer norms end with NORM.weight
+    norm: str = "LayerNorm"  # parameter names of the layer norms end with NORM<suffix>.weight
     word_embeddings: str = "word_embeddings"
     mlm_head: str | None = None  # attribute path of the MLM head (masked-LM objectives)
     pair_head: str | None = None  # of the sentence-pair head (NSP / SOP)
@@ -115,6 +144,10 @@ class Family:
     fused_qkv: str | None = None  # one Q|K|V projection (ModernBERT's attn.Wqkv), relative to a layer
     glu: bool = False  # ffn_in holds the input and the gate rows (2F): neurons are kept in both halves
     rotary: bool = False  # rotary positions pair the dims of a head: heads are kept whole (same head size)
+    conv1d: bool = False  # GPT-2's Conv1D: weights stored [in, out]
+    ffn_gate: str | None = None  # a gated FFN's separate gate projection (Llama's mlp.gate_proj), relative to a layer
+    kv_heads_key: str | None = None  # grouped-query attention: the config key of the KV heads
+    head_dim_key: str | None = None  # a config key that fixes the head size (else it is width / heads)
     axes_rules: tuple[tuple[str, Axes], ...] = ()  # non-empty: students can be narrowed and models pruned
 
     @property
@@ -127,11 +160,17 @@ class Family:
     def part(self, layer: nn.Module, path: str) -> nn.Module:
         return operator.attrgetter(path)(layer)
 
+    def weight(self, state: dict, prefix: str, part: str):
+        """The weight of `part` of the layer at `prefix` as [out, in], whatever the layout it is stored in."""
+        value = state[f"{prefix}.{part}.weight"]
+        return value.t() if self.conv1d else value
+
     def qkv_weights(self, state: dict, prefix: str) -> tuple:
-        """(Q, K, V) weights [A*d, H] of the layer at `prefix` in a state dict (split when fused)."""
+        """(Q, K, V) weights [A*d, H] ([K*d, H] for K and V under grouped-query attention) of the layer at `prefix`
+        in a state dict (split when fused)."""
         if self.fused_qkv:
-            return tuple(state[f"{prefix}.{self.fused_qkv}.weight"].chunk(3, dim=0))
-        return tuple(state[f"{prefix}.{part}.weight"] for part in (self.query, self.key, self.value))
+            return tuple(self.weight(state, prefix, self.fused_qkv).chunk(3, dim=0))
+        return tuple(self.weight(state, prefix, part) for part in (self.query, self.key, self.value))
 
     def depth(self, config) -> int:
         return getattr(config, self.depth_key)
@@ -143,13 +182,24 @@ class Family:
         return getattr(config, self.heads_key)
 
     def ffn(self, config) -> int:
-        return getattr(config, self.ffn_key)
+        return getattr(config, self.ffn_key) or 4 * self.width(config)  # GPT-2's n_inner None means 4 x width
+
+    def kv_heads(self, config) -> int:
+        """KV heads (grouped-query attention), else the attention heads."""
+        return (getattr(config, self.kv_heads_key, None) if self.kv_heads_key else None) or self.heads(config)
+
+    def head_size(self, config) -> int:
+        fixed = getattr(config, self.head_dim_key, None) if self.head_dim_key else None
+        return fixed or self.width(config) // self.heads(config)
 
     def reshaped(self, config, layers: list[int] | None = None, hidden: int | None = None, heads: int | None = None,
-                 ffn: int | None = None):
+                 ffn: int | None = None, kv_heads: int | None = None):
         """A copy of `config` with only the teacher layers `layers` (the count, and every per-layer list, such as
-        ModernBERT's and Qwen2's `layer_types`, which transformers checks against it) and the widths given."""
+        ModernBERT's and Qwen2's `layer_types`, which transformers checks against it) and the widths given. Where a
+        config key fixes the head size, it is written out, so a narrower width keeps the teacher's head size."""
         new = copy.deepcopy(config)
+        if self.head_dim_key:
+            setattr(new, self.head_dim_key, self.head_size(config))
         if layers is not None:
             n = self.depth(config)
             setattr(new, self.depth_key, len(layers))
@@ -159,8 +209,9 @@ class Family:
         for key in self.width_followers if hidden is not None else ():
             if getattr(config, key, None) == self.width(config):
                 setattr(new, key, hidden)
-        for key, value in ((self.width_key, hidden), (self.heads_key, heads), (self.ffn_key, ffn)):
-            if value is not None:
+        for key, value in ((self.width_key, hidden), (self.heads_key, heads), (self.ffn_key, ffn),
+                           (self.kv_heads_key, kv_heads)):
+            if key and value is not None:
                 setattr(new, key, value)
         return new
 
@@ -201,10 +252,13 @@ FAMILIES: tuple[Family, ...] = (
            mlm_head="predictions", pair_head="sop_classifier", shares_layers=True),
     Family("gpt2", ("gpt2",), layers="h", query=None, key=None, value=None, attention_out="attn.c_proj",
            ffn_in="mlp.c_fc", ffn_out="mlp.c_proj", depth_key="n_layer", width_key="n_embd", heads_key="n_head",
-           ffn_key="n_inner", norm="ln_", word_embeddings="wte"),
+           ffn_key="n_inner", norm="ln_", word_embeddings="wte", fused_qkv="attn.c_attn", conv1d=True,
+           axes_rules=GPT2_AXES),
     Family("llama", ("llama", "qwen2", "qwen3", "mistral"), layers="layers", query="self_attn.q_proj",
            key="self_attn.k_proj", value="self_attn.v_proj", attention_out="self_attn.o_proj", ffn_in="mlp.up_proj",
-           ffn_out="mlp.down_proj", norm="layernorm", word_embeddings="embed_tokens"),
+           ffn_out="mlp.down_proj", norm="layernorm", word_embeddings="embed_tokens", rotary=True,
+           ffn_gate="mlp.gate_proj", kv_heads_key="num_key_value_heads", head_dim_key="head_dim",
+           axes_rules=LLAMA_AXES),
 )
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
 ENCODER_FAMILIES = tuple(f.name for f in FAMILIES if f.mlm_head)  # with a masked-LM head for pre-training

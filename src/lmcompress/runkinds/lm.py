@@ -205,9 +205,11 @@ def corpus(cfg: PretrainConfig) -> tuple[list[Document], str, list[int], list[in
 
 
 def finish_lm_run(run: RunDir, cfg: PretrainConfig, model: torch.nn.Module, tokenizer, data: LMData, result,
-                  initial: dict[str, float], manifest: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-    """Save the trained LM and its tokenizer, write metrics.json (the kept weights' validation scores, latency) and
-    the manifest built by `manifest(train record)`, then commit the run -> the summary (empty on non-main ranks)."""
+                  initial: dict[str, float], manifest: Callable[[dict[str, Any]], dict[str, Any]],
+                  metrics_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save the trained LM and its tokenizer, write metrics.json (the kept weights' validation scores, latency, and
+    `metrics_extra`) and the manifest built by `manifest(train record)`, then commit the run -> the summary (empty on
+    non-main ranks)."""
     model = model.cpu()
     tokens_per_s = round(result.examples_per_s * data.mean_train_tokens, 1)
 
@@ -215,7 +217,8 @@ def finish_lm_run(run: RunDir, cfg: PretrainConfig, model: torch.nn.Module, toke
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         scores = result.kept_scores("perplexity", False, cfg.train.keep_best)
-        return lm_metrics_payload(cfg, model, tokenizer, data, folder, scores) | {"metrics_before": initial}
+        return lm_metrics_payload(cfg, model, tokenizer, data, folder, scores) | {"metrics_before": initial} | (
+            metrics_extra or {})
 
     return finish_stage(run, save_and_score,
                         lambda metrics: manifest(training_record(result) | {"tokens_per_s": tokens_per_s}),

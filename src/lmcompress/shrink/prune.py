@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..config import DistillConfig, PruneConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
-from ..distillation.student import kept_heads_per_layer, slice_model, topk_sorted
+from ..distillation.student import head_rows, kept_heads_per_layer, kept_kv_groups, slice_model, topk_sorted
 from ..distillation.stage import distill
 from ..errors import LmcError
 from ..models.families import require_family
@@ -43,6 +43,7 @@ class Importance:
     ffn: torch.Tensor  # [L, F]
     layers: torch.Tensor  # [L]
     hidden: torch.Tensor  # [H]
+    layer_change: torch.Tensor  # [L]: sum over tokens of 1 - cos(layer input, layer output) (Minitron, ShortGPT)
 
 
 def importance_scores(model, batches) -> Importance:
@@ -51,8 +52,8 @@ def importance_scores(model, batches) -> Importance:
     layers = family.layer_list(model)
     cfg = model.config
     n_layers, heads, width, ffn = len(layers), family.heads(cfg), family.width(cfg), family.ffn(cfg)
-    acc = Importance(torch.zeros(n_layers, heads), torch.zeros(n_layers, width), torch.zeros(n_layers, ffn),
-                     torch.zeros(n_layers), torch.zeros(width))
+    acc = Importance(torch.zeros(n_layers, heads), torch.zeros(n_layers, heads * family.head_size(cfg)),
+                     torch.zeros(n_layers, ffn), torch.zeros(n_layers), torch.zeros(width), torch.zeros(n_layers))
     seen: dict[tuple[str, int], Any] = {}
 
     def keep_input(kind: str, i: int):
@@ -89,6 +90,8 @@ def importance_scores(model, batches) -> Importance:
                 acc.ffn[i] += (act * act.grad * mask).sum(1).abs().sum(0)
                 h_in, h_out = seen[("layer", i)]  # [B, T, H] each
                 acc.layers[i] += ((h_out - h_in) * h_out.grad * mask).sum((1, 2)).abs().sum()
+                cosine = torch.nn.functional.cosine_similarity(h_in.detach(), h_out.detach(), dim=-1)  # [B, T]
+                acc.layer_change[i] += ((1 - cosine) * mask.squeeze(-1)).sum()
                 acc.hidden += (h_out * h_out.grad * mask).sum(1).abs().sum(0)
     finally:
         for handle in handles:
@@ -105,52 +108,74 @@ class PrunePlan:
     head_size: int
     hidden: int
     ffn: int  # per layer
+    kv_heads: int | None = None  # grouped-query attention: KV heads kept per layer (None: no GQA)
+    layer_score: str = "taylor"  # which Importance scores the layers: "taylor" (layers) or "cosine" (layer_change)
 
 
-def plan(config, heads_ratio: float, ffn_ratio: float, layers: int | None, hidden: int | None) -> PrunePlan:
+def plan(config, heads_ratio: float, ffn_ratio: float, layers: int | None, hidden: int | None,
+         kv_heads_ratio: float = 0.0) -> PrunePlan:
     """Target sizes from the ratios, checked against the model (one-line errors)."""
     family = require_family(config, "prune", narrow=True)
     n_layers, heads, width = family.depth(config), family.heads(config), family.width(config)
-    head_size = width // heads
+    head_size, kv = family.head_size(config), family.kv_heads(config)
     if layers is not None and layers > n_layers:
         raise LmcError(f"--layers {layers}: the model has only {n_layers} layers")
-    kept_heads = max(1, round(heads * (1 - heads_ratio)))
+    if hidden is not None and hidden > width:
+        raise LmcError(f"--hidden {hidden}: the model is only {width} wide")
     kept_ffn = max(1, round(family.ffn(config) * (1 - ffn_ratio)))
-    if hidden is None:
-        new_hidden, new_head_size = kept_heads * head_size, head_size
+    if kv_heads_ratio and kv == heads:
+        raise LmcError(f"--kv-heads: {config.model_type} has no grouped-query attention; use --heads")
+    if kv != heads:  # whole KV groups, and the same number of query heads inside each
+        kept_kv = max(1, round(kv * (1 - kv_heads_ratio)))
+        kept_heads = kept_kv * max(1, round(heads // kv * (1 - heads_ratio)))
     else:
-        if hidden > width:
-            raise LmcError(f"--hidden {hidden}: the model is only {width} wide")
-        if hidden % kept_heads or hidden // kept_heads > head_size:
-            raise LmcError(f"--hidden {hidden} must be a multiple of the {kept_heads} kept heads with a head size of "
-                           f"at most {head_size}")
-        new_hidden, new_head_size = hidden, hidden // kept_heads
-        if family.rotary and new_head_size != head_size:
-            raise LmcError(f"--hidden {hidden}: {config.model_type} rotates each head's dims in pairs (rotary "
-                           f"positions), so heads stay whole: hidden = {kept_heads} kept heads x {head_size}")
-    return PrunePlan(layers, kept_heads, new_head_size, new_hidden, kept_ffn)
+        kept_kv, kept_heads = None, max(1, round(heads * (1 - heads_ratio)))
+    if family.head_dim_key:  # the head size is a config key: heads and width are independent
+        return PrunePlan(layers, kept_heads, head_size, hidden or width, kept_ffn, kept_kv)
+    if hidden is None:
+        return PrunePlan(layers, kept_heads, head_size, kept_heads * head_size, kept_ffn)
+    if hidden % kept_heads or hidden // kept_heads > head_size:
+        raise LmcError(f"--hidden {hidden} must be a multiple of the {kept_heads} kept heads with a head size of "
+                       f"at most {head_size}")
+    if family.rotary and hidden // kept_heads != head_size:
+        raise LmcError(f"--hidden {hidden}: {config.model_type} rotates each head's dims in pairs (rotary "
+                       f"positions), so heads stay whole: hidden = {kept_heads} kept heads x {head_size}")
+    return PrunePlan(layers, kept_heads, hidden // kept_heads, hidden, kept_ffn)
 
 
-def prune_model(model, scores: Importance, target: PrunePlan):
-    """Physically remove the least important units -> (a standard model of the same family, kept layer indices)."""
-    cfg = model.config
-    family = require_family(cfg, "prune", narrow=True)
-    head_size = family.width(cfg) // family.heads(cfg)
-    n_layers = len(scores.layers)
-    keep_layers = topk_sorted(scores.layers, target.layers or n_layers).tolist()
-    hidden_idx = topk_sorted(scores.hidden, target.hidden) if target.hidden < family.width(cfg) else None
+def _kept_attention(family, cfg, scores: Importance, target: PrunePlan, keep_layers: list[int]):
+    """Per kept layer: Q/K/V rows (Q rows only under grouped-query attention), K/V rows under GQA (else None), and
+    the kept heads of the first layer (for a per-head parameter shared by every layer)."""
+    head_size = family.head_size(cfg)
+    if target.kv_heads is not None:
+        groups = kept_kv_groups({layer: scores.heads[layer] for layer in keep_layers}, family.kv_heads(cfg),
+                                target.kv_heads, target.heads)
+        qkv_idx = {layer: head_rows(queries, head_size) for layer, (_, queries) in groups.items()}
+        kv_idx = {layer: head_rows(kv, head_size) for layer, (kv, _) in groups.items()}
+        return qkv_idx, kv_idx, torch.tensor(groups[keep_layers[0]][1])
     kept = kept_heads_per_layer(family, {layer: scores.heads[layer] for layer in keep_layers}, target.heads)
-    qkv_idx, ffn_idx = {}, {}
+    qkv_idx = {}
     for layer in keep_layers:
         rows = []
         for head in kept[layer]:
             dims = scores.head_dims[layer, head * head_size:(head + 1) * head_size]  # [d]
             rows.append(topk_sorted(dims, target.head_size) + head * head_size)
         qkv_idx[layer] = torch.cat(rows)
-        ffn_idx[layer] = topk_sorted(scores.ffn[layer], target.ffn)
-    new_config = family.reshaped(cfg, keep_layers, target.hidden, target.heads, target.ffn)
-    head_idx = torch.tensor(kept[keep_layers[0]])
-    return slice_model(model, family, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx, head_idx), keep_layers
+    return qkv_idx, None, torch.tensor(kept[keep_layers[0]])
+
+
+def prune_model(model, scores: Importance, target: PrunePlan):
+    """Physically remove the least important units -> (a standard model of the same family, kept layer indices)."""
+    cfg = model.config
+    family = require_family(cfg, "prune", narrow=True)
+    layer_scores = scores.layer_change if target.layer_score == "cosine" else scores.layers
+    keep_layers = topk_sorted(layer_scores, target.layers or len(layer_scores)).tolist()
+    hidden_idx = topk_sorted(scores.hidden, target.hidden) if target.hidden < family.width(cfg) else None
+    qkv_idx, kv_idx, head_idx = _kept_attention(family, cfg, scores, target, keep_layers)
+    ffn_idx = {layer: topk_sorted(scores.ffn[layer], target.ffn) for layer in keep_layers}
+    new_config = family.reshaped(cfg, keep_layers, target.hidden, target.heads, target.ffn, target.kv_heads)
+    return slice_model(model, family, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx, head_idx,
+                       kv_idx), keep_layers
 
 
 def prune(cfg: PruneConfig) -> dict[str, Any]:
@@ -158,7 +183,8 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     cfg.resume = run.check(cfg.overwrite, cfg.resume, to_dict(cfg))  # fail on a bad --out before minutes of scoring
     source = Path(cfg.model).expanduser()
     if not (source / "config.json").is_file():
-        raise LmcError(f"--model {cfg.model} is not a fine-tuned run (no config.json)")
+        raise LmcError(f"--model {cfg.model} is not a fine-tuned run (no config.json); a language model (causal LM "
+                       "on raw text) is pruned by `lmcompress prune-lm`")
     data_cfg = data_config_for(cfg.data, source)
     task_data = load_task(data_cfg)
     model = load_trained_classifier(source, task_data.labels, task_data.task == "regression", task_data.task)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import (AutoConfig, CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
-                     FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, QuantizeConfig)
+                     FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, PruneLMConfig,
+                     QuantizeConfig)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,12 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           "remove heads, FFN neurons or layers by importance, then recover",
           "Structured pruning: importance from |activation x gradient| on training rows, physical removal (a "
           "standard config that reloads with transformers alone), recovery by distillation from the unpruned model."),
+    Stage("prune-lm", PruneLMConfig, "lmcompress.shrink.prune_lm:prune_lm",
+          "prune a causal LM in width and depth (Minitron-style), then recover by distillation",
+          "Structured pruning of a causal LM (Llama family, GPT-2): query heads inside their KV groups, KV heads, FFN "
+          "neurons and embedding channels by |activation x gradient| on corpus blocks, layers by 1 - cosine of their "
+          "input and output; a standard checkpoint of the same family, recovered by top-k distill-lm from the "
+          "unpruned model; --baseline trains the same shape from random init on the same blocks."),
     Stage("quantize", QuantizeConfig, "lmcompress.shrink.quantize:quantize",
           "int8: PyTorch dynamic, ONNX Runtime dynamic or static",
           "Int8 quantization with the accuracy change and latency measured; ONNX methods export and validate first."),
