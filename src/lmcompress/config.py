@@ -522,22 +522,24 @@ class QuantizeConfig(OutputOptions):
 @dataclass
 class ExportConfig(OutputOptions):
     """`lmcompress export`: a validated ONNX graph (fp32 or fp16) or OpenVINO IR (fp32; bf16 inference hint) beside
-    the tokenizer and config."""
+    the tokenizer and config, or a GGUF file of a Llama-family causal LM."""
 
-    model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to export"})
-    format: Literal["onnx", "openvino"] = field(default="onnx", metadata={
-        "help": "onnx: model.onnx for ONNX Runtime; openvino: model.xml + model.bin for OpenVINO"})
+    model: str = field(default="", metadata={
+        "help": "fine-tuned run (PyTorch checkpoint) to export; a causal-LM run for gguf"})
+    format: Literal["onnx", "openvino", "gguf"] = field(default="onnx", metadata={
+        "help": "onnx: model.onnx for ONNX Runtime; openvino: model.xml + model.bin for OpenVINO; gguf: model.gguf "
+                "for llama.cpp (Llama-family causal LMs)"})
     precision: Literal["fp32", "fp16", "bf16"] = field(default="fp32", metadata={
-        "help": "fp32; fp16 (onnx: weights and activations); bf16 (openvino: the inference precision it is compiled "
-                "with, on CPUs with AMX or AVX512-BF16)"})
+        "help": "fp32; fp16 (onnx: weights and activations; gguf: matrices); bf16 (openvino: the inference precision "
+                "it is compiled with, on CPUs with AMX or AVX512-BF16)"})
     tolerance: float | None = field(default=None, metadata={
-        "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16)"})
+        "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16; gguf fp16: 0.5)"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
         _required(self, "model", "out")
         _positive(self, "tolerance")
-        allowed = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "bf16")}[self.format]
+        allowed = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "bf16"), "gguf": ("fp32", "fp16")}[self.format]
         if self.precision not in allowed:
             raise ValueError(f"--precision {self.precision} does not apply to --format {self.format} "
                               f"(use {' or '.join(allowed)})")

@@ -28,9 +28,11 @@ def count_params(model: torch.nn.Module) -> int:
 
 
 def weights_size_bytes(folder: Path) -> int:
-    """Bytes of the weight files a deployment ships (safetensors / ONNX / OpenVINO IR), not logs or tokenizer."""
+    """Bytes of the weight files a deployment ships (safetensors / ONNX / OpenVINO IR / GGUF), not logs or
+    tokenizer."""
     files = list(folder.glob("*.safetensors")) + list(folder.glob("*.onnx")) + list(folder.glob("*.onnx.data"))
     files += [folder / "model.bin"] if (folder / "model.xml").is_file() else []  # the IR's weights
+    files += list(folder.glob("*.gguf"))
     return sum(f.stat().st_size for f in files)
 
 

@@ -16,6 +16,7 @@ import torch
 from rich.table import Table
 
 from . import catalog
+from .backends.gguf_file import GGUF_FILE
 from .config import CompareConfig
 from .console import console
 from .errors import LmcError
@@ -125,7 +126,7 @@ def _run_folder(spec: str) -> Path:
     folder = Path(spec).expanduser()
     if not folder.exists() and catalog.is_zoo_name(spec) and catalog.get(spec).kind == "model":
         folder = catalog.get(spec).require()
-    if not (folder / "config.json").is_file():
+    if not any((folder / name).is_file() for name in ("config.json", GGUF_FILE)):
         raise LmcError(f"{spec} is not a run directory (no config.json)")
     return folder
 
@@ -227,7 +228,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              "| " + " | ".join(_headers(report)) + " | Pareto |", "|" + "---|" * (len(COLUMNS) + 1)]
     for row in report["rows"]:
         lines.append("| " + " | ".join(_shown(k, row) for _, k in COLUMNS) + f" | {'yes' if row['pareto'] else ''} |")
-    lines += _backend_table(report)
+    lines += _backend_table(report) + _generation_table(report)
     lines += ["", "![metric vs latency](pareto.png)", ""]
     return "\n".join(lines)
 
@@ -248,6 +249,22 @@ def _backend_table(report: dict[str, Any]) -> list[str]:
             cells.append("-" if e is None else f"{e['latency_ms_b32']:.1f} ({e['latency_iqr_ms_b32'][0]:.1f}–"
                          f"{e['latency_iqr_ms_b32'][1]:.1f}); {e['value']:.4f}")
         lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _generation_table(report: dict[str, Any]) -> list[str]:
+    """Causal LMs: time to first token and decode speed at batch 1 (greedy, KV cache), timed side by side."""
+    timed = [row for row in report["rows"] if row.get("generation")]
+    if not timed:
+        return []
+    g = timed[0]["generation"]
+    lines = ["", f"Generation at batch 1 (greedy, KV cache, {g['prompt_tokens']}-token prompt, {g['new_tokens']} new "
+             f"tokens, {g['rounds']} interleaved rounds; median and interquartile range):", "",
+             "| model | time to first token ms | decode tokens/s |", "|---|---:|---:|"]
+    for row in timed:
+        g = row["generation"]
+        lines.append(f"| {row['name']} | {g['ttft_ms']:.1f} ({g['ttft_iqr_ms'][0]:.1f}–{g['ttft_iqr_ms'][1]:.1f}) | "
+                     f"{g['decode_tokens_per_s']:.1f} ({g['decode_iqr'][0]:.1f}–{g['decode_iqr'][1]:.1f}) |")
     return lines
 
 

@@ -371,10 +371,12 @@ def made_by(manifest: dict[str, Any]) -> str:
     if stage == "quantize":
         return f"quantize {(manifest.get('quantization') or {}).get('method', '')}".strip()
     if stage == "export":
-        return f"export onnx {(manifest.get('export') or {}).get('precision', '')}".strip()
+        export = manifest.get("export") or {}
+        return f"export {export.get('format', 'onnx')} {export.get('precision', '')}".strip()
     if stage in ("prune", "prune-lm"):
         pruning = manifest.get("pruning") or {}
-        changed = [f"{key.split('_')[0]} {value}" for key in ("layers", "heads_per_layer", "ffn_per_layer", "hidden")
+        keys = ("layers", "heads_per_layer", "kv_heads_per_layer", "ffn_per_layer", "hidden")
+        changed = [f"{key.removesuffix('_per_layer').replace('_', ' ')} {value}" for key in keys
                    if isinstance(value := pruning.get(key), str) and len(set(value.split(" -> "))) == 2]
         return f"{stage} " + ", ".join(changed) if changed else stage
     return stage

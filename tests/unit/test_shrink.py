@@ -115,12 +115,13 @@ def test_prune_plan_errors(model, kwargs, message):
         prune.plan(model.config, **args)
 
 
-def test_prune_rejects_other_families():
+def test_gpt2_classifiers_prune_like_bert():
+    """GPT-2 ties the head size to width / heads as BERT does: removing heads narrows the width with them."""
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     gpt2 = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=30))
-    with pytest.raises(LmcError, match="prune is supported for bert, roberta"):
-        prune.plan(gpt2.config, 0.5, 0.5, None, None)
+    target = prune.plan(gpt2.config, 0.5, 0.5, None, None)
+    assert (target.heads, target.head_size, target.hidden, target.ffn, target.kv_heads) == (1, 8, 8, 32, None)
 
 
 def test_albert_factorisation_and_layers(model, tmp_path):

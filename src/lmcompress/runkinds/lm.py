@@ -8,6 +8,7 @@ very same masked tokens.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -24,7 +25,9 @@ from ..config import CompareConfig, EvaluateConfig, PretrainConfig, from_dict
 from ..data import lm
 from ..data.corpora import Document, has_cjk, load_corpus
 from ..errors import LmcError
-from ..measure import count_params, measure_latency, weights_size_bytes
+from ..backends.gguf_file import GGUF_FILE, load_gguf
+from ..measure import (LATENCY_BATCHES, count_params, generation_speed, measure_latency, time_side_by_side,
+                       weights_size_bytes)
 from ..models.load import load_for_pretraining, load_tokenizer, resolve
 from ..objectives import lm_forward, token_loss_sum
 from ..runs import RunDir, finish_stage, is_language_model, made_by, read_run_manifest, training_record
@@ -32,6 +35,7 @@ from ..runs import RunDir, finish_stage, is_language_model, made_by, read_run_ma
 log = logging.getLogger("lmcompress")
 
 PAIR_METRIC = {"mlm+nsp": "nsp_accuracy", "mlm+sop": "sop_accuracy"}
+GENERATION_PROMPT = 32  # tokens of the prompt generation speed is timed on
 
 
 @dataclass
@@ -241,13 +245,51 @@ def run_validation_set(folder: Path) -> tuple[PretrainConfig, Any, LMData, str]:
     return cfg, tokenizer, data, source
 
 
+def load_lm_run(folder: Path, tokenizer, objective: str, seed: int) -> torch.nn.Module:
+    """A language-model run's model, in eval mode: its checkpoint, or its GGUF file (export --format gguf)."""
+    if (folder / GGUF_FILE).is_file():
+        return load_gguf(folder / GGUF_FILE)[0]
+    return load_for_pretraining(resolve(str(folder)), tokenizer, objective, seed).eval()
+
+
+def generation_prompt(data: LMData) -> torch.Tensor:
+    """The first validation block's first tokens [1, P]: the prompt generation is timed on."""
+    return torch.tensor(data.validation[0]["input_ids"][:GENERATION_PROMPT], dtype=torch.long).unsqueeze(0)
+
+
+def _time_side_by_side(rows: list[dict[str, Any]], models: list[torch.nn.Module], collate, data: LMData,
+                       repeats: int, threads: int, causal: bool) -> None:
+    """Forward latency of every model, interleaved round by round; causal LMs also generate (batch 1, greedy)."""
+    batches = {size: latency_batch(collate, data.validation, size) for size in LATENCY_BATCHES}
+    calls = {(i, size): functools.partial(model, **batches[size]) for i, model in enumerate(models)
+             for size in LATENCY_BATCHES}
+    with torch.inference_mode():
+        time_side_by_side(rows, calls, repeats, threads)
+    if not causal:
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        speed = generation_speed(dict(enumerate(models)), generation_prompt(data), rounds=max(3, repeats // 2))
+    finally:
+        torch.set_num_threads(previous)
+    for i, row in enumerate(rows):
+        row["generation"] = speed[i]
+        log.info("%s: first token %.1f ms, %.1f tokens/s", row["name"], speed[i]["ttft_ms"],
+                 speed[i]["decode_tokens_per_s"])
+
+
 def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
-    """A pre-training or distill-lm run: its fixed validation set rebuilt and scored -> the metrics.json payload."""
+    """A pre-training, distill-lm or prune-lm run (or its GGUF export): its fixed validation set rebuilt and scored
+    -> the metrics.json payload; causal LMs also report their generation speed."""
     pcfg, tokenizer, data, _ = run_validation_set(folder)
-    model = load_for_pretraining(resolve(str(folder)), tokenizer, pcfg.objective, pcfg.train.seed)
+    model = load_lm_run(folder, tokenizer, pcfg.objective, pcfg.train.seed)
     scores = score_lm(model, data.validation, collator(tokenizer, pcfg.objective), pcfg.objective, 64)
-    return lm_metrics_payload(pcfg, model, tokenizer, data, folder, scores,
-                              cfg.latency_repeats if cfg.latency else None)
+    payload = lm_metrics_payload(pcfg, model, tokenizer, data, folder, scores,
+                                 cfg.latency_repeats if cfg.latency else None)
+    if cfg.latency and pcfg.objective == "clm":
+        payload["generation"] = generation_speed({"model": model}, generation_prompt(data))["model"]
+    return payload
 
 
 def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[dict[str, Any]],
@@ -264,23 +306,21 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    rows = []
+    rows, models = [], []
     try:
         for name, folder, manifest in zip(names, folders, manifests):
             if load_tokenizer(folder).get_vocab() != tokenizer.get_vocab():
                 raise LmcError(f"{name} has another tokenizer than {names[teacher_index]}: perplexities over different "
                                "vocabularies cannot be compared")
-            model = load_for_pretraining(resolve(str(folder)), tokenizer, scoring, pcfg.train.seed).eval()
+            model = load_lm_run(folder, tokenizer, scoring, pcfg.train.seed)
             scores = score_lm(model, data.validation, collate, scoring, 64)
-            latency = measure_latency(model, lambda size: latency_batch(collate, data.validation, size),
-                                      cfg.latency_repeats)
             rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest),
                          "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
-                         "metric": "perplexity", "value": round(scores["perplexity"], 4), "metrics": scores,
-                         "latency_ms_b1": latency["batch1"], "latency_ms_b32": latency["batch32"]})
-            log.info("%s: perplexity %.2f, %.1f ms @ b32", name, scores["perplexity"], latency["batch32"])
-            del model
+                         "metric": "perplexity", "value": round(scores["perplexity"], 4), "metrics": scores})
+            log.info("%s: perplexity %.2f", name, scores["perplexity"])
+            models.append(model)
     finally:
         torch.set_num_threads(previous)
+    _time_side_by_side(rows, models, collate, data, cfg.latency_repeats, threads, scoring == "clm")
     return rows, {"task": pcfg.objective, "data": {"source": source, **data.record}, "seq_len": pcfg.data.max_length,
                   "lower_is_better": True}

@@ -66,10 +66,11 @@ def teacher_shape(family: Family, config) -> Shape:
 
 def shape_grid(family: Family, config, static: bool) -> list[Shape]:
     """Depths up to the teacher's, x head and FFN shares when the family can be narrowed (else full width); the
-    teacher's own shape is included (its int8 variant is a candidate)."""
+    teacher's own shape is included (its int8 variant is a candidate). The Llama family keeps its width here: its
+    query heads must stay a multiple of the KV heads, which this grid does not model."""
     full = teacher_shape(family, config)
     depths = sorted({d for d in DEPTHS if d <= full.layers} | {full.layers})
-    shares = WIDTH_SHARES if family.can_narrow else (1.0,)
+    shares = WIDTH_SHARES if family.can_narrow and not family.kv_heads_key else (1.0,)
     head_size = full.hidden // full.heads
     shapes = []
     for layers in depths:

@@ -28,6 +28,7 @@ from ..models.load import load_tokenizer, load_trained_classifier
 from ..runkinds.task import score_test
 from ..runs import METRICS, RunDir, data_config_for, quantization_method, stage_manifest, write_json_atomic
 from ..backends import onnx_io
+from .gguf_export import export_gguf
 
 log = logging.getLogger("lmcompress")
 
@@ -200,6 +201,8 @@ def _openvino_int8(run: RunDir, source: Path, model, tokenizer, fp32: Path, chec
 
 
 def export(cfg: ExportConfig) -> dict[str, Any]:
+    if cfg.format == "gguf":
+        return export_gguf(cfg)
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
     require_onnx()

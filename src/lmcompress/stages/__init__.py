@@ -74,7 +74,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
     Stage("quantize", QuantizeConfig, "lmcompress.shrink.quantize:quantize",
           "int8: PyTorch dynamic, ONNX Runtime dynamic or static",
           "Int8 quantization with the accuracy change and latency measured; ONNX methods export and validate first."),
-    Stage("export", ExportConfig, "lmcompress.shrink.quantize:export", "validated ONNX export (fp32 or fp16)",
+    Stage("export", ExportConfig, "lmcompress.shrink.quantize:export", "validated ONNX (fp32 or fp16), OpenVINO or GGUF export",
           "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches."),
     Stage("evaluate", EvaluateConfig, "lmcompress.stages.evaluate:evaluate_run", "score a run: metrics, size, latency",
           "Evaluate a run on the same split it was trained with (or --data)."),

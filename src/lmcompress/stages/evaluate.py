@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EvaluateConfig
+from ..backends.gguf_file import GGUF_FILE
 from ..errors import LmcError
 from ..runkinds import kind_of
 from ..runs import METRICS, read_run_manifest, write_json_atomic
@@ -16,7 +17,7 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     """Score a run (or a plain HF dir with a task head) on a split; write metrics.json into --out (default: the
     run dir) -> the payload with its `path`."""
     folder = Path(cfg.model).expanduser()
-    if not folder.is_dir() or not (folder / "config.json").is_file():
+    if not folder.is_dir() or not any((folder / name).is_file() for name in ("config.json", GGUF_FILE)):
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
     manifest = read_run_manifest(folder) or {}
     payload = kind_of(manifest).evaluate(folder, manifest, cfg)

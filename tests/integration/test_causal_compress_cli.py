@@ -1,0 +1,139 @@
+"""Causal-LM compression through the CLI on a tiny Llama (grouped-query attention) sharing the tiny GPT-2's
+tokenizer: prune-lm with recovery and a random-init baseline, bitwise resume of the recovery, the GGUF export read
+back by transformers, evaluate and compare on it (generation speed included), and one-line refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lmcompress.cli import main
+from tests.integration.cli_helpers import assert_same_weights, interrupt_then_resume, one_error_line, run_cli
+
+
+@pytest.fixture(scope="module")
+def llama_teacher(clm_teacher, corpus, tmp_path_factory):
+    """A tiny Llama (6 query heads in 2 KV groups, tied embeddings) pre-trained a few steps on the corpus."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("llama")
+    tokenizer = AutoTokenizer.from_pretrained(clm_teacher)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=4, num_attention_heads=6, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(root / "init")
+    tokenizer.save_pretrained(root / "init")
+    out = root / "teacher"
+    code = main(["pretrain", "--model", str(root / "init"), "--data", str(corpus), "--out", str(out),
+                       "--objective", "clm", *_common(root), "--max-steps", "30"])
+    assert code == 0
+    return out
+
+
+def _common(root) -> list[str]:
+    return ["--max-length", "32", "--batch-size", "8", "--learning-rate", "3e-3", "--quiet", "--cache-dir",
+            str(root / "cache")]
+
+
+def _prune(teacher, corpus, out, *extra):
+    return ["prune-lm", "--model", str(teacher), "--data", str(corpus), "--out", str(out), "--heads", "0.34",
+            "--kv-heads", "0.5", "--ffn", "0.5", "--layers", "3", "--top-k", "8", "--calibration-examples", "16",
+            *_common(out.parent), *extra]
+
+
+def test_prune_lm_recovers_and_records_the_random_init_baseline(llama_teacher, corpus, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code, stdout, err = run_cli(_prune(llama_teacher, corpus, out, "--max-steps", "12", "--baseline", "--json"),
+                                capsys)
+    assert code == 0, err
+    metrics = json.loads(stdout)
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    assert manifest["stage"] == "prune-lm" and manifest["task"]["type"] == "clm"
+    pruning = manifest["pruning"]
+    assert (pruning["layers"], pruning["heads_per_layer"], pruning["kv_heads_per_layer"], pruning["ffn_per_layer"]) \
+        == ("4 -> 3", "6 -> 2", "2 -> 1", "64 -> 32")
+    assert len(pruning["kept_layers"]) == 3 and pruning["params_ratio"] < 0.8
+    baseline = metrics["baseline"]
+    assert baseline["init"] == "random" and (tmp_path / "pruned-baseline" / "metrics.json").is_file()
+    assert baseline["metrics"]["perplexity"] == pytest.approx(json.loads(
+        (tmp_path / "pruned-baseline" / "metrics.json").read_text())["metrics"]["perplexity"])
+    # the pruned start keeps most of what the teacher knew; a random start knows nothing
+    random_start = json.loads((tmp_path / "pruned-baseline" / "metrics.json").read_text())["metrics_before"]
+    assert metrics["metrics_before"]["perplexity"] < random_start["perplexity"]
+    assert not list(tmp_path.glob(".pruned.*"))  # the pruned and random inits are cleaned up
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)  # transformers alone
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert (model.config.num_hidden_layers, model.config.num_attention_heads, model.config.num_key_value_heads,
+            model.config.intermediate_size, model.config.head_dim) == (3, 2, 1, 32, 8)
+
+
+def test_prune_lm_recovery_resumes_bitwise(llama_teacher, corpus, tmp_path, capsys, monkeypatch):
+    args = ("--max-steps", "8", "--checkpoint-every-steps", "3")
+    code, _, err = run_cli(_prune(llama_teacher, corpus, tmp_path / "straight", *args), capsys)
+    assert code == 0, err
+    interrupt_then_resume(monkeypatch, capsys, _prune(llama_teacher, corpus, tmp_path / "resumed", *args),
+                          at_backward=5)
+    assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+
+
+def test_gguf_export_reads_back_exactly_and_evaluate_and_compare_score_it(llama_teacher, tmp_path, capsys):
+    gguf_run = tmp_path / "gguf"
+    code, stdout, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--out",
+                                 str(gguf_run), "--json", "--quiet"], capsys)
+    assert code == 0, err
+    metrics = json.loads(stdout)
+    source = json.loads((llama_teacher / "metrics.json").read_text())
+    assert metrics["metrics"]["perplexity"] == pytest.approx(source["metrics"]["perplexity"], rel=1e-3)
+    export = json.loads((gguf_run / "lmcompress.json").read_text())["export"]
+    assert export["format"] == "gguf" and export["validation"]["max_abs_logit_diff"] <= 1e-3
+    assert export["validation"]["argmax_agreement"] == 1.0
+    assert sorted(p.name for p in gguf_run.glob("*.gguf")) == ["model.gguf"]
+
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(gguf_run / "model.gguf")).fields
+    assert fields["general.architecture"].contents() == "llama"
+    assert fields["llama.attention.head_count_kv"].contents() == 2
+
+    code, stdout, err = run_cli(["evaluate", "--model", str(gguf_run), "--json", "--latency-repeats", "2"], capsys)
+    assert code == 0, err
+    evaluated = json.loads(stdout)
+    assert evaluated["metrics"]["perplexity"] == pytest.approx(metrics["metrics"]["perplexity"], rel=1e-4)
+    assert evaluated["generation"]["decode_tokens_per_s"] > 0 and evaluated["generation"]["ttft_ms"] > 0
+
+    report = tmp_path / "report"
+    code, _, err = run_cli(["compare", str(llama_teacher), str(gguf_run), "--out", str(report), "--latency-repeats",
+                            "2", "--quiet"], capsys)
+    assert code == 0, err
+    rows = json.loads((report / "report.json").read_text())["rows"]
+    assert rows[1]["made_by"] == "export gguf fp32" and rows[1]["generation"]["new_tokens"] == 32
+    assert "latency_rounds_ms_b32" in rows[0]  # timed side by side
+    assert "time to first token" in (report / "report.md").read_text()
+
+
+@pytest.mark.parametrize("case", ["gpt2-gguf", "task-run-gguf", "encoder-prune-lm", "corpus-in-prune", "gpt2-kv"])
+def test_causal_compression_refuses_in_one_line(case, clm_teacher, llama_teacher, tiny_bert_dir, corpus, tmp_path,
+                                                 capsys):
+    out = tmp_path / "out"
+    args, fragments = {
+        "gpt2-gguf": (["export", "--model", str(clm_teacher), "--format", "gguf"], ["Llama-family", "not gpt2"]),
+        "task-run-gguf": (["export", "--model", str(tiny_bert_dir), "--format", "gguf"], ["Llama-family"]),
+        "encoder-prune-lm": (["prune-lm", "--model", str(tiny_bert_dir), "--data", str(corpus), "--heads", "0.5"],
+                             ["bert"]),
+        "corpus-in-prune": (["prune", "--model", str(llama_teacher), "--data", "enwiki-sample", "--heads", "0.5"],
+                            ["prune-lm"]),
+        "gpt2-kv": (["prune-lm", "--model", str(clm_teacher), "--data", str(corpus), "--kv-heads", "0.5", "--quiet"],
+                    ["no grouped-query attention"]),
+    }[case]
+    code, _, err = run_cli([*args, "--out", str(out)], capsys)
+    assert code != 0
+    one_error_line(err, *fragments)
+    assert not out.exists()
