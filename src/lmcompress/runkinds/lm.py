@@ -26,6 +26,7 @@ from ..data import lm
 from ..data.corpora import Document, has_cjk, load_corpus
 from ..errors import LmcError
 from ..backends.gguf_file import GGUF_FILE, load_gguf
+from ..backends.onnx import MODEL_FILE, OnnxClassifier
 from ..measure import (LATENCY_BATCHES, count_params, generation_speed, measure_latency, time_side_by_side,
                        weights_size_bytes)
 from ..models.load import load_for_pretraining, load_tokenizer, resolve
@@ -152,7 +153,7 @@ def score_lm(model: torch.nn.Module, examples: list[dict[str, np.ndarray]], coll
              batch_size: int) -> dict[str, float]:
     """Token-weighted loss, perplexity and accuracy over the fixed validation set (+ NSP/SOP accuracy)."""
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # (an ONNX Runtime session has no parameters)
     loss_sum, tokens, correct, pair_correct, pairs = 0.0, 0, 0, 0, 0
     for batch in DataLoader(examples, batch_size=batch_size, shuffle=False, collate_fn=collate):
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -246,9 +247,12 @@ def run_validation_set(folder: Path) -> tuple[PretrainConfig, Any, LMData, str]:
 
 
 def load_lm_run(folder: Path, tokenizer, objective: str, seed: int) -> torch.nn.Module:
-    """A language-model run's model, in eval mode: its checkpoint, or its GGUF file (export --format gguf)."""
+    """A language-model run's model, in eval mode: its checkpoint, its GGUF file (export --format gguf) or its ONNX
+    graph (export / quantize)."""
     if (folder / GGUF_FILE).is_file():
         return load_gguf(folder / GGUF_FILE)[0]
+    if (folder / MODEL_FILE).is_file():
+        return OnnxClassifier(folder / MODEL_FILE)
     return load_for_pretraining(resolve(str(folder)), tokenizer, objective, seed).eval()
 
 
@@ -267,16 +271,18 @@ def _time_side_by_side(rows: list[dict[str, Any]], models: list[torch.nn.Module]
         time_side_by_side(rows, calls, repeats, threads)
     if not causal:
         return
+    generating = {i: model for i, model in enumerate(models) if hasattr(model, "generate")}  # (not ONNX graphs)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        speed = generation_speed(dict(enumerate(models)), generation_prompt(data), rounds=max(3, repeats // 2))
+        speed = generation_speed(generating, generation_prompt(data), rounds=max(3, repeats // 2)) if generating else {}
     finally:
         torch.set_num_threads(previous)
     for i, row in enumerate(rows):
-        row["generation"] = speed[i]
-        log.info("%s: first token %.1f ms, %.1f tokens/s", row["name"], speed[i]["ttft_ms"],
-                 speed[i]["decode_tokens_per_s"])
+        row["generation"] = speed.get(i)
+        if i in speed:
+            log.info("%s: first token %.1f ms, %.1f tokens/s", row["name"], speed[i]["ttft_ms"],
+                     speed[i]["decode_tokens_per_s"])
 
 
 def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
@@ -287,7 +293,7 @@ def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dic
     scores = score_lm(model, data.validation, collator(tokenizer, pcfg.objective), pcfg.objective, 64)
     payload = lm_metrics_payload(pcfg, model, tokenizer, data, folder, scores,
                                  cfg.latency_repeats if cfg.latency else None)
-    if cfg.latency and pcfg.objective == "clm":
+    if cfg.latency and pcfg.objective == "clm" and hasattr(model, "generate"):
         payload["generation"] = generation_speed({"model": model}, generation_prompt(data))["model"]
     return payload
 

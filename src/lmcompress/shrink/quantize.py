@@ -29,6 +29,7 @@ from ..runkinds.task import score_test
 from ..runs import METRICS, RunDir, data_config_for, quantization_method, stage_manifest, write_json_atomic
 from ..backends import onnx_io
 from .gguf_export import export_gguf
+from .lm_onnx import lm_objective, onnx_lm
 
 log = logging.getLogger("lmcompress")
 
@@ -144,6 +145,8 @@ def _parent_metrics(source: Path) -> dict[str, Any] | None:
 
 
 def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
+    if lm_objective(cfg.model):
+        return onnx_lm(cfg, "quantize")
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
     require_onnx()
@@ -203,6 +206,8 @@ def _openvino_int8(run: RunDir, source: Path, model, tokenizer, fp32: Path, chec
 def export(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.format == "gguf":
         return export_gguf(cfg)
+    if lm_objective(cfg.model):
+        return onnx_lm(cfg, "export")
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
     require_onnx()
