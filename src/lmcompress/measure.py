@@ -29,7 +29,9 @@ def count_params(model: torch.nn.Module) -> int:
 
 def weights_size_bytes(folder: Path) -> int:
     """Bytes of the weight files a deployment ships (safetensors / ONNX / OpenVINO IR / GGUF), not logs or
-    tokenizer."""
+    tokenizer. A single weights file (a .gguf teacher) is its own size."""
+    if folder.is_file():
+        return folder.stat().st_size
     files = list(folder.glob("*.safetensors")) + list(folder.glob("*.onnx")) + list(folder.glob("*.onnx.data"))
     files += [folder / "model.bin"] if (folder / "model.xml").is_file() else []  # the IR's weights
     files += list(folder.glob("*.gguf"))

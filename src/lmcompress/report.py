@@ -122,10 +122,13 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
 
 
 def _run_folder(spec: str) -> Path:
-    """A run directory, or a zoo model name (e.g. minilm-l6, the teacher of an embedding run)."""
+    """A run directory, or a zoo model name (minilm-l6, the teacher of an embedding run; smollm2-135m, a .gguf
+    file, of a language-model one)."""
     folder = Path(spec).expanduser()
     if not folder.exists() and catalog.is_zoo_name(spec) and catalog.get(spec).kind == "model":
         folder = catalog.get(spec).require()
+    if folder.suffix == ".gguf" and folder.is_file():  # a causal LM as llama.cpp ships it (a teacher row)
+        return folder
     if not any((folder / name).is_file() for name in ("config.json", GGUF_FILE)):
         raise LmcError(f"{spec} is not a run directory (no config.json)")
     return folder

@@ -110,11 +110,13 @@ def test_gguf_export_reads_back_exactly_and_evaluate_and_compare_score_it(llama_
     assert evaluated["generation"]["decode_tokens_per_s"] > 0 and evaluated["generation"]["ttft_ms"] > 0
 
     report = tmp_path / "report"
-    code, _, err = run_cli(["compare", str(llama_teacher), str(gguf_run), "--out", str(report), "--latency-repeats",
-                            "2", "--quiet"], capsys)
+    plain = str(gguf_run / "model.gguf")  # a plain .gguf file, as llama.cpp users hold a teacher, is a row too
+    code, _, err = run_cli(["compare", str(llama_teacher), str(gguf_run), plain, "--out", str(report),
+                            "--latency-repeats", "2", "--quiet"], capsys)
     assert code == 0, err
     rows = json.loads((report / "report.json").read_text())["rows"]
     assert rows[1]["made_by"] == "export gguf fp32" and rows[1]["generation"]["new_tokens"] == 32
+    assert rows[2]["made_by"] == "checkpoint" and rows[2]["value"] == pytest.approx(rows[1]["value"], rel=1e-4)
     assert "latency_rounds_ms_b32" in rows[0]  # timed side by side
     assert "time to first token" in (report / "report.md").read_text()
 

@@ -37,9 +37,12 @@ def kind_of(manifest: dict[str, Any]) -> RunKind:
 
 def kind_for_comparison(manifests: list[dict[str, Any]], teacher_index: int) -> RunKind:
     """The kind a comparison scores by: sentence embedding when any run is one (plain encoders, such as their
-    teacher, are compared on its pairs), else the teacher's kind."""
+    teacher, are compared on its pairs), a language model when any run is one (a plain LM, such as the teacher
+    smollm2-135m, is scored on its validation blocks), else the teacher's kind."""
     if any(is_embedding_run(m) for m in manifests):
         return SENTENCE_EMBEDDING
+    if any(is_language_model(m) for m in manifests):
+        return LANGUAGE_MODEL
     return kind_of(manifests[teacher_index])
 
 

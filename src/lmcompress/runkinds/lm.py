@@ -29,7 +29,7 @@ from ..backends.gguf_file import GGUF_FILE, load_gguf
 from ..backends.onnx import MODEL_FILE, OnnxClassifier
 from ..measure import (LATENCY_BATCHES, count_params, generation_speed, measure_latency, time_side_by_side,
                        weights_size_bytes)
-from ..models.load import load_for_pretraining, load_tokenizer, resolve
+from ..models.load import load_for_pretraining, load_lm_teacher, load_tokenizer, resolve
 from ..objectives import lm_forward, token_loss_sum
 from ..runs import RunDir, finish_stage, is_language_model, made_by, read_run_manifest, training_record
 
@@ -246,6 +246,14 @@ def run_validation_set(folder: Path) -> tuple[PretrainConfig, Any, LMData, str]:
     return cfg, tokenizer, data, source
 
 
+def _compared_model(folder: Path, manifest: dict[str, Any], tokenizer, objective: str, seed: int):
+    """(model, its tokenizer): an LM run's, or a plain language model's (a zoo name, HF dir or .gguf file)."""
+    if manifest:
+        return load_lm_run(folder, tokenizer, objective, seed), load_tokenizer(folder)
+    plain = load_lm_teacher(str(folder), objective)
+    return plain.model, plain.tokenizer
+
+
 def load_lm_run(folder: Path, tokenizer, objective: str, seed: int) -> torch.nn.Module:
     """A language-model run's model, in eval mode: its checkpoint, its GGUF file (export --format gguf) or its ONNX
     graph (export / quantize)."""
@@ -300,13 +308,15 @@ def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dic
 
 def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[dict[str, Any]],
                  teacher_index: int, threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Pre-trained (or generally distilled) language models: perplexity on the teacher run's fixed validation set,
-    which only means the same thing for runs that share the teacher's tokenizer."""
-    for name, manifest in zip(names, manifests):  # before any slow work
-        if not is_language_model(manifest):
+    """Pre-trained, distilled or pruned language models: perplexity on the teacher run's fixed validation set (the
+    first LM run's when the teacher is a plain model, such as smollm2-135m), which only means the same thing for runs
+    that share its tokenizer."""
+    for name, folder, manifest in zip(names, folders, manifests):  # before any slow work
+        if manifest and not is_language_model(manifest):
             raise LmcError(f"{name} is not a language-model run; compare pre-trained models with each other and "
                            "task models with each other")
-    pcfg, tokenizer, data, source = run_validation_set(folders[teacher_index])
+    reference = teacher_index if manifests[teacher_index] else next(i for i, m in enumerate(manifests) if m)
+    pcfg, tokenizer, data, source = run_validation_set(folders[reference])
     scoring = "clm" if pcfg.objective == "clm" else "mlm"  # sentence-pair heads are not part of the comparison
     collate = collator(tokenizer, pcfg.objective)
 
@@ -315,10 +325,10 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
     rows, models = [], []
     try:
         for name, folder, manifest in zip(names, folders, manifests):
-            if load_tokenizer(folder).get_vocab() != tokenizer.get_vocab():
-                raise LmcError(f"{name} has another tokenizer than {names[teacher_index]}: perplexities over different "
+            model, model_tokenizer = _compared_model(folder, manifest, tokenizer, scoring, pcfg.train.seed)
+            if model_tokenizer.get_vocab() != tokenizer.get_vocab():
+                raise LmcError(f"{name} has another tokenizer than {names[reference]}: perplexities over different "
                                "vocabularies cannot be compared")
-            model = load_lm_run(folder, tokenizer, scoring, pcfg.train.seed)
             scores = score_lm(model, data.validation, collate, scoring, 64)
             rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest),
                          "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
