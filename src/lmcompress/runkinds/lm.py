@@ -311,7 +311,7 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
     """Pre-trained, distilled or pruned language models: perplexity on the teacher run's fixed validation set (the
     first LM run's when the teacher is a plain model, such as smollm2-135m), which only means the same thing for runs
     that share its tokenizer."""
-    for name, folder, manifest in zip(names, folders, manifests):  # before any slow work
+    for name, manifest in zip(names, manifests):  # before any slow work
         if manifest and not is_language_model(manifest):
             raise LmcError(f"{name} is not a language-model run; compare pre-trained models with each other and "
                            "task models with each other")
