@@ -97,16 +97,16 @@ def test_unknown_recipe_and_builtin_demo_parses(tmp_path, capsys):
     assert parse(demo_recipe(True), "demo")[1][0].config.data.max_train_examples == 1000
 
 
-def test_builtin_causal_lm_recipe_parses_and_chains_the_distilled_tokenizer(tmp_path):
+def test_builtin_causal_lm_recipe_prunes_then_exports_and_compares_with_the_teacher(tmp_path):
     from lmcompress.pipeline import builtin_recipes, parse
     from lmcompress.config import load_yaml
 
     name, steps = parse(load_yaml(builtin_recipes()["causal-lm"]), "causal-lm", out=str(tmp_path))
-    assert [s.stage for s in steps] == ["distill-lm", "pretrain", "compare"]
-    distilled, alone, report = steps
-    assert alone.config.tokenizer == str(tmp_path / "distilled")  # a step name in `tokenizer` means its run dir
-    assert alone.config.data == distilled.config.data and alone.config.train == distilled.config.train
-    assert report.config.runs == [str(tmp_path / "alone"), str(tmp_path / "distilled")]
+    assert [s.stage for s in steps] == ["prune-lm", "export", "compare"]
+    pruned, gguf, report = steps
+    assert pruned.config.model == "smollm2-135m" and pruned.config.baseline and pruned.config.layers == 20
+    assert gguf.config.model == str(tmp_path / "pruned") and gguf.config.format == "gguf"
+    assert report.config.runs == ["smollm2-135m", str(tmp_path / "pruned"), str(tmp_path / "gguf")]
 
 
 def test_builtin_general_distillation_recipe_starts_task_distillation_from_the_general_student(tmp_path):
