@@ -51,19 +51,29 @@ def _random_init(pruned: Path, folder: Path, seed: int) -> Path:
     return folder
 
 
-def _generation(pruned: Path, new_tokens: int, rounds: int) -> dict:
+def _speed(pruned: Path, new_tokens: int, rounds: int) -> tuple[dict, dict]:
+    """Teacher and pruned student side by side: forward latency at batch 1 and 32 on validation blocks, and
+    generation (batch 1, greedy, KV cache), both in interleaved rounds -> (latency, generation)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from lmcompress.measure import generation_speed
     from lmcompress.models.load import load_lm_teacher
-    from lmcompress.runkinds.lm import run_validation_set
+    from lmcompress.runkinds.lm import collator, latency_batch, run_validation_set
+    from lmcompress.timing import interleaved_rounds, quartiles
 
-    _, _, data, _ = run_validation_set(pruned)
+    _, tokenizer, data, _ = run_validation_set(pruned)
+    models = {"teacher": load_lm_teacher("smollm2-135m", "clm").model.eval(),
+              "pruned": AutoModelForCausalLM.from_pretrained(pruned).eval()}
+    collate = collator(tokenizer, "clm")
+    batches = {size: latency_batch(collate, data.validation, size) for size in (1, 32)}
+    calls = {(name, size): (lambda m=model, b=batches[size]: m(**b)) for name, model in models.items()
+             for size in (1, 32)}
+    with torch.inference_mode():
+        times = interleaved_rounds(calls, rounds, warmup=1)
+    latency = {f"{name} b{size}": [round(x, 1) for x in quartiles(t)] for (name, size), t in times.items()}
     prompt = torch.tensor(data.validation[0]["input_ids"][:32]).unsqueeze(0)
-    models = {"teacher": load_lm_teacher("smollm2-135m", "clm").model,
-              "pruned": AutoModelForCausalLM.from_pretrained(pruned)}
-    return generation_speed(models, prompt, new_tokens, rounds)
+    return latency, generation_speed(models, prompt, new_tokens, rounds)
 
 
 def _row(name: str, label: str, folder: Path, command: list[str], wall: float | None) -> dict:
@@ -120,8 +130,8 @@ def main() -> int:
     if len({row["validation_fingerprint"] for row in rows}) != 1:
         raise SystemExit("the runs were scored on different validation blocks")
     manifest = json.loads((out / "pruned" / "lmcompress.json").read_text())
-    print("(3) generation speed, teacher vs pruned", flush=True)
-    generation = _generation(out / "pruned", args.new_tokens, rounds=5)
+    print("(3) forward latency and generation speed, teacher vs pruned, interleaved", flush=True)
+    latency, generation = _speed(out / "pruned", args.new_tokens, rounds=5)
     import torch
 
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
@@ -129,7 +139,8 @@ def main() -> int:
                "token_accuracy": manifest["teacher_metrics"]["token_accuracy"], "params": 134_515_008}
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "threads": torch.get_num_threads(),
               "lscpu": lscpu, "data": manifest["data"], "pruning": manifest["pruning"], "teacher": teacher,
-              "runs": rows, "generation": generation, "teacher_cache": manifest.get("teacher_cache")}
+              "runs": rows, "latency_ms_q1_median_q3": latency, "generation": generation,
+              "teacher_cache": manifest.get("teacher_cache")}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "causal_compress.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "causal_compress.md").write_text(_markdown(result, args))
@@ -150,14 +161,13 @@ def _markdown(result: dict, args) -> str:
              f"Pruned: layers {pruning['layers']} (kept {pruning['kept_layers']}), query heads "
              f"{pruning['heads_per_layer']}, KV heads {pruning['kv_heads_per_layer']}, hidden {pruning['hidden']}, "
              f"FFN {pruning['ffn_per_layer']}; params {pruning['params']} ({100 * pruning['params_ratio']:.0f}%).", "",
-             "| model | params | validation perplexity | before training | next-token accuracy | ms b1 | ms b32 | "
-             "train wall s |", "|---|---:|---:|---:|---:|---:|---:|---:|",
+             "| model | params | validation perplexity | before training | next-token accuracy | train wall s |",
+             "|---|---:|---:|---:|---:|---:|",
              f"| smollm2-135m (teacher, GGUF Q4_1 dequantised) | {teacher['params']:,} | {teacher['perplexity']:.1f} | "
-             f"- | {teacher['token_accuracy']:.3f} | - | - | - |"]
+             f"- | {teacher['token_accuracy']:.3f} | - |"]
     for row in rows:
         lines.append(f"| {row['model']} | {row['params']:,} | {row['perplexity']:.1f} | "
-                     f"{row['perplexity_before']:.1f} | {row['token_accuracy']:.3f} | {row['latency_ms']['batch1']:.1f} "
-                     f"| {row['latency_ms']['batch32']:.1f} | {row['train_wall_s']:.0f} |")
+                     f"{row['perplexity_before']:.1f} | {row['token_accuracy']:.3f} | {row['train_wall_s']:.0f} |")
     lines += ["", f"Pruned + distilled perplexity / teacher's: {rows[0]['perplexity'] / teacher['perplexity']:.2f}x; "
               f"random init + KD: {rows[1]['perplexity'] / teacher['perplexity']:.1f}x; random init alone: "
               f"{rows[2]['perplexity'] / teacher['perplexity']:.1f}x.", "",
@@ -168,6 +178,12 @@ def _markdown(result: dict, args) -> str:
         g = gen[name]
         lines.append(f"| {name} | {g['ttft_ms']:.1f} ({g['ttft_iqr_ms'][0]:.1f}-{g['ttft_iqr_ms'][1]:.1f}) | "
                      f"{g['decode_tokens_per_s']:.1f} ({g['decode_iqr'][0]:.1f}-{g['decode_iqr'][1]:.1f}) |")
+    lat = result["latency_ms_q1_median_q3"]
+    lines += ["", "Forward pass on validation blocks of the same length, interleaved rounds, median ms (interquartile "
+              "range):", "", "| model | batch 1 | batch 32 |", "|---|---:|---:|"]
+    for name in ("teacher", "pruned"):
+        b1, b32 = lat[f"{name} b1"], lat[f"{name} b32"]
+        lines.append(f"| {name} | {b1[1]:.1f} ({b1[0]:.1f}-{b1[2]:.1f}) | {b32[1]:.1f} ({b32[0]:.1f}-{b32[2]:.1f}) |")
     lines += ["", "Validation perplexity along the way (step: perplexity):", ""]
     for row in rows:
         path = ", ".join(f"{h['step']}: {h['perplexity']:.1f}" for h in row["history"])
