@@ -107,8 +107,10 @@ def generation_speed(models: dict[str, torch.nn.Module], prompt: torch.Tensor, n
     mask = torch.ones_like(prompt)
 
     def generate(model: torch.nn.Module, tokens: int) -> Callable[[], object]:
+        eos = model.config.eos_token_id  # a list in Llama-3 configs
+        pad = (eos[0] if isinstance(eos, list) and eos else eos) or 0
         return lambda: model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=tokens,
-                                      min_new_tokens=tokens, do_sample=False, pad_token_id=model.config.eos_token_id)
+                                      min_new_tokens=tokens, do_sample=False, pad_token_id=pad)
 
     calls: dict[tuple[str, int], Callable[[], object]] = {}
     for name, model in models.items():

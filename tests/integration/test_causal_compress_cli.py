@@ -75,13 +75,18 @@ def test_prune_lm_recovers_and_records_the_random_init_baseline(llama_teacher, c
             model.config.intermediate_size, model.config.head_dim) == (3, 2, 1, 32, 8)
 
 
-def test_prune_lm_recovery_resumes_bitwise(llama_teacher, corpus, tmp_path, capsys, monkeypatch):
-    args = ("--max-steps", "8", "--checkpoint-every-steps", "3")
+def test_prune_lm_recovery_resumes_bitwise_after_its_baseline(llama_teacher, corpus, tmp_path, capsys, monkeypatch):
+    args = ("--max-steps", "8", "--checkpoint-every-steps", "3", "--baseline")
     code, _, err = run_cli(_prune(llama_teacher, corpus, tmp_path / "straight", *args), capsys)
     assert code == 0, err
+    # the baseline trains 8 steps first: the 11th backward pass is the recovery's 3rd
     interrupt_then_resume(monkeypatch, capsys, _prune(llama_teacher, corpus, tmp_path / "resumed", *args),
-                          at_backward=5)
+                          at_backward=11)
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
+    assert_same_weights(tmp_path / "straight-baseline", tmp_path / "resumed-baseline")
+    kept, again = (json.loads((tmp_path / name / "metrics.json").read_text())["baseline"]["metrics"]
+                   for name in ("straight", "resumed"))
+    assert kept == again
 
 
 def test_gguf_export_reads_back_exactly_and_evaluate_and_compare_score_it(llama_teacher, tmp_path, capsys):
@@ -116,6 +121,7 @@ def test_gguf_export_reads_back_exactly_and_evaluate_and_compare_score_it(llama_
     assert code == 0, err
     rows = json.loads((report / "report.json").read_text())["rows"]
     assert rows[1]["made_by"] == "export gguf fp32" and rows[1]["generation"]["new_tokens"] == 32
+    assert rows[1]["backend"] == "torch (GGUF dequantised)" and rows[0]["backend"] == "torch"
     assert rows[2]["made_by"] == "checkpoint" and rows[2]["value"] == pytest.approx(rows[1]["value"], rel=1e-4)
     assert "latency_rounds_ms_b32" in rows[0]  # timed side by side
     assert "time to first token" in (report / "report.md").read_text()

@@ -124,3 +124,42 @@ def test_causal_pruning_removes_exactly_what_was_asked(model_type, tmp_path):
     pruned.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(reloaded(TOKENS).logits, pruned.eval()(TOKENS).logits)
+
+
+def test_llama_without_grouped_query_attention_narrows_and_prunes_heads_with_their_k_and_v():
+    torch.manual_seed(0)
+    teacher = AutoModelForCausalLM.from_config(LlamaConfig(**(GQA | {"num_key_value_heads": 6}))).eval()
+    student, _ = build_student(teacher, parse_spec("heads=2"))
+    assert (student.config.num_attention_heads, student.config.num_key_value_heads) == (2, 2)
+    assert student(TOKENS).logits.shape == (2, 7, 99)
+    target = prune.plan(teacher.config, 0.5, 0.0, None, None)
+    assert (target.heads, target.kv_heads) == (3, 3)
+    pruned, _ = prune.prune_model(teacher, prune.importance_scores(teacher, _lm_batches()), target)
+    assert pruned.config.num_key_value_heads == 3 and pruned.eval()(TOKENS).logits.shape == (2, 7, 99)
+
+
+def test_narrowed_heads_keep_task_heads_of_causal_families():
+    from transformers import GPT2ForTokenClassification, LlamaForQuestionAnswering
+
+    torch.manual_seed(0)
+    for model in (GPT2ForTokenClassification(CONFIGS["gpt2"]()), LlamaForQuestionAnswering(CONFIGS["llama"]())):
+        student, _ = build_student(model.eval(), parse_spec("layers=1;hidden=24;heads=3"))
+        assert family_of(student.config).width(student.config) == 24
+
+
+def test_gguf_writer_refuses_what_it_cannot_carry_in_one_line():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from lmcompress.backends import gguf_file
+
+    for config, message in ((CONFIGS["qwen2"](), "not qwen2"), (LlamaConfig(**GQA, attention_bias=True), "biases"),
+                            (LlamaConfig(**GQA, rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                                 "rope_theta": 1e4}), "RoPE scaling")):
+        with pytest.raises(LmcError, match=message):
+            gguf_file.check_architecture(config)
+    gguf_file.check_architecture(CONFIGS["llama"]())
+    wordpiece = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1},
+                                                                                    unk_token="[UNK]")))
+    with pytest.raises(LmcError, match="byte-level BPE"):
+        gguf_file.check_tokenizer(wordpiece)

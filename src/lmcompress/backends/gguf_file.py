@@ -9,6 +9,7 @@ tokenizer goes in too (byte-level BPE: tokens, types, merges, special ids), so t
 from __future__ import annotations
 
 import importlib.util
+import json
 import tempfile
 from pathlib import Path
 
@@ -32,9 +33,28 @@ def require_gguf():
 
 
 def check_architecture(config) -> None:
+    """What this writer covers, refused in one line otherwise: Llama/Mistral without biases or RoPE scaling (the
+    writer would drop them, and transformers' loader, which the check reads the file with, ignores them too)."""
     if config.model_type not in GGUF_ARCHITECTURES:
         raise LmcError(f"--format gguf writes Llama-family causal LMs ({', '.join(GGUF_ARCHITECTURES)}), not "
                        f"{config.model_type}; export it with --format onnx")
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        raise LmcError("--format gguf: this model has attention or MLP biases, which this writer does not carry; "
+                       "export it with --format onnx")
+    rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        raise LmcError(f"--format gguf: RoPE scaling '{rope.get('rope_type', rope.get('type'))}' is not written by "
+                       "this writer; export it with --format onnx")
+
+
+def check_tokenizer(tokenizer) -> None:
+    """Byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen) is what the file's tokenizer fields describe; SentencePiece
+    vocabularies (Llama 2, Mistral v0.1) would be read wrongly by llama.cpp."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
+    if spec.get("model", {}).get("type") != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        raise LmcError("--format gguf writes byte-level BPE tokenizers (GPT-2, SmolLM2, Llama 3 style); this "
+                       "model's tokenizer is another kind; export it with --format onnx")
 
 
 def llama_cpp_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -96,6 +116,7 @@ def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str
     gguf = require_gguf()
     config = model.config
     check_architecture(config)
+    check_tokenizer(tokenizer)
     arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHITECTURES[config.model_type])
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     _add_config(writer, config, name, gguf.LlamaFileType.MOSTLY_F16 if precision == "fp16" else

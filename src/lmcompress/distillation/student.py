@@ -188,22 +188,30 @@ class Widths:
     ffn: int
 
 
+def _kv_heads_for(heads: int, kv: int, group: int) -> int | None:
+    """The most KV heads (at most `kv`) that `heads` query heads divide into groups of at most `group` each."""
+    return next((k for k in range(min(kv, heads), 0, -1) if heads % k == 0 and heads // k <= group), None)
+
+
 def narrowed_widths(family: Family, config, spec: StudentSpec) -> Widths:
     """The widths `spec` asks for, checked against the teacher (one-line errors)."""
     hidden, heads, kv = family.width(config), family.heads(config), family.kv_heads(config)
-    head_size, ffn = family.head_size(config), family.ffn(config)
-    new_kv = spec.kv_heads or (kv if kv == heads else min(kv, spec.heads or kv))
-    new_heads = spec.heads or (heads if kv == heads else heads // kv * new_kv)
+    head_size, ffn, group = family.head_size(config), family.ffn(config), heads // family.kv_heads(config)
     new_hidden, new_ffn = spec.hidden or hidden, spec.ffn or ffn
+    if family.kv_heads_key:  # KV heads kept whole, each with the same number of its own query heads
+        new_kv = spec.kv_heads or (_kv_heads_for(spec.heads, kv, group) if spec.heads else kv) or kv
+        new_heads = spec.heads or group * new_kv
+    else:
+        if spec.kv_heads is not None and spec.kv_heads != (spec.heads or heads):
+            raise LmcError(f"{config.model_type} has no grouped-query attention: kv-heads must equal heads")
+        new_heads = spec.heads or heads
+        new_kv = new_heads
     if new_hidden > hidden or new_heads > heads or new_ffn > ffn or new_kv > kv:
         raise LmcError(f"a student cannot be wider than its teacher (hidden {hidden}, heads {heads}, kv-heads {kv}, "
                        f"ffn {ffn})")
-    if kv != heads:  # grouped-query attention: whole KV heads, each with the same number of its query heads
-        if new_heads % new_kv or new_heads // new_kv > heads // kv:
-            raise LmcError(f"heads={new_heads} with kv-heads={new_kv}: each kept KV head serves the same number of "
-                           f"query heads, at most the teacher's {heads // kv}")
-    elif spec.kv_heads is not None and new_kv != new_heads:
-        raise LmcError(f"{config.model_type} has no grouped-query attention: kv-heads must equal heads")
+    if new_heads % new_kv or new_heads // new_kv > group:
+        raise LmcError(f"heads={new_heads} with kv-heads={new_kv}: each kept KV head serves the same number of "
+                       f"query heads, at most the teacher's {group}")
     if family.head_dim_key:  # the head size is a config key: the width is free
         return Widths(new_hidden, new_heads, new_kv, head_size, new_ffn)
     if new_hidden % new_heads:
@@ -235,7 +243,7 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrain
     state = {k: v.detach() for k, v in teacher.state_dict().items()}
     prefixes = {layer: layer_prefix(state, layer) for layer in keep_layers}
     scores = {layer: _head_scores(family, state, prefixes[layer], heads) for layer in keep_layers}
-    if kv != heads:
+    if family.kv_heads_key:
         groups = kept_kv_groups(scores, kv, target.kv_heads, target.heads)
         kept = {layer: queries for layer, (_, queries) in groups.items()}
         kv_idx = {layer: head_rows(kv_heads, head_size) for layer, (kv_heads, _) in groups.items()}

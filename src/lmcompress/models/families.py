@@ -83,11 +83,13 @@ LLAMA_AXES: tuple[tuple[str, Axes], ...] = (
     (r"self_attn\.(k_proj|v_proj)\.bias$", ("kv",)),
     (r"self_attn\.o_proj\.weight$", ("hidden", "qkv")),
     (r"mlp\.(gate_proj|up_proj)\.weight$", ("ffn", "hidden")),
+    (r"mlp\.(gate_proj|up_proj)\.bias$", ("ffn",)),  # (mlp_bias / attention_bias configs)
     (r"mlp\.down_proj\.weight$", ("hidden", "ffn")),
+    (r"(self_attn\.o_proj|mlp\.down_proj)\.bias$", ("hidden",)),
     (r"(q_norm|k_norm)\.weight$", ()),
     (r"norm\.weight$", ("hidden",)),
     (r"embed_tokens\.weight$", (None, "hidden")),
-    (r"(lm_head|score)\.weight$", (None, "hidden")),
+    (r"(lm_head|score|classifier|qa_outputs)\.weight$", (None, "hidden")),
 )
 # GPT-2: Conv1D layers store weights as [in, out] (the transpose of nn.Linear), Q|K|V fused in c_attn
 GPT2_AXES: tuple[tuple[str, Axes], ...] = (
@@ -100,7 +102,7 @@ GPT2_AXES: tuple[tuple[str, Axes], ...] = (
     (r"(c_proj|ln_\w+)\.bias$", ("hidden",)),
     (r"ln_\w+\.weight$", ("hidden",)),
     (r"(wte|wpe)\.weight$", (None, "hidden")),
-    (r"(lm_head|score)\.weight$", (None, "hidden")),
+    (r"(lm_head|score|classifier|qa_outputs)\.weight$", (None, "hidden")),
 )
 DISTILBERT_AXES: tuple[tuple[str, Axes], ...] = (
     (r"attention\.(q_lin|k_lin|v_lin)\.weight$", ("qkv", "hidden")),

@@ -254,6 +254,14 @@ def _compared_model(folder: Path, manifest: dict[str, Any], tokenizer, objective
     return plain.model, plain.tokenizer
 
 
+def served_by(folder: Path) -> str:
+    """What runs a language model here: a GGUF file is dequantised into PyTorch fp32 by transformers (its timings
+    are PyTorch's, not llama.cpp's)."""
+    if folder.suffix == ".gguf" or (folder / GGUF_FILE).is_file():
+        return "torch (GGUF dequantised)"
+    return "onnxruntime" if (folder / MODEL_FILE).is_file() else "torch"
+
+
 def load_lm_run(folder: Path, tokenizer, objective: str, seed: int) -> torch.nn.Module:
     """A language-model run's model, in eval mode: its checkpoint, its GGUF file (export --format gguf) or its ONNX
     graph (export / quantize)."""
@@ -301,6 +309,7 @@ def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dic
     scores = score_lm(model, data.validation, collator(tokenizer, pcfg.objective), pcfg.objective, 64)
     payload = lm_metrics_payload(pcfg, model, tokenizer, data, folder, scores,
                                  cfg.latency_repeats if cfg.latency else None)
+    payload["backend"] = served_by(folder)
     if cfg.latency and pcfg.objective == "clm" and hasattr(model, "generate"):
         payload["generation"] = generation_speed({"model": model}, generation_prompt(data))["model"]
     return payload
@@ -331,8 +340,9 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
                                "vocabularies cannot be compared")
             scores = score_lm(model, data.validation, collate, scoring, 64)
             rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest),
-                         "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
-                         "metric": "perplexity", "value": round(scores["perplexity"], 4), "metrics": scores})
+                         "backend": served_by(folder), "params": count_params(model),
+                         "size_mb": round(weights_size_bytes(folder) / 1e6, 2), "metric": "perplexity",
+                         "value": round(scores["perplexity"], 4), "metrics": scores})
             log.info("%s: perplexity %.2f", name, scores["perplexity"])
             models.append(model)
     finally:

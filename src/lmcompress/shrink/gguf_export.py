@@ -15,6 +15,7 @@ from ..backends import gguf_file
 from ..config import ExportConfig, to_dict
 from ..errors import LmcError
 from ..measure import count_params
+from ..models.load import load_tokenizer
 from ..runkinds.lm import collator, run_validation_set, score_lm
 from ..runs import RunDir, finish_stage, is_language_model, read_run_manifest, stage_manifest
 
@@ -32,6 +33,7 @@ def _source(cfg: ExportConfig) -> tuple[Path, dict[str, Any]]:
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
     gguf_file.require_gguf()
     gguf_file.check_architecture(AutoConfig.from_pretrained(str(source), local_files_only=True))
+    gguf_file.check_tokenizer(load_tokenizer(source))
     manifest = read_run_manifest(source) or {}
     if not is_language_model(manifest) or (manifest.get("task") or {}).get("type") != "clm":
         raise LmcError(f"--format gguf exports causal-LM runs (pretrain --objective clm, distill-lm, prune-lm); "
@@ -39,15 +41,15 @@ def _source(cfg: ExportConfig) -> tuple[Path, dict[str, Any]]:
     return source, manifest
 
 
-def _tokenizer_pre(manifest: dict[str, Any]) -> str:
-    """llama.cpp's pre-tokenizer name: the parent GGUF's (a student distilled or pruned from one shares its
-    tokenizer), else 'default'."""
+def _tokenizer_pre(manifest: dict[str, Any], depth: int = 8) -> str:
+    """llama.cpp's pre-tokenizer name: that of the .gguf file the run descends from (a student distilled or pruned
+    from one shares its tokenizer; parents are followed through their run manifests), else 'default'."""
     parent = Path(str(manifest.get("parent", "")))
     if parent.suffix == ".gguf" and parent.is_file():
         field = gguf_file.require_gguf().GGUFReader(str(parent)).fields.get("tokenizer.ggml.pre")
-        if field is not None:
-            return field.contents()
-    return "default"
+        return field.contents() if field is not None else "default"
+    upstream = read_run_manifest(parent) if depth and parent.is_dir() else None
+    return _tokenizer_pre(upstream, depth - 1) if upstream else "default"
 
 
 @torch.inference_mode()
@@ -68,10 +70,11 @@ def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True).eval()
     tolerance = cfg.tolerance or GGUF_TOLERANCE[cfg.precision]
     collate = collator(tokenizer, "clm")
+    pre = _tokenizer_pre(manifest)
     run.begin(cfg.overwrite, False)
     with run.guard():
         path = run.partial / gguf_file.GGUF_FILE
-        gguf_file.write_gguf(model, tokenizer, path, cfg.precision, source.name, _tokenizer_pre(manifest))
+        gguf_file.write_gguf(model, tokenizer, path, cfg.precision, source.name, pre)
         loaded, loaded_tokenizer = gguf_file.load_gguf(path)
         check = {k: v for k, v in collate(data.validation[:CHECK_BLOCKS]).items() if k != "labels"}
         validation = logit_agreement(model, loaded, check) | {"tolerance": tolerance, "blocks": CHECK_BLOCKS}
@@ -95,4 +98,4 @@ def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
             "export", str(source), to_dict(cfg), data={"source": corpus_source, **data.record},
             task={"type": "clm", "family": model.config.model_type}, lm_config=to_dict(pcfg),
             export={"format": "gguf", "precision": cfg.precision, "file": gguf_file.GGUF_FILE,
-                    "validation": validation, "tokenizer_pre": _tokenizer_pre(manifest)}))
+                    "validation": validation, "tokenizer_pre": pre}))

@@ -123,9 +123,11 @@ def plan(config, heads_ratio: float, ffn_ratio: float, layers: int | None, hidde
     if hidden is not None and hidden > width:
         raise LmcError(f"--hidden {hidden}: the model is only {width} wide")
     kept_ffn = max(1, round(family.ffn(config) * (1 - ffn_ratio)))
-    if kv_heads_ratio and kv == heads:
+    if kv_heads_ratio and not family.kv_heads_key:
         raise LmcError(f"--kv-heads: {config.model_type} has no grouped-query attention; use --heads")
-    if kv != heads:  # whole KV groups, and the same number of query heads inside each
+    if family.kv_heads_key and kv == heads:  # one query head per KV head: a head goes with its K and V
+        kept_kv = kept_heads = max(1, round(heads * (1 - max(heads_ratio, kv_heads_ratio))))
+    elif family.kv_heads_key:  # whole KV groups, and the same number of query heads inside each
         kept_kv = max(1, round(kv * (1 - kv_heads_ratio)))
         kept_heads = kept_kv * max(1, round(heads // kv * (1 - heads_ratio)))
     else:

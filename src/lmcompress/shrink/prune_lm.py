@@ -13,6 +13,8 @@ teacher's weights were worth.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -27,7 +29,7 @@ from ..models.families import require_family
 from ..models.load import load_lm_teacher
 from ..objectives import check_objective
 from ..runkinds.lm import cache_root, collator, corpus, lm_metrics_payload, prepare_data, score_lm
-from ..runs import RunDir, finish_stage, is_main_process, stage_manifest, wait_for_everyone
+from ..runs import METRICS, RunDir, finish_stage, is_complete, is_main_process, stage_manifest, wait_for_everyone
 from ..stages.pretrain import pretrain
 from .prune import importance_scores, plan, prune_model
 
@@ -38,6 +40,8 @@ def prune_lm(cfg: PruneLMConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     request = to_dict(cfg)
     cfg.resume = run.check(cfg.overwrite, cfg.resume, request)  # fail on a bad --out before minutes of scoring
+    if cfg.baseline and not _baseline_done(cfg):
+        RunDir(_baseline_out(cfg)).check(cfg.overwrite, None, to_dict(_baseline_config(cfg)))
     teacher = load_lm_teacher(cfg.model, "clm")
     check_objective(teacher.family, "clm", teacher.tokenizer)
     family = require_family(teacher.model.config, "prune-lm", narrow=True)
@@ -68,7 +72,10 @@ def prune_lm(cfg: PruneLMConfig) -> dict[str, Any]:
     if cfg.recovery == "none":
         return _finish_unrecovered(cfg, run, request, pruned, teacher, pcfg, data, record | {"corpus": source},
                                    baseline)
-    return _recover(cfg, request, pruned, teacher.tokenizer, record, baseline)
+    tokenizer = teacher.tokenizer
+    del teacher  # distill-lm loads the unpruned model again: one copy in memory, not two
+    gc.collect()
+    return _recover(cfg, request, pruned, tokenizer, record, baseline)
 
 
 def _saved(model, tokenizer, folder: Path) -> Path:
@@ -86,19 +93,36 @@ def _hidden_sibling(out: str, suffix: str) -> Path:
     return out_path.with_name(f".{out_path.name}.{suffix}")
 
 
+def _baseline_out(cfg: PruneLMConfig) -> Path:
+    return Path(f"{Path(cfg.out).expanduser()}-baseline")
+
+
+def _baseline_config(cfg: PruneLMConfig) -> PretrainConfig:
+    return PretrainConfig(model=str(_hidden_sibling(cfg.out, "random-init")), out=str(_baseline_out(cfg)),
+                          objective="clm", data=cfg.data, train=cfg.train, overwrite=cfg.overwrite)
+
+
+def _baseline_done(cfg: PruneLMConfig) -> bool:
+    """A complete baseline from an earlier run of the same command is kept (unless --overwrite)."""
+    return not cfg.overwrite and is_complete(_baseline_out(cfg))
+
+
 def _baseline(cfg: PruneLMConfig, pruned, tokenizer) -> dict[str, Any]:
     """The pruned shape from random init, trained on the same blocks and steps without a teacher -> its scores."""
-    torch.manual_seed(cfg.train.seed)
-    init = _saved(type(pruned)(pruned.config), tokenizer, _hidden_sibling(cfg.out, "random-init"))
-    out = f"{Path(cfg.out).expanduser()}-baseline"
-    log.info("baseline: the pruned shape from random init, trained alone on the same blocks -> %s", out)
-    try:
-        result = pretrain(PretrainConfig(model=str(init), out=out, objective="clm", data=cfg.data, train=cfg.train,
-                                         resume=cfg.resume or None, overwrite=cfg.overwrite))
-    finally:
-        if is_main_process():
-            shutil.rmtree(init, ignore_errors=True)
-    return {"run": out, "metrics": result.get("metrics", {}), "init": "random", "teacher": None}
+    out = _baseline_out(cfg)
+    if _baseline_done(cfg):
+        log.info("baseline: complete in %s, kept", out)
+        metrics = json.loads((out / METRICS).read_text(encoding="utf-8")).get("metrics", {})
+    else:
+        torch.manual_seed(cfg.train.seed)
+        init = _saved(type(pruned)(pruned.config), tokenizer, _hidden_sibling(cfg.out, "random-init"))
+        log.info("baseline: the pruned shape from random init, trained alone on the same blocks -> %s", out)
+        try:
+            metrics = pretrain(_baseline_config(cfg)).get("metrics", {})  # resumes its own interrupted run
+        finally:
+            if is_main_process():
+                shutil.rmtree(init, ignore_errors=True)
+    return {"run": str(out), "metrics": metrics, "init": "random", "teacher": None}
 
 
 def _recover(cfg: PruneLMConfig, request: dict[str, Any], pruned, tokenizer, record: dict[str, Any],
