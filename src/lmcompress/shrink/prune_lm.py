@@ -103,7 +103,7 @@ def _baseline_config(cfg: PruneLMConfig) -> PretrainConfig:
 
 
 def _baseline_done(cfg: PruneLMConfig) -> bool:
-    """A complete baseline from an earlier run of the same command is kept (unless --overwrite)."""
+    """A baseline the same command already completed is kept (unless --overwrite)."""
     return not cfg.overwrite and is_complete(_baseline_out(cfg))
 
 
