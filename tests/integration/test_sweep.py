@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from lmcompress.config import (CompareConfig, DataConfig, DistillConfig, ExportConfig, LMDistillConfig, PretrainConfig,
-                               QuantizeConfig, TrainConfig)
+                               PruneLMConfig, QuantizeConfig, TrainConfig)
 from lmcompress.models.presets import FAMILIES
 from lmcompress.stages import STAGES
 
@@ -64,6 +64,8 @@ def combinations() -> list[tuple[str, dict]]:
             top_k=(0, 8), teacher_precision=choices(LMDistillConfig, "teacher_precision"))
     product("distill-embeddings", family=FAMILIES, student=("layers=1", "preset"))
     product("prune", family=FAMILIES, recovery=("distill", "finetune", "none"))
+    product("prune-lm", family=FAMILIES, recovery=choices(PruneLMConfig, "recovery"),
+            baseline=choices(PruneLMConfig, "baseline"))
     product("quantize", family=FAMILIES, method=choices(QuantizeConfig, "method"))
     product("export", family=FAMILIES, precision=choices(ExportConfig, "precision"))
     product("evaluate", family=FAMILIES, task=("classification",))
@@ -188,6 +190,12 @@ def command(stage: str, axes: dict, inputs, out: Path, capsys) -> list[str]:
         return [stage, "--teacher", str(lm_teacher(inputs, family, capsys)), "--student", student, "--data",
                 str(inputs["corpus"]), "--out", str(out), *flags, "--epochs", "1", "--batch-size", "8",
                 "--max-length", "32", "--quiet", *cache]
+    if stage == "prune-lm":  # MLM teachers are refused in one line; the GPT-2 one is pruned and recovered
+        flags = ["--baseline"] if axes["baseline"] else []
+        return ["prune-lm", "--model", str(lm_teacher(inputs, family, capsys)), "--ffn", "0.5", "--layers", "1",
+                "--recovery", axes["recovery"], "--data", str(inputs["corpus"]), "--out", str(out), *flags,
+                "--calibration-examples", "4", "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--quiet",
+                *cache]
     teacher = str(teacher_run(inputs, family, capsys))
     if stage == "prune":
         return ["prune", "--model", teacher, "--heads", "0.5", "--ffn", "0.5", "--recovery", axes["recovery"],
