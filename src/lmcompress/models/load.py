@@ -252,9 +252,9 @@ class LMTeacher:
     untrained: list[str]  # head parameters the checkpoint lacks (started at random)
 
 
-def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
-    """A teacher with its language-model head, in eval mode: a zoo model (smollm2-135m is a GGUF file), an HF dir,
-    a pretrain run or a .gguf file. `objective` auto picks clm for causal models and mlm for encoders."""
+def _lm_source(spec: str) -> tuple[Path, Path, dict[str, str], transformers.PretrainedConfig]:
+    """Where a language-model teacher lives and its config, read without loading weights: (path, folder,
+    from_pretrained extras, config)."""
     if catalog.is_zoo_name(spec):
         entry = catalog.get(spec)
         if entry.kind != "model":
@@ -280,6 +280,19 @@ def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
         config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
     else:
         raise LmcError(f"--teacher {spec} is neither a Hugging Face model folder nor a .gguf file")
+    return path, folder, extra, config
+
+
+def lm_family(spec: str) -> str:
+    """The family of a language-model teacher, from its config alone (to refuse before loading weights)."""
+    return family_name(_lm_source(spec)[3].model_type)
+
+
+def load_lm_teacher(spec: str, objective: str) -> LMTeacher:
+    """A teacher with its language-model head, in eval mode: a zoo model (smollm2-135m is a GGUF file), an HF dir,
+    a pretrain run or a .gguf file. `objective` auto picks clm for causal models and mlm for encoders."""
+    path, folder, extra, config = _lm_source(spec)
+    gguf = "gguf_file" in extra
     family = family_name(config.model_type)
     if objective == "auto":
         objective = "mlm" if family in ENCODER_FAMILIES else "clm"

@@ -27,7 +27,7 @@ from ..config import LMDistillConfig, PretrainConfig, PruneLMConfig, to_dict
 from ..distillation.lm import distill_lm
 from ..errors import LmcError
 from ..models.families import ENCODER_FAMILIES, require_family
-from ..models.load import load_lm_teacher
+from ..models.load import lm_family, load_lm_teacher
 from ..runkinds.lm import cache_root, collator, corpus, lm_metrics_payload, prepare_data, score_lm
 from ..runs import METRICS, RunDir, finish_stage, is_complete, is_main_process, stage_manifest, wait_for_everyone
 from ..stages.pretrain import pretrain
@@ -42,10 +42,11 @@ def prune_lm(cfg: PruneLMConfig) -> dict[str, Any]:
     cfg.resume = run.check(cfg.overwrite, cfg.resume, request)  # fail on a bad --out before minutes of scoring
     if cfg.baseline and not _baseline_done(cfg):
         RunDir(_baseline_out(cfg)).check(cfg.overwrite, None, to_dict(_baseline_config(cfg)))
-    teacher = load_lm_teacher(cfg.model, "auto")  # "clm" would refuse an encoder in words about --objective
-    if teacher.family in ENCODER_FAMILIES:
+    family = lm_family(cfg.model)  # refuse an encoder before loading its weights
+    if family in ENCODER_FAMILIES:
         raise LmcError(f"prune-lm prunes causal LMs (Llama, SmolLM2, Qwen2/3, Mistral, GPT-2); {cfg.model} is a "
-                       f"{teacher.family} encoder: use `lmcompress prune` for encoders")
+                       f"{family} encoder: use `lmcompress prune` for encoders")
+    teacher = load_lm_teacher(cfg.model, "clm")
     family = require_family(teacher.model.config, "prune-lm", narrow=True)
     target = dataclasses.replace(plan(teacher.model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden, cfg.kv_heads),
                                  layer_score="cosine")
