@@ -53,21 +53,28 @@ def _inputs(ctx: Ctx) -> None:
         (t / "latin1_mail" / label).mkdir(parents=True)
         for i in range(6):
             (t / "latin1_mail" / label / f"{i}.txt").write_bytes(f"{words} {i}".encode("latin-1"))
-    _tiny_gpt2_classifier(ctx.model, t / "gpt2_run")
+    _tiny_classifiers(ctx.model, t)
     (t / ".interrupted.partial" / "checkpoint").mkdir(parents=True)  # a checkpoint cut short by a kill
     (t / ".interrupted.partial" / "checkpoint" / "state.json").write_text('{"loop": {}, "files": {"model": "m"}}')
 
 
-def _tiny_gpt2_classifier(tokenizer_dir: Path, out: Path) -> None:
-    """A fine-tuned-looking GPT-2 classifier (labels neg, pos): an architecture prune cannot narrow."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+def _tiny_classifiers(tokenizer_dir: Path, root: Path) -> None:
+    """Fine-tuned-looking classifiers (labels neg, pos): GPT-2 with 64 positions, and ALBERT, an architecture prune
+    cannot narrow (its layers share weights)."""
+    from transformers import (AlbertConfig, AlbertForSequenceClassification, AutoTokenizer, GPT2Config,
+                              GPT2ForSequenceClassification)
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2, n_positions=64, num_labels=2,
-                        pad_token_id=tokenizer.pad_token_id, id2label={0: "neg", 1: "pos"},
-                        label2id={"neg": 0, "pos": 1})
-    GPT2ForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    labels = {"num_labels": 2, "pad_token_id": tokenizer.pad_token_id, "id2label": {0: "neg", 1: "pos"},
+              "label2id": {"neg": 0, "pos": 1}}
+    models = {"gpt2_run": GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1,
+                                                                   n_head=2, n_positions=64, **labels)),
+              "albert_run": AlbertForSequenceClassification(AlbertConfig(
+                  vocab_size=len(tokenizer), embedding_size=8, hidden_size=16, num_hidden_layers=1,
+                  num_attention_heads=2, intermediate_size=32, **labels))}
+    for name, model in models.items():
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
 
 
 def F(*args: str):  # finetune with the tiny model and data unless the case replaces them
@@ -144,8 +151,14 @@ CASES: dict[str, tuple] = {
                                      ["--layers 5: the model has only 2 layers"]),
     "prune nothing asked": (lambda c: ["prune", "--model", str(c.teacher)], ["nothing to prune"]),
     "prune an architecture without narrowing rules": (
-        lambda c: ["prune", "--model", str(c.tmp / "gpt2_run"), "--data", str(c.data), "--heads", "0.5"],
-        ["prune is supported for bert, roberta", "not gpt2"]),
+        lambda c: ["prune", "--model", str(c.tmp / "albert_run"), "--data", str(c.data), "--heads", "0.5"],
+        ["prune is supported for bert, roberta", "not albert"]),
+    "finetune texts longer than the position embeddings": (
+        lambda c: F("--model", str(c.tmp / "gpt2_run"), "--data", str(c.data), "--max-length", "128"),
+        ["--max-length 128", "at most 64 tokens"]),
+    "evaluate texts longer than the position embeddings": (
+        lambda c: ["evaluate", "--model", str(c.tmp / "gpt2_run"), "--data", str(c.data), "--max-length", "100"],
+        ["--max-length 100", "at most 64 tokens"]),
     # quantize / export
     "quantize unknown method": (lambda c: ["quantize", "--model", str(c.teacher), "--method", "int4"],
                                 ["invalid choice: 'int4'"]),

@@ -39,7 +39,18 @@ def test_prune_layers_without_recovery(tiny_teacher_run, tmp_path, capsys):
     assert code == 0, err
     model = AutoModelForSequenceClassification.from_pretrained(out)
     assert model.config.num_hidden_layers == 1 and model.config.hidden_size == 32
-    assert len(json.loads((out / "lmcompress.json").read_text())["pruning"]["kept_layers"]) == 1
+    kept = json.loads((out / "lmcompress.json").read_text())["pruning"]["kept_layers"]
+    assert len(kept) == 1
+    # a student started from the pruned run (and one started from that student) matches each of its layers to the
+    # teacher layer it was cut from in the hidden-state loss
+    student = out
+    for name in ("distilled", "distilled-again"):
+        code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", str(student),
+                                "--hidden-weight", "1", "--out", str(tmp_path / name), *TRAIN], capsys)
+        assert code == 0, err
+        student = tmp_path / name
+        recorded = json.loads((student / "lmcompress.json").read_text())["student"]
+        assert recorded["teacher_layers_copied"] == kept and recorded["layer_map"] == [kept[0] + 1]
 
 
 def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path, capsys):

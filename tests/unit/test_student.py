@@ -124,3 +124,24 @@ def test_base_models_without_a_prefix_copy_the_picked_layers():
     student, kept = build_student(teacher, parse_spec("pick=2"))
     assert kept == [2]
     torch.testing.assert_close(student.h[0].mlp.c_fc.weight, teacher.h[2].mlp.c_fc.weight)
+
+
+def test_a_folder_student_cut_from_this_teacher_keeps_its_layer_pairing(tmp_path):
+    import json
+
+    from lmcompress.distillation.stage import layers_cut_from
+
+    teacher_dir, other = tmp_path / "teacher", tmp_path / "other"
+    runs = {"pruned": {"stage": "prune", "parent": str(teacher_dir), "pruning": {"kept_layers": [0, 1, 3]}},
+            "distilled": {"stage": "distill", "parent": str(teacher_dir), "student": {"teacher_layers_copied": [0, 3]}},
+            "of-another-teacher": {"stage": "prune", "parent": str(other), "pruning": {"kept_layers": [0, 2]}},
+            "out-of-range": {"stage": "prune", "parent": str(teacher_dir), "pruning": {"kept_layers": [0, 9]}},
+            "finetuned": {"stage": "finetune", "parent": str(teacher_dir)}}
+    for name, manifest in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "lmcompress.json").write_text(json.dumps(manifest))
+    (tmp_path / "plain").mkdir()
+    found = {name: layers_cut_from(tmp_path / name, teacher_dir, 4) for name in [*runs, "plain"]}
+    assert found == {"pruned": [0, 1, 3], "distilled": [0, 3], "of-another-teacher": None, "out-of-range": None,
+                     "finetuned": None, "plain": None}
+    assert default_layer_map(found["pruned"], 3, 4) == [1, 2, 4]  # evenly spaced would be [1, 3, 4]

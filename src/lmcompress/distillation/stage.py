@@ -22,11 +22,13 @@ from ..data.qa import QA_TASK
 from ..data.tokenize import collator, tokenize_frame
 from ..errors import LmcError
 from ..models import presets
+from ..models.families import check_max_length
 from ..models.heads import task_head
 from ..models.hub import is_hub_id, resolve_hub_id
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
 from ..runkinds.task import MAIN_METRIC, finish_run, score_split
-from ..runs import RunDir, data_config_for, is_main_process, num_processes, on_every_process, run_manifest
+from ..runs import (RunDir, data_config_for, is_main_process, num_processes, on_every_process, read_run_manifest,
+                    run_manifest)
 from ..shrink.albert import albert_from_bert, parse_albert_spec
 from ..training import fit
 from .augment import EmbeddingNeighbours, word_replaced_texts
@@ -68,9 +70,11 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     teacher = load_trained_classifier(teacher_dir, task_data.labels, task_data.task == "regression",
                                       task_data.task).eval()
     tokenizer = load_tokenizer(teacher_dir)
+    check_max_length(teacher.config, data_cfg.max_length)
     if is_static_spec(cfg.student):
         return distill_static(cfg, run, request, teacher, teacher_dir, tokenizer, task_data, data_cfg)
     student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
+    check_max_length(student.config, data_cfg.max_length)
     layer_map = parse_layer_map(cfg.loss.layer_map, layer_count(student.config), layer_count(teacher.config), copied)
     needs = intermediate_needs(student, teacher, cfg.loss, layer_map)
     _check_vocabularies(cfg, task_data, needs, student_tokenizer, tokenizer)
@@ -259,4 +263,25 @@ def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, tas
                                                    head=task_head(task_data.task))
         return student, None, tokenizer
     source = resolve(cfg.student, role="student")
-    return load_student_like(teacher, source.path), None, load_tokenizer(source.tokenizer_path)
+    student = load_student_like(teacher, source.path)
+    copied = layers_cut_from(source.path, teacher_dir, layer_count(teacher.config))
+    if copied is not None and len(copied) != layer_count(student.config):
+        copied = None
+    return student, copied, load_tokenizer(source.tokenizer_path)
+
+
+def layers_cut_from(folder: Path, teacher_dir: Path, n_teacher: int) -> list[int] | None:
+    """The teacher layers a student folder's layers are copies of, when it was cut from this very teacher (a
+    prune run keeps whole layers of its parent; a distill run records what its student copied), so the hidden-state
+    loss pairs each layer with the one it came from instead of spacing them evenly. None for anything else."""
+    manifest = read_run_manifest(folder) or {}
+    parent = manifest.get("parent")
+    if not parent or Path(parent).resolve() != teacher_dir.resolve():
+        return None
+    if manifest.get("stage") == "prune":
+        kept = (manifest.get("pruning") or {}).get("kept_layers")
+    elif manifest.get("stage") == "distill":
+        kept = (manifest.get("student") or {}).get("teacher_layers_copied")
+    else:
+        return None
+    return kept if kept and all(0 <= i < n_teacher for i in kept) else None

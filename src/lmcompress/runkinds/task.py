@@ -22,6 +22,7 @@ from ..data import load_task, qa
 from ..data.ner import TOKEN_TASK, entity_metrics, words_of_labelled_positions
 from ..data.tokenize import collator, fixed_batch, tokenize_frame
 from ..measure import LATENCY_BATCHES, count_params, latency_for_texts, time_side_by_side, weights_size_bytes
+from ..models.families import check_max_length
 from ..models.load import load_tokenizer
 from ..models.outputs import forward
 from ..scores import MAIN_METRIC, task_metrics
@@ -46,6 +47,7 @@ def predict(model: torch.nn.Module, dataset, collate: Callable, batch_size: int)
 
 
 def score_split(model, tokenizer, task_data, split: str, max_length: int, batch_size: int) -> dict[str, float]:
+    check_max_length(getattr(model, "config", None), max_length)
     frame = task_data.splits[split]
     if task_data.task == qa.QA_TASK:
         answers = predict_answers(model, tokenizer, frame, max_length, batch_size, task_data.qa_options,

@@ -28,7 +28,7 @@ from ..data.tokenize import collator, tokenize_frame
 from ..distillation.student import head_rows, kept_heads_per_layer, kept_kv_groups, slice_model, topk_sorted
 from ..distillation.stage import distill
 from ..errors import LmcError
-from ..models.families import require_family
+from ..models.families import check_max_length, require_family
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..runkinds.task import finish_run
 from ..runs import RunDir, data_config_for, is_main_process, stage_manifest, wait_for_everyone
@@ -191,6 +191,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     task_data = load_task(data_cfg)
     model = load_trained_classifier(source, task_data.labels, task_data.task == "regression", task_data.task)
     family = require_family(model.config, "prune", narrow=True)  # before any slow work
+    check_max_length(model.config, data_cfg.max_length)
     target = plan(model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden)
     tokenizer = load_tokenizer(source)
 

@@ -11,6 +11,7 @@ import torch
 from ..config import FinetuneConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
+from ..models.families import check_max_length
 from ..models.heads import task_head
 from ..models.load import load_for_sequence_classification, load_tokenizer, resolve
 from ..runkinds.task import finish_run, score_split
@@ -33,6 +34,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     model = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
                                              task_data.task == "regression", cfg.train.seed,
                                              head=task_head(task_data.task))
+    check_max_length(model.config, cfg.data.max_length)
     sizes = task_data.split_record["sizes"]
     log.info("%s: %s task, %s labels, train/validation/test = %d/%d/%d", cfg.data.data, task_data.task,
              task_data.num_labels if task_data.labels else "scalar", sizes["train"], sizes["validation"], sizes["test"])
