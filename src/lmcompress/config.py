@@ -566,7 +566,7 @@ class AutoConfig(OutputOptions):
 
     teacher: str = field(default="", metadata={"help": "fine-tuned teacher run (classification or regression)"})
     min_retention: float = field(default=0.97, metadata={
-        "help": "share of the teacher's test metric the model must keep (0-1]"})
+        "help": "share of the teacher's validation score the model must keep (0-1]; the test rows only report"})
     min_speedup: float | None = field(default=None, metadata={
         "help": "times faster than the teacher (PyTorch fp32) at --batch-size; or give --max-latency-ms"})
     max_latency_ms: float | None = field(default=None, metadata={"help": "latency ceiling at --batch-size, in ms"})

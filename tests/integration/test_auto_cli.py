@@ -109,3 +109,29 @@ def test_scoring_does_not_change_the_callers_data_config(tiny_teacher_run, senti
     STAGES["evaluate"].run(EvaluateConfig(model=str(tiny_teacher_run), split="validation", latency=False,
                                           out=str(tmp_path), data=data))
     assert data.max_train_examples == 10  # auto passes its config on to the candidates' training steps
+
+
+def test_a_missed_target_trains_the_nearest_miss_further(tiny_teacher_run, tmp_path, monkeypatch):
+    from lmcompress.cli import main
+    from lmcompress.search import run
+
+    real = run._round_retention  # every retention halved: the target is missed, so the time left goes to rounds
+    monkeypatch.setattr(run, "_round_retention", lambda search, c, r: real(search, c, r) / 2)
+    out = tmp_path / "search"
+    assert main(["auto", "--teacher", str(tiny_teacher_run), "--out", str(out), *SEARCH]) == 0
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert report["auto"]["target_met"] is False
+    extended = [c for c in report["auto"]["candidates"] if c["rounds"] > 1]
+    assert len(extended) == 1 and extended[0]["shape"] != "static"
+    c = extended[0]
+    folder = out / "candidates" / c["shape"]
+    for r in range(2, c["rounds"] + 1):
+        recorded = json.loads((folder / f"student-r{r}" / "lmcompress.json").read_text())
+        previous = folder / ("student" if r == 2 else f"student-r{r - 1}")
+        assert recorded["config"]["student"] == str(previous)
+        assert recorded["config"]["train"]["learning_rate"] == pytest.approx(1e-4 * 0.5 ** (r - 1))
+        assert (folder / f"validation-r{r}" / "metrics.json").is_file()
+    best = folder / ("student" if c["best_round"] == 1 else f"student-r{c['best_round']}")
+    assert report["auto"]["deploy"][c["name"]] == str(best)
+    rounds = [json.loads(line) for line in (out / "search.jsonl").read_text().splitlines()]
+    assert [e["round_retention"] > 0 for e in rounds if e["event"] == "round"] == [True] * (c["rounds"] - 1)

@@ -138,3 +138,36 @@ def test_shortlist_takes_fp32_when_fast_enough_else_the_fastest_int8():
                              teacher_config=config, cfg=SimpleNamespace(shortlist=4), root=Path("/nowhere"))
     chosen = {(c.shape.layers, c.variant) for c in shortlist(records, search)}
     assert chosen == {(2, "openvino-int8"), (1, "fp32")}
+
+
+def test_time_left_goes_to_the_nearest_miss_while_its_rounds_improve(monkeypatch, tmp_path):
+    from lmcompress.search import run
+    from lmcompress.search.state import Candidate
+
+    def candidate(name, layers, retention):
+        c = Candidate(Shape(layers, 2, 16, 32), "fp32", {"speedup": 12.0, "latency_ms": 1.0}, tmp_path / name)
+        c.trained, c.validation_retention = True, retention
+        return c
+
+    near, far = candidate("near", 2, 0.95), candidate("far", 1, 0.90)
+    # near: round 2 helps, round 3 does not; far then gets its turns until a round reaches the target
+    outcomes = {("near", 2): 0.96, ("near", 3): 0.955, ("far", 2): 0.93, ("far", 3): 0.975}
+    made = []
+    monkeypatch.setattr(run, "_attempt", lambda search, c, names, r: made.append((c.folder.name, r, names)) or True)
+    monkeypatch.setattr(run, "_round_retention", lambda search, c, r: outcomes[(c.folder.name, r)])
+    monkeypatch.setattr(run, "_round_estimate_s", lambda search, c: 60.0)
+    search = SimpleNamespace(cfg=SimpleNamespace(min_retention=0.97), candidates=[far, near], left_s=lambda: 3600.0,
+                             family=None, teacher_config=None, event=lambda *a, **k: None)
+    monkeypatch.setattr(run, "teacher_shape", lambda family, config: Shape(6, 12, 384, 1536))
+    run._extend(search)
+    assert [(name, r) for name, r, _ in made] == [("near", 2), ("near", 3), ("far", 2), ("far", 3)]
+    assert made[0][2] == ["student-r2", "validation-r2"]
+    assert (near.best_round, near.validation_retention, near.rounds) == (2, 0.96, 3)
+    assert (far.best_round, far.validation_retention) == (3, 0.975)
+    assert near.deploy == tmp_path / "near" / "student-r2"
+    # no time for a round: nothing is made
+    made.clear()
+    fresh = candidate("near", 2, 0.95)
+    search.candidates, search.left_s = [fresh], lambda: 100.0
+    run._extend(search)
+    assert made == [] and fresh.rounds == 1

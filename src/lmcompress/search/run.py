@@ -7,8 +7,10 @@
    then distilled for one epoch on a slice of the training rows; ranked by validation score.
 3. Train in that order with the chain that worked best by hand (distillation with hidden-state loss and the teacher
    cache, then int8 for the backend), until a candidate keeps the retention on validation rows and no faster
-   candidate is left, or the time budget is spent. Every step is an ordinary run directory under
-   OUT/candidates/SHAPE/, so re-running the same command continues where it stopped.
+   candidate is left, or the time budget is spent. If none keeps it, the time left goes to the nearest miss:
+   another round of distillation from its last student (half the learning rate), while rounds keep improving it.
+   Every step is an ordinary run directory under OUT/candidates/SHAPE/, so re-running the same command continues
+   where it stopped.
 4. Compare the trained candidates with the teacher in one report; the chosen model is the fastest measured fast
    enough there that keeps the retention on the validation rows, copied to OUT/best.
 
@@ -41,7 +43,7 @@ from ..runs import (data_config_for, differing_keys, is_complete, quantization_m
                     write_json_atomic)
 from ..stages import STAGES
 from . import summary
-from .state import LOG_FILE, Candidate, Search
+from .state import LOG_FILE, Candidate, Search, round_step
 from .shapes import Shape, SpeedTarget, measure_shapes, shape_grid, teacher_shape
 
 log = logging.getLogger("lmcompress")
@@ -57,6 +59,8 @@ QUANTIZE_ESTIMATE_S = 120.0
 REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "screen_rows", "epochs", "learning_rate",
                 "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
+MAX_ROUNDS = 3  # training rounds per candidate: the first, and up to two more while the target is missed
+LR_DECAY = 0.5  # each further round restarts from the last student at half the previous round's learning rate
 
 
 def auto(cfg: AutoConfig) -> dict[str, Any]:
@@ -75,6 +79,7 @@ def auto(cfg: AutoConfig) -> dict[str, Any]:
         raise LmcError(f"the teacher scores {search.metric} 0 on the validation rows: there is nothing to retain")
     _screen(search)
     _train(search)
+    _extend(search)
     report = _report(search)
     return summary.hand_back(search, report, records, time.monotonic() - started)
 
@@ -242,8 +247,9 @@ def _init_step(search: Search, shape: Shape) -> dict[str, Any] | None:
             "data": to_dict(search.data)}
 
 
-def _steps(search: Search, c: Candidate) -> list[dict[str, Any]]:
-    """The candidate's chain as recipe steps: init, screen, student, int8 variant, validation score."""
+def _steps(search: Search, c: Candidate, rounds: int = 1) -> list[dict[str, Any]]:
+    """The candidate's chain as recipe steps: init, screen, student, int8 variant, validation score; then, for
+    each further round, student-rN distilled from the previous round's student, its int8 variant and score."""
     cfg, teacher = search.cfg, str(search.teacher_dir)
     data = to_dict(search.data)
     if c.shape == teacher_shape(search.family, search.teacher_config):  # the teacher itself, quantized
@@ -253,24 +259,30 @@ def _steps(search: Search, c: Candidate) -> list[dict[str, Any]]:
         return [{"name": "student", "stage": "distill", "teacher": teacher, "student": "static", "data": data,
                  "train": {"epochs": STATIC_EPOCHS}}, _evaluate_step("student")]
     init = _init_step(search, c.shape)
-    student = "init" if init else f"layers={c.shape.layers}"
-    distill = {"stage": "distill", "teacher": teacher, "student": student, "loss": LOSS}
+    distill = {"stage": "distill", "teacher": teacher, "loss": LOSS}
     steps = [init] if init else []
-    steps.append(distill | {"name": "screen", "data": data | {"max_train_examples": cfg.screen_rows},
+    steps.append(distill | {"name": "screen", "student": "init" if init else f"layers={c.shape.layers}",
+                            "data": data | {"max_train_examples": cfg.screen_rows},
                             "train": {"epochs": 1.0, "learning_rate": cfg.learning_rate}})
-    steps.append(distill | {"name": "student", "data": data, "augment": cfg.augment,
-                            "train": {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate}})
-    if c.variant != "fp32":
-        steps.append({"name": c.variant, "stage": "quantize", "model": "student", "method": c.variant, "data": data})
-    return steps + [_evaluate_step(c.deploy.name)]
+    for r in range(1, rounds + 1):
+        start = round_step("student", r - 1) if r > 1 else ("init" if init else f"layers={c.shape.layers}")
+        student = round_step("student", r)
+        steps.append(distill | {"name": student, "student": start, "data": data, "augment": cfg.augment,
+                                "train": {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate * LR_DECAY ** (r - 1)}})
+        if c.variant != "fp32":
+            steps.append({"name": round_step(c.variant, r), "stage": "quantize", "model": student,
+                          "method": c.variant, "data": data})
+        steps.append(_evaluate_step(round_step("student" if c.variant == "fp32" else c.variant, r), r))
+    return steps
 
 
-def _evaluate_step(model_step: str) -> dict[str, Any]:
-    return {"name": "validation", "stage": "evaluate", "model": model_step, "split": "validation", "latency": False}
+def _evaluate_step(model_step: str, round_: int = 1) -> dict[str, Any]:
+    return {"name": round_step("validation", round_), "stage": "evaluate", "model": model_step,
+            "split": "validation", "latency": False}
 
 
-def _run(search: Search, c: Candidate, only: list[str]) -> None:
-    run_recipe({"name": c.name, "steps": _steps(search, c)}, out=str(c.folder), only=only)
+def _run(search: Search, c: Candidate, only: list[str], rounds: int = 1) -> None:
+    run_recipe({"name": c.name, "steps": _steps(search, c, rounds)}, out=str(c.folder), only=only)
 
 
 def _validation_score(search: Search, model: Path, out: Path) -> tuple[float, str]:
@@ -321,10 +333,10 @@ def _training_order(c: Candidate) -> float:
     return -(c.screen_score or -1.0)  # unscreened (failed, out of time) last; they are not trained
 
 
-def _attempt(search: Search, c: Candidate, only: list[str]) -> bool:
+def _attempt(search: Search, c: Candidate, only: list[str], rounds: int = 1) -> bool:
     """Run steps of one candidate; a failure (NaN loss, an export the runtime refuses...) ends this candidate only."""
     try:
-        _run(search, c, only)
+        _run(search, c, only, rounds)
         return True
     except LmcError as exc:
         c.note = f"failed: {exc}"
@@ -364,14 +376,58 @@ def _train(search: Search) -> None:
         if not _attempt(search, c, [s["name"] for s in _steps(search, c) if s["name"] not in ("init", "screen")]):
             continue
         c.trained = True
-        score = json.loads((c.folder / "validation" / "metrics.json").read_text(encoding="utf-8"))
-        c.validation_retention = _main_score(score) / search.teacher_validation
+        c.validation_retention = _round_retention(search, c, 1)
         log.info("candidate %d/%d %s: predicted %.1fx (%.1f ms), validation retention %.1f%%, %.0f min left", i,
                  len(search.candidates), c.name, c.predicted["speedup"], c.predicted["latency_ms"],
                  100 * c.validation_retention, search.left_s() / 60)
         search.event("trained", **c.record())
         if c.validation_retention >= search.cfg.min_retention:
             fastest_met = max(fastest_met or 0.0, c.predicted["speedup"])
+
+
+def _round_retention(search: Search, c: Candidate, round_: int) -> float:
+    score = json.loads((c.folder / round_step("validation", round_) / "metrics.json").read_text(encoding="utf-8"))
+    return _main_score(score) / search.teacher_validation
+
+
+def _round_estimate_s(search: Search, c: Candidate) -> float:
+    """Seconds for one more round: the last round's training pace over the rows (teacher outputs are cached);
+    0 when it is already made."""
+    if is_complete(c.folder / round_step("validation", c.rounds + 1)):
+        return 0.0
+    pace = ((read_run_manifest(c.folder / round_step("student", c.rounds)) or {}).get("train") or {}) \
+        .get("examples_per_s") or 1.0
+    return 1.2 * search.cfg.epochs * search.train_rows / pace + QUANTIZE_ESTIMATE_S
+
+
+def _extend(search: Search) -> None:
+    """While no candidate keeps the retention and time is left: train the nearest miss one more round (distilled
+    again from its last student), as long as its rounds keep improving it."""
+    goal = search.cfg.min_retention
+    while not any(c.trained and (c.validation_retention or 0) >= goal for c in search.candidates):
+        open_ = [c for c in search.candidates if c.trained and c.rounds == c.best_round < MAX_ROUNDS
+                 and not c.shape.static and c.shape != teacher_shape(search.family, search.teacher_config)]
+        if not open_:
+            return
+        c = max(open_, key=lambda x: x.validation_retention or 0)
+        need = _round_estimate_s(search, c)
+        if need > search.left_s() - REPORT_RESERVE_S:
+            log.info("no further round: %s needs about %.0f min, %.0f min left", c.name, need / 60,
+                     search.left_s() / 60)
+            return
+        r = c.rounds + 1
+        names = [round_step(n, r) for n in ("student", c.variant, "validation") if n != "fp32"]
+        log.info("round %d of %s (validation retention %.1f%%, %.1f points short): %.0f min left", r, c.name,
+                 100 * c.validation_retention, 100 * (goal - c.validation_retention), search.left_s() / 60)
+        if not _attempt(search, c, names, r):
+            c.rounds = MAX_ROUNDS  # failed: keep its best round, try no more
+            continue
+        c.rounds, retention = r, _round_retention(search, c, r)
+        if retention > c.validation_retention:
+            c.best_round, c.validation_retention = r, retention
+        log.info("round %d of %s: validation retention %.1f%% (best %.1f%%, round %d)", r, c.name, 100 * retention,
+                 100 * c.validation_retention, c.best_round)
+        search.event("round", **c.record(), round_retention=retention)
 
 
 def _report(search: Search) -> dict[str, Any]:

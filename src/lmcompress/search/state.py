@@ -15,6 +15,11 @@ from .shapes import Shape, SpeedTarget
 LOG_FILE = "search.jsonl"
 
 
+def round_step(name: str, round_: int) -> str:
+    """A candidate's step of training round `round_`: the first round's steps keep their plain names."""
+    return name if round_ == 1 else f"{name}-r{round_}"
+
+
 @dataclass
 class Candidate:
     shape: Shape
@@ -25,6 +30,8 @@ class Candidate:
     validation_retention: float | None = None
     trained: bool = False
     note: str = ""
+    rounds: int = 1  # training rounds made: each one after the first distils the previous round's student again
+    best_round: int = 1  # the round whose model is deployed (the best on the validation rows)
 
     @property
     def name(self) -> str:
@@ -32,13 +39,13 @@ class Candidate:
 
     @property
     def deploy(self) -> Path:
-        return self.folder / ("student" if self.variant == "fp32" else self.variant)
+        return self.folder / round_step("student" if self.variant == "fp32" else self.variant, self.best_round)
 
     def record(self) -> dict[str, Any]:
         return {"name": self.name, "shape": self.shape.name, "variant": self.variant, "folder": str(self.folder),
                 "predicted_speedup": self.predicted["speedup"], "predicted_latency_ms": self.predicted["latency_ms"],
                 "screen_score": self.screen_score, "validation_retention": self.validation_retention,
-                "trained": self.trained, "note": self.note}
+                "trained": self.trained, "rounds": self.rounds, "best_round": self.best_round, "note": self.note}
 
 
 @dataclass
