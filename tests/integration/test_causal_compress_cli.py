@@ -135,7 +135,7 @@ def test_causal_compression_refuses_in_one_line(case, clm_teacher, llama_teacher
         "gpt2-gguf": (["export", "--model", str(clm_teacher), "--format", "gguf"], ["Llama-family", "not gpt2"]),
         "task-run-gguf": (["export", "--model", str(tiny_bert_dir), "--format", "gguf"], ["Llama-family"]),
         "encoder-prune-lm": (["prune-lm", "--model", str(tiny_bert_dir), "--data", str(corpus), "--heads", "0.5"],
-                             ["bert"]),
+                             ["is a bert model, an encoder: use `lmcompress prune`"]),
         "corpus-in-prune": (["prune", "--model", str(llama_teacher), "--data", "enwiki-sample", "--heads", "0.5"],
                             ["prune-lm"]),
         "gpt2-kv": (["prune-lm", "--model", str(clm_teacher), "--data", str(corpus), "--kv-heads", "0.5", "--quiet"],

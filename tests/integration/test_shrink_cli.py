@@ -51,6 +51,12 @@ def test_prune_layers_without_recovery(tiny_teacher_run, tmp_path, capsys):
         student = tmp_path / name
         recorded = json.loads((student / "lmcompress.json").read_text())["student"]
         assert recorded["teacher_layers_copied"] == kept and recorded["layer_map"] == [kept[0] + 1]
+    # so does prune's own recovery (distilled from the unpruned model)
+    code, _, err = run_cli(["prune", "--model", str(tiny_teacher_run), "--layers", "1", "--out",
+                            str(tmp_path / "recovered"), *TRAIN], capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "recovered" / "lmcompress.json").read_text())
+    assert manifest["student"]["layer_map"] == [manifest["pruning"]["kept_layers"][0] + 1], manifest["pruning"]
 
 
 def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path, capsys):

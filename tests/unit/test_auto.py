@@ -171,3 +171,9 @@ def test_time_left_goes_to_the_nearest_miss_while_its_rounds_improve(monkeypatch
     search.candidates, search.left_s = [fresh], lambda: 100.0
     run._extend(search)
     assert made == [] and fresh.rounds == 1
+    # a round that fails closes the candidate and keeps what it had
+    search.left_s = lambda: 3600.0
+    monkeypatch.setattr(run, "_attempt", lambda search, c, names, r: made.append((c.folder.name, r, names)) and False)
+    run._extend(search)
+    assert [(name, r) for name, r, _ in made] == [("near", 2)]
+    assert fresh.closed and (fresh.rounds, fresh.best_round, fresh.deploy) == (1, 1, tmp_path / "near" / "student")

@@ -13,7 +13,7 @@ from lmcompress.distillation.components import QKVRecorder
 from lmcompress.distillation.sharding import repeated_blocks
 from lmcompress.distillation.student import build_student, kept_heads_per_layer, parse_spec
 from lmcompress.errors import LmcError
-from lmcompress.models.families import FAMILIES, family_name, family_of, require_family
+from lmcompress.models.families import FAMILIES, check_max_length, family_name, family_of, require_family
 from lmcompress.shrink import prune
 
 SHAPE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
@@ -159,3 +159,20 @@ def test_modernbert_keeps_whole_heads_because_of_rotary_positions():
     student, _ = build_student(teacher, parse_spec("layers=1;heads=2;hidden=16;ffn=20"))
     fused = student.model.layers[0].attn.Wqkv.weight
     assert fused.shape == (3 * 16, 16) and student.model.layers[0].mlp.Wi.weight.shape == (2 * 20, 16)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("config, longest", [
+    (BertConfig(max_position_embeddings=64), 64),
+    (RobertaConfig(max_position_embeddings=66, pad_token_id=1), 64),  # positions start after the padding index
+    (GPT2Config(n_positions=32), 32),
+    (DebertaV2Config(max_position_embeddings=64, position_biased_input=False), None),  # relative attention only
+    (LlamaConfig(max_position_embeddings=64), None),  # rotary: no table to index past
+])
+def test_max_length_is_refused_past_the_position_table_only(config, longest):
+    if longest is None:
+        check_max_length(config, 10_000)
+        return
+    check_max_length(config, longest)
+    with pytest.raises(LmcError, match=f"takes at most {longest} tokens per text"):
+        check_max_length(config, longest + 1)

@@ -74,6 +74,9 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     if is_static_spec(cfg.student):
         return distill_static(cfg, run, request, teacher, teacher_dir, tokenizer, task_data, data_cfg)
     student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
+    kept = ((extra or {}).get("pruning") or {}).get("kept_layers")  # prune's recovery: the layers it just kept
+    if copied is None and kept and len(kept) == layer_count(student.config):
+        copied = kept
     check_max_length(student.config, data_cfg.max_length)
     layer_map = parse_layer_map(cfg.loss.layer_map, layer_count(student.config), layer_count(teacher.config), copied)
     needs = intermediate_needs(student, teacher, cfg.loss, layer_map)

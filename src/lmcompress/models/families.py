@@ -300,18 +300,20 @@ def require_family(config, operation: str, narrow: bool = False) -> Family:
 OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet")  # positions start after the padding index
 
 
-def check_max_length(config, max_length: int) -> None:
+def check_max_length(config, max_length: int, flag: str = "--max-length") -> None:
     """One line, before any work, when texts of `max_length` tokens would index past the model's position
     embeddings (an IndexError deep inside the forward pass otherwise)."""
     limit = getattr(config, "max_position_embeddings", None)  # GPT-2 maps its n_positions to this name
     rotary = any(hasattr(config, a) for a in ("rope_theta", "rope_scaling", "rope_parameters"))
-    if rotary or not isinstance(limit, int) or getattr(config, "position_embedding_type", "absolute") != "absolute":
+    relative_only = getattr(config, "position_biased_input", True) is False  # DeBERTa-v2/v3: no position table
+    if rotary or relative_only or not isinstance(limit, int) \
+            or getattr(config, "position_embedding_type", "absolute") != "absolute":
         return
     if getattr(config, "model_type", "") in OFFSET_POSITIONS:
         limit -= (getattr(config, "pad_token_id", None) or 0) + 1
     if max_length > limit:
-        raise LmcError(f"--max-length {max_length}: this {config.model_type} model takes at most {limit} tokens per "
-                       f"text (its position embeddings); pass --max-length {limit} or less")
+        raise LmcError(f"{flag} {max_length}: this {config.model_type} model takes at most {limit} tokens per "
+                       f"text (its position embeddings); pass {flag} {limit} or less")
 
 
 def depth(config) -> int:

@@ -277,7 +277,11 @@ def _lm_source(spec: str) -> tuple[Path, Path, dict[str, str], transformers.Pret
             raise LmcError(f"cannot read the GGUF teacher {path}: {first_line(exc)}") from None
     elif path.is_dir() and (path / "config.json").is_file():
         folder, extra = path, {}
-        config = AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
+        try:
+            config = AutoConfig.from_pretrained(str(folder), local_files_only=True,
+                                                trust_remote_code=remote_code_allowed())
+        except Exception as exc:  # an unknown model_type, a broken config.json
+            raise LmcError(f"cannot read the model config in {folder}: {first_line(exc)}") from None
     else:
         raise LmcError(f"--teacher {spec} is neither a Hugging Face model folder nor a .gguf file")
     return path, folder, extra, config

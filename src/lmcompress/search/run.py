@@ -36,7 +36,7 @@ from ..data import load_task
 from ..data.tokenize import fixed_batch
 from ..errors import LmcError
 from ..machine import processor
-from ..models.families import family_of
+from ..models.families import check_max_length, family_of
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..pipeline import run_recipe
 from ..runs import (data_config_for, differing_keys, is_complete, quantization_method, read_run_manifest,
@@ -59,7 +59,7 @@ QUANTIZE_ESTIMATE_S = 120.0
 REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "screen_rows", "epochs", "learning_rate",
                 "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
-MAX_ROUNDS = 3  # training rounds per candidate: the first, and up to two more while the target is missed
+MAX_ROUNDS = 5  # training rounds per candidate: the first, and up to four more while the target is missed
 LR_DECAY = 0.5  # each further round restarts from the last student at half the previous round's learning rate
 
 
@@ -130,9 +130,7 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
     if family is None or family.shares_layers or family.name in ("gpt2", "llama"):
         raise LmcError(f"auto cuts encoder students from the teacher's layers; {config.model_type} is not supported "
                        "(lmcompress distill into a preset student still works)")
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions and data.max_length > positions:
-        raise LmcError(f"--seq-len {data.max_length}: the teacher takes at most {positions} tokens")
+    check_max_length(config, data.max_length, "--seq-len")
     root = _out_folder(cfg, teacher_dir)
     _check_request(cfg, root, data)
     target = SpeedTarget(cfg.min_speedup, cfg.max_latency_ms)
@@ -339,8 +337,9 @@ def _attempt(search: Search, c: Candidate, only: list[str], rounds: int = 1) -> 
         _run(search, c, only, rounds)
         return True
     except LmcError as exc:
-        c.note = f"failed: {exc}"
-        log.warning("%s failed: %s", c.name, exc)
+        what = "failed" if rounds == 1 else f"round {rounds} failed"  # an extra round failing keeps the best round
+        c.note = f"{what}: {exc}"
+        log.warning("%s %s: %s", c.name, what, exc)
         search.event("failed", **c.record())
         return False
 
@@ -393,7 +392,7 @@ def _round_retention(search: Search, c: Candidate, round_: int) -> float:
 def _round_estimate_s(search: Search, c: Candidate) -> float:
     """Seconds for one more round: the last round's training pace over the rows (teacher outputs are cached);
     0 when it is already made."""
-    if is_complete(c.folder / round_step("validation", c.rounds + 1)):
+    if (c.folder / round_step("validation", c.rounds + 1) / "metrics.json").is_file():  # evaluate writes no manifest
         return 0.0
     pace = ((read_run_manifest(c.folder / round_step("student", c.rounds)) or {}).get("train") or {}) \
         .get("examples_per_s") or 1.0
@@ -405,7 +404,7 @@ def _extend(search: Search) -> None:
     again from its last student), as long as its rounds keep improving it."""
     goal = search.cfg.min_retention
     while not any(c.trained and (c.validation_retention or 0) >= goal for c in search.candidates):
-        open_ = [c for c in search.candidates if c.trained and c.rounds == c.best_round < MAX_ROUNDS
+        open_ = [c for c in search.candidates if c.trained and c.rounds == c.best_round < MAX_ROUNDS and not c.closed
                  and not c.shape.static and c.shape != teacher_shape(search.family, search.teacher_config)]
         if not open_:
             return
@@ -420,7 +419,7 @@ def _extend(search: Search) -> None:
         log.info("round %d of %s (validation retention %.1f%%, %.1f points short): %.0f min left", r, c.name,
                  100 * c.validation_retention, 100 * (goal - c.validation_retention), search.left_s() / 60)
         if not _attempt(search, c, names, r):
-            c.rounds = MAX_ROUNDS  # failed: keep its best round, try no more
+            c.closed = True  # keep its best round, try no more
             continue
         c.rounds, retention = r, _round_retention(search, c, r)
         if retention > c.validation_retention:

@@ -32,6 +32,7 @@ class Candidate:
     note: str = ""
     rounds: int = 1  # training rounds made: each one after the first distils the previous round's student again
     best_round: int = 1  # the round whose model is deployed (the best on the validation rows)
+    closed: bool = False  # no further round: one failed
 
     @property
     def name(self) -> str:

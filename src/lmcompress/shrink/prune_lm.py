@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..config import LMDistillConfig, PretrainConfig, PruneLMConfig, to_dict
 from ..distillation.lm import distill_lm
 from ..errors import LmcError
-from ..models.families import ENCODER_FAMILIES, require_family
+from ..models.families import FAMILIES, require_family
 from ..models.load import lm_family, load_lm_teacher
 from ..runkinds.lm import cache_root, collator, corpus, lm_metrics_payload, prepare_data, score_lm
 from ..runs import METRICS, RunDir, finish_stage, is_complete, is_main_process, stage_manifest, wait_for_everyone
@@ -42,10 +42,12 @@ def prune_lm(cfg: PruneLMConfig) -> dict[str, Any]:
     cfg.resume = run.check(cfg.overwrite, cfg.resume, request)  # fail on a bad --out before minutes of scoring
     if cfg.baseline and not _baseline_done(cfg):
         RunDir(_baseline_out(cfg)).check(cfg.overwrite, None, to_dict(_baseline_config(cfg)))
-    family = lm_family(cfg.model)  # refuse an encoder before loading its weights
-    if family in ENCODER_FAMILIES:
+    family = lm_family(cfg.model)  # refuse before loading weights
+    if family not in ("gpt2", "llama"):
+        what = "an encoder: use `lmcompress prune` for encoders" if family in {f.name for f in FAMILIES} else \
+            "an architecture without pruning rules"
         raise LmcError(f"prune-lm prunes causal LMs (Llama, SmolLM2, Qwen2/3, Mistral, GPT-2); {cfg.model} is a "
-                       f"{family} encoder: use `lmcompress prune` for encoders")
+                       f"{family} model, {what}")
     teacher = load_lm_teacher(cfg.model, "clm")
     family = require_family(teacher.model.config, "prune-lm", narrow=True)
     target = dataclasses.replace(plan(teacher.model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden, cfg.kv_heads),
