@@ -17,7 +17,7 @@ bf16 kernels).
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
     .venv/bin/python benchmarks/distill_vs_textbrewer.py --teacher runs/teacher --epochs 5
 
-Writes benchmarks/results/distill_vs_textbrewer.{json,md}.
+Writes benchmarks/results/distill_vs_textbrewer.{json,md} (or `--name`).
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-textbrewer", action="store_true")
     parser.add_argument("--contenders", default=",".join(ALL), help=f"comma-separated subset of {', '.join(ALL)}")
+    parser.add_argument("--name", default="distill_vs_textbrewer", help="results file name (benchmarks/results/NAME.*)")
     args = parser.parse_args()
     chosen = set(args.contenders.split(","))
     if chosen - set(ALL):
@@ -191,7 +192,7 @@ def main() -> int:
                     f"{res['wall_time_s']:.0f} | {'' if ratio is None else f'{ratio:.2f}x'} | "
                     f"{'' if ratio_fused is None else f'{ratio_fused:.2f}x'} |")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distill_vs_textbrewer.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = [f"# Distillation wall time: lmcompress vs TextBrewer {tb['version'] if tb else ''}", "",
           f"Command: `{results['command']}`  ", f"Machine: {results['machine']}, {results['threads']} threads, "
           f"torch {results['torch']}  ", f"Processor: {results['processor']['model']} "
@@ -203,7 +204,7 @@ def main() -> int:
           "lmcompress uses torch's fused AdamW; `textbrewer_fused_adamw` hands TextBrewer the same optimizer.", "",
           "| contender | test accuracy | retention | wall time (s) | vs TextBrewer | vs TextBrewer + fused AdamW |",
           "|---|---|---|---|---|---|", *rows, ""]
-    (RESULTS / "distill_vs_textbrewer.md").write_text("\n".join(md))
+    (RESULTS / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0
 

@@ -102,7 +102,7 @@ def test_shapes_far_below_the_target_by_multiply_adds_are_not_timed():
     assert Shape(2, 4, 32, 64) not in kept and len(kept) < len(grid)
 
 
-def test_each_runtime_int8_variant_is_timed_near_the_target():
+def test_each_runtime_int8_variant_is_timed_near_the_target(monkeypatch):
     pytest.importorskip("openvino")
     pytest.importorskip("onnxscript")
     import torch
@@ -115,13 +115,31 @@ def test_each_runtime_int8_variant_is_timed_near_the_target():
     family = family_of(config)
     grid = [Shape(1, 2, 16, 32), Shape(2, 4, 32, 32)]
     batch = {"input_ids": torch.randint(1, 50, (2, 16)), "attention_mask": torch.ones(2, 16, dtype=torch.long)}
+    # a target no shape reaches in fp32 and int8 given unlimited reach: every shape needs its int8 variants (which
+    # shapes are chosen from the timings is test_int8_is_timed_only_for_shapes_short_of_the_target_in_fp32)
+    monkeypatch.setattr("lmcompress.search.shapes.INT8_REACH", 1e9)
+    monkeypatch.setattr("lmcompress.search.shapes.MACS_REACH", 1e9)
     measured, _ = measure_shapes(teacher, family, grid, batch, 50, 1, ("onnx-int8", "openvino-int8"),
-                                 SpeedTarget(1.0, None), rounds=1)
+                                 SpeedTarget(1000.0, None), rounds=1)
     assert {m.shape for m in measured if m.variant == "fp32"} == set(grid)
-    near = {m.shape for m in measured if m.variant != "fp32"}  # those within reach of the target
-    assert near and {(shape, v) for shape in near for v in ("onnx-int8", "openvino-int8")} == {
+    assert {(shape, v) for shape in grid for v in ("onnx-int8", "openvino-int8")} == {
         (m.shape, m.variant) for m in measured if m.variant != "fp32"}
     assert all(m.latency_ms > 0 and m.speedup > 0 for m in measured)
+
+
+def test_int8_is_timed_only_for_shapes_short_of_the_target_in_fp32():
+    from lmcompress.search.shapes import Measured, needing_int8
+
+    def fp32(layers, speedup, static=False):
+        return Measured(Shape(layers, 1, 8, 16, static=static), "fp32", 1000, 10.0, [9.0, 11.0], speedup,
+                        [speedup, speedup])
+
+    measured = [fp32(1, 30.0), fp32(2, 10.5), fp32(3, 8.0), fp32(4, 3.0), fp32(6, 2.0), fp32(0, 90.0, static=True)]
+    kept = needing_int8(measured, required=10.0)
+    # 30x is fast enough in fp32; 10.5x is inside the 10% margin (under 11x), so int8 may still be needed; 2x is
+    # beyond int8's reach (10 / 3.5); the static student has no int8
+    assert [m.shape.layers for m in kept] == [2, 3, 4]
+    assert needing_int8(measured, required=1.0) == []  # every shape fast enough in fp32
 
 
 def test_shortlist_takes_fp32_when_fast_enough_else_the_fastest_int8():

@@ -44,11 +44,10 @@ from ..runs import (data_config_for, differing_keys, is_complete, quantization_m
 from ..stages import STAGES
 from . import summary
 from .state import LOG_FILE, Candidate, Search, round_step
-from .shapes import Shape, SpeedTarget, measure_shapes, shape_grid, teacher_shape
+from .shapes import SPEED_MARGIN, Shape, SpeedTarget, measure_shapes, shape_grid, teacher_shape
 
 log = logging.getLogger("lmcompress")
 
-SPEED_MARGIN = 1.1  # a random-weight timing must beat the target by this much: trained models measured up to ~10% off
 STATIC_EPOCHS = 10.0
 REPORT_RESERVE_S = 180.0  # kept back from the budget for the final report
 SHAPES_FILE = "shapes.json"
