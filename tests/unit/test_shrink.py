@@ -189,3 +189,19 @@ def test_onnx_export_validates_and_runs(model, tmp_path):
     q = OnnxClassifier(int8, threads=1)
     assert (q(**checks[0]).logits - model(**checks[0]).logits).abs().max() < 0.1
     assert int8.stat().st_size < path.stat().st_size
+
+
+def test_importance_scoring_shows_progress_unless_quiet(model, capsys):
+    import logging
+
+    logger = logging.getLogger("lmcompress")
+    level = logger.level
+    try:
+        logger.setLevel(logging.INFO)
+        prune.importance_scores(model, [batch(size=2), batch(size=2)])
+        assert "importance" in capsys.readouterr().err  # the bar names the pass
+        logger.setLevel(logging.WARNING)  # --quiet
+        prune.importance_scores(model, [batch(size=2)])
+        assert "importance" not in capsys.readouterr().err
+    finally:
+        logger.setLevel(level)

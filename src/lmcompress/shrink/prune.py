@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..config import DistillConfig, PruneConfig, to_dict
+from ..console import tracked
 from ..data import load_task
 from ..data.tokenize import collator, tokenize_frame
 from ..distillation.student import head_rows, kept_heads_per_layer, kept_kv_groups, slice_model, topk_sorted
@@ -46,7 +48,7 @@ class Importance:
     layer_change: torch.Tensor  # [L]: sum over tokens of 1 - cos(layer input, layer output) (Minitron, ShortGPT)
 
 
-def importance_scores(model, batches) -> Importance:
+def importance_scores(model, batches: Iterable[dict]) -> Importance:
     """Accumulate |sum_t activation x gradient| per example over `batches` (dicts with labels) -> Importance."""
     family = require_family(model.config, "prune", narrow=True)
     layers = family.layer_list(model)
@@ -77,7 +79,7 @@ def importance_scores(model, batches) -> Importance:
         handles.append(layer.register_forward_hook(keep_layer(i), with_kwargs=True))
     model.eval()  # no dropout: the same rows give the same scores, so a resumed prune rebuilds the same model
     try:
-        for batch in batches:
+        for batch in tracked(batches, "importance (activation x gradient)"):
             model.zero_grad(set_to_none=True)
             model(**batch).loss.backward()
             mask = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
