@@ -205,3 +205,13 @@ def test_importance_scoring_shows_progress_unless_quiet(model, capsys):
         assert "importance" not in capsys.readouterr().err
     finally:
         logger.setLevel(level)
+
+
+def test_importance_scores_hold_no_autograd_graph(model):
+    """The sums must not keep each batch's activations alive: memory grew ~1 GB per batch of 8 x 128 tokens on a
+    135M causal LM when they did."""
+    import dataclasses
+
+    scores = prune.importance_scores(model, [batch(size=2), batch(size=2, seed=2)])
+    fields = dataclasses.astuple(scores)
+    assert fields and all(isinstance(t, torch.Tensor) and not t.requires_grad and t.grad_fn is None for t in fields)

@@ -82,25 +82,30 @@ def importance_scores(model, batches: Iterable[dict]) -> Importance:
         for batch in tracked(batches, "importance (activation x gradient)"):
             model.zero_grad(set_to_none=True)
             model(**batch).loss.backward()
-            mask = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
-            for i in range(n_layers):
-                ctx = seen[("context", i)]  # [B, T, A*d]
-                per_dim = (ctx * ctx.grad * mask).sum(1)  # [B, A*d]
-                acc.head_dims[i] += per_dim.abs().sum(0)
-                acc.heads[i] += per_dim.view(len(per_dim), heads, -1).sum(-1).abs().sum(0)  # [A]
-                act = seen[("ffn", i)]  # [B, T, F]
-                acc.ffn[i] += (act * act.grad * mask).sum(1).abs().sum(0)
-                h_in, h_out = seen[("layer", i)]  # [B, T, H] each
-                acc.layers[i] += ((h_out - h_in) * h_out.grad * mask).sum((1, 2)).abs().sum()
-                cosine = torch.nn.functional.cosine_similarity(h_in.detach(), h_out.detach(), dim=-1)  # [B, T]
-                acc.layer_change[i] += ((1 - cosine) * mask.squeeze(-1)).sum()
-                acc.hidden += (h_out * h_out.grad * mask).sum(1).abs().sum(0)
+            with torch.no_grad():  # else every sum below keeps this batch's activations alive in a growing graph
+                _accumulate(acc, seen, batch["attention_mask"].unsqueeze(-1).float(), heads)
     finally:
         for handle in handles:
             handle.remove()
         model.zero_grad(set_to_none=True)
         seen.clear()
     return acc
+
+
+def _accumulate(acc: Importance, seen: dict[tuple[str, int], Any], mask: torch.Tensor, heads: int) -> None:
+    """Add one batch's |activation x gradient| sums (and the layers' 1 - cosine) to `acc`; `mask` is [B, T, 1]."""
+    for i in range(len(acc.layers)):
+        ctx = seen[("context", i)]  # [B, T, A*d]
+        per_dim = (ctx * ctx.grad * mask).sum(1)  # [B, A*d]
+        acc.head_dims[i] += per_dim.abs().sum(0)
+        acc.heads[i] += per_dim.view(len(per_dim), heads, -1).sum(-1).abs().sum(0)  # [A]
+        act = seen[("ffn", i)]  # [B, T, F]
+        acc.ffn[i] += (act * act.grad * mask).sum(1).abs().sum(0)
+        h_in, h_out = seen[("layer", i)]  # [B, T, H] each
+        acc.layers[i] += ((h_out - h_in) * h_out.grad * mask).sum((1, 2)).abs().sum()
+        cosine = torch.nn.functional.cosine_similarity(h_in.detach(), h_out.detach(), dim=-1)  # [B, T]
+        acc.layer_change[i] += ((1 - cosine) * mask.squeeze(-1)).sum()
+        acc.hidden += (h_out * h_out.grad * mask).sum(1).abs().sum(0)
 
 
 @dataclass
