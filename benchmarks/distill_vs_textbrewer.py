@@ -120,6 +120,9 @@ def lmcompress_defaults_run(args, out: Path, cache_dir: Path) -> dict:
             "epochs": cfg.train.epochs, "cache": manifest["teacher_cache"]}
 
 
+DEFAULTS_NOTE = ("`lmcompress_defaults` sets nothing but the student, so its losses and optimiser are its own defaults: "
+                 "logit KD (KL, T=4, alpha 0.5) without the hidden-state MSE, weight decay 0.01, 10% warm-up, the "
+                 "best epoch on validation kept, `--precision auto`.")
 LMCOMPRESS = (("lmcompress_fp32", "fp32", "fp32", False), ("lmcompress_bf16", "bf16", "bf16", False),
               ("lmcompress_bf16_grouped", "bf16", "bf16", True))
 ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), "lmcompress_defaults")
@@ -202,6 +205,7 @@ def main() -> int:
           "(each tool shuffles with its own seeded sampler; `_grouped` batches similar lengths together, "
           "`--group-by-length`).", "",
           "lmcompress uses torch's fused AdamW; `textbrewer_fused_adamw` hands TextBrewer the same optimizer.", "",
+          *([DEFAULTS_NOTE, ""] if "lmcompress_defaults" in results["contenders"] else []),
           "| contender | test accuracy | retention | wall time (s) | vs TextBrewer | vs TextBrewer + fused AdamW |",
           "|---|---|---|---|---|---|", *rows, ""]
     (RESULTS / f"{args.name}.md").write_text("\n".join(md))
