@@ -18,7 +18,8 @@ def console(stderr: bool = False) -> Console:
     return probe if probe.is_terminal else Console(stderr=stderr, width=160)
 
 
-def tracked(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """`items`, with a progress bar on stderr unless --quiet raised the lmcompress logger above INFO."""
-    show = logging.getLogger("lmcompress").isEnabledFor(logging.INFO)
-    yield from track(items, description=description, total=total, console=console(stderr=True), disable=not show)
+def tracked(items: Iterable[T], description: str, show: bool = True) -> Iterator[T]:
+    """`items`, with a progress bar on stderr when `show` (pass False on all but one process of a launcher) unless
+    --quiet raised the lmcompress logger above INFO."""
+    show = show and logging.getLogger("lmcompress").isEnabledFor(logging.INFO)
+    yield from track(items, description=description, console=console(stderr=True), disable=not show)

@@ -79,7 +79,7 @@ def importance_scores(model, batches: Iterable[dict]) -> Importance:
         handles.append(layer.register_forward_hook(keep_layer(i), with_kwargs=True))
     model.eval()  # no dropout: the same rows give the same scores, so a resumed prune rebuilds the same model
     try:
-        for batch in tracked(batches, "importance (activation x gradient)"):
+        for batch in tracked(batches, "importance (activation x gradient)", show=is_main_process()):
             model.zero_grad(set_to_none=True)
             model(**batch).loss.backward()
             with torch.no_grad():  # else every sum below keeps this batch's activations alive in a growing graph
@@ -103,7 +103,7 @@ def _accumulate(acc: Importance, seen: dict[tuple[str, int], Any], mask: torch.T
         acc.ffn[i] += (act * act.grad * mask).sum(1).abs().sum(0)
         h_in, h_out = seen[("layer", i)]  # [B, T, H] each
         acc.layers[i] += ((h_out - h_in) * h_out.grad * mask).sum((1, 2)).abs().sum()
-        cosine = torch.nn.functional.cosine_similarity(h_in.detach(), h_out.detach(), dim=-1)  # [B, T]
+        cosine = torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1)  # [B, T]
         acc.layer_change[i] += ((1 - cosine) * mask.squeeze(-1)).sum()
         acc.hidden += (h_out * h_out.grad * mask).sum(1).abs().sum(0)
 
