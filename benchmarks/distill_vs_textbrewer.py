@@ -10,9 +10,10 @@ Setup (shared by every contender):
              TextBrewer runs twice, with torch's default AdamW and with the fused one)
 TextBrewer's soft CE has no T^2 factor, so it gets kd_loss_weight = 0.5 * T^2 to optimise the identical loss.
 `lmcompress_defaults` is `lmcompress distill --teacher T --student pick=0,1` with every other option at its default
-(5 epochs, lr 1e-4, KL logit KD, teacher cache, --precision auto: bf16 where the CPU has AMX or AVX512-BF16): what a
-user who sets nothing gets. `--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without
-bf16 kernels).
+(5 epochs, lr 1e-4, KL logit KD plus the hidden-state MSE, teacher cache, --precision and --teacher-precision auto:
+bf16 where the CPU has AMX or AVX512-BF16): what a user who sets nothing gets; `_logits_only` adds `--hidden-weight 0`, `_grouped`
+`--group-by-length`.
+`--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without bf16 kernels).
 
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
     .venv/bin/python benchmarks/distill_vs_textbrewer.py --teacher runs/teacher --epochs 5
@@ -37,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
 
-from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, from_dict
+from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, flat_to_nested, from_dict
 from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.distillation.stage import distill
@@ -108,24 +109,31 @@ def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cach
             "group_by_length": group_by_length, "cache": manifest["teacher_cache"]}
 
 
-def lmcompress_defaults_run(args, out: Path, cache_dir: Path) -> dict:
-    cfg = DistillConfig(teacher=str(args.teacher), student="pick=0,1", out=str(out), overwrite=True,
-                        cache_dir=str(cache_dir))
+def lmcompress_defaults_run(args, out: Path, cache_dir: Path, flags: dict) -> dict:
+    """`lmcompress distill --teacher T --student pick=0,1` plus `flags` (flat option names, as the Python API)."""
+    nested = flat_to_nested(DistillConfig, {"teacher": str(args.teacher), "student": "pick=0,1", "out": str(out),
+                                            "overwrite": True, "cache_dir": str(cache_dir), **flags})
+    cfg = from_dict(DistillConfig, nested)
     start = time.perf_counter()
     metrics = distill(cfg)
     wall = time.perf_counter() - start
     manifest = json.loads((out / "lmcompress.json").read_text())
     return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
             "test": metrics["metrics"], "precision": {"no": "fp32"}.get(resolve_precision("auto"), "bf16"),
-            "epochs": cfg.train.epochs, "cache": manifest["teacher_cache"]}
+            "epochs": cfg.train.epochs, "hidden_weight": manifest["config"]["loss"]["hidden_weight"],
+            "group_by_length": cfg.train.group_by_length,
+            "cache": manifest["teacher_cache"]}
 
 
 DEFAULTS_NOTE = ("`lmcompress_defaults` sets nothing but the student, so its losses and optimiser are its own defaults: "
-                 "logit KD (KL, T=4, alpha 0.5) without the hidden-state MSE, weight decay 0.01, 10% warm-up, the "
-                 "best epoch on validation kept, `--precision auto`.")
+                 "logit KD (KL, T=4, alpha 0.5) plus the hidden-state MSE on the copied layers (weight 1; "
+                 "`_logits_only`: `--hidden-weight 0`), weight decay 0.01, 10% warm-up, the best epoch on validation "
+                 "kept, `--precision auto` and `--teacher-precision auto`; `_grouped` adds `--group-by-length`.")
 LMCOMPRESS = (("lmcompress_fp32", "fp32", "fp32", False), ("lmcompress_bf16", "bf16", "bf16", False),
               ("lmcompress_bf16_grouped", "bf16", "bf16", True))
-ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), "lmcompress_defaults")
+DEFAULTS = {"lmcompress_defaults": {}, "lmcompress_defaults_logits_only": {"hidden_weight": 0.0},
+            "lmcompress_defaults_grouped": {"group_by_length": True}}  # name -> the options it changes
+ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), *DEFAULTS)
 
 
 def main() -> int:
@@ -177,10 +185,10 @@ def main() -> int:
         results["contenders"][name] = lmcompress_run(args, precision, teacher_precision, work / name, cache_dir,
                                                      grouped)
         print(json.dumps(results["contenders"][name]))
-    if "lmcompress_defaults" in chosen:
-        results["contenders"]["lmcompress_defaults"] = lmcompress_defaults_run(args, work / "defaults",
-                                                                              work / "cache-defaults")
-        print(json.dumps(results["contenders"]["lmcompress_defaults"]))
+    for name, flags in DEFAULTS.items():
+        if name in chosen:
+            results["contenders"][name] = lmcompress_defaults_run(args, work / name, work / f"cache-{name}", flags)
+            print(json.dumps(results["contenders"][name]))
     shutil.rmtree(work, ignore_errors=True)
 
     tb = results["contenders"].get("textbrewer")
@@ -205,7 +213,7 @@ def main() -> int:
           "(each tool shuffles with its own seeded sampler; `_grouped` batches similar lengths together, "
           "`--group-by-length`).", "",
           "lmcompress uses torch's fused AdamW; `textbrewer_fused_adamw` hands TextBrewer the same optimizer.", "",
-          *([DEFAULTS_NOTE, ""] if "lmcompress_defaults" in results["contenders"] else []),
+          *([DEFAULTS_NOTE, ""] if chosen & set(DEFAULTS) else []),
           "| contender | test accuracy | retention | wall time (s) | vs TextBrewer | vs TextBrewer + fused AdamW |",
           "|---|---|---|---|---|---|", *rows, ""]
     (RESULTS / f"{args.name}.md").write_text("\n".join(md))

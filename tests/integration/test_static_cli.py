@@ -78,3 +78,16 @@ def test_static_student_refuses_token_tasks_and_bad_specs(tiny_teacher_run, tmp_
     assert code == 1
     one_error_line(err, "dim=N")
     assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad*"))
+
+
+@pytest.mark.parametrize("flags,named", [(["--hidden-weight", "0.5"], "--hidden-weight"),
+                                         (["--attention-weight", "1"], "--attention-weight")])
+def test_static_student_refuses_layer_losses_but_not_the_default_hidden_loss(tiny_teacher_run, tmp_path, capsys,
+                                                                            flags, named):
+    """distill's hidden-state MSE is on by default (the fixture's run uses it unchanged); set to another weight, or
+    any other layer loss, it is refused for a static student in one line, before anything is written."""
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "static;dim=16", "--out",
+                            str(tmp_path / "refused"), *flags], capsys)
+    assert code == 1
+    one_error_line(err, named)
+    assert not (tmp_path / "refused").exists() and not list(tmp_path.glob(".refused*"))

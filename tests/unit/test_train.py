@@ -142,6 +142,26 @@ def test_precision_resolution_on_cpu(monkeypatch):
         resolve_precision("fp16")
 
 
+def test_the_teacher_runs_in_bf16_where_training_would(monkeypatch):
+    """--teacher-precision auto follows --precision auto: a bf16 teacher forward only where bf16 kernels exist."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only expectations")
+    from lmcompress.distillation.components import teacher_autocast
+    from lmcompress.training import loop
+
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+
+    def output_dtype(precision: str) -> torch.dtype:
+        with torch.no_grad(), teacher_autocast(precision, "cpu"):
+            return layer(x).dtype
+
+    assert output_dtype("bf16") == torch.bfloat16 and output_dtype("fp32") == torch.float32
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    assert output_dtype("auto") == torch.float32
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    assert output_dtype("auto") == torch.bfloat16
+
+
 def test_corrupt_checkpoint_on_resume(tiny_tokenizer_dir, tmp_path):
     model, tok, data = _setup(tiny_tokenizer_dir)
     ckpt = tmp_path / "checkpoint"

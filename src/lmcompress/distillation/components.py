@@ -18,6 +18,7 @@ from ..errors import LmcError
 from ..models.families import family_of
 from ..models.outputs import adapt
 from ..runs import on_all_processes, process_state, wait_for_everyone
+from ..training import resolve_precision
 from . import losses
 from .cache import TeacherCache
 from .sharding import is_sharded
@@ -217,6 +218,15 @@ class PairedCollator:
         return dict(self.student(own)) | {TEACHER_PREFIX + k: v for k, v in self.teacher(theirs).items()}
 
 
+def teacher_autocast(precision: str, device_type: str):
+    """The context the teacher's forward runs in: bf16 autocast for `bf16`, and for `auto` where the hardware has
+    bf16 kernels (AMX or AVX512-BF16, a GPU with bf16), else none (fp32)."""
+    if precision == "auto":
+        precision = "bf16" if resolve_precision("auto") == "bf16" else "fp32"
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16) if precision == "bf16" \
+        else contextlib.nullcontext()
+
+
 class TeacherOutputs:
     """The teacher's outputs for a batch of training rows: read back from the cache, or computed (and then cached)."""
 
@@ -238,9 +248,7 @@ class TeacherOutputs:
 
     def compute(self, inputs: dict[str, torch.Tensor], idx: torch.Tensor, keep: bool = True):
         """The teacher's forward; with `keep`, its outputs go into the cache."""
-        autocast = torch.autocast(device_type=inputs["input_ids"].device.type, dtype=torch.bfloat16) \
-            if self.precision == "bf16" else contextlib.nullcontext()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), teacher_autocast(self.precision, inputs["input_ids"].device.type):
             out = adapt(self.teacher(**inputs, output_hidden_states=bool(self.needs.hidden),
                                      output_attentions=self.needs.attentions), inputs)
         hidden = {i: out.hidden_states[i].float() for i in self.needs.hidden}

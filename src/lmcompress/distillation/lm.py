@@ -15,7 +15,6 @@ run with the same fixed validation set, so `evaluate` and `compare` treat it lik
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from ..training import fit
 from . import losses
 from .cache import TopKCache, teacher_cache_root, teacher_fingerprint
 from .components import (DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map,
-                         projection_count)
+                         projection_count, teacher_autocast)
 from .sharding import is_sharded, shard_teacher
 from .student import build_student, is_derived_spec, layer_count, model_width, parse_spec
 
@@ -229,9 +228,7 @@ def make_loss_fn(teacher: torch.nn.Module, cache: TopKCache | None, needs, layer
     sharded = is_sharded(teacher)
 
     def teacher_forward(batch: dict[str, torch.Tensor]) -> LMOutputs:
-        autocast = torch.autocast(device_type=batch["input_ids"].device.type, dtype=torch.bfloat16) \
-            if cfg.teacher_precision == "bf16" else contextlib.nullcontext()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), teacher_autocast(cfg.teacher_precision, batch["input_ids"].device.type):
             return lm_forward(teacher, batch, objective, hidden_states=bool(needs.hidden),
                               attentions=needs.attentions)
 
