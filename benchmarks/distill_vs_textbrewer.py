@@ -10,9 +10,9 @@ Setup (shared by every contender):
              TextBrewer runs twice, with torch's default AdamW and with the fused one)
 TextBrewer's soft CE has no T^2 factor, so it gets kd_loss_weight = 0.5 * T^2 to optimise the identical loss.
 `lmcompress_defaults` is `lmcompress distill --teacher T --student pick=0,1` with every other option at its default
-(5 epochs, lr 1e-4, KL logit KD plus the hidden-state MSE, teacher cache, --precision and --teacher-precision auto:
-bf16 where the CPU has AMX or AVX512-BF16): what a user who sets nothing gets; `_logits_only` adds `--hidden-weight 0`, `_grouped`
-`--group-by-length`.
+(5 epochs, lr 1e-4, KL logit KD, teacher cache, --precision and --teacher-precision auto: bf16 where the CPU has AMX
+or AVX512-BF16, length-grouped batches): what a user who sets nothing gets; `_hidden` adds `--hidden-weight 1`,
+`_ungrouped` `--no-group-by-length`; `--seed` is passed to every lmcompress contender.
 `--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without bf16 kernels).
 
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
@@ -126,13 +126,14 @@ def lmcompress_defaults_run(args, out: Path, cache_dir: Path, flags: dict) -> di
 
 
 DEFAULTS_NOTE = ("`lmcompress_defaults` sets nothing but the student, so its losses and optimiser are its own defaults: "
-                 "logit KD (KL, T=4, alpha 0.5) plus the hidden-state MSE on the copied layers (weight 1; "
-                 "`_logits_only`: `--hidden-weight 0`), weight decay 0.01, 10% warm-up, the best epoch on validation "
-                 "kept, `--precision auto` and `--teacher-precision auto`; `_grouped` adds `--group-by-length`.")
+                 "logit KD (KL, T=4, alpha 0.5) without the hidden-state MSE, weight decay 0.01, 10% warm-up, the "
+                 "best epoch on validation kept, length-grouped batches, `--precision auto` and `--teacher-precision "
+                 "auto`; `_hidden` adds `--hidden-weight 1` (the hidden-state MSE on the copied layers), `_ungrouped` "
+                 "`--no-group-by-length`.")
 LMCOMPRESS = (("lmcompress_fp32", "fp32", "fp32", False), ("lmcompress_bf16", "bf16", "bf16", False),
               ("lmcompress_bf16_grouped", "bf16", "bf16", True))
-DEFAULTS = {"lmcompress_defaults": {}, "lmcompress_defaults_logits_only": {"hidden_weight": 0.0},
-            "lmcompress_defaults_grouped": {"group_by_length": True}}  # name -> the options it changes
+DEFAULTS = {"lmcompress_defaults": {}, "lmcompress_defaults_hidden": {"hidden_weight": 1.0},
+            "lmcompress_defaults_ungrouped": {"group_by_length": False}}  # name -> the options it changes
 ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), *DEFAULTS)
 
 
@@ -161,7 +162,9 @@ def main() -> int:
                                                           collate, 64))["accuracy"]
 
     work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
-    results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "teacher": str(args.teacher),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit or None,
+                     "teacher": str(args.teacher),
                      "teacher_test_accuracy": teacher_acc, "epochs": args.epochs, "threads": torch.get_num_threads(),
                      "machine": platform.platform(), "processor": processor(),
                      "lscpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout,
@@ -187,7 +190,8 @@ def main() -> int:
         print(json.dumps(results["contenders"][name]))
     for name, flags in DEFAULTS.items():
         if name in chosen:
-            results["contenders"][name] = lmcompress_defaults_run(args, work / name, work / f"cache-{name}", flags)
+            results["contenders"][name] = lmcompress_defaults_run(args, work / name, work / f"cache-{name}",
+                                                                  flags | {"seed": args.seed})
             print(json.dumps(results["contenders"][name]))
     shutil.rmtree(work, ignore_errors=True)
 
@@ -205,7 +209,8 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = [f"# Distillation wall time: lmcompress vs TextBrewer {tb['version'] if tb else ''}", "",
-          f"Command: `{results['command']}`  ", f"Machine: {results['machine']}, {results['threads']} threads, "
+          f"Command: `{results['command']}` (commit {results['commit']})  ",
+          f"Machine: {results['machine']}, {results['threads']} threads, "
           f"torch {results['torch']}  ", f"Processor: {results['processor']['model']} "
           f"({', '.join(results['processor']['isa'])})  ",
           f"Teacher {args.teacher} test accuracy {teacher_acc:.4f}; student = teacher layers 0-1; "

@@ -12,7 +12,10 @@ import pytest
 from .cli_helpers import run_cli
 
 
-COMMON = ["--epochs", "3", "--batch-size", "16", "--learning-rate", "2e-3", "--quiet"]
+# shuffled batches, not distill's length-grouped default: on the toy's 24 test rows the batch order alone moves a
+# student's accuracy between 0.5 and 1.0 (seeds 0-3 and 42, either order), and the accuracy bars below were set for
+# the shuffled order at seed 42; tests/unit/test_train.py covers the grouped order
+COMMON = ["--epochs", "3", "--batch-size", "16", "--learning-rate", "2e-3", "--no-group-by-length", "--quiet"]
 
 
 def test_narrow_student_with_hidden_loss_uses_the_cache(tiny_teacher_run, tmp_path, capsys):
@@ -64,8 +67,6 @@ def test_preset_student_shares_the_teacher_tokenizer(tiny_teacher_run, tmp_path,
                             "--out", str(out), "--no-cache", *COMMON], capsys)
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
-    # the same tokenizer: the hidden-state MSE is on by default (distill's only default intermediate loss)
-    assert json.loads((out / "lmcompress.json").read_text())["config"]["loss"]["hidden_weight"] == 1.0
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -123,8 +124,7 @@ def test_tinybert_two_stage_trains_intermediate_layers_then_the_prediction_layer
 
 def test_two_stage_needs_an_intermediate_loss(tiny_teacher_run, tmp_path, capsys):
     code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--out",
-                            str(tmp_path / "s"), "--intermediate-epochs", "1", "--hidden-weight", "0", "--quiet"],
-                           capsys)
+                            str(tmp_path / "s"), "--intermediate-epochs", "1", "--quiet"], capsys)
     assert code == 1 and "--intermediate-epochs (TinyBERT two-stage)" in err
 
 
@@ -190,7 +190,6 @@ def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_
     assert code == 0, err
     assert AutoTokenizer.from_pretrained(out).get_vocab() == student_vocab  # the run ships the student's tokenizer
     manifest = json.loads((out / "lmcompress.json").read_text())
-    assert manifest["config"]["loss"]["hidden_weight"] == 0.0  # off by default: token positions do not line up
     n_train = manifest["data"]["sizes"]["train"]
     assert manifest["teacher_cache"]["misses"] == n_train  # the teacher's own tokens are cached as usual
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]

@@ -82,10 +82,8 @@ def test_static_student_refuses_token_tasks_and_bad_specs(tiny_teacher_run, tmp_
 
 @pytest.mark.parametrize("flags,named", [(["--hidden-weight", "0.5"], "--hidden-weight"),
                                          (["--attention-weight", "1"], "--attention-weight")])
-def test_static_student_refuses_layer_losses_but_not_the_default_hidden_loss(tiny_teacher_run, tmp_path, capsys,
-                                                                            flags, named):
-    """distill's hidden-state MSE is on by default (the fixture's run uses it unchanged); set to another weight, or
-    any other layer loss, it is refused for a static student in one line, before anything is written."""
+def test_static_student_refuses_the_layer_losses(tiny_teacher_run, tmp_path, capsys, flags, named):
+    """A static student has no layers: a hidden-state or attention loss is refused in one line, nothing written."""
     code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "static;dim=16", "--out",
                             str(tmp_path / "refused"), *flags], capsys)
     assert code == 1

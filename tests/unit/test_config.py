@@ -86,19 +86,7 @@ def test_partial_section_keeps_the_stage_defaults():
 
     cfg = from_dict(DistillConfig, {"teacher": "t", "student": "layers=2", "out": "o", "train": {"epochs": 2}})
     assert cfg.train.epochs == 2.0 and cfg.train.learning_rate == 1e-4  # distill's default, not finetune's 5e-5
-
-
-def test_only_distill_leaves_the_hidden_loss_weight_to_the_stage():
-    from lmcompress.config import DistillConfig, LMDistillConfig
-
-    # distill: None until the student is built (1 when it shares the teacher's tokenizer), also beside other losses
-    assert from_dict(DistillConfig, {"teacher": "t", "student": "layers=2", "out": "o",
-                                     "loss": {"temperature": 2}}).loss.hidden_weight is None
-    with pytest.raises(LmcError, match="hidden_weight must be >= 0"):
-        from_dict(DistillConfig, {"teacher": "t", "student": "layers=2", "out": "o", "loss": {"hidden_weight": -1}})
-    with pytest.raises(LmcError, match="hidden_weight must be a number"):
-        from_dict(LMDistillConfig, {"teacher": "t", "student": "layers=2", "out": "o", "data": {"data": "d"},
-                                    "loss": {"hidden_weight": None}})
+    assert cfg.train.group_by_length and not TrainConfig().group_by_length  # distill groups batches by length
 
 
 def test_interrupted_run_options_are_compared_key_by_key(tmp_path):

@@ -14,7 +14,7 @@ import pandas as pd
 import safetensors.torch
 import transformers
 
-from ..config import DistillConfig, DistillLossConfig, to_dict
+from ..config import DistillConfig, to_dict
 from ..data import load_task
 from ..data.corpora import load_corpus
 from ..data.ner import TOKEN_TASK
@@ -74,8 +74,6 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     if is_static_spec(cfg.student):
         return distill_static(cfg, run, request, teacher, teacher_dir, tokenizer, task_data, data_cfg)
     student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
-    cfg = dataclasses.replace(cfg, loss=dataclasses.replace(
-        cfg.loss, hidden_weight=hidden_weight_for(cfg.loss, student_tokenizer, tokenizer)))
     kept = ((extra or {}).get("pruning") or {}).get("kept_layers")  # prune's recovery: the layers it just kept
     if copied is None and kept and len(kept) == layer_count(student.config):
         copied = kept
@@ -121,14 +119,6 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     if cache_stats is not None:
         log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
     return metrics
-
-
-def hidden_weight_for(loss: DistillLossConfig, student_tokenizer, tokenizer) -> float:
-    """The hidden-state MSE weight given, else 1 when the student shares the teacher's tokenizer (its layers then
-    also learn the teacher's hidden states) and 0 when it does not (token positions do not line up)."""
-    if loss.hidden_weight is not None:
-        return loss.hidden_weight
-    return 1.0 if student_tokenizer.get_vocab() == tokenizer.get_vocab() else 0.0
 
 
 def _check_vocabularies(cfg: DistillConfig, task_data, needs: Needs, student_tokenizer, tokenizer) -> None:

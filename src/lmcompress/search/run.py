@@ -58,6 +58,8 @@ QUANTIZE_ESTIMATE_S = 120.0
 REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "screen_rows", "epochs", "learning_rate",
                 "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
+# batches in training order, as in the measured demo runs (docs/results.md), not distill's length-grouped default
+BATCHES = {"group_by_length": False}
 MAX_ROUNDS = 5  # training rounds per candidate: the first, and up to four more while the target is missed
 LR_DECAY = 0.5  # each further round restarts from the last student at half the previous round's learning rate
 
@@ -260,12 +262,13 @@ def _steps(search: Search, c: Candidate, rounds: int = 1) -> list[dict[str, Any]
     steps = [init] if init else []
     steps.append(distill | {"name": "screen", "student": "init" if init else f"layers={c.shape.layers}",
                             "data": data | {"max_train_examples": cfg.screen_rows},
-                            "train": {"epochs": 1.0, "learning_rate": cfg.learning_rate}})
+                            "train": BATCHES | {"epochs": 1.0, "learning_rate": cfg.learning_rate}})
     for r in range(1, rounds + 1):
         start = round_step("student", r - 1) if r > 1 else ("init" if init else f"layers={c.shape.layers}")
         student = round_step("student", r)
         steps.append(distill | {"name": student, "student": start, "data": data, "augment": cfg.augment,
-                                "train": {"epochs": cfg.epochs, "learning_rate": cfg.learning_rate * LR_DECAY ** (r - 1)}})
+                                "train": BATCHES | {"epochs": cfg.epochs,
+                                                    "learning_rate": cfg.learning_rate * LR_DECAY ** (r - 1)}})
         if c.variant != "fp32":
             steps.append({"name": round_step(c.variant, r), "stage": "quantize", "model": student,
                           "method": c.variant, "data": data})
