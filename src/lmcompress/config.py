@@ -323,7 +323,7 @@ class DistillConfig(RunOptions, TeacherOptions):
         "help": "TinyBERT two-stage: first this many epochs on the intermediate-layer losses only, then --epochs on "
                 "the prediction layer (logit KD + hard labels) only; 0: one stage with every loss"})
     data: DataConfig = field(default_factory=DataConfig)
-    # length-grouped batches: 1.5x faster on rotten-tomatoes at equal or better accuracy over three seeds
+    # length-grouped batches: 1.5x faster on rotten-tomatoes at equal or better accuracy in four paired runs
     # (docs/results.md, "Distillation vs TextBrewer")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=5.0,
                                                                    group_by_length=True))
