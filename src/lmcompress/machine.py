@@ -3,6 +3,7 @@ an AMD EPYC with or without AVX-512), so every report records it."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from pathlib import Path
@@ -14,6 +15,7 @@ ISA_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni", "avx_vnni", "
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # the CPU has bf16 matmul kernels
 
 
+@functools.cache  # read once: --teacher-precision auto asks on every teacher forward, and the CPU does not change
 def cpu_has_bf16() -> bool:
     return any(flag in processor()["isa"] for flag in BF16_FLAGS)
 
