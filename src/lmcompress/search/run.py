@@ -6,9 +6,10 @@
    teacher by pruning importance (`prune --recovery none`; evenly spaced layers for families that cannot be narrowed),
    then distilled for one epoch on a slice of the training rows; ranked by validation score.
 3. Train in that order with the chain that worked best by hand (distillation with hidden-state loss and the teacher
-   cache, then int8 for the backend), until a candidate keeps the retention on validation rows and no faster
-   candidate is left, or the time budget is spent. If none keeps it, the time left goes to the nearest miss:
-   another round of distillation from its last student (half the learning rate), while rounds keep improving it.
+   cache, batches grouped by length as distill does by default, then int8 for the backend), until a candidate keeps
+   the retention on validation rows and no faster candidate is left, or the time budget is spent. If none keeps it,
+   the time left goes to the nearest miss: another round of distillation from its last student (half the learning
+   rate), while rounds keep improving it.
    Every step is an ordinary run directory under OUT/candidates/SHAPE/, so re-running the same command continues
    where it stopped.
 4. Compare the trained candidates with the teacher in one report; the chosen model is the fastest measured fast
@@ -58,8 +59,6 @@ QUANTIZE_ESTIMATE_S = 120.0
 REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "screen_rows", "epochs", "learning_rate",
                 "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
-# batches in training order, as in the measured demo runs (docs/results.md), not distill's length-grouped default
-BATCHES = {"group_by_length": False}
 MAX_ROUNDS = 5  # training rounds per candidate: the first, and up to four more while the target is missed
 LR_DECAY = 0.5  # each further round restarts from the last student at half the previous round's learning rate
 
@@ -262,12 +261,12 @@ def _steps(search: Search, c: Candidate, rounds: int = 1) -> list[dict[str, Any]
     steps = [init] if init else []
     steps.append(distill | {"name": "screen", "student": "init" if init else f"layers={c.shape.layers}",
                             "data": data | {"max_train_examples": cfg.screen_rows},
-                            "train": BATCHES | {"epochs": 1.0, "learning_rate": cfg.learning_rate}})
+                            "train": {"epochs": 1.0, "learning_rate": cfg.learning_rate}})
     for r in range(1, rounds + 1):
         start = round_step("student", r - 1) if r > 1 else ("init" if init else f"layers={c.shape.layers}")
         student = round_step("student", r)
         steps.append(distill | {"name": student, "student": start, "data": data, "augment": cfg.augment,
-                                "train": BATCHES | {"epochs": cfg.epochs,
+                                "train": {"epochs": cfg.epochs,
                                                     "learning_rate": cfg.learning_rate * LR_DECAY ** (r - 1)}})
         if c.variant != "fp32":
             steps.append({"name": round_step(c.variant, r), "stage": "quantize", "model": student,
