@@ -34,6 +34,7 @@ def test_auto_hands_back_a_report_with_the_chosen_row_and_the_model(auto_run):
     assert len(trained) == len(names) - 1 == 2  # one shape (the biggest fast enough) and the static student
     assert {c["shape"] for c in trained} >= {"static"}
     assert all(0 < c["validation_retention"] for c in trained)
+    assert all(c["measured_speedup"] > 0 and c["measured_latency_ms"] > 0 for c in trained)  # re-timed as trained
     assert [x["row"] for x in search["latency_check"]] == names[1:]
     assert (auto_run / "report" / "candidates.png").stat().st_size > 0
     assert "## auto: the search" in (auto_run / "report" / "report.md").read_text()

@@ -175,7 +175,8 @@ def test_time_left_goes_to_the_nearest_miss_while_its_rounds_improve(monkeypatch
     monkeypatch.setattr(run, "_round_retention", lambda search, c, r: outcomes[(c.folder.name, r)])
     monkeypatch.setattr(run, "_round_estimate_s", lambda search, c: 60.0)
     search = SimpleNamespace(cfg=SimpleNamespace(min_retention=0.97), candidates=[far, near], left_s=lambda: 3600.0,
-                             family=None, teacher_config=None, event=lambda *a, **k: None)
+                             family=None, teacher_config=None, event=lambda *a, **k: None,
+                             fast_as_trained=lambda c: True)
     monkeypatch.setattr(run, "teacher_shape", lambda family, config: Shape(6, 12, 384, 1536))
     run._extend(search)
     assert [(name, r) for name, r, _ in made] == [("near", 2), ("near", 3), ("far", 2), ("far", 3)]
@@ -195,3 +196,27 @@ def test_time_left_goes_to_the_nearest_miss_while_its_rounds_improve(monkeypatch
     run._extend(search)
     assert [(name, r) for name, r, _ in made] == [("near", 2)]
     assert fresh.closed and (fresh.rounds, fresh.best_round, fresh.deploy) == (1, 1, tmp_path / "near" / "student")
+
+
+def test_rounds_go_only_to_candidates_measured_fast_enough_as_trained(monkeypatch, tmp_path):
+    from lmcompress.search import run
+    from lmcompress.search.state import Candidate, Search
+
+    def candidate(name, retention, measured_speedup):
+        c = Candidate(Shape(2, 2, 16, 32), "fp32", {"speedup": 12.0, "latency_ms": 1.0}, tmp_path / name)
+        c.trained, c.validation_retention = True, retention
+        c.measured = {"speedup": measured_speedup, "latency_ms": 100.0 / measured_speedup}
+        return c
+
+    slow, fast = candidate("slow", 0.96, 9.0), candidate("fast", 0.93, 10.5)  # the nearer miss is too slow as trained
+    search = Search(cfg=SimpleNamespace(min_retention=0.97), root=tmp_path, teacher_dir=tmp_path, data=None,
+                    family=None, teacher_config=None, target=SpeedTarget(10.0, None), deadline=float("inf"),
+                    candidates=[slow, fast])
+    assert not search.fast_as_trained(slow) and search.fast_as_trained(fast)
+    made = []
+    monkeypatch.setattr(run, "_attempt", lambda search, c, names, r: made.append((c.folder.name, r)) or True)
+    monkeypatch.setattr(run, "_round_retention", lambda search, c, r: 0.94)
+    monkeypatch.setattr(run, "_round_estimate_s", lambda search, c: 60.0)
+    monkeypatch.setattr(run, "teacher_shape", lambda family, config: Shape(6, 12, 384, 1536))
+    run._extend(search)
+    assert made == [("fast", 2), ("fast", 3)]  # round 3 no better: its rounds end; "slow" gets none

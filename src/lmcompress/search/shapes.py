@@ -92,7 +92,7 @@ def random_model(teacher: torch.nn.Module, family: Family, shape: Shape, vocab: 
     return type(teacher)(config).eval()
 
 
-def _speedups(times: dict[Any, list[float]], reference: Any) -> dict[Any, dict[str, Any]]:
+def speedups(times: dict[Any, list[float]], reference: Any) -> dict[Any, dict[str, Any]]:
     """Per timed key: median ms, its interquartile range, and the median within-round speedup over `reference`."""
     out = {}
     for key, rounds in times.items():
@@ -115,7 +115,7 @@ def time_in_groups(teacher_call: Callable[[], object], makers: dict[str, Callabl
         group = {name: makers[name]() for name in names[start:start + GROUP]} | {"__teacher__": teacher_call}
         times = interleaved_rounds(group, rounds)
         teacher_ms += times["__teacher__"]
-        results.update({k: v for k, v in _speedups(times, "__teacher__").items() if k != "__teacher__"})
+        results.update({k: v for k, v in speedups(times, "__teacher__").items() if k != "__teacher__"})
         del group
     return results, statistics.median(teacher_ms)
 

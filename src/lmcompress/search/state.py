@@ -33,6 +33,7 @@ class Candidate:
     rounds: int = 1  # training rounds made: each one after the first distils the previous round's student again
     best_round: int = 1  # the round whose model is deployed (the best on the validation rows)
     closed: bool = False  # no further round: one failed
+    measured: dict[str, Any] | None = None  # the trained model as served, timed beside the teacher (run._retime)
 
     @property
     def name(self) -> str:
@@ -46,7 +47,9 @@ class Candidate:
         return {"name": self.name, "shape": self.shape.name, "variant": self.variant, "folder": str(self.folder),
                 "predicted_speedup": self.predicted["speedup"], "predicted_latency_ms": self.predicted["latency_ms"],
                 "screen_score": self.screen_score, "validation_retention": self.validation_retention,
-                "trained": self.trained, "rounds": self.rounds, "best_round": self.best_round, "note": self.note}
+                "measured_speedup": (self.measured or {}).get("speedup"),
+                "measured_latency_ms": (self.measured or {}).get("latency_ms"), "trained": self.trained,
+                "rounds": self.rounds, "best_round": self.best_round, "note": self.note}
 
 
 @dataclass
@@ -63,7 +66,14 @@ class Search:
     metric: str = ""
     teacher_ms: float = 0.0
     train_rows: int = 0
+    labels: list[str] | None = None  # the task's labels (None for regression)
+    task: str = "classification"
+    sample: tuple[list[str], list[str] | None] = ([], None)  # texts (and pairs) of the timing batch
     candidates: list[Candidate] = field(default_factory=list)
+
+    def fast_as_trained(self, c: Candidate) -> bool:
+        """Whether `c`'s trained model, as timed beside the teacher, meets the speed target (True until timed)."""
+        return c.measured is None or self.target.met(c.measured["latency_ms"], c.measured["speedup"])
 
     def left_s(self) -> float:
         return self.deadline - time.monotonic()
