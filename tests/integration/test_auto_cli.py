@@ -38,6 +38,7 @@ def test_auto_hands_back_a_report_with_the_chosen_row_and_the_model(auto_run):
     assert [x["row"] for x in search["latency_check"]] == names[1:]
     assert (auto_run / "report" / "candidates.png").stat().st_size > 0
     assert "## auto: the search" in (auto_run / "report" / "report.md").read_text()
+    assert "| measured as trained |" in (auto_run / "report" / "report.md").read_text()
     chosen = next(c for c in search["candidates"] if c["name"] in report["chosen"])
     if chosen["shape"] != "static":
         AutoModelForSequenceClassification.from_pretrained(auto_run / "best")  # plain HF checkpoint
