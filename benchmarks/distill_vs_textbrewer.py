@@ -12,7 +12,9 @@ TextBrewer's soft CE has no T^2 factor, so it gets kd_loss_weight = 0.5 * T^2 to
 `lmcompress_defaults` is `lmcompress distill --teacher T --student pick=0,1` with every other option at its default
 (5 epochs, lr 1e-4, KL logit KD, teacher cache, --precision and --teacher-precision auto: bf16 where the CPU has AMX
 or AVX512-BF16, length-grouped batches): what a user who sets nothing gets; `_hidden` adds `--hidden-weight 1`,
-`_ungrouped` `--no-group-by-length`; `--seed` is passed to every lmcompress contender.
+`_ungrouped` `--no-group-by-length`, `_last_epoch` `--no-keep-best` (TextBrewer tests its last epoch), `_fp32`
+`--precision fp32 --teacher-precision fp32` (as TextBrewer computes); `--seed` is passed to every lmcompress
+contender.
 `--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without bf16 kernels).
 
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
@@ -119,7 +121,7 @@ def lmcompress_defaults_run(args, out: Path, cache_dir: Path, flags: dict) -> di
     wall = time.perf_counter() - start
     manifest = json.loads((out / "lmcompress.json").read_text())
     return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
-            "test": metrics["metrics"], "precision": {"no": "fp32"}.get(resolve_precision("auto"), "bf16"),
+            "test": metrics["metrics"], "precision": {"no": "fp32"}.get(resolve_precision(cfg.train.precision), "bf16"),
             "epochs": cfg.train.epochs, "hidden_weight": manifest["config"]["loss"]["hidden_weight"],
             "group_by_length": cfg.train.group_by_length,
             "cache": manifest["teacher_cache"]}
@@ -129,11 +131,13 @@ DEFAULTS_NOTE = ("`lmcompress_defaults` sets nothing but the student, so its los
                  "logit KD (KL, T=4, alpha 0.5) without the hidden-state MSE, weight decay 0.01, 10% warm-up, the "
                  "best epoch on validation kept, length-grouped batches, `--precision auto` and `--teacher-precision "
                  "auto`; `_hidden` adds `--hidden-weight 1` (the hidden-state MSE on the copied layers), `_ungrouped` "
-                 "`--no-group-by-length`.")
+                 "`--no-group-by-length`, `_last_epoch` `--no-keep-best`, `_fp32` `--precision fp32 --teacher-precision fp32`.")
 LMCOMPRESS = (("lmcompress_fp32", "fp32", "fp32", False), ("lmcompress_bf16", "bf16", "bf16", False),
               ("lmcompress_bf16_grouped", "bf16", "bf16", True))
 DEFAULTS = {"lmcompress_defaults": {}, "lmcompress_defaults_hidden": {"hidden_weight": 1.0},
-            "lmcompress_defaults_ungrouped": {"group_by_length": False}}  # name -> the options it changes
+            "lmcompress_defaults_ungrouped": {"group_by_length": False},
+            "lmcompress_defaults_last_epoch": {"keep_best": False},
+            "lmcompress_defaults_fp32": {"precision": "fp32", "teacher_precision": "fp32"}}  # name -> what it changes
 ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), *DEFAULTS)
 
 
