@@ -387,7 +387,7 @@ def _train(search: Search) -> None:
         log.info("candidate %d/%d %s: predicted %.1fx (%.1f ms), measured %.1fx (%.1f ms) as trained%s, validation "
                  "retention %.1f%%, %.0f min left", i, len(search.candidates), c.name, c.predicted["speedup"],
                  c.predicted["latency_ms"], c.measured["speedup"], c.measured["latency_ms"],
-                 "" if search.fast_as_trained(c) else " (misses the target: no further rounds)",
+                 "" if search.fast_as_trained(c, SPEED_MARGIN) else " (misses the target: no further rounds)",
                  100 * c.validation_retention, search.left_s() / 60)
         search.event("trained", **c.record())
         if c.validation_retention >= search.cfg.min_retention and search.fast_as_trained(c):
@@ -432,10 +432,11 @@ def _extend(search: Search) -> None:
     """While no candidate keeps the retention and time is left: train the nearest miss one more round (distilled
     again from its last student), as long as its rounds keep improving it."""
     goal = search.cfg.min_retention
-    while not any(c.trained and (c.validation_retention or 0) >= goal for c in search.candidates):
+    while not any(c.trained and (c.validation_retention or 0) >= goal and search.fast_as_trained(c)
+                  for c in search.candidates):
         open_ = [c for c in search.candidates if c.trained and c.rounds == c.best_round < MAX_ROUNDS and not c.closed
                  and not c.shape.static and c.shape != teacher_shape(search.family, search.teacher_config)
-                 and search.fast_as_trained(c)]
+                 and search.fast_as_trained(c, SPEED_MARGIN)]  # two timings of one model differ by up to 20%
         if not open_:
             return
         c = max(open_, key=lambda x: x.validation_retention or 0)

@@ -71,9 +71,10 @@ class Search:
     sample: tuple[list[str], list[str] | None] = ([], None)  # texts (and pairs) of the timing batch
     candidates: list[Candidate] = field(default_factory=list)
 
-    def fast_as_trained(self, c: Candidate) -> bool:
-        """Whether `c`'s trained model, as timed beside the teacher, meets the speed target (True until timed)."""
-        return c.measured is None or self.target.met(c.measured["latency_ms"], c.measured["speedup"])
+    def fast_as_trained(self, c: Candidate, margin: float = 1.0) -> bool:
+        """Whether `c`'s trained model, as timed beside the teacher, meets the speed target within `margin` (True
+        until timed)."""
+        return c.measured is None or self.target.met(c.measured["latency_ms"] / margin, c.measured["speedup"] * margin)
 
     def left_s(self) -> float:
         return self.deadline - time.monotonic()
