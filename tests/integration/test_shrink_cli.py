@@ -186,7 +186,8 @@ def test_compare_backends_auto_times_every_runtime(tiny_teacher_run, tmp_path, c
     peaks = payload["setup"]["matmul_peak_gflops"]
     assert peaks["fp32"] > 0 and peaks["int8"] > 0
     assert quantized["precision"] == "int8"
-    assert quantized["peak_share_b32"] == pytest.approx(quantized["gflops_b32"] / peaks["int8"], rel=1e-2)
+    # the share is rounded to 4 decimals: a tiny model's share (~0.004) is only that exact
+    assert quantized["peak_share_b32"] == pytest.approx(quantized["gflops_b32"] / peaks["int8"], rel=1e-2, abs=5e-5)
     assert quantized["gflops_b32"] == pytest.approx(quantized["gflop_b32"] / quantized["latency_ms_b32"] * 1000, rel=1e-2)
     assert "% of peak" in markdown
 
