@@ -222,3 +222,8 @@ def test_rounds_go_only_to_candidates_measured_fast_enough_as_trained(monkeypatc
     monkeypatch.setattr(run, "teacher_shape", lambda family, config: Shape(6, 12, 384, 1536))
     run._extend(search)
     assert made == [("fast", 2), ("fast", 3)]  # round 3 no better: its rounds end; "slow" gets none
+    # one that keeps the retention and is slow only within the margin gets no rounds either: they cannot speed it up
+    made.clear()
+    search.candidates = [candidate("kept", 0.98, 9.5), candidate("short", 0.93, 10.5)]
+    run._extend(search)
+    assert [name for name, _ in made] == ["short", "short"]

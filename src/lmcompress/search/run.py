@@ -383,10 +383,14 @@ def _train(search: Search) -> None:
             continue
         c.trained = True
         c.validation_retention = _round_retention(search, c, 1)
-        c.measured = _retime(search, c)
+        try:
+            c.measured = _retime(search, c)
+        except LmcError as exc:  # the final report times it again; a timing failure ends no candidate
+            log.warning("%s: not timed as trained: %s", c.name, exc)
+        measured = c.measured or {"speedup": float("nan"), "latency_ms": float("nan")}
         log.info("candidate %d/%d %s: predicted %.1fx (%.1f ms), measured %.1fx (%.1f ms) as trained%s, validation "
                  "retention %.1f%%, %.0f min left", i, len(search.candidates), c.name, c.predicted["speedup"],
-                 c.predicted["latency_ms"], c.measured["speedup"], c.measured["latency_ms"],
+                 c.predicted["latency_ms"], measured["speedup"], measured["latency_ms"],
                  "" if search.fast_as_trained(c, SPEED_MARGIN) else " (misses the target: no further rounds)",
                  100 * c.validation_retention, search.left_s() / 60)
         search.event("trained", **c.record())
@@ -395,7 +399,7 @@ def _train(search: Search) -> None:
 
 
 def _retime(search: Search, c: Candidate) -> dict[str, Any]:
-    """`c`'s trained model as it will be served, timed beside the teacher (PyTorch fp32) on the shape timings'
+    """`c`'s trained model on its own runtime, timed beside the teacher (PyTorch fp32) on the shape timings'
     batch, interleaved: the random-weight prediction ran up to 1.36x slow for the smallest int8 shapes, so rounds are
     spent only on candidates measured fast enough (the final report times everything again)."""
     threads = search.cfg.threads or torch.get_num_threads()
@@ -436,7 +440,8 @@ def _extend(search: Search) -> None:
                   for c in search.candidates):
         open_ = [c for c in search.candidates if c.trained and c.rounds == c.best_round < MAX_ROUNDS and not c.closed
                  and not c.shape.static and c.shape != teacher_shape(search.family, search.teacher_config)
-                 and search.fast_as_trained(c, SPEED_MARGIN)]  # two timings of one model differ by up to 20%
+                 and search.fast_as_trained(c, SPEED_MARGIN)  # two timings of one model differ by up to 20%
+                 and (c.validation_retention or 0) < goal]  # more rounds cannot make a kept model faster
         if not open_:
             return
         c = max(open_, key=lambda x: x.validation_retention or 0)
