@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .data.tokenize import fixed_batch
-from .timing import interleaved_rounds, quartiles
+from .timing import interleaved_rounds, quartiles, torch_threads
 
 log = logging.getLogger("lmcompress")
 
@@ -60,16 +60,11 @@ def measure_latency(model: torch.nn.Module, make_batch: Callable[[int], dict[str
 def latency_for_texts(model: torch.nn.Module, tokenizer, texts: list[str], pairs: list[str] | None, max_length: int,
                       repeats: int, threads: int | None) -> dict[str, Any]:
     """Latency on real test texts padded to max_length, with the thread count fixed and recorded."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         latency = measure_latency(
             model, lambda size: fixed_batch(texts[:64], pairs[:64] if pairs else None, tokenizer, max_length, size),
             repeats)
-    finally:
-        torch.set_num_threads(previous)
-    return {"latency_ms": latency, "latency_setup": {"threads": threads or previous, "seq_len": max_length,
+    return {"latency_ms": latency, "latency_setup": {"threads": threads or torch.get_num_threads(), "seq_len": max_length,
                                                      "repeats": repeats, "statistic": "median"}}
 
 
@@ -78,9 +73,7 @@ def time_side_by_side(rows: list[dict[str, Any]], calls: dict[tuple[int, int], A
     """Per row and batch size: median latency, its interquartile range, and every round's time (kept in
     report.json: speedups are taken within each round). Batch 1 gets 3x the rounds: single calls are short and
     noisier."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         for size in LATENCY_BATCHES:
             times = interleaved_rounds({index: calls[(index, s)] for index, s in calls if s == size},
                                        repeats * 3 if size == 1 else repeats)
@@ -89,8 +82,6 @@ def time_side_by_side(rows: list[dict[str, Any]], calls: dict[tuple[int, int], A
                 row[f"latency_ms_b{size}"] = round(median, 3)
                 row[f"latency_iqr_ms_b{size}"] = [round(q1, 3), round(q3, 3)]
                 row[f"latency_rounds_ms_b{size}"] = [round(t, 4) for t in times[index]]
-    finally:
-        torch.set_num_threads(previous)
     for row in rows:
         log.info("%s: %.1f ms @ b32 (interquartile %.1f-%.1f)", row["name"], row["latency_ms_b32"],
                  *row["latency_iqr_ms_b32"])

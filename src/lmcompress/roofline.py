@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig
 
 from .models.families import family_of
+from .timing import torch_threads
 
 PEAK_SIZE = 1024  # square matmul: large enough to be compute-bound, small enough to time in a second
 
@@ -75,10 +76,8 @@ def _int8_matmul(threads: int) -> Callable[[], object] | None:
 def matmul_peaks(threads: int, bf16: bool) -> dict[str, float | None]:
     """This machine's measured matmul throughput, GFLOP/s (GOP/s for int8), on `threads` threads: fp32 and bf16
     (PyTorch; bf16 only where the CPU has bf16 kernels, else None) and int8 (ONNX Runtime; None without it)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     flops = 2.0 * PEAK_SIZE ** 3
-    try:
+    with torch_threads(threads):
         peaks: dict[str, float | None] = {}
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             a, b = torch.randn(PEAK_SIZE, PEAK_SIZE, dtype=dtype), torch.randn(PEAK_SIZE, PEAK_SIZE, dtype=dtype)
@@ -86,5 +85,3 @@ def matmul_peaks(threads: int, bf16: bool) -> dict[str, float | None]:
         int8 = _int8_matmul(threads)
         peaks["int8"] = round(_best_rate(int8, flops), 1) if int8 else None
         return peaks
-    finally:
-        torch.set_num_threads(previous)

@@ -32,6 +32,7 @@ from ..measure import (LATENCY_BATCHES, count_params, generation_speed, measure_
 from ..models.load import load_for_pretraining, load_lm_teacher, load_tokenizer, resolve
 from ..objectives import lm_forward, token_loss_sum
 from ..runs import RunDir, finish_stage, is_language_model, made_by, read_run_manifest, training_record
+from ..timing import torch_threads
 
 log = logging.getLogger("lmcompress")
 
@@ -288,12 +289,8 @@ def _time_side_by_side(rows: list[dict[str, Any]], models: list[torch.nn.Module]
     if not causal:
         return
     generating = {i: model for i, model in enumerate(models) if hasattr(model, "generate")}  # (not ONNX graphs)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         speed = generation_speed(generating, generation_prompt(data), rounds=max(3, repeats // 2)) if generating else {}
-    finally:
-        torch.set_num_threads(previous)
     for i, row in enumerate(rows):
         row["generation"] = speed.get(i)
         if i in speed:
@@ -329,10 +326,8 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
     scoring = "clm" if pcfg.objective == "clm" else "mlm"  # sentence-pair heads are not part of the comparison
     collate = collator(tokenizer, pcfg.objective)
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     rows, models = [], []
-    try:
+    with torch_threads(threads):
         for name, folder, manifest in zip(names, folders, manifests):
             model, model_tokenizer = _compared_model(folder, manifest, tokenizer, scoring, pcfg.train.seed)
             if model_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -345,8 +340,6 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
                          "value": round(scores["perplexity"], 4), "metrics": scores})
             log.info("%s: perplexity %.2f", name, scores["perplexity"])
             models.append(model)
-    finally:
-        torch.set_num_threads(previous)
     _time_side_by_side(rows, models, collate, data, cfg.latency_repeats, threads, scoring == "clm")
     return rows, {"task": pcfg.objective, "data": {"source": source, **data.record}, "seq_len": pcfg.data.max_length,
                   "lower_is_better": True}

@@ -45,7 +45,7 @@ from ..pipeline import run_recipe
 from ..runs import (data_config_for, differing_keys, is_complete, quantization_method, read_run_manifest,
                     write_json_atomic)
 from ..stages import STAGES
-from ..timing import interleaved_rounds
+from ..timing import interleaved_rounds, torch_threads
 from . import summary
 from .state import LOG_FILE, Candidate, Search, round_step
 from .shapes import SPEED_MARGIN, Shape, SpeedTarget, measure_shapes, shape_grid, speedups, teacher_shape
@@ -191,15 +191,11 @@ def _measure(search: Search, teacher, task_data) -> list[dict[str, Any]]:
         return cached["shapes"]
     tokenizer = load_tokenizer(search.teacher_dir)
     batch = fixed_batch(*search.sample, tokenizer, search.data.max_length, cfg.batch_size)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         measured, teacher_ms = measure_shapes(
             teacher.eval(), search.family, shape_grid(search.family, teacher.config, static=not task_data.has_pair),
             batch, len(tokenizer), tokenizer.unk_token_id, variants,
             search.target)
-    finally:
-        torch.set_num_threads(previous)
     search.teacher_ms = teacher_ms
     records = [m.record() for m in measured]
     write_json_atomic(search.root / SHAPES_FILE, {"setup": setup, "teacher_ms": teacher_ms, "shapes": records})
@@ -401,19 +397,15 @@ def _train(search: Search) -> None:
 def _retime(search: Search, c: Candidate) -> dict[str, Any]:
     """`c`'s trained model on its own runtime, timed beside the teacher (PyTorch fp32) on the shape timings'
     batch, interleaved: the random-weight prediction ran up to 1.36x slow for the smallest int8 shapes, so rounds are
-    spent only on candidates measured fast enough (the final report times everything again)."""
+    spent only on candidates not measured too slow (the final report times everything again)."""
     threads = search.cfg.threads or torch.get_num_threads()
     calls = {}
     for key, folder in (("teacher", search.teacher_dir), ("student", c.deploy)):
         model = load_run_model(folder, search.labels, search.task == "regression", threads, task=search.task).eval()
         batch = fixed_batch(*search.sample, load_tokenizer(folder), search.data.max_length, search.cfg.batch_size)
         calls[key] = functools.partial(model, **batch)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         times = interleaved_rounds(calls, RETIME_ROUNDS, warmup=RETIME_WARMUP)
-    finally:
-        torch.set_num_threads(previous)
     return speedups(times, "teacher")["student"]
 
 
