@@ -6,7 +6,7 @@
 Each pass is a full `compare` (scoring, warm-up, interleaved rounds); the second starts when the first has ended, as
 a user re-running the report would. For every row and batch size: both speedups and their relative difference; the
 goal is within ±15% on a shared machine. Also lists each row's backend in both passes (`--backends auto` chooses
-the fastest per pass). Writes benchmarks/results/compare_stability.{json,md} with the processor (lscpu).
+the fastest per pass). Writes benchmarks/results/compare_stability.{json,md} (or `--name`) with the processor (lscpu).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--backends", choices=("run", "auto"), default="auto")
     parser.add_argument("--latency-repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("runs/stability"))
+    parser.add_argument("--name", default="compare_stability", help="results file name (benchmarks/results/NAME.*)")
     args = parser.parse_args()
     passes = [compare(CompareConfig(runs=args.runs, out=str(args.out / f"pass{i}"), overwrite=True,
                                     backends=args.backends, latency_repeats=args.latency_repeats))
@@ -50,7 +51,7 @@ def main() -> int:
                "within_goal": worst <= GOAL, "threads": passes[0]["setup"]["threads"],
                "lscpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout, "rows": rows}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compare_stability.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     cpu = processor()
     lines = ["# Two compare passes over the same models", "", f"Command: `{command}`  ",
              f"Processor: {cpu['model']} ({', '.join(cpu['isa'])}), {payload['threads']} threads; "
@@ -63,7 +64,7 @@ def main() -> int:
                      f"{r['speedup_b32'][1]:.2f}x | {r['difference_b32']:.1%} |")
     lines += ["", f"Largest difference: {worst:.1%} (goal: within {GOAL:.0%}): "
               f"{'met' if worst <= GOAL else 'not met'}.", ""]
-    (RESULTS / "compare_stability.md").write_text("\n".join(lines), encoding="utf-8")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines), encoding="utf-8")
     print("\n".join(lines))
     return 0
 
