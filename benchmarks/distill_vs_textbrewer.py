@@ -15,7 +15,8 @@ or AVX512-BF16, length-grouped batches): what a user who sets nothing gets; `_hi
 `_ungrouped` `--no-group-by-length`, `_last_epoch` `--no-keep-best` (TextBrewer tests its last epoch), `_fp32`
 `--precision fp32 --teacher-precision fp32` (as TextBrewer computes), `_hf_grouped` groups batches in
 transformers' order (each run of 50 batches from the longest rows to the shortest, where lmcompress shuffles the
-grouped batches); `--seed` is passed to every lmcompress contender.
+grouped batches); `--seed` is passed to every lmcompress contender, and `--set KEY=VALUE` (a `distill` option) to
+every `lmcompress_defaults*` one, whose validation accuracy (the epoch kept) is recorded to choose settings on.
 `--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without bf16 kernels).
 
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
@@ -135,7 +136,10 @@ def lmcompress_defaults_run(args, out: Path, cache_dir: Path, flags: dict) -> di
     metrics = distill(cfg)
     wall = time.perf_counter() - start
     manifest = json.loads((out / "lmcompress.json").read_text())
-    return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
+    train = manifest["train"]
+    kept = train["history"][(train.get("best_epoch") or len(train["history"])) - 1]  # the epoch whose weights were kept
+    return {"wall_time_s": round(wall, 1), "train_loop_s": train["wall_time_s"], "flags": flags,
+            "validation_accuracy": kept["accuracy"],
             "test": metrics["metrics"], "precision": {"no": "fp32"}.get(resolve_precision(cfg.train.precision), "bf16"),
             "epochs": cfg.train.epochs, "hidden_weight": manifest["config"]["loss"]["hidden_weight"],
             "group_by_length": cfg.train.group_by_length,
@@ -158,6 +162,17 @@ DEFAULTS = {"lmcompress_defaults": {}, "lmcompress_defaults_hidden": {"hidden_we
 ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), *DEFAULTS)
 
 
+def parse_setting(text: str) -> tuple[str, object]:
+    """`learning_rate=2e-4` -> ("learning_rate", 0.0002): numbers and true/false parsed, anything else a string."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, default=Path("runs/teacher"))
@@ -166,6 +181,9 @@ def main() -> int:
     parser.add_argument("--skip-textbrewer", action="store_true")
     parser.add_argument("--contenders", default=",".join(ALL), help=f"comma-separated subset of {', '.join(ALL)}")
     parser.add_argument("--name", default="distill_vs_textbrewer", help="results file name (benchmarks/results/NAME.*)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=parse_setting,
+                        help="an option of `distill` (its Python name, e.g. learning_rate=2e-4) for every "
+                             "lmcompress_defaults* contender; repeatable")
     args = parser.parse_args()
     chosen = set(args.contenders.split(","))
     if chosen - set(ALL):
@@ -211,10 +229,12 @@ def main() -> int:
         print(json.dumps(results["contenders"][name]))
     for name, flags in DEFAULTS.items():
         if name in chosen:
+            extra = dict(args.set)
+            label = name + (f"[{','.join(f'{k}={v}' for k, v in extra.items())}]" if extra else "")
             with transformers_grouped_order() if name.endswith("_hf_grouped") else contextlib.nullcontext():
-                results["contenders"][name] = lmcompress_defaults_run(args, work / name, work / f"cache-{name}",
-                                                                      flags | {"seed": args.seed})
-            print(json.dumps(results["contenders"][name]))
+                results["contenders"][label] = lmcompress_defaults_run(args, work / name, work / f"cache-{name}",
+                                                                       flags | extra | {"seed": args.seed})
+            print(json.dumps(results["contenders"][label]))
     shutil.rmtree(work, ignore_errors=True)
 
     tb = results["contenders"].get("textbrewer")
@@ -225,7 +245,8 @@ def main() -> int:
         ratio_fused = res["wall_time_s"] / tb_fused["wall_time_s"] if tb_fused else None
         res["wall_time_vs_textbrewer"] = round(ratio, 3) if ratio else None
         res["wall_time_vs_textbrewer_fused_adamw"] = round(ratio_fused, 3) if ratio_fused else None
-        rows.append(f"| {name} | {res['test']['accuracy']:.4f} | {res['test']['accuracy'] / teacher_acc:.1%} | "
+        validation = f"{res['validation_accuracy']:.4f}" if "validation_accuracy" in res else ""
+        rows.append(f"| {name} | {validation} | {res['test']['accuracy']:.4f} | {res['test']['accuracy'] / teacher_acc:.1%} | "
                     f"{res['wall_time_s']:.0f} | {'' if ratio is None else f'{ratio:.2f}x'} | "
                     f"{'' if ratio_fused is None else f'{ratio_fused:.2f}x'} |")
     RESULTS.mkdir(exist_ok=True)
@@ -241,8 +262,8 @@ def main() -> int:
           "`--group-by-length`).", "",
           "lmcompress uses torch's fused AdamW; `textbrewer_fused_adamw` hands TextBrewer the same optimizer.", "",
           *([DEFAULTS_NOTE, ""] if chosen & set(DEFAULTS) else []),
-          "| contender | test accuracy | retention | wall time (s) | vs TextBrewer | vs TextBrewer + fused AdamW |",
-          "|---|---|---|---|---|---|", *rows, ""]
+          "| contender | validation accuracy (kept epoch) | test accuracy | retention | wall time (s) | vs TextBrewer | "
+          "vs TextBrewer + fused AdamW |", "|---|---|---|---|---|---|---|", *rows, ""]
     (RESULTS / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
     return 0
