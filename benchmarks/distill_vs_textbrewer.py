@@ -13,10 +13,9 @@ TextBrewer's soft CE has no T^2 factor, so it gets kd_loss_weight = 0.5 * T^2 to
 (5 epochs, lr 1e-4, KL logit KD, teacher cache, --precision and --teacher-precision auto: bf16 where the CPU has AMX
 or AVX512-BF16, length-grouped batches): what a user who sets nothing gets; `_hidden` adds `--hidden-weight 1`,
 `_ungrouped` `--no-group-by-length`, `_last_epoch` `--no-keep-best` (TextBrewer tests its last epoch), `_fp32`
-`--precision fp32 --teacher-precision fp32` (as TextBrewer computes), `_hf_grouped` groups batches in
-transformers' order (each run of 50 batches from the longest rows to the shortest, where lmcompress shuffles the
-grouped batches); `--seed` is passed to every lmcompress contender, and `--set KEY=VALUE` (a `distill` option) to
-every `lmcompress_defaults*` one, whose validation accuracy (the epoch kept) is recorded to choose settings on.
+`--precision fp32 --teacher-precision fp32` (as TextBrewer computes); `--seed` is passed to every lmcompress
+contender, and `--set KEY=VALUE` (a `distill` option) to every `lmcompress_defaults*` one, whose validation accuracy
+(of the epoch kept) is recorded to choose settings on.
 `--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without bf16 kernels).
 
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
@@ -28,7 +27,6 @@ Writes benchmarks/results/distill_vs_textbrewer.{json,md} (or `--name`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -42,7 +40,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 from transformers import get_linear_schedule_with_warmup
-from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, flat_to_nested, from_dict
 from lmcompress.data import load_task
@@ -50,7 +47,7 @@ from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.distillation.stage import distill
 from lmcompress.distillation.student import build_student, parse_spec
 from lmcompress.machine import processor
-from lmcompress.training import resolve_precision, samplers
+from lmcompress.training import resolve_precision
 from lmcompress.runkinds.task import predict
 from lmcompress.scores import task_metrics
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
@@ -115,18 +112,6 @@ def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cach
             "group_by_length": group_by_length, "cache": manifest["teacher_cache"]}
 
 
-@contextlib.contextmanager
-def transformers_grouped_order():
-    """Length-grouped batches in transformers' order (mega-batches kept longest to shortest), not shuffled."""
-    ours = samplers.length_grouped_order
-    samplers.length_grouped_order = lambda lengths, size, generator: get_length_grouped_indices(lengths, size,
-                                                                                                generator=generator)
-    try:
-        yield
-    finally:
-        samplers.length_grouped_order = ours
-
-
 def lmcompress_defaults_run(args, out: Path, cache_dir: Path, flags: dict) -> dict:
     """`lmcompress distill --teacher T --student pick=0,1` plus `flags` (flat option names, as the Python API)."""
     nested = flat_to_nested(DistillConfig, {"teacher": str(args.teacher), "student": "pick=0,1", "out": str(out),
@@ -150,15 +135,13 @@ DEFAULTS_NOTE = ("`lmcompress_defaults` sets nothing but the student, so its los
                  "logit KD (KL, T=4, alpha 0.5) without the hidden-state MSE, weight decay 0.01, 10% warm-up, the "
                  "best epoch on validation kept, length-grouped batches, `--precision auto` and `--teacher-precision "
                  "auto`; `_hidden` adds `--hidden-weight 1` (the hidden-state MSE on the copied layers), `_ungrouped` "
-                 "`--no-group-by-length`, `_last_epoch` `--no-keep-best`, `_fp32` `--precision fp32 --teacher-precision fp32`, "
-                 "`_hf_grouped` groups in transformers' order (no shuffle of the grouped batches).")
+                 "`--no-group-by-length`, `_last_epoch` `--no-keep-best`, `_fp32` `--precision fp32 --teacher-precision fp32`.")
 LMCOMPRESS = (("lmcompress_fp32", "fp32", "fp32", False), ("lmcompress_bf16", "bf16", "bf16", False),
               ("lmcompress_bf16_grouped", "bf16", "bf16", True))
 DEFAULTS = {"lmcompress_defaults": {}, "lmcompress_defaults_hidden": {"hidden_weight": 1.0},
             "lmcompress_defaults_ungrouped": {"group_by_length": False},
             "lmcompress_defaults_last_epoch": {"keep_best": False},
-            "lmcompress_defaults_fp32": {"precision": "fp32", "teacher_precision": "fp32"},
-            "lmcompress_defaults_hf_grouped": {}}  # name -> what it changes (and the batch order, below)
+            "lmcompress_defaults_fp32": {"precision": "fp32", "teacher_precision": "fp32"}}  # name -> what it changes
 ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), *DEFAULTS)
 
 
@@ -231,9 +214,8 @@ def main() -> int:
         if name in chosen:
             extra = dict(args.set)
             label = name + (f"[{','.join(f'{k}={v}' for k, v in extra.items())}]" if extra else "")
-            with transformers_grouped_order() if name.endswith("_hf_grouped") else contextlib.nullcontext():
-                results["contenders"][label] = lmcompress_defaults_run(args, work / name, work / f"cache-{name}",
-                                                                       flags | extra | {"seed": args.seed})
+            results["contenders"][label] = lmcompress_defaults_run(args, work / name, work / f"cache-{name}",
+                                                                   flags | extra | {"seed": args.seed})
             print(json.dumps(results["contenders"][label]))
     shutil.rmtree(work, ignore_errors=True)
 

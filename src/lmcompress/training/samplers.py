@@ -18,20 +18,9 @@ def example_lengths(data) -> list[int]:
     return [len(examples[i]["input_ids"]) for i in range(len(examples))]
 
 
-def length_grouped_order(lengths: list[int], batch_size: int, generator: torch.Generator) -> list[int]:
-    """transformers' length-grouped batches (random mega-batches of 50 batches, each sorted by length), then the
-    batches shuffled. transformers keeps each mega-batch in length order, so training walks from the longest rows to
-    the shortest 50 batches at a time and ends an epoch on short ones; shuffling the finished batches keeps the
-    padding saved and drops that drift. A short last batch stays last: the loader cuts the order every batch_size."""
-    order = get_length_grouped_indices(lengths, batch_size, generator=generator)
-    full = len(order) // batch_size
-    shuffled = torch.randperm(full, generator=generator).tolist()
-    return [i for b in shuffled for i in order[b * batch_size:(b + 1) * batch_size]] + order[full * batch_size:]
-
-
 class LengthGroupedEpochSampler(torch.utils.data.Sampler):
-    """Length-grouped batches in a shuffled order (`length_grouped_order`), drawn from (seed, epoch) so that a resumed
-    run replays the same batches."""
+    """transformers' length-grouped order (random mega-batches, each sorted by length), drawn from (seed, epoch) so
+    that a resumed run replays the same batches."""
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int):
         self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
@@ -41,7 +30,7 @@ class LengthGroupedEpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(length_grouped_order(self.lengths, self.batch_size, generator))
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
     def __len__(self) -> int:
         return len(self.lengths)
