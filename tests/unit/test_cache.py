@@ -68,3 +68,16 @@ def test_topk_cache_round_trip_in_batch_order_and_reopened(tmp_path):
     assert again.stats()["cached"] == 2 and again.hits == 2
     other = TopKCache(tmp_path, "teacher", "other blocks", n=5, seq_len=8, k=3)  # another corpus: another folder
     assert other.folder != again.folder and not other.has(torch.tensor([1]))
+
+
+def test_a_teacher_in_another_precision_never_reads_the_cached_outputs(tmp_path):
+    """bf16 and fp32 teacher outputs differ, so an fp32 run must not be handed what a bf16 run cached (and back)."""
+    ids = [[1, 2, 3], [4, 5]]
+    fp32 = TeacherCache(tmp_path, "t", ids, num_classes=2, precision="fp32")
+    fp32.write(torch.tensor([0, 1]), torch.zeros(2, 2), {})
+    fp32.flush()
+    bf16 = TeacherCache(tmp_path, "t", ids, num_classes=2, precision="bf16")
+    assert bf16.folder != fp32.folder and not bf16.has(torch.tensor([0]))
+    assert TeacherCache(tmp_path, "t", ids, num_classes=2, precision="fp32").has(torch.tensor([0, 1]))
+    topk = TopKCache(tmp_path, "t", "blocks", n=2, seq_len=8, k=3, precision="fp32")
+    assert TopKCache(tmp_path, "t", "blocks", n=2, seq_len=8, k=3, precision="bf16").folder != topk.folder

@@ -3,8 +3,8 @@
 Layout under `<root>/<key>/`: `logits.npy` [N, C] float32 (per-token tasks, NER and QA: [total_tokens, C], packed
 like the hidden states) with `filled.npy` [N] bool; for each hidden-state index l that some student asked for,
 `hidden_<l>.npy` [total_tokens, H] float16 holding only real tokens (rows `offsets[i]:offsets[i] + lengths[i]` belong
-to example i) with its own `filled_<l>.npy` [N]; `meta.json`. The key
-hashes the teacher's weights and config and the exact training token ids, so a changed teacher or dataset never reads
+to example i) with its own `filled_<l>.npy` [N]; `meta.json`. The key hashes the teacher's weights and config, the
+precision it computes in and the exact training token ids, so a changed teacher, precision or dataset never reads
 stale outputs, while students with different layer maps share one cache: a layer computed for one student is there
 for the next. A cache left half-filled by an interrupted run stays valid (the masks say which rows are done).
 Under a launcher rank 0 creates the files and every rank maps them: each fills the rows of its own shard, and later
@@ -58,13 +58,16 @@ def tokens_fingerprint(input_ids: list[list[int]]) -> str:
 
 class TeacherCache:
     def __init__(self, root: Path, teacher_hash: str, input_ids: list[list[int]], num_classes: int,
-                 hidden_layers: tuple[int, ...] = (), hidden_size: int = 0, per_token: bool = False):
+                 hidden_layers: tuple[int, ...] = (), hidden_size: int = 0, per_token: bool = False,
+                 precision: str = "fp32"):
         self.lengths = np.array([len(ids) for ids in input_ids], dtype=np.int64)  # [N]
         self.offsets = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)  # [N]
         self.hidden_layers = tuple(hidden_layers)
         self.hidden_size = hidden_size
         self.per_token = per_token  # logits per token [T, C] (token classification, QA spans), not per example
-        spec = {"teacher": teacher_hash, "tokens": tokens_fingerprint(input_ids), "classes": num_classes, "format": 2}
+        # bf16 and fp32 teachers differ in the third digit: an fp32 run must never read a bf16 teacher's outputs
+        spec = {"teacher": teacher_hash, "tokens": tokens_fingerprint(input_ids), "classes": num_classes, "format": 2,
+                "precision": precision}
         if per_token:
             spec["per_token"] = True
         self.key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
@@ -157,11 +160,13 @@ class TeacherCache:
 
 class TopKCache:
     """The teacher's top-k vocabulary logits of each causal-LM block: `values.npy` [N, T, k] float16 and `ids.npy`
-    [N, T, k] int32 under `<root>/topk/<key>/`, with `filled.npy` [N]. The key hashes the teacher, the exact token
-    ids of every block and k, so a changed teacher, corpus, tokenizer or k never reads stale values."""
+    [N, T, k] int32 under `<root>/topk/<key>/`, with `filled.npy` [N]. The key hashes the teacher, the precision it
+    computes in, the exact token ids of every block and k, so a changed teacher, precision, corpus, tokenizer or k never
+    reads stale values."""
 
-    def __init__(self, root: Path, teacher_hash: str, examples_hash: str, n: int, seq_len: int, k: int):
-        key = hashlib.sha256(f"{teacher_hash}|{examples_hash}|{seq_len}|{k}".encode()).hexdigest()[:24]
+    def __init__(self, root: Path, teacher_hash: str, examples_hash: str, n: int, seq_len: int, k: int,
+                 precision: str = "fp32"):
+        key = hashlib.sha256(f"{teacher_hash}|{examples_hash}|{seq_len}|{k}|{precision}".encode()).hexdigest()[:24]
         self.folder = root / "topk" / key
         fresh = not (self.folder / "filled.npy").is_file()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -177,7 +182,8 @@ class TopKCache:
             del filled
             os.replace(self.folder / "filled.tmp.npy", self.folder / "filled.npy")
             (self.folder / "meta.json").write_text(json.dumps(
-                {"teacher": teacher_hash, "examples": examples_hash, "n": n, "seq_len": seq_len, "k": k}, indent=2))
+                {"teacher": teacher_hash, "examples": examples_hash, "n": n, "seq_len": seq_len, "k": k,
+                 "precision": precision}, indent=2))
         self.filled = np.lib.format.open_memmap(self.folder / "filled.npy", mode="r+")
         if self.values.shape != (n, seq_len, k):
             raise ValueError(f"teacher cache {self.folder} has shape {self.values.shape}, expected {(n, seq_len, k)}")

@@ -218,13 +218,17 @@ class PairedCollator:
         return dict(self.student(own)) | {TEACHER_PREFIX + k: v for k, v in self.teacher(theirs).items()}
 
 
-def teacher_autocast(precision: str, device_type: str):
-    """The context the teacher's forward runs in: bf16 autocast for `bf16`, and for `auto` where the hardware has
-    bf16 kernels (AMX or AVX512-BF16, a GPU with bf16), else none (fp32)."""
+def teacher_compute_precision(precision: str) -> str:
+    """`auto` -> "bf16" where the hardware has bf16 kernels (AMX or AVX512-BF16, a GPU with bf16), else "fp32"."""
     if precision == "auto":
-        precision = "bf16" if resolve_precision("auto") == "bf16" else "fp32"
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16) if precision == "bf16" \
-        else contextlib.nullcontext()
+        return "bf16" if resolve_precision("auto") == "bf16" else "fp32"
+    return precision
+
+
+def teacher_autocast(precision: str, device_type: str):
+    """The context the teacher's forward runs in: bf16 autocast for a bf16 teacher, else none (fp32)."""
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16) \
+        if teacher_compute_precision(precision) == "bf16" else contextlib.nullcontext()
 
 
 class TeacherOutputs:

@@ -35,7 +35,7 @@ from ..training import fit
 from . import losses
 from .cache import TopKCache, teacher_cache_root, teacher_fingerprint
 from .components import (DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map,
-                         projection_count, teacher_autocast)
+                         projection_count, teacher_autocast, teacher_compute_precision)
 from .sharding import is_sharded, shard_teacher
 from .student import build_student, is_derived_spec, layer_count, model_width, parse_spec
 
@@ -91,7 +91,7 @@ def _top_k_cache(cfg: LMDistillConfig, teacher: LMTeacher, data: LMData) -> TopK
     if cfg.sample_k:  # sampled tokens depend on the temperature and the seed too
         examples += f"|sampled|T={cfg.loss.temperature}|seed={cfg.train.seed}"
     return on_every_process(lambda: TopKCache(root, teacher_fingerprint(teacher.path), examples, len(data.train),
-                                              seq_len, sparse_k))
+                                              seq_len, sparse_k, teacher_compute_precision(cfg.teacher_precision)))
 
 
 def check_vocabularies(teacher_tokenizer, student_tokenizer) -> None:

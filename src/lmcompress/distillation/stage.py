@@ -34,7 +34,7 @@ from ..training import fit
 from .augment import EmbeddingNeighbours, word_replaced_texts
 from .cache import TeacherCache, teacher_cache_root, teacher_fingerprint
 from .components import (TEACHER_PREFIX, DistillModule, Needs, PairedCollator, TeacherOutputs, fill_teacher_cache,
-                         intermediate_needs, parse_layer_map, projection_count)
+                         intermediate_needs, parse_layer_map, projection_count, teacher_compute_precision)
 from .sharding import shard_teacher
 from .static import distill_static, is_static_spec
 from .student import build_student, is_derived_spec, layer_count, load_student_like, model_width, parse_spec
@@ -172,7 +172,7 @@ def _teacher_cache(cfg: DistillConfig, teacher, teacher_dir: Path, teacher_ids, 
     return on_every_process(lambda: TeacherCache(
         teacher_cache_root(cfg.cache_dir), teacher_fingerprint(teacher_dir), teacher_ids,
         teacher.config.num_labels, needs.hidden, model_width(teacher.config),
-        per_token=task in (TOKEN_TASK, QA_TASK)))
+        per_token=task in (TOKEN_TASK, QA_TASK), precision=teacher_compute_precision(cfg.teacher_precision)))
 
 
 def _train(cfg: DistillConfig, run: RunDir, training: Training, task_data, student_tokenizer, max_len: int):
