@@ -30,7 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+")
     parser.add_argument("--backends", choices=("run", "auto"), default="auto")
-    parser.add_argument("--latency-repeats", type=int, default=20)
+    parser.add_argument("--latency-repeats", type=int, default=CompareConfig.latency_repeats)
     parser.add_argument("--out", type=Path, default=Path("runs/stability"))
     parser.add_argument("--name", default="compare_stability", help="results file name (benchmarks/results/NAME.*)")
     args = parser.parse_args()

@@ -406,7 +406,10 @@ class CompareConfig:
     runs: list[str] = field(default_factory=list, metadata={"help": "run directories (the first is the teacher)"})
     out: str = field(default="", metadata={"help": "folder for report.md/html/json and pareto.png"})
     teacher: str | None = field(default=None, metadata={"help": "which run is the reference (default: the first)"})
-    latency_repeats: int = field(default=20, metadata={"help": "timed repeats per batch size (median reported)"})
+    # 40: two reports over the same models agreed within 15% on shared 2-core machines only from 40 rounds on
+    # (benchmarks/compare_stability.py: 10 rounds 19.7%, 20 rounds 15.1%, 40 rounds 13.5-13.6%)
+    latency_repeats: int = field(default=40, metadata={
+        "help": "timed rounds per batch size, 3x as many at batch 1 (median reported)"})
     threads: int | None = field(default=None, metadata={"help": "torch threads for every timing (default: all cores)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing report folder"})
     baseline: Literal["none", "tfidf"] = field(default="none", metadata={
