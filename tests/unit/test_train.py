@@ -79,6 +79,21 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_tokenizer_dir, tmp_pa
         assert torch.equal(value, straight[key]), key
 
 
+def test_validation_never_changes_what_training_learns(tiny_tokenizer_dir, tmp_path):
+    """Validating after every step or only after each epoch trains the same weights: validation (whose DataLoader
+    draws a seed from torch's random stream) must leave the dropout masks of training alone."""
+    trained = []
+    for every in (None, 1):
+        model, tok, data = _setup(tiny_tokenizer_dir)
+        cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=1e-3, keep_best=False, eval_every_steps=every)
+        result = _fit(model, tok, data, cfg, tmp_path / str(every))
+        trained.append((len(result.state.history), model.state_dict()))
+    (epochs_only, sparse), (every_step, dense) = trained
+    assert (epochs_only, every_step) == (2, 12)  # 6 steps an epoch: 5 mid-epoch evaluations each, then the epoch's
+    for key, value in sparse.items():
+        assert torch.equal(value, dense[key]), key
+
+
 def test_keep_best_restores_best_epoch(tiny_tokenizer_dir, tmp_path):
     model, tok, data = _setup(tiny_tokenizer_dir)
     cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3)

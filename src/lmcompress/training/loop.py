@@ -194,7 +194,9 @@ class _Loop:
 
     def evaluate(self, when: str) -> None:
         """Validation metrics into the history and the log; the best weights so far kept aside."""
-        with self.accelerator.autocast():  # validation at the training precision (bf16 runs: bf16), as transformers
+        # validation at the training precision (bf16 runs: bf16), as transformers; on a fork of the random stream
+        # (torch's DataLoader draws a seed from it), so how often validation runs never changes the dropout masks
+        with torch.random.fork_rng(devices=[]), self.accelerator.autocast():
             metrics = self.evaluate_fn(self.unwrapped)
         state, value = self.state, metrics[self.monitor]
         improved = state.best_value is None or (value > state.best_value if self.higher_is_better
