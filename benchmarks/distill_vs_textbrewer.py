@@ -16,6 +16,9 @@ or AVX512-BF16, length-grouped batches): what a user who sets nothing gets; `_hi
 `--precision fp32 --teacher-precision fp32` (as TextBrewer computes); `--seed` is passed to every lmcompress
 contender, and `--set KEY=VALUE` (a `distill` option) to every `lmcompress_defaults*` one, whose validation accuracy
 (of the epoch kept) is recorded to choose settings on.
+`lmcompress_fp32_textbrewer_order` trains with TextBrewer's settings, its batch order and its dropout masks (the
+same seed) and the teacher run live: TextBrewer's computation step by step in lmcompress's loop, so the two should
+agree to rounding; `_cached` reads the teacher from the cache instead (hidden states kept in fp16).
 `--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without bf16 kernels).
 
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
@@ -27,6 +30,7 @@ Writes benchmarks/results/distill_vs_textbrewer.{json,md} (or `--name`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -46,6 +50,7 @@ from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.distillation.stage import distill
 from lmcompress.distillation.student import build_student, parse_spec
+from lmcompress.training import loop as training_loop
 from lmcompress.machine import processor
 from lmcompress.training import resolve_precision
 from lmcompress.runkinds.task import predict
@@ -94,22 +99,63 @@ def textbrewer_run(teacher, student, train_set, collate, tokenizer, task_data, a
             "version": textbrewer.__version__, "fused_adamw": fused}
 
 
+class ReplayedOrder(torch.utils.data.Sampler):
+    """Epoch e yields orders[e]: the rows in the order another loader produced them."""
+
+    def __init__(self, orders: list[list[int]]):
+        self.orders, self.epoch = orders, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(self.orders[self.epoch])
+
+    def __len__(self) -> int:
+        return len(self.orders[0])
+
+
+@contextlib.contextmanager
+def textbrewer_batch_order(seed: int, epochs: int):
+    """lmcompress's training loop fed the batches in the order TextBrewer's loader (`textbrewer_run`) meets them.
+    With the same seed both draw the same dropout masks too (fit seeds torch as that run does just before training,
+    and validation runs on a fork of the random stream), so the two runs make the same computation step by step."""
+    def make_loader(train_data, collate, cfg):
+        shuffled = DataLoader(range(len(train_data)), batch_size=cfg.batch_size, shuffle=True,
+                              generator=torch.Generator().manual_seed(seed))  # what textbrewer_run builds
+        orders = [[i for batch in shuffled for i in batch.tolist()] for _ in range(epochs)]
+        return DataLoader(train_data, batch_size=cfg.batch_size, sampler=ReplayedOrder(orders), collate_fn=collate,
+                          generator=torch.Generator())  # a generator: no draw from the global stream per epoch
+
+    original = training_loop.make_loader
+    training_loop.make_loader = make_loader
+    try:
+        yield
+    finally:
+        training_loop.make_loader = original
+
+
 def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cache_dir: Path,
-                   group_by_length: bool = False) -> dict:
+                   group_by_length: bool = False, textbrewer_order: bool = False, cache: bool = True) -> dict:
+    """TextBrewer's settings in lmcompress; `textbrewer_order`: also its batch order and dropout masks. Without
+    `cache` the teacher runs live on every step, as in TextBrewer (the cache keeps hidden states in fp16)."""
     cfg = DistillConfig(
         teacher=str(args.teacher), student="pick=0,1", out=str(out), overwrite=True, cache_dir=str(cache_dir),
-        teacher_precision=teacher_precision,
+        teacher_precision=teacher_precision, cache=cache,
         train=TrainConfig(epochs=float(args.epochs), batch_size=32, learning_rate=1e-4, weight_decay=0.0,
                           warmup_ratio=0.0, max_grad_norm=1.0, precision=precision, seed=args.seed,
                           checkpoint_every_steps=10_000, keep_best=False, group_by_length=group_by_length),
         loss=DistillLossConfig(temperature=4.0, alpha=0.5, kd_kind="ce", hidden_weight=1.0, layer_map="1:1,2:2"))
     start = time.perf_counter()
-    metrics = distill(cfg)
+    with textbrewer_batch_order(args.seed, args.epochs) if textbrewer_order else contextlib.nullcontext():
+        metrics = distill(cfg)
     wall = time.perf_counter() - start
     manifest = json.loads((out / "lmcompress.json").read_text())
     return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
             "test": metrics["metrics"], "precision": precision, "teacher_precision": teacher_precision,
-            "group_by_length": group_by_length, "cache": manifest["teacher_cache"]}
+            "group_by_length": group_by_length, "textbrewer_order": textbrewer_order,
+            "teacher_outputs": "cached" if cache else "live",
+            "cache": manifest["teacher_cache"]}
 
 
 def lmcompress_defaults_run(args, out: Path, cache_dir: Path, flags: dict) -> dict:
@@ -136,13 +182,17 @@ DEFAULTS_NOTE = ("`lmcompress_defaults` sets nothing but the student, so its los
                  "best epoch on validation kept, length-grouped batches, `--precision auto` and `--teacher-precision "
                  "auto`; `_hidden` adds `--hidden-weight 1` (the hidden-state MSE on the copied layers), `_ungrouped` "
                  "`--no-group-by-length`, `_last_epoch` `--no-keep-best`, `_fp32` `--precision fp32 --teacher-precision fp32`.")
-LMCOMPRESS = (("lmcompress_fp32", "fp32", "fp32", False), ("lmcompress_bf16", "bf16", "bf16", False),
-              ("lmcompress_bf16_grouped", "bf16", "bf16", True))
+# name -> (precision, teacher precision, group by length, TextBrewer's batch order and dropout masks, teacher cache)
+LMCOMPRESS = {"lmcompress_fp32": ("fp32", "fp32", False, False, True),
+              "lmcompress_bf16": ("bf16", "bf16", False, False, True),
+              "lmcompress_bf16_grouped": ("bf16", "bf16", True, False, True),
+              "lmcompress_fp32_textbrewer_order": ("fp32", "fp32", False, True, False),
+              "lmcompress_fp32_textbrewer_order_cached": ("fp32", "fp32", False, True, True)}
 DEFAULTS = {"lmcompress_defaults": {}, "lmcompress_defaults_hidden": {"hidden_weight": 1.0},
             "lmcompress_defaults_ungrouped": {"group_by_length": False},
             "lmcompress_defaults_last_epoch": {"keep_best": False},
             "lmcompress_defaults_fp32": {"precision": "fp32", "teacher_precision": "fp32"}}  # name -> what it changes
-ALL = ("textbrewer", "textbrewer_fused_adamw", *(c[0] for c in LMCOMPRESS), *DEFAULTS)
+ALL = ("textbrewer", "textbrewer_fused_adamw", *LMCOMPRESS, *DEFAULTS)
 
 
 def parse_setting(text: str) -> tuple[str, object]:
@@ -184,7 +234,7 @@ def main() -> int:
                                                           collate, 64))["accuracy"]
 
     work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     results: dict = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commit": commit or None,
                      "teacher": str(args.teacher),
                      "teacher_test_accuracy": teacher_acc, "epochs": args.epochs, "threads": torch.get_num_threads(),
@@ -203,12 +253,11 @@ def main() -> int:
             results["contenders"][name] = textbrewer_run(copy.deepcopy(teacher), copy.deepcopy(student), train_set,
                                                          collate, tokenizer, task_data, args, fused)
             print(json.dumps(results["contenders"][name]))
-    for name, precision, teacher_precision, grouped in LMCOMPRESS:
+    for name, settings in LMCOMPRESS.items():
         if name not in chosen:
             continue
         cache_dir = work / f"cache-{name}"  # a cold cache each: the teacher's first epoch is in the timing
-        results["contenders"][name] = lmcompress_run(args, precision, teacher_precision, work / name, cache_dir,
-                                                     grouped)
+        results["contenders"][name] = lmcompress_run(args, *settings[:2], work / name, cache_dir, *settings[2:])
         print(json.dumps(results["contenders"][name]))
     for name, flags in DEFAULTS.items():
         if name in chosen:
