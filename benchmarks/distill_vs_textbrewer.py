@@ -50,15 +50,20 @@ from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.distillation.stage import distill
 from lmcompress.distillation.student import build_student, parse_spec
-from lmcompress.training import loop as training_loop
 from lmcompress.machine import processor
-from lmcompress.training import resolve_precision
+from lmcompress.training import loop as training_loop, resolve_precision
 from lmcompress.runkinds.task import predict
 from lmcompress.scores import task_metrics
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
 from lmcompress.runs import read_run_manifest
 
 RESULTS = Path(__file__).parent / "results"
+
+
+def textbrewer_loader(rows, batch_size: int, seed: int, collate=None) -> DataLoader:
+    """The shuffled loader TextBrewer is handed; `textbrewer_batch_order` replays its order in lmcompress's loop."""
+    return DataLoader(rows, batch_size=batch_size, shuffle=True, collate_fn=collate,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def textbrewer_run(teacher, student, train_set, collate, tokenizer, task_data, args, fused: bool = False) -> dict:
@@ -71,8 +76,7 @@ def textbrewer_run(teacher, student, train_set, collate, tokenizer, task_data, a
         return {"logits": outputs.logits, "hidden": outputs.hidden_states, "inputs_mask": batch["attention_mask"],
                 "losses": [outputs.loss]}
 
-    generator = torch.Generator().manual_seed(args.seed)
-    loader = DataLoader(train_set, batch_size=32, shuffle=True, collate_fn=collate, generator=generator)
+    loader = textbrewer_loader(train_set, 32, args.seed, collate)
     work = Path(tempfile.mkdtemp(prefix="textbrewer-"))
     train_config = TrainingConfig(device="cpu", log_dir=str(work / "logs"), output_dir=str(work / "out"),
                                   ckpt_frequency=1, ckpt_epoch_frequency=args.epochs)  # save only at the end
@@ -121,8 +125,7 @@ def textbrewer_batch_order(seed: int, epochs: int):
     With the same seed both draw the same dropout masks too (fit seeds torch as that run does just before training,
     and validation runs on a fork of the random stream), so the two runs make the same computation step by step."""
     def make_loader(train_data, collate, cfg):
-        shuffled = DataLoader(range(len(train_data)), batch_size=cfg.batch_size, shuffle=True,
-                              generator=torch.Generator().manual_seed(seed))  # what textbrewer_run builds
+        shuffled = textbrewer_loader(range(len(train_data)), cfg.batch_size, seed)  # row numbers, same order
         orders = [[i for batch in shuffled for i in batch.tolist()] for _ in range(epochs)]
         return DataLoader(train_data, batch_size=cfg.batch_size, sampler=ReplayedOrder(orders), collate_fn=collate,
                           generator=torch.Generator())  # a generator: no draw from the global stream per epoch
@@ -135,7 +138,7 @@ def textbrewer_batch_order(seed: int, epochs: int):
         training_loop.make_loader = original
 
 
-def lmcompress_run(args, precision: str, teacher_precision: str, out: Path, cache_dir: Path,
+def lmcompress_run(args, out: Path, cache_dir: Path, precision: str, teacher_precision: str,
                    group_by_length: bool = False, textbrewer_order: bool = False, cache: bool = True) -> dict:
     """TextBrewer's settings in lmcompress; `textbrewer_order`: also its batch order and dropout masks. Without
     `cache` the teacher runs live on every step, as in TextBrewer (the cache keeps hidden states in fp16)."""
@@ -182,12 +185,11 @@ DEFAULTS_NOTE = ("`lmcompress_defaults` sets nothing but the student, so its los
                  "best epoch on validation kept, length-grouped batches, `--precision auto` and `--teacher-precision "
                  "auto`; `_hidden` adds `--hidden-weight 1` (the hidden-state MSE on the copied layers), `_ungrouped` "
                  "`--no-group-by-length`, `_last_epoch` `--no-keep-best`, `_fp32` `--precision fp32 --teacher-precision fp32`.")
-# name -> (precision, teacher precision, group by length, TextBrewer's batch order and dropout masks, teacher cache)
-LMCOMPRESS = {"lmcompress_fp32": ("fp32", "fp32", False, False, True),
-              "lmcompress_bf16": ("bf16", "bf16", False, False, True),
-              "lmcompress_bf16_grouped": ("bf16", "bf16", True, False, True),
-              "lmcompress_fp32_textbrewer_order": ("fp32", "fp32", False, True, False),
-              "lmcompress_fp32_textbrewer_order_cached": ("fp32", "fp32", False, True, True)}
+FP32, BF16 = {"precision": "fp32", "teacher_precision": "fp32"}, {"precision": "bf16", "teacher_precision": "bf16"}
+LMCOMPRESS = {"lmcompress_fp32": FP32, "lmcompress_bf16": BF16,  # name -> lmcompress_run's settings
+              "lmcompress_bf16_grouped": BF16 | {"group_by_length": True},
+              "lmcompress_fp32_textbrewer_order": FP32 | {"textbrewer_order": True, "cache": False},
+              "lmcompress_fp32_textbrewer_order_cached": FP32 | {"textbrewer_order": True}}
 DEFAULTS = {"lmcompress_defaults": {}, "lmcompress_defaults_hidden": {"hidden_weight": 1.0},
             "lmcompress_defaults_ungrouped": {"group_by_length": False},
             "lmcompress_defaults_last_epoch": {"keep_best": False},
@@ -257,7 +259,7 @@ def main() -> int:
         if name not in chosen:
             continue
         cache_dir = work / f"cache-{name}"  # a cold cache each: the teacher's first epoch is in the timing
-        results["contenders"][name] = lmcompress_run(args, *settings[:2], work / name, cache_dir, *settings[2:])
+        results["contenders"][name] = lmcompress_run(args, work / name, cache_dir, **settings)
         print(json.dumps(results["contenders"][name]))
     for name, flags in DEFAULTS.items():
         if name in chosen:
