@@ -406,6 +406,8 @@ class CompareConfig:
     runs: list[str] = field(default_factory=list, metadata={"help": "run directories (the first is the teacher)"})
     out: str = field(default="", metadata={"help": "folder for report.md/html/json and pareto.png"})
     teacher: str | None = field(default=None, metadata={"help": "which run is the reference (default: the first)"})
+    names: str | None = field(default=None, metadata={
+        "help": "comma-separated row names, one per run in the order given (default: the folders' names)"})
     # 40: two reports over the same models agreed within 15% on shared 2-core machines only from 40 rounds on
     # (benchmarks/compare_stability.py: 10 rounds 19.7%, 20 rounds 15.1%, 40 rounds 13.5-13.6%)
     latency_repeats: int = field(default=40, metadata={
@@ -425,6 +427,15 @@ class CompareConfig:
             raise ValueError("give at least one run to compare")
         _required(self, "out")
         _at_least(self, 1, "latency_repeats", "threads")
+        if self.names is not None:
+            names = self.row_names()
+            if len(names) != len(self.runs) or not all(names) or len(set(names)) < len(names):
+                raise ValueError(f"--names needs {len(self.runs)} distinct non-empty names, one per run; got "
+                                 f"{self.names!r}")
+
+    def row_names(self) -> list[str] | None:
+        """The names given with --names, in run order (None: name the rows after their folders)."""
+        return None if self.names is None else [name.strip() for name in self.names.split(",")]
 
 
 @dataclass

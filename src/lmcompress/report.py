@@ -54,8 +54,8 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         raise LmcError(f"--out {out} is a file; choose a folder path")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
         raise LmcError(f"--out {out} is not empty; pass --overwrite to replace the report")
-    names = [spec if not Path(spec).expanduser().exists() else name  # a zoo model keeps its zoo name
-             for spec, name in zip(cfg.runs, _run_names(folders))]
+    names = cfg.row_names() or [spec if not Path(spec).expanduser().exists() else name  # a zoo model: its zoo name
+                                for spec, name in zip(cfg.runs, _run_names(folders))]
     teacher_index = 0
     if cfg.teacher is not None:
         matches = [i for i, (n, f) in enumerate(zip(names, folders)) if cfg.teacher in (n, str(f), f.name)]

@@ -46,9 +46,8 @@ def test_auto_hands_back_a_report_with_the_chosen_row_and_the_model(auto_run):
     assert (auto_run / "report" / "candidates.png").stat().st_size > 0
     assert "## auto: the search" in (auto_run / "report" / "report.md").read_text()
     assert "| measured as trained |" in (auto_run / "report" / "report.md").read_text()
-    # a shape's row carries the candidate's name; the static student's row is its distill step's, "student"
-    chosen = next((c for c in search["candidates"] if c["name"] in report["chosen"]), static)
-    assert chosen is not static or report["chosen"] == "student"
+    assert names == ["teacher"] + [c["name"] for c in trained]  # rows named after the candidates
+    chosen = next(c for c in search["candidates"] if c["name"] == report["chosen"])
     if chosen["shape"] != "static":
         AutoModelForSequenceClassification.from_pretrained(auto_run / "best")  # plain HF checkpoint
     shapes = json.loads((auto_run / "shapes.json").read_text())

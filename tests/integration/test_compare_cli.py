@@ -46,8 +46,18 @@ def test_compare_writes_the_report(tiny_teacher_run, student_run, tmp_path, caps
     assert "student-1l" in capsys.readouterr().out  # the terminal table
 
 
+def test_compare_names_the_rows_as_told(tiny_teacher_run, student_run, tmp_path):
+    out = tmp_path / "report"
+    assert main(["compare", str(student_run), str(tiny_teacher_run), "--names", "small, big", "--teacher", "big",
+                 "--out", str(out), "--latency-repeats", "1", "--threads", "1", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["teacher"] == "big" and [row["name"] for row in report["rows"]] == ["small", "big"]
+    assert "| small |" in (out / "report.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--teacher", "nobody"], "is not one of the runs"),
+    (["--names", "a,b"], "--names needs 1 distinct non-empty names"),
     (["EXTRA_NOT_A_RUN"], "is not a run directory"),
 ])
 def test_compare_bad_input(tiny_teacher_run, tmp_path, capsys, args, message):

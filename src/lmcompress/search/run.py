@@ -463,7 +463,9 @@ def _report(search: Search) -> dict[str, Any]:
     if not trained:
         raise LmcError(f"the time budget ({search.cfg.time_budget}) ran out before any candidate was trained; "
                        "re-run the same command with a larger --time-budget (finished steps are kept)")
+    # rows named after the candidates: their deployed folders share leaf names ("student", "int8")
     cfg = CompareConfig(runs=[str(search.teacher_dir)] + [str(c.deploy) for c in trained],
+                        names=",".join(["teacher"] + [c.name for c in trained]),
                         out=str(search.root / "report"), overwrite=True, latency_repeats=10,
                         threads=search.cfg.threads, data=search.data,
                         backends="auto" if search.cfg.backend == "auto" else "run")
