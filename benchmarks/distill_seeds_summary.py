@@ -45,7 +45,7 @@ def read_draw(name: str, contender: str) -> dict:
     processor = run["processor"]
     return {"file": name, "contender": contender, "seed": int(seed.group(1)) if seed else 42,
             "commit": run.get("commit"), "teacher_test_accuracy": run["teacher_test_accuracy"],
-            "processor": f"{processor['model']} ({', '.join(processor['isa']) or 'no AVX'})",
+            "processor": f"{processor['model']} ({', '.join(processor['isa']) or 'no AVX2'})",
             "test_accuracy": run["contenders"][contender]["test"]["accuracy"]}
 
 
