@@ -192,6 +192,30 @@ def test_compare_backends_auto_times_every_runtime(tiny_teacher_run, tmp_path, c
     assert "% of peak" in markdown
 
 
+def test_openvino_bf16_run_on_a_cpu_without_bf16_is_served_and_labelled_fp32(tiny_teacher_run, tmp_path, capsys,
+                                                                               monkeypatch):
+    """A bf16 IR made on a bf16 machine and compared on one without: OpenVINO would ignore the hint and run f32, so
+    the report says fp32 (and warns) rather than naming arithmetic that never ran."""
+    pytest.importorskip("openvino")
+    from lmcompress.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "cpu_supports_bf16", lambda: True)  # the machine it was made on
+    made = tmp_path / "ov-bf16"
+    code, _, err = run_cli(["export", "--model", str(tiny_teacher_run), "--format", "openvino", "--precision", "bf16",
+                            "--out", str(made), "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads((made / "lmcompress.json").read_text())["openvino"]["precision"] == "bf16"
+
+    monkeypatch.setattr(ov_backend, "cpu_supports_bf16", lambda: False)  # the machine it is served on
+    report = tmp_path / "report"
+    code, _, err = run_cli(["compare", str(tiny_teacher_run), str(made), "--out", str(report), "--latency-repeats", "1",
+                            "--quiet"], capsys)
+    assert code == 0, err
+    assert "made for OpenVINO bf16" in err and "in fp32" in err
+    served = json.loads((report / "report.json").read_text())["rows"][1]
+    assert (served["backend"], served["precision"]) == ("openvino", "fp32")
+
+
 def test_quantize_and_export_bad_input(tiny_teacher_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -58,6 +58,13 @@ def recorded_precision(folder: Path) -> str:
     return ((read_run_manifest(folder) or {}).get("openvino") or {}).get("precision", "fp32")
 
 
+def served_precision(folder: Path) -> str:
+    """The precision an OpenVINO run dir runs at on this CPU: the recorded one, but fp32 where a bf16 hint would be
+    ignored (no AMX or AVX512-BF16), so that reports name the arithmetic that was timed and scored."""
+    recorded = recorded_precision(folder)
+    return "fp32" if recorded == "bf16" and not cpu_supports_bf16() else recorded
+
+
 def check_precision(precision: str) -> None:
     """One line when bf16 is asked for on a CPU that would silently run f32 instead."""
     if precision == "bf16" and not cpu_supports_bf16():

@@ -22,16 +22,16 @@ from ..models import static
 from ..runs import quantization_method
 from . import onnx_io
 from .onnx import MODEL_FILE
-from .openvino import IR_FILE, OpenVinoClassifier, onnx_to_ir, recorded_precision
+from .openvino import IR_FILE, OpenVinoClassifier, onnx_to_ir, served_precision
 
 log = logging.getLogger("lmcompress")
 
 def run_backend(folder: Path) -> str:
-    """The runtime a run dir is served by as it is: onnxruntime, openvino[-bf16] or torch."""
+    """The runtime a run dir is served by as it is on this CPU: onnxruntime, openvino[-bf16] or torch."""
     if (folder / MODEL_FILE).is_file():
         return "onnxruntime"
     if (folder / IR_FILE).is_file():
-        return "openvino-bf16" if recorded_precision(folder) == "bf16" else "openvino"
+        return "openvino-bf16" if served_precision(folder) == "bf16" else "openvino"
     return "torch"
 
 
