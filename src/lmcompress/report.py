@@ -215,11 +215,14 @@ def _setup_line(report: dict[str, Any]) -> str:
     how = ("models interleaved round by round, speedups within each round, interquartile range in brackets"
            if s.get("interleaved") else "all models in one process")
     if any(row.get("backends") for row in report["rows"]):
-        how += "; each model on its fastest backend, speedups against the teacher on PyTorch fp32"
+        teacher = next((row for row in report["rows"] if row["name"] == report["teacher"]), {})
+        on = "PyTorch fp32" if "torch" in (teacher.get("backends") or {}) else f"its own runtime ({teacher.get('backend')})"
+        how += f"; each model on its fastest backend, speedups against the teacher on {on}"
     peaks = s.get("matmul_peak_gflops") or {}
-    if any(peaks.values()):
+    if any(peaks.values()):  # the int8 peak counts integer multiply-adds: GOP/s
         how += ("; % of peak = achieved GFLOP/s (the config's FLOPs / batch-32 latency) over this machine's measured "
-                "matmul peak: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items() if v) + " GFLOP/s")
+                "matmul peak: " + ", ".join(f"{k} {v:.0f} {'GOP/s' if k == 'int8' else 'GFLOP/s'}"
+                                            for k, v in peaks.items() if v))
     return (f"CPU latency{where}: median of {s['latency_repeats']} rounds after warm-up ({3 * s['latency_repeats']} "
             f"at batch 1), sequence length "
             f"{s['seq_len']}, {s['threads']} threads, {how}; {rows}; "

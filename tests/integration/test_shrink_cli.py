@@ -177,6 +177,7 @@ def test_compare_backends_auto_times_every_runtime(tiny_teacher_run, tmp_path, c
     assert teacher["speedup_b32"] == pytest.approx(expected, abs=1e-3)
     markdown = (report / "report.md").read_text()
     assert "Every backend" in markdown and "openvino-bf16" in markdown
+    assert "speedups against the teacher on PyTorch fp32" in markdown and " GOP/s" in markdown  # int8 peak
 
     # roofline: FLOPs from the config, achieved rate over the latency, share of the peak of the row's precision
     config, seq = json.loads((tiny_teacher_run / "config.json").read_text()), payload["setup"]["seq_len"]
@@ -190,6 +191,43 @@ def test_compare_backends_auto_times_every_runtime(tiny_teacher_run, tmp_path, c
     assert quantized["peak_share_b32"] == pytest.approx(quantized["gflops_b32"] / peaks["int8"], rel=1e-2, abs=5e-5)
     assert quantized["gflops_b32"] == pytest.approx(quantized["gflop_b32"] / quantized["latency_ms_b32"] * 1000, rel=1e-2)
     assert "% of peak" in markdown
+
+    # an int8 teacher is served as it is: its speedups are against that runtime, and the report says so
+    code, _, err = run_cli(["compare", str(int8), str(tiny_teacher_run), "--backends", "auto", "--out",
+                            str(tmp_path / "int8-teacher"), "--latency-repeats", "1", "--quiet"], capsys)
+    assert code == 0, err
+    assert "speedups against the teacher on its own runtime (onnxruntime)" in (
+        tmp_path / "int8-teacher" / "report.md").read_text()
+
+
+def test_compare_backends_auto_says_what_it_could_not_time(tiny_teacher_run, tmp_path, capsys, monkeypatch):
+    """Without openvino, or with a model the exporter rejects, the comparison goes on with what can run and says
+    which runtimes it left out."""
+    pytest.importorskip("onnxscript")
+    from lmcompress.backends import onnx_io, serving
+    from lmcompress.errors import LmcError
+
+    monkeypatch.setattr(serving, "cpu_has_bf16", lambda: False)
+    real_installed = serving.installed
+    monkeypatch.setattr(serving, "installed", lambda *names: "openvino" not in names and real_installed(*names))
+
+    def compared_backends(out: str) -> tuple[set[str], str]:
+        code, _, err = run_cli(["compare", str(tiny_teacher_run), "--backends", "auto", "--out", str(tmp_path / out),
+                                "--latency-repeats", "1", "--quiet"], capsys)
+        assert code == 0, err
+        row = json.loads((tmp_path / out / "report.json").read_text())["rows"][0]
+        return set(row.get("backends", [row["backend"]])), err
+
+    backends, err = compared_backends("no-openvino")
+    assert backends == {"torch", "onnxruntime"} and "OpenVINO not timed (openvino is not installed" in err
+
+    def rejected(*_args, **_kwargs):
+        raise LmcError("ONNX export of BertForSequenceClassification failed: an unsupported op")
+
+    monkeypatch.setattr(onnx_io, "export_onnx", rejected)
+    backends, err = compared_backends("no-export")
+    assert backends == {"torch"}
+    assert "ONNX Runtime and OpenVINO not timed: ONNX export of BertForSequenceClassification failed" in err
 
 
 def test_openvino_bf16_run_on_a_cpu_without_bf16_is_served_and_labelled_fp32(tiny_teacher_run, tmp_path, capsys,

@@ -78,15 +78,19 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -
     return path
 
 
-def validate(model: nn.Module, path: Path, batches: list[dict[str, torch.Tensor]], tolerance: float) -> dict[str, Any]:
+TOLERANCE_ADVICE = "nothing was written (raise --tolerance only if you accept the difference)"
+
+
+def validate(model: nn.Module, path: Path, batches: list[dict[str, torch.Tensor]], tolerance: float,
+             advice: str = TOLERANCE_ADVICE) -> dict[str, Any]:
     """Max |logit difference| between ONNX Runtime and PyTorch on real batches; LmcError above `tolerance`."""
-    return validate_with(model, OnnxClassifier(path), batches, tolerance, "ONNX")
+    return validate_with(model, OnnxClassifier(path), batches, tolerance, "ONNX", advice)
 
 
 def validate_with(model: nn.Module, served: nn.Module, batches: list[dict[str, torch.Tensor]], tolerance: float,
-                  runtime: str) -> dict[str, Any]:
+                  runtime: str, advice: str = TOLERANCE_ADVICE) -> dict[str, Any]:
     """Max |logit difference| between `served` (an ONNX Runtime or OpenVINO model) and PyTorch on real batches;
-    LmcError above `tolerance`."""
+    LmcError above `tolerance`, its message ending in `advice` (what the calling command offers)."""
     worst = 0.0
     with torch.no_grad():
         for batch in batches:
@@ -100,7 +104,7 @@ def validate_with(model: nn.Module, served: nn.Module, batches: list[dict[str, t
               "batches": [list(b["input_ids"].shape) for b in batches]}
     if not np.isfinite(worst) or worst > tolerance:
         raise LmcError(f"{runtime} validation failed: max |logit difference| vs PyTorch is {worst:.3g} > tolerance "
-                       f"{tolerance:g}; nothing was written (raise --tolerance only if you accept the difference)")
+                       f"{tolerance:g}; {advice}")
     return record
 
 
