@@ -69,7 +69,7 @@ def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path
     for method in ("onnx-int8", "static-int8"):
         out = tmp_path / method
         code, _, err = run_cli(["quantize", "--model", str(tiny_teacher_run), "--method", method,
-                                "--calibration-examples", "16", "--out", str(out), "--quiet"], capsys)
+                                "--calibration-examples", "12", "--out", str(out), "--quiet"], capsys)
         assert code == 0, err
         manifest = json.loads((out / "lmcompress.json").read_text())
         metrics = json.loads((out / "metrics.json").read_text())
@@ -78,7 +78,7 @@ def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path
         runs[method] = out
     onnx_manifest = json.loads((runs["onnx-int8"] / "lmcompress.json").read_text())
     assert onnx_manifest["quantization"]["export_validation"]["max_abs_logit_diff"] < 1e-3
-    assert json.loads((runs["static-int8"] / "lmcompress.json").read_text())["quantization"]["calibration_examples"] == 16
+    assert json.loads((runs["static-int8"] / "lmcompress.json").read_text())["quantization"]["calibration_examples"] == 12
     ort.InferenceSession(str(runs["onnx-int8"] / "model.onnx"))  # plain onnxruntime loads it
 
     for precision in ("fp32", "fp16"):
@@ -99,11 +99,12 @@ def test_quantize_methods_export_evaluate_and_compare(tiny_teacher_run, tmp_path
 
     report = tmp_path / "report"
     code, _, err = run_cli(["compare", str(tiny_teacher_run), str(runs["onnx-int8"]), str(runs["static-int8"]),
-                            "--out", str(report), "--latency-repeats", "1", "--quiet"], capsys)
+                            str(runs["fp16"]), "--out", str(report), "--latency-repeats", "1", "--quiet"], capsys)
     assert code == 0, err
     rows = json.loads((report / "report.json").read_text())["rows"]
-    assert [r["name"] for r in rows] == ["teacher", "onnx-int8", "static-int8"]
+    assert [r["name"] for r in rows] == ["teacher", "onnx-int8", "static-int8", "onnx-fp16"]
     assert rows[1]["params"] == rows[2]["params"] == rows[0]["params"]  # int8 keeps every weight, in fewer bits
+    assert [r["precision"] for r in rows] == ["fp32", "int8", "int8", "fp16"]  # the arithmetic each one ran
 
 
 def test_openvino_export_and_int8_score_like_any_run(tiny_teacher_run, tmp_path, capsys):
@@ -126,10 +127,10 @@ def test_openvino_export_and_int8_score_like_any_run(tiny_teacher_run, tmp_path,
 
     int8 = tmp_path / "ov-int8"
     code, _, err = run_cli(["quantize", "--model", str(tiny_teacher_run), "--method", "openvino-int8",
-                            "--calibration-examples", "16", "--out", str(int8), "--quiet"], capsys)
+                            "--calibration-examples", "12", "--out", str(int8), "--quiet"], capsys)
     assert code == 0, err
     manifest = json.loads((int8 / "lmcompress.json").read_text())
-    assert manifest["quantization"]["method"] == "openvino-int8" and manifest["quantization"]["calibration_examples"] == 16
+    assert manifest["quantization"]["method"] == "openvino-int8" and manifest["quantization"]["calibration_examples"] == 12
     assert not list(int8.glob("*.onnx")) and not list(int8.glob("int8.*"))  # only the IR ships
     ir = ov.Core().read_model(str(int8 / "model.xml"))  # plain openvino loads it
     assert "FakeQuantize" in {op.get_type_name() for op in ir.get_ops()}  # activations quantized

@@ -27,7 +27,7 @@ from ..models.load import load_tokenizer
 from ..models.outputs import forward
 from ..scores import MAIN_METRIC, task_metrics
 from ..roofline import forward_flops
-from ..runs import RunDir, data_config_for, finish_stage, made_by, quantization_method
+from ..runs import RunDir, data_config_for, finish_stage, made_by, quantization_method, read_run_manifest
 
 log = logging.getLogger("lmcompress")
 
@@ -222,10 +222,14 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
 
 
 def _precision(folder: Path, backend: str) -> str:
-    """The arithmetic a (run, backend) pair computes in: int8 for any quantized run, bf16 for a bf16 backend."""
+    """The arithmetic a (run, backend) pair computes in: int8 for any quantized run, bf16 for a bf16 backend, fp16
+    for an fp16 ONNX export, else fp32."""
     if quantization_method(folder):
         return "int8"
-    return "bf16" if backend.endswith("-bf16") else "fp32"
+    if backend.endswith("-bf16"):
+        return "bf16"
+    export = (read_run_manifest(folder) or {}).get("export") or {}
+    return "fp16" if export.get("format") == "onnx" and export.get("precision") == "fp16" else "fp32"
 
 
 def _add_tfidf(task, texts: list[str], pairs: list[str] | None, rows: list[dict[str, Any]],

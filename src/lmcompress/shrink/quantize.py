@@ -102,9 +102,9 @@ def _write_openvino_run(run: RunDir, source: Path, tokenizer, xml: Path) -> None
 
 
 def _calibration(task_data, tokenizer, max_length: int, rows: int) -> list[dict[str, torch.Tensor]]:
-    """Batches of 8 training rows, `rows` of them in all (fewer when the split is smaller)."""
-    return _batches(task_data, "train", tokenizer, max_length,
-                    tuple([8] * -(-min(rows, len(task_data.splits["train"])) // 8)))
+    """Batches of up to 8 training rows, `rows` of them in all (the whole split when it is smaller), none repeated."""
+    whole, rest = divmod(min(rows, len(task_data.splits["train"])), 8)
+    return _batches(task_data, "train", tokenizer, max_length, (8,) * whole + ((rest,) if rest else ()))
 
 
 def _validated_ir(model, fp32_onnx: Path, checks: list[dict[str, torch.Tensor]], tolerance: float) -> tuple[Path, dict]:
