@@ -32,5 +32,10 @@ def processor() -> dict[str, object]:
                 flags = set(value.split())
     except OSError:
         pass
-    return {"model": model, "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+    return {"model": model, "cores": usable_cores(), "isa": [f for f in ISA_FLAGS if f in flags]}
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on (taskset, container cpusets), not every CPU the host has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 

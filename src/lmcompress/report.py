@@ -20,7 +20,7 @@ from .backends.gguf_file import GGUF_FILE
 from .config import CompareConfig
 from .console import console
 from .errors import LmcError
-from .machine import cpu_has_bf16, processor
+from .machine import cpu_has_bf16, processor, usable_cores
 from .measure import LATENCY_BATCHES
 from .runkinds import TASK, kind_for_comparison
 from .roofline import matmul_peaks
@@ -98,7 +98,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
         "setup": {"threads": threads, "seq_len": context["seq_len"], "latency_repeats": cfg.latency_repeats,
                   "statistic": "median, warm-up excluded", "device": "cpu", "processor": processor(),
                   "interleaved": "latency_rounds_ms_b32" in ref,  # task rows are timed side by side
-                  "cores": os.cpu_count(), "matmul_peak_gflops": peaks},
+                  "cores": usable_cores(), "matmul_peak_gflops": peaks},
         "versions": versions(),
     }
 

@@ -1,11 +1,15 @@
-"""Side-by-side timing: rounds visit every model in a rotated order; speedups are taken within each round."""
+"""Side-by-side timing: rounds visit every model in a rotated order; speedups are taken within each round; the
+processor record."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from lmcompress.machine import processor
 from lmcompress.timing import interleaved_rounds, per_round_ratios, quartiles
 
 
@@ -52,3 +56,10 @@ def test_tfidf_needs_two_classes():
     train = pd.DataFrame({"text": ["good film"] * 8, "label": [1] * 8})
     with pytest.raises(LmcError, match="cannot be fitted"):
         tfidf_row(_Task(train, train, ["a", "b"]))
+
+
+def test_the_processor_record_counts_the_cores_this_process_may_use(monkeypatch):
+    """A report timed under taskset or a container cpuset says how many CPUs it had, not how many the host has."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert processor()["cores"] == 1
