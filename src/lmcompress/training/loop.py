@@ -33,7 +33,7 @@ from ..machine import cpu_has_bf16
 from ..runs import on_all_processes, process_state
 from .checkpoint import LoopState, load_checkpoint, rng_state, save_checkpoint
 from .logs import TrainLogs, progress_bar
-from .samplers import make_loader
+from .samplers import make_loader, order_seed
 from .signals import Signals
 
 log = logging.getLogger("lmcompress")
@@ -114,7 +114,8 @@ def _accelerator(cfg: TrainConfig) -> Accelerator:
         cpu=not torch.cuda.is_available(),
         mixed_precision=resolve_precision(cfg.precision),
         gradient_accumulation_steps=cfg.grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # the shuffled order of epoch e is drawn from data_seed + e (accelerate's SeedableRandomSampler)
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=order_seed(cfg.seed)),
         step_scheduler_with_optimizer=False,
         # some parameters get no gradient in some steps (TinyBERT's stages, a pooler a token task skips): DDP must
         # not wait for them

@@ -18,6 +18,12 @@ def example_lengths(data) -> list[int]:
     return [len(examples[i]["input_ids"]) for i in range(len(examples))]
 
 
+def order_seed(seed: int, epoch: int = 0) -> int:
+    """The seed of an epoch's batch order. Spread apart so that runs at seeds N and N+1 share no epoch's order
+    (with seed + epoch, accelerate's own scheme, seed N's second epoch would be seed N+1's first)."""
+    return seed * 1_000_003 + epoch
+
+
 class LengthGroupedEpochSampler(torch.utils.data.Sampler):
     """transformers' length-grouped order (random mega-batches, each sorted by length), drawn from (seed, epoch) so
     that a resumed run replays the same batches."""
@@ -29,7 +35,7 @@ class LengthGroupedEpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(order_seed(self.seed, self.epoch))
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
     def __len__(self) -> int:
