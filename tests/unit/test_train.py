@@ -104,7 +104,7 @@ def test_runs_at_neighbouring_seeds_share_no_epoch_order(tiny_tokenizer_dir, tmp
         model, tok, data = _setup(tiny_tokenizer_dir)
         batches = []
 
-        def recording_loss(m, batch):
+        def recording_loss(m, batch, batches=batches):
             batches.append(tuple(map(tuple, batch["input_ids"].tolist())))
             return _loss(m, batch)
 
