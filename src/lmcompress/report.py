@@ -216,7 +216,8 @@ def _setup_line(report: dict[str, Any]) -> str:
            if s.get("interleaved") else "all models in one process")
     if any(row.get("backends") for row in report["rows"]):
         teacher = next((row for row in report["rows"] if row["name"] == report["teacher"]), {})
-        on = "PyTorch fp32" if "torch" in (teacher.get("backends") or {}) else f"its own runtime ({teacher.get('backend')})"
+        on_torch = "torch" in (teacher.get("backends") or {}) or teacher.get("backend") == "torch"
+        on = "PyTorch fp32" if on_torch else f"its own runtime ({teacher.get('backend')})"
         how += f"; each model on its fastest backend, speedups against the teacher on {on}"
     peaks = s.get("matmul_peak_gflops") or {}
     if any(peaks.values()):  # the int8 peak counts integer multiply-adds: GOP/s

@@ -222,6 +222,16 @@ def test_compare_backends_auto_says_what_it_could_not_time(tiny_teacher_run, tmp
     backends, err = compared_backends("no-openvino")
     assert backends == {"torch", "onnxruntime"} and "OpenVINO not timed (openvino is not installed" in err
 
+    if real_installed("openvino"):  # OpenVINO cannot convert the export: ONNX Runtime is still timed
+        monkeypatch.setattr(serving, "installed", real_installed)
+
+        def unconvertible(*_args, **_kwargs):
+            raise LmcError("OpenVINO cannot convert fp32.onnx: an unsupported op")
+
+        monkeypatch.setattr(serving, "onnx_to_ir", unconvertible)
+        backends, err = compared_backends("no-ir")
+        assert backends == {"torch", "onnxruntime"} and "OpenVINO not timed: OpenVINO cannot convert" in err
+
     def rejected(*_args, **_kwargs):
         raise LmcError("ONNX export of BertForSequenceClassification failed: an unsupported op")
 
@@ -245,7 +255,7 @@ def test_openvino_bf16_run_on_a_cpu_without_bf16_is_served_and_labelled_fp32(tin
     assert code == 0, err
     assert json.loads((made / "lmcompress.json").read_text())["openvino"]["precision"] == "bf16"
 
-    monkeypatch.setattr(ov_backend, "cpu_supports_bf16", lambda: False)  # the machine it is served on
+    monkeypatch.setattr(ov_backend, "cpu_has_bf16", lambda: False)  # the machine it is served on
     report = tmp_path / "report"
     code, _, err = run_cli(["compare", str(tiny_teacher_run), str(made), "--out", str(report), "--latency-repeats", "1",
                             "--quiet"], capsys)

@@ -116,6 +116,31 @@ def test_runs_at_neighbouring_seeds_share_no_epoch_order(tiny_tokenizer_dir, tmp
     assert epochs[2][0] not in epochs[1] and epochs[1][1] not in epochs[2]
 
 
+def test_a_checkpoint_from_the_old_batch_order_resumes_with_a_warning(tiny_tokenizer_dir, tmp_path, caplog):
+    """Checkpoints written when shuffled epochs were ordered by seed + epoch cannot replay their batches exactly."""
+    cfg = TrainConfig(epochs=2, batch_size=16, checkpoint_every_steps=4, keep_best=False)
+
+    calls = {"n": 0}
+
+    def crash_at_step_5(m, batch):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return _loss(m, batch)
+
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    with pytest.raises(LmcError, match="interrupted at step 4"):
+        _fit(model, tok, data, cfg, tmp_path, loss_fn=crash_at_step_5)
+    state_file = next(tmp_path.rglob("state.json"))
+    saved = json.loads(state_file.read_text())
+    assert saved["loop"].pop("batch_order") == "seed*1000003+epoch"
+    state_file.write_text(json.dumps(saved))  # as written before the batch order changed
+    model, tok, data = _setup(tiny_tokenizer_dir)
+    with caplog.at_level("WARNING", logger="lmcompress"):
+        assert _fit(model, tok, data, cfg, tmp_path, resume=True).steps == 12
+    assert "ordered by seed + epoch" in caplog.text
+
+
 def test_keep_best_restores_best_epoch(tiny_tokenizer_dir, tmp_path):
     model, tok, data = _setup(tiny_tokenizer_dir)
     cfg = TrainConfig(epochs=2, batch_size=16, learning_rate=3e-3)

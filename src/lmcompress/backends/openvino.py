@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import LmcError
+from ..machine import cpu_has_bf16
 from ..models.load import first_line
 from ..runs import read_run_manifest
 
@@ -61,8 +62,8 @@ def recorded_precision(folder: Path) -> str:
 def served_precision(folder: Path) -> str:
     """The precision an OpenVINO run dir runs at on this CPU: the recorded one, but fp32 where a bf16 hint would be
     ignored (no AMX or AVX512-BF16), so that reports name the arithmetic that was timed and scored."""
-    recorded = recorded_precision(folder)
-    return "fp32" if recorded == "bf16" and not cpu_supports_bf16() else recorded
+    recorded = recorded_precision(folder)  # the CPU's flags decide, as for every bf16 path (no openvino import)
+    return "fp32" if recorded == "bf16" and not cpu_has_bf16() else recorded
 
 
 def check_precision(precision: str) -> None:

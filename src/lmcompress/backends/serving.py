@@ -68,25 +68,23 @@ def serving_variants(folder: Path, model: nn.Module, sample: dict[str, torch.Ten
         log.warning("%s: ONNX Runtime and OpenVINO not timed (onnx, onnxscript or onnxruntime is not installed)",
                     folder)
         return variants
-    try:  # a model the exporters cannot take is still compared on PyTorch
-        variants.update(_exported_variants(model, sample, workdir, threads, bf16))
+    # a model an exporter cannot take is still compared on what can serve it
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        graph = onnx_io.export_onnx(model, sample, workdir / "fp32.onnx")
+        onnx_io.validate(model, graph, [sample], onnx_io.DEFAULT_TOLERANCE["fp32"], advice="its exports are not served")
     except LmcError as exc:
         log.warning("%s: ONNX Runtime and OpenVINO not timed: %s", folder, exc)
-    return variants
-
-
-def _exported_variants(model: nn.Module, sample: dict[str, torch.Tensor], workdir: Path, threads: int,
-                       bf16: bool) -> dict[str, nn.Module]:
-    """ONNX Runtime over a validated fp32 export, and OpenVINO over its IR where openvino is installed."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    graph = onnx_io.export_onnx(model, sample, workdir / "fp32.onnx")
-    onnx_io.validate(model, graph, [sample], onnx_io.DEFAULT_TOLERANCE["fp32"], advice="its exports are not served")
-    variants: dict[str, nn.Module] = {"onnxruntime": onnx_io.OnnxClassifier(graph, threads)}
-    if not installed("openvino"):
-        log.warning("OpenVINO not timed (openvino is not installed: pip install openvino)")
         return variants
-    xml = onnx_to_ir(graph, workdir / "fp32.xml")
-    variants["openvino"] = OpenVinoClassifier(xml, threads, "fp32")
-    if bf16:
-        variants["openvino-bf16"] = OpenVinoClassifier(xml, threads, "bf16")
+    variants["onnxruntime"] = onnx_io.OnnxClassifier(graph, threads)
+    if not installed("openvino"):
+        log.warning("%s: OpenVINO not timed (openvino is not installed: pip install openvino)", folder)
+        return variants
+    try:
+        xml = onnx_to_ir(graph, workdir / "fp32.xml")
+        variants["openvino"] = OpenVinoClassifier(xml, threads, "fp32")
+        if bf16:
+            variants["openvino-bf16"] = OpenVinoClassifier(xml, threads, "bf16")
+    except LmcError as exc:
+        log.warning("%s: OpenVINO not timed: %s", folder, exc)
     return variants

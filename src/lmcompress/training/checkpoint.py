@@ -22,6 +22,10 @@ from ..errors import LmcError
 log = logging.getLogger("lmcompress")
 
 
+# how shuffled epochs are ordered (samplers.order_seed); checkpoints from before it say "seed+epoch"
+BATCH_ORDER = "seed*1000003+epoch"
+
+
 @dataclass
 class LoopState:
     """Counters saved with every checkpoint."""
@@ -34,6 +38,7 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     elapsed_s: float = 0.0
     skipped_batches: int = 0  # non-finite losses skipped under nan_policy="skip"
+    batch_order: str = BATCH_ORDER
 
 
 def rng_state() -> dict[str, Any]:
@@ -90,4 +95,4 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer: Any, schedu
                     "0's random state (the run will not repeat the uninterrupted one exactly)", len(rngs), rank)
     pick = rank if rank < len(rngs) else 0
     set_rng_state(rngs[pick], torch_rngs[pick])
-    return LoopState(**saved["loop"])
+    return LoopState(**{"batch_order": "seed+epoch", **saved["loop"]})

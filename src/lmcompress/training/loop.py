@@ -31,7 +31,7 @@ from ..config import TrainConfig
 from ..errors import LmcError
 from ..machine import cpu_has_bf16
 from ..runs import on_all_processes, process_state
-from .checkpoint import LoopState, load_checkpoint, rng_state, save_checkpoint
+from .checkpoint import BATCH_ORDER, LoopState, load_checkpoint, rng_state, save_checkpoint
 from .logs import TrainLogs, progress_bar
 from .samplers import make_loader, order_seed
 from .signals import Signals
@@ -178,6 +178,11 @@ class _Loop:
             self.state = load_checkpoint(self.checkpoint_dir, self.unwrapped, self.optimizer, self.scheduler,
                                          self.accelerator.process_index)
             log.info("resumed at epoch %d, step %d", self.state.epoch + 1, self.state.global_step)
+            if self.state.batch_order != BATCH_ORDER and not self.cfg.group_by_length:
+                log.warning("the checkpoint was written when shuffled batches were ordered by seed + epoch: the rest "
+                            "of the run draws the current order, so it will not repeat the uninterrupted run exactly "
+                            "(rows of this epoch may be seen twice or not at all)")
+            self.state.batch_order = BATCH_ORDER
         self.logs = TrainLogs(self.run_folder, self.accelerator.is_main_process)
         if resume:
             self.logs.forget_after(self.state.global_step)
