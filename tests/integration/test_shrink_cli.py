@@ -248,7 +248,7 @@ def test_openvino_bf16_run_on_a_cpu_without_bf16_is_served_and_labelled_fp32(tin
     pytest.importorskip("openvino")
     from lmcompress.backends import openvino as ov_backend
 
-    monkeypatch.setattr(ov_backend, "cpu_supports_bf16", lambda: True)  # the machine it was made on
+    monkeypatch.setattr(ov_backend, "cpu_has_bf16", lambda: True)  # the machine it was made on
     made = tmp_path / "ov-bf16"
     code, _, err = run_cli(["export", "--model", str(tiny_teacher_run), "--format", "openvino", "--precision", "bf16",
                             "--out", str(made), "--quiet"], capsys)
@@ -263,6 +263,20 @@ def test_openvino_bf16_run_on_a_cpu_without_bf16_is_served_and_labelled_fp32(tin
     assert "made for OpenVINO bf16" in err and "in fp32" in err
     served = json.loads((report / "report.json").read_text())["rows"][1]
     assert (served["backend"], served["precision"]) == ("openvino", "fp32")
+
+
+def test_openvino_bf16_export_is_refused_on_a_cpu_without_bf16(tiny_teacher_run, tmp_path, capsys, monkeypatch):
+    """OpenVINO would ignore the bf16 hint and run f32: one line, nothing written."""
+    pytest.importorskip("openvino")
+    from lmcompress.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "cpu_has_bf16", lambda: False)
+    out = tmp_path / "ov-bf16"
+    code, _, err = run_cli(["export", "--model", str(tiny_teacher_run), "--format", "openvino", "--precision", "bf16",
+                            "--out", str(out), "--quiet"], capsys)
+    assert code == 1
+    one_error_line(err, "no bf16 kernels for OpenVINO", "--precision fp32")
+    assert not out.exists()
 
 
 def test_quantize_and_export_bad_input(tiny_teacher_run, tmp_path, capsys):

@@ -49,11 +49,6 @@ def _core():
     return _ov().Core()
 
 
-def cpu_supports_bf16() -> bool:
-    """Whether OpenVINO has bf16 kernels for this CPU (AMX or AVX512-BF16)."""
-    return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-
-
 def recorded_precision(folder: Path) -> str:
     """The inference precision an OpenVINO run dir was made for (lmcompress.json "openvino"), fp32 by default."""
     return ((read_run_manifest(folder) or {}).get("openvino") or {}).get("precision", "fp32")
@@ -68,7 +63,7 @@ def served_precision(folder: Path) -> str:
 
 def check_precision(precision: str) -> None:
     """One line when bf16 is asked for on a CPU that would silently run f32 instead."""
-    if precision == "bf16" and not cpu_supports_bf16():
+    if precision == "bf16" and not cpu_has_bf16():  # the flags OpenVINO's bf16 kernels need, as served_precision
         raise LmcError("this CPU has no bf16 kernels for OpenVINO (no AMX or AVX512-BF16): a bf16 hint would run "
                        "in fp32 here; use --precision fp32, or convert on the machine that will serve the model")
 

@@ -18,12 +18,13 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from ..errors import LmcError
+from .samplers import ORDER_SCHEME
 
 log = logging.getLogger("lmcompress")
 
 
 # how shuffled epochs are ordered (samplers.order_seed); checkpoints from before it say "seed+epoch"
-BATCH_ORDER = "seed*1000003+epoch"
+BATCH_ORDER = ORDER_SCHEME
 
 
 @dataclass

@@ -18,10 +18,14 @@ def example_lengths(data) -> list[int]:
     return [len(examples[i]["input_ids"]) for i in range(len(examples))]
 
 
+ORDER_STRIDE = 1_000_003
+ORDER_SCHEME = f"seed*{ORDER_STRIDE}+epoch"  # recorded in checkpoints, so a resume can tell an older order
+
+
 def order_seed(seed: int, epoch: int = 0) -> int:
     """The seed of an epoch's batch order. Spread apart so that runs at seeds N and N+1 share no epoch's order
     (with seed + epoch, accelerate's own scheme, seed N's second epoch would be seed N+1's first)."""
-    return seed * 1_000_003 + epoch
+    return seed * ORDER_STRIDE + epoch
 
 
 class LengthGroupedEpochSampler(torch.utils.data.Sampler):
