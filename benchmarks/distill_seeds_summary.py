@@ -27,7 +27,7 @@ MARGIN = 0.005
 # group -> (result file, contender): every draw with the same settings and teacher, whichever tool ran it.
 # lmcompress_fp32 is TextBrewer's computation in lmcompress's loop, drawing lmcompress's own streams;
 # lmcompress_fp32_textbrewer_order is the same loop replaying TextBrewer's batch order and dropout seed, which gives
-# TextBrewer's own figure (0.8244 at seed 42): a draw of TextBrewer's streams, made in about half its time.
+# TextBrewer's own figure (0.8244 at seed 42): a draw of TextBrewer's streams.
 DRAWS = {
     TEXTBREWER: [("distill_vs_textbrewer_epyc_seed42", "textbrewer"),
                  ("distill_vs_textbrewer_seed1", "textbrewer"),
@@ -135,7 +135,7 @@ def streams_lines(check: dict) -> list[str]:
             "because the computation is the same step for step (lmcompress_fp32_textbrewer_order gives TextBrewer's "
             "0.8244 at seed 42); only the random streams differ."
             + (" The difference is resolved: the two tools' draws are not shown to be one distribution, so read the "
-               "main test beside the one against TextBrewer's own runs." if low > 0 or high < 0 else ""), ""]
+               "main test beside the one against TextBrewer's own streams." if low > 0 or high < 0 else ""), ""]
 
 
 def main() -> int:
