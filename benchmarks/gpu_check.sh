@@ -22,8 +22,15 @@ if ! $PY -c "import datasets" 2>/dev/null; then  # the device image has no `data
       .gpu/whl-old/*.whl || exit 1
   fi
 fi
+if ! $PY -c "import seqeval, mwparserfromhell" 2>/dev/null; then  # lmcompress's imports the image lacks
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-extra .gpu/whl-extra/*.whl \
+    || exit 1
+  export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}/tmp/site-extra
+fi
 $PY -m pip list 2>/dev/null | grep -iE "^(torch|transformers|datasets|accelerate|pyarrow|tokenizers|onnxruntime) "
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/src
+# every stage imports the whole package: one clear line now instead of each step failing on the same import
+$PY -c "import lmcompress.api, lmcompress.cli" || { echo "lmcompress does not import on this image"; exit 1; }
 # QUICK=1: a smoke run of every step on a few rows (to check the script on a CPU before spending device time)
 CAP=""; STEPS=300; PREC=bf16
 [ -n "${QUICK:-}" ] && CAP="--max-train-examples 128" && STEPS=10 && PREC=fp32  # this CPU may lack bf16 kernels

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares .gpu/ (git-ignored) for benchmarks/gpu_check.sh: what the device image lacks, small enough to travel
-# (the transfer limit is 64 MiB): datasets + its pure-Python needs as wheels for Python 3.12, minilm-l6 with fp16
-# weights (turned back into fp32 there), rotten-tomatoes fresh/rotten rows as a CSV and its texts as a corpus.
+# (the transfer limit is 64 MiB): datasets + its pure-Python needs, seqeval and mwparserfromhell as wheels for
+# Python 3.12, minilm-l6 with fp16 weights (turned back into fp32 there), rotten-tomatoes fresh/rotten rows as a CSV
+# and its texts as a corpus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
@@ -13,6 +14,13 @@ mkdir -p .gpu/whl-old  # for an image whose pyarrow is older than the newest dat
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu/whl-old \
   "datasets==3.6.0" "dill==0.3.8" "multiprocess==0.70.16"
+# lmcompress's own imports that the image lacks (KINDS.md lists what it holds); seqeval is published as source only
+mkdir -p .gpu/whl-extra
+version() { .venv/bin/python -c "from importlib.metadata import version; print(version('$1'))"; }
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu/whl-extra \
+  "mwparserfromhell==$(version mwparserfromhell)"
+.venv/bin/pip wheel -q --no-deps -w .gpu/whl-extra "seqeval==$(version seqeval)"
 .venv/bin/python - <<'PY'
 import bz2, importlib.util, pathlib, shutil
 import pandas as pd, safetensors.torch as st

@@ -5,6 +5,7 @@ memory traffic are not matmuls)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from transformers import AutoConfig
 from .models.families import family_of
 from .timing import torch_threads
 
+log = logging.getLogger("lmcompress")
 PEAK_SIZE = 1024  # square matmul: large enough to be compute-bound, small enough to time in a second
 
 
@@ -49,26 +51,43 @@ def _best_rate(call: Callable[[], object], flops: float, repeats: int = 5) -> fl
     return flops / best / 1e9
 
 
-def _int8_matmul(threads: int) -> Callable[[], object] | None:
-    """An ONNX Runtime MatMulInteger (uint8 x int8, the kernel its int8 models use) on PEAK_SIZE squares."""
-    try:
-        import onnx  # only to build the one-node graph the int8 peak is timed on
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
-    except ImportError:
-        return None
-    n = PEAK_SIZE
+# The int8 peak's one-node graph declares the oldest IR and opset that hold MatMulInteger: onnx stamps its own
+# newest IR version otherwise, which an older onnxruntime refuses (onnx 1.23 writes IR 14; onnxruntime 1.30 reads 13).
+PEAK_IR_VERSION, PEAK_OPSET = 7, 13
+
+
+def int8_peak_model(n: int = PEAK_SIZE) -> bytes:
+    """A serialized ONNX graph of one MatMulInteger (uint8 [n, n] x int8 [n, n] weights -> int32), the kernel
+    ONNX Runtime's int8 models use."""
+    import onnx  # only to build the one-node graph the int8 peak is timed on
+    from onnx import TensorProto, helper
+
     weights = np.random.default_rng(0).integers(-128, 127, (n, n), dtype=np.int8)
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "peak",
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
         [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])],
         [onnx.numpy_helper.from_array(weights, "b")])
+    model = helper.make_model(graph, ir_version=PEAK_IR_VERSION, opset_imports=[helper.make_opsetid("", PEAK_OPSET)])
+    return model.SerializeToString()
+
+
+def _int8_matmul(threads: int) -> Callable[[], object] | None:
+    """The int8 peak's call on PEAK_SIZE squares; None without onnx / onnxruntime, or where this onnxruntime cannot
+    run the graph (the report then shows no int8 peak rather than failing)."""
+    try:
+        import onnxruntime as ort
+        model = int8_peak_model()
+    except ImportError:
+        return None
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(helper.make_model(graph).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    a = np.random.default_rng(1).integers(0, 255, (n, n), dtype=np.uint8)
+    try:
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        log.warning("no int8 peak: ONNX Runtime cannot run its MatMulInteger graph (%s)", str(exc).splitlines()[0])
+        return None
+    a = np.random.default_rng(1).integers(0, 255, (PEAK_SIZE, PEAK_SIZE), dtype=np.uint8)
     return lambda: session.run(["c"], {"a": a})
 
 
