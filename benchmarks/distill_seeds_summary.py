@@ -27,13 +27,18 @@ MARGIN = 0.005
 # group -> (result file, contender): every draw with the same settings and teacher, whichever tool ran it.
 # lmcompress_fp32 is TextBrewer's computation in lmcompress's loop, drawing lmcompress's own streams;
 # lmcompress_fp32_textbrewer_order is the same loop replaying TextBrewer's batch order and dropout seed, which gives
-# TextBrewer's own figure (0.8244 at seed 42): a draw of TextBrewer's streams.
+# TextBrewer's own figure (0.8244 at seed 42): a draw of TextBrewer's streams. lmcompress_defaults on an AVX2-only
+# processor runs in fp32 (no bf16 there); lmcompress_defaults_fp32 is the same computation forced to fp32 elsewhere.
 DRAWS = {
     TEXTBREWER: [("distill_vs_textbrewer_epyc_seed42", "textbrewer"),
                  ("distill_vs_textbrewer_seed1", "textbrewer"),
                  ("distill_vs_textbrewer_seed2", "textbrewer"),
                  ("distill_vs_textbrewer_avx2_textbrewer_order_seed3", "lmcompress_fp32_textbrewer_order"),
                  ("distill_vs_textbrewer_avx2_textbrewer_order_seed4", "lmcompress_fp32_textbrewer_order"),
+                 ("distill_vs_textbrewer_xeon_fp32_seed5", "lmcompress_fp32_textbrewer_order"),
+                 ("distill_vs_textbrewer_xeon_fp32_seed6", "lmcompress_fp32_textbrewer_order"),
+                 ("distill_vs_textbrewer_xeon_fp32_seed7", "lmcompress_fp32_textbrewer_order"),
+                 ("distill_vs_textbrewer_xeon_fp32_seed8", "lmcompress_fp32_textbrewer_order"),
                  ("distill_vs_textbrewer_avx2_fp32_seed42", "lmcompress_fp32"),
                  ("distill_vs_textbrewer_avx2_fp32_seed1", "lmcompress_fp32"),
                  ("distill_vs_textbrewer_avx2_fp32_seed3", "lmcompress_fp32"),
@@ -47,7 +52,11 @@ DRAWS = {
                ("distill_vs_textbrewer_avx2_defaults_seed1", "lmcompress_defaults"),
                ("distill_vs_textbrewer_avx2_defaults_seed2", "lmcompress_defaults"),
                ("distill_vs_textbrewer_avx2_defaults_seed3", "lmcompress_defaults"),
-               ("distill_vs_textbrewer_avx2_defaults_seed4", "lmcompress_defaults")],
+               ("distill_vs_textbrewer_avx2_defaults_seed4", "lmcompress_defaults"),
+               ("distill_vs_textbrewer_xeon_fp32_seed5", "lmcompress_defaults_fp32"),
+               ("distill_vs_textbrewer_xeon_fp32_seed6", "lmcompress_defaults_fp32"),
+               ("distill_vs_textbrewer_xeon_fp32_seed7", "lmcompress_defaults_fp32"),
+               ("distill_vs_textbrewer_xeon_fp32_seed8", "lmcompress_defaults_fp32")],
 }
 # Before commit 6b128f7 lmcompress drew a shuffled epoch's order from seed + epoch, so lmcompress_fp32 at seeds 1, 3,
 # 4 and 5 shared epoch orders (seed 1's epochs were seeds 1-5, seed 3's 3-7...): not independent draws. The main test
