@@ -6,20 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.gpu/' .git/info/exclude || echo '/.gpu/' >> .git/info/exclude
-rm -rf .gpu; mkdir -p .gpu/whl
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu/whl \
-  "datasets==$(.venv/bin/python -c 'import datasets; print(datasets.__version__)')" "dill<0.4.2" "multiprocess<0.70.20"
-mkdir -p .gpu/whl-old  # for an image whose pyarrow is older than the newest datasets needs
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu/whl-old \
-  "datasets==3.6.0" "dill==0.3.8" "multiprocess==0.70.16"
-# lmcompress's own imports that the image lacks (KINDS.md lists what it holds); seqeval is published as source only
-mkdir -p .gpu/whl-extra
+rm -rf .gpu
 version() { .venv/bin/python -c "from importlib.metadata import version; print(version('$1'))"; }
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .gpu/whl-extra \
-  "mwparserfromhell==$(version mwparserfromhell)"
+wheels() {  # wheels DIR SPEC...: binary wheels of SPEC for the image's CPython 3.12 on x86-64 Linux, into .gpu/DIR
+  local dir=$1; shift; mkdir -p ".gpu/$dir"
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d ".gpu/$dir" "$@"
+}
+wheels whl "datasets==$(version datasets)" "dill<0.4.2" "multiprocess<0.70.20"
+# for an image whose pyarrow is older than the newest datasets needs
+wheels whl-old "datasets==3.6.0" "dill==0.3.8" "multiprocess==0.70.16"
+# lmcompress's own imports that the image lacks (KINDS.md lists what it holds); seqeval is published as source only
+wheels whl-extra "mwparserfromhell==$(version mwparserfromhell)"
 .venv/bin/pip wheel -q --no-deps -w .gpu/whl-extra "seqeval==$(version seqeval)"
 .venv/bin/python - <<'PY'
 import bz2, importlib.util, pathlib, shutil

@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig
 
 from .models.families import family_of
+from .models.load import first_line
 from .timing import torch_threads
 
 log = logging.getLogger("lmcompress")
@@ -85,7 +86,7 @@ def _int8_matmul(threads: int) -> Callable[[], object] | None:
     try:
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-        log.warning("no int8 peak: ONNX Runtime cannot run its MatMulInteger graph (%s)", str(exc).splitlines()[0])
+        log.warning("no int8 peak: ONNX Runtime cannot run its MatMulInteger graph (%s)", first_line(exc))
         return None
     a = np.random.default_rng(1).integers(0, 255, (PEAK_SIZE, PEAK_SIZE), dtype=np.uint8)
     return lambda: session.run(["c"], {"a": a})
