@@ -3,6 +3,7 @@
 # "X as X": re-exported names
 from .api import STAGE_FUNCTIONS
 from .api import demo as demo
+from .api import load as load
 from .api import run as run
 from .api import zoo as zoo
 from .errors import LmcError as LmcError
@@ -11,4 +12,4 @@ from .version import __version__ as __version__
 
 globals().update(STAGE_FUNCTIONS)  # lmcompress.finetune, lmcompress.distill_lm, ...: one per stage of the registry
 
-__all__ = sorted([*STAGE_FUNCTIONS, "LmcError", "allow_remote_code", "demo", "run", "zoo", "__version__"])
+__all__ = sorted([*STAGE_FUNCTIONS, "LmcError", "allow_remote_code", "demo", "load", "run", "zoo", "__version__"])

@@ -17,6 +17,8 @@ from .config import build_config, flat_to_nested
 from .demo import run_demo
 from .models import presets
 from .pipeline import run_recipe
+from .serving import Predictor
+from .serving import load as load_run
 from .stages import STAGES, Stage
 
 
@@ -64,3 +66,9 @@ def run(recipe: str | dict[str, Any], out: str | None = None, overwrite: bool = 
 def demo(quick: bool = False, out: str = "runs/demo", overwrite: bool = False) -> dict[str, Any]:
     """The built-in offline demo (see lmcompress.demo)."""
     return run_demo(quick=quick, out=out, overwrite=overwrite)
+
+
+def load(run: str, threads: int | None = None, batch_size: int = 32) -> Predictor:
+    """The predictor of a run directory, whatever its format (PyTorch, ONNX, OpenVINO, static, GGUF):
+    `lmcompress.load("runs/best")(["a text"])` answers as transformers' pipeline of the run's task."""
+    return load_run(run, threads=threads, batch_size=batch_size)

@@ -70,6 +70,9 @@ def _stage_command(name: str):
         result = stage.run(build_config(stage.config, args.config, flags_to_dict(args), name))
         if stage.positional_runs:  # compare
             console().print(f"report: {result['path']}/report.html (also report.md, report.json, pareto.png)")
+        elif stage.prints_own_summary:
+            if args.json:
+                print(json.dumps(result, indent=2, default=str))
         else:
             _print_json_or_summary(result, args.json)
         return 0

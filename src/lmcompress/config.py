@@ -566,6 +566,59 @@ class ExportConfig(OutputOptions):
 BUDGET_UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
+@dataclass
+class PredictConfig:
+    """`lmcompress predict`: a run's answers for every row of a file, written as JSONL or CSV."""
+
+    model: str = field(default="", metadata={"help": "run directory (any format lmcompress writes)"})
+    data: str = field(default="", metadata={
+        "help": "texts to predict: a CSV, TSV, JSONL, Parquet or text file (one text per line), a folder of .txt "
+                "files (one text each), or - for standard input (one text per line)"})
+    out: str = field(default="", metadata={"help": "output file: .jsonl or .csv (the suffix decides)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output file"})
+    text_column: str | None = field(default=None, metadata={"help": "column with the text (detected if omitted)"})
+    text_pair_column: str | None = field(default=None, metadata={
+        "help": "column with the second text, for models trained on pairs (detected if omitted)"})
+    encoding: str = field(default="utf-8", metadata={"help": "text encoding of the input: a codec or auto"})
+    batch_size: int = field(default=32, metadata={"help": "texts per model call (sorted by length first)"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads of the runtime (default: all cores)"})
+
+    def __post_init__(self) -> None:
+        _required(self, "model", "data", "out")
+        _at_least(self, 1, "batch_size", "threads")
+        if Path(self.out).suffix.lower() not in (".jsonl", ".csv"):
+            raise ValueError(f"out must end in .jsonl or .csv, got {self.out}")
+
+
+@dataclass
+class ServeConfig:
+    """`lmcompress serve`: a run behind an HTTP API (uvicorn) with dynamic batching."""
+
+    model: str = field(default="", metadata={"help": "run directory (any format lmcompress writes)"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address to bind (0.0.0.0 exposes the server to the network: only behind your own proxy)"})
+    port: int = field(default=8000, metadata={"help": "TCP port (0: any free port, printed at start)"})
+    max_batch: int = field(default=32, metadata={"help": "most texts run together in one model call"})
+    max_wait_ms: float = field(default=5.0, metadata={
+        "help": "how long the first waiting request waits for others to fill its batch"})
+    threads: int | None = field(default=None, metadata={"help": "CPU threads of the runtime (default: all cores)"})
+    max_texts: int = field(default=256, metadata={"help": "texts per request (more: 422)"})
+    max_chars: int = field(default=20_000, metadata={"help": "characters per text (more: 422)"})
+    max_body_bytes: int = field(default=4_000_000, metadata={"help": "bytes per request body (more: 413)"})
+    graceful_timeout_s: float = field(default=30.0, metadata={
+        "help": "on SIGTERM or Ctrl-C, how long requests in flight may take to finish"})
+    access_log: bool = field(default=False, metadata={"help": "log every request"})
+
+    def __post_init__(self) -> None:
+        _required(self, "model")
+        _at_least(self, 0, "port")
+        _at_least(self, 1, "max_batch", "threads", "max_texts", "max_chars", "max_body_bytes")
+        if self.port > 65535:
+            raise ValueError(f"port must be <= 65535, got {self.port}")
+        if self.max_wait_ms < 0 or self.graceful_timeout_s < 0:
+            raise ValueError("max_wait_ms and graceful_timeout_s must be >= 0")
+
+
 def parse_duration(text: str) -> float:
     """'45m', '1h30m', '90s' or a bare number of minutes -> seconds (ValueError naming the format)."""
     text = text.strip().lower()

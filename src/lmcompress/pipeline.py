@@ -83,9 +83,10 @@ def parse(raw: dict[str, Any], where: str, out: str | None = None) -> tuple[str,
             raise LmcError(f"{label}: name must be letters, digits, '.', '_' or '-' (it becomes the folder name)")
         if step_name in {s.name for s in steps}:
             raise LmcError(f"{label}: the name {step_name} is used twice")
-        if stage not in STAGES or stage == "auto":
-            raise LmcError(f"{label}: stage must be one of {', '.join(s for s in STAGES if s != 'auto')}, got "
-                           f"{stage!r} (auto is a search of its own: run `lmcompress auto`)")
+        if stage not in STAGES or not STAGES[stage].in_recipes:
+            steps_allowed = ", ".join(name for name, s in STAGES.items() if s.in_recipes)
+            raise LmcError(f"{label}: stage must be one of {steps_allowed}, got {stage!r} (auto is a search of its "
+                           "own: run `lmcompress auto`; predict and serve use a run, they do not make one)")
         if "out" in item:
             raise LmcError(f"{label}: a step writes to {root}/{step_name}; remove its 'out' key")
         done = {s.name: str(s.out) for s in steps}

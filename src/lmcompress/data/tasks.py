@@ -76,7 +76,7 @@ def _raw_frames(cfg: DataConfig) -> tuple[pd.DataFrame | dict[str, pd.DataFrame]
     return readers.read_path(path, cfg.encoding), str(path.resolve())
 
 
-def _pick_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...], role: str, flag: str) -> str | None:
+def pick_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[str, ...], role: str, flag: str) -> str | None:
     columns = [str(c) for c in frame.columns]
     if wanted is not None:
         if wanted not in columns:
@@ -91,8 +91,8 @@ def _pick_column(frame: pd.DataFrame, wanted: str | None, candidates: tuple[str,
 
 def resolve_columns(frame: pd.DataFrame, cfg: DataConfig) -> tuple[str, str | None, str]:
     """(text, pair or None, label) column names, detected when not given."""
-    label = _pick_column(frame, cfg.label_column, LABEL_NAMES, "label", "--label-column")
-    text = _pick_column(frame, cfg.text_column, TEXT_NAMES, "text", "--text-column")
+    label = pick_column(frame, cfg.label_column, LABEL_NAMES, "label", "--label-column")
+    text = pick_column(frame, cfg.text_column, TEXT_NAMES, "text", "--text-column")
     if text is None:
         string_cols = [c for c in frame.columns if frame[c].dtype == object and c != label and c != cfg.split_column]
         if len(string_cols) == 1:
@@ -107,10 +107,10 @@ def resolve_columns(frame: pd.DataFrame, cfg: DataConfig) -> tuple[str, str | No
             f"no label column found; columns are: {', '.join(map(str, frame.columns))} (set --label-column)"
         )
     if cfg.text_pair_column is not None:
-        pair = _pick_column(frame, cfg.text_pair_column, (), "text pair", "--text-pair-column")
+        pair = pick_column(frame, cfg.text_pair_column, (), "text pair", "--text-pair-column")
     elif cfg.text_column is None:
         partner = PAIR_NAMES.get(text.lower())
-        pair = _pick_column(frame, None, (partner,) if partner else GENERIC_PAIR_NAMES, "text pair", "")
+        pair = pick_column(frame, None, (partner,) if partner else GENERIC_PAIR_NAMES, "text pair", "")
     else:
         pair = None
     if len({text, label, pair} - {None}) < (3 if pair else 2):

@@ -190,6 +190,15 @@ def load_trained_classifier(folder: Path, labels: list[str] | None, regression: 
         raise LmcError(f"cannot load model from {folder}: {first_line(exc)}") from None
 
 
+def load_causal_lm(folder: Path) -> transformers.PreTrainedModel:
+    """A causal-LM checkpoint exactly as saved, in eval mode (for generation)."""
+    try:
+        return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                    trust_remote_code=remote_code_allowed()).eval()
+    except Exception as exc:
+        raise LmcError(f"cannot load a causal LM from {folder}: {first_line(exc)}") from None
+
+
 def model_family(source: ModelSource) -> str:
     """The model's family (models/families.py: bert, roberta for XLM-R too, gpt2, llama ...) or, without an adapter,
     its transformers model_type; read without loading weights."""

@@ -69,6 +69,14 @@ class StaticClassifier(nn.Module):
         (folder / HEAD_CONFIG).write_text(json.dumps(self.head_config, indent=2), encoding="utf-8")
 
 
+def head_config(folder: Path) -> dict[str, Any]:
+    """classifier.json of a static run: its labels and problem type."""
+    try:
+        return json.loads((folder / HEAD_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LmcError(f"cannot read the static-embedding head in {folder}: {exc}") from None
+
+
 def load_static(folder: Path, labels: list[str] | None, regression: bool) -> StaticClassifier:
     """A saved static run, its head checked against the data's task and labels."""
     try:

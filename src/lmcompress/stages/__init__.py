@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import (AutoConfig, CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
-                     FinetuneConfig, LMDistillConfig, PretrainConfig, PruneConfig, PruneLMConfig,
-                     QuantizeConfig)
+                     FinetuneConfig, LMDistillConfig, PredictConfig, PretrainConfig, PruneConfig, PruneLMConfig,
+                     QuantizeConfig, ServeConfig)
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class Stage:
     help: str  # one line for `lmcompress --help` and the API function's docstring
     description: str  # the subcommand's --help text
     positional_runs: bool = False  # compare: run directories as positional arguments
+    prints_own_summary: bool = False  # predict, serve: the CLI prints no metrics summary after them
+    in_recipes: bool = True  # a recipe step (auto, predict and serve are not: they make no run directory of a chain)
 
     @property
     def api_name(self) -> str:
@@ -78,10 +80,21 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches."),
     Stage("evaluate", EvaluateConfig, "lmcompress.stages.evaluate:evaluate_run", "score a run: metrics, size, latency",
           "Evaluate a run on the same split it was trained with (or --data)."),
+    Stage("predict", PredictConfig, "lmcompress.stages.predict:predict",
+          "a run's predictions for every row of a file (JSONL or CSV)",
+          "Predict with any run (PyTorch, ONNX, OpenVINO, static, GGUF): labels and scores, entities, embeddings or "
+          "generated text for every row of a CSV, TSV, JSONL, Parquet or text file, a folder of .txt files or "
+          "standard input (-), written atomically to --out (.jsonl or .csv).", prints_own_summary=True,
+          in_recipes=False),
+    Stage("serve", ServeConfig, "lmcompress.stages.serve:serve",
+          "serve a run over HTTP with dynamic batching (uvicorn, 127.0.0.1 by default)",
+          "Serve any run behind POST /predict, GET /health, /metadata and /metrics on uvicorn: requests arriving "
+          "together are batched (--max-batch, --max-wait-ms), limits answer 413/422 with a JSON error, SIGTERM "
+          "finishes the requests in flight.", prints_own_summary=True, in_recipes=False),
     Stage("auto", AutoConfig, "lmcompress.search.run:auto",
           "state the target (retention, speedup or latency); get the smallest model that meets it",
           "Search for the student that meets --min-retention and --min-speedup (or --max-latency-ms) on this "
           "machine: time student shapes cut from the teacher (random weights), screen the promising ones by a short "
           "distillation, train the best with pruning + distillation + int8, and hand back the report and OUT/best. "
-          "Re-running the same command continues the search."),
+          "Re-running the same command continues the search.", in_recipes=False),
 ]}

@@ -1,0 +1,319 @@
+"""`lmcompress.load(RUN)`: one predictor for every run lmcompress writes (a PyTorch checkpoint, an ONNX fp32/int8
+graph, an OpenVINO IR, a model2vec static table, a GGUF file), answering as transformers' pipeline of its task does:
+
+    predictor = lmcompress.load("runs/demo/auto/best")
+    predictor(["a gripping film", "dull"])   # [{"label": "fresh", "score": 0.97}, {"label": "rotten", ...}]
+
+Texts are tokenised once, sorted by length and run in batches padded to their own longest row (little padding
+wasted on short texts), then put back in the caller's order. The runtime comes from the run itself
+(backends.load_run_model: the same object `evaluate` scores), so a predictor's labels are evaluate's argmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from transformers import AutoConfig
+
+from ..backends import load_run_model
+from ..backends.gguf_file import GGUF_FILE, load_gguf
+from ..backends.onnx import MODEL_FILE
+from ..backends.openvino import served_precision
+from ..backends.serving import run_backend
+from ..errors import LmcError
+from ..machine import processor
+from ..measure import count_params
+from ..models import static
+from ..models.heads import saved_head
+from ..models.load import first_line, load_causal_lm, load_tokenizer
+from ..models.trust import remote_code_allowed
+from ..models.outputs import forward
+from ..runkinds.embedding import load_encoder
+from ..runs import (EMBEDDING_TASK, MANIFEST, is_embedding_run, is_language_model,
+                    quantization_method, read_run_manifest)
+
+DEFAULT_BATCH = 32
+INT8_METHODS = ("onnx-int8", "static-int8", "openvino-int8")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a predictor serves: `GET /metadata` and `predict`'s summary."""
+
+    run: str
+    task: str  # text-classification | regression | token-classification | question-answering | sentence-embedding
+    # | text-generation
+    runtime: str  # torch | onnxruntime | openvino | static | gguf
+    precision: str  # fp32 | bf16 | int8 | the GGUF file's type
+    labels: list[str]
+    max_length: int
+    params: int
+    has_pair: bool = False
+    processor: dict[str, Any] = field(default_factory=processor)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _recorded_max_length(folder: Path, tokenizer) -> int:
+    """The max length the run was trained with (lmcompress.json), else the tokenizer's own limit (at most 512)."""
+    data = ((read_run_manifest(folder) or {}).get("config") or {}).get("data") or {}
+    if data.get("max_length"):
+        return int(data["max_length"])
+    limit = getattr(tokenizer, "model_max_length", None) or 512
+    return int(min(limit, 512))
+
+
+def _batches(encoded: list[dict[str, list[int]]], batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of similar length (longest first: a first batch that fits fits them all)."""
+    order = np.argsort([-len(row["input_ids"]) for row in encoded], kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+class Predictor:
+    """Texts in, one answer per text out (the answer's shape is the task's: see each subclass)."""
+
+    card: ModelCard
+
+    def __init__(self, model: torch.nn.Module, tokenizer, card: ModelCard, batch_size: int = DEFAULT_BATCH):
+        if batch_size < 1:
+            raise LmcError(f"batch size must be >= 1, got {batch_size}")
+        self.model, self.tokenizer, self.card, self.batch_size = model.eval(), tokenizer, card, batch_size
+
+    def __call__(self, texts: str | Sequence[str], pairs: Sequence[str] | None = None) -> Any:
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if pairs is not None:
+            pairs = [pairs] if isinstance(pairs, str) else list(pairs)
+        self._check(texts, pairs)
+        answers = self.predict(texts, pairs) if texts else []
+        return answers[0] if single else answers
+
+    def _check(self, texts: list[str], pairs: list[str] | None) -> None:
+        if any(not isinstance(t, str) for t in texts):
+            raise LmcError("every text must be a string")
+        if pairs is not None and (len(pairs) != len(texts) or any(not isinstance(p, str) for p in pairs)):
+            raise LmcError(f"text pairs must be {len(texts)} strings, one per text")
+        if pairs is not None and not self.card.has_pair:
+            raise LmcError(f"{self.card.run} was trained on single texts; it takes no text pairs")
+        if pairs is None and self.card.has_pair:
+            raise LmcError(f"{self.card.run} was trained on text pairs; give a second text for each")
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> list[Any]:
+        raise NotImplementedError
+
+    def encode(self, texts: list[str], pairs: list[str] | None, **options: Any) -> list[dict[str, list[int]]]:
+        encoded = self.tokenizer(texts, pairs, truncation=True, max_length=self.card.max_length, **options)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
+        return [{k: encoded[k][i] for k in keys} for i in range(len(texts))]
+
+    @torch.inference_mode()
+    def outputs(self, encoded: list[dict[str, list[int]]], run: Callable[[dict[str, torch.Tensor]], torch.Tensor]
+                ) -> list[np.ndarray]:
+        """`run` over length-sorted, padded batches -> one array per row, unpadded where it is per token."""
+        results: list[np.ndarray | None] = [None] * len(encoded)
+        for rows in _batches(encoded, self.batch_size):
+            batch = self.tokenizer.pad([encoded[i] for i in rows], padding=True, pad_to_multiple_of=8,
+                                       return_tensors="pt")
+            values = run(dict(batch)).float().cpu().numpy()
+            for i, value in zip(rows, values):
+                results[i] = value
+        return results  # type: ignore[return-value]
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return forward(self.model, batch).logits
+
+
+class TextClassifier(Predictor):
+    """Sequence classification: [{"label": name, "score": probability}] per text, the best label (transformers'
+    text-classification pipeline). Regression: {"label": the head's name, "score": the predicted value}."""
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
+        logits = self.outputs(self.encode(texts, pairs), self.logits)
+        if self.card.task == "regression":
+            return [{"label": self.card.labels[0], "score": float(row[0])} for row in logits]
+        answers = []
+        for row in logits:
+            probs = np.exp(row - row.max())
+            probs /= probs.sum()
+            best = int(row.argmax())
+            answers.append({"label": self.card.labels[best], "score": float(probs[best])})
+        return answers
+
+
+class TokenClassifier(Predictor):
+    """Named entities: per text, [{"entity_group", "score", "word", "start", "end"}] (the token-classification
+    pipeline's aggregation "simple"). A word's tag is its first sub-token's, as the model was trained; B-X starts an
+    entity, I-X of the same X continues it, anything else ends it."""
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> list[list[dict[str, Any]]]:
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.card.max_length,
+                                 return_offsets_mapping=True)
+        rows = [{k: encoded[k][i] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
+                for i in range(len(texts))]
+        logits = self.outputs(rows, self.logits)
+        return [self._entities(text, logits[i], encoded.word_ids(i), encoded["offset_mapping"][i])
+                for i, text in enumerate(texts)]
+
+    def _entities(self, text: str, logits: np.ndarray, word_ids: list[int | None],
+                  offsets: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        words: dict[int, list[Any]] = {}  # word -> [tag, score, start, end]
+        for position, word in enumerate(word_ids):
+            if word is None:
+                continue
+            if word not in words:
+                probs = np.exp(logits[position] - logits[position].max())
+                tag = int(probs.argmax())
+                words[word] = [self.card.labels[tag], float(probs[tag] / probs.sum()), *offsets[position]]
+            words[word][3] = offsets[position][1]
+        entities: list[dict[str, Any]] = []
+        scores: list[float] = []
+        for tag, score, start, end in words.values():
+            prefix, _, kind = tag.partition("-")
+            continues = prefix == "I" and entities and entities[-1]["entity_group"] == kind and scores
+            if prefix in ("B", "I") and not continues:
+                entities.append({"entity_group": kind, "start": start})
+                scores = []
+            if prefix in ("B", "I"):
+                entities[-1]["end"] = end
+                scores.append(score)
+                entities[-1]["score"] = float(np.mean(scores))
+            else:
+                scores = []
+        for entity in entities:
+            entity["word"] = text[entity["start"]:entity["end"]]
+        return [{k: e[k] for k in ("entity_group", "score", "word", "start", "end")} for e in entities]
+
+
+class SentenceEncoder(Predictor):
+    """Sentence embeddings: one vector (a list of floats) per text, the mean of the last hidden states over real
+    tokens, as `distill-embeddings` trains and scores them (sentence-transformers' mean pooling)."""
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> list[list[float]]:
+        return [row.tolist() for row in self.outputs(self.encode(texts, None), self._pooled)]
+
+    def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model(**batch).last_hidden_state
+        weights = batch["attention_mask"].to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class TextGenerator(Predictor):
+    """A causal LM: `generate(prompt, max_new_tokens)` -> {"generated_text": prompt + continuation} (greedy, as the
+    text-generation pipeline with do_sample=False); calling it on texts generates for each."""
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> list[dict[str, str]]:
+        return [self.generate(text) for text in texts]
+
+    @torch.inference_mode()
+    def generate(self, prompt: str, max_new_tokens: int = 32) -> dict[str, str]:
+        if max_new_tokens < 1:
+            raise LmcError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        ids = self.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=self.card.max_length)
+        if ids["input_ids"].shape[1] == 0:
+            raise LmcError("the prompt is empty after tokenisation")
+        out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        new = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        return {"generated_text": prompt + new}
+
+
+# ------------------------------------------------------------------------------------------------------------ load
+
+
+def _config(folder: Path):
+    try:
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
+    except Exception as exc:
+        raise LmcError(f"cannot read {folder}/config.json: {first_line(exc)}") from None
+
+
+def _task_and_labels(folder: Path, manifest: dict[str, Any]) -> tuple[str, list[str]]:
+    """The task a run serves and its label names, from its manifest and its head."""
+    kind = (manifest.get("task") or {}).get("type")
+    if (folder / GGUF_FILE).is_file() or kind == "clm":
+        return "text-generation", []
+    if is_language_model(manifest):
+        raise LmcError(f"{folder} is a masked-LM run ({kind}): predict and serve take task models, sentence "
+                       "encoders and causal LMs; fine-tune or distil it for a task first")
+    if is_embedding_run(manifest):
+        return EMBEDDING_TASK, []
+    if static.is_static_dir(folder):
+        head = static.head_config(folder)
+        return ("regression" if head.get("problem_type") == "regression" else "text-classification",
+                [str(label) for label in head.get("labels") or ["score"]])
+    config = _config(folder)
+    labels = [str(config.id2label[i]) for i in range(config.num_labels)] if config.id2label else []
+    head = saved_head(config)
+    if head:
+        return head, labels
+    if not any(str(a).endswith("ForSequenceClassification") for a in config.architectures or []):
+        return EMBEDDING_TASK, []  # a plain encoder (minilm-l6 itself): sentence embeddings
+    regression = config.problem_type == "regression" or (config.num_labels == 1 and not config.problem_type)
+    return ("regression" if regression else "text-classification"), labels
+
+
+def _runtime(folder: Path) -> str:
+    if (folder / GGUF_FILE).is_file():
+        return "gguf"
+    if static.is_static_dir(folder):
+        return "static"
+    return run_backend(folder).removesuffix("-bf16")
+
+
+def _precision(folder: Path, runtime: str) -> str:
+    if quantization_method(folder) in INT8_METHODS:
+        return "int8"
+    if runtime == "openvino":
+        return served_precision(folder)
+    return "fp32"
+
+
+def _model(folder: Path, task: str, threads: int | None) -> torch.nn.Module:
+    if task == "text-generation":
+        if (folder / GGUF_FILE).is_file():
+            return load_gguf(folder / GGUF_FILE)[0]
+        if (folder / MODEL_FILE).is_file():
+            raise LmcError(f"{folder} holds an ONNX causal LM, which has no generate loop here; load the run it was "
+                           "exported from (or its GGUF export)")
+        return load_causal_lm(folder)
+    if task == EMBEDDING_TASK:
+        return load_encoder(folder)
+    return load_run_model(folder, None, task == "regression", threads,
+                          task=task if task in ("token-classification", "question-answering") else None)
+
+
+PREDICTORS: dict[str, type[Predictor]] = {"text-classification": TextClassifier, "regression": TextClassifier,
+                                          "token-classification": TokenClassifier,
+                                          EMBEDDING_TASK: SentenceEncoder, "text-generation": TextGenerator}
+
+
+def load(run: str | Path, threads: int | None = None, batch_size: int = DEFAULT_BATCH) -> Predictor:
+    """The predictor of a run directory, whatever its format; `threads` caps the runtime's CPU threads (default:
+    all cores this process may use)."""
+    folder = Path(run).expanduser()
+    if not folder.is_dir():
+        raise LmcError(f"--model {run}: no such run directory")
+    if not any((folder / name).is_file() for name in ("config.json", GGUF_FILE, MANIFEST)):
+        raise LmcError(f"{folder} is not a run directory or Hugging Face checkpoint (no config.json)")
+    if threads is not None:
+        if threads < 1:
+            raise LmcError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    manifest = read_run_manifest(folder) or {}
+    task, labels = _task_and_labels(folder, manifest)
+    if task not in PREDICTORS:
+        raise LmcError(f"{folder} is a {task} model, which predict and serve do not take yet")
+    tokenizer = load_gguf(folder / GGUF_FILE)[1] if (folder / GGUF_FILE).is_file() else load_tokenizer(folder)
+    model = _model(folder, task, threads)
+    runtime = _runtime(folder)
+    card = ModelCard(run=str(folder), task=task, runtime=runtime, precision=_precision(folder, runtime),
+                     labels=labels, max_length=_recorded_max_length(folder, tokenizer), params=count_params(model),
+                     has_pair=bool((manifest.get("task") or {}).get("has_pair")))
+    return PREDICTORS[task](model, tokenizer, card, batch_size)
