@@ -9,6 +9,7 @@ names as the flags (or a `config` YAML path), plus `run` (recipes), `demo` and `
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +18,6 @@ from .config import build_config, flat_to_nested
 from .demo import run_demo
 from .models import presets
 from .pipeline import run_recipe
-from .serving import Predictor
-from .serving import load as load_run
 from .stages import STAGES, Stage
 
 
@@ -68,7 +67,9 @@ def demo(quick: bool = False, out: str = "runs/demo", overwrite: bool = False) -
     return run_demo(quick=quick, out=out, overwrite=overwrite)
 
 
-def load(run: str, threads: int | None = None, batch_size: int = 32) -> Predictor:
+def load(run: str, threads: int | None = None, batch_size: int = 32) -> Any:
     """The predictor of a run directory, whatever its format (PyTorch, ONNX, OpenVINO, static, GGUF):
-    `lmcompress.load("runs/best")(["a text"])` answers as transformers' pipeline of the run's task."""
-    return load_run(run, threads=threads, batch_size=batch_size)
+    `lmcompress.load("runs/best")(["a text"])` answers as transformers' pipeline of the run's task
+    (lmcompress.serving.Predictor). Imported on first use, as stages are: `import lmcompress` stays light."""
+    serving = importlib.import_module("lmcompress.serving")
+    return serving.load(run, threads=threads, batch_size=batch_size)

@@ -70,9 +70,11 @@ def _stage_command(name: str):
         result = stage.run(build_config(stage.config, args.config, flags_to_dict(args), name))
         if stage.positional_runs:  # compare
             console().print(f"report: {result['path']}/report.html (also report.md, report.json, pareto.png)")
-        elif stage.prints_own_summary:
+        elif stage.prints_own_summary:  # predict: one line (stdout stays JSON alone with --json); serve: nothing
             if args.json:
                 print(json.dumps(result, indent=2, default=str))
+            elif result.get("summary"):
+                console().print(result["summary"], soft_wrap=True)
         else:
             _print_json_or_summary(result, args.json)
         return 0

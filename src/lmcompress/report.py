@@ -73,6 +73,10 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                        "language-model runs (drop --baseline)")
     rows, context = kind.compare_rows(cfg, folders, names, manifests, teacher_index, threads)
     lower_is_better = kind.lower_is_better
+    runs = dict(zip(names, folders))
+    for row in rows:
+        if row["name"] in runs:  # not the TF-IDF reference row
+            row["run"] = str(runs[row["name"]])
 
     ref = rows[teacher_index]
     for row in rows:
@@ -235,9 +239,25 @@ def render_markdown(report: dict[str, Any]) -> str:
              "| " + " | ".join(_headers(report)) + " | Pareto |", "|" + "---|" * (len(COLUMNS) + 1)]
     for row in report["rows"]:
         lines.append("| " + " | ".join(_shown(k, row) for _, k in COLUMNS) + f" | {'yes' if row['pareto'] else ''} |")
-    lines += _backend_table(report) + _generation_table(report)
+    lines += _backend_table(report) + _generation_table(report) + _use_lines(report)
     lines += ["", "![metric vs latency](pareto.png)", ""]
     return "\n".join(lines)
+
+
+def use_commands(run: str | Path) -> list[str]:
+    """How to use a run: predictions for a file, and an HTTP server (stages/predict.py, stages/serve.py)."""
+    return [f"lmcompress predict --model {run} --data texts.csv --out predictions.jsonl",
+            f"lmcompress serve --model {run}"]
+
+
+def _use_lines(report: dict[str, Any]) -> list[str]:
+    front = [row for row in report["rows"] if row["pareto"] and row.get("run") and row["name"] != report["teacher"]]
+    if not front:
+        return []
+    lines = ["", "Use a model on the front (any format; `lmcompress.load(run)` in Python):", "", "```bash"]
+    for row in front:
+        lines += [f"# {row['name']}", *use_commands(row["run"])]
+    return lines + ["```"]
 
 
 def _backend_table(report: dict[str, Any]) -> list[str]:

@@ -185,3 +185,27 @@ def test_masked_lm_and_openvino_are_refused_for_lm_runs_in_one_line(llama_teache
         assert code != 0
         one_error_line(err, fragment)
         assert not (tmp_path / "out").exists()
+
+
+def test_load_generates_the_same_text_from_the_checkpoint_and_its_gguf(llama_teacher, tmp_path, capsys):
+    import lmcompress
+
+    code, _, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--out",
+                            str(tmp_path / "gguf"), "--quiet"], capsys)
+    assert code == 0, err
+    checkpoint, gguf_file = lmcompress.load(str(llama_teacher)), lmcompress.load(str(tmp_path / "gguf"))
+    assert (checkpoint.card.runtime, gguf_file.card.runtime) == ("torch", "gguf")
+    assert gguf_file.card.task == "text-generation"
+    prompt = "The movie was"
+    text = checkpoint.generate(prompt, max_new_tokens=8)["generated_text"]
+    assert text.startswith(prompt) and len(text) > len(prompt)
+    assert gguf_file.generate(prompt, max_new_tokens=8)["generated_text"] == text  # greedy: the same tokens
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{prompt}\nA story\n", encoding="utf-8")
+    out = tmp_path / "generated.jsonl"
+    code, _, err = run_cli(["predict", "--model", str(tmp_path / "gguf"), "--data", str(prompts), "--out", str(out)],
+                           capsys)
+    assert code == 0, err
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [w["text"] for w in written] == [prompt, "A story"]
+    assert written[0]["generated_text"] == gguf_file.generate(prompt)["generated_text"]  # 32 new tokens, as predict

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from tests.conftest import FILLER, NEGATIVE, POSITIVE
@@ -81,3 +82,33 @@ def test_token_logits_are_cached_and_read_back_exactly(ner_teacher, tmp_path, ca
     stats = cached_distill_matches_live(ner_teacher, tmp_path, capsys, [
         "--student", "layers=1", "--hidden-weight", "1", "--epochs", "2", "--batch-size", "16"])
     assert stats["layers"] == [2]  # the mapped hidden state is cached beside the per-token logits
+
+
+def test_load_finds_the_entities_evaluate_scores(ner_teacher):
+    """lmcompress.load on an NER run, given each test sentence as plain text: its entities, mapped back onto the
+    words, score the same entity F1 as evaluate (which reads the words pre-split)."""
+    import lmcompress
+    from lmcompress.config import DataConfig
+    from lmcompress.data import load_task
+    from lmcompress.data.ner import entity_metrics
+    from lmcompress.runs import data_config_for
+
+    task = load_task(data_config_for(DataConfig(), ner_teacher))
+    frame = task.splits["test"]
+    predictor = lmcompress.load(str(ner_teacher), batch_size=6)
+    texts = [" ".join(words) for words in frame["tokens"]]
+    predicted = []
+    for text, words, entities in zip(texts, frame["tokens"], predictor(texts)):
+        starts = np.cumsum([0] + [len(w) + 1 for w in words[:-1]])  # each word's first character
+        tags = ["O"] * len(words)
+        for entity in entities:
+            assert text[entity["start"]:entity["end"]] == entity["word"] and 0 < entity["score"] <= 1
+            inside = [i for i, start in enumerate(starts) if entity["start"] <= start < entity["end"]]
+            tags[inside[0]] = f"B-{entity['entity_group']}"
+            for i in inside[1:]:
+                tags[i] = f"I-{entity['entity_group']}"
+        predicted.append(tags)
+    gold = [[task.labels[t] for t in tags] for tags in frame["tags"]]
+    expected = json.loads((ner_teacher / "metrics.json").read_text())["metrics"]["f1"]
+    assert entity_metrics(gold, predicted, "BIO")["f1"] == pytest.approx(expected, abs=1e-9)
+    assert predictor.card.task == "token-classification" and predictor.card.labels[0] == "O"

@@ -150,3 +150,41 @@ def test_a_classifier_is_not_scored_on_qa_data(tiny_teacher_run, squad_file, cap
 def test_span_logits_are_cached_and_read_back_exactly(qa_teacher, tmp_path, capsys):
     cached_distill_matches_live(qa_teacher, tmp_path, capsys, ["--student", "layers=1", "--epochs", "2",
                                                                "--batch-size", "16"])
+
+
+def test_load_answers_what_evaluate_decodes(qa_teacher, tmp_path, capsys):
+    """lmcompress.load on a QA run: per test question the span evaluate decodes, with its offsets and a probability;
+    `predict` writes the same from a file with question and context columns."""
+    import lmcompress
+    from lmcompress.config import DataConfig
+    from lmcompress.data import load_task
+    from lmcompress.backends import load_run_model
+    from lmcompress.models.load import load_tokenizer
+    from lmcompress.runkinds.task import predict_answers
+    from lmcompress.runs import data_config_for
+
+    task = load_task(data_config_for(DataConfig(), qa_teacher))
+    frame = task.splits["test"]
+    expected = predict_answers(load_run_model(qa_teacher, None, False, task="question-answering"),
+                               load_tokenizer(qa_teacher), frame, 32, 64, task.qa_options, allow_empty=False)
+    predictor = lmcompress.load(str(qa_teacher), batch_size=5)
+    answers = predictor(frame["question"].tolist(), frame["context"].tolist())
+    assert [a["answer"] for a in answers] == expected
+    for answer, context in zip(answers, frame["context"]):
+        assert context[answer["start"]:answer["end"]] == answer["answer"] and 0.0 < answer["score"] <= 1.0
+    with pytest.raises(lmcompress.LmcError, match="give a context"):
+        predictor(["who?"])
+    # a run trained with unanswerable questions may answer nothing: the same rule as evaluate's decoder
+    options, _ = predictor.qa_settings
+    predictor.__dict__["qa_settings"] = (options, True)
+    may_be_empty = predict_answers(load_run_model(qa_teacher, None, False, task="question-answering"),
+                                   load_tokenizer(qa_teacher), frame, 32, 64, task.qa_options, allow_empty=True)
+    assert [a["answer"] for a in predictor(frame["question"].tolist(), frame["context"].tolist())] == may_be_empty
+
+    source = tmp_path / "questions.jsonl"
+    frame[["question", "context"]].to_json(source, orient="records", lines=True)
+    code, _, err = run_cli(["predict", "--model", str(qa_teacher), "--data", str(source), "--out",
+                            str(tmp_path / "answers.jsonl")], capsys)
+    assert code == 0, err
+    written = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [w["answer"] for w in written] == expected

@@ -28,3 +28,18 @@ def test_setup_line_names_the_runtime_the_speedups_are_against():
     assert "speedups against the teacher on its own runtime (onnxruntime)" in deployed
     no_backends = _setup_line({**_report({"backend": "torch"}), "rows": [{"name": "teacher", "backend": "torch"}]})
     assert "fastest backend" not in no_backends  # nothing to choose between
+
+
+def test_report_says_how_to_use_the_models_on_the_front():
+    """The teacher and the rows off the front get no commands; the TF-IDF reference row has no run to serve."""
+    from lmcompress.report import _use_lines
+
+    rows = [{"name": "teacher", "pareto": True, "run": "runs/teacher"},
+            {"name": "fast", "pareto": True, "run": "runs/fast"},
+            {"name": "slow", "pareto": False, "run": "runs/slow"},
+            {"name": "tfidf", "pareto": True, "reference": True}]
+    text = "\n".join(_use_lines({"teacher": "teacher", "rows": rows}))
+    assert "lmcompress serve --model runs/fast" in text
+    assert "lmcompress predict --model runs/fast --data texts.csv --out predictions.jsonl" in text
+    assert "runs/slow" not in text and "runs/teacher" not in text and "tfidf" not in text
+    assert _use_lines({"teacher": "teacher", "rows": rows[:1]}) == []

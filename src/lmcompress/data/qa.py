@@ -254,10 +254,10 @@ def tokenize_eval_features(frame: pd.DataFrame, tokenizer, max_length: int, stri
 # ------------------------------------------------------------------------------------------------ decoding
 
 
-def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list[tuple[int, int] | None], n_best: int,
-              max_answer_length: int) -> tuple[float, int, int] | None:
+def best_token_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list[tuple[int, int] | None],
+                    n_best: int, max_answer_length: int) -> tuple[float, int, int] | None:
     """One window: the highest start+end score over spans inside the context, at most max_answer_length tokens long,
-    among the n_best starts and n_best ends -> (score, char start, char end) or None when no span is valid."""
+    among the n_best starts and n_best ends -> (score, start token, end token) or None when no span is valid."""
     best = None
     length = len(offsets)
     for s in np.argsort(start_logits[:length])[::-1][:n_best]:
@@ -268,8 +268,15 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list[tu
                 continue
             score = float(start_logits[s] + end_logits[e])
             if best is None or score > best[0]:
-                best = (score, offsets[s][0], offsets[e][1])
+                best = (score, int(s), int(e))
     return best
+
+
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list[tuple[int, int] | None], n_best: int,
+              max_answer_length: int) -> tuple[float, int, int] | None:
+    """best_token_span in the context's characters -> (score, char start, char end) or None."""
+    best = best_token_span(start_logits, end_logits, offsets, n_best, max_answer_length)
+    return None if best is None else (best[0], offsets[best[1]][0], offsets[best[2]][1])
 
 
 def decode_answers(start_logits: list[np.ndarray], end_logits: list[np.ndarray], features: EvalFeatures,

@@ -22,8 +22,8 @@ from ..data.tokenize import collator
 from ..errors import LmcError
 from ..measure import count_params
 from ..models import presets
-from ..models.load import load_tokenizer, resolve
-from ..runkinds.embedding import embed, load_encoder, pairs_fingerprint, score_encoder, score_pairs, sentence_data
+from ..models.load import load_encoder, load_tokenizer, resolve
+from ..runkinds.embedding import embed, pairs_fingerprint, score_encoder, score_pairs, sentence_data
 from ..runs import (EMBEDDING_TASK, RunDir, finish_stage, initial_scores, num_processes, stage_manifest,
                     training_record)
 from ..training import fit

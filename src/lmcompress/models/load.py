@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import transformers
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining, AutoTokenizer,
-                          PreTrainedTokenizerBase)
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForPreTraining,
+                          AutoTokenizer, PreTrainedTokenizerBase)
 
 from .. import catalog
 from ..errors import LmcError
@@ -197,6 +197,14 @@ def load_causal_lm(folder: Path) -> transformers.PreTrainedModel:
                                                     trust_remote_code=remote_code_allowed()).eval()
     except Exception as exc:
         raise LmcError(f"cannot load a causal LM from {folder}: {first_line(exc)}") from None
+
+
+def load_encoder(folder: Path) -> transformers.PreTrainedModel:
+    """An encoder checkpoint without a task head (its last hidden states)."""
+    try:
+        return AutoModel.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
+    except Exception as exc:
+        raise LmcError(f"cannot load an encoder from {folder}: {first_line(exc)}") from None
 
 
 def model_family(source: ModelSource) -> str:

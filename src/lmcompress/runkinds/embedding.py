@@ -18,17 +18,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers
 from scipy.stats import spearmanr
-from transformers import AutoModel
 
 from ..config import CompareConfig, EmbeddingDistillConfig, EvaluateConfig, from_dict
 from ..data.corpora import Document, load_corpus
 from ..distillation.losses import mean_pool
 from ..errors import LmcError
 from ..measure import count_params, latency_for_texts, weights_size_bytes
-from ..models.load import first_line, load_tokenizer
-from ..models.trust import remote_code_allowed
+from ..models.load import load_encoder, load_tokenizer
 from ..runkinds.lm import split_documents
 from ..runs import EMBEDDING_TASK, is_embedding_run, made_by, read_run_manifest
 
@@ -141,13 +138,6 @@ def score_pairs(model, tokenizer, pairs: list[tuple[str, str, float]], max_lengt
     if reference is not None:
         scores["teacher_agreement"] = float(spearmanr(cosine, reference)[0])
     return scores, cosine
-
-
-def load_encoder(folder: Path) -> transformers.PreTrainedModel:
-    try:
-        return AutoModel.from_pretrained(str(folder), local_files_only=True, trust_remote_code=remote_code_allowed())
-    except Exception as exc:
-        raise LmcError(f"cannot load an encoder from {folder}: {first_line(exc)}") from None
 
 
 def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:

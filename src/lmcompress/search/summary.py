@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..console import console
+from ..report import use_commands
 from ..runs import write_json_atomic
 from .state import Candidate, Search
 
@@ -61,6 +62,7 @@ def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dic
              f"Target: retention >= {search.cfg.min_retention:.0%} on the validation rows (the search decides on "
              f"them; the table above reports the test rows), speed {search.target.describe()} at batch {size} as "
              f"measured in this report. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
+             "Use it:", "", "```bash", *use_commands(search.root / "best"), "```", "",
              "| candidate | predicted speedup | measured as trained | screen retention (validation) | validation "
              "retention | trained (rounds) | note |", "|---|---|---|---|---|---|---|"]
     for c in search.candidates:
@@ -165,6 +167,7 @@ def hand_back(search: Search, report: dict[str, Any], records: list[dict[str, An
     console().print(("[green]" if met else "[yellow]") + line + "[/]")
     console().print(f"report: {folder}/report.md (search: candidates.png, {search.root}/search.jsonl); model: "
                     f"{search.root}/best; wall time {wall_s / 60:.1f} min")
+    console().print("use it: " + "  |  ".join(use_commands(search.root / "best")), soft_wrap=True)
     return {"split": "test", "metrics": {chosen["metric"]: chosen["value"]}, "params": chosen["params"],
             "size_bytes": int(chosen["size_mb"] * 1e6), "path": str(search.root / "best"), "target_met": met,
             "chosen": chosen["name"], "verdict": line}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -28,8 +29,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import LmcError
+from ..models.load import first_line
 from .batching import DynamicBatcher
 from .predictor import Predictor, TextGenerator
+
+log = logging.getLogger("lmcompress")
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ async def read_json(request: Request, limits: Limits) -> Any:
         raise BadRequest(400, "the body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(400, f"the body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise BadRequest(400, "the body nests JSON too deeply") from None
 
 
 def create_app(predictor: Predictor, max_batch: int = 32, max_wait_ms: float = 5.0,
@@ -168,9 +174,13 @@ def create_app(predictor: Predictor, max_batch: int = 32, max_wait_ms: float = 5
         except ClientDisconnect:
             metrics.requests.labels("499").inc()
             return _error(400, "the client closed the connection")
-        except LmcError as exc:
+        except LmcError as exc:  # what the model refuses to read (a QA question too long for a window, ...)
             metrics.requests.labels("422").inc()
             return _error(422, str(exc))
+        except Exception as exc:  # a runtime failure: a JSON 500, logged, and the server goes on
+            log.exception("/predict failed")
+            metrics.requests.labels("500").inc()
+            return _error(500, f"internal error {type(exc).__name__}: {first_line(exc)}")
         metrics.requests.labels("200").inc()
         metrics.texts.inc(len(texts))
         metrics.latency.observe(time.perf_counter() - started)

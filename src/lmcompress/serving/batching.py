@@ -29,6 +29,8 @@ class DynamicBatcher:
 
     def __init__(self, predict: Callable[[list[str], list[str] | None], list[Any]], max_batch: int,
                  max_wait_ms: float, on_batch: Callable[[int, float], None] | None = None):
+        if max_batch < 1 or max_wait_ms < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_wait_ms >= 0, got {max_batch} and {max_wait_ms}")
         self.predict, self.max_batch, self.max_wait_s = predict, max_batch, max_wait_ms / 1000
         self.on_batch = on_batch  # (texts in the batch, seconds it took): for the server's metrics
         self.queue: asyncio.Queue[_Request | None] = asyncio.Queue()
@@ -96,10 +98,12 @@ class DynamicBatcher:
         started = loop.time()
         try:
             answers = await loop.run_in_executor(self.executor, self.predict, texts, pairs)
-        except Exception as exc:  # a bug or a runtime failure: every request of the batch gets it
-            for request in batch:
-                if not request.answer.done():
-                    request.answer.set_exception(exc)
+        except Exception as exc:
+            if len(batch) > 1:  # one request's bad input must not fail the others: each runs again alone
+                for request in batch:
+                    await self._run([request])
+            elif not batch[0].answer.done():
+                batch[0].answer.set_exception(exc)
             return
         if self.on_batch is not None:
             self.on_batch(len(texts), loop.time() - started)

@@ -11,12 +11,15 @@ wasted on short texts), then put back in the caller's order. The runtime comes f
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from transformers import AutoConfig
@@ -26,18 +29,19 @@ from ..backends.gguf_file import GGUF_FILE, load_gguf
 from ..backends.onnx import MODEL_FILE
 from ..backends.openvino import served_precision
 from ..backends.serving import run_backend
+from ..data import qa
 from ..errors import LmcError
 from ..machine import processor
 from ..measure import count_params
 from ..models import static
 from ..models.heads import saved_head
-from ..models.load import first_line, load_causal_lm, load_tokenizer
+from ..models.load import first_line, load_causal_lm, load_encoder, load_tokenizer
 from ..models.trust import remote_code_allowed
 from ..models.outputs import forward
-from ..runkinds.embedding import load_encoder
 from ..runs import (EMBEDDING_TASK, MANIFEST, is_embedding_run, is_language_model,
                     quantization_method, read_run_manifest)
 
+log = logging.getLogger("lmcompress")
 DEFAULT_BATCH = 32
 INT8_METHODS = ("onnx-int8", "static-int8", "openvino-int8")
 
@@ -147,48 +151,126 @@ class TextClassifier(Predictor):
         return answers
 
 
+def _tag_parts(tag: str) -> tuple[str, str]:
+    """("B" | "I" | "E" | "S" | "O", entity type) of a BIO / BIOES tag (L and U as E and S); a tag without a prefix
+    (PER) is inside an entity of its own name, as the pipeline reads it."""
+    if tag == "O":
+        return "O", ""
+    prefix, dash, kind = tag.partition("-")
+    if not dash or len(prefix) != 1:
+        return "I", tag
+    return {"L": "E", "U": "S"}.get(prefix, prefix), kind
+
+
+def group_entities(text: str, words: list[tuple[str, float, int, int]]) -> list[dict[str, Any]]:
+    """(tag, probability, char start, char end) per word -> entities {"entity_group", "score" (mean over its words),
+    "word", "start", "end"}. B and S start an entity, I and E continue one of the same type (else start one), E and
+    S end it, O ends any."""
+    entities: list[dict[str, Any]] = []
+    scores: list[float] = []
+    open_ = False
+    for tag, score, start, end in words:
+        prefix, kind = _tag_parts(tag)
+        if prefix == "O":
+            open_ = False
+            continue
+        if not (open_ and prefix in ("I", "E") and entities[-1]["entity_group"] == kind):
+            entities.append({"entity_group": kind, "start": start})
+            scores = []
+        entities[-1]["end"] = end
+        scores.append(score)
+        entities[-1]["score"] = float(np.mean(scores))
+        open_ = prefix in ("B", "I")
+    return [{"entity_group": e["entity_group"], "score": e["score"], "word": text[e["start"]:e["end"]],
+             "start": e["start"], "end": e["end"]} for e in entities]
+
+
 class TokenClassifier(Predictor):
     """Named entities: per text, [{"entity_group", "score", "word", "start", "end"}] (the token-classification
-    pipeline's aggregation "simple"). A word's tag is its first sub-token's, as the model was trained; B-X starts an
-    entity, I-X of the same X continues it, anything else ends it."""
+    pipeline's aggregation "simple"). A word's tag is its first sub-token's, as the model was trained; words are
+    grouped by `group_entities`. Text past max length tokens is not tagged (a warning says how many texts)."""
 
     def predict(self, texts: list[str], pairs: list[str] | None) -> list[list[dict[str, Any]]]:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.card.max_length,
                                  return_offsets_mapping=True)
         rows = [{k: encoded[k][i] for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded}
                 for i in range(len(texts))]
+        cut = sum(len(row["input_ids"]) >= self.card.max_length for row in rows)
+        if cut:
+            log.warning("%d of %d texts reached %d tokens: words past that are not tagged (split long texts)", cut,
+                        len(texts), self.card.max_length)
         logits = self.outputs(rows, self.logits)
-        return [self._entities(text, logits[i], encoded.word_ids(i), encoded["offset_mapping"][i])
+        return [group_entities(text, self._words(logits[i], encoded.word_ids(i), encoded["offset_mapping"][i]))
                 for i, text in enumerate(texts)]
 
-    def _entities(self, text: str, logits: np.ndarray, word_ids: list[int | None],
-                  offsets: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        words: dict[int, list[Any]] = {}  # word -> [tag, score, start, end]
+    def _words(self, logits: np.ndarray, word_ids: list[int | None],
+               offsets: list[tuple[int, int]]) -> list[tuple[str, float, int, int]]:
+        words: dict[int, list[Any]] = {}  # word -> [tag, probability, start, end]
         for position, word in enumerate(word_ids):
             if word is None:
                 continue
             if word not in words:
-                probs = np.exp(logits[position] - logits[position].max())
+                probs = _softmax(logits[position])
                 tag = int(probs.argmax())
-                words[word] = [self.card.labels[tag], float(probs[tag] / probs.sum()), *offsets[position]]
+                words[word] = [self.card.labels[tag], float(probs[tag]), *offsets[position]]
             words[word][3] = offsets[position][1]
-        entities: list[dict[str, Any]] = []
-        scores: list[float] = []
-        for tag, score, start, end in words.values():
-            prefix, _, kind = tag.partition("-")
-            continues = prefix == "I" and entities and entities[-1]["entity_group"] == kind and scores
-            if prefix in ("B", "I") and not continues:
-                entities.append({"entity_group": kind, "start": start})
-                scores = []
-            if prefix in ("B", "I"):
-                entities[-1]["end"] = end
-                scores.append(score)
-                entities[-1]["score"] = float(np.mean(scores))
+        return [tuple(w) for w in words.values()]  # type: ignore[misc]
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    exp = np.exp(values - values.max())
+    return exp / exp.sum()
+
+
+class QuestionAnswerer(Predictor):
+    """Extractive question answering: texts are the questions, pairs their contexts -> per question {"score",
+    "start", "end", "answer"} (the question-answering pipeline's fields): the best span over every window of a long
+    context, decoded as `evaluate` decodes it; the score is the span's start x end probability in its window."""
+
+    def _check(self, texts: list[str], pairs: list[str] | None) -> None:
+        if pairs is None:
+            raise LmcError(f"{self.card.run} answers questions: give a context for each question as its pair")
+        super()._check(texts, pairs)
+
+    def predict(self, texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
+        options, allow_empty = self.qa_settings
+        frame = pd.DataFrame({"question": texts, "context": pairs})
+        features = qa.tokenize_eval_features(frame, self.tokenizer, self.card.max_length, options.doc_stride)
+        rows = [features.dataset[i] for i in range(len(features.dataset))]
+        logits = self.outputs(rows, self.logits)  # per window [T_padded, 2]
+        spans: dict[int, tuple[float, float, int, int]] = {}  # question -> (score, probability, char start, end)
+        empty: dict[int, tuple[float, float]] = {}  # question -> lowest null score over its windows, probability
+        for window, question in enumerate(features.example_of):
+            length = len(rows[window]["input_ids"])
+            start, end = logits[window][:length, 0], logits[window][:length, 1]
+            null = float(start[qa.CLS_INDEX] + end[qa.CLS_INDEX])
+            if question not in empty or null < empty[question][0]:
+                empty[question] = (null, float(_softmax(start)[qa.CLS_INDEX] * _softmax(end)[qa.CLS_INDEX]))
+            span = qa.best_token_span(start, end, features.offsets[window], options.n_best,
+                                      options.max_answer_length)
+            if span is not None and (question not in spans or span[0] > spans[question][0]):
+                probability = float(_softmax(start)[span[1]] * _softmax(end)[span[2]])
+                offsets = features.offsets[window]
+                spans[question] = (span[0], probability, offsets[span[1]][0], offsets[span[2]][1])
+        answers = []
+        for question, context in enumerate(pairs or []):
+            span = spans.get(question)
+            if span is None or (allow_empty and empty[question][0] > span[0]):  # as qa.decode_answers decides
+                answers.append({"score": empty[question][1] if allow_empty else 0.0, "start": 0, "end": 0,
+                                "answer": ""})
             else:
-                scores = []
-        for entity in entities:
-            entity["word"] = text[entity["start"]:entity["end"]]
-        return [{k: e[k] for k in ("entity_group", "score", "word", "start", "end")} for e in entities]
+                answers.append({"score": span[1], "start": span[2], "end": span[3], "answer": context[span[2]:span[3]]})
+        return answers
+
+    @functools.cached_property
+    def qa_settings(self) -> tuple[qa.QAOptions, bool]:
+        """How the run windows and decodes (its data config), and whether it may answer nothing (trained on data
+        with unanswerable questions)."""
+        manifest = read_run_manifest(Path(self.card.run)) or {}
+        data = (manifest.get("config") or {}).get("data") or {}
+        options = qa.QAOptions(doc_stride=data.get("doc_stride") or qa.default_stride(self.card.max_length),
+                               max_answer_length=data.get("max_answer_length") or 30)
+        return options, bool((manifest.get("data") or {}).get("unanswerable"))
 
 
 class SentenceEncoder(Predictor):
@@ -215,13 +297,20 @@ class TextGenerator(Predictor):
     def generate(self, prompt: str, max_new_tokens: int = 32) -> dict[str, str]:
         if max_new_tokens < 1:
             raise LmcError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        ids = self.tokenizer(prompt, return_tensors="pt", truncation=True, max_length=self.card.max_length)
-        if ids["input_ids"].shape[1] == 0:
+        ids = self.tokenizer(prompt, return_tensors="pt")
+        length = ids["input_ids"].shape[1]
+        if length == 0:
             raise LmcError("the prompt is empty after tokenisation")
+        if length + max_new_tokens > self.card.max_length:
+            raise LmcError(f"the prompt has {length} tokens; with max_new_tokens {max_new_tokens} that passes the "
+                           f"model's {self.card.max_length} positions: shorten the prompt or ask for fewer tokens")
         out = self.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.pad_token_id)
-        new = self.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-        return {"generated_text": prompt + new}
+        # decoded whole, then the decoded prompt cut off: decoding the new tokens alone drops a SentencePiece
+        # tokenizer's leading space ("was" + "great")
+        whole = self.tokenizer.decode(out[0], skip_special_tokens=True)
+        prefix = self.tokenizer.decode(ids["input_ids"][0], skip_special_tokens=True)
+        return {"generated_text": prompt + whole[len(prefix):]}
 
 
 # ------------------------------------------------------------------------------------------------------------ load
@@ -253,7 +342,10 @@ def _task_and_labels(folder: Path, manifest: dict[str, Any]) -> tuple[str, list[
     head = saved_head(config)
     if head:
         return head, labels
-    if not any(str(a).endswith("ForSequenceClassification") for a in config.architectures or []):
+    architectures = [str(a) for a in config.architectures or []]
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "text-generation", []  # a plain causal-LM checkpoint
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
         return EMBEDDING_TASK, []  # a plain encoder (minilm-l6 itself): sentence embeddings
     regression = config.problem_type == "regression" or (config.num_labels == 1 and not config.problem_type)
     return ("regression" if regression else "text-classification"), labels
@@ -267,18 +359,36 @@ def _runtime(folder: Path) -> str:
     return run_backend(folder).removesuffix("-bf16")
 
 
-def _precision(folder: Path, runtime: str) -> str:
+def _precision(folder: Path, runtime: str, manifest: dict[str, Any]) -> str:
+    """The arithmetic served: int8 for a quantized run, the hint an OpenVINO IR is compiled with, the stored type of
+    an ONNX or GGUF export (transformers dequantises a GGUF file into fp32 to run it)."""
     if quantization_method(folder) in INT8_METHODS:
         return "int8"
     if runtime == "openvino":
         return served_precision(folder)
-    return "fp32"
+    export = manifest.get("export") or {}
+    if runtime == "gguf":
+        return f"{export.get('precision', 'gguf')} file, run in fp32"
+    return "fp16" if export.get("format") == "onnx" and export.get("precision") == "fp16" else "fp32"
+
+
+def _model_and_tokenizer(folder: Path, task: str, threads: int | None) -> tuple[torch.nn.Module, Any]:
+    if (folder / GGUF_FILE).is_file():
+        return load_gguf(folder / GGUF_FILE)  # both from the one file, read once
+    return _model(folder, task, threads), load_tokenizer(folder)
+
+
+def _max_length(folder: Path, task: str, model: torch.nn.Module, tokenizer) -> int:
+    """Tokens per text: what the run was trained with; for generation, every position the model has."""
+    config = getattr(model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if task == "text-generation" and positions:
+        return int(positions)
+    return _recorded_max_length(folder, tokenizer)
 
 
 def _model(folder: Path, task: str, threads: int | None) -> torch.nn.Module:
     if task == "text-generation":
-        if (folder / GGUF_FILE).is_file():
-            return load_gguf(folder / GGUF_FILE)[0]
         if (folder / MODEL_FILE).is_file():
             raise LmcError(f"{folder} holds an ONNX causal LM, which has no generate loop here; load the run it was "
                            "exported from (or its GGUF export)")
@@ -291,6 +401,7 @@ def _model(folder: Path, task: str, threads: int | None) -> torch.nn.Module:
 
 PREDICTORS: dict[str, type[Predictor]] = {"text-classification": TextClassifier, "regression": TextClassifier,
                                           "token-classification": TokenClassifier,
+                                          "question-answering": QuestionAnswerer,
                                           EMBEDDING_TASK: SentenceEncoder, "text-generation": TextGenerator}
 
 
@@ -310,10 +421,9 @@ def load(run: str | Path, threads: int | None = None, batch_size: int = DEFAULT_
     task, labels = _task_and_labels(folder, manifest)
     if task not in PREDICTORS:
         raise LmcError(f"{folder} is a {task} model, which predict and serve do not take yet")
-    tokenizer = load_gguf(folder / GGUF_FILE)[1] if (folder / GGUF_FILE).is_file() else load_tokenizer(folder)
-    model = _model(folder, task, threads)
+    model, tokenizer = _model_and_tokenizer(folder, task, threads)
     runtime = _runtime(folder)
-    card = ModelCard(run=str(folder), task=task, runtime=runtime, precision=_precision(folder, runtime),
-                     labels=labels, max_length=_recorded_max_length(folder, tokenizer), params=count_params(model),
-                     has_pair=bool((manifest.get("task") or {}).get("has_pair")))
+    card = ModelCard(run=str(folder), task=task, runtime=runtime, precision=_precision(folder, runtime, manifest),
+                     labels=labels, max_length=_max_length(folder, task, model, tokenizer), params=count_params(model),
+                     has_pair=task == "question-answering" or bool((manifest.get("task") or {}).get("has_pair")))
     return PREDICTORS[task](model, tokenizer, card, batch_size)

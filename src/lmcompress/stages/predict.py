@@ -9,6 +9,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from ..data.tasks import GENERIC_PAIR_NAMES, PAIR_NAMES, TEXT_NAMES, pick_column
 from ..errors import LmcError
 from ..serving import Predictor, load
 
+QUESTION_PARTNER = {"question": "context"}  # SQuAD's names: a question-answering model's pair is its context
 CHUNK = 512  # texts per predictor call: the progress bar moves, and length sorting still has enough to sort
 
 
@@ -41,8 +43,20 @@ def _folder_frame(folder: Path, encoding: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def read_inputs(cfg: PredictConfig, has_pair: bool) -> pd.DataFrame:
-    """The rows to predict -> a frame with `text` (and `text_pair`, `file` where they apply), every text checked."""
+@dataclass(frozen=True)
+class Inputs:
+    """The rows to predict, every input column kept, and which columns hold the texts."""
+
+    frame: pd.DataFrame
+    text: str
+    pair: str | None
+
+    def column(self, name: str | None) -> list[str] | None:
+        return None if name is None else self.frame[name].tolist()
+
+
+def read_inputs(cfg: PredictConfig, has_pair: bool) -> Inputs:
+    """The rows to predict (stdin and folders give `text`, and `file` for folders), every text checked."""
     if cfg.data == "-":
         frame = _stdin_frame()
     else:
@@ -59,18 +73,17 @@ def read_inputs(cfg: PredictConfig, has_pair: bool) -> pd.DataFrame:
             raise LmcError(f"cannot tell which column holds the text; columns are: "
                            f"{', '.join(map(str, frame.columns))} (set --text-column)")
         text = strings[0]
-    columns = {text: "text"}
+    pair = None
     if has_pair:
-        partner = PAIR_NAMES.get(text.lower())
+        partner = PAIR_NAMES.get(text.lower()) or QUESTION_PARTNER.get(text.lower())
         pair = pick_column(frame, cfg.text_pair_column, (partner,) if partner else GENERIC_PAIR_NAMES, "text pair",
-                       "--text-pair-column")
+                           "--text-pair-column")
         if pair is None:
             raise LmcError(f"{cfg.model} reads text pairs; name the second text's column with --text-pair-column")
-        columns[pair] = "text_pair"
-    kept = frame[list(columns) + (["file"] if "file" in frame.columns else [])].rename(columns=columns)
-    for column in columns.values():
-        _check_texts(kept[column], column)
-    return kept.reset_index(drop=True)
+    for column in (text, pair):
+        if column is not None:
+            _check_texts(frame[column], column)
+    return Inputs(frame.reset_index(drop=True), text, pair)
 
 
 def _check_texts(values: pd.Series, column: str) -> None:
@@ -89,14 +102,15 @@ def answer_fields(task: str, answer: Any) -> dict[str, Any]:
         return {"label": answer["label"], "score": answer["score"]}
     if task == "token-classification":
         return {"entities": answer}
+    if task == "question-answering":
+        return {"answer": answer["answer"], "score": answer["score"], "start": answer["start"], "end": answer["end"]}
     if task == "text-generation":
         return {"generated_text": answer["generated_text"]}
     return {"embedding": answer}
 
 
-def predict_frame(predictor: Predictor, frame: pd.DataFrame) -> tuple[list[Any], float]:
-    """Every row's answer, chunk by chunk behind a progress bar -> (answers, seconds)."""
-    texts, pairs = frame["text"].tolist(), frame["text_pair"].tolist() if "text_pair" in frame else None
+def predict_texts(predictor: Predictor, texts: list[str], pairs: list[str] | None) -> tuple[list[Any], float]:
+    """Every text's answer, chunk by chunk behind a progress bar -> (answers, seconds)."""
     answers: list[Any] = []
     columns = [TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                TimeRemainingColumn()]
@@ -121,7 +135,7 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
                         for r in records]
                 pd.DataFrame(flat).to_csv(out, index=False)
             else:
-                out.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+                out.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -134,13 +148,19 @@ def predict(cfg: PredictConfig) -> dict[str, Any]:
     if out.exists() and not cfg.overwrite:
         raise LmcError(f"{out} exists; pass --overwrite to replace it")
     predictor = load(cfg.model, threads=cfg.threads, batch_size=cfg.batch_size)
-    frame = read_inputs(cfg, predictor.card.has_pair)
-    answers, seconds = predict_frame(predictor, frame)
-    records = [row | answer_fields(predictor.card.task, answer)
-               for row, answer in zip(frame.to_dict("records"), answers)]
+    inputs = read_inputs(cfg, predictor.card.has_pair)
+    answers, seconds = predict_texts(predictor, inputs.column(inputs.text), inputs.column(inputs.pair))
+    records = [output_record(row, answer_fields(predictor.card.task, answer))
+               for row, answer in zip(inputs.frame.to_dict("records"), answers)]
     write_records(out, records)
-    summary = {"path": str(out), "rows": len(records), "wall_s": round(seconds, 3),
-               "texts_per_s": round(len(records) / seconds, 1) if seconds else None, "model": predictor.card.as_dict()}
-    console().print(f"predicted {len(records):,} rows in {seconds:.1f} s ({summary['texts_per_s']:,} texts/s) with "
-                    f"{cfg.model} ({predictor.card.runtime} {predictor.card.precision}): {out}")
-    return summary
+    rate = round(len(records) / seconds, 1) if seconds else None
+    return {"path": str(out), "rows": len(records), "wall_s": round(seconds, 3), "texts_per_s": rate,
+            "model": predictor.card.as_dict(),
+            "summary": f"predicted {len(records):,} rows in {seconds:.1f} s ({rate:,} texts/s) with {cfg.model} "
+                       f"({predictor.card.runtime} {predictor.card.precision}): {out}"}
+
+
+def output_record(row: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """The input row, then the answer's fields; an input column named like one of them (a gold `label`) is kept as
+    input_<name>."""
+    return {(f"input_{k}" if k in answer else k): v for k, v in row.items()} | answer

@@ -39,7 +39,24 @@ def bind(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise LmcError(f"{host}:{port} is already in use (another server?); stop it or pass --port") from None
         raise LmcError(f"cannot bind {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)  # connections made while the model loads wait in the backlog instead of being refused
     return sock
+
+
+def run_until_signal(server: uvicorn.Server, sock: socket.socket) -> list[int]:
+    """Run the server until SIGTERM or Ctrl-C -> the signals that stopped it. uvicorn re-raises the signal that
+    stopped it once it has put back the handlers it found: with these in place the process returns (exit 0 after a
+    clean shutdown) instead of dying of SIGTERM; the caller's own handlers are back afterwards."""
+    stopped_by: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for signum in previous:
+            signal.signal(signum, lambda number, frame: stopped_by.append(number))
+        server.run(sockets=[sock])
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return stopped_by
 
 
 def serve(cfg: ServeConfig) -> dict[str, Any]:
@@ -49,20 +66,15 @@ def serve(cfg: ServeConfig) -> dict[str, Any]:
         predictor = load(cfg.model, threads=cfg.threads, batch_size=cfg.max_batch)
         limits = Limits(cfg.max_texts, cfg.max_chars, cfg.max_body_bytes)
         app = create_app(predictor, cfg.max_batch, cfg.max_wait_ms, limits)
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=cfg.access_log, lifespan="on",
+        server = uvicorn.Server(uvicorn.Config(app, log_level="info" if cfg.access_log else "warning",
+                                               access_log=cfg.access_log, lifespan="on",
                                                timeout_graceful_shutdown=cfg.graceful_timeout_s))
         host, port = sock.getsockname()[:2]
         card = predictor.card
         console().print(f"serving {cfg.model} ({card.task}, {card.runtime} {card.precision}) on http://{host}:{port}"
                         " - POST /predict, GET /health /metadata /metrics; SIGTERM or Ctrl-C stops", soft_wrap=True)
-        stopped_by: list[int] = []
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            # uvicorn re-raises the signal that stopped it, once it has restored the handlers it found: with these
-            # the process ends by returning (exit 0 after a clean shutdown) instead of dying of SIGTERM
-            signal.signal(signum, lambda number, frame: stopped_by.append(number))
-        server.run(sockets=[sock])
-        log.info("stopped (%s): the requests in flight were answered",
-                 ", ".join(signal.Signals(n).name for n in stopped_by) or "shut down")
+        stopped_by = run_until_signal(server, sock)
+        log.info("stopped (%s)", ", ".join(signal.Signals(n).name for n in stopped_by) or "shut down")
     finally:
         sock.close()
     if not server.started:
