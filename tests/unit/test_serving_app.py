@@ -62,3 +62,14 @@ def test_entities_from_bio_bioes_and_bare_tags():
     assert found(group_entities(text, words("S-PER", "I-PER", "O", "O", "O", "O"))) == [("PER", "Ann"), ("PER", "Lee")]
     first = group_entities(text, words("B-PER", "I-PER", "O", "O", "O", "O"))[0]
     assert (first["start"], first["end"]) == (0, 7) and first["score"] == 0.525  # the mean of its words' 0.5, 0.55
+
+
+def test_a_jsonl_line_stays_one_line_for_every_line_splitter():
+    import json
+
+    from lmcompress.stages.predict import json_line
+
+    record = {"text": "caf\u00e9\u2028next\u2029para\x85nel", "label": "pos"}
+    line = json_line(record)
+    assert line.endswith("\n") and len(line.splitlines()) == 1 and "caf\u00e9" in line
+    assert json.loads(line) == record

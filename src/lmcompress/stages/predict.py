@@ -124,6 +124,15 @@ def predict_texts(predictor: Predictor, texts: list[str], pairs: list[str] | Non
     return answers, time.perf_counter() - started
 
 
+# valid in JSON strings as they are, but Python's str.splitlines (and some editors) break lines at them
+LINE_BREAKING = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def json_line(record: dict[str, Any]) -> str:
+    """One JSONL line, non-ASCII text kept readable, every character that some readers take for a line break escaped."""
+    return json.dumps(record, ensure_ascii=False, default=str).translate(LINE_BREAKING) + "\n"
+
+
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     """JSONL or CSV by suffix, written beside the target and renamed over it: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +144,7 @@ def write_records(path: Path, records: list[dict[str, Any]]) -> None:
                         for r in records]
                 pd.DataFrame(flat).to_csv(out, index=False)
             else:
-                out.writelines(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
+                out.writelines(json_line(r) for r in records)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
