@@ -73,10 +73,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
                        "language-model runs (drop --baseline)")
     rows, context = kind.compare_rows(cfg, folders, names, manifests, teacher_index, threads)
     lower_is_better = kind.lower_is_better
-    runs = dict(zip(names, folders))
-    for row in rows:
-        if row["name"] in runs:  # not the TF-IDF reference row
-            row["run"] = str(runs[row["name"]])
+    _record_runs(rows, dict(zip(names, folders)))
 
     ref = rows[teacher_index]
     for row in rows:
@@ -123,6 +120,13 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
     print_table(report)
     report["path"] = str(out)
     return report
+
+
+def _record_runs(rows: list[dict[str, Any]], runs: dict[str, Path]) -> None:
+    """Each row's run folder (the TF-IDF reference row has none): report.md tells how to use it."""
+    for row in rows:
+        if row["name"] in runs:
+            row["run"] = str(runs[row["name"]])
 
 
 def _run_folder(spec: str) -> Path:

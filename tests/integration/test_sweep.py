@@ -25,6 +25,8 @@ from lmcompress.stages import STAGES
 from ..conftest import make_sentiment_rows
 from .cli_helpers import run_cli
 
+# serve runs until it is stopped; the predictor it serves is swept through predict, the server in test_serving.py
+NOT_SWEPT = {"serve"}
 CI_SAMPLE = 24  # about this many combinations run in CI (seeded, by stage); all of them under -m slow
 SEED = 0
 
@@ -71,7 +73,8 @@ def combinations() -> list[tuple[str, dict]]:
     product("evaluate", family=FAMILIES, task=("classification",))
     product("compare", family=FAMILIES, baseline=choices(CompareConfig, "baseline"))
     product("auto", family=FAMILIES, backend=("torch", "onnxruntime"))
-    assert {stage for stage, _ in out} == set(STAGES), "every CLI stage is swept"
+    product("predict", family=FAMILIES, output=(".jsonl", ".csv"))
+    assert {stage for stage, _ in out} == set(STAGES) - set(NOT_SWEPT), "every CLI stage is swept"
     return out
 
 
@@ -206,6 +209,9 @@ def command(stage: str, axes: dict, inputs, out: Path, capsys) -> list[str]:
         return ["export", "--model", teacher, "--precision", axes["precision"], "--out", str(out), "--quiet"]
     if stage == "evaluate":
         return ["evaluate", "--model", teacher, "--latency-repeats", "1", "--out", str(out), "--quiet"]
+    if stage == "predict":
+        return ["predict", "--model", teacher, "--data", str(inputs["data"]["classification"]), "--out",
+                f"{out}{axes['output']}", "--quiet"]
     if stage == "auto":  # a target every shape meets: the search trains what it shortlists
         return ["auto", "--teacher", teacher, "--min-speedup", "0.01", "--backend", axes["backend"], "--shortlist", "1",
                 "--screen-rows", "16", "--epochs", "1", "--time-budget", "10m", "--out", str(out), "--quiet"]
@@ -235,6 +241,10 @@ def finished(stage: str, out: Path) -> bool:
         return (out / "metrics.json").is_file()
     if stage == "auto":
         return (out / "report" / "report.json").is_file() and (out / "best" / "config.json").is_file()
+    if stage == "predict":  # one file, every row answered
+        written = [p for p in out.parent.glob("out.*")]
+        return len(written) == 1 and len(pd.read_json(written[0], lines=True) if written[0].suffix == ".jsonl"
+                                         else pd.read_csv(written[0])) == 48
     return is_complete(out)
 
 
