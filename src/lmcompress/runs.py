@@ -20,7 +20,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -154,11 +154,24 @@ def on_all_processes(flag: bool) -> bool:
     return sum_over_processes([0 if flag else 1])[0] == 0
 
 
+@contextlib.contextmanager
+def atomic_text_file(path: Path) -> Iterator[TextIO]:
+    """A text handle on a temp file beside `path` (named for this process, created with the usual permissions),
+    renamed over `path` when the block ends and removed if it fails: readers see the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temp file beside `path`, then rename over it (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_text_file(path) as handle:
+        handle.write(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def read_run_manifest(path: Path) -> dict | None:

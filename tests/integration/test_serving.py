@@ -111,7 +111,7 @@ def test_predict_cli_writes_every_row_as_load_answers(run_formats, tmp_path, cap
     assert [w["review"] for w in written] == [r["text"] for r in rows]  # the review column was found by its name
     assert [w["id"] for w in written] == [str(i) for i in range(len(rows))]  # every input column is kept, as read
     assert re.search(rf"predicted {len(rows)} rows in .* texts/s", stdout)
-    assert not list(tmp_path.glob(".*partial"))
+    assert not list(tmp_path.glob(".*"))  # no temporary file left beside the output
 
     csv_out = tmp_path / "predictions.csv"
     code, _, err = run_cli(["predict", "--model", str(run_formats["static"]), "--data", str(source), "--out",

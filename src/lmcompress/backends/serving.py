@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import LmcError
 from ..machine import cpu_has_bf16
 from ..models import static
-from ..runs import quantization_method
+from ..runs import quantization_method, read_run_manifest
 from . import onnx_io
 from .onnx import MODEL_FILE
 from .openvino import IR_FILE, OpenVinoClassifier, onnx_to_ir, served_precision
@@ -34,6 +34,17 @@ def run_backend(folder: Path) -> str:
     if (folder / IR_FILE).is_file():
         return "openvino-bf16" if served_precision(folder) == "bf16" else "openvino"
     return "torch"
+
+
+def arithmetic(folder: Path, backend: str) -> str:
+    """The arithmetic a (run, backend) pair computes in: int8 for any quantized run, bf16 for a bf16 backend, fp16
+    for an fp16 ONNX export, else fp32."""
+    if quantization_method(folder):
+        return "int8"
+    if backend.endswith("-bf16"):
+        return "bf16"
+    export = (read_run_manifest(folder) or {}).get("export") or {}
+    return "fp16" if export.get("format") == "onnx" and export.get("precision") == "fp16" else "fp32"
 
 
 class Bf16Autocast(nn.Module):

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..backends import load_run_model
-from ..backends.serving import run_backend, serving_variants
+from ..backends.serving import arithmetic, run_backend, serving_variants
 from ..baselines import check_tfidf, tfidf_row
 from ..config import CompareConfig, EvaluateConfig
 from ..data import load_task, qa
@@ -27,7 +27,7 @@ from ..models.load import load_tokenizer
 from ..models.outputs import forward
 from ..scores import MAIN_METRIC, task_metrics
 from ..roofline import forward_flops
-from ..runs import RunDir, data_config_for, finish_stage, made_by, quantization_method, read_run_manifest
+from ..runs import RunDir, data_config_for, finish_stage, made_by
 
 log = logging.getLogger("lmcompress")
 
@@ -208,7 +208,7 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
             for backend, served in variants.items():
                 scores = score_split(served, tokenizer, task, "test", data_cfg.max_length, 64)
                 entries.append({"name": name if len(variants) == 1 else f"{name} [{backend}]", "row": len(rows) - 1,
-                                "backend": backend, "precision": _precision(folder, backend),
+                                "backend": backend, "precision": arithmetic(folder, backend),
                                 "value": round(scores[rows[-1]["metric"]], 6), "metrics": scores})
                 log.info("%s: %s %.4f", entries[-1]["name"], rows[-1]["metric"], entries[-1]["value"])
                 for size in LATENCY_BATCHES:
@@ -219,17 +219,6 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
     fold_backends(rows, entries)
     return rows, {"task": task.task, "data": task.split_record, "seq_len": data_cfg.max_length,
                   "lower_is_better": False}
-
-
-def _precision(folder: Path, backend: str) -> str:
-    """The arithmetic a (run, backend) pair computes in: int8 for any quantized run, bf16 for a bf16 backend, fp16
-    for an fp16 ONNX export, else fp32."""
-    if quantization_method(folder):
-        return "int8"
-    if backend.endswith("-bf16"):
-        return "bf16"
-    export = (read_run_manifest(folder) or {}).get("export") or {}
-    return "fp16" if export.get("format") == "onnx" and export.get("precision") == "fp16" else "fp32"
 
 
 def _add_tfidf(task, texts: list[str], pairs: list[str] | None, rows: list[dict[str, Any]],

@@ -27,9 +27,9 @@ from transformers import AutoConfig
 from ..backends import load_run_model
 from ..backends.gguf_file import GGUF_FILE, load_gguf
 from ..backends.onnx import MODEL_FILE
-from ..backends.openvino import served_precision
-from ..backends.serving import run_backend
+from ..backends.serving import arithmetic, run_backend
 from ..data import qa
+from ..distillation.losses import mean_pool
 from ..errors import LmcError
 from ..machine import processor
 from ..measure import count_params
@@ -38,12 +38,10 @@ from ..models.heads import saved_head
 from ..models.load import first_line, load_causal_lm, load_encoder, load_tokenizer
 from ..models.trust import remote_code_allowed
 from ..models.outputs import forward
-from ..runs import (EMBEDDING_TASK, MANIFEST, is_embedding_run, is_language_model,
-                    quantization_method, read_run_manifest)
+from ..runs import EMBEDDING_TASK, MANIFEST, is_embedding_run, is_language_model, read_run_manifest
 
 log = logging.getLogger("lmcompress")
 DEFAULT_BATCH = 32
-INT8_METHODS = ("onnx-int8", "static-int8", "openvino-int8")
 
 
 @dataclass(frozen=True)
@@ -65,9 +63,9 @@ class ModelCard:
         return asdict(self)
 
 
-def _recorded_max_length(folder: Path, tokenizer) -> int:
+def _recorded_max_length(manifest: dict[str, Any], tokenizer) -> int:
     """The max length the run was trained with (lmcompress.json), else the tokenizer's own limit (at most 512)."""
-    data = ((read_run_manifest(folder) or {}).get("config") or {}).get("data") or {}
+    data = (manifest.get("config") or {}).get("data") or {}
     if data.get("max_length"):
         return int(data["max_length"])
     limit = getattr(tokenizer, "model_max_length", None) or 512
@@ -78,6 +76,11 @@ def _batches(encoded: list[dict[str, list[int]]], batch_size: int) -> list[np.nd
     """Row indices in batches of similar length (longest first: a first batch that fits fits them all)."""
     order = np.argsort([-len(row["input_ids"]) for row in encoded], kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    exp = np.exp(values - values.max())
+    return exp / exp.sum()
 
 
 class Predictor:
@@ -144,10 +147,8 @@ class TextClassifier(Predictor):
             return [{"label": self.card.labels[0], "score": float(row[0])} for row in logits]
         answers = []
         for row in logits:
-            probs = np.exp(row - row.max())
-            probs /= probs.sum()
             best = int(row.argmax())
-            answers.append({"label": self.card.labels[best], "score": float(probs[best])})
+            answers.append({"label": self.card.labels[best], "score": float(_softmax(row)[best])})
         return answers
 
 
@@ -217,11 +218,6 @@ class TokenClassifier(Predictor):
         return [tuple(w) for w in words.values()]  # type: ignore[misc]
 
 
-def _softmax(values: np.ndarray) -> np.ndarray:
-    exp = np.exp(values - values.max())
-    return exp / exp.sum()
-
-
 class QuestionAnswerer(Predictor):
     """Extractive question answering: texts are the questions, pairs their contexts -> per question {"score",
     "start", "end", "answer"} (the question-answering pipeline's fields): the best span over every window of a long
@@ -281,9 +277,7 @@ class SentenceEncoder(Predictor):
         return [row.tolist() for row in self.outputs(self.encode(texts, None), self._pooled)]
 
     def _pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        hidden = self.model(**batch).last_hidden_state
-        weights = batch["attention_mask"].to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return mean_pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
 
 
 class TextGenerator(Predictor):
@@ -359,17 +353,12 @@ def _runtime(folder: Path) -> str:
     return run_backend(folder).removesuffix("-bf16")
 
 
-def _precision(folder: Path, runtime: str, manifest: dict[str, Any]) -> str:
-    """The arithmetic served: int8 for a quantized run, the hint an OpenVINO IR is compiled with, the stored type of
-    an ONNX or GGUF export (transformers dequantises a GGUF file into fp32 to run it)."""
-    if quantization_method(folder) in INT8_METHODS:
-        return "int8"
-    if runtime == "openvino":
-        return served_precision(folder)
-    export = manifest.get("export") or {}
-    if runtime == "gguf":
-        return f"{export.get('precision', 'gguf')} file, run in fp32"
-    return "fp16" if export.get("format") == "onnx" and export.get("precision") == "fp16" else "fp32"
+def _precision(folder: Path, manifest: dict[str, Any]) -> str:
+    """The arithmetic served, as compare labels it (backends.serving.arithmetic: int8, bf16 where an OpenVINO IR runs
+    in bf16 here, fp16, fp32); a GGUF file's stored type, which transformers dequantises into fp32 to run it."""
+    if (folder / GGUF_FILE).is_file():
+        return f"{(manifest.get('export') or {}).get('precision', 'gguf')} file, run in fp32"
+    return arithmetic(folder, run_backend(folder))
 
 
 def _model_and_tokenizer(folder: Path, task: str, threads: int | None) -> tuple[torch.nn.Module, Any]:
@@ -378,13 +367,13 @@ def _model_and_tokenizer(folder: Path, task: str, threads: int | None) -> tuple[
     return _model(folder, task, threads), load_tokenizer(folder)
 
 
-def _max_length(folder: Path, task: str, model: torch.nn.Module, tokenizer) -> int:
+def _max_length(manifest: dict[str, Any], task: str, model: torch.nn.Module, tokenizer) -> int:
     """Tokens per text: what the run was trained with; for generation, every position the model has."""
     config = getattr(model, "config", None)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
     if task == "text-generation" and positions:
         return int(positions)
-    return _recorded_max_length(folder, tokenizer)
+    return _recorded_max_length(manifest, tokenizer)
 
 
 def _model(folder: Path, task: str, threads: int | None) -> torch.nn.Module:
@@ -423,7 +412,7 @@ def load(run: str | Path, threads: int | None = None, batch_size: int = DEFAULT_
         raise LmcError(f"{folder} is a {task} model, which predict and serve do not take yet")
     model, tokenizer = _model_and_tokenizer(folder, task, threads)
     runtime = _runtime(folder)
-    card = ModelCard(run=str(folder), task=task, runtime=runtime, precision=_precision(folder, runtime, manifest),
-                     labels=labels, max_length=_max_length(folder, task, model, tokenizer), params=count_params(model),
+    card = ModelCard(run=str(folder), task=task, runtime=runtime, precision=_precision(folder, manifest),
+                     labels=labels, max_length=_max_length(manifest, task, model, tokenizer), params=count_params(model),
                      has_pair=task == "question-answering" or bool((manifest.get("task") or {}).get("has_pair")))
     return PREDICTORS[task](model, tokenizer, card, batch_size)

@@ -5,9 +5,7 @@ the same predictor as `lmcompress.load` and `serve`."""
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from ..console import console
 from ..data import readers
 from ..data.tasks import GENERIC_PAIR_NAMES, PAIR_NAMES, TEXT_NAMES, pick_column
 from ..errors import LmcError
+from ..runs import atomic_text_file
 from ..serving import Predictor, load
 
 QUESTION_PARTNER = {"question": "context"}  # SQuAD's names: a question-answering model's pair is its context
@@ -136,19 +135,13 @@ def json_line(record: dict[str, Any]) -> str:
 def write_records(path: Path, records: list[dict[str, Any]]) -> None:
     """JSONL or CSV by suffix, written beside the target and renamed over it: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            if path.suffix.lower() == ".csv":
-                flat = [{k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in r.items()}
-                        for r in records]
-                pd.DataFrame(flat).to_csv(out, index=False)
-            else:
-                out.writelines(json_line(r) for r in records)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_text_file(path) as out:
+        if path.suffix.lower() == ".csv":
+            flat = [{k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in r.items()}
+                    for r in records]
+            pd.DataFrame(flat).to_csv(out, index=False)
+        else:
+            out.writelines(json_line(r) for r in records)
 
 
 def predict(cfg: PredictConfig) -> dict[str, Any]:
