@@ -24,7 +24,7 @@ from .machine import cpu_has_bf16, processor, usable_cores
 from .measure import LATENCY_BATCHES
 from .runkinds import TASK, kind_for_comparison
 from .roofline import matmul_peaks
-from .runs import read_run_manifest, versions, write_json_atomic
+from .runs import LM_OBJECTIVES, read_run_manifest, versions, write_json_atomic
 from .timing import per_round_ratios, quartiles
 
 log = logging.getLogger("lmcompress")
@@ -248,6 +248,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+MASKED_LM_OBJECTIVES = tuple(o for o in LM_OBJECTIVES if o != "clm")
+
+
 def use_commands(run: str | Path) -> list[str]:
     """How to use a run: predictions for a file, and an HTTP server (stages/predict.py, stages/serve.py)."""
     return [f"lmcompress predict --model {run} --data texts.csv --out predictions.jsonl",
@@ -255,6 +258,8 @@ def use_commands(run: str | Path) -> list[str]:
 
 
 def _use_lines(report: dict[str, Any]) -> list[str]:
+    if report.get("task") in MASKED_LM_OBJECTIVES:  # predict and serve refuse masked-LM runs: nothing to suggest
+        return []
     front = [row for row in report["rows"] if row["pareto"] and row.get("run") and row["name"] != report["teacher"]]
     if not front:
         return []

@@ -43,3 +43,5 @@ def test_report_says_how_to_use_the_models_on_the_front():
     assert "lmcompress predict --model runs/fast --data texts.csv --out predictions.jsonl" in text
     assert "runs/slow" not in text and "runs/teacher" not in text and "tfidf" not in text
     assert _use_lines({"teacher": "teacher", "rows": rows[:1]}) == []
+    assert _use_lines({"teacher": "teacher", "rows": rows, "task": "mlm+nsp"}) == []  # refused by predict and serve
+    assert "runs/fast" in "\n".join(_use_lines({"teacher": "teacher", "rows": rows, "task": "clm"}))
