@@ -8,7 +8,7 @@ against the same shape from random init, with and without the teacher, on the sa
 (2) `lmcompress distill-lm --student RANDOM-INIT`: the pruned shape from random init, distilled the same way (its
     teacher top-k comes from the cache (1) filled);
 then the teacher and the pruned student's generation speed (batch 1, greedy, KV cache) in interleaved rounds.
-Writes benchmarks/results/causal_compress.{json,md}, with lscpu.
+Writes benchmarks/results/raw/causal_compress.json and benchmarks/results/causal_compress.md, with lscpu.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ def main() -> int:
               "lscpu": lscpu, "data": manifest["data"], "pruning": manifest["pruning"], "teacher": teacher,
               "runs": rows, "latency_ms_q1_median_q3": latency, "generation": generation,
               "teacher_cache": manifest.get("teacher_cache")}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "causal_compress.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "causal_compress.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / "causal_compress.md").write_text(_markdown(result, args))
     print((RESULTS / "causal_compress.md").read_text())
     return 0

@@ -6,7 +6,8 @@
 Each pass is a full `compare` (scoring, warm-up, interleaved rounds); the second starts when the first has ended, as
 a user re-running the report would. For every row and batch size: both speedups and their relative difference; the
 goal is within ±15% on a shared machine. Also lists each row's backend in both passes (`--backends auto` chooses
-the fastest per pass). Writes benchmarks/results/compare_stability.{json,md} (or `--name`) with the processor (lscpu).
+the fastest per pass). Writes benchmarks/results/raw/compare_stability.json and
+benchmarks/results/compare_stability.md (or `--name`) with the processor (lscpu).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from lmcompress.config import CompareConfig
 from lmcompress.machine import processor
 from lmcompress.measure import LATENCY_BATCHES
-from lmcompress.report import compare
+from lmcompress.stages.compare import compare
 
 RESULTS = Path(__file__).parent / "results"
 GOAL = 0.15
@@ -32,7 +33,7 @@ def main() -> int:
     parser.add_argument("--backends", choices=("run", "auto"), default="auto")
     parser.add_argument("--latency-repeats", type=int, default=CompareConfig.latency_repeats)
     parser.add_argument("--out", type=Path, default=Path("runs/stability"))
-    parser.add_argument("--name", default="compare_stability", help="results file name (benchmarks/results/NAME.*)")
+    parser.add_argument("--name", default="compare_stability", help="results file name (results/raw/NAME.json, results/NAME.md)")
     args = parser.parse_args()
     passes = [compare(CompareConfig(runs=args.runs, out=str(args.out / f"pass{i}"), overwrite=True,
                                     backends=args.backends, latency_repeats=args.latency_repeats))
@@ -50,8 +51,8 @@ def main() -> int:
     payload = {"command": command, "processor": processor(), "goal": GOAL, "worst_difference": worst,
                "within_goal": worst <= GOAL, "threads": passes[0]["setup"]["threads"],
                "lscpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / f"{args.name}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     cpu = processor()
     lines = ["# Two compare passes over the same models", "", f"Command: `{command}`  ",
              f"Processor: {cpu['model']} ({', '.join(cpu['isa'])}), {payload['threads']} threads; "

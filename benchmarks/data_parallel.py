@@ -6,7 +6,7 @@ Fine-tunes `minilm-l6` on the first --rows training rows of `rotten-tomatoes` (m
 1 epoch) once as a plain process using every core, once as N gloo processes (`torchrun --nproc_per_node N`, which
 sets one thread per process), one after the other on this machine. Throughput is the loop's examples/s from
 each run's lmcompress.json; on a GPU machine the same script measures NCCL data parallelism. Writes
-benchmarks/results/data_parallel.{json,md}.
+benchmarks/results/raw/data_parallel.json and benchmarks/results/data_parallel.md.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def main() -> int:
     for row in rows:
         row["throughput_vs_1_process"] = round(row["examples_per_s"] / base, 2)
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cores": cores, "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_parallel.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "data_parallel.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["# Data-parallel fine-tuning: 1 process vs torchrun", "", f"Command: `{results['command']}`  ",
           f"{cores} cores; minilm-l6 on {args.rows} rotten-tomatoes rows, 1 epoch, batch 16 per process.", "",
           "| run | processes | optimizer steps | examples/s | vs 1 process | loop wall s | test accuracy |",

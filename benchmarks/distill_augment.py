@@ -6,7 +6,7 @@ rows alone, with N x V word-replaced variants, and with unlabelled in-domain tex
 Every contender: `lmcompress distill --student pick=0,1` (the teacher's first two layers), logit KD (T = 4, soft CE)
 + hidden MSE + 0.5 hard labels, bf16, 3 epochs, the first N training rows of the teacher's rotten-tomatoes split
 (--max-train-examples N); validation and test rows are the teacher's. Writes
-benchmarks/results/distill_augment.{json,md}.
+benchmarks/results/raw/distill_augment.json and benchmarks/results/distill_augment.md.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def main() -> int:
                                        "steps": manifest["train"]["steps"],
                                        "wall_s": round(time.perf_counter() - start, 1)}
         print(json.dumps(results["contenders"][name]), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distill_augment.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "distill_augment.json").write_text(json.dumps(results, indent=2) + "\n")
     teacher_acc = teacher_metrics["metrics"]["accuracy"]
     lines = [f"# Augmentation on {args.rows} labelled rows: rotten-tomatoes, teacher {args.teacher}", "",
              f"`python benchmarks/distill_augment.py --teacher {args.teacher} --rows {args.rows} --variants "

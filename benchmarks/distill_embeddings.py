@@ -7,7 +7,7 @@ mean-pooled embeddings of the training articles' sentences. The held-aside pairs
 (seeded document split): half two sentences of one article (score 1), half sentences of two articles (score 0).
 Reports the rank correlation of each model's cosine similarities with those scores (teacher, student before and
 after), the student's agreement with the teacher's cosines, params and latency. Writes
-benchmarks/results/distill_embeddings.{json,md}.
+benchmarks/results/raw/distill_embeddings.json and benchmarks/results/distill_embeddings.md.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def main() -> int:
     result = {"command": "lmcompress " + " ".join(cmd), "machine": platform.platform(),
               "cpu_threads": torch.get_num_threads(), "data": manifest["data"], "metrics": metrics,
               "train": manifest["train"], "command_wall_s": round(wall, 1)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distill_embeddings.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "distill_embeddings.json").write_text(json.dumps(result, indent=2) + "\n")
     m, t, b = metrics["metrics"], metrics["teacher_metrics"], metrics["metrics_before"]
     lines = ["# Bi-encoder distillation: minilm-l6 -> " + args.student, "",
              f"`{result['command']}` on {result['machine']}, {result['cpu_threads']} threads.", "",

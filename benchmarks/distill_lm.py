@@ -9,7 +9,7 @@ against the same GPT-2 trained on the same blocks for the same steps without a t
     tokenizer, blocks, order, steps, learning rate and seed, cross-entropy on the text only.
 Both are scored on the same fixed validation blocks (fingerprints checked); the teacher is scored on them too, and
 the latency of all three is measured in this process (batch 1 and 32, median). Writes
-benchmarks/results/distill_lm.{json,md}.
+benchmarks/results/raw/distill_lm.json and benchmarks/results/distill_lm.md.
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def main() -> int:
               "cpu_threads": torch.get_num_threads(), "data": manifest["data"], "teacher": teacher, "runs": rows,
               "teacher_cache": manifest.get("teacher_cache"),
               "perplexity_ratio_distilled_vs_baseline": round(rows[0]["perplexity"] / rows[1]["perplexity"], 4)}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distill_lm.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "distill_lm.json").write_text(json.dumps(result, indent=2) + "\n")
     d, b = rows
     lines = [f"# Causal-LM distillation: smollm2-135m -> {args.student}", "",
              f"`{result['command']}` on {result['machine']}, {result['cpu_threads']} threads. enwiki-sample, first "

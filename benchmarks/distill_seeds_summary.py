@@ -8,7 +8,7 @@ the difference is above -MARGIN (0.5 points, the accuracy loss the issue allows 
 
     python benchmarks/distill_seeds_summary.py
 
-Writes benchmarks/results/distill_seeds_summary.{json,md}.
+Writes benchmarks/results/raw/distill_seeds_summary.json and benchmarks/results/distill_seeds_summary.md.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ SHARED_ORDERS = {"distill_vs_textbrewer_avx2_fp32_seed3", "distill_vs_textbrewer
 
 
 def read_draw(name: str, contender: str) -> dict:
-    run = json.loads((RESULTS / f"{name}.json").read_text())
+    run = json.loads((RESULTS / "raw" / f"{name}.json").read_text())
     seed = re.search(r"--seed (\d+)", run["command"])
     processor = run["processor"]
     return {"file": name, "contender": contender, "seed": int(seed.group(1)) if seed else 42,
@@ -158,7 +158,7 @@ def main() -> int:
                                                                if r["contender"] in TEXTBREWER_STREAMS],
                                                   DEFAULTS: independent[DEFAULTS]}),
                    "streams": streams_check(independent[TEXTBREWER])}
-    (RESULTS / "distill_seeds_summary.json").write_text(json.dumps({"draws": draws, **comparisons}, indent=2) + "\n")
+    (RESULTS / "raw" / "distill_seeds_summary.json").write_text(json.dumps({"draws": draws, **comparisons}, indent=2) + "\n")
     text = markdown(draws, comparisons)
     (RESULTS / "distill_seeds_summary.md").write_text(text)
     print(text)

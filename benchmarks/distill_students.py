@@ -9,7 +9,7 @@ enwiki-sample through MiniLM relations + hidden-state MSE + the student's own ML
 task distillation as the others, starting from that student instead of the teacher's sliced weights.
 Afterwards the teacher and every student are scored on the same test rows and timed
 at batch 1 and 32 (sequence length = the teacher's max length, median of repeats, same threads), so the latency
-ratios come from one process. Writes benchmarks/results/distill_students.{json,md}.
+ratios come from one process. Writes benchmarks/results/raw/distill_students.json and benchmarks/results/distill_students.md.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import torch
 
 from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, from_dict
 from lmcompress.data import load_task
-from lmcompress.distillation.stage import distill
+from lmcompress.stages.distill import distill
 from lmcompress.measure import count_params, latency_for_texts, weights_size_bytes
 from lmcompress.runkinds.task import score_split
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
-from lmcompress.runs import read_run_manifest
-from lmcompress.runs import is_complete
+from lmcompress.runs.manifest import read_run_manifest
+from lmcompress.runs.manifest import is_complete
 
 RESULTS = Path(__file__).parent / "results"
 STUDENTS = {
@@ -119,8 +119,8 @@ def main() -> int:
                "threads": torch.get_num_threads(), "machine": platform.platform(), "torch": torch.__version__,
                "test_rows": len(texts), "rows": rows, "general_distillation_wall_s": general_wall,
                "general_distillation_command": GENERAL_COMMAND if args.general_steps else None}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "distill_students.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "distill_students.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["# Distilled students of the rotten-tomatoes teacher", "",
           f"Command: `{results['command']}`  ",
           f"{results['machine']}, {results['threads']} threads, torch {results['torch']}; latency = median of "

@@ -24,7 +24,7 @@ agree to rounding; `_cached` reads the teacher from the cache instead (hidden st
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
     .venv/bin/python benchmarks/distill_vs_textbrewer.py --teacher runs/teacher --epochs 5
 
-Writes benchmarks/results/distill_vs_textbrewer.{json,md} (or `--name`).
+Writes benchmarks/results/raw/distill_vs_textbrewer.json and benchmarks/results/distill_vs_textbrewer.md (or `--name`).
 """
 
 from __future__ import annotations
@@ -48,14 +48,14 @@ from transformers import get_linear_schedule_with_warmup
 from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, flat_to_nested, from_dict
 from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
-from lmcompress.distillation.stage import distill
-from lmcompress.distillation.student import build_student, parse_spec
+from lmcompress.stages.distill import distill
+from lmcompress.surgery.student import build_student, parse_spec
 from lmcompress.machine import processor
 from lmcompress.training import loop as training_loop, resolve_precision
 from lmcompress.runkinds.task import predict
 from lmcompress.scores import task_metrics
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
-from lmcompress.runs import read_run_manifest
+from lmcompress.runs.manifest import read_run_manifest
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -215,7 +215,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-textbrewer", action="store_true")
     parser.add_argument("--contenders", default=",".join(ALL), help=f"comma-separated subset of {', '.join(ALL)}")
-    parser.add_argument("--name", default="distill_vs_textbrewer", help="results file name (benchmarks/results/NAME.*)")
+    parser.add_argument("--name", default="distill_vs_textbrewer", help="results/raw/NAME.json, results/NAME.md")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=parse_setting,
                         help="an option of `distill` (its Python name, e.g. learning_rate=2e-4) for every "
                              "lmcompress_defaults* contender; repeatable")
@@ -282,8 +282,8 @@ def main() -> int:
         rows.append(f"| {name} | {validation} | {res['test']['accuracy']:.4f} | {res['test']['accuracy'] / teacher_acc:.1%} | "
                     f"{res['wall_time_s']:.0f} | {'' if ratio is None else f'{ratio:.2f}x'} | "
                     f"{'' if ratio_fused is None else f'{ratio_fused:.2f}x'} |")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = [f"# Distillation wall time: lmcompress vs TextBrewer {tb['version'] if tb else ''}", "",
           f"Command: `{results['command']}` (commit {results['commit']})  ",
           f"Machine: {results['machine']}, {results['threads']} threads, "

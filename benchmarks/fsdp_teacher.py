@@ -8,7 +8,7 @@ enwiki-sample, one after the other on this machine. Measured per run: the teache
 lmcompress.json), the peak and the median resident memory of each worker process (polled every 0.2 s with psutil;
 on CPU the whole teacher is loaded before it is sharded, so the peak includes the load), training throughput, and
 whether the two students are bitwise equal. On a GPU machine the same script measures NCCL. Writes
-benchmarks/results/fsdp_teacher.{json,md}.
+benchmarks/results/raw/fsdp_teacher.json and benchmarks/results/fsdp_teacher.md.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def main() -> int:
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cores": psutil.cpu_count(),
                "device": "cuda" if torch.cuda.is_available() else "cpu", "rows": rows,
                "students_bitwise_equal": not differing, "tensors_differing": differing}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fsdp_teacher.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "fsdp_teacher.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["# Sharded teacher (--fsdp) vs a whole copy per process", "", f"Command: `{results['command']}`  ",
           f"{results['cores']} cores, {results['device']}; smollm2-135m teaches gpt2-4l-256h by exact KD (teacher live "
           f"every step), {args.steps} steps of {args.batch_size} blocks of 128 tokens per process (a systems check: the "

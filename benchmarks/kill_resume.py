@@ -8,7 +8,7 @@ process with its own cache folder. The second is sent SIGKILL once its training 
 (seeded), then started again with exactly the same command, as a scheduler requeueing a preempted job does (more
 kills with --kills). The final weights are compared tensor by tensor (bitwise) and the test metrics exactly; the
 last (completing) run's wall time is set against the uninterrupted run's, beside the share of steps it had left.
-Writes benchmarks/results/kill_resume.{json,md}.
+Writes benchmarks/results/raw/kill_resume.json and benchmarks/results/kill_resume.md.
 
 With --processes N both runs are the same command under `torchrun --standalone --nproc_per_node N` (data parallel),
 and a kill is SIGKILL to the launcher and every worker at once, as a scheduler ending a job does; results go to
@@ -136,9 +136,9 @@ def main() -> int:
         "metrics_straight": ma, "metrics_resumed": mb, "metrics_equal": ma == mb,
         "threads": torch.get_num_threads(), "processor": processor(),
     }
-    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
     name = "kill_resume" if args.processes == 1 else f"kill_resume_{args.processes}proc"
-    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / "raw" / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     md = ["# kill -9 and resume vs an uninterrupted distillation", "",
           f"Command: `{results['command']}` on {results['processor']['model']} "
           f"({', '.join(results['processor']['isa'])}, {results['processor']['cores']} cores)  ",

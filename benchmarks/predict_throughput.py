@@ -27,7 +27,7 @@ from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.machine import processor
 from lmcompress.models.load import load_tokenizer
 from lmcompress.runkinds.task import predict as evaluate_predict
-from lmcompress.runs import data_config_for
+from lmcompress.runs.manifest import data_config_for
 from lmcompress.serving import load
 from lmcompress.stages.predict import predict
 

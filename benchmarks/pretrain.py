@@ -10,7 +10,8 @@
 (d) a small ALBERT from scratch (albert-4l-256h, WordPiece vocab, n-gram masking up to 3), MLM+SOP on enwiki-sample,
     with SOP accuracy.
 Each is the real `lmcompress pretrain` command in its own process (printed in the results); validation is scored
-every --eval-every steps on the run's fixed masked validation set. Writes benchmarks/results/pretrain.{json,md}.
+every --eval-every steps on the run's fixed masked validation set. Writes benchmarks/results/raw/pretrain.json and
+benchmarks/results/pretrain.md.
 """
 
 from __future__ import annotations
@@ -84,8 +85,8 @@ def main() -> int:
 
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
               "cpu_threads": torch.get_num_threads(), "runs": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "pretrain.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "pretrain.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Pre-training runs ({args.steps} steps each, batch {args.batch_size} x {args.max_length} tokens)", "",
              f"`{result['command']}` on {result['machine']}, {result['cpu_threads']} threads.", "",
              "| run | params | validation perplexity before → after | other metric | train wall s | tokens/s |",

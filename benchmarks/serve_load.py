@@ -33,7 +33,7 @@ import httpx
 from lmcompress.config import DataConfig
 from lmcompress.data import load_task
 from lmcompress.machine import processor
-from lmcompress.runs import data_config_for
+from lmcompress.runs.manifest import data_config_for
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -12,7 +12,7 @@ Variants (each made by the real stage, skipped when already complete):
   albert            lmcompress distill --student 'albert;embedding=128;shared'
 Then `lmcompress compare` scores and times all of them on the same test rows (batch 1 and 32, median of repeats,
 same threads), and each output is reloaded with plain transformers / onnxruntime (no lmcompress code) to check that
-it reproduces the accuracy its run recorded. Writes benchmarks/results/shrink.{json,md}.
+it reproduces the accuracy its run recorded. Writes benchmarks/results/raw/shrink.json and benchmarks/results/shrink.md.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ import torch
 from lmcompress.config import (CompareConfig, DataConfig, DistillConfig, DistillLossConfig, ExportConfig, PruneConfig,
                                QuantizeConfig, TrainConfig)
 from lmcompress.data import load_task
-from lmcompress.distillation.stage import distill
-from lmcompress.report import compare
-from lmcompress.runs import data_config_for, is_complete
-from lmcompress.shrink.prune import prune
-from lmcompress.shrink.quantize import export, quantize
+from lmcompress.stages.distill import distill
+from lmcompress.stages.compare import compare
+from lmcompress.runs.manifest import data_config_for, is_complete
+from lmcompress.stages.prune import prune
+from lmcompress.stages.export import export
+from lmcompress.stages.quantize import quantize
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -132,8 +133,8 @@ def main() -> int:
     results = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "teacher": str(args.teacher),
                "epochs": args.epochs, "setup": report["setup"], "versions": report["versions"],
                "test_rows": len(test), "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "shrink.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "shrink.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     setup = report["setup"]
     md = ["# Shrinking the rotten-tomatoes teacher: pruning, ALBERT conversion, int8, ONNX", "",
           f"Command: `{results['command']}`  ",

@@ -29,7 +29,7 @@ from lmcompress.data.tokenize import fixed_batch
 from lmcompress.machine import processor
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
 from lmcompress.runkinds.task import score_split
-from lmcompress.runs import data_config_for
+from lmcompress.runs.manifest import data_config_for
 from lmcompress.timing import interleaved_rounds, per_round_ratios, quartiles
 
 RESULTS = Path(__file__).parent / "results"
@@ -86,8 +86,8 @@ def main() -> None:
     payload = {"command": command, "processor": processor(), "lscpu": lscpu, "threads": args.threads,
                "rounds": args.rounds, "torch": torch.__version__, "torchao": torchao.__version__,
                "platform": platform.platform(), "rows": rows}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "torchao_int8.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "torchao_int8.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     cpu = processor()
     lines = [f"# int8 in PyTorch: torch.ao dynamic vs torchao ({torchao.__version__})", "",
              f"Command: `{command}`  ", f"Processor: {cpu['model']} ({', '.join(cpu['isa'])}), {args.threads} threads, "

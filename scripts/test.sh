@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command of the README: set up (idempotent), lint, and run the suite on tiny random models: unit,
-# integration and distributed tiers (everything but the opt-in real-model tests, `-m slow`).
+# integration and distributed tiers (everything but the opt-in real-model tests, `-m slow`); lint is ruff and
+# import-linter (the package layers declared in pyproject.toml).
 #   bash scripts/test.sh            what CI runs
 #   bash scripts/test.sh unit       the edit loop: unit tests only (under a minute), no lint
 #   bash scripts/test.sh ARGS...    any other pytest arguments, e.g. -m slow, -k resume
@@ -14,5 +15,6 @@ if [ "${1:-}" = "unit" ]; then
 fi
 if [ $# -eq 0 ]; then
   .venv/bin/ruff check src tests benchmarks
+  .venv/bin/lint-imports --no-cache
 fi
 exec .venv/bin/python -m pytest -q "$@"

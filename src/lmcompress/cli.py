@@ -18,7 +18,8 @@ from .console import console
 from .errors import LmcError
 from .models.trust import allow_remote_code
 from .pipeline import builtin_recipes
-from .runs import close_process_group, os_error
+from .distributed import close_process_group
+from .runs.files import os_error
 from .stages import STAGES
 from .version import __version__
 

@@ -508,21 +508,14 @@ class PruneLMConfig(RunOptions, TeacherOptions):
             raise ValueError("nothing to prune: give --heads, --kv-heads, --ffn, --layers or --hidden")
 
 
-DYNAMIC_INT8_REMOVED = (
-    "--method dynamic-int8 was removed: torch.ao's quantize_dynamic is deprecated and its successor, torchao int8, "
-    "ran 0.04-0.93x as fast as fp32 on CPU (benchmarks/results/torchao_int8.md); use --method onnx-int8 or "
-    "openvino-int8 (faster, and a file you deploy as it is)")
-
-
 @dataclass
 class QuantizeConfig(OutputOptions):
-    """`lmcompress quantize`: int8 in PyTorch (dynamic) or in ONNX Runtime (dynamic or static), measured."""
+    """`lmcompress quantize`: int8 in ONNX Runtime (dynamic or static) or OpenVINO (NNCF), measured."""
 
     model: str = field(default="", metadata={"help": "fine-tuned run (PyTorch checkpoint) to quantize"})
-    method: Literal["dynamic-int8", "static-int8", "onnx-int8", "openvino-int8"] = field(default="onnx-int8", metadata={
+    method: Literal["static-int8", "onnx-int8", "openvino-int8"] = field(default="onnx-int8", metadata={
         "help": "onnx-int8: ONNX Runtime dynamic; static-int8: ONNX Runtime with activation ranges calibrated on "
-                "training rows; openvino-int8: OpenVINO IR quantized by NNCF, calibrated on training rows "
-                "(dynamic-int8 was removed: see docs/stages.md)"})
+                "training rows; openvino-int8: OpenVINO IR quantized by NNCF, calibrated on training rows"})
     calibration_examples: int = field(default=256, metadata={
         "help": "training rows for static-int8 and openvino-int8 calibration"})
     tolerance: float | None = field(default=None, metadata={
@@ -530,8 +523,6 @@ class QuantizeConfig(OutputOptions):
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
-        if self.method == "dynamic-int8":
-            raise ValueError(DYNAMIC_INT8_REMOVED)
         _required(self, "model", "out")
         _at_least(self, 1, "calibration_examples")
         _positive(self, "tolerance")
@@ -686,6 +677,28 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+# ------------------------------------------------------------------------------------------------ removed options
+
+# Option values that were removed. The CLI, YAML recipes and the Python API still recognise them and refuse them with
+# why and what to use instead; --help and the configs' Literal types no longer offer them.
+REMOVED: dict[tuple[str, str, Any], str] = {  # (config class, field, value) -> the refusal
+    ("QuantizeConfig", "method", "dynamic-int8"):
+        "--method dynamic-int8 was removed: torch.ao's quantize_dynamic is deprecated and its successor, torchao int8, "
+        "ran 0.04-0.93x as fast as fp32 on CPU (benchmarks/results/torchao_int8.md); use --method onnx-int8 or "
+        "openvino-int8 (faster, and a file you deploy as it is)",
+}
+
+
+def removed_values(cls: type, name: str) -> tuple[Any, ...]:
+    return tuple(value for (owner, field_name, value) in REMOVED if (owner, field_name) == (cls.__name__, name))
+
+
+def _refuse_removed(cls: type, name: str, value: Any, where: str) -> None:
+    refusal = REMOVED.get((cls.__name__, name, value)) if isinstance(value, str) else None
+    if refusal:
+        raise LmcError(f"{where}: {refusal}")
+
+
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Return `value` converted to `tp` where that is lossless (int -> float), else raise LmcError."""
     origin = typing.get_origin(tp)
@@ -753,6 +766,7 @@ def from_dict(cls: type, raw: dict[str, Any] | None, where: str = "config") -> A
             base = dataclasses.asdict(defaults()) if defaults is not dataclasses.MISSING else {}
             kwargs[name] = from_dict(tp, {**base, **value}, f"{where}.{name}")
         else:
+            _refuse_removed(cls, name, value, where)
             kwargs[name] = _check_value(value, tp, f"{where}.{name}")
     try:
         return cls(**kwargs)
@@ -827,8 +841,11 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, prefix: str = "", skip
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             arg_type, choices = _flag_type(tp)
+            metavar = "{" + ",".join(map(str, choices)) + "}" if choices else f.name.upper()
+            if choices:  # a removed value parses, so that from_dict refuses it with the reason; --help omits it
+                choices = choices + removed_values(cls, f.name)
             parser.add_argument(flag, dest=dest, type=arg_type, choices=choices, default=None, help=help_text,
-                                metavar=None if choices else f.name.upper())
+                                metavar=metavar)
 
 
 def flags_to_dict(namespace: argparse.Namespace) -> dict[str, Any]:

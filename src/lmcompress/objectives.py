@@ -16,9 +16,8 @@ from torch import nn
 
 from .data.masking import IGNORE
 from .errors import LmcError
-from .models.families import ENCODER_FAMILIES, FAMILIES, family_of
+from .models.families import ENCODER_FAMILIES, family_of
 
-_HEADS = {f.name: (f.mlm_head, f.pair_head) for f in FAMILIES if f.mlm_head}  # family -> (MLM head, pair head)
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -101,19 +100,3 @@ def pretraining_loss(outputs: LMOutputs, batch: dict[str, torch.Tensor], objecti
     if outputs.pair_logits is not None:
         loss = loss + sentence_pair_loss(outputs.pair_logits, batch["pair_labels"])
     return loss
-
-
-def check_objective(family: str, objective: str, tokenizer=None) -> None:
-    """Reject model/objective combinations transformers has no heads for, before any slow work."""
-    if objective == "clm":
-        if family in ENCODER_FAMILIES:
-            raise LmcError(f"--objective clm needs a causal LM (a gpt2 preset or a GPT-2-style folder); {family} is "
-                           "an encoder: use mlm, mlm+nsp or mlm+sop")
-        return
-    if family not in _HEADS:
-        raise LmcError(f"--objective {objective} needs an encoder ({', '.join(ENCODER_FAMILIES)}); {family} is not "
-                       "one (use --objective clm for causal LMs)")
-    if objective != "mlm" and _HEADS[family][1] is None:
-        raise LmcError(f"{family} has no sentence-pair head in transformers; use --objective mlm (RoBERTa's recipe)")
-    if tokenizer is not None and tokenizer.mask_token_id is None:
-        raise LmcError("the tokenizer has no mask token, so it cannot be used for masked-LM pre-training")

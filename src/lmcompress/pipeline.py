@@ -24,14 +24,14 @@ from typing import Any
 
 from .config import from_dict, load_yaml
 from .errors import LmcError
-from .runs import RunDir, is_complete
+from .runs.manifest import is_complete
+from .runs.rundir import RunDir
 from .stages import STAGES
 
 log = logging.getLogger("lmcompress")
 
 REFERENCE_KEYS = ("model", "teacher", "student", "tokenizer")
 STEP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-RESUMABLE = {"pretrain", "finetune", "distill", "distill-lm", "distill-embeddings", "prune", "prune-lm"}
 
 
 @dataclass
@@ -97,7 +97,7 @@ def parse(raw: dict[str, Any], where: str, out: str | None = None) -> tuple[str,
         for key in REFERENCE_KEYS:
             if isinstance(item.get(key), str) and item[key] in done:
                 item[key] = done[item[key]]
-        if stage == "compare":
+        if STAGES[stage].positional_runs:  # compare's runs may name earlier steps too
             item["runs"] = [done.get(r, r) if isinstance(r, str) else r for r in item.get("runs", [])]
         cls = STAGES[stage].config
         item["out"] = str(root / step_name)
@@ -126,7 +126,7 @@ def run_recipe(recipe: str | Path | dict[str, Any], out: str | None = None, over
         if only and step.name not in only:
             summary.append({"step": step.name, "stage": step.stage, "status": "not selected", "wall_s": 0.0})
             continue
-        stale = step.stage == "compare" and any(r in ran for r in step.config.runs)
+        stale = STAGES[step.stage].positional_runs and any(r in ran for r in step.config.runs)
         if _is_done(step) and not overwrite and not stale:
             log.info("%s: complete, skipped", header)
             summary.append({"step": step.name, "stage": step.stage, "status": "skipped (complete)", "wall_s": 0.0})
@@ -134,7 +134,7 @@ def run_recipe(recipe: str | Path | dict[str, Any], out: str | None = None, over
         cfg = step.config
         if hasattr(cfg, "overwrite"):
             cfg.overwrite = overwrite or stale or step.out.exists()
-        if step.stage in RESUMABLE and RunDir(step.out).has_checkpoint() and not overwrite:
+        if STAGES[step.stage].resumes and RunDir(step.out).has_checkpoint() and not overwrite:
             cfg.resume = None  # the stage continues it if the step's options are unchanged, else names what changed
             log.info("%s: resuming the interrupted run", header)
         else:
@@ -149,8 +149,9 @@ def run_recipe(recipe: str | Path | dict[str, Any], out: str | None = None, over
 
 
 def _is_done(step: Step) -> bool:
-    if step.stage == "compare":
+    makes = STAGES[step.stage].makes
+    if makes == "report":
         return (step.out / "report.json").is_file()
-    if step.stage == "evaluate":
+    if makes == "measurement":
         return False  # cheap, and its point is a fresh measurement
     return is_complete(step.out)

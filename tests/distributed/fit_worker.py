@@ -22,7 +22,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from lmcompress.config import TrainConfig
 from lmcompress.errors import LmcError
-from lmcompress.runs import process_state
+from lmcompress.distributed import process_state
 from lmcompress.training import fit
 
 
@@ -70,7 +70,7 @@ def main(mode: str, folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    from lmcompress.runs import close_process_group
+    from lmcompress.distributed import close_process_group
 
     main(sys.argv[1], Path(sys.argv[2]))
     close_process_group()

@@ -17,7 +17,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from lmcompress.distillation.cache import TeacherCache
 from lmcompress.distillation.sharding import is_sharded, shard_teacher
 from lmcompress.distillation.components import Needs, TeacherOutputs, fill_teacher_cache
-from lmcompress.runs import on_all_processes, on_every_process, process_state
+from lmcompress.distributed import on_all_processes, on_every_process, process_state
 
 
 def main(cache_root: Path) -> None:
@@ -107,7 +107,7 @@ def main(cache_root: Path) -> None:
 
 
 if __name__ == "__main__":
-    from lmcompress.runs import close_process_group
+    from lmcompress.distributed import close_process_group
 
     main(Path(sys.argv[1]))
     close_process_group()

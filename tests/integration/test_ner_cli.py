@@ -91,7 +91,7 @@ def test_load_finds_the_entities_evaluate_scores(ner_teacher):
     from lmcompress.config import DataConfig
     from lmcompress.data import load_task
     from lmcompress.data.ner import entity_metrics
-    from lmcompress.runs import data_config_for
+    from lmcompress.runs.manifest import data_config_for
 
     task = load_task(data_config_for(DataConfig(), ner_teacher))
     frame = task.splits["test"]

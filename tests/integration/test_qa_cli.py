@@ -161,7 +161,7 @@ def test_load_answers_what_evaluate_decodes(qa_teacher, tmp_path, capsys):
     from lmcompress.backends import load_run_model
     from lmcompress.models.load import load_tokenizer
     from lmcompress.runkinds.task import predict_answers
-    from lmcompress.runs import data_config_for
+    from lmcompress.runs.manifest import data_config_for
 
     task = load_task(data_config_for(DataConfig(), qa_teacher))
     frame = task.splits["test"]

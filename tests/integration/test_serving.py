@@ -54,7 +54,7 @@ def evaluate_argmax(folder: Path) -> tuple[list[str], list[str], float]:
     from lmcompress.data.tokenize import collator, tokenize_frame
     from lmcompress.models.load import load_tokenizer
     from lmcompress.runkinds.task import predict
-    from lmcompress.runs import data_config_for
+    from lmcompress.runs.manifest import data_config_for
     from lmcompress.stages.evaluate import evaluate_run
     from lmcompress.config import EvaluateConfig
 
@@ -90,7 +90,7 @@ def test_load_predicts_what_evaluate_scores(run_formats, fmt):
 def _test_rows(folder: Path) -> list[dict]:
     from lmcompress.config import DataConfig
     from lmcompress.data import load_task
-    from lmcompress.runs import data_config_for
+    from lmcompress.runs.manifest import data_config_for
 
     return load_task(data_config_for(DataConfig(), folder)).splits["test"].to_dict("records")
 

@@ -233,7 +233,7 @@ def outcome(code: int, err: str) -> str:
 
 def finished(stage: str, out: Path) -> bool:
     """What a successful run leaves: a complete run directory (a report for compare, metrics for evaluate)."""
-    from lmcompress.runs import is_complete
+    from lmcompress.runs.manifest import is_complete
 
     if stage == "compare":
         return (out / "report.json").is_file() and (out / "report.md").is_file()

@@ -45,7 +45,10 @@ def test_pair_classification(tiny_bert_dir, tmp_path):
     assert manifest["task"] == {"type": "classification", "labels": ["different", "same"], "has_pair": True}
     assert manifest["data"]["columns"] == {"text": "sentence1", "text_pair": "sentence2", "label": "label"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert 0.0 <= metrics["metrics"]["accuracy"] <= 1.0 and metrics["metrics"]["macro_f1"] >= 0.0
+    # evaluate reads the same two columns from the run's record and scores the same pairs the same way
+    assert main(["evaluate", "--model", str(out), "--no-latency", "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert again["test_fingerprint"] == metrics["test_fingerprint"] and again["metrics"] == metrics["metrics"]
 
 
 def test_regression_learns_the_score(tiny_bert_dir, tmp_path):

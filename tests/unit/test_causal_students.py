@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config, Qwen3Config
 
-from lmcompress.distillation.student import build_student, parse_spec
+from lmcompress.surgery.student import build_student, parse_spec
 from lmcompress.errors import LmcError
 from lmcompress.models.families import family_of, require_family
-from lmcompress.shrink import prune
+from lmcompress.surgery import prune
 
 GQA = dict(vocab_size=99, hidden_size=48, num_hidden_layers=3, num_attention_heads=6, num_key_value_heads=2,
            intermediate_size=40, max_position_embeddings=64)

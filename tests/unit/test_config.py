@@ -91,7 +91,7 @@ def test_partial_section_keeps_the_stage_defaults():
 
 def test_interrupted_run_options_are_compared_key_by_key(tmp_path):
     """Re-running the same command continues an interrupted run; other options are named and refused."""
-    from lmcompress.runs import REQUEST, RunDir, differing_keys
+    from lmcompress.runs.rundir import REQUEST, RunDir, differing_keys
 
     assert differing_keys({"train": {"epochs": 3, "seed": 1}, "out": "a"},
                           {"train": {"epochs": 5, "seed": 1}, "out": "a"}) == ["train.epochs 3 -> 5"]

@@ -11,10 +11,10 @@ from transformers import (AlbertConfig, AutoModelForSequenceClassification, Bert
 
 from lmcompress.distillation.components import QKVRecorder
 from lmcompress.distillation.sharding import repeated_blocks
-from lmcompress.distillation.student import build_student, kept_heads_per_layer, parse_spec
+from lmcompress.surgery.student import build_student, kept_heads_per_layer, parse_spec
 from lmcompress.errors import LmcError
 from lmcompress.models.families import FAMILIES, check_max_length, family_name, family_of, require_family
-from lmcompress.shrink import prune
+from lmcompress.surgery import prune
 
 SHAPE = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
              max_position_embeddings=64, pad_token_id=0)

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig, BertFor
 
 from lmcompress.errors import LmcError
 from lmcompress.measure import count_params
-from lmcompress.shrink import albert, prune
+from lmcompress.surgery import albert, prune
 from lmcompress.backends.onnx import OnnxClassifier
 
 

@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, GPT2Config
 from transformers import GPT2ForSequenceClassification
 
-from lmcompress.distillation.student import build_student, default_layer_map, evenly_spaced_layers, parse_spec
+from lmcompress.surgery.student import build_student, default_layer_map, evenly_spaced_layers, parse_spec
 from lmcompress.errors import LmcError
 
 
@@ -129,7 +129,7 @@ def test_base_models_without_a_prefix_copy_the_picked_layers():
 def test_a_folder_student_cut_from_this_teacher_keeps_its_layer_pairing(tmp_path):
     import json
 
-    from lmcompress.distillation.stage import layers_cut_from
+    from lmcompress.stages.distill import layers_cut_from
 
     teacher_dir, other = tmp_path / "teacher", tmp_path / "other"
     runs = {"pruned": {"stage": "prune", "parent": str(teacher_dir), "pruning": {"kept_layers": [0, 1, 3]}},

@@ -10,7 +10,7 @@ import torch
 from ..errors import LmcError
 from ..models import static
 from ..models.load import check_head, load_trained_classifier
-from ..runs import quantization_method
+from ..runs.manifest import quantization_method
 from .onnx import MODEL_FILE, OnnxClassifier
 from .openvino import IR_FILE, OpenVinoClassifier, recorded_precision, served_precision
 

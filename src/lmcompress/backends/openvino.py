@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import LmcError
 from ..machine import cpu_has_bf16
 from ..models.load import first_line
-from ..runs import read_run_manifest
+from ..runs.manifest import read_run_manifest
 
 IR_FILE = "model.xml"  # its weights: model.bin beside it
 WEIGHTS_FILE = "model.bin"

@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import LmcError
 from ..machine import cpu_has_bf16
 from ..models import static
-from ..runs import quantization_method, read_run_manifest
+from ..runs.manifest import quantization_method, read_run_manifest
 from . import onnx_io
 from .onnx import MODEL_FILE
 from .openvino import IR_FILE, OpenVinoClassifier, onnx_to_ir, served_precision

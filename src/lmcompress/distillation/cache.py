@@ -17,12 +17,14 @@ import hashlib
 import json
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..runs import sum_over_processes
+from ..distributed import is_main_process, sum_over_processes
+from ..runs.files import hold_output, release_output
 
 log = logging.getLogger("lmcompress")
 
@@ -56,6 +58,14 @@ def tokens_fingerprint(input_ids: list[list[int]]) -> str:
     return digest.hexdigest()[:20]
 
 
+def hold_cache(cache: object, folder: Path) -> None:
+    """One process fills a cache entry (its ranks share it): a second stops with one line instead of truncating the
+    files the first writes. The lock goes with the cache object, or with the process."""
+    if is_main_process():
+        hold_output(folder, f"the teacher cache {folder}")
+        weakref.finalize(cache, release_output, folder)
+
+
 class TeacherCache:
     def __init__(self, root: Path, teacher_hash: str, input_ids: list[list[int]], num_classes: int,
                  hidden_layers: tuple[int, ...] = (), hidden_size: int = 0, per_token: bool = False,
@@ -73,6 +83,7 @@ class TeacherCache:
         self.key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
         self.folder = root / self.key
         self.n, self.total = len(input_ids), int(self.lengths.sum())
+        hold_cache(self, self.folder)
         fresh = not (self.folder / "meta.json").is_file()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.logits = self._array("logits.npy", (self.total if per_token else self.n, num_classes), np.float32, fresh)
@@ -168,6 +179,7 @@ class TopKCache:
                  precision: str = "fp32"):
         key = hashlib.sha256(f"{teacher_hash}|{examples_hash}|{seq_len}|{k}|{precision}".encode()).hexdigest()[:24]
         self.folder = root / "topk" / key
+        hold_cache(self, self.folder)
         fresh = not (self.folder / "filled.npy").is_file()
         self.folder.mkdir(parents=True, exist_ok=True)
         mode = "w+" if fresh else "r+"

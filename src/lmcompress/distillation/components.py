@@ -17,12 +17,12 @@ from ..data.tokenize import collator
 from ..errors import LmcError
 from ..models.families import family_of
 from ..models.outputs import adapt
-from ..runs import on_all_processes, process_state, wait_for_everyone
+from ..distributed import on_all_processes, process_state, wait_for_everyone
 from ..training import resolve_precision
 from . import losses
 from .cache import TeacherCache
 from .sharding import is_sharded
-from .student import default_layer_map, model_width
+from ..surgery.student import default_layer_map, model_width
 
 log = logging.getLogger("lmcompress")
 TEACHER_PREFIX = "teacher_"  # batch keys of the teacher's own tokens when the student has another tokenizer

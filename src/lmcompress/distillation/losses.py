@@ -112,12 +112,6 @@ def sample_teacher_tokens(teacher_logits: torch.Tensor, temperature: float, k: i
     return values, ids
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sentence embedding as sentence-transformers makes it: hidden [B, T, H] averaged over real tokens -> [B, H]."""
-    weights = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
 def embedding_mse(student_embedding: torch.Tensor, teacher_embedding: torch.Tensor,
                   projection: torch.nn.Module | None = None) -> torch.Tensor:
     """Bi-encoder distillation: MSE between sentence embeddings, student [B, Hs] (projected to Ht when narrower)

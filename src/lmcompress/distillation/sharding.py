@@ -21,7 +21,7 @@ from torch import nn
 
 from ..errors import LmcError
 from ..models.families import family_of
-from ..runs import process_state
+from ..distributed import process_state
 
 log = logging.getLogger("lmcompress")
 

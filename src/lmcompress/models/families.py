@@ -326,3 +326,23 @@ def width(config) -> int:
     """Hidden width of any config (the family's key, else hidden_size)."""
     family = family_of(config)
     return family.width(config) if family else config.hidden_size
+
+
+# family -> (MLM head, pair head): the pre-training heads transformers has for it
+PRETRAINING_HEADS = {f.name: (f.mlm_head, f.pair_head) for f in FAMILIES if f.mlm_head}
+
+
+def check_objective(family: str, objective: str, tokenizer=None) -> None:
+    """Reject model/objective combinations transformers has no heads for, before any slow work."""
+    if objective == "clm":
+        if family in ENCODER_FAMILIES:
+            raise LmcError(f"--objective clm needs a causal LM (a gpt2 preset or a GPT-2-style folder); {family} is "
+                           "an encoder: use mlm, mlm+nsp or mlm+sop")
+        return
+    if family not in PRETRAINING_HEADS:
+        raise LmcError(f"--objective {objective} needs an encoder ({', '.join(ENCODER_FAMILIES)}); {family} is not "
+                       "one (use --objective clm for causal LMs)")
+    if objective != "mlm" and PRETRAINING_HEADS[family][1] is None:
+        raise LmcError(f"{family} has no sentence-pair head in transformers; use --objective mlm (RoBERTa's recipe)")
+    if tokenizer is not None and tokenizer.mask_token_id is None:
+        raise LmcError("the tokenizer has no mask token, so it cannot be used for masked-LM pre-training")

@@ -18,8 +18,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
 
 from .. import catalog
 from ..errors import LmcError
-from ..objectives import check_objective
-from .families import ENCODER_FAMILIES, family_name
+from .families import ENCODER_FAMILIES, check_objective, family_name
 from . import presets
 from .heads import head_class, saved_head
 from .hub import is_hub_id, resolve_hub_id

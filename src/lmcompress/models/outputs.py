@@ -36,3 +36,9 @@ def adapt(out, batch: dict[str, torch.Tensor], hidden_states: bool = True, atten
         attentions=getattr(out, "attentions", None) if attentions else None,
         attention_mask=batch.get("attention_mask"),
     )
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sentence embedding as sentence-transformers makes it: hidden [B, T, H] averaged over real tokens -> [B, H]."""
+    weights = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..runs import is_embedding_run, is_language_model
+from ..runs.manifest import is_embedding_run, is_language_model
 from . import embedding, lm, task
 
 

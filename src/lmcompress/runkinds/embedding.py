@@ -22,12 +22,12 @@ from scipy.stats import spearmanr
 
 from ..config import CompareConfig, EmbeddingDistillConfig, EvaluateConfig, from_dict
 from ..data.corpora import Document, load_corpus
-from ..distillation.losses import mean_pool
 from ..errors import LmcError
 from ..measure import count_params, latency_for_texts, weights_size_bytes
+from ..models.outputs import mean_pool
 from ..models.load import load_encoder, load_tokenizer
-from ..runkinds.lm import split_documents
-from ..runs import EMBEDDING_TASK, is_embedding_run, made_by, read_run_manifest
+from .lm import split_documents
+from ..runs.manifest import EMBEDDING_TASK, is_embedding_run, made_by, read_run_manifest
 
 log = logging.getLogger("lmcompress")
 

@@ -31,7 +31,8 @@ from ..measure import (LATENCY_BATCHES, count_params, generation_speed, measure_
                        weights_size_bytes)
 from ..models.load import load_for_pretraining, load_lm_teacher, load_tokenizer, resolve
 from ..objectives import lm_forward, token_loss_sum
-from ..runs import RunDir, finish_stage, is_language_model, made_by, read_run_manifest, training_record
+from ..runs.manifest import is_language_model, made_by, read_run_manifest, training_record
+from ..runs.rundir import RunDir, finish_stage
 from ..timing import torch_threads
 
 log = logging.getLogger("lmcompress")

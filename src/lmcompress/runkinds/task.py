@@ -27,7 +27,8 @@ from ..models.load import load_tokenizer
 from ..models.outputs import forward
 from ..scores import MAIN_METRIC, task_metrics
 from ..roofline import forward_flops
-from ..runs import RunDir, data_config_for, finish_stage, made_by
+from ..runs.manifest import data_config_for, made_by
+from ..runs.rundir import RunDir, finish_stage
 
 log = logging.getLogger("lmcompress")
 

@@ -42,8 +42,9 @@ from ..machine import processor
 from ..models.families import check_max_length, family_of
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..pipeline import run_recipe
-from ..runs import (data_config_for, differing_keys, is_complete, quantization_method, read_run_manifest,
-                    write_json_atomic)
+from ..runs.files import hold_output, release_output, write_json_atomic
+from ..runs.manifest import data_config_for, is_complete, quantization_method, read_run_manifest
+from ..runs.rundir import differing_keys
 from ..stages import STAGES
 from ..timing import interleaved_rounds, torch_threads
 from . import summary
@@ -72,6 +73,14 @@ LR_DECAY = 0.5  # each further round restarts from the last student at half the 
 def auto(cfg: AutoConfig) -> dict[str, Any]:
     started = time.monotonic()
     search, teacher, task_data = _prepare(cfg, started)
+    try:
+        return _search(search, teacher, task_data, started)
+    finally:
+        release_output(search.root)
+
+
+def _search(search: Search, teacher, task_data, started: float) -> dict[str, Any]:
+    cfg = search.cfg
     records = _measure(search, teacher, task_data)
     del teacher  # every stage below loads its own
     search.candidates = shortlist(records, search)
@@ -152,6 +161,7 @@ def _out_folder(cfg: AutoConfig, teacher_dir: Path) -> Path:
     root = Path(cfg.out).expanduser().resolve()
     if root == teacher_dir or root in teacher_dir.parents:
         raise LmcError(f"--out {cfg.out} holds the teacher; choose a folder outside it")
+    hold_output(root, f"--out {cfg.out} (an auto search)")  # a second search on OUT stops here, touching nothing
     ours = (root / LOG_FILE).is_file()
     if root.exists() and any(root.iterdir()) and not ours:
         raise LmcError(f"--out {cfg.out} is not empty and holds no auto search; choose another folder")

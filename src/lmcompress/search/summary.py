@@ -5,14 +5,13 @@ line saying whether the target was met."""
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..console import console
 from ..report import use_commands
-from ..runs import write_json_atomic
+from ..runs.files import replace_folder, write_json_atomic
 from .state import Candidate, Search
 
 log = logging.getLogger("lmcompress")
@@ -111,13 +110,9 @@ def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[d
 
 
 def _copy_best(source: Path, target: Path) -> None:
-    """OUT/best: a plain copy of the chosen run directory (written aside, then renamed into place)."""
-    partial = target.with_name(f".{target.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(partial, target)
+    """OUT/best: a plain copy of the chosen run directory (written aside, then swapped into place)."""
+    with replace_folder(target) as built:
+        shutil.copytree(source, built, dirs_exist_ok=True)
 
 
 def _share(value: float | None) -> str:

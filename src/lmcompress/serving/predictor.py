@@ -29,7 +29,6 @@ from ..backends.gguf_file import GGUF_FILE, load_gguf
 from ..backends.onnx import MODEL_FILE
 from ..backends.serving import arithmetic, run_backend
 from ..data import qa
-from ..distillation.losses import mean_pool
 from ..errors import LmcError
 from ..machine import processor
 from ..measure import count_params
@@ -37,8 +36,8 @@ from ..models import static
 from ..models.heads import saved_head
 from ..models.load import first_line, load_causal_lm, load_encoder, load_tokenizer
 from ..models.trust import remote_code_allowed
-from ..models.outputs import forward
-from ..runs import EMBEDDING_TASK, MANIFEST, is_embedding_run, is_language_model, read_run_manifest
+from ..models.outputs import forward, mean_pool
+from ..runs.manifest import EMBEDDING_TASK, MANIFEST, is_embedding_run, is_language_model, read_run_manifest
 
 log = logging.getLogger("lmcompress")
 DEFAULT_BATCH = 32

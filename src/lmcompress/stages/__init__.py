@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..config import (AutoConfig, CompareConfig, DistillConfig, EmbeddingDistillConfig, EvaluateConfig, ExportConfig,
                      FinetuneConfig, LMDistillConfig, PredictConfig, PretrainConfig, PruneConfig, PruneLMConfig,
                      QuantizeConfig, ServeConfig)
+from ..runs.files import outputs_released
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class Stage:
     positional_runs: bool = False  # compare: run directories as positional arguments
     prints_own_summary: bool = False  # predict, serve: the CLI prints no metrics summary after them
     in_recipes: bool = True  # a recipe step (auto, predict and serve are not: they make no run directory of a chain)
+    resumes: bool = False  # trains with checkpoints: re-running the same command continues an interrupted run
+    makes: Literal["run", "report", "measurement"] = "run"  # what its --out holds once done (a recipe skips it then)
 
     @property
     def api_name(self) -> str:
@@ -36,7 +39,8 @@ class Stage:
     def run(self, cfg: Any) -> dict[str, Any]:
         module, _, function = self.runner.partition(":")
         runner: Callable[[Any], dict[str, Any]] = getattr(importlib.import_module(module), function)
-        return runner(cfg)
+        with outputs_released():
+            return runner(cfg)
 
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in [
@@ -44,42 +48,43 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in [
           "self-supervised pre-training: MLM (+NSP/SOP) or causal LM on raw text",
           "Pre-train on raw text: masked LM with static or dynamic, whole-word (jieba for Chinese) or n-gram masking, "
           "with NSP (BERT) or SOP (ALBERT), or causal LM (GPT-2); optionally with a vocabulary trained on the "
-          "corpus."),
+          "corpus.", resumes=True),
     Stage("finetune", FinetuneConfig, "lmcompress.stages.finetune:finetune", "fine-tune a model on a labelled task",
-          "Fine-tune a model (zoo name, HF dir or preset) for classification/regression."),
-    Stage("distill", DistillConfig, "lmcompress.distillation.stage:distill",
+          "Fine-tune a model (zoo name, HF dir or preset) for classification/regression.", resumes=True),
+    Stage("distill", DistillConfig, "lmcompress.stages.distill:distill",
           "distil a fine-tuned teacher into a smaller student",
           "Task-specific distillation: logit KD with temperature mixed with hard labels, optional hidden-state / "
-          "embedding / cosine / attention / MiniLM relation losses, teacher cache."),
-    Stage("distill-lm", LMDistillConfig, "lmcompress.distillation.lm:distill_lm",
+          "embedding / cosine / attention / MiniLM relation losses, teacher cache.", resumes=True),
+    Stage("distill-lm", LMDistillConfig, "lmcompress.stages.distill_lm:distill_lm",
           "distil a language model on raw text: general (MLM) or causal-LM distillation",
           "Distillation over the vocabulary without labels: an encoder with an MLM head into a smaller encoder on "
           "masked text (general distillation), or a causal LM (smollm2-135m) into a GPT-2 student sharing its "
-          "tokenizer; forward or reverse KL, optional top-k teacher cache, hidden-state / MiniLM relation losses."),
-    Stage("distill-embeddings", EmbeddingDistillConfig, "lmcompress.distillation.embeddings:distill_embeddings",
+          "tokenizer; forward or reverse KL, optional top-k teacher cache, hidden-state / MiniLM relation losses.", resumes=True),
+    Stage("distill-embeddings", EmbeddingDistillConfig, "lmcompress.stages.distill_embeddings:distill_embeddings",
           "distil a sentence-embedding model into a smaller bi-encoder",
           "Bi-encoder distillation: the student learns the teacher's mean-pooled sentence embeddings (MSE) on raw "
-          "sentences; scored by the rank correlation of cosine similarities on held-aside sentence pairs."),
-    Stage("compare", CompareConfig, "lmcompress.report:compare", "side-by-side report: metric, retention, size, latency",
+          "sentences; scored by the rank correlation of cosine similarities on held-aside sentence pairs.", resumes=True),
+    Stage("compare", CompareConfig, "lmcompress.stages.compare:compare", "side-by-side report: metric, retention, size, latency",
           "Score and time every run on the same test rows in one process; write report.md, report.html, "
-          "report.json and pareto.png.", positional_runs=True),
-    Stage("prune", PruneConfig, "lmcompress.shrink.prune:prune",
+          "report.json and pareto.png.", positional_runs=True, makes="report"),
+    Stage("prune", PruneConfig, "lmcompress.stages.prune:prune",
           "remove heads, FFN neurons or layers by importance, then recover",
           "Structured pruning: importance from |activation x gradient| on training rows, physical removal (a "
-          "standard config that reloads with transformers alone), recovery by distillation from the unpruned model."),
-    Stage("prune-lm", PruneLMConfig, "lmcompress.shrink.prune_lm:prune_lm",
+          "standard config that reloads with transformers alone), recovery by distillation from the unpruned model.",
+          resumes=True),
+    Stage("prune-lm", PruneLMConfig, "lmcompress.stages.prune_lm:prune_lm",
           "prune a causal LM in width and depth (Minitron-style), then recover by distillation",
           "Structured pruning of a causal LM (Llama family, GPT-2): query heads inside their KV groups, KV heads, FFN "
           "neurons and embedding channels by |activation x gradient| on corpus blocks, layers by 1 - cosine of their "
           "input and output; a standard checkpoint of the same family, recovered by top-k distill-lm from the "
-          "unpruned model; --baseline trains the same shape from random init on the same blocks."),
-    Stage("quantize", QuantizeConfig, "lmcompress.shrink.quantize:quantize",
+          "unpruned model; --baseline trains the same shape from random init on the same blocks.", resumes=True),
+    Stage("quantize", QuantizeConfig, "lmcompress.stages.quantize:quantize",
           "int8: PyTorch dynamic, ONNX Runtime dynamic or static",
           "Int8 quantization with the accuracy change and latency measured; ONNX methods export and validate first."),
-    Stage("export", ExportConfig, "lmcompress.shrink.quantize:export", "validated ONNX (fp32 or fp16), OpenVINO or GGUF export",
+    Stage("export", ExportConfig, "lmcompress.stages.export:export", "validated ONNX (fp32 or fp16), OpenVINO or GGUF export",
           "Export to ONNX with dynamic batch/sequence axes, validated against PyTorch on real padded batches."),
     Stage("evaluate", EvaluateConfig, "lmcompress.stages.evaluate:evaluate_run", "score a run: metrics, size, latency",
-          "Evaluate a run on the same split it was trained with (or --data)."),
+          "Evaluate a run on the same split it was trained with (or --data).", makes="measurement"),
     Stage("predict", PredictConfig, "lmcompress.stages.predict:predict",
           "a run's predictions for every row of a file (JSONL or CSV)",
           "Predict with any run (PyTorch, ONNX, OpenVINO, static, GGUF): labels and scores, entities, embeddings or "

@@ -10,7 +10,8 @@ from ..config import EvaluateConfig
 from ..backends.gguf_file import GGUF_FILE
 from ..errors import LmcError
 from ..runkinds import kind_of
-from ..runs import METRICS, read_run_manifest, write_json_atomic
+from ..runs.files import write_json_atomic
+from ..runs.manifest import METRICS, read_run_manifest
 
 
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:

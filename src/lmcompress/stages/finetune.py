@@ -17,7 +17,9 @@ from ..models.load import load_for_sequence_classification, load_tokenizer, reso
 from ..runkinds.task import finish_run, score_split
 from ..scores import MAIN_METRIC
 from ..models.outputs import forward
-from ..runs import RunDir, num_processes, run_manifest
+from ..distributed import num_processes
+from ..runs.manifest import run_manifest
+from ..runs.rundir import RunDir
 from ..training import fit
 
 log = logging.getLogger("lmcompress")

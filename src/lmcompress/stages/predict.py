@@ -19,7 +19,7 @@ from ..console import console
 from ..data import readers
 from ..data.tasks import GENERIC_PAIR_NAMES, PAIR_NAMES, TEXT_NAMES, pick_column
 from ..errors import LmcError
-from ..runs import atomic_text_file
+from ..runs.files import atomic_text_file
 from ..serving import Predictor, load
 
 QUESTION_PARTNER = {"question": "context"}  # SQuAD's names: a question-answering model's pair is its context

@@ -18,10 +18,13 @@ import torch
 from ..config import PretrainConfig, to_dict
 from ..data.vocab import train_tokenizer
 from ..errors import LmcError
+from ..models.families import check_objective
 from ..models.load import load_for_pretraining, load_tokenizer, model_family, resolve
-from ..objectives import check_objective, lm_forward, pretraining_loss
+from ..objectives import lm_forward, pretraining_loss
 from ..runkinds.lm import cache_root, collator, corpus, finish_lm_run, prepare_data, score_lm, training_set
-from ..runs import RunDir, initial_scores, is_main_process, num_processes, stage_manifest
+from ..distributed import is_main_process, num_processes
+from ..runs.manifest import stage_manifest
+from ..runs.rundir import RunDir, initial_scores
 from ..training import fit
 
 log = logging.getLogger("lmcompress")

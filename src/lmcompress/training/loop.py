@@ -30,7 +30,7 @@ from transformers import get_linear_schedule_with_warmup
 from ..config import TrainConfig
 from ..errors import LmcError
 from ..machine import cpu_has_bf16
-from ..runs import on_all_processes, process_state
+from ..distributed import on_all_processes, process_state
 from .checkpoint import BATCH_ORDER, LoopState, load_checkpoint, rng_state, save_checkpoint
 from .logs import TrainLogs, progress_bar
 from .samplers import make_loader, order_seed

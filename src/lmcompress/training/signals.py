@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from ..runs import on_all_processes
+from ..distributed import on_all_processes
 
 
 class Signals:

@@ -1,1 +1,0 @@
-"""Make models physically smaller and faster: structured pruning, ALBERT conversion, int8, ONNX."""

@@ -1,0 +1,291 @@
+"""`lmcompress distill` (task-specific): a fine-tuned teacher's logits, hidden states, attention maps and
+self-attention relations teach a smaller student, trained by the shared loop in `lmcompress.training`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import safetensors.torch
+import transformers
+
+from ..config import DistillConfig, to_dict
+from ..data import load_task
+from ..data.corpora import load_corpus
+from ..data.ner import TOKEN_TASK
+from ..data.qa import QA_TASK
+from ..data.tokenize import collator, tokenize_frame
+from ..errors import LmcError
+from ..models import presets
+from ..models.families import check_max_length
+from ..models.heads import task_head
+from ..models.hub import is_hub_id, resolve_hub_id
+from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
+from ..runkinds.task import MAIN_METRIC, finish_run, score_split
+from ..distributed import is_main_process, num_processes, on_every_process
+from ..runs.manifest import data_config_for, read_run_manifest, run_manifest
+from ..runs.rundir import RunDir
+from ..surgery.albert import albert_from_bert, parse_albert_spec
+from ..training import fit
+from ..distillation.augment import EmbeddingNeighbours, word_replaced_texts
+from ..distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
+from ..distillation.components import (TEACHER_PREFIX, DistillModule, Needs, PairedCollator, TeacherOutputs, fill_teacher_cache,
+                         intermediate_needs, parse_layer_map, projection_count, teacher_compute_precision)
+from ..distillation.sharding import shard_teacher
+from .distill_static import distill_static, is_static_spec
+from ..surgery.student import build_student, is_derived_spec, layer_count, load_student_like, model_width, parse_spec
+from ..distillation.task_loss import UNLABELLED, make_task_loss_fn, uses_labels_only
+
+log = logging.getLogger("lmcompress")
+INTERMEDIATE_STAGE = "intermediate-stage"  # TinyBERT stage 1's checkpoints and result, inside the partial run
+
+
+@dataclasses.dataclass
+class Training:
+    """What the training phases share: the models, the rows, and what the losses read."""
+
+    module: DistillModule
+    teacher: Any
+    train_set: Any
+    collate: Any
+    cache: TeacherCache | None
+    needs: Needs
+    layer_map: list[int]
+
+
+def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | None = None,
+            request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`stage`/`extra`/`request` let stages built on distillation (prune recovery) name themselves in
+    lmcompress.json and recognise their own interrupted runs."""
+    run = RunDir(cfg.out)
+    request = request or to_dict(cfg)
+    cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
+    teacher_dir, teacher_hub = _teacher_dir(cfg.teacher)
+    data_cfg = data_config_for(cfg.data, teacher_dir)
+    task_data = load_task(data_cfg)
+    teacher = load_trained_classifier(teacher_dir, task_data.labels, task_data.task == "regression",
+                                      task_data.task).eval()
+    tokenizer = load_tokenizer(teacher_dir)
+    check_max_length(teacher.config, data_cfg.max_length)
+    if is_static_spec(cfg.student):
+        return distill_static(cfg, run, request, teacher, teacher_dir, tokenizer, task_data, data_cfg)
+    student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
+    kept = ((extra or {}).get("pruning") or {}).get("kept_layers")  # prune's recovery: the layers it just kept
+    if copied is None and kept and len(kept) == layer_count(student.config):
+        copied = kept
+    check_max_length(student.config, data_cfg.max_length)
+    layer_map = parse_layer_map(cfg.loss.layer_map, layer_count(student.config), layer_count(teacher.config), copied)
+    needs = intermediate_needs(student, teacher, cfg.loss, layer_map)
+    _check_vocabularies(cfg, task_data, needs, student_tokenizer, tokenizer)
+    log.info("student: %s layers (teacher layers %s), width %d, %s params vs teacher %s", layer_count(student.config),
+             layer_map, model_width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
+             f"{sum(p.numel() for p in teacher.parameters()):,}")
+    run.begin(cfg.overwrite, cfg.resume, request)
+    with run.guard():
+        transformers.set_seed(cfg.train.seed)  # projections start the same whatever ran before in this process
+        train_set, teacher_ids, collate, augment_record = _training_rows(cfg, task_data, data_cfg.max_length, teacher,
+                                                                         tokenizer, student_tokenizer)
+        sharding = shard_teacher(teacher) if cfg.fsdp else None  # after augmentation read its embeddings whole
+        module = DistillModule(student, model_width(student.config), model_width(teacher.config),
+                               projection_count(cfg.loss, layer_map))
+        cache = _teacher_cache(cfg, teacher, teacher_dir, teacher_ids, needs, task_data.task)
+        training = Training(module, teacher, train_set, collate, cache, needs, layer_map)
+        try:
+            if cache is not None:  # the teacher's pass, once, before training: every epoch then reads the cache
+                fill_teacher_cache(cache, train_set, teacher_ids, collate,
+                                   TeacherOutputs(teacher, cache, needs, cfg.teacher_precision),
+                                   cfg.train.eval_batch_size)
+            result = _train(cfg, run, training, task_data, student_tokenizer, data_cfg.max_length)
+        finally:
+            if cache is not None:
+                cache.flush()
+        student = module.student.cpu()
+        if needs.attentions:
+            student.set_attn_implementation("sdpa")
+        cache_stats = cache.stats() if cache is not None else None  # on every rank: it sums their counts
+        metrics = finish_run(
+            run, student, student_tokenizer, task_data, data_cfg.max_length, cfg.train.eval_batch_size,
+            lambda: run_manifest(
+                stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
+                student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
+                         "layers": layer_count(student.config), "hidden": model_width(student.config)},
+                teacher_cache=cache_stats, processes=num_processes(), teacher_sharding=sharding,
+                augmentation=augment_record, teacher_hub=teacher_hub, **(extra or {})),
+            wall_time_s=round(result.wall_time_s, 1))
+    if cache_stats is not None:
+        log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
+    return metrics
+
+
+def _check_vocabularies(cfg: DistillConfig, task_data, needs: Needs, student_tokenizer, tokenizer) -> None:
+    """A student with its own tokenizer learns from logits only, and only on sequence tasks; TinyBERT's two stages
+    need an intermediate loss."""
+    intermediate = bool(needs.hidden or needs.attentions or needs.qkv)
+    if student_tokenizer.get_vocab() != tokenizer.get_vocab():
+        if task_data.task in (TOKEN_TASK, QA_TASK):  # logits per token, not per sequence
+            raise LmcError(f"the student's tokenizer differs from the teacher's; {task_data.task} compares the two "
+                           "models position by position on the same sub-tokens, so the student must share the "
+                           "teacher's tokenizer (a preset or a derived spec does)")
+        if intermediate:
+            raise LmcError("the student's tokenizer differs from the teacher's, so their token positions do not line "
+                           "up: only logit KD and hard labels work across vocabularies (drop --hidden-weight, "
+                           "--embedding-weight, --cosine-weight, --attention-weight and --minilm-weight), or give a "
+                           "student that shares the teacher's tokenizer (a preset or a derived spec does)")
+        log.info("the student has its own tokenizer (%d tokens vs the teacher's %d): each side tokenises the raw "
+                 "text itself", len(student_tokenizer), len(tokenizer))
+    if cfg.intermediate_epochs > 0 and not intermediate:
+        raise LmcError("--intermediate-epochs (TinyBERT two-stage) trains the intermediate layers first: give "
+                       "--hidden-weight, --attention-weight, --embedding-weight or --minilm-weight")
+
+
+def _training_rows(cfg: DistillConfig, task_data, max_len: int, teacher, tokenizer, student_tokenizer):
+    """The training split (plus augmentation rows) tokenised for the student, and for the teacher too when it has
+    another vocabulary (TEACHER_PREFIX columns) -> (rows, the teacher's token ids per row, collate, augmentation
+    record)."""
+    train_frame, augment_record = task_data.splits["train"], None
+    if cfg.augment or cfg.augment_replace:
+        extra_rows, augment_record = augmentation_rows(cfg, task_data, teacher, tokenizer)
+        train_frame = pd.concat([train_frame, extra_rows], ignore_index=True)
+    train_set = tokenize_frame(train_frame, student_tokenizer, max_len, task_data.qa_options)
+    train_set = train_set.add_column("idx", list(range(len(train_set))))
+    if student_tokenizer.get_vocab() == tokenizer.get_vocab():
+        return train_set, train_set["input_ids"], collator(student_tokenizer), augment_record
+    teacher_set = tokenize_frame(train_frame, tokenizer, max_len).remove_columns("labels")
+    for column in teacher_set.column_names:
+        train_set = train_set.add_column(TEACHER_PREFIX + column, teacher_set[column])
+    return train_set, teacher_set["input_ids"], PairedCollator(student_tokenizer, tokenizer), augment_record
+
+
+def _teacher_cache(cfg: DistillConfig, teacher, teacher_dir: Path, teacher_ids, needs: Needs,
+                   task: str) -> TeacherCache | None:
+    """The cache of the teacher's logits and hidden states (None when off, or when the losses read attention maps
+    or Q/K/V, which are not cached)."""
+    if not cfg.cache or uses_labels_only(cfg.loss, needs):  # (labels only: the teacher never runs)
+        return None
+    if needs.attentions or needs.qkv:
+        log.info("teacher cache off: attention maps and Q/K/V relations are computed live")
+        return None
+    return on_every_process(lambda: TeacherCache(
+        teacher_cache_root(cfg.cache_dir), teacher_fingerprint(teacher_dir), teacher_ids,
+        teacher.config.num_labels, needs.hidden, model_width(teacher.config),
+        per_token=task in (TOKEN_TASK, QA_TASK), precision=teacher_compute_precision(cfg.teacher_precision)))
+
+
+def _train(cfg: DistillConfig, run: RunDir, training: Training, task_data, student_tokenizer, max_len: int):
+    """One training run, or TinyBERT's two (intermediate layers first, then the prediction layer) -> fit's result."""
+
+    def evaluate_fn(m: DistillModule) -> dict[str, float]:
+        return score_split(m.student, student_tokenizer, task_data, "validation", max_len, cfg.train.eval_batch_size)
+
+    def run_phase(phase: str, train_cfg, folder: Path, resume: bool):
+        loss_fn = make_task_loss_fn(training.teacher, training.cache, training.needs, training.layer_map, cfg.loss,
+                                    task_data.task, cfg.teacher_precision, phase)
+        return fit(training.module, training.train_set, training.collate, train_cfg, loss_fn=loss_fn,
+                   evaluate_fn=evaluate_fn, monitor=MAIN_METRIC[task_data.task], higher_is_better=True,
+                   run_folder=folder, resume=resume,
+                   description=f"distill {Path(cfg.out).name}" + (f" ({phase} layers)" if phase != "all" else ""))
+
+    if cfg.intermediate_epochs <= 0:
+        return run_phase("all", cfg.train, run.partial, cfg.resume)
+    first = run.partial / INTERMEDIATE_STAGE
+    done = first / "module.safetensors"
+    if cfg.resume and done.is_file():
+        safetensors.torch.load_model(training.module, done)
+        log.info("intermediate-layer stage already complete: continuing with the prediction layer")
+    else:
+        run_phase("intermediate", dataclasses.replace(cfg.train, epochs=cfg.intermediate_epochs, max_steps=None,
+                                                      keep_best=False), first, cfg.resume and first.is_dir())
+        if is_main_process():
+            safetensors.torch.save_model(training.module, done)
+    result = run_phase("prediction", cfg.train, run.partial, cfg.resume)
+    shutil.rmtree(first, ignore_errors=True)
+    return result
+
+
+def augmentation_rows(cfg: DistillConfig, task_data, teacher, tokenizer) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Texts for the teacher to label, label UNLABELLED (the hard-label loss skips them, logit KD does not): the
+    documents of --augment, then --augment-replace word-replaced variants of the training texts. Texts equal to a
+    validation or test row are dropped so nothing held out leaks in. -> (rows, record for lmcompress.json)"""
+    if task_data.task != "classification" or task_data.has_pair:
+        raise LmcError("--augment / --augment-replace add single texts to a sequence-classification task; this task "
+                       f"is {'a pair task' if task_data.has_pair else 'a ' + task_data.task}")
+    held_out = {str(t).strip() for split in ("validation", "test") for t in task_data.splits[split]["text"]}
+    texts, record = [], {}
+    if cfg.augment:
+        documents, _ = load_corpus(cfg.augment)
+        texts += [" ".join(document).strip() for document in documents]
+        record["source"] = cfg.augment
+    if cfg.augment_replace:
+        neighbours = EmbeddingNeighbours(tokenizer, teacher.get_input_embeddings().weight)
+        variants = word_replaced_texts(task_data.splits["train"]["text"].tolist(), neighbours, cfg.augment_replace,
+                                       cfg.augment_replace_prob, cfg.train.seed)
+        texts += variants
+        record["word_replacement"] = {"variants_per_text": cfg.augment_replace, "probability": cfg.augment_replace_prob,
+                                      "neighbours": f"{neighbours.k} nearest of {len(neighbours.words)} whole-word "
+                                                    "tokens in the teacher's input embeddings", "rows": len(variants)}
+    kept = [t for t in texts if t and t.strip() not in held_out]
+    if cfg.max_augment_rows:
+        kept = kept[:cfg.max_augment_rows]
+    if not kept:
+        raise LmcError("the augmentation gives no texts outside the validation and test rows")
+    record["rows"] = len(kept)
+    log.info("augmentation: %d unlabelled rows for the teacher to label (%d equal to held-out rows dropped)",
+             len(kept), sum(1 for t in texts if t.strip() in held_out))
+    return pd.DataFrame({"text": kept, "label": [UNLABELLED] * len(kept)}), record
+
+
+def _teacher_dir(spec: str) -> tuple[Path, dict[str, str] | None]:
+    """The teacher's folder: a run directory, a checkpoint folder or a Hub id (-> its snapshot and record)."""
+    if is_hub_id(spec):
+        return resolve_hub_id(spec, "--teacher")
+    path = Path(spec).expanduser()
+    if not path.is_dir() or not (path / "config.json").is_file():
+        hint = " (fine-tune it first: lmcompress finetune --model NAME --data D --out runs/teacher)" \
+            if not path.exists() else ""
+        raise LmcError(f"--teacher {spec} is not a fine-tuned run or Hugging Face checkpoint{hint}")
+    return path, None
+
+
+def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, task_data):
+    """-> (student, teacher layers copied or None, student tokenizer)"""
+    albert = parse_albert_spec(cfg.student)
+    if albert is not None:
+        student, copied = albert_from_bert(teacher, albert)
+        return student, copied, tokenizer
+    if is_derived_spec(cfg.student):
+        student, copied = build_student(teacher, parse_spec(cfg.student))
+        return student, copied, tokenizer
+    if presets.parse_preset(cfg.student) is not None and not Path(cfg.student).exists():
+        source = resolve(cfg.student, tokenizer=str(teacher_dir), role="student")
+        student = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
+                                                   task_data.task == "regression", cfg.train.seed,
+                                                   head=task_head(task_data.task))
+        return student, None, tokenizer
+    source = resolve(cfg.student, role="student")
+    student = load_student_like(teacher, source.path)
+    copied = layers_cut_from(source.path, teacher_dir, layer_count(teacher.config))
+    if copied is not None and len(copied) != layer_count(student.config):
+        copied = None
+    return student, copied, load_tokenizer(source.tokenizer_path)
+
+
+def layers_cut_from(folder: Path, teacher_dir: Path, n_teacher: int) -> list[int] | None:
+    """The teacher layers a student folder's layers are copies of, when it was cut from this very teacher (a
+    prune run keeps whole layers of its parent; a distill run records what its student copied), so the hidden-state
+    loss pairs each layer with the one it came from instead of spacing them evenly. None for anything else."""
+    manifest = read_run_manifest(folder) or {}
+    parent = manifest.get("parent")
+    if not parent or Path(parent).resolve() != teacher_dir.resolve():
+        return None
+    if manifest.get("stage") == "prune":
+        kept = (manifest.get("pruning") or {}).get("kept_layers")
+    elif manifest.get("stage") == "distill":
+        kept = (manifest.get("student") or {}).get("teacher_layers_copied")
+    else:
+        return None
+    return kept if kept and all(0 <= i < n_teacher for i in kept) else None

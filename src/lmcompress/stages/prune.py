@@ -1,0 +1,91 @@
+"""`lmcompress prune`: score the units of a fine-tuned model on training rows, remove the least important ones
+(`surgery.prune`), then recover by distilling from the unpruned model (the distill stage)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from ..config import DistillConfig, PruneConfig, to_dict
+from ..data import load_task
+from ..data.tokenize import collator, tokenize_frame
+from ..errors import LmcError
+from ..models.families import check_max_length, require_family
+from ..models.load import load_tokenizer, load_trained_classifier
+from ..runkinds.task import finish_run
+from ..distributed import is_main_process, wait_for_everyone
+from ..runs.manifest import data_config_for, stage_manifest
+from ..runs.rundir import RunDir
+from ..surgery.prune import importance_scores, plan, prune_model
+from .distill import distill
+
+log = logging.getLogger("lmcompress")
+
+def prune(cfg: PruneConfig) -> dict[str, Any]:
+    run = RunDir(cfg.out)
+    cfg.resume = run.check(cfg.overwrite, cfg.resume, to_dict(cfg))  # fail on a bad --out before minutes of scoring
+    source = Path(cfg.model).expanduser()
+    if not (source / "config.json").is_file():
+        raise LmcError(f"--model {cfg.model} is not a fine-tuned run (no config.json); a language model (causal LM "
+                       "on raw text) is pruned by `lmcompress prune-lm`")
+    data_cfg = data_config_for(cfg.data, source)
+    task_data = load_task(data_cfg)
+    model = load_trained_classifier(source, task_data.labels, task_data.task == "regression", task_data.task)
+    family = require_family(model.config, "prune", narrow=True)  # before any slow work
+    check_max_length(model.config, data_cfg.max_length)
+    target = plan(model.config, cfg.heads, cfg.ffn, cfg.layers, cfg.hidden)
+    tokenizer = load_tokenizer(source)
+
+    rows = task_data.splits["train"].head(cfg.calibration_examples)
+    loader = DataLoader(tokenize_frame(rows, tokenizer, data_cfg.max_length, task_data.qa_options), batch_size=32,
+                        collate_fn=collator(tokenizer))
+    log.info("scoring importance on %d training rows", len(rows))
+    scores = importance_scores(model, loader)
+    pruned, kept = prune_model(model, scores, target)
+    before, after = (sum(p.numel() for p in m.parameters()) for m in (model, pruned))
+    config = model.config
+    record = {"kept_layers": kept, "heads_per_layer": f"{family.heads(config)} -> {target.heads}",
+              "head_size": target.head_size, "hidden": f"{family.width(config)} -> {target.hidden}",
+              "ffn_per_layer": f"{family.ffn(config)} -> {target.ffn}", "params": f"{before:,} -> {after:,}",
+              "importance": "sum over examples of |sum over tokens of activation x gradient|",
+              "calibration_examples": len(rows), "recovery": cfg.recovery,
+              "layer_importance": [round(x, 6) for x in scores.layers.tolist()]}
+    log.info("pruned: layers %s, heads %s, hidden %s, ffn %s, params %s", kept, record["heads_per_layer"],
+             record["hidden"], record["ffn_per_layer"], record["params"])
+    if target.hidden != model.config.hidden_size and cfg.hidden is None:
+        log.info("BERT-family configs tie hidden = heads x head size, so the hidden width follows the kept heads "
+                 "(pass --hidden to choose it)")
+
+    if cfg.recovery == "none":
+        run.begin(cfg.overwrite, False)
+        with run.guard():
+            return finish_run(run, pruned, tokenizer, task_data, data_cfg.max_length, 64, lambda: stage_manifest(
+                "prune", str(source), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, pruning=record))
+    return _recover(cfg, source, pruned, tokenizer, record)
+
+
+def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: dict[str, Any]) -> dict[str, Any]:
+    """Distil the pruned model from the unpruned one (the distill stage; `finetune` = labels only)."""
+    init = Path(cfg.out).expanduser()
+    init = init.with_name(f".{init.name}.pruned-init")
+    if is_main_process():  # under `accelerate launch` every rank pruned the same way; rank 0 writes it once
+        shutil.rmtree(init, ignore_errors=True)
+        pruned.save_pretrained(init)
+        tokenizer.save_pretrained(init)
+    wait_for_everyone()
+    loss = cfg.loss
+    if cfg.recovery == "finetune":
+        loss = type(loss)(alpha=1.0)
+    # resume: True as decided by prune, else None (distill then starts afresh where no checkpoint exists)
+    distill_cfg = DistillConfig(teacher=str(source), student=str(init), out=cfg.out, resume=cfg.resume or None,
+                                overwrite=cfg.overwrite, data=cfg.data, train=cfg.train, loss=loss)
+    try:
+        return distill(distill_cfg, stage="prune", extra={"pruning": record, "prune_config": to_dict(cfg)},
+                       request=to_dict(cfg))
+    finally:
+        if is_main_process():
+            shutil.rmtree(init, ignore_errors=True)
