@@ -29,7 +29,7 @@ from lmcompress.stages.distill import distill
 from lmcompress.measure import count_params, latency_for_texts, weights_size_bytes
 from lmcompress.runkinds.task import score_split
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
-from lmcompress.runs.manifest import read_run_manifest
+from lmcompress.runs.manifest import read_manifest
 from lmcompress.runs.manifest import is_complete
 
 RESULTS = Path(__file__).parent / "results"
@@ -95,7 +95,7 @@ def main() -> int:
         distill(cfg)
         wall[name] = round(time.perf_counter() - start, 1)
 
-    recorded = read_run_manifest(args.teacher)["config"]["data"]
+    recorded = read_manifest(args.teacher).data_options
     data_cfg = from_dict(DataConfig, recorded)
     task = load_task(data_cfg)
     tokenizer = load_tokenizer(args.teacher)

@@ -30,7 +30,6 @@ Writes benchmarks/results/raw/distill_vs_textbrewer.json and benchmarks/results/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -51,11 +50,11 @@ from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.stages.distill import distill
 from lmcompress.surgery.student import build_student, parse_spec
 from lmcompress.machine import processor
-from lmcompress.training import loop as training_loop, resolve_precision
+from lmcompress.training import resolve_precision
 from lmcompress.runkinds.task import predict
 from lmcompress.scores import task_metrics
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
-from lmcompress.runs.manifest import read_run_manifest
+from lmcompress.runs.manifest import read_manifest
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -119,23 +118,16 @@ class ReplayedOrder(torch.utils.data.Sampler):
         return len(self.orders[0])
 
 
-@contextlib.contextmanager
-def textbrewer_batch_order(seed: int, epochs: int):
-    """lmcompress's training loop fed the batches in the order TextBrewer's loader (`textbrewer_run`) meets them.
-    With the same seed both draw the same dropout masks too (fit seeds torch as that run does just before training,
-    and validation runs on a fork of the random stream), so the two runs make the same computation step by step."""
-    def make_loader(train_data, collate, cfg):
-        shuffled = textbrewer_loader(range(len(train_data)), cfg.batch_size, seed)  # row numbers, same order
-        orders = [[i for batch in shuffled for i in batch.tolist()] for _ in range(epochs)]
-        return DataLoader(train_data, batch_size=cfg.batch_size, sampler=ReplayedOrder(orders), collate_fn=collate,
-                          generator=torch.Generator())  # a generator: no draw from the global stream per epoch
+def textbrewer_batch_order(seed: int, epochs: int, batch_size: int):
+    """The batch order of TextBrewer's loader (`textbrewer_run`), for lmcompress's training loop (distill's
+    `batch_order`). With the same seed both draw the same dropout masks too (fit seeds torch as that run does just
+    before training, and validation runs on a fork of the random stream), so the two runs make the same computation
+    step by step."""
+    def order(rows: int) -> ReplayedOrder:
+        shuffled = textbrewer_loader(range(rows), batch_size, seed)  # row numbers, same order
+        return ReplayedOrder([[i for batch in shuffled for i in batch.tolist()] for _ in range(epochs)])
 
-    original = training_loop.make_loader
-    training_loop.make_loader = make_loader
-    try:
-        yield
-    finally:
-        training_loop.make_loader = original
+    return order
 
 
 def lmcompress_run(args, out: Path, cache_dir: Path, precision: str, teacher_precision: str,
@@ -150,8 +142,8 @@ def lmcompress_run(args, out: Path, cache_dir: Path, precision: str, teacher_pre
                           checkpoint_every_steps=10_000, keep_best=False, group_by_length=group_by_length),
         loss=DistillLossConfig(temperature=4.0, alpha=0.5, kd_kind="ce", hidden_weight=1.0, layer_map="1:1,2:2"))
     start = time.perf_counter()
-    with textbrewer_batch_order(args.seed, args.epochs) if textbrewer_order else contextlib.nullcontext():
-        metrics = distill(cfg)
+    metrics = distill(cfg, batch_order=textbrewer_batch_order(args.seed, args.epochs, cfg.train.batch_size)
+                      if textbrewer_order else None)
     wall = time.perf_counter() - start
     manifest = json.loads((out / "lmcompress.json").read_text())
     return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
@@ -224,7 +216,7 @@ def main() -> int:
     if chosen - set(ALL):
         parser.error(f"unknown contender(s): {', '.join(sorted(chosen - set(ALL)))}")
 
-    recorded = read_run_manifest(args.teacher)["config"]["data"]
+    recorded = read_manifest(args.teacher).data_options
     data_cfg = from_dict(DataConfig, {**recorded, "max_length": 64})
     task_data = load_task(data_cfg)
     tokenizer = load_tokenizer(args.teacher)

@@ -1,9 +1,10 @@
 """Combination sweep: every CLI stage x preset family x objective/task x tokenizer choice x main flags.
 
-Each combination either runs (exit 0) or is refused with one `lmcompress: error:` line; none may end in an
-"internal error" or a traceback. The axes are read from the config dataclasses (the Literal choices of objective,
-task, precision, quantize method, ...; the boolean switches), so a new choice joins the sweep by itself. CI runs a
-seeded sample of the product; `pytest -m slow tests/integration/test_sweep.py` runs all of it.
+Each combination does what `sweep_expected.py` says it must: it runs (exit 0, a complete output) or it is refused
+with one `lmcompress: error:` line holding the expected words; none may end in an "internal error" or a traceback.
+The axes are read from the config dataclasses (the Literal choices of objective, task, precision, quantize method,
+...; the boolean switches), so a new choice joins the sweep by itself. CI runs a seeded sample of the product;
+`pytest -m slow tests/integration/test_sweep.py` runs all of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lmcompress.stages import STAGES
 
 from ..conftest import make_sentiment_rows
 from .cli_helpers import run_cli
+from .sweep_expected import expected_outcome
 
 # serve runs until it is stopped; the predictor it serves is swept through predict, the server in test_serving.py
 NOT_SWEPT = {"serve"}
@@ -249,16 +251,21 @@ def finished(stage: str, out: Path) -> bool:
 
 
 @pytest.mark.parametrize("combo", PARAMS)
-def test_combination_runs_or_is_refused_in_one_line(combo, inputs, tmp_path, capsys):
+def test_combination_does_what_the_table_expects(combo, inputs, tmp_path, capsys):
     stage, axes = combo
     out = tmp_path / "out"
     code, _, err = run_cli(command(stage, axes, inputs, out, capsys), capsys)
-    result = outcome(code, err)
+    result, expected = outcome(code, err), expected_outcome(stage, axes)
+    log = inputs["root"].parent / "sweep-outcomes.jsonl"  # for the closing note: what ran, what was refused
+    with log.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"stage": stage, **axes, "outcome": result, "expected": expected}) + "\n")
+    if expected == "ran":
+        assert result == "ran", f"expected to run, but {result}"
+    else:
+        words = expected.removeprefix("refused: ")
+        assert result.startswith("refused: ") and words in result, f"expected {expected}, got {result}"
     if result == "ran":
         assert finished(stage, out), f"{stage} exited 0 but left no complete output in {out}"
     else:
         assert not out.exists(), f"a refused run left {out} behind"
     assert not list(tmp_path.glob(".out.*")), "a partial or temporary folder was left behind"
-    log = inputs["root"].parent / "sweep-outcomes.jsonl"  # for the closing note: what ran, what was refused
-    with log.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"stage": stage, **axes, "outcome": result}) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -153,77 +154,88 @@ def test_shortlist_takes_fp32_when_fast_enough_else_the_fastest_int8():
                record("L1", 1, "fp32", 12.0), record("L1", 1, "openvino-int8", 20.0)]
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     search = SimpleNamespace(target=SpeedTarget(10.0, None), teacher_ms=100.0, family=family_of(config),
-                             teacher_config=config, cfg=SimpleNamespace(shortlist=4), root=Path("/nowhere"))
+                             teacher_shape=teacher_shape(family_of(config), config), cfg=SimpleNamespace(shortlist=4),
+                             root=Path("/nowhere"))
     chosen = {(c.shape.layers, c.variant) for c in shortlist(records, search)}
     assert chosen == {(2, "openvino-int8"), (1, "fp32")}
 
 
-def test_time_left_goes_to_the_nearest_miss_while_its_rounds_improve(monkeypatch, tmp_path):
+class ScriptedExecutor:
+    """A search's executor, scripted: each (candidate, round) scores `outcomes`; with `fails` every run fails."""
+
+    def __init__(self, outcomes: dict, estimate_s: float = 60.0, fails: bool = False):
+        self.outcomes, self.estimate_s, self.fails, self.made = outcomes, estimate_s, fails, []
+
+    def run(self, search, c, steps, rounds):
+        self.made.append((c.folder.name, rounds, steps))
+        return "loss is NaN" if self.fails else None
+
+    def round_retention(self, search, c, round_):
+        return self.outcomes[(c.folder.name, round_)]
+
+    def round_estimate_s(self, search, c):
+        return self.estimate_s
+
+
+def _search_with(tmp_path, candidates, executor, left_s: float = 3600.0):
+    from lmcompress.search.state import Search
+
+    search = Search(cfg=SimpleNamespace(min_retention=0.97), root=tmp_path, teacher_dir=tmp_path, data=None,
+                    family=None, teacher_config=None, target=SpeedTarget(10.0, None),
+                    deadline=time.monotonic() + left_s, candidates=candidates, executor=executor)
+    search.teacher_shape = Shape(6, 12, 384, 1536)  # no candidate is the teacher's own shape
+    return search
+
+
+def _trained(tmp_path, name, layers, retention, measured_speedup=None):
+    from lmcompress.search.state import Candidate, Status
+
+    c = Candidate(Shape(layers, 2, 16, 32), "fp32", {"speedup": 12.0, "latency_ms": 1.0}, tmp_path / name)
+    c.status, c.validation_retention = Status.TRAINED, retention
+    if measured_speedup:
+        c.measured = {"speedup": measured_speedup, "latency_ms": 100.0 / measured_speedup}
+    return c
+
+
+def test_time_left_goes_to_the_nearest_miss_while_its_rounds_improve(tmp_path):
     from lmcompress.search import run
-    from lmcompress.search.state import Candidate
+    from lmcompress.search.state import Status
 
-    def candidate(name, layers, retention):
-        c = Candidate(Shape(layers, 2, 16, 32), "fp32", {"speedup": 12.0, "latency_ms": 1.0}, tmp_path / name)
-        c.trained, c.validation_retention = True, retention
-        return c
-
-    near, far = candidate("near", 2, 0.95), candidate("far", 1, 0.90)
+    near, far = _trained(tmp_path, "near", 2, 0.95), _trained(tmp_path, "far", 1, 0.90)
     # near: round 2 helps, round 3 does not; far then gets its turns until a round reaches the target
     outcomes = {("near", 2): 0.96, ("near", 3): 0.955, ("far", 2): 0.93, ("far", 3): 0.975}
-    made = []
-    monkeypatch.setattr(run, "_attempt", lambda search, c, names, r: made.append((c.folder.name, r, names)) or True)
-    monkeypatch.setattr(run, "_round_retention", lambda search, c, r: outcomes[(c.folder.name, r)])
-    monkeypatch.setattr(run, "_round_estimate_s", lambda search, c: 60.0)
-    search = SimpleNamespace(cfg=SimpleNamespace(min_retention=0.97), candidates=[far, near], left_s=lambda: 3600.0,
-                             family=None, teacher_config=None, event=lambda *a, **k: None,
-                             fast_as_trained=lambda c, margin=1.0: True)
-    monkeypatch.setattr(run, "teacher_shape", lambda family, config: Shape(6, 12, 384, 1536))
-    run._extend(search)
-    assert [(name, r) for name, r, _ in made] == [("near", 2), ("near", 3), ("far", 2), ("far", 3)]
-    assert made[0][2] == ["student-r2", "validation-r2"]
-    assert (near.best_round, near.validation_retention, near.rounds) == (2, 0.96, 3)
-    assert (far.best_round, far.validation_retention) == (3, 0.975)
+    executor = ScriptedExecutor(outcomes)
+    run._extend(_search_with(tmp_path, [far, near], executor))
+    assert [(name, r) for name, r, _ in executor.made] == [("near", 2), ("near", 3), ("far", 2), ("far", 3)]
+    assert executor.made[0][2] == ["student-r2", "validation-r2"]
+    assert (near.best_round, near.validation_retention, near.rounds, near.status) == (2, 0.96, 3, Status.TRAINED)
+    assert (far.best_round, far.validation_retention, far.status) == (3, 0.975, Status.MET)
     assert near.deploy == tmp_path / "near" / "student-r2"
     # no time for a round: nothing is made
-    made.clear()
-    fresh = candidate("near", 2, 0.95)
-    search.candidates, search.left_s = [fresh], lambda: 100.0
-    run._extend(search)
-    assert made == [] and fresh.rounds == 1
-    # a round that fails closes the candidate and keeps what it had
-    search.left_s = lambda: 3600.0
-    monkeypatch.setattr(run, "_attempt", lambda search, c, names, r: made.append((c.folder.name, r, names)) and False)
-    run._extend(search)
-    assert [(name, r) for name, r, _ in made] == [("near", 2)]
-    assert fresh.closed and (fresh.rounds, fresh.best_round, fresh.deploy) == (1, 1, tmp_path / "near" / "student")
+    fresh, executor = _trained(tmp_path, "near", 2, 0.95), ScriptedExecutor(outcomes)
+    run._extend(_search_with(tmp_path, [fresh], executor, left_s=100.0))
+    assert executor.made == [] and fresh.rounds == 1 and fresh.status is Status.TRAINED
+    # a round that fails closes the candidate, which keeps what it had
+    executor = ScriptedExecutor(outcomes, fails=True)
+    run._extend(_search_with(tmp_path, [fresh], executor))
+    assert [(name, r) for name, r, _ in executor.made] == [("near", 2)]
+    assert fresh.status is Status.CLOSED and fresh.reason == "round 2 failed: loss is NaN" and fresh.trained
+    assert (fresh.rounds, fresh.best_round, fresh.deploy) == (1, 1, tmp_path / "near" / "student")
 
 
-def test_rounds_go_only_to_candidates_measured_fast_enough_as_trained(monkeypatch, tmp_path):
+def test_rounds_go_only_to_candidates_measured_fast_enough_as_trained(tmp_path):
     from lmcompress.search import run
-    from lmcompress.search.state import Candidate, Search
-
-    def candidate(name, retention, measured_speedup):
-        c = Candidate(Shape(2, 2, 16, 32), "fp32", {"speedup": 12.0, "latency_ms": 1.0}, tmp_path / name)
-        c.trained, c.validation_retention = True, retention
-        c.measured = {"speedup": measured_speedup, "latency_ms": 100.0 / measured_speedup}
-        return c
 
     # "slow" keeps the retention but is too slow as trained: the target is not met, and its rounds go to "fast"
-    slow, fast = candidate("slow", 0.98, 9.0), candidate("fast", 0.93, 10.5)
-    search = Search(cfg=SimpleNamespace(min_retention=0.97), root=tmp_path, teacher_dir=tmp_path, data=None,
-                    family=None, teacher_config=None, target=SpeedTarget(10.0, None), deadline=float("inf"),
-                    candidates=[slow, fast])
+    slow, fast = _trained(tmp_path, "slow", 2, 0.98, 9.0), _trained(tmp_path, "fast", 2, 0.93, 10.5)
+    executor = ScriptedExecutor({("fast", 2): 0.94, ("fast", 3): 0.94})
+    search = _search_with(tmp_path, [slow, fast], executor)
     assert not search.fast_as_trained(slow, 1.1) and search.fast_as_trained(fast)
-    assert search.fast_as_trained(candidate("near", 0.9, 9.5), 1.1)  # within the margin: timings are noisy
-    made = []
-    monkeypatch.setattr(run, "_attempt", lambda search, c, names, r: made.append((c.folder.name, r)) or True)
-    monkeypatch.setattr(run, "_round_retention", lambda search, c, r: 0.94)
-    monkeypatch.setattr(run, "_round_estimate_s", lambda search, c: 60.0)
-    monkeypatch.setattr(run, "teacher_shape", lambda family, config: Shape(6, 12, 384, 1536))
+    assert search.fast_as_trained(_trained(tmp_path, "near", 2, 0.9, 9.5), 1.1)  # within the margin: noisy timings
     run._extend(search)
-    assert made == [("fast", 2), ("fast", 3)]  # round 3 no better: its rounds end; "slow" gets none
+    assert [(name, r) for name, r, _ in executor.made] == [("fast", 2), ("fast", 3)]  # round 3 no better: it ends
     # one that keeps the retention and is slow only within the margin gets no rounds either: they cannot speed it up
-    made.clear()
-    search.candidates = [candidate("kept", 0.98, 9.5), candidate("short", 0.93, 10.5)]
-    run._extend(search)
-    assert [name for name, _ in made] == ["short", "short"]
+    executor = ScriptedExecutor({("short", 2): 0.94, ("short", 3): 0.94})
+    run._extend(_search_with(tmp_path, [_trained(tmp_path, "kept", 2, 0.98, 9.5), _trained(tmp_path, "short", 2, 0.93, 10.5)],
+                        executor))
+    assert [name for name, _, _ in executor.made] == ["short", "short"]

@@ -10,7 +10,7 @@ import torch
 from ..errors import LmcError
 from ..models import static
 from ..models.load import check_head, load_trained_classifier
-from ..runs.manifest import quantization_method
+from ..runs.manifest import read_manifest
 from .onnx import MODEL_FILE, OnnxClassifier
 from .openvino import IR_FILE, OpenVinoClassifier, recorded_precision, served_precision
 
@@ -36,7 +36,7 @@ def load_run_model(folder: Path, labels: list[str] | None, regression: bool, thr
         if task not in (None, "classification", "regression"):
             raise LmcError(f"{folder} is a static-embedding classifier; it cannot score a {task} task")
         return static.load_static(folder, labels, regression)
-    if quantization_method(folder) == "dynamic-int8":
+    if read_manifest(folder).quantization_method == "dynamic-int8":
         raise LmcError(f"{folder} was made with quantize --method dynamic-int8, which lmcompress no longer serves "
                        "(torch.ao's dynamic int8 is deprecated); quantize its parent again with --method onnx-int8 "
                        "or openvino-int8")

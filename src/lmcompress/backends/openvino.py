@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import LmcError
 from ..machine import cpu_has_bf16
 from ..models.load import first_line
-from ..runs.manifest import read_run_manifest
+from ..runs.manifest import read_manifest
 
 IR_FILE = "model.xml"  # its weights: model.bin beside it
 WEIGHTS_FILE = "model.bin"
@@ -51,7 +51,7 @@ def _core():
 
 def recorded_precision(folder: Path) -> str:
     """The inference precision an OpenVINO run dir was made for (lmcompress.json "openvino"), fp32 by default."""
-    return ((read_run_manifest(folder) or {}).get("openvino") or {}).get("precision", "fp32")
+    return (read_manifest(folder).records.get("openvino") or {}).get("precision", "fp32")
 
 
 def served_precision(folder: Path) -> str:

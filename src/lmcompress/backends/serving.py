@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import LmcError
 from ..machine import cpu_has_bf16
 from ..models import static
-from ..runs.manifest import quantization_method, read_run_manifest
+from ..runs.manifest import read_manifest
 from . import onnx_io
 from .onnx import MODEL_FILE
 from .openvino import IR_FILE, OpenVinoClassifier, onnx_to_ir, served_precision
@@ -39,11 +39,11 @@ def run_backend(folder: Path) -> str:
 def arithmetic(folder: Path, backend: str) -> str:
     """The arithmetic a (run, backend) pair computes in: int8 for any quantized run, bf16 for a bf16 backend, fp16
     for an fp16 ONNX export, else fp32."""
-    if quantization_method(folder):
+    if read_manifest(folder).quantization_method:
         return "int8"
     if backend.endswith("-bf16"):
         return "bf16"
-    export = (read_run_manifest(folder) or {}).get("export") or {}
+    export = read_manifest(folder).export or {}
     return "fp16" if export.get("format") == "onnx" and export.get("precision") == "fp16" else "fp32"
 
 
@@ -69,7 +69,7 @@ def serving_variants(folder: Path, model: nn.Module, sample: dict[str, torch.Ten
     """{backend name: the model served by it}: every runtime available here for a plain PyTorch run, else the
     run's own runtime. `sample` is a real padded batch: the export is traced on it and checked against it."""
     own = run_backend(folder)
-    if own != "torch" or quantization_method(folder) or static.is_static_dir(folder):
+    if own != "torch" or read_manifest(folder).quantization_method or static.is_static_dir(folder):
         return {own: model}
     bf16 = cpu_has_bf16()
     variants: dict[str, nn.Module] = {"torch": model}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..runs.manifest import is_embedding_run, is_language_model
+from ..runs.manifest import Manifest
 from . import embedding, lm, task
 
 
@@ -28,20 +28,20 @@ LANGUAGE_MODEL = RunKind("language-model", True, lm.evaluate, lm.compare_rows)
 SENTENCE_EMBEDDING = RunKind("sentence-embedding", False, embedding.evaluate, embedding.compare_rows)
 
 
-def kind_of(manifest: dict[str, Any]) -> RunKind:
+def kind_of(manifest: Manifest) -> RunKind:
     """The kind of one run, from its lmcompress.json (a plain checkpoint without one is a task model)."""
-    if is_embedding_run(manifest):
+    if manifest.is_embedding_run:
         return SENTENCE_EMBEDDING
-    return LANGUAGE_MODEL if is_language_model(manifest) else TASK
+    return LANGUAGE_MODEL if manifest.is_language_model else TASK
 
 
-def kind_for_comparison(manifests: list[dict[str, Any]], teacher_index: int) -> RunKind:
+def kind_for_comparison(manifests: list[Manifest], teacher_index: int) -> RunKind:
     """The kind a comparison scores by: sentence embedding when any run is one (plain encoders, such as their
     teacher, are compared on its pairs), a language model when any run is one (a plain LM, such as the teacher
     smollm2-135m, is scored on its validation blocks), else the teacher's kind."""
-    if any(is_embedding_run(m) for m in manifests):
+    if any(m.is_embedding_run for m in manifests):
         return SENTENCE_EMBEDDING
-    if any(is_language_model(m) for m in manifests):
+    if any(m.is_language_model for m in manifests):
         return LANGUAGE_MODEL
     return kind_of(manifests[teacher_index])
 

@@ -27,7 +27,7 @@ from ..measure import count_params, latency_for_texts, weights_size_bytes
 from ..models.outputs import mean_pool
 from ..models.load import load_encoder, load_tokenizer
 from .lm import split_documents
-from ..runs.manifest import EMBEDDING_TASK, is_embedding_run, made_by, read_run_manifest
+from ..runs.manifest import EMBEDDING_TASK, Manifest, read_manifest
 
 log = logging.getLogger("lmcompress")
 
@@ -86,10 +86,10 @@ def pairs_fingerprint(pairs: list[tuple[str, str, float]]) -> str:
 def held_aside_pairs(folder: Path) -> tuple[EmbeddingDistillConfig, list[tuple[str, str, float]]]:
     """An embedding run's config (its lmcompress.json) and its held-aside pairs, rebuilt from that config and checked
     against the fingerprint recorded with it."""
-    manifest = read_run_manifest(folder) or {}
-    cfg = from_dict(EmbeddingDistillConfig, manifest.get("config") or {}, where=f"{folder}/lmcompress.json config")
+    manifest = read_manifest(folder)
+    cfg = from_dict(EmbeddingDistillConfig, manifest.config, where=f"{folder}/lmcompress.json config")
     pairs = sentence_data(cfg).pairs
-    expected = (manifest.get("data") or {}).get("pairs_fingerprint")
+    expected = (manifest.data or {}).get("pairs_fingerprint")
     if expected and expected != pairs_fingerprint(pairs):
         log.warning("the held-aside pairs differ from those recorded at training time (corpus changed?)")
     return cfg, pairs
@@ -140,29 +140,29 @@ def score_pairs(model, tokenizer, pairs: list[tuple[str, str, float]], max_lengt
     return scores, cosine
 
 
-def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
+def evaluate(folder: Path, manifest: Manifest, cfg: EvaluateConfig) -> dict[str, Any]:
     """The cosine-similarity correlation on the run's held-aside sentence pairs -> the metrics.json payload."""
     recorded, pairs = held_aside_pairs(folder)
     return score_encoder(folder, pairs, recorded.data.max_length, cfg.latency_repeats if cfg.latency else None,
                          cfg.threads)
 
 
-def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[dict[str, Any]],
+def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[Manifest],
                  teacher_index: int, threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Sentence encoders (embedding runs, and plain encoders such as their teacher) on the held-aside pairs of the
     first embedding run: spearman of cosine similarity."""
     for name, manifest in zip(names, manifests):
-        kind = (manifest.get("task") or {}).get("type")
-        if kind and not is_embedding_run(manifest):
+        kind = manifest.task_type
+        if kind and not manifest.is_embedding_run:
             raise LmcError(f"{name} is a {kind} run; compare sentence-embedding runs with each other and with plain "
                            "encoders (their teacher)")
-    reference = next(f for f, m in zip(folders, manifests) if is_embedding_run(m))
+    reference = next(f for f, m in zip(folders, manifests) if m.is_embedding_run)
     recorded, pairs = held_aside_pairs(reference)
     max_length = recorded.data.max_length
     rows = []
     for name, folder, manifest in zip(names, folders, manifests):
         scored = score_encoder(folder, pairs, max_length, cfg.latency_repeats, threads)
-        rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest), "params": scored["params"],
+        rows.append({"name": name, "path": str(folder), "made_by": manifest.made_by(), "params": scored["params"],
                      "size_mb": round(scored["size_bytes"] / 1e6, 2), "metric": "spearman",
                      "value": round(scored["metrics"]["spearman"], 6), "metrics": scored["metrics"],
                      "latency_ms_b1": scored["latency_ms"]["batch1"], "latency_ms_b32": scored["latency_ms"]["batch32"]})

@@ -31,7 +31,7 @@ from ..measure import (LATENCY_BATCHES, count_params, generation_speed, measure_
                        weights_size_bytes)
 from ..models.load import load_for_pretraining, load_lm_teacher, load_tokenizer, resolve
 from ..objectives import lm_forward, token_loss_sum
-from ..runs.manifest import is_language_model, made_by, read_run_manifest, training_record
+from ..runs.manifest import Manifest, TrainingRecord, read_manifest
 from ..runs.rundir import RunDir, finish_stage
 from ..timing import torch_threads
 
@@ -212,7 +212,7 @@ def corpus(cfg: PretrainConfig) -> tuple[list[Document], str, list[int], list[in
 
 
 def finish_lm_run(run: RunDir, cfg: PretrainConfig, model: torch.nn.Module, tokenizer, data: LMData, result,
-                  initial: dict[str, float], manifest: Callable[[dict[str, Any]], dict[str, Any]],
+                  initial: dict[str, float], manifest: Callable[[TrainingRecord], Manifest],
                   metrics_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save the trained LM and its tokenizer, write metrics.json (the kept weights' validation scores, latency, and
     `metrics_extra`) and the manifest built by `manifest(train record)`, then commit the run -> the summary (empty on
@@ -228,29 +228,29 @@ def finish_lm_run(run: RunDir, cfg: PretrainConfig, model: torch.nn.Module, toke
             metrics_extra or {})
 
     return finish_stage(run, save_and_score,
-                        lambda metrics: manifest(training_record(result) | {"tokens_per_s": tokens_per_s}),
+                        lambda metrics: manifest(TrainingRecord.of(result, tokens_per_s=tokens_per_s)),
                         wall_time_s=round(result.wall_time_s, 1), tokens_per_s=tokens_per_s)
 
 
 def run_validation_set(folder: Path) -> tuple[PretrainConfig, Any, LMData, str]:
     """A pre-training run's fixed validation set, rebuilt from its recorded config and its own tokenizer
     -> (config, tokenizer, data, corpus source)."""
-    manifest = read_run_manifest(folder) or {}
+    manifest = read_manifest(folder)
     # a distill-lm run records the equivalent pre-training config of its data under lm_config
-    recorded = manifest.get("lm_config") or manifest.get("config") or {}
+    recorded = manifest.records.get("lm_config") or manifest.config
     cfg = from_dict(PretrainConfig, recorded, where=f"{folder}/lmcompress.json config")
     tokenizer = load_tokenizer(folder)
     documents, source, train_ids, validation_ids = corpus(cfg)
     data = prepare_data(cfg, tokenizer, documents, train_ids, validation_ids, cache_root(cfg))
-    expected = manifest.get("data", {}).get("validation_fingerprint")
+    expected = (manifest.data or {}).get("validation_fingerprint")
     if expected and expected != data.record["validation_fingerprint"]:
         log.warning("the validation examples differ from those recorded at training time (corpus changed?)")
     return cfg, tokenizer, data, source
 
 
-def _compared_model(folder: Path, manifest: dict[str, Any], tokenizer, objective: str, seed: int):
+def _compared_model(folder: Path, manifest: Manifest, tokenizer, objective: str, seed: int):
     """(model, its tokenizer): an LM run's, or a plain language model's (a zoo name, HF dir or .gguf file)."""
-    if manifest:
+    if manifest.is_run:
         return load_lm_run(folder, tokenizer, objective, seed), load_tokenizer(folder)
     plain = load_lm_teacher(str(folder), objective)
     return plain.model, plain.tokenizer
@@ -299,7 +299,7 @@ def _time_side_by_side(rows: list[dict[str, Any]], models: list[torch.nn.Module]
                      speed[i]["decode_tokens_per_s"])
 
 
-def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
+def evaluate(folder: Path, manifest: Manifest, cfg: EvaluateConfig) -> dict[str, Any]:
     """A pre-training, distill-lm or prune-lm run (or its GGUF export): its fixed validation set rebuilt and scored
     -> the metrics.json payload; causal LMs also report their generation speed."""
     pcfg, tokenizer, data, _ = run_validation_set(folder)
@@ -313,16 +313,16 @@ def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dic
     return payload
 
 
-def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[dict[str, Any]],
+def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[Manifest],
                  teacher_index: int, threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Pre-trained, distilled or pruned language models: perplexity on the teacher run's fixed validation set (the
     first LM run's when the teacher is a plain model, such as smollm2-135m), which only means the same thing for runs
     that share its tokenizer."""
     for name, manifest in zip(names, manifests):  # before any slow work
-        if manifest and not is_language_model(manifest):
+        if manifest.is_run and not manifest.is_language_model:
             raise LmcError(f"{name} is not a language-model run; compare pre-trained models with each other and "
                            "task models with each other")
-    reference = teacher_index if manifests[teacher_index] else next(i for i, m in enumerate(manifests) if m)
+    reference = teacher_index if manifests[teacher_index].is_run else next(i for i, m in enumerate(manifests) if m.is_run)
     pcfg, tokenizer, data, source = run_validation_set(folders[reference])
     scoring = "clm" if pcfg.objective == "clm" else "mlm"  # sentence-pair heads are not part of the comparison
     collate = collator(tokenizer, pcfg.objective)
@@ -335,7 +335,7 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
                 raise LmcError(f"{name} has another tokenizer than {names[reference]}: perplexities over different "
                                "vocabularies cannot be compared")
             scores = score_lm(model, data.validation, collate, scoring, 64)
-            rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest),
+            rows.append({"name": name, "path": str(folder), "made_by": manifest.made_by(),
                          "backend": served_by(folder), "params": count_params(model),
                          "size_mb": round(weights_size_bytes(folder) / 1e6, 2), "metric": "perplexity",
                          "value": round(scores["perplexity"], 4), "metrics": scores})

@@ -27,7 +27,7 @@ from ..models.load import load_tokenizer
 from ..models.outputs import forward
 from ..scores import MAIN_METRIC, task_metrics
 from ..roofline import forward_flops
-from ..runs.manifest import data_config_for, made_by
+from ..runs.manifest import Manifest, data_config_for
 from ..runs.rundir import RunDir, finish_stage
 
 log = logging.getLogger("lmcompress")
@@ -143,23 +143,23 @@ def save_and_score(model: torch.nn.Module, tokenizer, task_data, folder: Path, m
 
 
 def finish_run(run: RunDir, model: torch.nn.Module, tokenizer, task_data, max_length: int, batch_size: int,
-               manifest: Callable[[], dict[str, Any]], **extra: Any) -> dict[str, Any]:
+               manifest: Callable[[], Manifest], **extra: Any) -> dict[str, Any]:
     """The end of every stage that leaves a PyTorch task model (runs.finish_stage) -> metrics with `path` and
     `extra` (empty on the other ranks of a launch)."""
     return finish_stage(run, lambda folder: save_and_score(model, tokenizer, task_data, folder, max_length, batch_size),
                         lambda metrics: manifest(), **extra)
 
 
-def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dict[str, Any]:
+def evaluate(folder: Path, manifest: Manifest, cfg: EvaluateConfig) -> dict[str, Any]:
     """A task run (or a plain HF dir with a task head) scored on a split of its data -> the metrics.json payload."""
-    recorded = manifest.get("config", {}).get("data") or {}
+    recorded = manifest.data_options
     if cfg.data.data and recorded.get("data") == cfg.data.data and recorded.get("split_seed") != cfg.data.split_seed:
         log.warning("evaluating with split seed %s but the run was trained with %s: test rows differ",
                     cfg.data.split_seed, recorded.get("split_seed"))
     data_cfg = data_config_for(cfg.data, folder)
     data_cfg.max_train_examples = None  # the split is what matters for scoring
     task_data = load_task(data_cfg)
-    expected = manifest.get("data", {}).get("test_fingerprint")
+    expected = manifest.test_fingerprint
     if expected and expected != task_data.split_record["test_fingerprint"]:
         log.warning("the test rows differ from those recorded at training time (fingerprint %s vs %s)",
                     task_data.split_record["test_fingerprint"], expected)
@@ -176,7 +176,7 @@ def evaluate(folder: Path, manifest: dict[str, Any], cfg: EvaluateConfig) -> dic
     return metrics_payload(task_data, cfg.split, scores, model, folder, latency)
 
 
-def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[dict[str, Any]],
+def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[Manifest],
                  teacher_index: int, threads: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every run scored on the teacher's task test rows on each of its backends (`--backends auto`) or on its own,
     then every (run, backend) timed side by side (interleaved rounds); a row shows its fastest backend."""
@@ -193,7 +193,7 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
     calls: dict[tuple[int, int], Any] = {}  # (entry index, batch size) -> one forward pass on a fixed batch
     with tempfile.TemporaryDirectory(prefix="lmcompress-backends-") as work:  # exports live while they are timed
         for name, folder, manifest in zip(names, folders, manifests):
-            recorded = manifest.get("data", {}).get("test_fingerprint")
+            recorded = manifest.test_fingerprint
             if recorded and recorded != task.split_record["test_fingerprint"]:
                 log.warning("%s was tested on other rows (fingerprint %s); the report scores everyone on %s", name,
                             recorded, task.split_record["test_fingerprint"])
@@ -203,7 +203,7 @@ def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], mani
             variants = (serving_variants(folder, model, batches[max(LATENCY_BATCHES)], Path(work) / str(len(rows)),
                                          threads) if cfg.backends == "auto" else {run_backend(folder): model})
             flops = forward_flops(folder, max(LATENCY_BATCHES), data_cfg.max_length)
-            rows.append({"name": name, "path": str(folder), "made_by": made_by(manifest),
+            rows.append({"name": name, "path": str(folder), "made_by": manifest.made_by(),
                          "params": count_params(model), "size_mb": round(weights_size_bytes(folder) / 1e6, 2),
                          "metric": MAIN_METRIC[task.task], "gflop_b32": round(flops / 1e9, 3) if flops else None})
             for backend, served in variants.items():

@@ -11,6 +11,7 @@ with one line instead of writing into the same partial folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -23,7 +24,7 @@ from typing import Any
 from ..distributed import is_main_process, wait_for_everyone
 from ..errors import LmcError
 from .files import hold_output, os_error, release_output, swap_into_place, write_json_atomic
-from .manifest import MANIFEST, METRICS, is_complete
+from .manifest import METRICS, Manifest, is_complete, write_manifest
 
 log = logging.getLogger("lmcompress")
 
@@ -110,18 +111,18 @@ class RunDir:
                 write_json_atomic(self.partial / REQUEST, comparable(request))
         wait_for_everyone()
 
-    def commit(self, manifest: dict[str, Any]) -> Path:
+    def commit(self, manifest: Manifest | None) -> Path:
         """Mark complete, drop the checkpoint, and move the run into place (rank 0; the others wait)."""
         if is_main_process():
             self._commit(manifest)
         wait_for_everyone()
         return self.final
 
-    def _commit(self, manifest: dict[str, Any]) -> None:
+    def _commit(self, manifest: Manifest) -> None:
         shutil.rmtree(self.checkpoint, ignore_errors=True)
         (self.partial / REQUEST).unlink(missing_ok=True)  # lmcompress.json records the options of a complete run
-        manifest = dict(manifest, complete=True, finished=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        write_json_atomic(self.partial / MANIFEST, manifest)
+        finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        write_manifest(self.partial, dataclasses.replace(manifest, complete=True, finished=finished))
         swap_into_place(self.partial, self.final)
         release_output(self.final)
 
@@ -178,12 +179,12 @@ def initial_scores(folder: Path, resume: bool, evaluate: Callable[[], dict[str, 
 
 
 def finish_stage(run: RunDir, write: Callable[[Path], dict[str, Any]],
-                 manifest: Callable[[dict[str, Any]], dict[str, Any]], **extra: Any) -> dict[str, Any]:
+                 manifest: Callable[[dict[str, Any]], Manifest], **extra: Any) -> dict[str, Any]:
     """The one way a stage ends. Rank 0 writes its outputs into the partial folder and scores them
     (`write(folder)` -> the metrics.json payload), writes metrics.json, builds lmcompress.json with
     `manifest(metrics)`; every rank then waits for the commit -> metrics + `path` + `extra` ({} on other ranks)."""
     metrics: dict[str, Any] = {}
-    record: dict[str, Any] = {}
+    record: Manifest | None = None  # rank 0's; the other ranks only wait for the commit
     if is_main_process():
         metrics = write(run.partial)
         write_json_atomic(run.partial / METRICS, metrics)

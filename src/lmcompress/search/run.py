@@ -43,13 +43,13 @@ from ..models.families import check_max_length, family_of
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..pipeline import run_recipe
 from ..runs.files import hold_output, release_output, write_json_atomic
-from ..runs.manifest import data_config_for, is_complete, quantization_method, read_run_manifest
+from ..runs.manifest import data_config_for, is_complete, read_manifest
 from ..runs.rundir import differing_keys
 from ..stages import STAGES
 from ..timing import interleaved_rounds, torch_threads
 from . import summary
-from .state import LOG_FILE, Candidate, Search, round_step
-from .shapes import SPEED_MARGIN, Shape, SpeedTarget, measure_shapes, shape_grid, speedups, teacher_shape
+from .state import LOG_FILE, Candidate, Search, Status, round_step
+from .shapes import SPEED_MARGIN, Shape, SpeedTarget, measure_shapes, shape_grid, speedups
 
 log = logging.getLogger("lmcompress")
 
@@ -122,7 +122,7 @@ def _teacher(cfg: AutoConfig) -> Path:
     teacher_dir = Path(cfg.teacher).expanduser().resolve()  # absolute: a recipe step could be named like it
     if not (teacher_dir / "config.json").is_file():
         raise LmcError(f"--teacher {cfg.teacher} is not a fine-tuned run (no config.json)")
-    if quantization_method(teacher_dir) or run_backend(teacher_dir) != "torch":  # an ONNX or OpenVINO run
+    if read_manifest(teacher_dir).quantization_method or run_backend(teacher_dir) != "torch":  # an ONNX or OpenVINO run
         raise LmcError(f"--teacher {cfg.teacher} is a quantized run; give the fp32 run it was made from")
     return teacher_dir
 
@@ -131,7 +131,7 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
     """-> (the search, the teacher model, its task data), every refusal made before minutes of work."""
     teacher_dir = _teacher(cfg)
     data = data_config_for(cfg.data, teacher_dir)
-    recorded = ((read_run_manifest(teacher_dir) or {}).get("config") or {}).get("data") or {}
+    recorded = read_manifest(teacher_dir).data_options
     data.max_length = cfg.seq_len or recorded.get("max_length") or data.max_length  # the teacher's, unless told
     task_data = load_task(data)
     if task_data.task not in ("classification", "regression"):
@@ -150,7 +150,8 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
     _check_request(cfg, root, data)
     target = SpeedTarget(cfg.min_speedup, cfg.max_latency_ms)
     search = Search(cfg, root, teacher_dir, data, family, config, target, started + cfg.budget_s,
-                    train_rows=len(task_data.splits["train"]), labels=task_data.labels, task=task_data.task)
+                    train_rows=len(task_data.splits["train"]), labels=task_data.labels, task=task_data.task,
+                    executor=StageExecutor())
     test = task_data.splits["test"]
     search.sample = (test["text"].tolist()[:64], test["text_pair"].tolist()[:64] if task_data.has_pair else None)
     return search, teacher, task_data
@@ -225,7 +226,7 @@ def shortlist(records: list[dict[str, Any]], search: Search) -> list[Candidate]:
     int8, then the fastest int8); the biggest per depth, the `shortlist` biggest of those; the static student when
     it is fast enough. (The teacher's own shape in fp32 is the teacher: not a candidate.)"""
     required = search.target.required_speedup(search.teacher_ms) * SPEED_MARGIN
-    teacher = teacher_shape(search.family, search.teacher_config).name
+    teacher = search.teacher_shape.name
     fast = [r for r in records if r["speedup"] >= required and not (r["name"] == teacher and r["variant"] == "fp32")]
     best_per_shape: dict[str, dict[str, Any]] = {}
     for record in sorted(fast, key=lambda r: (r["variant"] != "fp32", -r["speedup"])):
@@ -249,7 +250,7 @@ def _shape(record: dict[str, Any]) -> Shape:
 def _init_step(search: Search, shape: Shape) -> dict[str, Any] | None:
     """The student's starting point: pruned from the teacher by importance; None where the distill stage starts
     from the teacher's layers itself (`layers=N`, families that cannot be narrowed)."""
-    full = teacher_shape(search.family, search.teacher_config)
+    full = search.teacher_shape
     if not search.family.can_narrow or shape == full:
         return None
     return {"name": "init", "stage": "prune", "model": str(search.teacher_dir), "layers": shape.layers,
@@ -262,7 +263,7 @@ def _steps(search: Search, c: Candidate, rounds: int = 1) -> list[dict[str, Any]
     each further round, student-rN distilled from the previous round's student, its int8 variant and score."""
     cfg, teacher = search.cfg, str(search.teacher_dir)
     data = to_dict(search.data)
-    if c.shape == teacher_shape(search.family, search.teacher_config):  # the teacher itself, quantized
+    if c.shape == search.teacher_shape:  # the teacher itself, quantized
         return [{"name": c.variant, "stage": "quantize", "model": teacher, "method": c.variant, "data": data},
                 _evaluate_step(c.variant)]
     if c.shape.static:
@@ -311,8 +312,15 @@ def _main_score(payload: dict[str, Any]) -> float:
 
 def _screen_score(folder: Path, metric: str) -> float | None:
     """The best validation score of a distill run's evaluations."""
-    history = ((read_run_manifest(folder) or {}).get("train") or {}).get("history") or []
+    train = read_manifest(folder).train
+    history = train.history if train else []
     return max((h[metric] for h in history if metric in h), default=None)
+
+
+def _pace(run: Path) -> float:
+    """Training examples per second of a finished run (1.0 when it records none)."""
+    train = read_manifest(run).train
+    return (train.examples_per_s if train else 0.0) or 1.0
 
 
 def _screen(search: Search) -> None:
@@ -324,12 +332,13 @@ def _screen(search: Search) -> None:
             continue
         if not is_complete(c.folder / "screen"):
             if search.left_s() < REPORT_RESERVE_S:
-                c.note = "not screened: time budget spent"
+                c.close("not screened: time budget spent")
                 continue
             if not _attempt(search, c, [n for n in ("init", "screen") if n in names]):
                 continue
         score = _screen_score(c.folder / "screen", search.metric)
         c.screen_score = score / search.teacher_validation if score is not None else None
+        c.status = Status.SCREENED
         log.info("screen %d/%d %s: predicted %.1fx, validation retention after 1 epoch on %d rows %.1f%%, %.0f min "
                  "left", i, len(search.candidates), c.name, c.predicted["speedup"],
                  min(search.cfg.screen_rows, search.train_rows or search.cfg.screen_rows),
@@ -339,22 +348,40 @@ def _screen(search: Search) -> None:
 
 
 def _training_order(c: Candidate) -> float:
-    if c.shape.static or c.screen_score is None and not c.note:
-        return -2.0  # cheap candidates without screening first
-    return -(c.screen_score or -1.0)  # unscreened (failed, out of time) last; they are not trained
+    """Cheap candidates without screening first, then best screened first; closed ones (failed, out of time) last."""
+    if c.status is Status.PLANNED or c.status is Status.SCREENED and c.screen_score is None:
+        return -2.0
+    return -(c.screen_score or -1.0) if c.status is Status.SCREENED else 1.0
 
 
 def _attempt(search: Search, c: Candidate, only: list[str], rounds: int = 1) -> bool:
-    """Run steps of one candidate; a failure (NaN loss, an export the runtime refuses...) ends this candidate only."""
-    try:
-        _run(search, c, only, rounds)
+    """Make steps of one candidate; a failure (NaN loss, an export the runtime refuses...) closes this candidate only
+    (one that fails an extra round keeps its best round)."""
+    failure = search.executor.run(search, c, only, rounds)
+    if failure is None:
         return True
-    except LmcError as exc:
-        what = "failed" if rounds == 1 else f"round {rounds} failed"  # an extra round failing keeps the best round
-        c.note = f"{what}: {exc}"
-        log.warning("%s %s: %s", c.name, what, exc)
-        search.event("failed", **c.record())
-        return False
+    what = "failed" if rounds == 1 else f"round {rounds} failed"
+    c.close(f"{what}: {failure}")
+    log.warning("%s %s: %s", c.name, what, failure)
+    search.event("failed", **c.record())
+    return False
+
+
+class StageExecutor:
+    """Makes candidates through the stages: each as a recipe in its folder (finished steps are kept)."""
+
+    def run(self, search: Search, c: Candidate, steps: list[str], rounds: int) -> str | None:
+        try:
+            _run(search, c, steps, rounds)
+            return None
+        except LmcError as exc:
+            return str(exc)
+
+    def round_retention(self, search: Search, c: Candidate, round_: int) -> float:
+        return _round_retention(search, c, round_)
+
+    def round_estimate_s(self, search: Search, c: Candidate) -> float:
+        return _round_estimate_s(search, c)
 
 
 def _estimate_s(search: Search, c: Candidate) -> float:
@@ -364,9 +391,9 @@ def _estimate_s(search: Search, c: Candidate) -> float:
         return 0.0
     if c.shape.static:
         return STATIC_ESTIMATE_S
-    if c.shape == teacher_shape(search.family, search.teacher_config):
+    if c.shape == search.teacher_shape:
         return QUANTIZE_ESTIMATE_S
-    pace = ((read_run_manifest(c.folder / "screen") or {}).get("train") or {}).get("examples_per_s") or 1.0
+    pace = _pace(c.folder / "screen")
     teacher_s = search.train_rows * search.teacher_ms / 1000 / search.cfg.batch_size
     return 1.2 * search.cfg.epochs * search.train_rows / pace + teacher_s + QUANTIZE_ESTIMATE_S
 
@@ -375,20 +402,19 @@ def _train(search: Search) -> None:
     """Train candidates best-screened first; once one keeps the retention on validation, only faster ones follow."""
     fastest_met: float | None = None
     for i, c in enumerate(search.candidates, start=1):
-        if c.note:  # failed, or not screened
+        if c.status is Status.CLOSED:  # failed, or not screened
             continue
         if fastest_met is not None and c.predicted["speedup"] <= fastest_met:
-            c.note = "not trained: a faster candidate already met the target"
+            c.close("not trained: a faster candidate already met the target")
             continue
         need = _estimate_s(search, c)
         if need > search.left_s() - REPORT_RESERVE_S:
-            c.note = f"not trained: needs about {need / 60:.0f} min, {search.left_s() / 60:.0f} min left"
-            log.info("candidate %d/%d %s: %s", i, len(search.candidates), c.name, c.note)
+            c.close(f"not trained: needs about {need / 60:.0f} min, {search.left_s() / 60:.0f} min left")
+            log.info("candidate %d/%d %s: %s", i, len(search.candidates), c.name, c.reason)
             continue
         if not _attempt(search, c, [s["name"] for s in _steps(search, c) if s["name"] not in ("init", "screen")]):
             continue
-        c.trained = True
-        c.validation_retention = _round_retention(search, c, 1)
+        c.validation_retention = search.executor.round_retention(search, c, 1)
         try:
             c.measured = _retime(search, c)
         except LmcError as exc:  # the final report times it again; a timing failure ends no candidate
@@ -399,8 +425,9 @@ def _train(search: Search) -> None:
                  c.predicted["latency_ms"], measured["speedup"], measured["latency_ms"],
                  "" if search.fast_as_trained(c, SPEED_MARGIN) else " (misses the target: no further rounds)",
                  100 * c.validation_retention, search.left_s() / 60)
+        c.status = Status.MET if search.meets_target(c) else Status.TRAINED
         search.event("trained", **c.record())
-        if c.validation_retention >= search.cfg.min_retention and search.fast_as_trained(c):
+        if c.status is Status.MET:
             fastest_met = max(fastest_met or 0.0, c.predicted["speedup"])
 
 
@@ -429,8 +456,7 @@ def _round_estimate_s(search: Search, c: Candidate) -> float:
     0 when it is already made."""
     if (c.folder / round_step("validation", c.rounds + 1) / "metrics.json").is_file():  # evaluate writes no manifest
         return 0.0
-    pace = ((read_run_manifest(c.folder / round_step("student", c.rounds)) or {}).get("train") or {}) \
-        .get("examples_per_s") or 1.0
+    pace = _pace(c.folder / round_step("student", c.rounds))
     return 1.2 * search.cfg.epochs * search.train_rows / pace + QUANTIZE_ESTIMATE_S
 
 
@@ -438,16 +464,15 @@ def _extend(search: Search) -> None:
     """While no candidate keeps the retention and time is left: train the nearest miss one more round (distilled
     again from its last student), as long as its rounds keep improving it."""
     goal = search.cfg.min_retention
-    while not any(c.trained and (c.validation_retention or 0) >= goal and search.fast_as_trained(c)
-                  for c in search.candidates):
-        open_ = [c for c in search.candidates if c.trained and c.rounds == c.best_round < MAX_ROUNDS and not c.closed
-                 and not c.shape.static and c.shape != teacher_shape(search.family, search.teacher_config)
+    while not any(search.meets_target(c) for c in search.candidates):
+        open_ = [c for c in search.candidates if c.status is Status.TRAINED and c.rounds == c.best_round < MAX_ROUNDS
+                 and not c.shape.static and c.shape != search.teacher_shape
                  and search.fast_as_trained(c, SPEED_MARGIN)  # two timings of one model differ by up to 20%
-                 and (c.validation_retention or 0) < goal]  # more rounds cannot make a kept model faster
+                 and c.validation_retention < goal]  # more rounds cannot make a kept model faster
         if not open_:
             return
-        c = max(open_, key=lambda x: x.validation_retention or 0)
-        need = _round_estimate_s(search, c)
+        c = max(open_, key=lambda x: x.validation_retention)
+        need = search.executor.round_estimate_s(search, c)
         if need > search.left_s() - REPORT_RESERVE_S:
             log.info("no further round: %s needs about %.0f min, %.0f min left", c.name, need / 60,
                      search.left_s() / 60)
@@ -456,12 +481,13 @@ def _extend(search: Search) -> None:
         names = [round_step(n, r) for n in ("student", c.variant, "validation") if n != "fp32"]
         log.info("round %d of %s (validation retention %.1f%%, %.1f points short): %.0f min left", r, c.name,
                  100 * c.validation_retention, 100 * (goal - c.validation_retention), search.left_s() / 60)
-        if not _attempt(search, c, names, r):
-            c.closed = True  # keep its best round, try no more
+        if not _attempt(search, c, names, r):  # closed: it keeps its best round
             continue
-        c.rounds, retention = r, _round_retention(search, c, r)
+        c.rounds, retention = r, search.executor.round_retention(search, c, r)
         if retention > c.validation_retention:
             c.best_round, c.validation_retention = r, retention
+        if search.meets_target(c):
+            c.status = Status.MET
         log.info("round %d of %s: validation retention %.1f%% (best %.1f%%, round %d)", r, c.name, 100 * retention,
                  100 * c.validation_retention, c.best_round)
         search.event("round", **c.record(), round_retention=retention)

@@ -1,16 +1,19 @@
-"""The state of one `auto` search: its candidates and what it knows so far (shared by search and summary)."""
+"""The state of one `auto` search: its candidates, each with an explicit status, and what the search knows so far
+(shared by search and summary); the executor that makes candidates is a field, so a test can script it."""
 
 from __future__ import annotations
 
+import enum
+import functools
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import AutoConfig, DataConfig
 from ..models.families import Family
-from .shapes import Shape, SpeedTarget
+from .shapes import Shape, SpeedTarget, teacher_shape
 
 LOG_FILE = "search.jsonl"
 
@@ -20,20 +23,37 @@ def round_step(name: str, round_: int) -> str:
     return name if round_ == 1 else f"{name}-r{round_}"
 
 
+class Status(enum.Enum):
+    """Where a candidate is. PLANNED -> SCREENED -> TRAINED -> MET, or CLOSED (with a reason) from any of them."""
+
+    PLANNED = "planned"  # shortlisted; nothing made yet (the static student and the teacher's int8 skip screening)
+    SCREENED = "screened"  # a short distillation scored it
+    TRAINED = "trained"  # made in full, scored on validation and timed; further rounds may follow
+    MET = "met"  # trained, and it keeps the retention at the speed target
+    CLOSED = "closed"  # no further work: failed, out of time, or a faster candidate met the target first
+
+
 @dataclass
 class Candidate:
     shape: Shape
     variant: str  # fp32, onnx-int8 or openvino-int8
     predicted: dict[str, Any]  # the random-weight timing (shapes.Measured.record())
     folder: Path
+    status: Status = Status.PLANNED
+    reason: str = ""  # why it was closed
     screen_score: float | None = None
-    validation_retention: float | None = None
-    trained: bool = False
-    note: str = ""
+    validation_retention: float | None = None  # set once trained: the best round's
     rounds: int = 1  # training rounds made: each one after the first distils the previous round's student again
     best_round: int = 1  # the round whose model is deployed (the best on the validation rows)
-    closed: bool = False  # no further round: one failed
     measured: dict[str, Any] | None = None  # the trained model as served, timed beside the teacher (run._retime)
+
+    @property
+    def trained(self) -> bool:
+        """It has a model to hand back (a candidate closed after a failed extra round keeps its best round)."""
+        return self.validation_retention is not None
+
+    def close(self, reason: str) -> None:
+        self.status, self.reason = Status.CLOSED, reason
 
     @property
     def name(self) -> str:
@@ -48,8 +68,21 @@ class Candidate:
                 "predicted_speedup": self.predicted["speedup"], "predicted_latency_ms": self.predicted["latency_ms"],
                 "screen_score": self.screen_score, "validation_retention": self.validation_retention,
                 "measured_speedup": (self.measured or {}).get("speedup"),
-                "measured_latency_ms": (self.measured or {}).get("latency_ms"), "trained": self.trained,
-                "rounds": self.rounds, "best_round": self.best_round, "note": self.note}
+                "measured_latency_ms": (self.measured or {}).get("latency_ms"), "status": self.status.value,
+                "trained": self.trained, "rounds": self.rounds, "best_round": self.best_round, "note": self.reason}
+
+
+class Executor(Protocol):
+    """What makes candidates (run.StageExecutor: recipe steps through the stages). A test replaces it."""
+
+    def run(self, search: Search, c: Candidate, steps: list[str], rounds: int) -> str | None:
+        """Make these steps of `c` -> None, or why they failed."""
+
+    def round_retention(self, search: Search, c: Candidate, round_: int) -> float:
+        """Round `round_`'s validation score over the teacher's."""
+
+    def round_estimate_s(self, search: Search, c: Candidate) -> float:
+        """Seconds one more round of `c` would take."""
 
 
 @dataclass
@@ -70,6 +103,15 @@ class Search:
     task: str = "classification"
     sample: tuple[list[str], list[str] | None] = ([], None)  # texts (and pairs) of the timing batch
     candidates: list[Candidate] = field(default_factory=list)
+    executor: Executor | None = None
+
+    @functools.cached_property
+    def teacher_shape(self) -> Shape:
+        return teacher_shape(self.family, self.teacher_config)
+
+    def meets_target(self, c: Candidate) -> bool:
+        """Trained, keeping the retention on validation, and fast enough as trained."""
+        return c.trained and c.validation_retention >= self.cfg.min_retention and self.fast_as_trained(c)
 
     def fast_as_trained(self, c: Candidate, margin: float = 1.0) -> bool:
         """Whether `c`'s trained model, as timed beside the teacher, meets the speed target within `margin` (True

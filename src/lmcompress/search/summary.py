@@ -70,7 +70,7 @@ def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dic
         trained = (f"yes ({c.rounds}, best {c.best_round})" if c.rounds > 1 else "yes") if c.trained else "no"
         timed = f"{c.measured['speedup']:.1f}x" if c.measured else "-"
         lines.append(f"| {c.name} | {c.predicted['speedup']:.1f}x | {timed} | {screen} | {val} | {trained} | "
-                     f"{c.note} |")
+                     f"{c.reason} |")
     lines += ["", "Latency predicted from random weights vs measured in this report:", "",
               "| candidate | predicted ms | measured ms | measured / predicted |", "|---|---|---|---|"]
     lines += [f"| {x['name']} | {x['predicted_ms']:.1f} | {x['measured_ms']:.1f} | {x['measured_over_predicted']:.2f} |"

@@ -37,7 +37,7 @@ from ..models.heads import saved_head
 from ..models.load import first_line, load_causal_lm, load_encoder, load_tokenizer
 from ..models.trust import remote_code_allowed
 from ..models.outputs import forward, mean_pool
-from ..runs.manifest import EMBEDDING_TASK, MANIFEST, is_embedding_run, is_language_model, read_run_manifest
+from ..runs.manifest import EMBEDDING_TASK, MANIFEST, Manifest, read_manifest
 
 log = logging.getLogger("lmcompress")
 DEFAULT_BATCH = 32
@@ -62,9 +62,9 @@ class ModelCard:
         return asdict(self)
 
 
-def _recorded_max_length(manifest: dict[str, Any], tokenizer) -> int:
+def _recorded_max_length(manifest: Manifest, tokenizer) -> int:
     """The max length the run was trained with (lmcompress.json), else the tokenizer's own limit (at most 512)."""
-    data = (manifest.get("config") or {}).get("data") or {}
+    data = manifest.data_options
     if data.get("max_length"):
         return int(data["max_length"])
     limit = getattr(tokenizer, "model_max_length", None) or 512
@@ -261,11 +261,11 @@ class QuestionAnswerer(Predictor):
     def qa_settings(self) -> tuple[qa.QAOptions, bool]:
         """How the run windows and decodes (its data config), and whether it may answer nothing (trained on data
         with unanswerable questions)."""
-        manifest = read_run_manifest(Path(self.card.run)) or {}
-        data = (manifest.get("config") or {}).get("data") or {}
+        manifest = read_manifest(Path(self.card.run))
+        data = manifest.data_options
         options = qa.QAOptions(doc_stride=data.get("doc_stride") or qa.default_stride(self.card.max_length),
                                max_answer_length=data.get("max_answer_length") or 30)
-        return options, bool((manifest.get("data") or {}).get("unanswerable"))
+        return options, bool((manifest.data or {}).get("unanswerable"))
 
 
 class SentenceEncoder(Predictor):
@@ -316,15 +316,15 @@ def _config(folder: Path):
         raise LmcError(f"cannot read {folder}/config.json: {first_line(exc)}") from None
 
 
-def _task_and_labels(folder: Path, manifest: dict[str, Any]) -> tuple[str, list[str]]:
+def _task_and_labels(folder: Path, manifest: Manifest) -> tuple[str, list[str]]:
     """The task a run serves and its label names, from its manifest and its head."""
-    kind = (manifest.get("task") or {}).get("type")
+    kind = manifest.task_type
     if (folder / GGUF_FILE).is_file() or kind == "clm":
         return "text-generation", []
-    if is_language_model(manifest):
+    if manifest.is_language_model:
         raise LmcError(f"{folder} is a masked-LM run ({kind}): predict and serve take task models, sentence "
                        "encoders and causal LMs; fine-tune or distil it for a task first")
-    if is_embedding_run(manifest):
+    if manifest.is_embedding_run:
         return EMBEDDING_TASK, []
     if static.is_static_dir(folder):
         head = static.head_config(folder)
@@ -352,11 +352,11 @@ def _runtime(folder: Path) -> str:
     return run_backend(folder).removesuffix("-bf16")
 
 
-def _precision(folder: Path, manifest: dict[str, Any]) -> str:
+def _precision(folder: Path, manifest: Manifest) -> str:
     """The arithmetic served, as compare labels it (backends.serving.arithmetic: int8, bf16 where an OpenVINO IR runs
     in bf16 here, fp16, fp32); a GGUF file's stored type, which transformers dequantises into fp32 to run it."""
     if (folder / GGUF_FILE).is_file():
-        return f"{(manifest.get('export') or {}).get('precision', 'gguf')} file, run in fp32"
+        return f"{(manifest.export or {}).get('precision', 'gguf')} file, run in fp32"
     return arithmetic(folder, run_backend(folder))
 
 
@@ -366,7 +366,7 @@ def _model_and_tokenizer(folder: Path, task: str, threads: int | None) -> tuple[
     return _model(folder, task, threads), load_tokenizer(folder)
 
 
-def _max_length(manifest: dict[str, Any], task: str, model: torch.nn.Module, tokenizer) -> int:
+def _max_length(manifest: Manifest, task: str, model: torch.nn.Module, tokenizer) -> int:
     """Tokens per text: what the run was trained with; for generation, every position the model has."""
     config = getattr(model, "config", None)
     positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -405,7 +405,7 @@ def load(run: str | Path, threads: int | None = None, batch_size: int = DEFAULT_
         if threads < 1:
             raise LmcError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    manifest = read_run_manifest(folder) or {}
+    manifest = read_manifest(folder)
     task, labels = _task_and_labels(folder, manifest)
     if task not in PREDICTORS:
         raise LmcError(f"{folder} is a {task} model, which predict and serve do not take yet")
@@ -413,5 +413,5 @@ def load(run: str | Path, threads: int | None = None, batch_size: int = DEFAULT_
     runtime = _runtime(folder)
     card = ModelCard(run=str(folder), task=task, runtime=runtime, precision=_precision(folder, manifest),
                      labels=labels, max_length=_max_length(manifest, task, model, tokenizer), params=count_params(model),
-                     has_pair=task == "question-answering" or bool((manifest.get("task") or {}).get("has_pair")))
+                     has_pair=task == "question-answering" or bool(manifest.task and manifest.task.has_pair))
     return PREDICTORS[task](model, tokenizer, card, batch_size)

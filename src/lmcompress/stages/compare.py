@@ -19,7 +19,7 @@ from ..report import pareto_front, plot_pareto, print_table, render_html, render
 from ..roofline import matmul_peaks
 from ..runkinds import TASK, kind_for_comparison
 from ..runs.files import replace_folder, write_json_atomic
-from ..runs.manifest import read_run_manifest, versions
+from ..runs.manifest import read_manifest, versions
 from ..timing import per_round_ratios, quartiles
 
 
@@ -46,7 +46,7 @@ def compare(cfg: CompareConfig) -> dict[str, Any]:
             raise LmcError(f"--teacher {cfg.teacher} is not one of the runs ({', '.join(names)})")
         teacher_index = matches[0]
     threads = cfg.threads or torch.get_num_threads()
-    manifests = [read_run_manifest(folder) or {} for folder in folders]
+    manifests = [read_manifest(folder) for folder in folders]
     kind = kind_for_comparison(manifests, teacher_index)
     if cfg.backends != "run" and kind is not TASK:
         raise LmcError("--backends auto times task models on each runtime; embedding and language-model runs are "

@@ -28,10 +28,10 @@ from ..models.hub import is_hub_id, resolve_hub_id
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
 from ..runkinds.task import MAIN_METRIC, finish_run, score_split
 from ..distributed import is_main_process, num_processes, on_every_process
-from ..runs.manifest import data_config_for, read_run_manifest, run_manifest
+from ..runs.manifest import PruningRecord, data_config_for, read_manifest, run_manifest
 from ..runs.rundir import RunDir
 from ..surgery.albert import albert_from_bert, parse_albert_spec
-from ..training import fit
+from ..training import BatchOrder, fit
 from ..distillation.augment import EmbeddingNeighbours, word_replaced_texts
 from ..distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
 from ..distillation.components import (TEACHER_PREFIX, DistillModule, Needs, PairedCollator, TeacherOutputs, fill_teacher_cache,
@@ -56,12 +56,15 @@ class Training:
     cache: TeacherCache | None
     needs: Needs
     layer_map: list[int]
+    batch_order: BatchOrder | None = None  # another batch order than fit's (the TextBrewer benchmark's)
 
 
-def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | None = None,
-            request: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`stage`/`extra`/`request` let stages built on distillation (prune recovery) name themselves in
-    lmcompress.json and recognise their own interrupted runs."""
+def distill(cfg: DistillConfig, stage: str = "distill", pruning: PruningRecord | None = None,
+            records: dict[str, Any] | None = None, request: dict[str, Any] | None = None,
+            batch_order: BatchOrder | None = None) -> dict[str, Any]:
+    """`stage`/`pruning`/`records`/`request` let stages built on distillation (prune's recovery) name themselves in
+    lmcompress.json, record what they did, and recognise their own interrupted runs; `batch_order` replaces the
+    shuffled order of the training rows (see training.samplers.BatchOrder)."""
     run = RunDir(cfg.out)
     request = request or to_dict(cfg)
     cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
@@ -75,7 +78,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
     if is_static_spec(cfg.student):
         return distill_static(cfg, run, request, teacher, teacher_dir, tokenizer, task_data, data_cfg)
     student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
-    kept = ((extra or {}).get("pruning") or {}).get("kept_layers")  # prune's recovery: the layers it just kept
+    kept = pruning.kept_layers if pruning else None  # prune's recovery: the layers it just kept
     if copied is None and kept and len(kept) == layer_count(student.config):
         copied = kept
     check_max_length(student.config, data_cfg.max_length)
@@ -94,7 +97,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
         module = DistillModule(student, model_width(student.config), model_width(teacher.config),
                                projection_count(cfg.loss, layer_map))
         cache = _teacher_cache(cfg, teacher, teacher_dir, teacher_ids, needs, task_data.task)
-        training = Training(module, teacher, train_set, collate, cache, needs, layer_map)
+        training = Training(module, teacher, train_set, collate, cache, needs, layer_map, batch_order)
         try:
             if cache is not None:  # the teacher's pass, once, before training: every epoch then reads the cache
                 fill_teacher_cache(cache, train_set, teacher_ids, collate,
@@ -115,7 +118,7 @@ def distill(cfg: DistillConfig, stage: str = "distill", extra: dict[str, Any] | 
                 student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
                          "layers": layer_count(student.config), "hidden": model_width(student.config)},
                 teacher_cache=cache_stats, processes=num_processes(), teacher_sharding=sharding,
-                augmentation=augment_record, teacher_hub=teacher_hub, **(extra or {})),
+                augmentation=augment_record, teacher_hub=teacher_hub, pruning=pruning, **(records or {})),
             wall_time_s=round(result.wall_time_s, 1))
     if cache_stats is not None:
         log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
@@ -187,7 +190,7 @@ def _train(cfg: DistillConfig, run: RunDir, training: Training, task_data, stude
                                     task_data.task, cfg.teacher_precision, phase)
         return fit(training.module, training.train_set, training.collate, train_cfg, loss_fn=loss_fn,
                    evaluate_fn=evaluate_fn, monitor=MAIN_METRIC[task_data.task], higher_is_better=True,
-                   run_folder=folder, resume=resume,
+                   run_folder=folder, resume=resume, batch_order=training.batch_order,
                    description=f"distill {Path(cfg.out).name}" + (f" ({phase} layers)" if phase != "all" else ""))
 
     if cfg.intermediate_epochs <= 0:
@@ -278,14 +281,5 @@ def layers_cut_from(folder: Path, teacher_dir: Path, n_teacher: int) -> list[int
     """The teacher layers a student folder's layers are copies of, when it was cut from this very teacher (a
     prune run keeps whole layers of its parent; a distill run records what its student copied), so the hidden-state
     loss pairs each layer with the one it came from instead of spacing them evenly. None for anything else."""
-    manifest = read_run_manifest(folder) or {}
-    parent = manifest.get("parent")
-    if not parent or Path(parent).resolve() != teacher_dir.resolve():
-        return None
-    if manifest.get("stage") == "prune":
-        kept = (manifest.get("pruning") or {}).get("kept_layers")
-    elif manifest.get("stage") == "distill":
-        kept = (manifest.get("student") or {}).get("teacher_layers_copied")
-    else:
-        return None
+    kept = read_manifest(folder).layers_kept_from(teacher_dir)
     return kept if kept and all(0 <= i < n_teacher for i in kept) else None

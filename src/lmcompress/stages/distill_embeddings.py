@@ -25,7 +25,7 @@ from ..models import presets
 from ..models.load import load_encoder, load_tokenizer, resolve
 from ..runkinds.embedding import embed, pairs_fingerprint, score_encoder, score_pairs, sentence_data
 from ..distributed import num_processes
-from ..runs.manifest import EMBEDDING_TASK, stage_manifest, training_record
+from ..runs.manifest import EMBEDDING_TASK, TaskRecord, TrainingRecord, stage_manifest
 from ..runs.rundir import RunDir, finish_stage, initial_scores
 from ..training import fit
 from ..distillation.components import DistillModule
@@ -117,6 +117,6 @@ def distill_embeddings(cfg: EmbeddingDistillConfig) -> dict[str, Any]:
             data={"source": corpus_source, "seed": cfg.data.split_seed, "train_sentences": len(train_sentences),
                   "pairs": len(pairs), "validation_documents": sentences.validation_documents,
                   "pairs_fingerprint": pairs_fingerprint(pairs)},
-            task={"type": EMBEDDING_TASK}, train=training_record(result), processes=num_processes(),
+            task=TaskRecord(EMBEDDING_TASK), train=TrainingRecord.of(result), processes=num_processes(),
             student={"spec": cfg.student, "teacher_layers_copied": copied, "hidden": student.config.hidden_size}),
             wall_time_s=round(result.wall_time_s, 1))

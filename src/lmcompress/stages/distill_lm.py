@@ -32,7 +32,7 @@ from ..objectives import IGNORE, LMOutputs, lm_forward, pretraining_loss
 from ..runkinds.lm import (LMData, cache_root, collator, corpus, examples_fingerprint, finish_lm_run, prepare_data,
                            score_lm, training_set)
 from ..distributed import num_processes, on_all_processes, on_every_process
-from ..runs.manifest import stage_manifest
+from ..runs.manifest import PruningRecord, TaskRecord, stage_manifest
 from ..runs.rundir import RunDir, initial_scores
 from ..training import fit
 from ..distillation import losses
@@ -106,10 +106,12 @@ def check_vocabularies(teacher_tokenizer, student_tokenizer) -> None:
             "(lmcompress distill), where each side may tokenise the raw text itself")
 
 
-def distill_lm(cfg: LMDistillConfig, stage: str = "distill-lm", extra: dict[str, Any] | None = None,
-               request: dict[str, Any] | None = None, metrics_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`stage`/`extra`/`request`/`metrics_extra` let stages built on it (prune-lm's recovery) name themselves in
-    lmcompress.json, add to metrics.json and recognise their own interrupted runs."""
+def distill_lm(cfg: LMDistillConfig, stage: str = "distill-lm", pruning: PruningRecord | None = None,
+               records: dict[str, Any] | None = None, request: dict[str, Any] | None = None,
+               metrics_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`stage`/`pruning`/`records`/`request`/`metrics_extra` let stages built on it (prune-lm's recovery) name
+    themselves in lmcompress.json, record what they did, add to metrics.json and recognise their own interrupted
+    runs."""
     run = RunDir(cfg.out)
     request = request or to_dict(cfg)
     cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
@@ -173,9 +175,9 @@ def distill_lm(cfg: LMDistillConfig, stage: str = "distill-lm", extra: dict[str,
         if cache_stats is not None:
             log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
         return finish_lm_run(run, pcfg, student, tokenizer, data, result, initial, lambda train: stage_manifest(
-            stage, str(teacher.path), to_dict(cfg), **(extra or {}),
+            stage, str(teacher.path), to_dict(cfg), pruning=pruning, **(records or {}),
             data={"source": corpus_source, "seed": cfg.data.split_seed, **data.record},
-            task={"type": objective, "family": student.config.model_type}, train=train, processes=num_processes(),
+            task=TaskRecord(objective, family=student.config.model_type), train=train, processes=num_processes(),
             teacher_sharding=sharding,
             lm_config=to_dict(pcfg), teacher_metrics=teacher_scores,
             student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,

@@ -11,7 +11,7 @@ from ..backends.gguf_file import GGUF_FILE
 from ..errors import LmcError
 from ..runkinds import kind_of
 from ..runs.files import write_json_atomic
-from ..runs.manifest import METRICS, read_run_manifest
+from ..runs.manifest import METRICS, read_manifest
 
 
 def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -20,7 +20,7 @@ def evaluate_run(cfg: EvaluateConfig) -> dict[str, Any]:
     folder = Path(cfg.model).expanduser()
     if not folder.is_dir() or not any((folder / name).is_file() for name in ("config.json", GGUF_FILE)):
         raise LmcError(f"--model {cfg.model} is not a run directory or Hugging Face checkpoint (no config.json)")
-    manifest = read_run_manifest(folder) or {}
+    manifest = read_manifest(folder)
     payload = kind_of(manifest).evaluate(folder, manifest, cfg)
     out_dir = Path(cfg.out).expanduser() if cfg.out else folder
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from ..errors import LmcError
 from ..measure import count_params
 from ..models.load import load_tokenizer
 from ..runkinds.lm import collator, run_validation_set, score_lm
-from ..runs.manifest import is_language_model, read_run_manifest, stage_manifest
+from ..runs.manifest import Manifest, TaskRecord, read_manifest, stage_manifest
 from ..runs.rundir import RunDir, finish_stage
 
 log = logging.getLogger("lmcompress")
@@ -27,7 +27,7 @@ GGUF_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5}
 CHECK_BLOCKS = 8  # validation blocks whose logits are compared
 
 
-def _source(cfg: ExportConfig) -> tuple[Path, dict[str, Any]]:
+def _source(cfg: ExportConfig) -> tuple[Path, Manifest]:
     """The run to export, checked before any slow work -> (folder, manifest)."""
     source = Path(cfg.model).expanduser()
     if not (source / "config.json").is_file():
@@ -35,22 +35,22 @@ def _source(cfg: ExportConfig) -> tuple[Path, dict[str, Any]]:
     gguf_file.require_gguf()
     gguf_file.check_architecture(AutoConfig.from_pretrained(str(source), local_files_only=True))
     gguf_file.check_tokenizer(load_tokenizer(source))
-    manifest = read_run_manifest(source) or {}
-    if not is_language_model(manifest) or (manifest.get("task") or {}).get("type") != "clm":
+    manifest = read_manifest(source)
+    if manifest.task_type != "clm":
         raise LmcError(f"--format gguf exports causal-LM runs (pretrain --objective clm, distill-lm, prune-lm); "
                        f"{cfg.model} is not one (its validation blocks check the file)")
     return source, manifest
 
 
-def _tokenizer_pre(manifest: dict[str, Any], depth: int = 8) -> str:
+def _tokenizer_pre(manifest: Manifest, depth: int = 8) -> str:
     """llama.cpp's pre-tokenizer name: that of the .gguf file the run descends from (a student distilled or pruned
     from one shares its tokenizer; parents are followed through their run manifests), else 'default'."""
-    parent = Path(str(manifest.get("parent", "")))
+    parent = Path(str(manifest.parent or ""))
     if parent.suffix == ".gguf" and parent.is_file():
         field = gguf_file.require_gguf().GGUFReader(str(parent)).fields.get("tokenizer.ggml.pre")
         return field.contents() if field is not None else "default"
-    upstream = read_run_manifest(parent) if depth and parent.is_dir() else None
-    return _tokenizer_pre(upstream, depth - 1) if upstream else "default"
+    upstream = read_manifest(parent) if manifest.parent and depth and parent.is_dir() else None
+    return _tokenizer_pre(upstream, depth - 1) if upstream is not None and upstream.is_run else "default"
 
 
 @torch.inference_mode()
@@ -97,6 +97,6 @@ def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
 
         return finish_stage(run, write, lambda metrics: stage_manifest(
             "export", str(source), to_dict(cfg), data={"source": corpus_source, **data.record},
-            task={"type": "clm", "family": model.config.model_type}, lm_config=to_dict(pcfg),
+            task=TaskRecord("clm", family=model.config.model_type), lm_config=to_dict(pcfg),
             export={"format": "gguf", "precision": cfg.precision, "file": gguf_file.GGUF_FILE,
                     "validation": validation, "tokenizer_pre": pre}))

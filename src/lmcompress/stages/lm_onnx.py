@@ -20,7 +20,7 @@ from ..backends.onnx import MODEL_FILE, OnnxClassifier, require_onnx
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..errors import LmcError
 from ..runkinds.lm import collator, lm_metrics_payload, run_validation_set, score_lm
-from ..runs.manifest import METRICS, read_run_manifest, stage_manifest
+from ..runs.manifest import METRICS, TaskRecord, read_manifest, stage_manifest
 from ..runs.rundir import RunDir, finish_stage
 
 log = logging.getLogger("lmcompress")
@@ -33,9 +33,8 @@ FP16_LOGIT_TOLERANCE = 0.5
 
 def lm_objective(spec: str) -> str | None:
     """The LM objective of a run folder (clm, mlm, ...), None for any other run."""
-    manifest = read_run_manifest(Path(spec).expanduser()) or {}
-    kind = (manifest.get("task") or {}).get("type")
-    return kind if kind in ("clm", "mlm", "mlm+nsp", "mlm+sop") else None
+    manifest = read_manifest(Path(spec).expanduser())
+    return manifest.task_type if manifest.is_language_model else None
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,7 +99,7 @@ def onnx_lm(cfg: ExportConfig | QuantizeConfig, stage: str) -> dict[str, Any]:
             "export": record | {"format": "onnx", "precision": precision}}
         return finish_stage(run, write, lambda metrics: stage_manifest(
             stage, str(source), to_dict(cfg), data={"source": corpus_source, **data.record},
-            task={"type": "clm", "family": model.config.model_type}, lm_config=to_dict(pcfg), **extra))
+            task=TaskRecord("clm", family=model.config.model_type), lm_config=to_dict(pcfg), **extra))
 
 
 def _parent_perplexity(source: Path) -> float | None:

@@ -23,7 +23,7 @@ from ..models.load import load_for_pretraining, load_tokenizer, model_family, re
 from ..objectives import lm_forward, pretraining_loss
 from ..runkinds.lm import cache_root, collator, corpus, finish_lm_run, prepare_data, score_lm, training_set
 from ..distributed import is_main_process, num_processes
-from ..runs.manifest import stage_manifest
+from ..runs.manifest import TaskRecord, stage_manifest
 from ..runs.rundir import RunDir, initial_scores
 from ..training import fit
 
@@ -79,4 +79,4 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         return finish_lm_run(run, cfg, model, tokenizer, data, result, initial, lambda train: stage_manifest(
             "pretrain", str(source.path) if source.path else source.spec, to_dict(cfg),
             data={"source": corpus_source, "seed": cfg.data.split_seed, **data.record},
-            task={"type": cfg.objective, "family": family}, train=train, processes=num_processes()))
+            task=TaskRecord(cfg.objective, family=family), train=train, processes=num_processes()))

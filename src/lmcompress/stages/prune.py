@@ -18,7 +18,7 @@ from ..models.families import check_max_length, require_family
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..runkinds.task import finish_run
 from ..distributed import is_main_process, wait_for_everyone
-from ..runs.manifest import data_config_for, stage_manifest
+from ..runs.manifest import PruningRecord, data_config_for, stage_manifest
 from ..runs.rundir import RunDir
 from ..surgery.prune import importance_scores, plan, prune_model
 from .distill import distill
@@ -48,14 +48,14 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     pruned, kept = prune_model(model, scores, target)
     before, after = (sum(p.numel() for p in m.parameters()) for m in (model, pruned))
     config = model.config
-    record = {"kept_layers": kept, "heads_per_layer": f"{family.heads(config)} -> {target.heads}",
-              "head_size": target.head_size, "hidden": f"{family.width(config)} -> {target.hidden}",
-              "ffn_per_layer": f"{family.ffn(config)} -> {target.ffn}", "params": f"{before:,} -> {after:,}",
-              "importance": "sum over examples of |sum over tokens of activation x gradient|",
-              "calibration_examples": len(rows), "recovery": cfg.recovery,
-              "layer_importance": [round(x, 6) for x in scores.layers.tolist()]}
-    log.info("pruned: layers %s, heads %s, hidden %s, ffn %s, params %s", kept, record["heads_per_layer"],
-             record["hidden"], record["ffn_per_layer"], record["params"])
+    record = PruningRecord(kept, shape={
+        "heads_per_layer": f"{family.heads(config)} -> {target.heads}", "hidden": f"{family.width(config)} -> {target.hidden}",
+        "ffn_per_layer": f"{family.ffn(config)} -> {target.ffn}", "params": f"{before:,} -> {after:,}"}, details={
+        "head_size": target.head_size, "importance": "sum over examples of |sum over tokens of activation x gradient|",
+        "calibration_examples": len(rows), "recovery": cfg.recovery,
+        "layer_importance": [round(x, 6) for x in scores.layers.tolist()]})
+    log.info("pruned: layers %s, heads %s, hidden %s, ffn %s, params %s", kept, *(record.shape[k] for k in (
+        "heads_per_layer", "hidden", "ffn_per_layer", "params")))
     if target.hidden != model.config.hidden_size and cfg.hidden is None:
         log.info("BERT-family configs tie hidden = heads x head size, so the hidden width follows the kept heads "
                  "(pass --hidden to choose it)")
@@ -68,7 +68,7 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
     return _recover(cfg, source, pruned, tokenizer, record)
 
 
-def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: dict[str, Any]) -> dict[str, Any]:
+def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: PruningRecord) -> dict[str, Any]:
     """Distil the pruned model from the unpruned one (the distill stage; `finetune` = labels only)."""
     init = Path(cfg.out).expanduser()
     init = init.with_name(f".{init.name}.pruned-init")
@@ -84,7 +84,7 @@ def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: dict[str
     distill_cfg = DistillConfig(teacher=str(source), student=str(init), out=cfg.out, resume=cfg.resume or None,
                                 overwrite=cfg.overwrite, data=cfg.data, train=cfg.train, loss=loss)
     try:
-        return distill(distill_cfg, stage="prune", extra={"pruning": record, "prune_config": to_dict(cfg)},
+        return distill(distill_cfg, stage="prune", pruning=record, records={"prune_config": to_dict(cfg)},
                        request=to_dict(cfg))
     finally:
         if is_main_process():

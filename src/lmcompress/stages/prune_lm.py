@@ -30,7 +30,7 @@ from ..models.families import FAMILIES, require_family
 from ..models.load import lm_family, load_lm_teacher
 from ..runkinds.lm import cache_root, collator, corpus, lm_metrics_payload, prepare_data, score_lm
 from ..distributed import is_main_process, wait_for_everyone
-from ..runs.manifest import METRICS, is_complete, stage_manifest
+from ..runs.manifest import METRICS, PruningRecord, TaskRecord, is_complete, stage_manifest
 from ..runs.rundir import RunDir, finish_stage
 from .pretrain import pretrain
 from ..surgery.prune import importance_scores, plan, prune_model
@@ -63,22 +63,23 @@ def prune_lm(cfg: PruneLMConfig) -> dict[str, Any]:
     pruned, kept = prune_model(teacher.model, importance_scores(teacher.model, loader), target)
     config, new = teacher.model.config, pruned.config
     before, after = (sum(p.numel() for p in m.parameters()) for m in (teacher.model, pruned))
-    record = {"kept_layers": kept, "layers": f"{family.depth(config)} -> {family.depth(new)}",
-              "heads_per_layer": f"{family.heads(config)} -> {family.heads(new)}",
-              "kv_heads_per_layer": f"{family.kv_heads(config)} -> {family.kv_heads(new)}",
-              "hidden": f"{family.width(config)} -> {family.width(new)}",
-              "ffn_per_layer": f"{family.ffn(config)} -> {family.ffn(new)}", "params": f"{before:,} -> {after:,}",
-              "params_ratio": round(after / before, 4), "calibration_blocks": len(blocks),
-              "importance": "heads, FFN neurons, channels: sum over blocks of |sum over tokens of activation x "
-                            "gradient| of the LM loss; layers: sum over tokens of 1 - cos(layer input, output)",
-              "recovery": cfg.recovery}
-    log.info("pruned: layers %s, heads %s (KV %s), hidden %s, ffn %s, params %s (%.0f%%)", record["layers"],
-             record["heads_per_layer"], record["kv_heads_per_layer"], record["hidden"], record["ffn_per_layer"],
-             record["params"], 100 * record["params_ratio"])
+    record = PruningRecord(kept, shape={
+        "layers": f"{family.depth(config)} -> {family.depth(new)}",
+        "heads_per_layer": f"{family.heads(config)} -> {family.heads(new)}",
+        "kv_heads_per_layer": f"{family.kv_heads(config)} -> {family.kv_heads(new)}",
+        "hidden": f"{family.width(config)} -> {family.width(new)}",
+        "ffn_per_layer": f"{family.ffn(config)} -> {family.ffn(new)}", "params": f"{before:,} -> {after:,}"}, details={
+        "params_ratio": round(after / before, 4), "calibration_blocks": len(blocks),
+        "importance": "heads, FFN neurons, channels: sum over blocks of |sum over tokens of activation x gradient| of "
+                      "the LM loss; layers: sum over tokens of 1 - cos(layer input, output)",
+        "recovery": cfg.recovery})
+    log.info("pruned: layers %s, heads %s (KV %s), hidden %s, ffn %s, params %s (%.0f%%)", *(record.shape[k] for k in (
+        "layers", "heads_per_layer", "kv_heads_per_layer", "hidden", "ffn_per_layer", "params")),
+        100 * record.details["params_ratio"])
     baseline = _baseline(cfg, pruned, teacher.tokenizer) if cfg.baseline else None
     if cfg.recovery == "none":
-        return _finish_unrecovered(cfg, run, request, pruned, teacher, pcfg, data, record | {"corpus": source},
-                                   baseline)
+        record.details["corpus"] = source
+        return _finish_unrecovered(cfg, run, request, pruned, teacher, pcfg, data, record, source, baseline)
     tokenizer = teacher.tokenizer
     del teacher  # distill-lm loads the unpruned model again: one copy in memory, not two
     gc.collect()
@@ -132,7 +133,7 @@ def _baseline(cfg: PruneLMConfig, pruned, tokenizer) -> dict[str, Any]:
     return {"run": str(out), "metrics": metrics, "init": "random", "teacher": None}
 
 
-def _recover(cfg: PruneLMConfig, request: dict[str, Any], pruned, tokenizer, record: dict[str, Any],
+def _recover(cfg: PruneLMConfig, request: dict[str, Any], pruned, tokenizer, record: PruningRecord,
              baseline: dict[str, Any] | None) -> dict[str, Any]:
     """Distil the pruned model from the unpruned one (distill-lm, top-k cache), recorded as this prune-lm run."""
     init = _saved(pruned, tokenizer, _hidden_sibling(cfg.out, "pruned-init"))
@@ -141,7 +142,7 @@ def _recover(cfg: PruneLMConfig, request: dict[str, Any], pruned, tokenizer, rec
                                   teacher_precision=cfg.teacher_precision, fsdp=cfg.fsdp, data=cfg.data,
                                   train=cfg.train, loss=cfg.loss)
     try:
-        return distill_lm(distill_cfg, stage="prune-lm", extra={"pruning": record, "prune_config": request},
+        return distill_lm(distill_cfg, stage="prune-lm", pruning=record, records={"prune_config": request},
                           request=request, metrics_extra={"baseline": baseline} if baseline else None)
     finally:
         if is_main_process():
@@ -149,7 +150,7 @@ def _recover(cfg: PruneLMConfig, request: dict[str, Any], pruned, tokenizer, rec
 
 
 def _finish_unrecovered(cfg: PruneLMConfig, run: RunDir, request: dict[str, Any], pruned, teacher, pcfg, data,
-                        record: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
+                        record: PruningRecord, source: str, baseline: dict[str, Any] | None) -> dict[str, Any]:
     """--recovery none: the pruned model as it is, scored on the fixed validation set."""
     run.begin(cfg.overwrite, False, request)
     tokenizer = teacher.tokenizer
@@ -165,7 +166,7 @@ def _finish_unrecovered(cfg: PruneLMConfig, run: RunDir, request: dict[str, Any]
 
     with run.guard():
         return finish_stage(run, write, lambda metrics: stage_manifest(
-            "prune-lm", str(teacher.path), request, data={"source": record["corpus"], "seed": cfg.data.split_seed,
+            "prune-lm", str(teacher.path), request, data={"source": source, "seed": cfg.data.split_seed,
                                                            **data.record},
-            task={"type": "clm", "family": pruned.config.model_type}, lm_config=to_dict(pcfg),
+            task=TaskRecord("clm", family=pruned.config.model_type), lm_config=to_dict(pcfg),
             teacher_metrics=teacher_scores, pruning=record, prune_config=request))

@@ -27,7 +27,7 @@ from ..errors import LmcError
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..runkinds.task import score_test
 from ..runs.files import write_json_atomic
-from ..runs.manifest import METRICS, data_config_for, quantization_method, stage_manifest
+from ..runs.manifest import METRICS, Manifest, data_config_for, read_manifest, stage_manifest
 from ..runs.rundir import RunDir
 from ..backends import onnx_io
 from .lm_onnx import lm_objective, onnx_lm
@@ -42,7 +42,7 @@ def _source_run(spec: str) -> Path:
     if (folder / MODEL_FILE).is_file() or (folder / ov_backend.IR_FILE).is_file():
         kind = "an ONNX" if (folder / MODEL_FILE).is_file() else "an OpenVINO"
         raise LmcError(f"--model {spec} is already {kind} run; quantize or export its PyTorch parent instead")
-    if quantization_method(folder):
+    if read_manifest(folder).quantization_method:
         raise LmcError(f"--model {spec} is already quantized; start from its fp32 parent")
     return folder
 
@@ -120,17 +120,17 @@ def openvino_record(precision: str) -> dict[str, Any]:
     return {"precision": precision, "library": f"openvino {metadata.version('openvino')}"}
 
 
-def onnx_manifest(stage: str, source: Path, cfg, data_cfg, task_data, **extra: Any) -> dict[str, Any]:
+def onnx_manifest(stage: str, source: Path, cfg, data_cfg, task_data, **extra: Any) -> Manifest:
     return stage_manifest(stage, str(source), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, **extra)
 
 
-def finish_onnx_run(run: RunDir, model, tokenizer, task_data, max_length: int, manifest: dict[str, Any],
-            parent_metrics: dict[str, Any] | None) -> dict[str, Any]:
+def finish_onnx_run(run: RunDir, model, tokenizer, task_data, max_length: int, manifest: Manifest,
+                    parent_metrics: dict[str, Any] | None) -> dict[str, Any]:
     metrics = score_test(model, tokenizer, task_data, run.partial, max_length, 64)
     if parent_metrics:
         main = metrics["main_metric"]
         metrics["delta_vs_parent"] = round(metrics["metrics"][main] - parent_metrics["metrics"][main], 6)
-        manifest["delta_vs_parent"] = {main: metrics["delta_vs_parent"]}
+        manifest.records["delta_vs_parent"] = {main: metrics["delta_vs_parent"]}
     write_json_atomic(run.partial / METRICS, metrics)
     final = run.commit(manifest)
     metrics["path"] = str(final)

@@ -33,7 +33,7 @@ from ..machine import cpu_has_bf16
 from ..distributed import on_all_processes, process_state
 from .checkpoint import BATCH_ORDER, LoopState, load_checkpoint, rng_state, save_checkpoint
 from .logs import TrainLogs, progress_bar
-from .samplers import make_loader, order_seed
+from .samplers import BatchOrder, make_loader, order_seed
 from .signals import Signals
 
 log = logging.getLogger("lmcompress")
@@ -311,13 +311,13 @@ class _Loop:
 
 def fit(model: torch.nn.Module, train_data: Dataset, collate: Callable, cfg: TrainConfig, *, loss_fn: LossFn,
         evaluate_fn: EvalFn, monitor: str, higher_is_better: bool, run_folder: Path, resume: bool,
-        description: str = "training") -> FitResult:
+        description: str = "training", batch_order: BatchOrder | None = None) -> FitResult:
     """Train `model` in place; on return it holds the best (or last) weights."""
     accelerator = _accelerator(cfg)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    loader = make_loader(train_data, collate, cfg)
+    loader = make_loader(train_data, collate, cfg, batch_order)
     if len(loader) == 0:
         raise LmcError("the training split is empty")
     # the steps are counted on this rank's share of the batches: with the whole loader's count, N processes would

@@ -3,8 +3,10 @@ replays the same batches."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from ..config import TrainConfig
@@ -46,11 +48,19 @@ class LengthGroupedEpochSampler(torch.utils.data.Sampler):
         return len(self.lengths)
 
 
-def make_loader(train_data: Dataset, collate, cfg: TrainConfig) -> DataLoader:
-    """Batches of the training data in a seeded order (length-grouped with --group-by-length)."""
+# rows -> a sampler of row indices with set_epoch(epoch): another batch order (a benchmark replaying another
+# library's order) in place of the shuffled or length-grouped one
+BatchOrder = Callable[[int], Sampler]
+
+
+def make_loader(train_data: Dataset, collate, cfg: TrainConfig, batch_order: BatchOrder | None = None) -> DataLoader:
+    """Batches of the training data in a seeded order (length-grouped with --group-by-length), or in `batch_order`."""
     # a generator even for the length-grouped order: without one the loader draws its worker seed from the global
     # RNG, which would shift dropout between a straight run and a resumed one
     generator = torch.Generator().manual_seed(cfg.seed)
+    if batch_order is not None:
+        return DataLoader(train_data, batch_size=cfg.batch_size, sampler=batch_order(len(train_data)),
+                          collate_fn=collate, generator=generator)
     if cfg.group_by_length:
         sampler = LengthGroupedEpochSampler(example_lengths(train_data), cfg.batch_size, cfg.seed)
         return DataLoader(train_data, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
