@@ -59,7 +59,8 @@ def _speed(pruned: Path, new_tokens: int, rounds: int) -> tuple[dict, dict]:
 
     from lmcompress.measure import generation_speed
     from lmcompress.models.load import load_lm_teacher
-    from lmcompress.runkinds.lm import collator, latency_batch, run_validation_set
+    from lmcompress.data.pretraining import collator
+    from lmcompress.runkinds.lm import latency_batch, run_validation_set
     from lmcompress.timing import interleaved_rounds, quartiles
 
     _, tokenizer, data, _ = run_validation_set(pruned)

@@ -50,7 +50,8 @@ def _teacher_latency(distilled: Path, repeats: int) -> dict[str, float]:
 
     from lmcompress.measure import measure_latency
     from lmcompress.models.load import load_lm_teacher
-    from lmcompress.runkinds.lm import collator, latency_batch, run_validation_set
+    from lmcompress.data.pretraining import collator
+    from lmcompress.runkinds.lm import latency_batch, run_validation_set
 
     cfg, tokenizer, data, _ = run_validation_set(distilled)
     teacher = load_lm_teacher("smollm2-135m", "clm").model

@@ -26,7 +26,7 @@ from ..errors import LmcError
 from ..measure import count_params, latency_for_texts, weights_size_bytes
 from ..models.outputs import mean_pool
 from ..models.load import load_encoder, load_tokenizer
-from .lm import split_documents
+from ..data.pretraining import split_documents
 from ..runs.manifest import EMBEDDING_TASK, Manifest, read_manifest
 
 log = logging.getLogger("lmcompress")

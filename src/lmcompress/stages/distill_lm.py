@@ -29,8 +29,8 @@ from ..models import presets
 from ..models.families import check_objective
 from ..models.load import LMTeacher, load_for_pretraining, load_lm_teacher, load_tokenizer, model_family, resolve
 from ..objectives import IGNORE, LMOutputs, lm_forward, pretraining_loss
-from ..runkinds.lm import (LMData, cache_root, collator, corpus, examples_fingerprint, finish_lm_run, prepare_data,
-                           score_lm, training_set)
+from ..data.pretraining import LMData, cache_root, collator, corpus, examples_fingerprint, prepare_data, training_set
+from ..runkinds.lm import finish_lm_run, score_lm
 from ..distributed import num_processes, on_all_processes, on_every_process
 from ..runs.manifest import PruningRecord, TaskRecord, stage_manifest
 from ..runs.rundir import RunDir, initial_scores

@@ -16,7 +16,8 @@ from ..config import ExportConfig, to_dict
 from ..errors import LmcError
 from ..measure import count_params
 from ..models.load import load_tokenizer
-from ..runkinds.lm import collator, run_validation_set, score_lm
+from ..data.pretraining import collator
+from ..runkinds.lm import run_validation_set, score_lm
 from ..runs.manifest import Manifest, TaskRecord, read_manifest, stage_manifest
 from ..runs.rundir import RunDir, finish_stage
 

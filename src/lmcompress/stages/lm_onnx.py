@@ -19,7 +19,8 @@ from ..backends import onnx_io
 from ..backends.onnx import MODEL_FILE, OnnxClassifier, require_onnx
 from ..config import ExportConfig, QuantizeConfig, to_dict
 from ..errors import LmcError
-from ..runkinds.lm import collator, lm_metrics_payload, run_validation_set, score_lm
+from ..data.pretraining import collator
+from ..runkinds.lm import lm_metrics_payload, run_validation_set, score_lm
 from ..runs.manifest import METRICS, TaskRecord, read_manifest, stage_manifest
 from ..runs.rundir import RunDir, finish_stage
 

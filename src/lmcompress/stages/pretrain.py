@@ -21,7 +21,8 @@ from ..errors import LmcError
 from ..models.families import check_objective
 from ..models.load import load_for_pretraining, load_tokenizer, model_family, resolve
 from ..objectives import lm_forward, pretraining_loss
-from ..runkinds.lm import cache_root, collator, corpus, finish_lm_run, prepare_data, score_lm, training_set
+from ..data.pretraining import cache_root, collator, corpus, prepare_data, training_set
+from ..runkinds.lm import finish_lm_run, score_lm
 from ..distributed import is_main_process, num_processes
 from ..runs.manifest import TaskRecord, stage_manifest
 from ..runs.rundir import RunDir, initial_scores

@@ -28,7 +28,8 @@ from .distill_lm import distill_lm
 from ..errors import LmcError
 from ..models.families import FAMILIES, require_family
 from ..models.load import lm_family, load_lm_teacher
-from ..runkinds.lm import cache_root, collator, corpus, lm_metrics_payload, prepare_data, score_lm
+from ..data.pretraining import cache_root, collator, corpus, prepare_data
+from ..runkinds.lm import lm_metrics_payload, score_lm
 from ..distributed import is_main_process, wait_for_everyone
 from ..runs.manifest import METRICS, PruningRecord, TaskRecord, is_complete, stage_manifest
 from ..runs.rundir import RunDir, finish_stage
