@@ -1,3 +1,3 @@
-"""The package version (its own module: runs.py records it without importing the package)."""
+"""The package version (its own module: run manifests record it without importing the package)."""
 
 __version__ = "0.1.0"

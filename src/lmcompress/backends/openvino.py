@@ -1,7 +1,7 @@
 """The OpenVINO backend: a compiled CPU model over a run's OpenVINO IR (model.xml + model.bin), behind the call
 signature evaluation uses for PyTorch models (`OpenVinoClassifier(**batch).logits`).
 
-The IR is converted from our validated ONNX export (shrink/quantize.py). The inference precision is a hint given
+The IR is converted from our validated ONNX export (stages/export.py, stages/quantize.py). The inference precision is a hint given
 when the model is compiled, not a property of the file: OpenVINO would pick bf16 by itself on a CPU with AMX or
 AVX512-BF16, so every compile names the precision the run recorded (f32 unless the user asked for bf16) and the
 accuracy measured is the accuracy served.

@@ -26,7 +26,7 @@ EMBEDDING_TASK = "sentence-embedding"
 
 
 def versions() -> dict[str, str]:
-    # accelerate, datasets and transformers load in seconds and runs.py is imported at the CLI's start: only here
+    # accelerate, datasets and transformers load in seconds and this module is imported at the CLI's start: only here
     import accelerate
     import datasets
     import transformers

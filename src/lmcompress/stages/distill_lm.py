@@ -8,9 +8,9 @@
 - a sparse teacher cache (`--top-k`: the k largest logits; `--sample-k`: k draws from the teacher, unbiased) for clm,
   and for mlm with static masking (the masked positions of each example are fixed, so its teacher outputs are too).
 
-Data, masking, scoring and the run layout are pre-training's (`runkinds/lm.py`): the student's run is an LM
-run with the same fixed validation set, so `evaluate` and `compare` treat it like a pre-trained model, and a
-`pretrain` run of the same student architecture without a teacher is the baseline to compare against.
+Data and masking are pre-training's (`data/pretraining.py`), scoring and the run layout too (`runkinds/lm.py`): the
+student's run is an LM run with the same fixed validation set, so `evaluate` and `compare` treat it like a pre-trained
+model, and a `pretrain` run of the same student architecture without a teacher is the baseline to compare against.
 """
 
 from __future__ import annotations

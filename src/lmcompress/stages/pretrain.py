@@ -3,8 +3,8 @@
 Flow: read the corpus as documents -> split by document (seeded) into train/validation -> (optionally) train a
 vocabulary on the training documents -> tokenise once (cached) -> build examples (packed blocks or sentence
 pairs) -> the one training loop (`training.fit`) with validation perplexity each epoch -> a run dir holding a plain
-transformers checkpoint (*ForPreTraining / *ForMaskedLM / *ForCausalLM) with its tokenizer. Data, scoring and the
-end of the stage are the language-model run kind's (`runkinds/lm.py`).
+transformers checkpoint (*ForPreTraining / *ForMaskedLM / *ForCausalLM) with its tokenizer. The data is
+`data/pretraining.py`'s; scoring and the end of the stage are the language-model run kind's (`runkinds/lm.py`).
 """
 
 from __future__ import annotations
