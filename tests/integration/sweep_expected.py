@@ -11,10 +11,15 @@ from typing import Any
 
 import torch
 
+from lmcompress import catalog
+
 Axes = dict[str, Any]
 
 GPU = torch.cuda.is_available()
 FP16_NEEDS_GPU = "--precision fp16 needs a GPU"
+# a preset without --tokenizer takes minilm-l6's vocabulary, from the zoo (`scripts/setup.sh --with-zoo`); CI has none
+ZOO_VOCABULARY = catalog.get("minilm-l6").installed()
+NO_ZOO_VOCABULARY = "zoo entry 'minilm-l6' is not installed"
 
 
 def _fp16(axes: Axes) -> bool:
@@ -27,6 +32,8 @@ def _encoder(axes: Axes) -> bool:
 
 # (stage, when, the words of its refusal), checked in order: a stage refuses for the first reason it meets
 REFUSALS: list[tuple[str, Callable[[Axes], bool], str]] = [
+    ("pretrain", lambda a: a["tokenizer"] == "default" and not ZOO_VOCABULARY, NO_ZOO_VOCABULARY),
+    ("finetune", lambda a: a["tokenizer"] == "default" and not ZOO_VOCABULARY, NO_ZOO_VOCABULARY),
     # pre-training heads: transformers has MLM heads for encoders, an LM head for GPT-2, no pair head for RoBERTa
     ("pretrain", lambda a: not _encoder(a) and a["objective"] != "clm", "needs an encoder"),
     ("pretrain", lambda a: _encoder(a) and a["objective"] == "clm", "--objective clm needs a causal LM"),
