@@ -64,19 +64,18 @@ def swap_into_place(built: Path, target: Path) -> None:
 @contextlib.contextmanager
 def replace_folder(target: Path) -> Iterator[Path]:
     """A fresh folder beside `target` (locked for this process) to write into: swapped into place when the block
-    ends, removed if it fails."""
-    hold_output(target)
-    built = target.with_name(f".{target.name}.partial")
-    try:
-        shutil.rmtree(built, ignore_errors=True)
-        built.mkdir(parents=True)
-        yield built
-        swap_into_place(built, target)
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
-    finally:
-        release_output(target)
+    ends, removed if it fails. The lock goes with the block, unless the caller already held it."""
+    with outputs_released():
+        hold_output(target)
+        built = target.with_name(f".{target.name}.partial")
+        try:
+            shutil.rmtree(built, ignore_errors=True)
+            built.mkdir(parents=True)
+            yield built
+            swap_into_place(built, target)
+        except BaseException:
+            shutil.rmtree(built, ignore_errors=True)
+            raise
 
 
 # ------------------------------------------------------------------------------------------------ output locks
