@@ -16,9 +16,11 @@ or AVX512-BF16, length-grouped batches): what a user who sets nothing gets; `_hi
 `--precision fp32 --teacher-precision fp32` (as TextBrewer computes); `--seed` is passed to every lmcompress
 contender, and `--set KEY=VALUE` (a `distill` option) to every `lmcompress_defaults*` one, whose validation accuracy
 (of the epoch kept) is recorded to choose settings on.
-`lmcompress_fp32_textbrewer_order` trains with TextBrewer's settings, its batch order and its dropout masks (the
-same seed) and the teacher run live: TextBrewer's computation step by step in lmcompress's loop, so the two should
-agree to rounding; `_cached` reads the teacher from the cache instead (hidden states kept in fp16).
+The `lmcompress_*` contenders (not `_defaults`) call the library's in-memory `distill_model` on the very rows,
+collator and student init TextBrewer gets. `lmcompress_fp32_textbrewer_order` trains with TextBrewer's settings,
+its batch order and its dropout masks (the same seed) and the teacher run live: TextBrewer's computation step by
+step in lmcompress's loop, so the two should agree to rounding; `_cached` reads the teacher from the cache
+instead (hidden states kept in fp16).
 `--contenders` runs a subset (bf16 contenders are emulated, and slow, on CPUs without bf16 kernels).
 
     pip install -e ".[bench]"   # textbrewer==0.2.1 + tensorboard
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,6 +50,9 @@ from transformers import get_linear_schedule_with_warmup
 from lmcompress.config import DataConfig, DistillConfig, DistillLossConfig, TrainConfig, flat_to_nested, from_dict
 from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
+from lmcompress.distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
+from lmcompress.distillation.components import intermediate_needs, teacher_compute_precision
+from lmcompress.distillation.train import DistillSettings, distill_model
 from lmcompress.stages.distill import distill
 from lmcompress.surgery.student import build_student, parse_spec
 from lmcompress.machine import processor
@@ -130,27 +136,47 @@ def textbrewer_batch_order(seed: int, epochs: int, batch_size: int):
     return order
 
 
-def lmcompress_run(args, out: Path, cache_dir: Path, precision: str, teacher_precision: str,
+@dataclass
+class Shared:
+    """What every contender starts from: the teacher, the student init (deep-copied per contender), the same
+    tokenised training rows and collator, and the test rows."""
+
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    train_set: object
+    collate: object
+    test_set: object
+
+
+def lmcompress_run(args, shared: Shared, cache_dir: Path, precision: str, teacher_precision: str,
                    group_by_length: bool = False, textbrewer_order: bool = False, cache: bool = True) -> dict:
-    """TextBrewer's settings in lmcompress; `textbrewer_order`: also its batch order and dropout masks. Without
-    `cache` the teacher runs live on every step, as in TextBrewer (the cache keeps hidden states in fp16)."""
-    cfg = DistillConfig(
-        teacher=str(args.teacher), student="pick=0,1", out=str(out), overwrite=True, cache_dir=str(cache_dir),
-        teacher_precision=teacher_precision, cache=cache,
+    """TextBrewer's settings in lmcompress's library call (`distill_model`, in memory, on TextBrewer's very rows
+    and student init); `textbrewer_order`: also its batch order and dropout masks. Without `cache` the teacher runs
+    live on every step, as in TextBrewer (the cache keeps hidden states in fp16)."""
+    settings = DistillSettings(
+        loss=DistillLossConfig(temperature=4.0, alpha=0.5, kd_kind="ce", hidden_weight=1.0, layer_map="1:1,2:2"),
         train=TrainConfig(epochs=float(args.epochs), batch_size=32, learning_rate=1e-4, weight_decay=0.0,
                           warmup_ratio=0.0, max_grad_norm=1.0, precision=precision, seed=args.seed,
                           checkpoint_every_steps=10_000, keep_best=False, group_by_length=group_by_length),
-        loss=DistillLossConfig(temperature=4.0, alpha=0.5, kd_kind="ce", hidden_weight=1.0, layer_map="1:1,2:2"))
+        teacher_precision=teacher_precision)
+    teacher, student = copy.deepcopy(shared.teacher), copy.deepcopy(shared.student)
+    outputs = None
+    if cache:  # what the stage builds: logits plus the hidden states the loss reads, per training row
+        needs = intermediate_needs(student, teacher, settings.loss, [1, 2])
+        outputs = TeacherCache(teacher_cache_root(str(cache_dir)), teacher_fingerprint(args.teacher),
+                               shared.train_set["input_ids"], teacher.config.num_labels, needs.hidden,
+                               teacher.config.hidden_size, precision=teacher_compute_precision(teacher_precision))
+    order = textbrewer_batch_order(args.seed, args.epochs, 32) if textbrewer_order else None
     start = time.perf_counter()
-    metrics = distill(cfg, batch_order=textbrewer_batch_order(args.seed, args.epochs, cfg.train.batch_size)
-                      if textbrewer_order else None)
+    result = distill_model(teacher, student, shared.train_set, shared.collate, settings, cache=outputs,
+                           batch_order=order, description="lmcompress")
     wall = time.perf_counter() - start
-    manifest = json.loads((out / "lmcompress.json").read_text())
-    return {"wall_time_s": round(wall, 1), "train_loop_s": manifest["train"]["wall_time_s"],
-            "test": metrics["metrics"], "precision": precision, "teacher_precision": teacher_precision,
-            "group_by_length": group_by_length, "textbrewer_order": textbrewer_order,
-            "teacher_outputs": "cached" if cache else "live",
-            "cache": manifest["teacher_cache"]}
+    logits, labels = predict(result.student, shared.test_set, shared.collate, 64)
+    return {"wall_time_s": round(wall, 1), "train_loop_s": round(result.fit.wall_time_s, 1),
+            "test": task_metrics("classification", logits, labels), "precision": precision,
+            "teacher_precision": teacher_precision, "group_by_length": group_by_length,
+            "textbrewer_order": textbrewer_order, "teacher_outputs": "cached" if cache else "live",
+            "cache": outputs.stats() if outputs is not None else None}
 
 
 def lmcompress_defaults_run(args, out: Path, cache_dir: Path, flags: dict) -> dict:
@@ -224,8 +250,9 @@ def main() -> int:
     student, _ = build_student(teacher, parse_spec("pick=0,1"))
     train_set = tokenize_frame(task_data.splits["train"], tokenizer, 64)
     collate = collator(tokenizer)
-    teacher_acc = task_metrics("classification", *predict(teacher, tokenize_frame(task_data.splits["test"], tokenizer, 64),
-                                                          collate, 64))["accuracy"]
+    test_set = tokenize_frame(task_data.splits["test"], tokenizer, 64)
+    teacher_acc = task_metrics("classification", *predict(teacher, test_set, collate, 64))["accuracy"]
+    shared = Shared(teacher, student, train_set, collate, test_set)
 
     work = Path(tempfile.mkdtemp(prefix="bench-distill-"))
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
@@ -251,7 +278,7 @@ def main() -> int:
         if name not in chosen:
             continue
         cache_dir = work / f"cache-{name}"  # a cold cache each: the teacher's first epoch is in the timing
-        results["contenders"][name] = lmcompress_run(args, work / name, cache_dir, **settings)
+        results["contenders"][name] = lmcompress_run(args, shared, cache_dir, **settings)
         print(json.dumps(results["contenders"][name]))
     for name, flags in DEFAULTS.items():
         if name in chosen:

@@ -94,7 +94,7 @@ def test_teacher_must_be_a_fine_tuned_run(tmp_path, capsys):
 
 def test_tinybert_two_stage_trains_intermediate_layers_then_the_prediction_layer(tiny_teacher_run, tmp_path, capsys,
                                                                                   monkeypatch):
-    from lmcompress.stages import distill as stage_mod
+    from lmcompress.distillation import train as stage_mod
 
     from .cli_helpers import assert_same_weights, interrupt_then_resume
 

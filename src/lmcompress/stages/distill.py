@@ -1,25 +1,32 @@
 """`lmcompress distill` (task-specific): a fine-tuned teacher's logits, hidden states, attention maps and
-self-attention relations teach a smaller student, trained by the shared loop in `lmcompress.training`.
+self-attention relations teach a smaller student. The stage loads the models and rows, runs the library call
+(`distillation.train.distill_model`) in a run directory, then scores the student and writes its manifest.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import safetensors.torch
 import transformers
 
-from ..config import DistillConfig, to_dict
+from ..config import DataConfig, DistillConfig, to_dict
 from ..data import load_task
 from ..data.corpora import load_corpus
 from ..data.ner import TOKEN_TASK
 from ..data.qa import QA_TASK
 from ..data.tokenize import collator, tokenize_frame
+from ..distillation.augment import EmbeddingNeighbours, word_replaced_texts
+from ..distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
+from ..distillation.components import TEACHER_PREFIX, Needs, PairedCollator, intermediate_needs, parse_layer_map, \
+    teacher_compute_precision
+from ..distillation.sharding import shard_teacher
+from ..distillation.task_loss import UNLABELLED, uses_labels_only
+from ..distillation.train import DistillSettings, Evaluation, distill_model
+from ..distributed import num_processes, on_every_process
 from ..errors import LmcError
 from ..models import presets
 from ..models.families import check_max_length
@@ -27,99 +34,111 @@ from ..models.heads import task_head
 from ..models.hub import is_hub_id, resolve_hub_id
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
 from ..runkinds.task import MAIN_METRIC, finish_run, score_split
-from ..distributed import is_main_process, num_processes, on_every_process
 from ..runs.manifest import PruningRecord, data_config_for, read_manifest, run_manifest
 from ..runs.rundir import RunDir
 from ..surgery.albert import albert_from_bert, parse_albert_spec
-from ..training import BatchOrder, fit
-from ..distillation.augment import EmbeddingNeighbours, word_replaced_texts
-from ..distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
-from ..distillation.components import (TEACHER_PREFIX, DistillModule, Needs, PairedCollator, TeacherOutputs, fill_teacher_cache,
-                         intermediate_needs, parse_layer_map, projection_count, teacher_compute_precision)
-from ..distillation.sharding import shard_teacher
-from .distill_static import distill_static, is_static_spec
 from ..surgery.student import build_student, is_derived_spec, layer_count, load_student_like, model_width, parse_spec
-from ..distillation.task_loss import UNLABELLED, make_task_loss_fn, uses_labels_only
+from ..training import BatchOrder
+from .distill_static import distill_static, is_static_spec
 
 log = logging.getLogger("lmcompress")
-INTERMEDIATE_STAGE = "intermediate-stage"  # TinyBERT stage 1's checkpoints and result, inside the partial run
 
 
-@dataclasses.dataclass
-class Training:
-    """What the training phases share: the models, the rows, and what the losses read."""
+@dataclass
+class Teacher:
+    """The fine-tuned teacher as loaded: its model, folder, tokenizer and (when named by Hub id) Hub record."""
 
-    module: DistillModule
-    teacher: Any
-    train_set: Any
-    collate: Any
-    cache: TeacherCache | None
-    needs: Needs
-    layer_map: list[int]
-    batch_order: BatchOrder | None = None  # another batch order than fit's (the TextBrewer benchmark's)
+    model: Any
+    folder: Path
+    tokenizer: Any
+    hub: dict[str, str] | None = None
 
 
-def distill(cfg: DistillConfig, stage: str = "distill", pruning: PruningRecord | None = None,
-            records: dict[str, Any] | None = None, request: dict[str, Any] | None = None,
-            batch_order: BatchOrder | None = None) -> dict[str, Any]:
-    """`stage`/`pruning`/`records`/`request` let stages built on distillation (prune's recovery) name themselves in
-    lmcompress.json, record what they did, and recognise their own interrupted runs; `batch_order` replaces the
-    shuffled order of the training rows (see training.samplers.BatchOrder)."""
+@dataclass
+class Student:
+    """The student before training, with its tokenizer and the teacher layers its layers are copies of (if any)."""
+
+    model: Any
+    tokenizer: Any
+    copied: list[int] | None = None
+
+
+@dataclass
+class Provenance:
+    """How the run names itself in lmcompress.json: the stage (prune's recovery distils too), the options that let a
+    re-run recognise its interrupted run, and what that stage records besides."""
+
+    stage: str = "distill"
+    request: dict[str, Any] | None = None
+    pruning: PruningRecord | None = None
+    records: dict[str, Any] = field(default_factory=dict)
+
+
+def distill(cfg: DistillConfig, batch_order: BatchOrder | None = None) -> dict[str, Any]:
+    """`batch_order` replaces the shuffled order of the training rows (see training.samplers.BatchOrder)."""
     run = RunDir(cfg.out)
-    request = request or to_dict(cfg)
+    request = to_dict(cfg)
     cfg.resume = run.check(cfg.overwrite, cfg.resume, request)
+    teacher, task_data, data_cfg = _load_teacher(cfg)
+    if is_static_spec(cfg.student):
+        return distill_static(cfg, run, request, teacher.model, teacher.folder, teacher.tokenizer, task_data,
+                              data_cfg)
+    student = _make_student(cfg, teacher, task_data)
+    return distill_into_run(cfg, run, teacher, student, task_data, data_cfg, Provenance(request=request),
+                            batch_order)
+
+
+def _load_teacher(cfg: DistillConfig) -> tuple[Teacher, Any, DataConfig]:
+    """The teacher run, and the task data read with its data options (those `cfg.data` leaves unset)."""
     teacher_dir, teacher_hub = _teacher_dir(cfg.teacher)
     data_cfg = data_config_for(cfg.data, teacher_dir)
     task_data = load_task(data_cfg)
-    teacher = load_trained_classifier(teacher_dir, task_data.labels, task_data.task == "regression",
-                                      task_data.task).eval()
-    tokenizer = load_tokenizer(teacher_dir)
-    check_max_length(teacher.config, data_cfg.max_length)
-    if is_static_spec(cfg.student):
-        return distill_static(cfg, run, request, teacher, teacher_dir, tokenizer, task_data, data_cfg)
-    student, copied, student_tokenizer = _make_student(cfg, teacher, teacher_dir, tokenizer, task_data)
-    kept = pruning.kept_layers if pruning else None  # prune's recovery: the layers it just kept
-    if copied is None and kept and len(kept) == layer_count(student.config):
-        copied = kept
-    check_max_length(student.config, data_cfg.max_length)
-    layer_map = parse_layer_map(cfg.loss.layer_map, layer_count(student.config), layer_count(teacher.config), copied)
-    needs = intermediate_needs(student, teacher, cfg.loss, layer_map)
-    _check_vocabularies(cfg, task_data, needs, student_tokenizer, tokenizer)
-    log.info("student: %s layers (teacher layers %s), width %d, %s params vs teacher %s", layer_count(student.config),
-             layer_map, model_width(student.config), f"{sum(p.numel() for p in student.parameters()):,}",
-             f"{sum(p.numel() for p in teacher.parameters()):,}")
-    run.begin(cfg.overwrite, cfg.resume, request)
+    model = load_trained_classifier(teacher_dir, task_data.labels, task_data.task == "regression",
+                                    task_data.task).eval()
+    check_max_length(model.config, data_cfg.max_length)
+    return Teacher(model, teacher_dir, load_tokenizer(teacher_dir), teacher_hub), task_data, data_cfg
+
+
+def distill_into_run(cfg: DistillConfig, run: RunDir, teacher: Teacher, student: Student, task_data,
+                     data_cfg: DataConfig, provenance: Provenance, batch_order: BatchOrder | None = None) -> dict[str, Any]:
+    """Distil `student` from `teacher` (`distillation.train.distill_model`) into the run directory `run` (already
+    checked: `cfg.resume` says whether it continues), then score it and write its manifest -> metrics.json's payload."""
+    check_max_length(student.model.config, data_cfg.max_length)
+    layer_map = parse_layer_map(cfg.loss.layer_map, layer_count(student.model.config),
+                                layer_count(teacher.model.config), student.copied)
+    needs = intermediate_needs(student.model, teacher.model, cfg.loss, layer_map)
+    _check_vocabularies(cfg, task_data, needs, student.tokenizer, teacher.tokenizer)
+    log.info("student: %s layers (teacher layers %s), width %d, %s params vs teacher %s",
+             layer_count(student.model.config), layer_map, model_width(student.model.config),
+             f"{sum(p.numel() for p in student.model.parameters()):,}",
+             f"{sum(p.numel() for p in teacher.model.parameters()):,}")
+    run.begin(cfg.overwrite, cfg.resume, provenance.request)
+    max_len, batch_size = data_cfg.max_length, cfg.train.eval_batch_size
     with run.guard():
-        transformers.set_seed(cfg.train.seed)  # projections start the same whatever ran before in this process
-        train_set, teacher_ids, collate, augment_record = _training_rows(cfg, task_data, data_cfg.max_length, teacher,
-                                                                         tokenizer, student_tokenizer)
-        sharding = shard_teacher(teacher) if cfg.fsdp else None  # after augmentation read its embeddings whole
-        module = DistillModule(student, model_width(student.config), model_width(teacher.config),
-                               projection_count(cfg.loss, layer_map))
-        cache = _teacher_cache(cfg, teacher, teacher_dir, teacher_ids, needs, task_data.task)
-        training = Training(module, teacher, train_set, collate, cache, needs, layer_map, batch_order)
-        try:
-            if cache is not None:  # the teacher's pass, once, before training: every epoch then reads the cache
-                fill_teacher_cache(cache, train_set, teacher_ids, collate,
-                                   TeacherOutputs(teacher, cache, needs, cfg.teacher_precision),
-                                   cfg.train.eval_batch_size)
-            result = _train(cfg, run, training, task_data, student_tokenizer, data_cfg.max_length)
-        finally:
-            if cache is not None:
-                cache.flush()
-        student = module.student.cpu()
-        if needs.attentions:
-            student.set_attn_implementation("sdpa")
+        transformers.set_seed(cfg.train.seed)  # augmentation draws the same words whatever ran before
+        train_set, teacher_ids, collate, augment_record = _training_rows(cfg, task_data, max_len, teacher.model,
+                                                                         teacher.tokenizer, student.tokenizer)
+        sharding = shard_teacher(teacher.model) if cfg.fsdp else None  # after augmentation read its embeddings whole
+        cache = _teacher_cache(cfg, teacher.model, teacher.folder, teacher_ids, needs, task_data.task)
+        evaluation = Evaluation(lambda model: score_split(model, student.tokenizer, task_data, "validation", max_len,
+                                                          batch_size), MAIN_METRIC[task_data.task])
+        result = distill_model(
+            teacher.model, student.model, train_set, collate,
+            DistillSettings(cfg.loss, cfg.train, task_data.task, cfg.teacher_precision, cfg.intermediate_epochs),
+            layer_map=layer_map, evaluation=evaluation, cache=cache, teacher_ids=teacher_ids, folder=run.partial,
+            resume=cfg.resume, batch_order=batch_order, description=f"distill {Path(cfg.out).name}")
         cache_stats = cache.stats() if cache is not None else None  # on every rank: it sums their counts
         metrics = finish_run(
-            run, student, student_tokenizer, task_data, data_cfg.max_length, cfg.train.eval_batch_size,
+            run, result.student, student.tokenizer, task_data, max_len, batch_size,
             lambda: run_manifest(
-                stage, str(teacher_dir), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, result,
-                student={"spec": cfg.student, "teacher_layers_copied": copied, "layer_map": layer_map,
-                         "layers": layer_count(student.config), "hidden": model_width(student.config)},
+                provenance.stage, str(teacher.folder), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data,
+                result.fit, student={"spec": cfg.student, "teacher_layers_copied": student.copied,
+                                     "layer_map": layer_map, "layers": layer_count(result.student.config),
+                                     "hidden": model_width(result.student.config)},
                 teacher_cache=cache_stats, processes=num_processes(), teacher_sharding=sharding,
-                augmentation=augment_record, teacher_hub=teacher_hub, pruning=pruning, **(records or {})),
-            wall_time_s=round(result.wall_time_s, 1))
+                augmentation=augment_record, teacher_hub=teacher.hub, pruning=provenance.pruning,
+                **provenance.records),
+            wall_time_s=round(result.fit.wall_time_s, 1))
     if cache_stats is not None:
         log.info("teacher cache: %d hits, %d misses", cache_stats["hits"], cache_stats["misses"])
     return metrics
@@ -179,37 +198,6 @@ def _teacher_cache(cfg: DistillConfig, teacher, teacher_dir: Path, teacher_ids, 
         per_token=task in (TOKEN_TASK, QA_TASK), precision=teacher_compute_precision(cfg.teacher_precision)))
 
 
-def _train(cfg: DistillConfig, run: RunDir, training: Training, task_data, student_tokenizer, max_len: int):
-    """One training run, or TinyBERT's two (intermediate layers first, then the prediction layer) -> fit's result."""
-
-    def evaluate_fn(m: DistillModule) -> dict[str, float]:
-        return score_split(m.student, student_tokenizer, task_data, "validation", max_len, cfg.train.eval_batch_size)
-
-    def run_phase(phase: str, train_cfg, folder: Path, resume: bool):
-        loss_fn = make_task_loss_fn(training.teacher, training.cache, training.needs, training.layer_map, cfg.loss,
-                                    task_data.task, cfg.teacher_precision, phase)
-        return fit(training.module, training.train_set, training.collate, train_cfg, loss_fn=loss_fn,
-                   evaluate_fn=evaluate_fn, monitor=MAIN_METRIC[task_data.task], higher_is_better=True,
-                   run_folder=folder, resume=resume, batch_order=training.batch_order,
-                   description=f"distill {Path(cfg.out).name}" + (f" ({phase} layers)" if phase != "all" else ""))
-
-    if cfg.intermediate_epochs <= 0:
-        return run_phase("all", cfg.train, run.partial, cfg.resume)
-    first = run.partial / INTERMEDIATE_STAGE
-    done = first / "module.safetensors"
-    if cfg.resume and done.is_file():
-        safetensors.torch.load_model(training.module, done)
-        log.info("intermediate-layer stage already complete: continuing with the prediction layer")
-    else:
-        run_phase("intermediate", dataclasses.replace(cfg.train, epochs=cfg.intermediate_epochs, max_steps=None,
-                                                      keep_best=False), first, cfg.resume and first.is_dir())
-        if is_main_process():
-            safetensors.torch.save_model(training.module, done)
-    result = run_phase("prediction", cfg.train, run.partial, cfg.resume)
-    shutil.rmtree(first, ignore_errors=True)
-    return result
-
-
 def augmentation_rows(cfg: DistillConfig, task_data, teacher, tokenizer) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Texts for the teacher to label, label UNLABELLED (the hard-label loss skips them, logit KD does not): the
     documents of --augment, then --augment-replace word-replaced variants of the training texts. Texts equal to a
@@ -254,27 +242,26 @@ def _teacher_dir(spec: str) -> tuple[Path, dict[str, str] | None]:
     return path, None
 
 
-def _make_student(cfg: DistillConfig, teacher, teacher_dir: Path, tokenizer, task_data):
-    """-> (student, teacher layers copied or None, student tokenizer)"""
+def _make_student(cfg: DistillConfig, teacher: Teacher, task_data) -> Student:
     albert = parse_albert_spec(cfg.student)
     if albert is not None:
-        student, copied = albert_from_bert(teacher, albert)
-        return student, copied, tokenizer
+        model, copied = albert_from_bert(teacher.model, albert)
+        return Student(model, teacher.tokenizer, copied)
     if is_derived_spec(cfg.student):
-        student, copied = build_student(teacher, parse_spec(cfg.student))
-        return student, copied, tokenizer
+        model, copied = build_student(teacher.model, parse_spec(cfg.student))
+        return Student(model, teacher.tokenizer, copied)
     if presets.parse_preset(cfg.student) is not None and not Path(cfg.student).exists():
-        source = resolve(cfg.student, tokenizer=str(teacher_dir), role="student")
-        student = load_for_sequence_classification(source, tokenizer, task_data.num_labels, task_data.labels,
-                                                   task_data.task == "regression", cfg.train.seed,
-                                                   head=task_head(task_data.task))
-        return student, None, tokenizer
+        source = resolve(cfg.student, tokenizer=str(teacher.folder), role="student")
+        model = load_for_sequence_classification(source, teacher.tokenizer, task_data.num_labels, task_data.labels,
+                                                 task_data.task == "regression", cfg.train.seed,
+                                                 head=task_head(task_data.task))
+        return Student(model, teacher.tokenizer)
     source = resolve(cfg.student, role="student")
-    student = load_student_like(teacher, source.path)
-    copied = layers_cut_from(source.path, teacher_dir, layer_count(teacher.config))
-    if copied is not None and len(copied) != layer_count(student.config):
+    model = load_student_like(teacher.model, source.path)
+    copied = layers_cut_from(source.path, teacher.folder, layer_count(teacher.model.config))
+    if copied is not None and len(copied) != layer_count(model.config):
         copied = None
-    return student, copied, load_tokenizer(source.tokenizer_path)
+    return Student(model, load_tokenizer(source.tokenizer_path), copied)
 
 
 def layers_cut_from(folder: Path, teacher_dir: Path, n_teacher: int) -> list[int] | None:

@@ -1,10 +1,10 @@
 """`lmcompress prune`: score the units of a fine-tuned model on training rows, remove the least important ones
-(`surgery.prune`), then recover by distilling from the unpruned model (the distill stage)."""
+(`surgery.prune`), then recover by distilling from the unpruned model, both in memory (the distill stage's
+`distill_into_run`)."""
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,13 @@ from ..errors import LmcError
 from ..models.families import check_max_length, require_family
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..runkinds.task import finish_run
-from ..distributed import is_main_process, wait_for_everyone
 from ..runs.manifest import PruningRecord, data_config_for, stage_manifest
 from ..runs.rundir import RunDir
 from ..surgery.prune import importance_scores, plan, prune_model
-from .distill import distill
+from .distill import Provenance, Student, Teacher, distill_into_run
 
 log = logging.getLogger("lmcompress")
+
 
 def prune(cfg: PruneConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
@@ -65,27 +65,15 @@ def prune(cfg: PruneConfig) -> dict[str, Any]:
         with run.guard():
             return finish_run(run, pruned, tokenizer, task_data, data_cfg.max_length, 64, lambda: stage_manifest(
                 "prune", str(source), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data, pruning=record))
-    return _recover(cfg, source, pruned, tokenizer, record)
+    return _recover(cfg, run, Teacher(model, source, tokenizer), pruned, record, task_data, data_cfg)
 
 
-def _recover(cfg: PruneConfig, source: Path, pruned, tokenizer, record: PruningRecord) -> dict[str, Any]:
-    """Distil the pruned model from the unpruned one (the distill stage; `finetune` = labels only)."""
-    init = Path(cfg.out).expanduser()
-    init = init.with_name(f".{init.name}.pruned-init")
-    if is_main_process():  # under `accelerate launch` every rank pruned the same way; rank 0 writes it once
-        shutil.rmtree(init, ignore_errors=True)
-        pruned.save_pretrained(init)
-        tokenizer.save_pretrained(init)
-    wait_for_everyone()
-    loss = cfg.loss
-    if cfg.recovery == "finetune":
-        loss = type(loss)(alpha=1.0)
-    # resume: True as decided by prune, else None (distill then starts afresh where no checkpoint exists)
-    distill_cfg = DistillConfig(teacher=str(source), student=str(init), out=cfg.out, resume=cfg.resume or None,
+def _recover(cfg: PruneConfig, run: RunDir, teacher: Teacher, pruned, record: PruningRecord, task_data,
+             data_cfg) -> dict[str, Any]:
+    """Distil the pruned model from the unpruned one, both in memory (`finetune` recovery = labels only)."""
+    loss = type(cfg.loss)(alpha=1.0) if cfg.recovery == "finetune" else cfg.loss
+    distill_cfg = DistillConfig(teacher=str(teacher.folder), student="pruned", out=cfg.out, resume=cfg.resume,
                                 overwrite=cfg.overwrite, data=cfg.data, train=cfg.train, loss=loss)
-    try:
-        return distill(distill_cfg, stage="prune", pruning=record, records={"prune_config": to_dict(cfg)},
-                       request=to_dict(cfg))
-    finally:
-        if is_main_process():
-            shutil.rmtree(init, ignore_errors=True)
+    student = Student(pruned, teacher.tokenizer, record.kept_layers)  # whole layers kept: the hidden loss pairs them
+    return distill_into_run(distill_cfg, run, teacher, student, task_data, data_cfg, Provenance(
+        stage="prune", request=to_dict(cfg), pruning=record, records={"prune_config": to_dict(cfg)}))

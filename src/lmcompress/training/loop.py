@@ -1,9 +1,10 @@
 """The one training loop (every training stage calls `fit`), built on accelerate.
 
 Stages supply two callables: `loss_fn(model, batch)` -> the loss, or (the loss, {part name: its weighted term}),
-and `evaluate_fn(model) -> metrics dict`. The loop owns everything else: AdamW with linear warm-up/decay, gradient
-accumulation, clipping, mixed precision, evaluation each epoch with keep-best, periodic and on-signal checkpoints,
-exact resume (training/checkpoint.py), progress, and logs of the loss and each of its parts (training/logs.py).
+and `evaluate_fn(model) -> metrics dict` (None: no evaluation, the last weights kept). The loop owns everything
+else: AdamW with linear warm-up/decay, gradient accumulation, clipping, mixed precision, evaluation each epoch with
+keep-best, periodic and on-signal checkpoints, exact resume (training/checkpoint.py), progress, and logs of the
+loss and each of its parts (training/logs.py).
 """
 
 from __future__ import annotations
@@ -152,7 +153,8 @@ class _Loop:
     epoch as short methods."""
 
     def __init__(self, accelerator: Accelerator, model, optimizer, scheduler, loader, cfg: TrainConfig,
-                 evaluate_fn: EvalFn, monitor: str, higher_is_better: bool, run_folder: Path, total_steps: int):
+                 evaluate_fn: EvalFn | None, monitor: str, higher_is_better: bool, run_folder: Path,
+                 total_steps: int):
         self.accelerator, self.model, self.optimizer, self.scheduler, self.loader = (accelerator, model, optimizer,
                                                                                        scheduler, loader)
         self.cfg, self.evaluate_fn, self.monitor, self.higher_is_better = cfg, evaluate_fn, monitor, higher_is_better
@@ -200,6 +202,8 @@ class _Loop:
 
     def evaluate(self, when: str) -> None:
         """Validation metrics into the history and the log; the best weights so far kept aside."""
+        if self.evaluate_fn is None:
+            return
         # validation at the training precision (bf16 runs: bf16), as transformers; on a fork of the random stream
         # (torch's DataLoader draws a seed from it), so how often validation runs never changes the dropout masks
         with torch.random.fork_rng(devices=[]), self.accelerator.autocast():
@@ -310,7 +314,7 @@ class _Loop:
 
 
 def fit(model: torch.nn.Module, train_data: Dataset, collate: Callable, cfg: TrainConfig, *, loss_fn: LossFn,
-        evaluate_fn: EvalFn, monitor: str, higher_is_better: bool, run_folder: Path, resume: bool,
+        evaluate_fn: EvalFn | None, monitor: str, higher_is_better: bool, run_folder: Path, resume: bool,
         description: str = "training", batch_order: BatchOrder | None = None) -> FitResult:
     """Train `model` in place; on return it holds the best (or last) weights."""
     accelerator = _accelerator(cfg)
