@@ -125,8 +125,8 @@ def test_a_missed_target_trains_the_nearest_miss_further(tiny_teacher_run, tmp_p
     from lmcompress.cli import main
     from lmcompress.search import run
 
-    real = run._round_retention  # every retention halved: the target is missed, so the time left goes to rounds
-    monkeypatch.setattr(run, "_round_retention", lambda search, c, r: real(search, c, r) / 2)
+    real = run.StageExecutor.round_retention  # every retention halved: the target is missed, so the time left
+    monkeypatch.setattr(run.StageExecutor, "round_retention", lambda *a: real(*a) / 2)  # goes to further rounds
     out = tmp_path / "search"
     assert main(["auto", "--teacher", str(tiny_teacher_run), "--out", str(out), *SEARCH]) == 0
     report = json.loads((out / "report" / "report.json").read_text())

@@ -11,7 +11,7 @@ from transformers import BertConfig, LlamaConfig
 
 from lmcompress.search.shapes import Shape, SpeedTarget, shape_grid, teacher_shape
 from lmcompress.search.summary import choose
-from lmcompress.config import parse_duration
+from lmcompress.config import DataConfig, parse_duration
 from lmcompress.models.families import family_of
 
 
@@ -161,26 +161,33 @@ def test_shortlist_takes_fp32_when_fast_enough_else_the_fastest_int8():
 
 
 class ScriptedExecutor:
-    """A search's executor, scripted: each (candidate, round) scores `outcomes`; with `fails` every run fails."""
+    """A search's executor, scripted: each (candidate, round) scores `outcomes`, every training ran at `pace`
+    examples per second; with `fails` every run fails."""
 
-    def __init__(self, outcomes: dict, estimate_s: float = 60.0, fails: bool = False):
-        self.outcomes, self.estimate_s, self.fails, self.made = outcomes, estimate_s, fails, []
+    def __init__(self, outcomes: dict, pace: float = 100.0, fails: bool = False):
+        self.outcomes, self.pace, self.fails, self.made_steps = outcomes, pace, fails, []
 
     def run(self, search, c, steps, rounds):
-        self.made.append((c.folder.name, rounds, steps))
+        self.made_steps.append((c.folder.name, rounds, steps))
         return "loss is NaN" if self.fails else None
+
+    def made(self, search, c, step):
+        return False
+
+    def training(self, search, c, step):
+        from lmcompress.runs.manifest import TrainingRecord
+
+        return TrainingRecord(examples_per_s=self.pace)
 
     def round_retention(self, search, c, round_):
         return self.outcomes[(c.folder.name, round_)]
-
-    def round_estimate_s(self, search, c):
-        return self.estimate_s
 
 
 def _search_with(tmp_path, candidates, executor, left_s: float = 3600.0):
     from lmcompress.search.state import Search
 
-    search = Search(cfg=SimpleNamespace(min_retention=0.97), root=tmp_path, teacher_dir=tmp_path, data=None,
+    search = Search(cfg=SimpleNamespace(min_retention=0.97, epochs=3.0, batch_size=32), train_rows=1000,
+                    root=tmp_path, teacher_dir=tmp_path, data=None,
                     family=None, teacher_config=None, target=SpeedTarget(10.0, None),
                     deadline=time.monotonic() + left_s, candidates=candidates, executor=executor)
     search.teacher_shape = Shape(6, 12, 384, 1536)  # no candidate is the teacher's own shape
@@ -206,19 +213,19 @@ def test_time_left_goes_to_the_nearest_miss_while_its_rounds_improve(tmp_path):
     outcomes = {("near", 2): 0.96, ("near", 3): 0.955, ("far", 2): 0.93, ("far", 3): 0.975}
     executor = ScriptedExecutor(outcomes)
     run._extend(_search_with(tmp_path, [far, near], executor))
-    assert [(name, r) for name, r, _ in executor.made] == [("near", 2), ("near", 3), ("far", 2), ("far", 3)]
-    assert executor.made[0][2] == ["student-r2", "validation-r2"]
+    assert [(name, r) for name, r, _ in executor.made_steps] == [("near", 2), ("near", 3), ("far", 2), ("far", 3)]
+    assert executor.made_steps[0][2] == ["student-r2", "validation-r2"]
     assert (near.best_round, near.validation_retention, near.rounds, near.status) == (2, 0.96, 3, Status.TRAINED)
     assert (far.best_round, far.validation_retention, far.status) == (3, 0.975, Status.MET)
     assert near.deploy == tmp_path / "near" / "student-r2"
     # no time for a round: nothing is made
     fresh, executor = _trained(tmp_path, "near", 2, 0.95), ScriptedExecutor(outcomes)
     run._extend(_search_with(tmp_path, [fresh], executor, left_s=100.0))
-    assert executor.made == [] and fresh.rounds == 1 and fresh.status is Status.TRAINED
+    assert executor.made_steps == [] and fresh.rounds == 1 and fresh.status is Status.TRAINED
     # a round that fails closes the candidate, which keeps what it had
     executor = ScriptedExecutor(outcomes, fails=True)
     run._extend(_search_with(tmp_path, [fresh], executor))
-    assert [(name, r) for name, r, _ in executor.made] == [("near", 2)]
+    assert [(name, r) for name, r, _ in executor.made_steps] == [("near", 2)]
     assert fresh.status is Status.CLOSED and fresh.reason == "round 2 failed: loss is NaN" and fresh.trained
     assert (fresh.rounds, fresh.best_round, fresh.deploy) == (1, 1, tmp_path / "near" / "student")
 
@@ -233,9 +240,48 @@ def test_rounds_go_only_to_candidates_measured_fast_enough_as_trained(tmp_path):
     assert not search.fast_as_trained(slow, 1.1) and search.fast_as_trained(fast)
     assert search.fast_as_trained(_trained(tmp_path, "near", 2, 0.9, 9.5), 1.1)  # within the margin: noisy timings
     run._extend(search)
-    assert [(name, r) for name, r, _ in executor.made] == [("fast", 2), ("fast", 3)]  # round 3 no better: it ends
+    assert [(name, r) for name, r, _ in executor.made_steps] == [("fast", 2), ("fast", 3)]  # round 3 no better: it ends
     # one that keeps the retention and is slow only within the margin gets no rounds either: they cannot speed it up
     executor = ScriptedExecutor({("short", 2): 0.94, ("short", 3): 0.94})
     run._extend(_search_with(tmp_path, [_trained(tmp_path, "kept", 2, 0.98, 9.5), _trained(tmp_path, "short", 2, 0.93, 10.5)],
                         executor))
-    assert [name for name, _, _ in executor.made] == ["short", "short"]
+    assert [name for name, _, _ in executor.made_steps] == ["short", "short"]
+
+
+def test_time_estimates_are_functions_of_the_search_and_the_candidate_alone(tmp_path):
+    from lmcompress.search.run import QUANTIZE_ESTIMATE_S, STATIC_ESTIMATE_S, estimate_s, round_estimate_s
+
+    search = _search_with(tmp_path, [], ScriptedExecutor({}))
+    search.teacher_ms = 64.0
+    c = _trained(tmp_path, "c", 2, 0.9)
+    c.pace = 200.0
+    # 3 epochs over 1000 rows at 200 rows/s with 20% slack, the teacher's pass over them (1000 / 32 batches of
+    # 64 ms), then the int8 step
+    assert estimate_s(search, c) == pytest.approx(18.0 + 2.0 + QUANTIZE_ESTIMATE_S)
+    assert round_estimate_s(search, c) == pytest.approx(18.0 + QUANTIZE_ESTIMATE_S)  # the cache holds the teacher
+    c.pace = 100.0
+    assert round_estimate_s(search, c) == pytest.approx(36.0 + QUANTIZE_ESTIMATE_S)
+    c.pace = None  # never timed: one row a second, the most cautious
+    assert round_estimate_s(search, c) == pytest.approx(3600.0 + QUANTIZE_ESTIMATE_S)
+    search.teacher_shape = c.shape
+    assert estimate_s(search, c) == QUANTIZE_ESTIMATE_S  # the teacher's own int8
+    static = _trained(tmp_path, "static", 0, 0.9)
+    static.shape = Shape(0, 0, 256, 0, static=True)
+    assert estimate_s(search, static) == STATIC_ESTIMATE_S
+
+
+def test_a_candidate_whose_estimate_exceeds_the_time_left_is_closed_untrained(tmp_path, monkeypatch):
+    from lmcompress.search import run
+    from lmcompress.search.state import Status
+
+    slow, quick = _trained(tmp_path, "slow", 2, None), _trained(tmp_path, "quick", 2, None)
+    for c, rows_per_s in ((slow, 2.0), (quick, 1000.0)):  # 1920 s vs 124 s, with 700 s left before the report
+        c.status, c.validation_retention, c.pace = Status.SCREENED, None, rows_per_s
+    executor = ScriptedExecutor({("quick", 1): 0.98})
+    monkeypatch.setattr(run, "_retime", lambda search, c: {"speedup": 12.0, "latency_ms": 8.0})
+    search = _search_with(tmp_path, [slow, quick], executor, left_s=run.REPORT_RESERVE_S + 700)
+    search.data, search.family = DataConfig(data="reviews.csv"), SimpleNamespace(can_narrow=False)  # for the steps
+    search.cfg.screen_rows, search.cfg.learning_rate, search.cfg.augment = 500, 1e-4, None
+    run._train(search)
+    assert slow.status is Status.CLOSED and slow.reason.startswith("not trained: needs about 32 min")
+    assert [name for name, _, _ in executor.made_steps] == ["quick"] and quick.status is Status.MET

@@ -43,7 +43,7 @@ from ..models.families import check_max_length, family_of
 from ..models.load import load_tokenizer, load_trained_classifier
 from ..pipeline import run_recipe
 from ..runs.files import hold_output, release_output, write_json_atomic
-from ..runs.manifest import data_config_for, is_complete, read_manifest
+from ..runs.manifest import TrainingRecord, data_config_for, is_complete, read_manifest
 from ..runs.rundir import differing_keys
 from ..stages import STAGES
 from ..timing import interleaved_rounds, torch_threads
@@ -310,17 +310,15 @@ def _main_score(payload: dict[str, Any]) -> float:
     return payload["metrics"][payload["main_metric"]]
 
 
-def _screen_score(folder: Path, metric: str) -> float | None:
+def best_score(training: TrainingRecord | None, metric: str) -> float | None:
     """The best validation score of a distill run's evaluations."""
-    train = read_manifest(folder).train
-    history = train.history if train else []
+    history = training.history if training else []
     return max((h[metric] for h in history if metric in h), default=None)
 
 
-def _pace(run: Path) -> float:
+def pace(training: TrainingRecord | None) -> float:
     """Training examples per second of a finished run (1.0 when it records none)."""
-    train = read_manifest(run).train
-    return (train.examples_per_s if train else 0.0) or 1.0
+    return (training.examples_per_s if training else 0.0) or 1.0
 
 
 def _screen(search: Search) -> None:
@@ -330,14 +328,16 @@ def _screen(search: Search) -> None:
         names = [s["name"] for s in _steps(search, c)]
         if "screen" not in names:
             continue
-        if not is_complete(c.folder / "screen"):
+        if not search.executor.made(search, c, "screen"):
             if search.left_s() < REPORT_RESERVE_S:
                 c.close("not screened: time budget spent")
                 continue
             if not _attempt(search, c, [n for n in ("init", "screen") if n in names]):
                 continue
-        score = _screen_score(c.folder / "screen", search.metric)
+        training = search.executor.training(search, c, "screen")
+        score = best_score(training, search.metric)
         c.screen_score = score / search.teacher_validation if score is not None else None
+        c.pace = pace(training)
         c.status = Status.SCREENED
         log.info("screen %d/%d %s: predicted %.1fx, validation retention after 1 epoch on %d rows %.1f%%, %.0f min "
                  "left", i, len(search.candidates), c.name, c.predicted["speedup"],
@@ -377,25 +377,32 @@ class StageExecutor:
         except LmcError as exc:
             return str(exc)
 
+    def made(self, search: Search, c: Candidate, step: str) -> bool:
+        folder = c.folder / step
+        return is_complete(folder) or (folder / "metrics.json").is_file()  # evaluate writes no manifest
+
+    def training(self, search: Search, c: Candidate, step: str) -> TrainingRecord | None:
+        return read_manifest(c.folder / step).train
+
     def round_retention(self, search: Search, c: Candidate, round_: int) -> float:
-        return _round_retention(search, c, round_)
-
-    def round_estimate_s(self, search: Search, c: Candidate) -> float:
-        return _round_estimate_s(search, c)
+        score = json.loads((c.folder / round_step("validation", round_) / "metrics.json").read_text(encoding="utf-8"))
+        return _main_score(score) / search.teacher_validation
 
 
-def _estimate_s(search: Search, c: Candidate) -> float:
+def estimate_s(search: Search, c: Candidate) -> float:
     """Seconds to make `c` in full: its screening run's pace (examples per second) over the training rows, plus
-    the teacher's pass over them (its timed batch latency); 0 when it is already made."""
-    if is_complete(c.deploy):
-        return 0.0
+    the teacher's pass over them (its timed batch latency)."""
     if c.shape.static:
         return STATIC_ESTIMATE_S
     if c.shape == search.teacher_shape:
         return QUANTIZE_ESTIMATE_S
-    pace = _pace(c.folder / "screen")
     teacher_s = search.train_rows * search.teacher_ms / 1000 / search.cfg.batch_size
-    return 1.2 * search.cfg.epochs * search.train_rows / pace + teacher_s + QUANTIZE_ESTIMATE_S
+    return 1.2 * search.cfg.epochs * search.train_rows / (c.pace or 1.0) + teacher_s + QUANTIZE_ESTIMATE_S
+
+
+def round_estimate_s(search: Search, c: Candidate) -> float:
+    """Seconds for one more round: the last round's training pace over the rows (teacher outputs are cached)."""
+    return 1.2 * search.cfg.epochs * search.train_rows / (c.pace or 1.0) + QUANTIZE_ESTIMATE_S
 
 
 def _train(search: Search) -> None:
@@ -407,7 +414,7 @@ def _train(search: Search) -> None:
         if fastest_met is not None and c.predicted["speedup"] <= fastest_met:
             c.close("not trained: a faster candidate already met the target")
             continue
-        need = _estimate_s(search, c)
+        need = 0.0 if search.executor.made(search, c, c.deploy.name) else estimate_s(search, c)
         if need > search.left_s() - REPORT_RESERVE_S:
             c.close(f"not trained: needs about {need / 60:.0f} min, {search.left_s() / 60:.0f} min left")
             log.info("candidate %d/%d %s: %s", i, len(search.candidates), c.name, c.reason)
@@ -446,20 +453,6 @@ def _retime(search: Search, c: Candidate) -> dict[str, Any]:
     return speedups(times, "teacher")["student"]
 
 
-def _round_retention(search: Search, c: Candidate, round_: int) -> float:
-    score = json.loads((c.folder / round_step("validation", round_) / "metrics.json").read_text(encoding="utf-8"))
-    return _main_score(score) / search.teacher_validation
-
-
-def _round_estimate_s(search: Search, c: Candidate) -> float:
-    """Seconds for one more round: the last round's training pace over the rows (teacher outputs are cached);
-    0 when it is already made."""
-    if (c.folder / round_step("validation", c.rounds + 1) / "metrics.json").is_file():  # evaluate writes no manifest
-        return 0.0
-    pace = _pace(c.folder / round_step("student", c.rounds))
-    return 1.2 * search.cfg.epochs * search.train_rows / pace + QUANTIZE_ESTIMATE_S
-
-
 def _extend(search: Search) -> None:
     """While no candidate keeps the retention and time is left: train the nearest miss one more round (distilled
     again from its last student), as long as its rounds keep improving it."""
@@ -472,7 +465,9 @@ def _extend(search: Search) -> None:
         if not open_:
             return
         c = max(open_, key=lambda x: x.validation_retention)
-        need = search.executor.round_estimate_s(search, c)
+        c.pace = pace(search.executor.training(search, c, round_step("student", c.rounds)))  # its latest round's
+        need = 0.0 if search.executor.made(search, c, round_step("validation", c.rounds + 1)) else \
+            round_estimate_s(search, c)
         if need > search.left_s() - REPORT_RESERVE_S:
             log.info("no further round: %s needs about %.0f min, %.0f min left", c.name, need / 60,
                      search.left_s() / 60)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from ..config import AutoConfig, DataConfig
 from ..models.families import Family
+from ..runs.manifest import TrainingRecord
 from .shapes import Shape, SpeedTarget, teacher_shape
 
 LOG_FILE = "search.jsonl"
@@ -46,6 +47,7 @@ class Candidate:
     rounds: int = 1  # training rounds made: each one after the first distils the previous round's student again
     best_round: int = 1  # the round whose model is deployed (the best on the validation rows)
     measured: dict[str, Any] | None = None  # the trained model as served, timed beside the teacher (run._retime)
+    pace: float | None = None  # training examples per second of its latest distillation (screen, then each round)
 
     @property
     def trained(self) -> bool:
@@ -78,11 +80,14 @@ class Executor(Protocol):
     def run(self, search: Search, c: Candidate, steps: list[str], rounds: int) -> str | None:
         """Make these steps of `c` -> None, or why they failed."""
 
+    def made(self, search: Search, c: Candidate, step: str) -> bool:
+        """Whether step `step` of `c` is already made (a re-run of the search continues where it stopped)."""
+
+    def training(self, search: Search, c: Candidate, step: str) -> TrainingRecord | None:
+        """The training record of a made step (its pace, its validation history)."""
+
     def round_retention(self, search: Search, c: Candidate, round_: int) -> float:
         """Round `round_`'s validation score over the teacher's."""
-
-    def round_estimate_s(self, search: Search, c: Candidate) -> float:
-        """Seconds one more round of `c` would take."""
 
 
 @dataclass
