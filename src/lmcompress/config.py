@@ -538,17 +538,20 @@ class ExportConfig(OutputOptions):
     format: Literal["onnx", "openvino", "gguf"] = field(default="onnx", metadata={
         "help": "onnx: model.onnx for ONNX Runtime; openvino: model.xml + model.bin for OpenVINO; gguf: model.gguf "
                 "for llama.cpp (Llama-family causal LMs)"})
-    precision: Literal["fp32", "fp16", "bf16"] = field(default="fp32", metadata={
+    precision: Literal["fp32", "fp16", "bf16", "q8_0", "q4_0"] = field(default="fp32", metadata={
         "help": "fp32; fp16 (onnx: weights and activations; gguf: matrices); bf16 (openvino: the inference precision "
-                "it is compiled with, on CPUs with AMX or AVX512-BF16)"})
+                "it is compiled with, on CPUs with AMX or AVX512-BF16); q8_0, q4_0 (gguf: llama.cpp's 8- and 4-bit "
+                "block quantisation of the matrices)"})
     tolerance: float | None = field(default=None, metadata={
-        "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16; gguf fp16: 0.5)"})
+        "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16; gguf fp16: 0.5); gguf "
+                "q8_0/q4_0: max relative perplexity increase on the validation blocks (default 0.05 / 0.5)"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
         _required(self, "model", "out")
         _positive(self, "tolerance")
-        allowed = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "bf16"), "gguf": ("fp32", "fp16")}[self.format]
+        allowed = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "bf16"),
+                   "gguf": ("fp32", "fp16", "q8_0", "q4_0")}[self.format]
         if self.precision not in allowed:
             raise ValueError(f"--precision {self.precision} does not apply to --format {self.format} "
                               f"(use {' or '.join(allowed)})")

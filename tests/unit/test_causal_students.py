@@ -163,3 +163,22 @@ def test_gguf_writer_refuses_what_it_cannot_carry_in_one_line():
                                                                                     unk_token="[UNK]")))
     with pytest.raises(LmcError, match="byte-level BPE"):
         gguf_file.check_tokenizer(wordpiece)
+
+
+def test_gguf_tensor_types_follow_llama_quantize_rules():
+    import gguf
+
+    from lmcompress.backends.gguf_file import tensor_type
+
+    def kind(name, shape, precision):
+        return tensor_type(gguf, name, shape, precision).name
+
+    assert [kind("blk.0.attn_norm.weight", (576,), p) for p in ("fp16", "q8_0", "q4_0")] == ["F32"] * 3
+    assert kind("blk.0.ffn_down.weight", (576, 1536), "fp32") == "F32"
+    assert kind("blk.0.ffn_down.weight", (576, 1536), "fp16") == "F16"
+    assert kind("blk.0.ffn_down.weight", (576, 1536), "q8_0") == "Q8_0"
+    assert kind("blk.0.ffn_down.weight", (576, 1536), "q4_0") == "Q4_0"
+    assert kind("blk.0.ffn_down.weight", (576, 1000), "q4_0") == "F16"  # rows of 1000: not whole 32-value blocks
+    assert kind("token_embd.weight", (49152, 576), "q4_0") == "Q8_0"  # the output side keeps 8 bits
+    assert kind("output.weight", (49152, 576), "q4_0") == "Q8_0"
+    assert kind("token_embd.weight", (49152, 576), "q8_0") == "Q8_0"

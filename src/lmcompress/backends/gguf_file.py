@@ -8,9 +8,12 @@ tokenizer goes in too (byte-level BPE: tokens, types, merges, special ids), so t
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import logging
 import tempfile
+from unittest import mock
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ def require_gguf():
     if importlib.util.find_spec("gguf") is None:
         raise LmcError("writing a .gguf file needs the gguf package: pip install gguf")
     import gguf
+    import gguf.quants  # noqa: F401  (the block quantisers; not imported by `import gguf`)
 
     return gguf
 
@@ -111,17 +115,37 @@ def _add_tokenizer(gguf, writer, tokenizer, vocab_size: int, pre: str) -> None:
         gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
 
 
-def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str = "default") -> None:
-    """model (LlamaForCausalLM) -> a GGUF file at `path`: fp32 or fp16 matrices, fp32 norms (llama.cpp's rule)."""
+def tensor_type(gguf, gguf_name: str, shape: tuple[int, ...], precision: str):
+    """The GGML type of one tensor in a file of `precision`, by llama.cpp's rules (llama-quantize): vectors (norms)
+    stay F32; a matrix whose rows are not whole 32-value blocks stays F16; in a q4_0 file the token embedding and
+    the output matrix (the token embedding when tied) keep 8 bits, where llama-quantize keeps Q6_K, or Q8_0 when a
+    row is not whole 256-value super-blocks (the gguf package writes no K-quants)."""
+    types = gguf.GGMLQuantizationType
+    if len(shape) < 2 or precision == "fp32":
+        return types.F32
+    if precision == "fp16" or shape[-1] % QUANT_BLOCK:
+        return types.F16
+    if precision == "q4_0" and gguf_name.split(".")[0] in ("token_embd", "output"):
+        return types.Q8_0
+    return types.Q8_0 if precision == "q8_0" else types.Q4_0
+
+
+QUANT_BLOCK = 32  # values per Q8_0 / Q4_0 block, along a row
+FILE_TYPES = {"fp32": "ALL_F32", "fp16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}  # general.file_type
+
+
+def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str = "default") -> dict[str, int]:
+    """model (LlamaForCausalLM) -> a GGUF file at `path` with its matrices in `precision` (fp32, fp16, q8_0, q4_0:
+    `tensor_type`) -> the number of tensors of each GGML type."""
     gguf = require_gguf()
     config = model.config
     check_architecture(config)
     check_tokenizer(tokenizer)
     arch = getattr(gguf.MODEL_ARCH, GGUF_ARCHITECTURES[config.model_type])
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
-    _add_config(writer, config, name, gguf.LlamaFileType.MOSTLY_F16 if precision == "fp16" else
-                gguf.LlamaFileType.ALL_F32)
+    _add_config(writer, config, name, getattr(gguf.LlamaFileType, FILE_TYPES[precision]))
     _add_tokenizer(gguf, writer, tokenizer, config.vocab_size, pre)
+    counts: dict[str, int] = {}
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     tied = getattr(config, "tie_word_embeddings", False)
     for hf_name, value in model.state_dict().items():
@@ -135,19 +159,37 @@ def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str
             value = llama_cpp_permute(value, config.num_attention_heads)
         elif hf_name.endswith("k_proj.weight"):
             value = llama_cpp_permute(value, config.num_key_value_heads)
+        kind = tensor_type(gguf, gguf_name, tuple(value.shape), precision)
+        counts[kind.name] = counts.get(kind.name, 0) + 1
         array = value.numpy()
-        writer.add_tensor(gguf_name, array.astype(np.float16) if precision == "fp16" and array.ndim > 1 else array)
+        if kind.name in ("F32", "F16"):
+            writer.add_tensor(gguf_name, array.astype(np.float16 if kind.name == "F16" else np.float32))
+        else:  # block-quantised bytes; the writer derives the logical shape from them
+            writer.add_tensor(gguf_name, gguf.quants.quantize(array, kind), raw_dtype=kind)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return counts
 
 
 def load_gguf(path: Path):
     """(model, tokenizer) read back from a GGUF file by transformers alone."""
     folder, extra = str(path.parent), {"gguf_file": path.name, "local_files_only": True}
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, **extra).eval(), AutoTokenizer.from_pretrained(
-            folder, **extra)
+        with _quiet_dequantising():
+            model = AutoModelForCausalLM.from_pretrained(folder, **extra).eval()
+        return model, AutoTokenizer.from_pretrained(folder, **extra)
     except Exception as exc:
         raise LmcError(f"the written GGUF does not load back in transformers: {str(exc).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def _quiet_dequantising():
+    """transformers' GGUF reader shows a plain tqdm bar per load, which its own progress-bar switch does not reach:
+    silenced under --quiet."""
+    if logging.getLogger("lmcompress").isEnabledFor(logging.INFO):
+        yield
+        return
+    with mock.patch("transformers.modeling_gguf_pytorch_utils.tqdm", lambda items, **_: items):
+        yield

@@ -1,6 +1,7 @@
-"""`lmcompress export --format gguf`: a Llama-family causal LM run as one GGUF file for llama.cpp, validated by
-reading it back with transformers' GGUF loader and comparing logits on the run's own validation blocks (real text);
-above the tolerance nothing is written. The file's perplexity is re-scored from the file, not copied."""
+"""`lmcompress export --format gguf`: a Llama-family causal LM run as one GGUF file for llama.cpp (fp32, fp16, or
+llama.cpp's q8_0 / q4_0 block quantisation), validated by reading it back with transformers' GGUF loader on the run's
+own validation blocks (real text): fp32/fp16 by their logits, q8_0/q4_0 by their perplexity beside PyTorch's; above
+the tolerance nothing is written. The file's perplexity is scored from the file, not copied."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ from ..runs.rundir import RunDir, finish_stage
 
 log = logging.getLogger("lmcompress")
 
-# max |logit difference| over a 49k-token vocabulary: fp16 weights move large logits by ~0.1-0.2
-GGUF_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5}
+# fp32/fp16: max |logit difference| over a 49k-token vocabulary (fp16 weights move large logits by ~0.1-0.2);
+# q8_0/q4_0: max relative perplexity increase over the validation blocks (block quantisation moves every logit)
+GGUF_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5, "q8_0": 0.05, "q4_0": 0.5}
+QUANTISED = ("q8_0", "q4_0")
 CHECK_BLOCKS = 8  # validation blocks whose logits are compared
 
 
@@ -64,6 +67,31 @@ def logit_agreement(model, loaded, batch: dict[str, torch.Tensor]) -> dict[str, 
             "argmax_agreement": float((a.argmax(-1) == b.argmax(-1)).float().mean()), "tokens": int(mask.sum())}
 
 
+def _check_logits(validation: dict[str, Any], tolerance: float) -> None:
+    """fp32 and fp16 files: the logits read back must match PyTorch's within `tolerance`."""
+    log.info("GGUF read back by transformers: max |logit diff| %.2e over %d tokens (tolerance %.0e), argmax "
+             "agreement %.4f", validation["max_abs_logit_diff"], validation["tokens"], tolerance,
+             validation["argmax_agreement"])
+    if not validation["max_abs_logit_diff"] <= tolerance:
+        raise LmcError(f"the GGUF file's logits differ from PyTorch's by {validation['max_abs_logit_diff']:.3g} "
+                       f"> tolerance {tolerance:g}; nothing was written")
+
+
+def _perplexity_check(model, file_scores: dict[str, float], blocks, collate, tolerance: float) -> dict[str, float]:
+    """q8_0 and q4_0 files: the file's perplexity on the validation blocks may exceed PyTorch's by at most
+    `tolerance` (relative) -> both perplexities and the increase."""
+    reference = score_lm(model, blocks, collate, "clm", 16)["perplexity"]
+    increase = file_scores["perplexity"] / reference - 1
+    log.info("GGUF read back by transformers: perplexity %.2f vs PyTorch %.2f (%+.2f%%, tolerance %+.1f%%)",
+             file_scores["perplexity"], reference, 100 * increase, 100 * tolerance)
+    if not increase <= tolerance:
+        raise LmcError(f"the quantised GGUF file's perplexity is {100 * increase:.2f}% above PyTorch's "
+                       f"({file_scores['perplexity']:.2f} vs {reference:.2f}) > tolerance {tolerance:g}; nothing was "
+                       "written (a larger --tolerance accepts it; q8_0 keeps more)")
+    return {"perplexity_pytorch": reference, "perplexity_file": file_scores["perplexity"],
+            "perplexity_increase": increase}
+
+
 def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
@@ -76,22 +104,21 @@ def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
     run.begin(cfg.overwrite, False)
     with run.guard():
         path = run.partial / gguf_file.GGUF_FILE
-        gguf_file.write_gguf(model, tokenizer, path, cfg.precision, source.name, pre)
+        tensor_types = gguf_file.write_gguf(model, tokenizer, path, cfg.precision, source.name, pre)
         loaded, loaded_tokenizer = gguf_file.load_gguf(path)
-        check = {k: v for k, v in collate(data.validation[:CHECK_BLOCKS]).items() if k != "labels"}
-        validation = logit_agreement(model, loaded, check) | {"tolerance": tolerance, "blocks": CHECK_BLOCKS}
-        log.info("GGUF read back by transformers: max |logit diff| %.2e over %d tokens (tolerance %.0e), argmax "
-                 "agreement %.4f", validation["max_abs_logit_diff"], validation["tokens"], tolerance,
-                 validation["argmax_agreement"])
-        if not validation["max_abs_logit_diff"] <= tolerance:
-            raise LmcError(f"the GGUF file's logits differ from PyTorch's by {validation['max_abs_logit_diff']:.3g} "
-                           f"> tolerance {tolerance:g}; nothing was written")
         if loaded_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise LmcError("the GGUF file's tokenizer reads back with another vocabulary; nothing was written")
+        check = {k: v for k, v in collate(data.validation[:CHECK_BLOCKS]).items() if k != "labels"}
+        validation = logit_agreement(model, loaded, check) | {"tolerance": tolerance, "blocks": CHECK_BLOCKS,
+                                                             "tensor_types": tensor_types}
+        scores = score_lm(loaded, data.validation, collate, "clm", 16)  # the file's own perplexity
+        if cfg.precision in QUANTISED:
+            validation |= _perplexity_check(model, scores, data.validation, collate, tolerance)
+        else:
+            _check_logits(validation, tolerance)
         tokenizer.save_pretrained(run.partial)  # evaluate and compare rebuild the validation set with it
 
         def write(folder: Path) -> dict[str, Any]:
-            scores = score_lm(loaded, data.validation, collate, "clm", 16)
             return {"task": "clm", "split": "validation", "metrics": scores, "main_metric": "perplexity",
                     "params": count_params(loaded), "size_bytes": path.stat().st_size,
                     "examples": len(data.validation), "validation_fingerprint": data.record["validation_fingerprint"]}
