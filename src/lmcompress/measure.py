@@ -90,24 +90,30 @@ def time_side_by_side(rows: list[dict[str, Any]], calls: dict[tuple[int, int], A
 GENERATION_TOKENS = 32
 
 
-def generation_speed(models: dict[str, torch.nn.Module], prompt: torch.Tensor, new_tokens: int = GENERATION_TOKENS,
-                     rounds: int = 5) -> dict[str, dict[str, Any]]:
+GenerateCall = Callable[[int], Callable[[], object]]  # new tokens -> one generation to time (greedy, batch 1)
+
+
+def torch_generator(model: torch.nn.Module, prompt: torch.Tensor) -> GenerateCall:
+    """A transformers causal LM's `generate` from `prompt` ([1, P] token ids), exactly `new_tokens` long."""
+    model.eval()
+    mask = torch.ones_like(prompt)
+    eos = model.config.eos_token_id  # a list in Llama-3 configs
+    pad = (eos[0] if isinstance(eos, list) and eos else eos) or 0
+    return lambda tokens: lambda: model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=tokens,
+                                                 min_new_tokens=tokens, do_sample=False, pad_token_id=pad)
+
+
+def generation_speed(models: dict[str, torch.nn.Module | GenerateCall], prompt: torch.Tensor,
+                     new_tokens: int = GENERATION_TOKENS, rounds: int = 5) -> dict[str, dict[str, Any]]:
     """Causal LMs at batch 1, greedy with the KV cache, timed in interleaved rounds (warm-up first) -> per model:
     time to first token (the prompt's forward and one token), decode tokens/s (the `new_tokens` - 1 tokens after the
-    first) and their interquartile ranges. `prompt`: [1, P] token ids."""
-    mask = torch.ones_like(prompt)
-
-    def generate(model: torch.nn.Module, tokens: int) -> Callable[[], object]:
-        eos = model.config.eos_token_id  # a list in Llama-3 configs
-        pad = (eos[0] if isinstance(eos, list) and eos else eos) or 0
-        return lambda: model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=tokens,
-                                      min_new_tokens=tokens, do_sample=False, pad_token_id=pad)
-
+    first) and their interquartile ranges. `prompt`: [1, P] token ids; a model is a transformers causal LM or a
+    GenerateCall (another runtime, such as llama.cpp: backends/llama_cpp.generator)."""
     calls: dict[tuple[str, int], Callable[[], object]] = {}
     for name, model in models.items():
-        model.eval()
-        calls[(name, 1)] = generate(model, 1)
-        calls[(name, new_tokens)] = generate(model, new_tokens)
+        make = torch_generator(model, prompt) if isinstance(model, torch.nn.Module) else model
+        calls[(name, 1)] = make(1)
+        calls[(name, new_tokens)] = make(new_tokens)
     with torch.inference_mode():
         times = interleaved_rounds(calls, rounds, warmup=1)
     out: dict[str, dict[str, Any]] = {}

@@ -130,12 +130,17 @@ def test_gguf_export_reads_back_exactly_and_evaluate_and_compare_score_it(llama_
 def test_quantised_gguf_keeps_llama_cpp_precisions_and_records_its_perplexity(llama_teacher, tmp_path, capsys):
     from gguf import GGUFReader
 
+    from lmcompress.backends import llama_cpp
+
     source = json.loads((llama_teacher / "metrics.json").read_text())["metrics"]["perplexity"]
     for precision, quantised in (("q8_0", "Q8_0"), ("q4_0", "Q4_0")):
         out = tmp_path / precision
-        code, stdout, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--precision",
-                                     precision, "--out", str(out), "--json", "--quiet"], capsys)
+        with pytest.MonkeyPatch.context() as patch:  # as where llama.cpp is not installed: one line says how
+            patch.setattr(llama_cpp, "available", lambda: False)
+            code, stdout, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--precision",
+                                         precision, "--out", str(out), "--json"], capsys)
         assert code == 0, err
+        assert err.count("bash scripts/setup.sh --with-llama-cpp") == 1
         validation = json.loads((out / "lmcompress.json").read_text())["export"]["validation"]
         assert validation["perplexity_pytorch"] == pytest.approx(source, rel=1e-4)
         assert validation["perplexity_file"] == json.loads(stdout)["metrics"]["perplexity"]
@@ -152,6 +157,23 @@ def test_quantised_gguf_keeps_llama_cpp_precisions_and_records_its_perplexity(ll
                             "--tolerance", "1e-9", "--out", str(tmp_path / "tight"), "--quiet"], capsys)
     assert code == 1 and not (tmp_path / "tight").exists() and not list(tmp_path.glob(".tight*"))
     one_error_line(err, "perplexity is", "nothing was written")
+
+
+def test_llama_cpp_reads_and_runs_the_exported_file(llama_teacher, tmp_path, capsys):
+    pytest.importorskip("llama_cpp")  # the optional extra (setup.sh --with-llama-cpp); CI does not build it
+    out = tmp_path / "q8"
+    code, stdout, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--precision", "q8_0",
+                                 "--out", str(out), "--json", "--quiet"], capsys)
+    assert code == 0, err
+    file_perplexity = json.loads(stdout)["metrics"]["perplexity"]
+    check = json.loads((out / "lmcompress.json").read_text())["export"]["validation"]["llama_cpp"]
+    assert check["perplexity"] == pytest.approx(file_perplexity, rel=0.05) and check["version"]
+    code, stdout, err = run_cli(["evaluate", "--model", str(out), "--json", "--latency-repeats", "2", "--quiet"],
+                                capsys)
+    assert code == 0, err
+    payload = json.loads(stdout)["llama_cpp"]
+    assert payload["perplexity"] == pytest.approx(check["perplexity"], rel=1e-6)  # the same file
+    assert payload["generation"]["decode_tokens_per_s"] > 0 and payload["generation"]["new_tokens"] == 32
 
 
 @pytest.mark.parametrize("case", ["gpt2-gguf", "task-run-gguf", "encoder-prune-lm", "corpus-in-prune", "gpt2-kv"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from lmcompress.config import DistillConfig, DistillLossConfig
@@ -12,6 +13,7 @@ from lmcompress.data import load_task
 from lmcompress.data.tokenize import collator, tokenize_frame
 from lmcompress.distillation.cache import TeacherCache
 from lmcompress.distillation.train import DistillSettings, Evaluation, distill_model
+from lmcompress.errors import LmcError
 from lmcompress.models.load import load_tokenizer, load_trained_classifier
 from lmcompress.runkinds.task import score_split
 from lmcompress.runs.manifest import data_config_for
@@ -77,3 +79,9 @@ def test_a_handed_cache_is_filled_once_then_read(tiny_teacher_run, tmp_path):
     assert result.fit.state.history == []  # no evaluation: the last weights
     assert any(not torch.equal(before[k], v) for k, v in result.student.state_dict().items())
     assert (tmp_path / "work" / "checkpoint").is_dir()  # the given folder holds what a resume needs
+    with pytest.raises(ValueError, match="holds a checkpoint of an earlier call"):  # never its stale weights
+        distill_model(teacher, student, rows, collator(tokenizer), DistillSettings(cfg.loss, cfg.train),
+                      copied=copied, folder=tmp_path / "work")
+    with pytest.raises(LmcError, match="intermediate layers first"):  # TinyBERT's stage 1 without its losses
+        distill_model(teacher, student, rows, collator(tokenizer),
+                      DistillSettings(cfg.loss, cfg.train, intermediate_epochs=1.0), copied=copied)

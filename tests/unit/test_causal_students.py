@@ -179,6 +179,7 @@ def test_gguf_tensor_types_follow_llama_quantize_rules():
     assert kind("blk.0.ffn_down.weight", (576, 1536), "q8_0") == "Q8_0"
     assert kind("blk.0.ffn_down.weight", (576, 1536), "q4_0") == "Q4_0"
     assert kind("blk.0.ffn_down.weight", (576, 1000), "q4_0") == "F16"  # rows of 1000: not whole 32-value blocks
-    assert kind("token_embd.weight", (49152, 576), "q4_0") == "Q8_0"  # the output side keeps 8 bits
-    assert kind("output.weight", (49152, 576), "q4_0") == "Q8_0"
+    assert kind("output.weight", (49152, 576), "q4_0") == "Q8_0"  # the output side keeps 8 bits
+    assert kind("token_embd.weight", (49152, 576), "q4_0") == "Q4_0"  # a mere lookup table...
+    assert tensor_type(gguf, "token_embd.weight", (49152, 576), "q4_0", tied=True).name == "Q8_0"  # ...unless tied
     assert kind("token_embd.weight", (49152, 576), "q8_0") == "Q8_0"

@@ -115,17 +115,18 @@ def _add_tokenizer(gguf, writer, tokenizer, vocab_size: int, pre: str) -> None:
         gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size).add_to_gguf(writer, quiet=True)
 
 
-def tensor_type(gguf, gguf_name: str, shape: tuple[int, ...], precision: str):
+def tensor_type(gguf, gguf_name: str, shape: tuple[int, ...], precision: str, tied: bool = False):
     """The GGML type of one tensor in a file of `precision`, by llama.cpp's rules (llama-quantize): vectors (norms)
-    stay F32; a matrix whose rows are not whole 32-value blocks stays F16; in a q4_0 file the token embedding and
-    the output matrix (the token embedding when tied) keep 8 bits, where llama-quantize keeps Q6_K, or Q8_0 when a
-    row is not whole 256-value super-blocks (the gguf package writes no K-quants)."""
+    stay F32; a matrix whose rows are not whole 32-value blocks stays F16; in a q4_0 file the output matrix (the
+    token embedding when `tied`, as it then serves as the output) keeps 8 bits, where llama-quantize keeps Q6_K, or
+    Q8_0 when a row is not whole 256-value super-blocks (the gguf package writes no K-quants)."""
     types = gguf.GGMLQuantizationType
     if len(shape) < 2 or precision == "fp32":
         return types.F32
     if precision == "fp16" or shape[-1] % QUANT_BLOCK:
         return types.F16
-    if precision == "q4_0" and gguf_name.split(".")[0] in ("token_embd", "output"):
+    output = gguf_name.split(".")[0] == "output" or (tied and gguf_name.split(".")[0] == "token_embd")
+    if precision == "q4_0" and output:
         return types.Q8_0
     return types.Q8_0 if precision == "q8_0" else types.Q4_0
 
@@ -159,7 +160,7 @@ def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str
             value = llama_cpp_permute(value, config.num_attention_heads)
         elif hf_name.endswith("k_proj.weight"):
             value = llama_cpp_permute(value, config.num_key_value_heads)
-        kind = tensor_type(gguf, gguf_name, tuple(value.shape), precision)
+        kind = tensor_type(gguf, gguf_name, tuple(value.shape), precision, tied)
         counts[kind.name] = counts.get(kind.name, 0) + 1
         array = value.numpy()
         if kind.name in ("F32", "F16"):
@@ -191,5 +192,5 @@ def _quiet_dequantising():
     if logging.getLogger("lmcompress").isEnabledFor(logging.INFO):
         yield
         return
-    with mock.patch("transformers.modeling_gguf_pytorch_utils.tqdm", lambda items, **_: items):
+    with mock.patch("transformers.modeling_gguf_pytorch_utils.tqdm", lambda items, **_: items, create=True):
         yield

@@ -1,9 +1,10 @@
 """`distill_model`: a student trained on a teacher's outputs, in memory.
 
 The library call under `lmcompress distill`, prune's recovery and the benchmarks: models and tokenised rows in, the
-trained student out. It reads no file; it writes only what the training loop keeps to resume (checkpoints and loss
-logs) into `folder`, or into a temporary folder it removes when none is given. Run directories, manifests and the
-teacher-output cache's location are the stage's business (stages/distill.py).
+trained student out. Its only files are the training loop's (checkpoints and loss logs, read back on resume) in
+`folder`, or in a temporary folder it removes when none is given, and the teacher cache it is handed. Run
+directories, manifests and where the cache lives are the stage's business (stages/distill.py). The teacher is left
+as the losses needed it (eager attention when attention maps are compared).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import transformers
 from torch import nn
 
 from ..config import DistillLossConfig, TrainConfig
-from ..distributed import is_main_process
+from ..distributed import is_main_process, num_processes
+from ..errors import LmcError
 from ..surgery.student import layer_count, model_width
 from ..training import BatchOrder, FitResult, fit
 from .cache import TeacherCache
-from .components import (DistillModule, Needs, TeacherOutputs, fill_teacher_cache, intermediate_needs,
+from .components import (TEACHER_PREFIX, DistillModule, Needs, TeacherOutputs, fill_teacher_cache, intermediate_needs,
                          parse_layer_map, projection_count)
 from .task_loss import make_task_loss_fn
 
@@ -79,10 +81,14 @@ def distill_model(teacher: nn.Module, student: nn.Module, rows, collate, setting
     loop checkpoints, and whether to continue from its checkpoint. batch_order: replaces the shuffled order.
     """
     settings = settings or DistillSettings()
+    _check_folder(folder, resume)
     if layer_map is None:
         layer_map = parse_layer_map(settings.loss.layer_map, layer_count(student.config),
                                     layer_count(teacher.config), copied)
     needs = intermediate_needs(student, teacher, settings.loss, layer_map)
+    if settings.intermediate_epochs > 0 and not (needs.hidden or needs.attentions or needs.qkv):
+        raise LmcError("intermediate_epochs (TinyBERT two-stage) trains the intermediate layers first: give a hidden, "
+                       "attention, embedding or MiniLM loss weight")
     if "idx" not in rows.column_names:  # the cache and the paired collator find a row's teacher outputs by it
         rows = rows.add_column("idx", list(range(len(rows))))
     transformers.set_seed(settings.train.seed)  # projections start the same whatever ran before in this process
@@ -90,11 +96,11 @@ def distill_model(teacher: nn.Module, student: nn.Module, rows, collate, setting
                            projection_count(settings.loss, layer_map))
     phases = _Phases(settings, module, teacher, rows, collate, cache, needs, layer_map, evaluation, batch_order,
                      description)
-    with _work_folder(folder, resume) as work:
+    with _work_folder(folder) as work:
         try:
             if cache is not None:  # the teacher's pass, once, before training: every epoch then reads the cache
-                fill_teacher_cache(cache, rows, teacher_ids or rows["input_ids"], collate,
-                                   TeacherOutputs(teacher, cache, needs, settings.teacher_precision),
+                outputs = TeacherOutputs(teacher, cache, needs, settings.teacher_precision)
+                fill_teacher_cache(cache, rows, teacher_ids or _teacher_tokens(rows), collate, outputs,
                                    settings.train.eval_batch_size)
             result = phases.run(work, resume)
         finally:
@@ -106,13 +112,27 @@ def distill_model(teacher: nn.Module, student: nn.Module, rows, collate, setting
     return DistillResult(trained, result, layer_map, needs)
 
 
+def _teacher_tokens(rows) -> list[list[int]]:
+    """The teacher's token ids per row: its own columns where its vocabulary differs (PairedCollator's rows)."""
+    own = TEACHER_PREFIX + "input_ids"
+    return rows[own if own in rows.column_names else "input_ids"]
+
+
+def _check_folder(folder: Path | None, resume: bool) -> None:
+    if folder is None:
+        if resume:
+            raise ValueError("resume needs the folder holding the checkpoint")
+        if num_processes() > 1:  # each rank would make its own temporary folder; rank 0 alone writes checkpoints
+            raise ValueError("distill_model under several processes needs a folder shared by every rank")
+    elif not resume and (Path(folder) / "checkpoint").exists():
+        raise ValueError(f"{folder} holds a checkpoint of an earlier call: pass resume=True or an empty folder")
+
+
 @contextlib.contextmanager
-def _work_folder(folder: Path | None, resume: bool) -> Iterator[Path]:
+def _work_folder(folder: Path | None) -> Iterator[Path]:
     if folder is not None:
         yield Path(folder)
         return
-    if resume:
-        raise ValueError("resume needs the folder holding the checkpoint")
     with tempfile.TemporaryDirectory(prefix="lmcompress-distill-") as temporary:
         yield Path(temporary)
 

@@ -19,10 +19,11 @@ from ..config import CompareConfig, EvaluateConfig, PretrainConfig, from_dict
 from ..data import lm
 from ..data.pretraining import PAIR_METRIC, LMData, cache_root, collator, corpus, prepare_data
 from ..errors import LmcError
+from ..backends import llama_cpp
 from ..backends.gguf_file import GGUF_FILE, load_gguf
 from ..backends.onnx import MODEL_FILE, OnnxClassifier
-from ..measure import (LATENCY_BATCHES, count_params, generation_speed, measure_latency, time_side_by_side,
-                       weights_size_bytes)
+from ..measure import (GENERATION_TOKENS, LATENCY_BATCHES, count_params, generation_speed, measure_latency,
+                       time_side_by_side, weights_size_bytes)
 from ..models.load import load_for_pretraining, load_lm_teacher, load_tokenizer, resolve
 from ..objectives import lm_forward, token_loss_sum
 from ..runs.manifest import Manifest, TrainingRecord, read_manifest
@@ -32,6 +33,7 @@ from ..timing import torch_threads
 log = logging.getLogger("lmcompress")
 
 GENERATION_PROMPT = 32  # tokens of the prompt generation speed is timed on
+GENERATION_CONTEXT = GENERATION_PROMPT + GENERATION_TOKENS  # llama.cpp's context for that generation
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -185,9 +187,46 @@ def evaluate(folder: Path, manifest: Manifest, cfg: EvaluateConfig) -> dict[str,
     payload = lm_metrics_payload(pcfg, model, tokenizer, data, folder, scores,
                                  cfg.latency_repeats if cfg.latency else None)
     payload["backend"] = served_by(folder)
-    if cfg.latency and pcfg.objective == "clm" and hasattr(model, "generate"):
-        payload["generation"] = generation_speed({"model": model}, generation_prompt(data))["model"]
+    gguf = folder / GGUF_FILE
+    if gguf.is_file():  # the file as llama.cpp runs it, beside transformers' reading of it
+        payload["llama_cpp"] = _llama_cpp_scores(gguf, data) if llama_cpp.available() else None
+        if not llama_cpp.available():
+            log.info(llama_cpp.INSTALL_HINT)
+    if not (cfg.latency and pcfg.objective == "clm" and hasattr(model, "generate")):
+        return payload
+    runtimes: dict[str, Any] = {"model": model}
+    if payload.get("llama_cpp"):
+        runtimes["llama.cpp"] = llama_cpp.generator(llama_cpp.open_model(gguf, GENERATION_CONTEXT,
+                                                                         torch.get_num_threads()),
+                                                    generation_prompt(data)[0].tolist())
+    speed = generation_speed(runtimes, generation_prompt(data))
+    payload["generation"] = speed["model"]
+    if "llama.cpp" in speed:
+        payload["llama_cpp"]["generation"] = speed["llama.cpp"]
+        log.info("llama.cpp: first token %.1f ms, %.1f tokens/s (transformers from the same file: %.1f ms, %.1f "
+                 "tokens/s)", speed["llama.cpp"]["ttft_ms"], speed["llama.cpp"]["decode_tokens_per_s"],
+                 speed["model"]["ttft_ms"], speed["model"]["decode_tokens_per_s"])
     return payload
+
+
+def _llama_cpp_scores(path: Path, data: LMData) -> dict[str, Any] | None:
+    """llama.cpp's perplexity of the file on the validation blocks; None (with a warning) when it cannot run it:
+    llama.cpp is optional, so it never stops an evaluation."""
+    try:
+        scored = llama_cpp_perplexity(path, data.validation)
+    except LmcError as exc:
+        log.warning("llama.cpp: %s", exc)
+        return None
+    log.info("llama.cpp: perplexity %.2f", scored["perplexity"])
+    return {"perplexity": scored["perplexity"], "tokens": scored["tokens"], "version": llama_cpp.version()}
+
+
+def llama_cpp_perplexity(path: Path, blocks: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """The validation blocks' perplexity as llama.cpp computes it from the GGUF file (padding left out)."""
+    ids = [np.asarray(b["input_ids"])[np.asarray(b["attention_mask"]).astype(bool)] if "attention_mask" in b
+           else np.asarray(b["input_ids"]) for b in blocks]
+    model = llama_cpp.open_model(path, max(len(i) for i in ids), torch.get_num_threads(), all_logits=True)
+    return llama_cpp.perplexity(model, [i.tolist() for i in ids])
 
 
 def compare_rows(cfg: CompareConfig, folders: list[Path], names: list[str], manifests: list[Manifest],

@@ -12,13 +12,13 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from ..backends import gguf_file
+from ..backends import gguf_file, llama_cpp
 from ..config import ExportConfig, to_dict
 from ..errors import LmcError
 from ..measure import count_params
 from ..models.load import load_tokenizer
 from ..data.pretraining import collator
-from ..runkinds.lm import run_validation_set, score_lm
+from ..runkinds.lm import llama_cpp_perplexity, run_validation_set, score_lm
 from ..runs.manifest import Manifest, TaskRecord, read_manifest, stage_manifest
 from ..runs.rundir import RunDir, finish_stage
 
@@ -28,6 +28,7 @@ log = logging.getLogger("lmcompress")
 # q8_0/q4_0: max relative perplexity increase over the validation blocks (block quantisation moves every logit)
 GGUF_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5, "q8_0": 0.05, "q4_0": 0.5}
 QUANTISED = ("q8_0", "q4_0")
+LLAMA_CPP_TOLERANCE = 0.05  # llama.cpp's perplexity of the file vs transformers' reading of it, relative
 CHECK_BLOCKS = 8  # validation blocks whose logits are compared
 
 
@@ -92,6 +93,25 @@ def _perplexity_check(model, file_scores: dict[str, float], blocks, collate, tol
             "perplexity_increase": increase}
 
 
+def _llama_cpp_check(path: Path, blocks, file_perplexity: float) -> dict[str, Any]:
+    """With llama.cpp installed: the file's perplexity as llama.cpp computes it must agree with transformers' reading
+    of the same file within LLAMA_CPP_TOLERANCE (it runs fp16 attention caches and 8-bit activations against
+    quantised weights, so not to the last digit) -> {"llama_cpp": ...}; without it, one line on adding it."""
+    if not llama_cpp.available():
+        log.info(llama_cpp.INSTALL_HINT)
+        return {}
+    scored = llama_cpp_perplexity(path, blocks)
+    difference = scored["perplexity"] / file_perplexity - 1
+    log.info("llama.cpp reads the file with perplexity %.2f (transformers: %.2f, %+.2f%%)", scored["perplexity"],
+             file_perplexity, 100 * difference)
+    if not abs(difference) <= LLAMA_CPP_TOLERANCE:
+        raise LmcError(f"llama.cpp scores the GGUF file at perplexity {scored['perplexity']:.2f}, transformers at "
+                       f"{file_perplexity:.2f} ({100 * difference:+.1f}%, more than {100 * LLAMA_CPP_TOLERANCE:.0f}%): "
+                       "the two read it differently; nothing was written")
+    return {"llama_cpp": {"perplexity": scored["perplexity"], "vs_transformers": difference,
+                          "version": llama_cpp.version()}}
+
+
 def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
@@ -116,6 +136,7 @@ def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
             validation |= _perplexity_check(model, scores, data.validation, collate, tolerance)
         else:
             _check_logits(validation, tolerance)
+        validation |= _llama_cpp_check(path, data.validation, scores["perplexity"])
         tokenizer.save_pretrained(run.partial)  # evaluate and compare rebuild the validation set with it
 
         def write(folder: Path) -> dict[str, Any]:

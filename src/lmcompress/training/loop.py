@@ -351,7 +351,7 @@ def fit(model: torch.nn.Module, train_data: Dataset, collate: Callable, cfg: Tra
     finally:
         loop.logs.close()
     best = loop.checkpoint_dir / "best.safetensors"
-    if cfg.keep_best and best.is_file():
+    if cfg.keep_best and evaluate_fn is not None and best.is_file():
         load_model(loop.unwrapped, str(best))
     return FitResult(state=loop.state, steps=loop.state.global_step, wall_time_s=time.perf_counter() - loop.started,
                      examples_per_s=loop.examples_seen / max(1e-9, time.perf_counter() - loop.session_start))

@@ -1,0 +1,82 @@
+"""The llama.cpp backend's arithmetic and its use of llama-cpp-python's surface, on a stand-in that computes
+logits with a tiny transformers model (llama.cpp itself is an optional extra; tests/integration runs it when
+installed)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lmcompress.backends import llama_cpp
+
+
+class TorchAsLlama:
+    """llama-cpp-python's `reset` / `eval` / `scores` / `generate` over a transformers model."""
+
+    def __init__(self, model):
+        self.model, self.scores, self.resets, self.context = model, None, 0, []
+
+    def n_ctx(self):
+        return 64
+
+    def reset(self):
+        self.resets += 1
+        self.context = []
+
+    def eval(self, ids):
+        self.context += list(ids)
+        with torch.no_grad():
+            self.scores = self.model(torch.tensor([self.context])).logits[0].numpy()
+
+    def generate(self, tokens, top_k, temp, reset):
+        assert (top_k, temp, reset) == (1, 0.0, True) and self.context == []  # greedy, from an empty context
+        self.eval(tokens)
+        while True:
+            token = int(self.scores[-1].argmax())
+            yield token
+            self.eval([token])
+
+
+@pytest.fixture(scope="module")
+def tiny_llama():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                        num_key_value_heads=1, intermediate_size=32)).eval()
+
+
+def test_perplexity_is_the_token_weighted_next_token_loss(tiny_llama):
+    blocks = [[1, 5, 7, 9, 3], [2, 4, 6]]
+    nll, tokens = 0.0, 0
+    for ids in blocks:
+        with torch.no_grad():
+            logits = tiny_llama(torch.tensor([ids])).logits[0]
+        nll += float(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="sum"))
+        tokens += len(ids) - 1
+    stand_in = TorchAsLlama(tiny_llama)
+    scored = llama_cpp.perplexity(stand_in, blocks)
+    assert scored["tokens"] == 6 and stand_in.resets == 2  # each block from an empty context
+    assert scored["perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+
+
+def test_generator_evaluates_the_prompt_afresh_and_makes_exactly_the_tokens_asked(tiny_llama):
+    stand_in = TorchAsLlama(tiny_llama)
+    prompt = [1, 5, 7]
+    make = llama_cpp.generator(stand_in, prompt)
+    first, again = make(4)(), make(4)()
+    assert len(first) == 4 and first == again and stand_in.resets == 2
+    expected = tiny_llama.generate(torch.tensor([prompt]), max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                   pad_token_id=0)[0, 3:].tolist()
+    assert first == expected  # greedy: the tokens transformers picks
+    with pytest.raises(ValueError, match="exceed the context of 64"):
+        make(62)
+
+
+def test_without_llama_cpp_the_file_is_refused_with_how_to_add_it(monkeypatch, tmp_path):
+    from lmcompress.errors import LmcError
+
+    monkeypatch.setattr(llama_cpp, "available", lambda: False)
+    with pytest.raises(LmcError, match="--with-llama-cpp"):
+        llama_cpp.open_model(tmp_path / "model.gguf", 64, 1)
