@@ -15,28 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from cli_runs import run_command  # benchmarks/cli_runs.py (this script's folder)
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def _run(cmd: list[str], out: Path, reuse: bool) -> float | None:
-    """Run an lmcompress command -> wall seconds; with `reuse`, a complete run at `out` is kept instead."""
-    print("    " + " ".join(cmd), flush=True)
-    if reuse and (out / "metrics.json").is_file():
-        print("    (complete run reused)", flush=True)
-        return None
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
-        print(done.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(done.returncode)
-    return round(time.perf_counter() - start, 1)
 
 
 def _random_init(pruned: Path, folder: Path, seed: int) -> Path:
@@ -118,12 +104,12 @@ def main() -> int:
                  "--heads", args.heads, "--top-k", args.top_k, "--calibration-examples", args.calibration,
                  "--baseline", "--out", str(out / "pruned"), *common]
     print("(1) pruned + distilled, and the same shape from random init without a teacher", flush=True)
-    prune_wall = _run(prune_cmd, out / "pruned", args.reuse)
+    prune_wall = run_command(prune_cmd, out / "pruned", args.reuse)
     init = _random_init(out / "pruned", out / "random-init", seed=0)
     kd_cmd = [exe, "distill-lm", "--teacher", "smollm2-135m", "--student", str(init), "--top-k", args.top_k,
               "--out", str(out / "random-kd"), *common]
     print("(2) the same shape from random init, distilled", flush=True)
-    kd_wall = _run(kd_cmd, out / "random-kd", args.reuse)
+    kd_wall = run_command(kd_cmd, out / "random-kd", args.reuse)
     baseline_cmd = [exe, "pretrain", "--model", "(the pruned shape, random init)", "--objective", "clm", *common]
     rows = [_row("pruned-distilled", "pruned + distilled", out / "pruned", prune_cmd, prune_wall),
             _row("random-kd", "random init + KD", out / "random-kd", kd_cmd, kd_wall),

@@ -21,25 +21,12 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from cli_runs import run_command  # benchmarks/cli_runs.py (this script's folder)
 
 RESULTS = Path(__file__).parent / "results"
 PRECISIONS = ("fp16", "q8_0", "q4_0")
-
-
-def _run(cmd: list[str], out: Path, reuse: bool) -> float | None:
-    """Run an lmcompress command -> wall seconds; with `reuse`, a complete run at `out` is kept instead."""
-    print("    " + " ".join(cmd), flush=True)
-    if reuse and (out / "metrics.json").is_file():
-        print("    (complete run reused)", flush=True)
-        return None
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        print(done.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(done.returncode)
-    return round(time.perf_counter() - start, 1)
 
 
 def _file_row(model: str, precision: str, folder: Path, wall: float | None) -> dict:
@@ -108,8 +95,8 @@ def main() -> int:
                    "--learning-rate", "3e-4", "--eval-every-steps", args.eval_every, "--checkpoint-every-steps",
                    "100000", "--out", str(out / "student"), *common]
     print("(1) the teacher as a run, and the pruned + distilled student", flush=True)
-    walls = {"teacher": _run(teacher_cmd, out / "teacher", args.reuse),
-             "student": _run(student_cmd, out / "student", args.reuse)}
+    walls = {"teacher": run_command(teacher_cmd, out / "teacher", args.reuse),
+             "student": run_command(student_cmd, out / "student", args.reuse)}
     print("(2) GGUF files, checked by transformers and llama.cpp", flush=True)
     rows, files = [], {}
     for name in ("teacher", "student"):
@@ -117,7 +104,7 @@ def main() -> int:
             folder = out / f"{name}-{precision}"
             cmd = [exe, "export", "--model", str(out / name), "--format", "gguf", "--precision", precision,
                    "--out", str(folder), "--quiet"]
-            wall = _run(cmd, folder, args.reuse)
+            wall = run_command(cmd, folder, args.reuse)
             rows.append(_file_row(name, precision, folder, wall))
             files[f"{name} {precision}"] = folder / "model.gguf"
     print("(3) generation, interleaved", flush=True)
