@@ -56,6 +56,7 @@ REFUSALS: list[tuple[str, Callable[[Axes], bool], str]] = [
     ("prune", lambda a: a["family"] == "albert", "prune is supported for"),
     ("prune-lm", _encoder, "prune-lm prunes causal LMs"),
     ("export", lambda a: a["precision"] == "bf16", "--precision bf16 does not apply to --format onnx"),
+    ("export", lambda a: a["precision"] in ("q8_0", "q4_0"), "does not apply to --format onnx"),  # gguf only
     ("auto", lambda a: a["family"] in ("albert", "gpt2"), "auto cuts encoder students from the teacher's layers"),
 ]
 
