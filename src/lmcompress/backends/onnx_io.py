@@ -62,6 +62,11 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -
     previous = getattr(model.config, "_attn_implementation", None)
     if previous not in (None, "eager"):
         model.set_attn_implementation("eager")
+    # decoder heads (GPT-2, Llama with a classification head) return their KV cache too, which torch.export cannot
+    # carry out of the graph: the graph returns the logits only
+    cached = getattr(model.config, "use_cache", None)
+    if cached:
+        model.config.use_cache = False
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = {name: {0: batch, 1: seq} for name in sample}
     try:
@@ -75,6 +80,8 @@ def export_onnx(model: nn.Module, sample: dict[str, torch.Tensor], path: Path) -
     finally:
         if previous not in (None, "eager"):
             model.set_attn_implementation(previous)
+        if cached:
+            model.config.use_cache = cached
     return path
 
 
