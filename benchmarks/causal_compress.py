@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cli_runs import run_command  # benchmarks/cli_runs.py (this script's folder)
+from cli_runs import LMCOMPRESS, output_root, run_command  # benchmarks/cli_runs.py (this script's folder)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -93,10 +93,7 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--reuse", action="store_true", help="keep complete runs under --out")
     args = parser.parse_args()
-    exe = str(Path(sys.executable).parent / "lmcompress")
-    out = Path(args.out)
-    if not args.reuse:
-        shutil.rmtree(out, ignore_errors=True)
+    exe, out = LMCOMPRESS, output_root(args.out, args.reuse)
     common = ["--data", "enwiki-sample", "--max-documents", str(args.documents), "--epochs", args.epochs,
               "--batch-size", args.batch_size, "--max-length", args.max_length, "--learning-rate", args.learning_rate,
               "--max-validation-examples", args.validation, "--checkpoint-every-steps", "100000", "--quiet"]

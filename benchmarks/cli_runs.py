@@ -1,8 +1,10 @@
-"""What the benchmarks that drive the CLI share: run one lmcompress command, or keep its complete run."""
+"""What the benchmarks that drive the CLI share: the command, a fresh output folder, running one command (or keeping
+its complete run)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,3 +23,14 @@ def run_command(cmd: list[str], out: Path, reuse: bool) -> float | None:
         print(done.stderr[-3000:], file=sys.stderr)
         raise SystemExit(done.returncode)
     return round(time.perf_counter() - start, 1)
+
+
+LMCOMPRESS = str(Path(sys.executable).parent / "lmcompress")  # the CLI of the interpreter running the benchmark
+
+
+def output_root(out: str, reuse: bool) -> Path:
+    """The benchmark's output folder: emptied first, unless complete runs in it are to be reused."""
+    root = Path(out)
+    if not reuse:
+        shutil.rmtree(root, ignore_errors=True)
+    return root

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from cli_runs import run_command  # benchmarks/cli_runs.py (this script's folder)
+from cli_runs import LMCOMPRESS, output_root, run_command  # benchmarks/cli_runs.py (this script's folder)
 
 RESULTS = Path(__file__).parent / "results"
 PRECISIONS = ("fp16", "q8_0", "q4_0")
@@ -82,10 +81,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reuse", action="store_true", help="keep complete runs under --out")
     args = parser.parse_args()
-    exe = str(Path(sys.executable).parent / "lmcompress")
-    out = Path(args.out)
-    if not args.reuse:
-        shutil.rmtree(out, ignore_errors=True)
+    exe, out = LMCOMPRESS, output_root(args.out, args.reuse)
     common = ["--data", "enwiki-sample", "--max-documents", str(args.documents), "--max-length", str(args.max_length),
               "--max-validation-examples", args.validation, "--calibration-examples", "128", "--quiet"]
     teacher_cmd = [exe, "prune-lm", "--model", "smollm2-135m", "--layers", "30", "--recovery", "none",

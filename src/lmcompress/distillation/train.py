@@ -23,7 +23,7 @@ import safetensors.torch
 import transformers
 from torch import nn
 
-from ..config import DistillLossConfig, TrainConfig
+from ..config import DistillLossConfig, TrainConfig, distill_training
 from ..distributed import is_main_process, num_processes
 from ..errors import LmcError
 from ..surgery.student import layer_count, model_width
@@ -42,8 +42,7 @@ class DistillSettings:
     """How to distil: the losses, the optimisation, the task's head, and TinyBERT's optional first stage."""
 
     loss: DistillLossConfig = field(default_factory=DistillLossConfig)
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(learning_rate=1e-4, epochs=5.0,
-                                                                   group_by_length=True))
+    train: TrainConfig = field(default_factory=distill_training)
     task: str = "classification"  # classification, regression, token-classification or question-answering
     teacher_precision: str = "auto"  # the teacher's forward pass: auto (bf16 where the CPU has bf16 kernels), fp32, bf16
     intermediate_epochs: float = 0.0  # > 0: TinyBERT two-stage (intermediate layers first, then the prediction layer)

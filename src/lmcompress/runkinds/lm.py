@@ -189,9 +189,7 @@ def evaluate(folder: Path, manifest: Manifest, cfg: EvaluateConfig) -> dict[str,
     payload["backend"] = served_by(folder)
     gguf = folder / GGUF_FILE
     if gguf.is_file():  # the file as llama.cpp runs it, beside transformers' reading of it
-        payload["llama_cpp"] = _llama_cpp_scores(gguf, data) if llama_cpp.available() else None
-        if not llama_cpp.available():
-            log.info(llama_cpp.INSTALL_HINT)
+        payload["llama_cpp"] = _llama_cpp_scores(gguf, data)
     if not (cfg.latency and pcfg.objective == "clm" and hasattr(model, "generate")):
         return payload
     runtimes: dict[str, Any] = {"model": model}
@@ -210,8 +208,11 @@ def evaluate(folder: Path, manifest: Manifest, cfg: EvaluateConfig) -> dict[str,
 
 
 def _llama_cpp_scores(path: Path, data: LMData) -> dict[str, Any] | None:
-    """llama.cpp's perplexity of the file on the validation blocks; None (with a warning) when it cannot run it:
-    llama.cpp is optional, so it never stops an evaluation."""
+    """llama.cpp's perplexity of the file on the validation blocks; None when it is not installed (one line says
+    how to add it) or cannot run the file (a warning): llama.cpp is optional, so it never stops an evaluation."""
+    if not llama_cpp.available():
+        log.info(llama_cpp.INSTALL_HINT)
+        return None
     try:
         scored = llama_cpp_perplexity(path, data.validation)
     except LmcError as exc:
