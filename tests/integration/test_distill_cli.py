@@ -215,3 +215,28 @@ def test_each_part_of_the_loss_is_logged_and_they_sum_to_the_loss(tiny_teacher_r
         parts = {k: v for k, v in line.items() if k.startswith("train/loss_")}
         assert set(parts) == {"train/loss_hard", "train/loss_kd", "train/loss_hidden", "train/loss_minilm"}
         assert sum(parts.values()) == pytest.approx(line["train/loss"], rel=1e-4)
+
+
+def test_a_donor_cut_keeps_the_donor_s_layers_and_tokenizer(tiny_teacher_run, corpus, tmp_path, capsys):
+    """`--student 'DONOR;layers=1'`: a pre-trained donor with its own vocabulary, cut to one layer (its last, as
+    layers=N cuts a teacher), learns from the teacher's logits on the raw text."""
+    import torch
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    donor = tmp_path / "donor"
+    code, _, err = run_cli(["pretrain", "--model", "bert-2l-32h-4a", "--train-tokenizer", "150", "--data", str(corpus),
+                            "--out", str(donor), "--max-steps", "2", "--max-length", "32", "--quiet"], capsys)
+    assert code == 0, err
+    donor_layer = AutoModel.from_pretrained(donor).encoder.layer[1].attention.self.query.weight
+    out = tmp_path / "student"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", f"{donor};layers=1", "--out",
+                            str(out), "--cache-dir", str(tmp_path / "cache"), *COMMON, "--epochs", "1",
+                            "--learning-rate", "1e-9"], capsys)
+    assert code == 0, err
+    student = AutoModelForSequenceClassification.from_pretrained(out)
+    assert student.config.num_hidden_layers == 1 and student.config.num_labels == 2
+    assert torch.allclose(student.bert.encoder.layer[0].attention.self.query.weight, donor_layer, atol=1e-6)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(donor).get_vocab()
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", f"{donor};layers=5", "--out",
+                            str(tmp_path / "too-deep"), *COMMON], capsys)
+    assert code == 1 and f"layers=5: donor {donor} has only 2 layers" in err

@@ -22,6 +22,7 @@ from .families import ENCODER_FAMILIES, check_objective, family_name
 from . import presets
 from .heads import head_class, saved_head
 from .hub import is_hub_id, resolve_hub_id
+from .onnx_bert import zoo_model_dir
 from .trust import remote_code_allowed
 
 log = logging.getLogger("lmcompress")
@@ -55,7 +56,7 @@ def _resolve_dir(spec: str, role: str) -> Path:
         if entry.name == "smollm2-135m":
             raise LmcError("'smollm2-135m' is a causal-LM teacher for `lmcompress distill-lm`; it has no task head "
                            "to fine-tune")
-        return entry.require()
+        return zoo_model_dir(entry)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():

@@ -15,6 +15,7 @@ from ..config import CompareConfig
 from ..errors import LmcError
 from ..machine import cpu_has_bf16, processor, usable_cores
 from ..measure import LATENCY_BATCHES
+from ..models.onnx_bert import zoo_model_dir
 from ..report import pareto_front, plot_pareto, print_table, render_html, render_markdown
 from ..roofline import matmul_peaks
 from ..runkinds import TASK, kind_for_comparison
@@ -108,7 +109,7 @@ def _run_folder(spec: str) -> Path:
     file, of a language-model one)."""
     folder = Path(spec).expanduser()
     if not folder.exists() and catalog.is_zoo_name(spec) and catalog.get(spec).kind == "model":
-        folder = catalog.get(spec).require()
+        folder = zoo_model_dir(catalog.get(spec))
     if folder.suffix == ".gguf" and folder.is_file():  # a causal LM as llama.cpp ships it (a teacher row)
         return folder
     if not any((folder / name).is_file() for name in ("config.json", GGUF_FILE)):

@@ -37,7 +37,8 @@ from ..runkinds.task import MAIN_METRIC, finish_run, score_split
 from ..runs.manifest import PruningRecord, data_config_for, read_manifest, run_manifest
 from ..runs.rundir import RunDir
 from ..surgery.albert import albert_from_bert, parse_albert_spec
-from ..surgery.student import build_student, is_derived_spec, layer_count, load_student_like, model_width, parse_spec
+from ..surgery.student import (build_student, donor_of, is_derived_spec, layer_count, load_student_like, model_width,
+                                parse_spec)
 from ..training import BatchOrder
 from .distill_static import distill_static, is_static_spec
 
@@ -248,8 +249,13 @@ def _make_student(cfg: DistillConfig, teacher: Teacher, task_data) -> Student:
         model, copied = albert_from_bert(teacher.model, albert)
         return Student(model, teacher.tokenizer, copied)
     if is_derived_spec(cfg.student):
-        model, copied = build_student(teacher.model, parse_spec(cfg.student))
-        return Student(model, teacher.tokenizer, copied)
+        donor, items = donor_of(cfg.student)
+        if donor is None:
+            model, copied = build_student(teacher.model, parse_spec(cfg.student))
+            return Student(model, teacher.tokenizer, copied)
+        source = resolve(donor, role="student")  # a pre-trained donor, cut: its layers are not the teacher's
+        model, _ = build_student(load_student_like(teacher.model, source.path), parse_spec(items), f"donor {donor}")
+        return Student(model, load_tokenizer(source.tokenizer_path))
     if presets.parse_preset(cfg.student) is not None and not Path(cfg.student).exists():
         source = resolve(cfg.student, tokenizer=str(teacher.folder), role="student")
         model = load_for_sequence_classification(source, teacher.tokenizer, task_data.num_labels, task_data.labels,

@@ -36,6 +36,13 @@ class StudentSpec:
     ffn: int | None = None
 
 
+def donor_of(spec: str) -> tuple[str | None, str]:
+    """`minilm-l3;layers=2` -> ("minilm-l3", "layers=2"): a derived spec whose first item is a model (a zoo name,
+    folder or Hub id: a pre-trained donor) cuts that model instead of the teacher; (None, spec) otherwise."""
+    first, _, rest = spec.partition(";")
+    return (None, spec) if "=" in first else (first.strip(), rest)
+
+
 def is_derived_spec(spec: str) -> bool:
     """`key=value` items (a typo in a key still lands in parse_spec, which names the valid keys)."""
     return "=" in spec and not Path(spec).exists()
@@ -78,17 +85,17 @@ def model_width(config) -> int:
     return width(config)
 
 
-def chosen_layers(spec: StudentSpec, teacher_layers: int) -> list[int]:
+def chosen_layers(spec: StudentSpec, teacher_layers: int, source: str = "the teacher") -> list[int]:
     if spec.pick is not None:
         bad = [i for i in spec.pick if not 0 <= i < teacher_layers]
         if bad or not spec.pick:
-            raise LmcError(f"pick={','.join(map(str, spec.pick))}: the teacher has layers 0..{teacher_layers - 1}")
+            raise LmcError(f"pick={','.join(map(str, spec.pick))}: {source} has layers 0..{teacher_layers - 1}")
         if len(set(spec.pick)) != len(spec.pick):
             raise LmcError("pick= lists a layer twice")
         return list(spec.pick)
     n = spec.layers or teacher_layers
     if n > teacher_layers:
-        raise LmcError(f"layers={n}: the teacher has only {teacher_layers} layers")
+        raise LmcError(f"layers={n}: {source} has only {teacher_layers} layers")
     return evenly_spaced_layers(teacher_layers, n)
 
 
@@ -226,14 +233,16 @@ def narrowed_widths(family: Family, config, spec: StudentSpec) -> Widths:
     return Widths(new_hidden, new_heads, new_heads, new_dim, new_ffn)
 
 
-def build_student(teacher: PreTrainedModel, spec: StudentSpec) -> tuple[PreTrainedModel, list[int]]:
-    """A student with the teacher's head, fewer layers and optionally narrower widths -> (student, teacher layers)."""
+def build_student(teacher: PreTrainedModel, spec: StudentSpec,
+                  source: str = "the teacher") -> tuple[PreTrainedModel, list[int]]:
+    """A student with the teacher's head, fewer layers and optionally narrower widths -> (student, teacher layers).
+    `source` names the model cut in messages (a donor is cut the same way)."""
     narrowing = any(x is not None for x in (spec.hidden, spec.heads, spec.kv_heads, spec.ffn))
     if (family_of(teacher.config) or GENERIC).shares_layers:
         raise LmcError("an ALBERT teacher shares one layer across depth; derive students from BERT/RoBERTa/GPT-2 "
                        "teachers or give a preset student")
     family = require_family(teacher.config, "hidden=/heads=/ffn=", narrow=narrowing)
-    keep_layers = chosen_layers(spec, family.depth(teacher.config))
+    keep_layers = chosen_layers(spec, family.depth(teacher.config), source)
     if not narrowing:
         return slice_model(teacher, family, family.reshaped(teacher.config, keep_layers), keep_layers, None, None,
                            None), keep_layers
