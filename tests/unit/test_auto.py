@@ -146,18 +146,24 @@ def test_int8_is_timed_only_for_shapes_short_of_the_target_in_fp32():
 def test_shortlist_takes_fp32_when_fast_enough_else_the_fastest_int8():
     from lmcompress.search.run import shortlist
 
-    def record(name, layers, variant, speedup):
+    def record(name, layers, variant, speedup, origin=""):
         return {"name": name, "layers": layers, "heads": 1, "hidden": 8, "ffn": 16, "static": False,
-                "variant": variant, "speedup": speedup, "params": 1000 * layers}
+                "variant": variant, "speedup": speedup, "params": 1000 * layers, "origin": origin}
 
     records = [record("L2", 2, "fp32", 5.0), record("L2", 2, "onnx-int8", 11.5), record("L2", 2, "openvino-int8", 14.0),
-               record("L1", 1, "fp32", 12.0), record("L1", 1, "openvino-int8", 20.0)]
+               record("L1", 1, "fp32", 12.0), record("L1", 1, "openvino-int8", 20.0),
+               # a donor: its biggest fast-enough shape takes a slot of its own, even at a depth a cut already holds
+               record("d-L3", 3, "fp32", 9.0, "d"), record("d-L3", 3, "onnx-int8", 12.0, "d"),
+               record("d-L1", 1, "fp32", 30.0, "d"),
+               record("gone-L1", 1, "fp32", 30.0, "gone")]  # timed for a donor this search was not given
     config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
     search = SimpleNamespace(target=SpeedTarget(10.0, None), teacher_ms=100.0, family=family_of(config),
                              teacher_shape=teacher_shape(family_of(config), config), cfg=SimpleNamespace(shortlist=4),
-                             root=Path("/nowhere"))
-    chosen = {(c.shape.layers, c.variant) for c in shortlist(records, search)}
-    assert chosen == {(2, "openvino-int8"), (1, "fp32")}
+                             root=Path("/nowhere"), donors={"d": None})
+    chosen = {(c.shape.origin, c.shape.layers, c.variant) for c in shortlist(records, search)}
+    assert chosen == {("", 2, "openvino-int8"), ("", 1, "fp32"), ("d", 3, "onnx-int8")}
+    search.donors = {}
+    assert {c.shape.origin for c in shortlist(records, search)} == {""}
 
 
 class ScriptedExecutor:

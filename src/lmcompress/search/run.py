@@ -48,6 +48,7 @@ from ..runs.rundir import differing_keys
 from ..stages import STAGES
 from ..timing import interleaved_rounds, torch_threads
 from . import summary
+from .donors import find_donors
 from .state import LOG_FILE, Candidate, Search, Status, round_step
 from .shapes import SPEED_MARGIN, Shape, SpeedTarget, measure_shapes, shape_grid, speedups
 
@@ -61,8 +62,10 @@ STATIC_ESTIMATE_S = 480.0  # model2vec's table + 10 epochs of a head + scoring: 
 QUANTIZE_ESTIMATE_S = 120.0
 # options that change what a candidate's steps make: a re-run with other values would mix old and new models
 REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "screen_rows", "epochs", "learning_rate",
-                "data")
+                "donors", "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
+# a donor with its own tokenizer: its token positions do not line up with the teacher's, so logits only
+LOGITS_LOSS = {"temperature": 4.0, "alpha": 0.5}
 MAX_ROUNDS = 5  # training rounds per candidate: the first, and up to four more while the target is missed
 # timing a trained candidate beside the teacher: with 3 warm-up calls and 7 rounds the students read 5-30% slower than
 # in the final report, which times models already warmed by scoring the test rows
@@ -149,9 +152,10 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
     root = _out_folder(cfg, teacher_dir)
     _check_request(cfg, root, data)
     target = SpeedTarget(cfg.min_speedup, cfg.max_latency_ms)
+    donors = find_donors(cfg.donors, load_tokenizer(teacher_dir).get_vocab(), config)
     search = Search(cfg, root, teacher_dir, data, family, config, target, started + cfg.budget_s,
                     train_rows=len(task_data.splits["train"]), labels=task_data.labels, task=task_data.task,
-                    executor=StageExecutor())
+                    executor=StageExecutor(), donors={d.label: d for d in donors})
     test = task_data.splits["test"]
     search.sample = (test["text"].tolist()[:64], test["text_pair"].tolist()[:64] if task_data.has_pair else None)
     return search, teacher, task_data
@@ -194,7 +198,8 @@ def _measure(search: Search, teacher, task_data) -> list[dict[str, Any]]:
     threads = cfg.threads or torch.get_num_threads()
     setup = {"teacher": str(search.teacher_dir), "int8_variants": list(variants), "batch_size": cfg.batch_size,
              "seq_len": search.data.max_length, "threads": threads, "processor": processor(),
-             "target": search.target.describe()}  # int8 variants are timed for the shapes near the target
+             "target": search.target.describe(),  # int8 variants are timed for the shapes near the target
+             "donors": {label: str(d.folder) for label, d in search.donors.items()}}
     cached = _read_json(search.root / SHAPES_FILE)
     if cached and cached.get("setup") == setup:
         log.info("shape timings: reusing %s (same teacher, backend, batch, threads and processor)", SHAPES_FILE)
@@ -202,11 +207,12 @@ def _measure(search: Search, teacher, task_data) -> list[dict[str, Any]]:
         return cached["shapes"]
     tokenizer = load_tokenizer(search.teacher_dir)
     batch = fixed_batch(*search.sample, tokenizer, search.data.max_length, cfg.batch_size)
+    grid = shape_grid(search.family, teacher.config, static=not task_data.has_pair)
+    grid += [shape for donor in search.donors.values() for shape in donor.shapes()]
     with torch_threads(threads):
         measured, teacher_ms = measure_shapes(
-            teacher.eval(), search.family, shape_grid(search.family, teacher.config, static=not task_data.has_pair),
-            batch, len(tokenizer), tokenizer.unk_token_id, variants,
-            search.target)
+            teacher.eval(), search.family, grid, batch, len(tokenizer), tokenizer.unk_token_id, variants,
+            search.target, donors={label: d.config for label, d in search.donors.items()})
     search.teacher_ms = teacher_ms
     records = [m.record() for m in measured]
     write_json_atomic(search.root / SHAPES_FILE, {"setup": setup, "teacher_ms": teacher_ms, "shapes": records})
@@ -223,25 +229,31 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def shortlist(records: list[dict[str, Any]], search: Search) -> list[Candidate]:
     """Shapes that meet the target with SPEED_MARGIN, each with its most accurate fast-enough variant (fp32 before
-    int8, then the fastest int8); the biggest per depth, the `shortlist` biggest of those; the static student when
-    it is fast enough. (The teacher's own shape in fp32 is the teacher: not a candidate.)"""
+    int8, then the fastest int8). Of the teacher's cuts the biggest per depth, the `shortlist` biggest of those; of
+    each donor its biggest (whole, else its deepest cut); the static student when it is fast enough. (The teacher's
+    own shape in fp32 is the teacher: not a candidate.)"""
     required = search.target.required_speedup(search.teacher_ms) * SPEED_MARGIN
     teacher = search.teacher_shape.name
-    fast = [r for r in records if r["speedup"] >= required and not (r["name"] == teacher and r["variant"] == "fp32")]
+    fast = [r for r in records if r["speedup"] >= required and not (r["name"] == teacher and r["variant"] == "fp32")
+            and r.get("origin", "") in ("", *search.donors)]
     best_per_shape: dict[str, dict[str, Any]] = {}
     for record in sorted(fast, key=lambda r: (r["variant"] != "fp32", -r["speedup"])):
         best_per_shape.setdefault(record["name"], record)
     per_depth: dict[int, dict[str, Any]] = {}
+    per_donor: dict[str, dict[str, Any]] = {}
     for record in sorted(best_per_shape.values(), key=lambda r: -r["params"]):
-        if not record["static"]:
+        if record.get("origin"):
+            per_donor.setdefault(record["origin"], record)
+        elif not record["static"]:
             per_depth.setdefault(record["layers"], record)
-    chosen = sorted(per_depth.values(), key=lambda r: -r["params"])[:search.cfg.shortlist]
+    chosen = sorted(per_depth.values(), key=lambda r: -r["params"])[:search.cfg.shortlist] + list(per_donor.values())
     chosen += [r for r in best_per_shape.values() if r["static"]]
     return [Candidate(_shape(r), r["variant"], r, search.root / "candidates" / r["name"]) for r in chosen]
 
 
 def _shape(record: dict[str, Any]) -> Shape:
-    return Shape(record["layers"], record["heads"], record["hidden"], record["ffn"], record["static"])
+    return Shape(record["layers"], record["heads"], record["hidden"], record["ffn"], record["static"],
+                 record.get("origin", ""))
 
 
 # ------------------------------------------------------------------------------------------------ 2-3. train
@@ -251,7 +263,7 @@ def _init_step(search: Search, shape: Shape) -> dict[str, Any] | None:
     """The student's starting point: pruned from the teacher by importance; None where the distill stage starts
     from the teacher's layers itself (`layers=N`, families that cannot be narrowed)."""
     full = search.teacher_shape
-    if not search.family.can_narrow or shape == full:
+    if not search.family.can_narrow or shape == full or shape.origin:  # (a donor is cut by the distill stage)
         return None
     return {"name": "init", "stage": "prune", "model": str(search.teacher_dir), "layers": shape.layers,
             "heads": 1 - shape.heads / full.heads, "ffn": 1 - shape.ffn / full.ffn, "recovery": "none",
@@ -270,13 +282,15 @@ def _steps(search: Search, c: Candidate, rounds: int = 1) -> list[dict[str, Any]
         return [{"name": "student", "stage": "distill", "teacher": teacher, "student": "static", "data": data,
                  "train": {"epochs": STATIC_EPOCHS}}, _evaluate_step("student")]
     init = _init_step(search, c.shape)
-    distill = {"stage": "distill", "teacher": teacher, "loss": LOSS}
+    donor = search.donors.get(c.shape.origin)
+    first = "init" if init else donor.student_spec(c.shape) if donor else f"layers={c.shape.layers}"
+    distill = {"stage": "distill", "teacher": teacher, "loss": LOGITS_LOSS if donor and not donor.same_tokenizer
+               else LOSS}
     steps = [init] if init else []
-    steps.append(distill | {"name": "screen", "student": "init" if init else f"layers={c.shape.layers}",
-                            "data": data | {"max_train_examples": cfg.screen_rows},
+    steps.append(distill | {"name": "screen", "student": first, "data": data | {"max_train_examples": cfg.screen_rows},
                             "train": {"epochs": 1.0, "learning_rate": cfg.learning_rate}})
     for r in range(1, rounds + 1):
-        start = round_step("student", r - 1) if r > 1 else ("init" if init else f"layers={c.shape.layers}")
+        start = round_step("student", r - 1) if r > 1 else first
         student = round_step("student", r)
         steps.append(distill | {"name": student, "student": start, "data": data, "augment": cfg.augment,
                                 "train": {"epochs": cfg.epochs,

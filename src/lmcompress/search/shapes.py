@@ -9,6 +9,7 @@ again, and the two are compared in the search log.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import statistics
 import tempfile
@@ -21,7 +22,8 @@ import torch
 
 from ..backends.onnx import OnnxClassifier
 from ..backends.openvino import OpenVinoClassifier, onnx_to_ir, quantize_ir_int8
-from ..models.families import Family
+from ..models.families import Family, family_of
+from ..models.heads import head_class, saved_head
 from ..models.static import StaticClassifier
 from ..backends.onnx_io import export_onnx, quantize_dynamic_int8
 from ..roofline import macs_per_token
@@ -50,10 +52,14 @@ class Shape:
     hidden: int
     ffn: int
     static: bool = False
+    origin: str = ""  # "": cut from the teacher; else the pre-trained donor it is cut from (or is, whole)
 
     @property
     def name(self) -> str:
-        return "static" if self.static else f"L{self.layers}-H{self.hidden}-A{self.heads}-F{self.ffn}"
+        if self.static:
+            return "static"
+        dims = f"L{self.layers}-H{self.hidden}-A{self.heads}-F{self.ffn}"
+        return f"{self.origin}-{dims}" if self.origin else dims
 
     def macs_per_token(self, seq_len: int) -> float:
         """Multiply-adds per token of the transformer layers (projections, FFN, attention scores and mixing)."""
@@ -82,14 +88,39 @@ def shape_grid(family: Family, config, static: bool) -> list[Shape]:
     return unique + ([Shape(0, 0, STATIC_DIM, 0, static=True)] if static else [])
 
 
-def random_model(teacher: torch.nn.Module, family: Family, shape: Shape, vocab: int, unk_id: int | None):
-    """A model of `shape` with the teacher's class and head, random weights (enough to time it)."""
+def donor_grid(origin: str, config) -> list[Shape]:
+    """A pre-trained donor whole, and cut to every grid depth below its own (full width: it is already small)."""
+    family = family_of(config)
+    full = Shape(family.depth(config), family.heads(config), family.width(config), family.ffn(config), origin=origin)
+    return [Shape(d, full.heads, full.hidden, full.ffn, origin=origin) for d in DEPTHS if d < full.layers] + [full]
+
+
+def random_model(teacher: torch.nn.Module, family: Family, shape: Shape, vocab: int, unk_id: int | None,
+                 donors: dict[str, Any] | None = None):
+    """A model of `shape` with random weights (enough to time it): the teacher's class and head, or a donor's
+    architecture (`donors`: origin -> its config) with the teacher's head."""
     if shape.static:
         num_labels = teacher.config.num_labels
         return StaticClassifier(torch.randn(vocab, shape.hidden), num_labels, unk_id, {}, {}, "").eval()
     keep = list(range(shape.layers))
+    if shape.origin:
+        source = donors[shape.origin]
+        config = family_of(source).reshaped(source, keep)
+        config.num_labels = teacher.config.num_labels
+        return head_class(saved_head(teacher.config)).from_config(config).eval()
     config = family.reshaped(teacher.config, keep, shape.hidden, shape.heads, shape.ffn)
     return type(teacher)(config).eval()
+
+
+def batch_for(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The timing batch as `model` takes it: a donor's vocabulary may be smaller than the teacher's tokenizer (which
+    ids it reads does not change its speed) and its forward may take no token types."""
+    config = getattr(model, "config", None)
+    if config is None:  # the static student reads any ids
+        return batch
+    accepted = inspect.signature(model.forward).parameters
+    return {k: v.clamp(max=config.vocab_size - 1) if k == "input_ids" else v for k, v in batch.items()
+            if k in accepted}
 
 
 def speedups(times: dict[Any, list[float]], reference: Any) -> dict[Any, dict[str, Any]]:
@@ -165,9 +196,9 @@ def needing_int8(measured: list[Measured], required: float) -> list[Measured]:
 
 def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str, torch.Tensor], vocab: int,
                    unk_id: int | None, int8_variants: tuple[str, ...], target: SpeedTarget,
-                   rounds: int = 5) -> tuple[list[Measured], float]:
+                   rounds: int = 5, donors: dict[str, Any] | None = None) -> tuple[list[Measured], float]:
     """fp32 latency of every shape, then each of `int8_variants` for the shapes `needing_int8` -> (figures, teacher
-    ms)."""
+    ms). `donors`: origin -> config of the donors whose shapes are in `shapes`."""
     teacher_call = lambda: teacher(**batch)  # noqa: E731
     seq_len = batch["input_ids"].shape[1]
     full = max(shapes, key=lambda s: s.macs_per_token(seq_len))
@@ -179,9 +210,10 @@ def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str
 
     def fp32(shape: Shape) -> Callable[[], Callable[[], object]]:
         def make() -> Callable[[], object]:
-            model = random_model(teacher, family, shape, vocab, unk_id)
+            model = random_model(teacher, family, shape, vocab, unk_id, donors)
             params[shape.name] = sum(p.numel() for p in model.parameters())
-            return lambda: model(**batch)
+            inputs = batch_for(model, batch)
+            return lambda: model(**inputs)
         return make
 
     log.info("timing %d shapes with random weights beside the teacher (%d rounds, batch %d x %d tokens; shapes with "
@@ -195,9 +227,10 @@ def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str
         with tempfile.TemporaryDirectory(prefix="lmcompress-shapes-") as tmp:
             def int8(shape: Shape, variant: str = variant, tmp: str = tmp) -> Callable[[], Callable[[], object]]:
                 def make() -> Callable[[], object]:
-                    model = _int8(random_model(teacher, family, shape, vocab, unk_id), variant, batch,
-                                  Path(tmp) / shape.name)
-                    return lambda: model(**batch)
+                    fp32_model = random_model(teacher, family, shape, vocab, unk_id, donors)
+                    inputs = batch_for(fp32_model, batch)
+                    model = _int8(fp32_model, variant, inputs, Path(tmp) / shape.name)
+                    return lambda: model(**inputs)
                 return make
 
             timed, _ = time_in_groups(teacher_call, {m.shape.name: int8(m.shape) for m in chosen}, rounds)

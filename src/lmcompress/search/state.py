@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from ..config import AutoConfig, DataConfig
 from ..models.families import Family
 from ..runs.manifest import TrainingRecord
+from .donors import Donor
 from .shapes import Shape, SpeedTarget, teacher_shape
 
 LOG_FILE = "search.jsonl"
@@ -62,11 +63,17 @@ class Candidate:
         return self.shape.name if self.variant == "fp32" else f"{self.shape.name}-{self.variant}"
 
     @property
+    def origin(self) -> str:
+        """Where its weights start: a cut of the teacher, a pre-trained donor (cut or whole), or a static table."""
+        return "static" if self.shape.static else f"donor {self.shape.origin}" if self.shape.origin else "teacher cut"
+
+    @property
     def deploy(self) -> Path:
         return self.folder / round_step("student" if self.variant == "fp32" else self.variant, self.best_round)
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": self.shape.name, "variant": self.variant, "folder": str(self.folder),
+        return {"name": self.name, "shape": self.shape.name, "origin": self.origin, "variant": self.variant,
+                "folder": str(self.folder),
                 "predicted_speedup": self.predicted["speedup"], "predicted_latency_ms": self.predicted["latency_ms"],
                 "screen_score": self.screen_score, "validation_retention": self.validation_retention,
                 "measured_speedup": (self.measured or {}).get("speedup"),
@@ -109,6 +116,7 @@ class Search:
     sample: tuple[list[str], list[str] | None] = ([], None)  # texts (and pairs) of the timing batch
     candidates: list[Candidate] = field(default_factory=list)
     executor: Executor | None = None
+    donors: dict[str, Donor] = field(default_factory=dict)  # by label (Shape.origin)
 
     @functools.cached_property
     def teacher_shape(self) -> Shape:

@@ -62,15 +62,16 @@ def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dic
              f"them; the table above reports the test rows), speed {search.target.describe()} at batch {size} as "
              f"measured in this report. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
              "Use it:", "", "```bash", *use_commands(search.root / "best"), "```", "",
-             "| candidate | predicted speedup | measured as trained | screen retention (validation) | validation "
-             "retention | trained (rounds) | note |", "|---|---|---|---|---|---|---|"]
+             "| candidate | origin | params | predicted speedup | measured as trained | screen retention (validation) "
+             "| validation retention | trained (rounds) | note |", "|---|---|---|---|---|---|---|---|---|"]
     for c in search.candidates:
         screen = f"{c.screen_score:.1%}" if c.screen_score is not None else "-"
         val = f"{c.validation_retention:.1%}" if c.validation_retention is not None else "-"
         trained = (f"yes ({c.rounds}, best {c.best_round})" if c.rounds > 1 else "yes") if c.trained else "no"
         timed = f"{c.measured['speedup']:.1f}x" if c.measured else "-"
-        lines.append(f"| {c.name} | {c.predicted['speedup']:.1f}x | {timed} | {screen} | {val} | {trained} | "
-                     f"{c.reason} |")
+        params = f"{c.predicted['params'] / 1e6:.1f}M" if "params" in c.predicted else "-"
+        lines.append(f"| {c.name} | {c.origin} | {params} | {c.predicted['speedup']:.1f}x | "
+                     f"{timed} | {screen} | {val} | {trained} | {c.reason} |")
     lines += ["", "Latency predicted from random weights vs measured in this report:", "",
               "| candidate | predicted ms | measured ms | measured / predicted |", "|---|---|---|---|"]
     lines += [f"| {x['name']} | {x['predicted_ms']:.1f} | {x['measured_ms']:.1f} | {x['measured_over_predicted']:.2f} |"
