@@ -175,3 +175,23 @@ def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_tea
     assert "| donor donor |" in (out / "report" / "report.md").read_text()
     shapes = json.loads((out / "shapes.json").read_text())
     assert {s["name"] for s in shapes["shapes"] if s["origin"]} == {"donor-L1-H32-A4-F128", "donor-L2-H32-A4-F128"}
+
+
+def test_an_albert_teacher_is_searched_over_its_depth(sentiment_csv, tmp_path, capsys):
+    """ALBERT shares one layer across depth: its students are the shared layer applied fewer times (full width, as
+    for any family that cannot be narrowed), screened and trained as `distill --student layers=N`."""
+    teacher = tmp_path / "albert-teacher"
+    code, _, err = run_cli(["finetune", "--model", "albert-2l-32h-4a", "--data", str(sentiment_csv), "--out",
+                            str(teacher), "--epochs", "2", "--batch-size", "16", "--learning-rate", "3e-3",
+                            "--max-length", "32", "--quiet"], capsys)
+    assert code == 0, err
+    out = tmp_path / "search"
+    code, _, err = run_cli(["auto", "--teacher", str(teacher), "--out", str(out), *SEARCH, "--donors", "none"], capsys)
+    assert code == 0, err
+    search = json.loads((out / "report" / "report.json").read_text())["auto"]
+    shapes = json.loads((out / "shapes.json").read_text())["shapes"]
+    assert {(s["layers"], s["hidden"]) for s in shapes if not s["static"]} == {(1, 32), (2, 32)}  # depth only
+    (cut,) = [c for c in search["candidates"] if c["origin"] == "teacher cut"]
+    assert cut["shape"] == "L1-H32-A4-F128"
+    screen = json.loads((out / "candidates" / cut["name"] / "screen" / "lmcompress.json").read_text())
+    assert screen["config"]["student"] == "layers=1" and screen["student"]["layers"] == 1

@@ -145,3 +145,28 @@ def test_a_folder_student_cut_from_this_teacher_keeps_its_layer_pairing(tmp_path
     assert found == {"pruned": [0, 1, 3], "distilled": [0, 3], "of-another-teacher": None, "out-of-range": None,
                      "finetuned": None, "plain": None}
     assert default_layer_map(found["pruned"], 3, 4) == [1, 2, 4]  # evenly spaced would be [1, 3, 4]
+
+
+def test_an_albert_teacher_is_cut_by_applying_its_shared_layer_fewer_times():
+    from transformers import AlbertConfig, AlbertForSequenceClassification
+
+    from lmcompress.surgery.student import donor_of
+
+    torch.manual_seed(0)
+    teacher = AlbertForSequenceClassification(AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32,
+                                                           num_hidden_layers=4, num_attention_heads=4,
+                                                           intermediate_size=48, num_labels=2)).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    whole, kept = build_student(teacher, parse_spec("layers=4"))
+    assert kept == [0, 1, 2, 3] and torch.equal(whole.eval()(input_ids=ids).logits, teacher(input_ids=ids).logits)
+    cut, kept = build_student(teacher, parse_spec("layers=2"))
+    assert cut.config.num_hidden_layers == 2 and kept == [1, 3]
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in cut.state_dict().items())  # every weight kept
+    hidden = teacher(input_ids=ids, output_hidden_states=True).hidden_states[2]  # two passes of the shared layer
+    assert torch.allclose(cut.eval()(input_ids=ids, output_hidden_states=True).hidden_states[2], hidden)
+    for spec in ("pick=0,1", "layers=2;ffn=24"):
+        with pytest.raises(LmcError, match="cut it with layers=N"):
+            build_student(teacher, parse_spec(spec))
+    with pytest.raises(LmcError, match="layers=5: the teacher has only 4 layers"):
+        build_student(teacher, parse_spec("layers=5"))
+    assert donor_of("minilm-l3;layers=2") == ("minilm-l3", "layers=2") and donor_of("layers=2") == (None, "layers=2")

@@ -145,7 +145,7 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
     teacher = load_trained_classifier(teacher_dir, task_data.labels, task_data.task == "regression")
     config = teacher.config
     family = family_of(config)
-    if family is None or family.shares_layers or family.name in ("gpt2", "llama"):
+    if family is None or family.name in ("gpt2", "llama"):
         raise LmcError(f"auto cuts encoder students from the teacher's layers; {config.model_type} is not supported "
                        "(lmcompress distill into a preset student still works)")
     check_max_length(config, data.max_length, "--seq-len")

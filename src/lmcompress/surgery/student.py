@@ -9,6 +9,7 @@ Weight magnitude is the importance score here (no data needed); data-driven scor
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from dataclasses import dataclass
@@ -239,8 +240,7 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec,
     `source` names the model cut in messages (a donor is cut the same way)."""
     narrowing = any(x is not None for x in (spec.hidden, spec.heads, spec.kv_heads, spec.ffn))
     if (family_of(teacher.config) or GENERIC).shares_layers:
-        raise LmcError("an ALBERT teacher shares one layer across depth; derive students from BERT/RoBERTa/GPT-2 "
-                       "teachers or give a preset student")
+        return shared_layer_cut(teacher, spec, narrowing, source)
     family = require_family(teacher.config, "hidden=/heads=/ffn=", narrow=narrowing)
     keep_layers = chosen_layers(spec, family.depth(teacher.config), source)
     if not narrowing:
@@ -265,6 +265,21 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec,
     hidden_idx = _hidden_index(family, state, family.width(config), target.hidden)
     student = slice_model(teacher, family, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx,
                           torch.tensor(kept[keep_layers[0]]), kv_idx)
+    return student, keep_layers
+
+
+def shared_layer_cut(teacher: PreTrainedModel, spec: StudentSpec, narrowing: bool,
+                     source: str) -> tuple[PreTrainedModel, list[int]]:
+    """An ALBERT model cut to `layers=N`: the same shared layer applied N times instead of the teacher's count, so
+    every weight is kept and only the compute shrinks -> (student, the teacher passes its passes are paired with)."""
+    if narrowing or spec.pick is not None:
+        raise LmcError("an ALBERT teacher shares one layer across depth: cut it with layers=N (the shared layer applied "
+                       "N times); pick= and hidden=/heads=/ffn= are not supported for it")
+    keep_layers = chosen_layers(spec, depth(teacher.config), source)
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(keep_layers)
+    student = type(teacher)(config)
+    student.load_state_dict(teacher.state_dict())
     return student, keep_layers
 
 
