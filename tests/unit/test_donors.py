@@ -42,17 +42,23 @@ def test_a_donor_shape_is_timed_as_the_donor_s_architecture_with_the_teacher_s_h
 
 def test_donors_named_or_found(tiny_bert_dir, tiny_tokenizer_dir, clm_teacher, tmp_path):
     vocab = AutoTokenizer.from_pretrained(tiny_tokenizer_dir).get_vocab()
-    assert find_donors("none", vocab, DONOR) == []
-    (donor,) = find_donors(str(tiny_bert_dir), vocab, DONOR)
+    assert find_donors("none", vocab, DONOR, 32) == []
+    (donor,) = find_donors(str(tiny_bert_dir), vocab, DONOR, 32)
     assert donor.label == tiny_bert_dir.name and donor.same_tokenizer and donor.params > 0
     assert donor.student_spec(Shape(2, 4, 32, 37, origin=donor.label)) == str(tiny_bert_dir)  # whole: 2 layers
     assert donor.student_spec(Shape(1, 4, 32, 37, origin=donor.label)) == f"{tiny_bert_dir};layers=1"
-    (other,) = find_donors(str(tiny_bert_dir), {"[PAD]": 0}, DONOR)
+    (other,) = find_donors(str(tiny_bert_dir), {"[PAD]": 0}, DONOR, 32)
     assert not other.same_tokenizer
     with pytest.raises(LmcError, match="a donor is an encoder"):
-        find_donors(str(clm_teacher), vocab, DONOR)
+        find_donors(str(clm_teacher), vocab, DONOR, 32)
     with pytest.raises(LmcError, match="unknown donor"):
-        find_donors(str(tmp_path / "missing"), vocab, DONOR)
+        find_donors(str(tmp_path / "missing"), vocab, DONOR, 32)
+    with pytest.raises(LmcError, match="donor bert-2l-32h is a preset"):
+        find_donors("bert-2l-32h", vocab, DONOR, 32)
+    with pytest.raises(LmcError, match="takes at most 128 tokens"):
+        find_donors(str(tiny_bert_dir), vocab, DONOR, 512)
+    with pytest.raises(LmcError, match="two donors share the name"):
+        find_donors(f"{tiny_bert_dir},{tiny_bert_dir}/.", vocab, DONOR, 32)
 
 
 def test_auto_donors_are_installed_zoo_encoders_smaller_than_the_teacher(monkeypatch, tiny_bert_dir):
@@ -65,5 +71,40 @@ def test_auto_donors_are_installed_zoo_encoders_smaller_than_the_teacher(monkeyp
     monkeypatch.setattr(catalog, "ENTRIES", {"tiny-donor": entry, "big-donor": big})
     vocab = AutoTokenizer.from_pretrained(tiny_bert_dir).get_vocab()
     donors = find_donors("auto", vocab, BertConfig(vocab_size=40, hidden_size=64, num_hidden_layers=4,
-                                                   num_attention_heads=4, intermediate_size=64))
+                                                   num_attention_heads=4, intermediate_size=64), 32)
     assert [d.label for d in donors] == ["tiny-donor"] and isinstance(donors[0], Donor)
+
+
+def test_donors_of_other_encoder_families_and_their_token_types(tiny_tokenizer_dir, tmp_path):
+    from transformers import MPNetForMaskedLM, RobertaConfig, RobertaForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    folder = tmp_path / "mpnet-donor"
+    MPNetForMaskedLM(MPNetConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=48)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (donor,) = find_donors(str(folder), tokenizer.get_vocab(), DONOR, 32)
+    assert donor.config.model_type == "mpnet" and donor.same_tokenizer
+    roberta = RobertaForSequenceClassification(RobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1,
+                                                             num_attention_heads=4, intermediate_size=48,
+                                                             type_vocab_size=1)).eval()
+    pair = {"input_ids": torch.tensor([[0, 5, 2, 2, 7, 2]]), "attention_mask": torch.ones(1, 6, dtype=torch.long),
+            "token_type_ids": torch.tensor([[0, 0, 0, 1, 1, 1]])}  # a BERT teacher's pair batch
+    inputs = batch_for(roberta, pair)
+    assert int(inputs["token_type_ids"].max()) == 0 and roberta(**inputs).logits.shape == (1, 2)
+
+
+def test_a_search_recorded_before_donors_resumes_without_them(tmp_path):
+    import json
+
+    from lmcompress.config import AutoConfig, DataConfig, to_dict
+    from lmcompress.search.run import REQUEST_FILE, _check_request
+
+    data = DataConfig(data="rotten-tomatoes")
+    old = to_dict(AutoConfig(teacher="t", out=str(tmp_path), min_speedup=10.0))
+    recorded = {k: v for k, v in old.items() if k in ("teacher", "batch_size", "seq_len", "backend", "augment",
+                                                      "screen_rows", "epochs", "learning_rate")}
+    (tmp_path / REQUEST_FILE).write_text(json.dumps(recorded | {"data": to_dict(data)}))
+    _check_request(AutoConfig(teacher="t", out=str(tmp_path), min_speedup=10.0, donors="none"), tmp_path, data)
+    with pytest.raises(LmcError, match="donors"):
+        _check_request(AutoConfig(teacher="t", out=str(tmp_path), min_speedup=20.0, donors="auto"), tmp_path, data)

@@ -170,3 +170,8 @@ def test_an_albert_teacher_is_cut_by_applying_its_shared_layer_fewer_times():
     with pytest.raises(LmcError, match="layers=5: the teacher has only 4 layers"):
         build_student(teacher, parse_spec("layers=5"))
     assert donor_of("minilm-l3;layers=2") == ("minilm-l3", "layers=2") and donor_of("layers=2") == (None, "layers=2")
+    grouped = AlbertForSequenceClassification(AlbertConfig(vocab_size=50, embedding_size=16, hidden_size=32,
+                                                           num_hidden_layers=4, num_hidden_groups=2,
+                                                           num_attention_heads=4, intermediate_size=48))
+    with pytest.raises(LmcError, match="2 ALBERT layer groups"):
+        build_student(grouped, parse_spec("layers=2"))

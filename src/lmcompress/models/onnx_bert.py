@@ -19,10 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
-from onnx import numpy_helper
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from .. import catalog
@@ -53,12 +50,14 @@ def _state_key(name: str) -> str | None:
     return name[min(starts):] if starts else None
 
 
-def graph_state_dict(graph: onnx.ModelProto) -> dict[str, torch.Tensor]:
-    """Every BERT parameter of the graph under its `BertModel` state-dict name."""
+def graph_state_dict(graph) -> dict[str, torch.Tensor]:
+    """Every BERT parameter of the graph (an onnx.ModelProto) under its `BertModel` state-dict name."""
+    from onnx import numpy_helper  # onnx loads in about a second: only when a graph is rebuilt
+
     arrays = {init.name: numpy_helper.to_array(init) for init in graph.graph.initializer}
     state = {key: torch.from_numpy(array.copy()) for name, array in arrays.items()
              if (key := _state_key(name)) is not None}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    consumers: dict[str, list] = {}
     for node in graph.graph.node:
         for value in node.input:
             consumers.setdefault(value, []).append(node)
@@ -86,7 +85,7 @@ def bert_config(state: dict[str, torch.Tensor], num_heads: int, layer_norm_eps: 
                       layer_norm_eps=layer_norm_eps, architectures=["BertModel"])
 
 
-def _layer_norm_eps(graph: onnx.ModelProto) -> float:
+def _layer_norm_eps(graph) -> float:
     """The epsilon of the graph's LayerNormalization nodes (BERT's 1e-12 when they are decomposed)."""
     for node in graph.graph.node:
         if node.op_type == "LayerNormalization":
@@ -96,6 +95,8 @@ def _layer_norm_eps(graph: onnx.ModelProto) -> float:
 
 def rebuild_bert(graph_path: Path, num_heads: int) -> BertModel:
     """The graph's parameters in a `BertModel` (its pooler, when the graph has none, stays freshly initialised)."""
+    import onnx  # loads in about a second: only when a graph is rebuilt, never on the paths that load a model
+
     graph = onnx.load(str(graph_path))
     state = graph_state_dict(graph)
     config = bert_config(state, num_heads, _layer_norm_eps(graph))
@@ -111,6 +112,8 @@ def rebuild_bert(graph_path: Path, num_heads: int) -> BertModel:
 
 def token_output_difference(model: BertModel, graph_path: Path, tokenizer) -> float:
     """max |graph token outputs - model token outputs| over CHECK_TEXTS (padded, so the mask matters too)."""
+    import onnxruntime as ort  # as onnx above
+
     batch = tokenizer(list(CHECK_TEXTS), padding=True, return_tensors="np")
     session = ort.InferenceSession(str(graph_path), providers=["CPUExecutionProvider"])
     feeds = {i.name: batch[i.name].astype(np.int64) if i.name in batch else np.zeros_like(batch["input_ids"])
@@ -146,9 +149,11 @@ def write_rebuilt(graph_path: Path, tokenizer_dir: Path, target: Path, num_heads
                 shutil.copy2(tokenizer_dir / name, folder / name)
         record = {"graph": str(graph_path), "max_token_output_difference": difference, "checked_on": CHECK_TEXTS}
         (folder / "rebuilt_from_onnx.json").write_text(json.dumps(record, indent=2) + "\n")
-        if not (target / "config.json").is_file():  # a second process may have finished first
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(folder, target)
+        try:
+            os.replace(folder, target)  # atomic; fails when the target is a folder that is not empty
+        except OSError:
+            if not (target / "config.json").is_file():  # not a second process that finished first
+                raise LmcError(f"cannot write {target}: it holds something else; remove it and retry") from None
     log.info("rebuilt %s from %s: %d layers, token outputs within %.1e of the graph", target.name, graph_path.name,
              model.config.num_hidden_layers, difference)
     return Rebuilt(target, difference, model.config.num_hidden_layers)

@@ -152,7 +152,7 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
     root = _out_folder(cfg, teacher_dir)
     _check_request(cfg, root, data)
     target = SpeedTarget(cfg.min_speedup, cfg.max_latency_ms)
-    donors = find_donors(cfg.donors, load_tokenizer(teacher_dir).get_vocab(), config)
+    donors = find_donors(cfg.donors, load_tokenizer(teacher_dir).get_vocab(), config, data.max_length)
     search = Search(cfg, root, teacher_dir, data, family, config, target, started + cfg.budget_s,
                     train_rows=len(task_data.splits["train"]), labels=task_data.labels, task=task_data.task,
                     executor=StageExecutor(), donors={d.label: d for d in donors})
@@ -181,6 +181,8 @@ def _check_request(cfg: AutoConfig, root: Path, data) -> None:
     models trained both ways); the targets and the time budget may change."""
     request = {k: v for k, v in to_dict(cfg).items() if k in REQUEST_KEYS} | {"data": to_dict(data)}
     recorded = {k: v for k, v in (_read_json(root / REQUEST_FILE) or {}).items() if k in REQUEST_KEYS} or None
+    if recorded is not None:
+        recorded.setdefault("donors", "none")  # a search recorded before donors existed had none
     if recorded is not None and recorded != json.loads(json.dumps(request)):
         changed = differing_keys(recorded, json.loads(json.dumps(request)))
         raise LmcError(f"--out {cfg.out} holds a search made with other options ({', '.join(changed)}); use another "
@@ -241,12 +243,14 @@ def shortlist(records: list[dict[str, Any]], search: Search) -> list[Candidate]:
         best_per_shape.setdefault(record["name"], record)
     per_depth: dict[int, dict[str, Any]] = {}
     per_donor: dict[str, dict[str, Any]] = {}
-    for record in sorted(best_per_shape.values(), key=lambda r: -r["params"]):
+    # among equal parameter counts (an ALBERT teacher's cuts share every weight) the deeper shape first
+    for record in sorted(best_per_shape.values(), key=lambda r: (-r["params"], -r["layers"])):
         if record.get("origin"):
             per_donor.setdefault(record["origin"], record)
         elif not record["static"]:
             per_depth.setdefault(record["layers"], record)
-    chosen = sorted(per_depth.values(), key=lambda r: -r["params"])[:search.cfg.shortlist] + list(per_donor.values())
+    chosen = sorted(per_depth.values(), key=lambda r: (-r["params"], -r["layers"]))[:search.cfg.shortlist]
+    chosen += list(per_donor.values())
     chosen += [r for r in best_per_shape.values() if r["static"]]
     return [Candidate(_shape(r), r["variant"], r, search.root / "candidates" / r["name"]) for r in chosen]
 

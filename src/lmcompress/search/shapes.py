@@ -114,13 +114,14 @@ def random_model(teacher: torch.nn.Module, family: Family, shape: Shape, vocab: 
 
 def batch_for(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The timing batch as `model` takes it: a donor's vocabulary may be smaller than the teacher's tokenizer (which
-    ids it reads does not change its speed) and its forward may take no token types."""
+    ids it reads does not change its speed; a RoBERTa donor has one token type) and its forward may take no token
+    types."""
     config = getattr(model, "config", None)
     if config is None:  # the static student reads any ids
         return batch
     accepted = inspect.signature(model.forward).parameters
-    return {k: v.clamp(max=config.vocab_size - 1) if k == "input_ids" else v for k, v in batch.items()
-            if k in accepted}
+    limits = {"input_ids": config.vocab_size - 1, "token_type_ids": getattr(config, "type_vocab_size", 1) - 1}
+    return {k: v.clamp(max=limits[k]) if k in limits else v for k, v in batch.items() if k in accepted}
 
 
 def speedups(times: dict[Any, list[float]], reference: Any) -> dict[Any, dict[str, Any]]:

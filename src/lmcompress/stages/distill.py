@@ -153,12 +153,12 @@ def _check_vocabularies(cfg: DistillConfig, task_data, needs: Needs, student_tok
         if task_data.task in (TOKEN_TASK, QA_TASK):  # logits per token, not per sequence
             raise LmcError(f"the student's tokenizer differs from the teacher's; {task_data.task} compares the two "
                            "models position by position on the same sub-tokens, so the student must share the "
-                           "teacher's tokenizer (a preset or a derived spec does)")
+                           "teacher's tokenizer (a preset or a spec derived from the teacher does)")
         if intermediate:
             raise LmcError("the student's tokenizer differs from the teacher's, so their token positions do not line "
                            "up: only logit KD and hard labels work across vocabularies (drop --hidden-weight, "
                            "--embedding-weight, --cosine-weight, --attention-weight and --minilm-weight), or give a "
-                           "student that shares the teacher's tokenizer (a preset or a derived spec does)")
+                           "student that shares the teacher's tokenizer (a preset or a spec derived from the teacher does)")
         log.info("the student has its own tokenizer (%d tokens vs the teacher's %d): each side tokenises the raw "
                  "text itself", len(student_tokenizer), len(tokenizer))
     if cfg.intermediate_epochs > 0 and not intermediate:
@@ -254,6 +254,9 @@ def _make_student(cfg: DistillConfig, teacher: Teacher, task_data) -> Student:
             model, copied = build_student(teacher.model, parse_spec(cfg.student))
             return Student(model, teacher.tokenizer, copied)
         source = resolve(donor, role="student")  # a pre-trained donor, cut: its layers are not the teacher's
+        if source.path is None:
+            raise LmcError(f"--student {cfg.student}: {donor} is a preset (random weights); a cut needs a pre-trained "
+                           "donor (a zoo name, folder or Hub id); give the preset with its own shape instead")
         model, _ = build_student(load_student_like(teacher.model, source.path), parse_spec(items), f"donor {donor}")
         return Student(model, load_tokenizer(source.tokenizer_path))
     if presets.parse_preset(cfg.student) is not None and not Path(cfg.student).exists():

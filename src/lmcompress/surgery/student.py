@@ -273,8 +273,11 @@ def shared_layer_cut(teacher: PreTrainedModel, spec: StudentSpec, narrowing: boo
     """An ALBERT model cut to `layers=N`: the same shared layer applied N times instead of the teacher's count, so
     every weight is kept and only the compute shrinks -> (student, the teacher passes its passes are paired with)."""
     if narrowing or spec.pick is not None:
-        raise LmcError("an ALBERT teacher shares one layer across depth: cut it with layers=N (the shared layer applied "
-                       "N times); pick= and hidden=/heads=/ffn= are not supported for it")
+        raise LmcError(f"an ALBERT model ({source}) shares one layer across depth: cut it with layers=N (the shared "
+                       "layer applied N times); pick= and hidden=/heads=/ffn= are not supported for it")
+    if getattr(teacher.config, "num_hidden_groups", 1) != 1:  # fewer passes would change which group runs when
+        raise LmcError(f"{source} has {teacher.config.num_hidden_groups} ALBERT layer groups; only one shared layer "
+                       "group can be cut by depth")
     keep_layers = chosen_layers(spec, depth(teacher.config), source)
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = len(keep_layers)

@@ -1,0 +1,88 @@
+"""Where a student starts, at equal speed: a cut of the fine-tuned teacher vs a pre-trained donor of the same shape.
+
+    .venv/bin/python benchmarks/donor_vs_cut.py --teacher runs/demo/teacher --out runs/donor-vs-cut
+
+Pairs of students with the same architecture (so the same speed by construction; the report times them anyway):
+`layers=3` of the teacher vs `minilm-l3` whole (both L3-H384-A12-F1536), and `layers=2` vs `minilm-l3;layers=2`.
+Every student is distilled the same way (the demo's loss: logit KD T=4, alpha 0.5, hidden-state MSE; 4 epochs at
+1e-4; the teacher's cache). One more run adds augmentation (`--augment-replace 1`: one word-replaced variant per
+training text, labelled by the teacher) to the 2-layer donor, the second ablation. Then `lmcompress compare` scores
+the teacher and every student on the same test rows and times them side by side in one process. Writes
+benchmarks/results/raw/donor_vs_cut.json and benchmarks/results/donor_vs_cut.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+from cli_runs import LMCOMPRESS, output_root, run_command
+
+from lmcompress.machine import processor
+from lmcompress.runs.manifest import read_manifest
+from lmcompress.search.run import best_score
+
+RESULTS = Path(__file__).parent / "results"
+LOSS = ["--temperature", "4", "--alpha", "0.5", "--hidden-weight", "1", "--epochs", "4", "--learning-rate", "1e-4",
+        "--checkpoint-every-steps", "200", "--quiet"]
+STUDENTS = {  # name -> (--student, extra options, what it ablates)
+    "cut-L3": ("layers=3", [], "teacher's layers 1, 3, 5 (of 0-5)"),
+    "donor-L3": ("minilm-l3", [], "minilm-l3 whole"),
+    "cut-L2": ("layers=2", [], "teacher's layers 2, 5"),
+    "donor-L2": ("minilm-l3;layers=2", [], "minilm-l3's layers 0, 2"),
+    "donor-L2-augmented": ("minilm-l3;layers=2", ["--augment-replace", "1"], "as donor-L2, plus one word-replaced "
+                                                                               "variant of each training text"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--out", default="runs/donor-vs-cut")
+    parser.add_argument("--only", nargs="*", default=list(STUDENTS), choices=list(STUDENTS))
+    parser.add_argument("--reuse", action="store_true", help="keep complete runs in --out")
+    args = parser.parse_args()
+    root = output_root(args.out, args.reuse)
+    rows = {}
+    for name in args.only:
+        student, extra, what = STUDENTS[name]
+        command = [LMCOMPRESS, "distill", "--teacher", str(args.teacher), "--student", student, "--out",
+                   str(root / name), *LOSS, *extra]
+        print(f"{name}: {what}", flush=True)
+        wall = run_command(command, root / name, args.reuse)
+        manifest = read_manifest(root / name)
+        rows[name] = {"student": student, "what": what, "command": " ".join(command[1:]), "wall_s": wall,
+                      "best_validation": best_score(manifest.train, "accuracy"),
+                      "augmentation_rows": (json.loads((root / name / "lmcompress.json").read_text())
+                                            .get("augmentation") or {}).get("rows", 0)}
+    report = root / "report"
+    run_command([LMCOMPRESS, "compare", str(args.teacher), *(str(root / n) for n in args.only), "--names",
+                 ",".join(["teacher", *args.only]), "--out", str(report), "--overwrite", "--quiet"], report, False)
+    compared = json.loads((report / "report.json").read_text())
+    for row in compared["rows"]:
+        if row["name"] in rows:
+            rows[row["name"]] |= {k: row[k] for k in ("params", "value", "retention", "speedup_b32", "speedup_b1",
+                                                       "latency_ms_b32")}
+    teacher = compared["rows"][0]
+    record = {"processor": processor(), "python": platform.python_version(), "teacher": str(args.teacher),
+              "teacher_test": teacher["value"], "teacher_latency_ms_b32": teacher["latency_ms_b32"], "students": rows}
+    (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
+    (RESULTS / "raw" / "donor_vs_cut.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"# Donor vs cut at equal shape ({record['processor']})", "",
+             f"Teacher test accuracy {teacher['value']:.4f}. Command: `.venv/bin/python benchmarks/donor_vs_cut.py "
+             f"--teacher {args.teacher}`.", "",
+             "| student | start | params | best validation acc | test acc | test retention | speedup b32 | "
+             "teacher-labelled extra rows | wall s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['what']} | {row['params'] / 1e6:.1f}M | {row['best_validation']:.4f} | "
+                     f"{row['value']:.4f} | "
+                     f"{row['retention']:.1%} | {row['speedup_b32']:.2f}x | {row['augmentation_rows']} | "
+                     f"{row['wall_s'] if row['wall_s'] is not None else '-'} |")
+    (RESULTS / "donor_vs_cut.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
