@@ -128,7 +128,7 @@ def test_each_runtime_int8_variant_is_timed_near_the_target(monkeypatch):
     assert all(m.latency_ms > 0 and m.speedup > 0 for m in measured)
 
 
-def test_int8_is_timed_only_for_shapes_short_of_the_target_in_fp32():
+def test_int8_is_timed_only_for_shapes_short_of_the_target_in_fp32(monkeypatch):
     from lmcompress.search.shapes import Measured, needing_int8
 
     def fp32(layers, speedup, static=False):
@@ -141,6 +141,10 @@ def test_int8_is_timed_only_for_shapes_short_of_the_target_in_fp32():
     # beyond int8's reach (10 / 3.5); the static student has no int8
     assert [m.shape.layers for m in kept] == [2, 3, 4]
     assert needing_int8(measured, required=1.0) == []  # every shape fast enough in fp32
+    monkeypatch.setattr("lmcompress.search.shapes.MAX_EXPORTS", 2)
+    donor = [Measured(Shape(d, 1, 8, 16, origin="d"), "fp32", 1000, 10.0, [9.0, 11.0], 9.9, [9.9, 9.9]) for d in (1, 2)]
+    kept = needing_int8(donor + measured, required=10.0)  # the faster donor shapes do not crowd the cuts out
+    assert [(m.shape.origin, m.shape.layers) for m in kept] == [("d", 1), ("d", 2), ("", 2), ("", 3)]
 
 
 def test_shortlist_takes_fp32_when_fast_enough_else_the_fastest_int8():

@@ -189,10 +189,14 @@ class Measured:
 
 def needing_int8(measured: list[Measured], required: float) -> list[Measured]:
     """The fp32 shapes worth an int8 export: short of `required` with SPEED_MARGIN (one fast enough in fp32 is served
-    in fp32; its int8 would only cost accuracy) but within INT8_REACH of it, the fastest first, at most MAX_EXPORTS."""
+    in fp32; its int8 would only cost accuracy) but within INT8_REACH of it, the fastest first: at most MAX_EXPORTS of
+    the teacher's cuts, and at most MAX_EXPORTS of each donor's (a donor's shapes must not crowd the cuts out)."""
     near = [m for m in measured if m.variant == "fp32" and not m.shape.static
             and required / INT8_REACH <= m.speedup < required * SPEED_MARGIN]
-    return sorted(near, key=lambda m: -m.speedup)[:MAX_EXPORTS]
+    chosen = []
+    for origin in dict.fromkeys(m.shape.origin for m in near):
+        chosen += sorted((m for m in near if m.shape.origin == origin), key=lambda m: -m.speedup)[:MAX_EXPORTS]
+    return chosen
 
 
 def measure_shapes(teacher, family: Family, shapes: list[Shape], batch: dict[str, torch.Tensor], vocab: int,
