@@ -1,14 +1,18 @@
 """Where a student starts, at equal speed: a cut of the fine-tuned teacher vs a pre-trained donor of the same shape.
 
     .venv/bin/python benchmarks/donor_vs_cut.py --teacher runs/demo/teacher --out runs/donor-vs-cut
+    .venv/bin/python benchmarks/donor_vs_cut.py --set mpnet --teacher runs/mpnet-teacher --out runs/donor-vs-cut-mpnet
 
-Pairs of students with the same architecture (so the same speed by construction; the report times them anyway):
-`layers=3` of the teacher vs `minilm-l3` whole (both L3-H384-A12-F1536), and `layers=2` vs `minilm-l3;layers=2`.
-Every student is distilled the same way (the demo's loss: logit KD T=4, alpha 0.5, hidden-state MSE; 4 epochs at
-1e-4; the teacher's cache). One more run adds augmentation (`--augment-replace 1`: one word-replaced variant per
-training text, labelled by the teacher) to the 2-layer donor, the second ablation. Then `lmcompress compare` scores
-the teacher and every student on the same test rows and times them side by side in one process. Writes
-benchmarks/results/raw/donor_vs_cut.json and benchmarks/results/donor_vs_cut.md.
+`--set demo` (the minilm-l6 demo teacher): pairs of students with the same architecture (the same speed by
+construction; the report times them anyway): `layers=3` of the teacher vs `minilm-l3` whole (both
+L3-H384-A12-F1536), and `layers=2` vs `minilm-l3;layers=2`, all with the teacher's tokenizer; one more run adds
+augmentation (`--augment-replace 1`: one word-replaced variant per training text, labelled by the teacher) to the
+2-layer donor, the second ablation. `--set mpnet` (an mpnet-base teacher, 109.5M): a 3-layer, 384-wide cut of the
+teacher (weights sliced by magnitude) vs `minilm-l3` (same depth and width; its own tokenizer), and `minilm-l6`.
+Every student gets 4 epochs at 1e-4, logit KD T=4, alpha 0.5, the teacher's cache, and the hidden-state MSE where
+the tokenizers match (as `auto` does). Then `lmcompress compare` scores the teacher and every student on the same
+test rows and times them side by side in one process. Writes benchmarks/results/raw/donor_vs_cut_SET.json and
+benchmarks/results/donor_vs_cut_SET.md.
 """
 
 from __future__ import annotations
@@ -25,31 +29,44 @@ from lmcompress.runs.manifest import read_manifest
 from lmcompress.search.run import best_score
 
 RESULTS = Path(__file__).parent / "results"
-LOSS = ["--temperature", "4", "--alpha", "0.5", "--hidden-weight", "1", "--epochs", "4", "--learning-rate", "1e-4",
+LOSS = ["--temperature", "4", "--alpha", "0.5", "--epochs", "4", "--learning-rate", "1e-4",
         "--checkpoint-every-steps", "200", "--quiet"]
-STUDENTS = {  # name -> (--student, extra options, what it ablates)
-    "cut-L3": ("layers=3", [], "teacher's layers 1, 3, 5 (of 0-5)"),
-    "donor-L3": ("minilm-l3", [], "minilm-l3 whole"),
-    "cut-L2": ("layers=2", [], "teacher's layers 2, 5"),
-    "donor-L2": ("minilm-l3;layers=2", [], "minilm-l3's layers 0, 2"),
-    "donor-L2-augmented": ("minilm-l3;layers=2", ["--augment-replace", "1"], "as donor-L2, plus one word-replaced "
-                                                                               "variant of each training text"),
+HIDDEN = ["--hidden-weight", "1"]  # only where student and teacher share the tokenizer (token positions line up)
+SETS = {  # set -> name -> (--student, extra options, what it is)
+    "demo": {
+        "cut-L3": ("layers=3", HIDDEN, "teacher's layers 1, 3, 5 (of 0-5)"),
+        "donor-L3": ("minilm-l3", HIDDEN, "minilm-l3 whole"),
+        "cut-L2": ("layers=2", HIDDEN, "teacher's layers 2, 5"),
+        "donor-L2": ("minilm-l3;layers=2", HIDDEN, "minilm-l3's layers 0, 2"),
+        "donor-L2-augmented": ("minilm-l3;layers=2", [*HIDDEN, "--augment-replace", "1"],
+                               "as donor-L2, plus one word-replaced variant of each training text"),
+    },
+    "mpnet": {
+        "cut-L3-H384": ("layers=3;hidden=384;heads=6;ffn=1536", HIDDEN, "the teacher's layers 3, 7, 11, narrowed"),
+        "donor-minilm-l3": ("minilm-l3", [], "minilm-l3 whole (logits only: its own tokenizer)"),
+        "donor-minilm-l6": ("minilm-l6", [], "minilm-l6 whole (logits only: its own tokenizer)"),
+    },
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, required=True)
+    parser.add_argument("--set", default="demo", choices=list(SETS))
     parser.add_argument("--out", default="runs/donor-vs-cut")
-    parser.add_argument("--only", nargs="*", default=list(STUDENTS), choices=list(STUDENTS))
+    parser.add_argument("--only", nargs="*", help="students of the set to make (default: all)")
     parser.add_argument("--reuse", action="store_true", help="keep complete runs in --out")
+    parser.add_argument("--max-train-examples", type=int, help="distil on this many training rows (default: the "
+                                                                 "teacher's)")
     args = parser.parse_args()
+    students = {name: SETS[args.set][name] for name in args.only or SETS[args.set]}
     root = output_root(args.out, args.reuse)
     rows = {}
-    for name in args.only:
-        student, extra, what = STUDENTS[name]
+    for name, (student, extra, what) in students.items():
         command = [LMCOMPRESS, "distill", "--teacher", str(args.teacher), "--student", student, "--out",
                    str(root / name), *LOSS, *extra]
+        if args.max_train_examples:
+            command += ["--max-train-examples", str(args.max_train_examples)]
         print(f"{name}: {what}", flush=True)
         wall = run_command(command, root / name, args.reuse)
         manifest = read_manifest(root / name)
@@ -58,8 +75,8 @@ def main() -> None:
                       "augmentation_rows": (json.loads((root / name / "lmcompress.json").read_text())
                                             .get("augmentation") or {}).get("rows", 0)}
     report = root / "report"
-    run_command([LMCOMPRESS, "compare", str(args.teacher), *(str(root / n) for n in args.only), "--names",
-                 ",".join(["teacher", *args.only]), "--out", str(report), "--overwrite", "--quiet"], report, False)
+    run_command([LMCOMPRESS, "compare", str(args.teacher), *(str(root / n) for n in students), "--names",
+                 ",".join(["teacher", *students]), "--out", str(report), "--overwrite", "--quiet"], report, False)
     compared = json.loads((report / "report.json").read_text())
     for row in compared["rows"]:
         if row["name"] in rows:
@@ -69,10 +86,10 @@ def main() -> None:
     record = {"processor": processor(), "python": platform.python_version(), "teacher": str(args.teacher),
               "teacher_test": teacher["value"], "teacher_latency_ms_b32": teacher["latency_ms_b32"], "students": rows}
     (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
-    (RESULTS / "raw" / "donor_vs_cut.json").write_text(json.dumps(record, indent=2) + "\n")
+    (RESULTS / "raw" / f"donor_vs_cut_{args.set}.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"# Donor vs cut at equal shape ({record['processor']})", "",
              f"Teacher test accuracy {teacher['value']:.4f}. Command: `.venv/bin/python benchmarks/donor_vs_cut.py "
-             f"--teacher {args.teacher}`.", "",
+             f"--set {args.set} --teacher {args.teacher}`.", "",
              "| student | start | params | best validation acc | test acc | test retention | speedup b32 | "
              "teacher-labelled extra rows | wall s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
@@ -80,7 +97,7 @@ def main() -> None:
                      f"{row['value']:.4f} | "
                      f"{row['retention']:.1%} | {row['speedup_b32']:.2f}x | {row['augmentation_rows']} | "
                      f"{row['wall_s'] if row['wall_s'] is not None else '-'} |")
-    (RESULTS / "donor_vs_cut.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"donor_vs_cut_{args.set}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
