@@ -42,7 +42,9 @@ SETS = {  # set -> name -> (--student, extra options, what it is)
                                "as donor-L2, plus one word-replaced variant of each training text"),
     },
     "mpnet": {
-        "cut-L3-H384": ("layers=3;hidden=384;heads=6;ffn=1536", HIDDEN, "the teacher's layers 3, 7, 11, narrowed"),
+        # as `auto` cuts: prune by importance (layers, half the heads and FFN, no recovery), then distil
+        "cut-L3-H384": ("PRUNE:--layers 3 --heads 0.5 --ffn 0.5", HIDDEN, "the teacher pruned to 3 layers, half its "
+                                                                          "heads (hidden 384) and FFN"),
         "donor-minilm-l3": ("minilm-l3", [], "minilm-l3 whole (logits only: its own tokenizer)"),
         "donor-minilm-l6": ("minilm-l6", [], "minilm-l6 whole (logits only: its own tokenizer)"),
     },
@@ -63,6 +65,11 @@ def main() -> None:
     root = output_root(args.out, args.reuse)
     rows = {}
     for name, (student, extra, what) in students.items():
+        if student.startswith("PRUNE:"):  # the student starts from the teacher pruned by importance
+            init = root / f"{name}-init"
+            run_command([LMCOMPRESS, "prune", "--model", str(args.teacher), *student[len("PRUNE:"):].split(),
+                         "--recovery", "none", "--out", str(init), "--quiet"], init, args.reuse)
+            student = str(init)
         command = [LMCOMPRESS, "distill", "--teacher", str(args.teacher), "--student", student, "--out",
                    str(root / name), *LOSS, *extra]
         if args.max_train_examples:
