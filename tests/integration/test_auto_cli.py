@@ -177,13 +177,13 @@ def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_tea
     assert {s["name"] for s in shapes["shapes"] if s["origin"]} == {"donor-L1-H32-A4-F128", "donor-L2-H32-A4-F128"}
 
 
-def test_an_albert_teacher_is_searched_over_its_depth(sentiment_csv, tmp_path, capsys):
+def test_an_albert_teacher_is_searched_over_its_depth(sentiment_csv, tiny_tokenizer_dir, tmp_path, capsys):
     """ALBERT shares one layer across depth: its students are the shared layer applied fewer times (full width, as
     for any family that cannot be narrowed), screened and trained as `distill --student layers=N`."""
     teacher = tmp_path / "albert-teacher"
-    code, _, err = run_cli(["finetune", "--model", "albert-2l-32h-4a", "--data", str(sentiment_csv), "--out",
-                            str(teacher), "--epochs", "2", "--batch-size", "16", "--learning-rate", "3e-3",
-                            "--max-length", "32", "--quiet"], capsys)
+    code, _, err = run_cli(["finetune", "--model", "albert-2l-32h-4a", "--tokenizer", str(tiny_tokenizer_dir),
+                            "--data", str(sentiment_csv), "--out", str(teacher), "--epochs", "2", "--batch-size", "16",
+                            "--learning-rate", "3e-3", "--max-length", "32", "--quiet"], capsys)
     assert code == 0, err
     out = tmp_path / "search"
     code, _, err = run_cli(["auto", "--teacher", str(teacher), "--out", str(out), *SEARCH, "--donors", "none"], capsys)

@@ -16,6 +16,7 @@ from .. import catalog
 from ..errors import LmcError
 from ..models.families import check_max_length, family_of
 from ..models.load import load_tokenizer, resolve
+from ..models.presets import parse_preset
 from .shapes import Shape, donor_grid
 
 log = logging.getLogger("lmcompress")
@@ -49,10 +50,10 @@ def _parameters(config) -> int:
 
 
 def _donor(name: str, teacher_vocab: dict[str, int], max_length: int) -> Donor:
-    source = resolve(name, role="donor")
-    if source.path is None:
+    if parse_preset(name) is not None and not Path(name).exists():
         raise LmcError(f"donor {name} is a preset (random weights); a donor is a pre-trained model: a zoo name, "
                        "folder or Hub id")
+    source = resolve(name, role="donor")
     config = AutoConfig.from_pretrained(str(source.path), local_files_only=True)
     family = family_of(config)
     if family is None or family.name in ("gpt2", "llama") or family.shares_layers:
