@@ -7,6 +7,7 @@ FFN width is 4H; heads default to 12 for TinyBERT's 312 and H/64 otherwise (at l
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass
 
 from transformers import AlbertConfig, BertConfig, GPT2Config, PretrainedConfig, RobertaConfig
@@ -29,6 +30,11 @@ class Preset:
     @property
     def name(self) -> str:
         return f"{self.family}-{self.layers}l-{self.hidden}h-{self.heads}a"
+
+
+def names_preset(spec: str) -> bool:
+    """Whether a model spec is a preset architecture name (and not also an existing path, which wins)."""
+    return parse_preset(spec) is not None and not Path(spec).exists()
 
 
 def parse_preset(name: str) -> Preset | None:

@@ -16,7 +16,7 @@ from .. import catalog
 from ..errors import LmcError
 from ..models.families import check_max_length, family_of
 from ..models.load import load_tokenizer, resolve
-from ..models.presets import parse_preset
+from ..models.presets import names_preset
 from .shapes import Shape, donor_grid
 
 log = logging.getLogger("lmcompress")
@@ -50,7 +50,7 @@ def _parameters(config) -> int:
 
 
 def _donor(name: str, teacher_vocab: dict[str, int], max_length: int) -> Donor:
-    if parse_preset(name) is not None and not Path(name).exists():
+    if names_preset(name):
         raise LmcError(f"donor {name} is a preset (random weights); a donor is a pre-trained model: a zoo name, "
                        "folder or Hub id")
     source = resolve(name, role="donor")

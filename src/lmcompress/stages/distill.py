@@ -253,13 +253,13 @@ def _make_student(cfg: DistillConfig, teacher: Teacher, task_data) -> Student:
         if donor is None:
             model, copied = build_student(teacher.model, parse_spec(cfg.student))
             return Student(model, teacher.tokenizer, copied)
-        if presets.parse_preset(donor) is not None and not Path(donor).exists():
+        if presets.names_preset(donor):
             raise LmcError(f"--student {cfg.student}: {donor} is a preset (random weights); a cut needs a pre-trained "
                            "donor (a zoo name, folder or Hub id); give the preset with its own shape instead")
         source = resolve(donor, role="student")  # a pre-trained donor, cut: its layers are not the teacher's
         model, _ = build_student(load_student_like(teacher.model, source.path), parse_spec(items), f"donor {donor}")
         return Student(model, load_tokenizer(source.tokenizer_path))
-    if presets.parse_preset(cfg.student) is not None and not Path(cfg.student).exists():
+    if presets.names_preset(cfg.student):
         source = resolve(cfg.student, tokenizer=str(teacher.folder), role="student")
         model = load_for_sequence_classification(source, teacher.tokenizer, task_data.num_labels, task_data.labels,
                                                  task_data.task == "regression", cfg.train.seed,

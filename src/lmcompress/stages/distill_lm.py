@@ -57,7 +57,7 @@ def make_student(spec: str, teacher: LMTeacher, objective: str, seed: int):
     if is_derived_spec(spec):
         student, copied = build_student(teacher.model, parse_spec(spec))
         return student, copied, teacher.tokenizer
-    if presets.parse_preset(spec) is not None and not Path(spec).exists():
+    if presets.names_preset(spec):
         source = resolve(spec, tokenizer=None, role="student", new_vocab=True)  # the teacher's tokenizer is used
         check_objective(source.preset.family, objective)
         return load_for_pretraining(source, teacher.tokenizer, objective, seed), None, teacher.tokenizer
