@@ -134,3 +134,16 @@ def clm_teacher(corpus, tmp_path_factory):
                  str(out.parent / "cache"), "--objective", "clm", "--train-tokenizer", "300"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def own_vocab_encoder(corpus, tmp_path_factory):
+    """A tiny 2-layer BERT with a WordPiece vocabulary of its own (trained on the corpus), pre-trained 2 steps: a
+    donor or student whose tokenizer is not the teacher's."""
+    from lmcompress.cli import main
+
+    out = tmp_path_factory.mktemp("own-vocab") / "donor"
+    code = main(["pretrain", "--model", "bert-2l-32h-4a", "--train-tokenizer", "150", "--data", str(corpus), "--out",
+                 str(out), "--max-steps", "2", "--max-length", "32", "--quiet"])
+    assert code == 0
+    return out

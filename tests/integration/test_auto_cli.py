@@ -147,8 +147,8 @@ def test_a_missed_target_trains_the_nearest_miss_further(tiny_teacher_run, tmp_p
     assert [e["round_retention"] > 0 for e in rounds if e["event"] == "round"] == [True] * (c["rounds"] - 1)
 
 
-def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_teacher_run, corpus, tmp_path, capsys,
-                                                                          monkeypatch):
+def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_teacher_run, own_vocab_encoder, tmp_path,
+                                                                          capsys, monkeypatch):
     """`--donors FOLDER`: a pre-trained encoder with its own vocabulary gets a candidate of its own, made from the
     donor (whole here: it is fast enough) and distilled on the teacher's logits only (positions do not line up)."""
     from transformers import AutoTokenizer
@@ -156,10 +156,7 @@ def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_tea
     # the donor trains first (else the toy's cut may meet the target first, and the slower donor is not trained)
     monkeypatch.setattr("lmcompress.search.run._training_order", lambda c: 0 if c.shape.origin else 1)
 
-    donor = tmp_path / "donor"
-    code, _, err = run_cli(["pretrain", "--model", "bert-2l-32h-4a", "--train-tokenizer", "150", "--data", str(corpus),
-                            "--out", str(donor), "--max-steps", "2", "--max-length", "32", "--quiet"], capsys)
-    assert code == 0, err
+    donor = own_vocab_encoder
     out = tmp_path / "search"
     code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(out), *SEARCH, "--donors",
                             str(donor)], capsys)

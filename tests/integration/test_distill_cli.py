@@ -171,13 +171,11 @@ def test_word_replaced_variants_are_labelled_by_the_teacher(tiny_teacher_run, tm
     assert json.loads((out / "metrics.json").read_text())["metrics"]["accuracy"] >= 0.75
 
 
-def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_run, corpus, tmp_path, capsys):
+def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_run, own_vocab_encoder, tmp_path,
+                                                                   capsys):
     from transformers import AutoTokenizer
 
-    student_dir = tmp_path / "other-vocab"  # a BERT with a WordPiece vocabulary of its own
-    code, _, err = run_cli(["pretrain", "--model", "bert-2l-32h-4a", "--train-tokenizer", "150", "--data", str(corpus),
-                            "--out", str(student_dir), "--max-steps", "2", "--max-length", "32", "--quiet"], capsys)
-    assert code == 0, err
+    student_dir = own_vocab_encoder  # a BERT with a WordPiece vocabulary of its own
     student_vocab = AutoTokenizer.from_pretrained(student_dir).get_vocab()
     assert student_vocab != AutoTokenizer.from_pretrained(tiny_teacher_run).get_vocab()
 
@@ -217,16 +215,13 @@ def test_each_part_of_the_loss_is_logged_and_they_sum_to_the_loss(tiny_teacher_r
         assert sum(parts.values()) == pytest.approx(line["train/loss"], rel=1e-4)
 
 
-def test_a_donor_cut_keeps_the_donor_s_layers_and_tokenizer(tiny_teacher_run, corpus, tmp_path, capsys):
+def test_a_donor_cut_keeps_the_donor_s_layers_and_tokenizer(tiny_teacher_run, own_vocab_encoder, tmp_path, capsys):
     """`--student 'DONOR;layers=1'`: a pre-trained donor with its own vocabulary, cut to one layer (its last, as
     layers=N cuts a teacher), learns from the teacher's logits on the raw text."""
     import torch
     from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
-    donor = tmp_path / "donor"
-    code, _, err = run_cli(["pretrain", "--model", "bert-2l-32h-4a", "--train-tokenizer", "150", "--data", str(corpus),
-                            "--out", str(donor), "--max-steps", "2", "--max-length", "32", "--quiet"], capsys)
-    assert code == 0, err
+    donor = own_vocab_encoder
     donor_layer = AutoModel.from_pretrained(donor).encoder.layer[1].attention.self.query.weight
     out = tmp_path / "student"
     code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", f"{donor};layers=1", "--out",
