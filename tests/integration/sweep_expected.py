@@ -40,20 +40,16 @@ REFUSALS: list[tuple[str, Callable[[Axes], bool], str]] = [
     ("pretrain", lambda a: a["family"] == "roberta" and a["objective"] in ("mlm+nsp", "mlm+sop"),
      "roberta has no sentence-pair head"),
     ("pretrain", _fp16, FP16_NEEDS_GPU),
-    # a static student has no layers to match, ALBERT conversion reads BERT's layout, ALBERT shares its one layer
+    # a static student has no layers to match, ALBERT conversion reads BERT's layout
     ("distill", lambda a: a["student"].startswith("static") and a["intermediate_epochs"],
      "a static student has no layers or hidden states"),
     ("distill", lambda a: a["student"].startswith("albert") and a["family"] != "bert",
      "ALBERT conversion needs a BERT teacher"),
-    # an ALBERT teacher is cut by depth only (its shared layer applied fewer times), never narrowed
-    ("distill", lambda a: a["family"] == "albert" and a["student"].startswith("layers=") and "hidden=" in a["student"],
-     "an ALBERT model (the teacher) shares one layer across depth: cut it with layers=N"),
     ("distill", lambda a: _fp16(a) and not a["student"].startswith("static"), FP16_NEEDS_GPU),
     ("distill-lm", lambda a: _encoder(a) and a["top_k"], "dynamic masking"),
-    ("prune", lambda a: a["family"] == "albert", "prune is supported for"),
     ("prune-lm", _encoder, "prune-lm prunes causal LMs"),
     ("export", lambda a: a["precision"] == "bf16", "--precision bf16 does not apply to --format onnx"),
-    ("export", lambda a: a["precision"] in ("q8_0", "q4_0"), "does not apply to --format onnx"),  # gguf only
+    ("export", lambda a: a["precision"] in ("q8_0", "q4_0", "q4_m"), "does not apply to --format onnx"),  # gguf only
     ("auto", lambda a: a["family"] == "gpt2", "auto cuts encoder students from the teacher's layers"),
 ]
 

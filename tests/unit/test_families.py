@@ -78,7 +78,7 @@ def test_a_student_of_one_layer_keeps_that_layer_and_reloads(model_type, tmp_pat
     torch.testing.assert_close(reloaded(**batch).logits, student.eval()(**batch).logits)
 
 
-NARROWABLE = ["bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet", "distilbert", "modernbert"]
+NARROWABLE = ["bert", "roberta", "xlm-roberta", "electra", "deberta-v2", "mpnet", "distilbert", "modernbert", "albert"]
 BATCH = {"input_ids": torch.randint(1, 99, (2, 7)), "attention_mask": torch.tensor([[1] * 7, [1] * 4 + [0] * 3])}
 
 
@@ -108,13 +108,53 @@ def test_mpnet_layers_keep_one_head_set_matching_its_shared_relative_position_bi
     assert kept_heads_per_layer(family_of(_model("bert").config), scores, 2) == {0: [0, 1], 1: [2, 3]}
 
 
-NARROWABLE_FAMILIES = "bert, roberta, electra, deberta-v2, mpnet, distilbert, modernbert, gpt2, llama models"
+NARROWABLE_FAMILIES = "bert, roberta, electra, deberta-v2, mpnet, distilbert, modernbert, albert, gpt2, llama models"
 
 
-def test_families_without_axis_rules_refuse_narrowing_in_one_line():
+def test_albert_s_shared_layer_is_scored_over_every_pass_and_pruned_once_for_all(tmp_path):
+    model = _model("albert")  # one layer, applied 3 times
+    family = family_of(model.config)
+    seen = []
+
+    def keep(module, args):  # the FFN activations of every pass, as the importance hooks see them
+        args[0].retain_grad()
+        seen.append(args[0])
+
+    shared = family.pass_modules(model)
+    assert len(shared) == 1
+    handle = family.part(shared[0], family.ffn_out).register_forward_pre_hook(keep)
+    batch = dict(BATCH, labels=torch.tensor([0, 1]))
+    scores = prune.importance_scores(model, [batch])
+    handle.remove()
+    assert len(seen) == 3 and scores.ffn.shape == (1, 37) and scores.heads.shape == (1, 4)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    expected = sum((act * act.grad * mask).sum(1).abs().sum(0) for act in seen)  # summed over the passes
+    torch.testing.assert_close(scores.ffn[0], expected)
+    pruned, passes = prune.prune_model(model, scores, prune.plan(model.config, 0.5, 0.5, 2, None))
+    config = pruned.config
+    assert passes == [0, 2] and (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
+                                 config.intermediate_size, config.embedding_size) == (2, 16, 2, 18, 16)
+    kept_ffn = scores.ffn[0].topk(18).indices.sort().values  # the most important neurons, once for every pass
+    torch.testing.assert_close(family.part(family.pass_modules(pruned)[0], family.ffn_in).bias,
+                               family.part(shared[0], family.ffn_in).bias[kept_ffn])
+    pruned.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()  # plain transformers
+    torch.testing.assert_close(reloaded(**BATCH).logits, pruned.eval()(**BATCH).logits)
+
+
+def test_an_albert_cut_picks_no_layers_and_needs_one_shared_layer():
     albert = _model("albert")
-    with pytest.raises(LmcError, match=f"prune is supported for {NARROWABLE_FAMILIES}, not albert"):
+    with pytest.raises(LmcError, match="every pass is the same layer, so pick= has nothing to choose"):
+        build_student(albert, parse_spec("pick=0,2"))
+    albert.config.num_hidden_groups = 2
+    refusal = "has 2 ALBERT layer group\\(s\\) of 1 layer\\(s\\); only a model with one shared layer can be cut"
+    with pytest.raises(LmcError, match=refusal):
+        build_student(albert, parse_spec("layers=1;hidden=16"))
+    with pytest.raises(LmcError, match="narrowed or pruned"):
         prune.plan(albert.config, 0.5, 0.5, None, None)
+    albert.config.num_hidden_groups, albert.config.inner_group_num = 1, 2
+    with pytest.raises(LmcError, match="1 ALBERT layer group\\(s\\) of 2 layer\\(s\\)"):
+        build_student(albert, parse_spec("layers=2"))
 
 
 @pytest.mark.parametrize("model_type", ["bert", "deberta-v2", "mpnet", "distilbert", "llama"])
@@ -176,3 +216,14 @@ def test_max_length_is_refused_past_the_position_table_only(config, longest):
     check_max_length(config, longest)
     with pytest.raises(LmcError, match=f"takes at most {longest} tokens per text"):
         check_max_length(config, longest + 1)
+
+
+def test_a_base_albert_model_is_narrowed_too():
+    """distill-embeddings loads encoders without a task head: their parameter names have no `albert.` prefix."""
+    from transformers import AlbertModel
+
+    torch.manual_seed(0)
+    base = AlbertModel(CONFIGS["albert"]()).eval()
+    student, passes = build_student(base, parse_spec("layers=1;hidden=16;heads=2;ffn=20"))
+    assert passes == [2] and (student.config.hidden_size, student.config.intermediate_size) == (16, 20)
+    assert student(**BATCH).last_hidden_state.shape == (2, 7, 16)

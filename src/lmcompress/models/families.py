@@ -50,6 +50,22 @@ DEBERTA_AXES = (
     (r"attention\.self\.(query_proj|key_proj|value_proj|pos_key_proj|pos_query_proj)\.bias$", ("qkv",)),
     (r"rel_embeddings\.weight$", (None, "hidden")),
 ) + BERT_AXES
+# ALBERT: one layer shared by every pass (its hidden width reached from narrower embeddings through a projection);
+# the embeddings, their LayerNorm and the MLM head's LayerNorm and decoder are embedding_size wide: kept whole
+ALBERT_AXES: tuple[tuple[str, Axes], ...] = (
+    (r"attention\.(query|key|value)\.weight$", ("qkv", "hidden")),
+    (r"attention\.(query|key|value)\.bias$", ("qkv",)),
+    (r"attention\.dense\.weight$", ("hidden", "qkv")),
+    (r"albert_layers\.\d+\.ffn\.weight$", ("ffn", "hidden")),
+    (r"albert_layers\.\d+\.ffn\.bias$", ("ffn",)),
+    (r"ffn_output\.weight$", ("hidden", "ffn")),
+    (r"(attention\.dense|ffn_output|attention\.LayerNorm|full_layer_layer_norm|embedding_hidden_mapping_in|pooler)"
+     r"\.bias$", ("hidden",)),
+    (r"(attention\.LayerNorm|full_layer_layer_norm)\.weight$", ("hidden",)),
+    (r"embedding_hidden_mapping_in\.weight$", ("hidden", None)),
+    (r"pooler\.weight$", ("hidden", "hidden")),
+    (r"(predictions\.dense|classifier|qa_outputs)\.weight$", (None, "hidden")),  # (sop_classifier.classifier too)
+)
 # MPNet: q/k/v/o under attention.attn, and one relative-position bias per head shared by every layer (so every
 # layer keeps the same heads: `uniform_heads`)
 MPNET_AXES = (
@@ -142,6 +158,7 @@ class Family:
     # pooler_hidden_size): else a narrowed student would grow a projection, or keep a head, the teacher lacks
     width_followers: tuple[str, ...] = ()
     shares_layers: bool = False  # ALBERT: one layer reused across depth, so layers cannot be picked
+    shared_layer: str | None = None  # that layer, relative to the base model (narrowed and pruned once for every pass)
     uniform_heads: bool = False  # a per-head parameter shared by the layers (MPNet): every layer keeps the same heads
     fused_qkv: str | None = None  # one Q|K|V projection (ModernBERT's attn.Wqkv), relative to a layer
     glu: bool = False  # ffn_in holds the input and the gate rows (2F): neurons are kept in both halves
@@ -158,6 +175,12 @@ class Family:
 
     def layer_list(self, model: nn.Module) -> nn.ModuleList:
         return operator.attrgetter(self.layers)(model.base_model)
+
+    def pass_modules(self, model: nn.Module) -> list[nn.Module]:
+        """The modules that run once per layer pass: the layers, or ALBERT's one shared layer (run every pass)."""
+        if self.shared_layer:
+            return [operator.attrgetter(self.shared_layer)(model.base_model)]
+        return list(self.layer_list(model))
 
     def part(self, layer: nn.Module, path: str) -> nn.Module:
         return operator.attrgetter(path)(layer)
@@ -251,7 +274,9 @@ FAMILIES: tuple[Family, ...] = (
            glu=True, rotary=True, axes_rules=MODERNBERT_AXES),
     Family("albert", ("albert",), layers="encoder.albert_layer_groups", query="attention.query", key="attention.key",
            value="attention.value", attention_out="attention.dense", ffn_in="ffn", ffn_out="ffn_output",
-           mlm_head="predictions", pair_head="sop_classifier", shares_layers=True),
+           norm="(?:LayerNorm|full_layer_layer_norm)", mlm_head="predictions", pair_head="sop_classifier",
+           shares_layers=True,
+           shared_layer="encoder.albert_layer_groups.0.albert_layers.0", axes_rules=ALBERT_AXES),
     Family("gpt2", ("gpt2",), layers="h", query=None, key=None, value=None, attention_out="attn.c_proj",
            ffn_in="mlp.c_fc", ffn_out="mlp.c_proj", depth_key="n_layer", width_key="n_embd", heads_key="n_head",
            ffn_key="n_inner", norm="ln_", word_embeddings="wte", fused_qkv="attn.c_attn", conv1d=True,

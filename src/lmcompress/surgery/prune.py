@@ -24,7 +24,8 @@ from ..console import tracked
 from ..errors import LmcError
 from ..models.families import require_family
 from ..distributed import is_main_process
-from .student import head_rows, kept_heads_per_layer, kept_kv_groups, slice_model, topk_sorted
+from .student import (check_one_shared_layer, evenly_spaced_layers, head_rows, kept_heads_per_layer, kept_kv_groups,
+                      slice_model, topk_sorted)
 
 log = logging.getLogger("lmcompress")
 
@@ -42,17 +43,17 @@ class Importance:
 def importance_scores(model, batches: Iterable[dict]) -> Importance:
     """Accumulate |sum_t activation x gradient| per example over `batches` (dicts with labels) -> Importance."""
     family = require_family(model.config, "prune", narrow=True)
-    layers = family.layer_list(model)
+    layers = family.pass_modules(model)  # ALBERT: its one shared layer, scored over every pass
     cfg = model.config
     n_layers, heads, width, ffn = len(layers), family.heads(cfg), family.width(cfg), family.ffn(cfg)
     acc = Importance(torch.zeros(n_layers, heads), torch.zeros(n_layers, heads * family.head_size(cfg)),
                      torch.zeros(n_layers, ffn), torch.zeros(n_layers), torch.zeros(width), torch.zeros(n_layers))
-    seen: dict[tuple[str, int], Any] = {}
+    seen: dict[tuple[str, int], list[Any]] = {}  # per module, what each of its calls saw in this batch
 
     def keep_input(kind: str, i: int):
         def hook(module, args):
             args[0].retain_grad()
-            seen[(kind, i)] = args[0]
+            seen.setdefault((kind, i), []).append(args[0])
         return hook
 
     def keep_layer(i: int):
@@ -60,7 +61,7 @@ def importance_scores(model, batches: Iterable[dict]) -> Importance:
             h_in = args[0] if args else kwargs["hidden_states"]
             h_out = output[0] if isinstance(output, tuple) else output
             h_out.retain_grad()
-            seen[("layer", i)] = (h_in, h_out)
+            seen.setdefault(("layer", i), []).append((h_in, h_out))
         return hook
 
     handles = []
@@ -75,6 +76,7 @@ def importance_scores(model, batches: Iterable[dict]) -> Importance:
             model(**batch).loss.backward()
             with torch.no_grad():  # else every sum below keeps this batch's activations alive in a growing graph
                 _accumulate(acc, seen, batch["attention_mask"].unsqueeze(-1).float(), heads)
+            seen.clear()
     finally:
         for handle in handles:
             handle.remove()
@@ -83,20 +85,21 @@ def importance_scores(model, batches: Iterable[dict]) -> Importance:
     return acc
 
 
-def _accumulate(acc: Importance, seen: dict[tuple[str, int], Any], mask: torch.Tensor, heads: int) -> None:
-    """Add one batch's |activation x gradient| sums (and the layers' 1 - cosine) to `acc`; `mask` is [B, T, 1]."""
+def _accumulate(acc: Importance, seen: dict[tuple[str, int], list[Any]], mask: torch.Tensor, heads: int) -> None:
+    """Add one batch's |activation x gradient| sums (and the layers' 1 - cosine) to `acc`, over every call of each
+    module (a shared ALBERT layer runs once per pass); `mask` is [B, T, 1]."""
     for i in range(len(acc.layers)):
-        ctx = seen[("context", i)]  # [B, T, A*d]
-        per_dim = (ctx * ctx.grad * mask).sum(1)  # [B, A*d]
-        acc.head_dims[i] += per_dim.abs().sum(0)
-        acc.heads[i] += per_dim.view(len(per_dim), heads, -1).sum(-1).abs().sum(0)  # [A]
-        act = seen[("ffn", i)]  # [B, T, F]
-        acc.ffn[i] += (act * act.grad * mask).sum(1).abs().sum(0)
-        h_in, h_out = seen[("layer", i)]  # [B, T, H] each
-        acc.layers[i] += ((h_out - h_in) * h_out.grad * mask).sum((1, 2)).abs().sum()
-        cosine = torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1)  # [B, T]
-        acc.layer_change[i] += ((1 - cosine) * mask.squeeze(-1)).sum()
-        acc.hidden += (h_out * h_out.grad * mask).sum(1).abs().sum(0)
+        for ctx in seen[("context", i)]:  # [B, T, A*d]
+            per_dim = (ctx * ctx.grad * mask).sum(1)  # [B, A*d]
+            acc.head_dims[i] += per_dim.abs().sum(0)
+            acc.heads[i] += per_dim.view(len(per_dim), heads, -1).sum(-1).abs().sum(0)  # [A]
+        for act in seen[("ffn", i)]:  # [B, T, F]
+            acc.ffn[i] += (act * act.grad * mask).sum(1).abs().sum(0)
+        for h_in, h_out in seen[("layer", i)]:  # [B, T, H] each
+            acc.layers[i] += ((h_out - h_in) * h_out.grad * mask).sum((1, 2)).abs().sum()
+            cosine = torch.nn.functional.cosine_similarity(h_in, h_out, dim=-1)  # [B, T]
+            acc.layer_change[i] += ((1 - cosine) * mask.squeeze(-1)).sum()
+            acc.hidden += (h_out * h_out.grad * mask).sum(1).abs().sum(0)
 
 
 @dataclass
@@ -114,6 +117,8 @@ def plan(config, heads_ratio: float, ffn_ratio: float, layers: int | None, hidde
          kv_heads_ratio: float = 0.0) -> PrunePlan:
     """Target sizes from the ratios, checked against the model (one-line errors)."""
     family = require_family(config, "prune", narrow=True)
+    if family.shared_layer:
+        check_one_shared_layer(config, "the model")
     n_layers, heads, width = family.depth(config), family.heads(config), family.width(config)
     head_size, kv = family.head_size(config), family.kv_heads(config)
     if layers is not None and layers > n_layers:
@@ -168,6 +173,8 @@ def prune_model(model, scores: Importance, target: PrunePlan):
     """Physically remove the least important units -> (a standard model of the same family, kept layer indices)."""
     cfg = model.config
     family = require_family(cfg, "prune", narrow=True)
+    if family.shared_layer:
+        return _prune_shared_layer(model, family, scores, target)
     layer_scores = scores.layer_change if target.layer_score == "cosine" else scores.layers
     keep_layers = topk_sorted(layer_scores, target.layers or len(layer_scores)).tolist()
     hidden_idx = topk_sorted(scores.hidden, target.hidden) if target.hidden < family.width(cfg) else None
@@ -176,3 +183,17 @@ def prune_model(model, scores: Importance, target: PrunePlan):
     new_config = family.reshaped(cfg, keep_layers, target.hidden, target.heads, target.ffn, target.kv_heads)
     return slice_model(model, family, new_config, keep_layers, hidden_idx, qkv_idx, ffn_idx, head_idx,
                        kv_idx), keep_layers
+
+
+def _prune_shared_layer(model, family, scores: Importance, target: PrunePlan):
+    """ALBERT: its one shared layer pruned once for every pass (the scores summed over the passes); every pass is
+    that layer, so depth is a count of passes (evenly spaced over the teacher's, for the hidden-state loss)."""
+    cfg = model.config
+    passes = evenly_spaced_layers(family.depth(cfg), target.layers or family.depth(cfg))
+    hidden_idx = topk_sorted(scores.hidden, target.hidden) if target.hidden < family.width(cfg) else None
+    qkv_idx, _, _ = _kept_attention(family, cfg, scores, target, [0])
+    new_config = family.reshaped(cfg, None, target.hidden, target.heads, target.ffn)
+    setattr(new_config, family.depth_key, len(passes))
+    # the shared layer's parameter names carry no layer number (LAYER_KEY): its indices go under None
+    return slice_model(model, family, new_config, [], hidden_idx, {None: qkv_idx[0]},
+                       {None: topk_sorted(scores.ffn[0], target.ffn)}), passes

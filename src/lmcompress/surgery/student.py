@@ -111,10 +111,11 @@ def topk_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
 def _hidden_index(family: Family, state: dict[str, torch.Tensor], hidden: int, keep: int) -> torch.Tensor:
     """Residual-stream dims to keep: mean |layer-norm gain| across layers x word-embedding column norm."""
     norm = re.compile(rf"{family.norm}\w*\.weight$")  # LayerNorm.weight, input_layernorm.weight, ln_1.weight
-    gains = [v.abs() for k, v in state.items() if norm.search(k) and v.numel() == hidden]
+    # only tensors on the residual stream (ALBERT's and ELECTRA's embeddings reach it through a projection)
+    gains = [v.abs() for k, v in state.items() if norm.search(k) and v.numel() == hidden and "hidden" in family.axes(k)]
     embed = next(v for k, v in state.items() if k.endswith(f"{family.word_embeddings}.weight"))
     score = torch.stack(gains).mean(0)  # [H]
-    if embed.shape[1] == hidden:  # (ELECTRA's narrower embeddings reach the hidden width through a projection)
+    if embed.shape[1] == hidden and "hidden" in family.axes(f"{family.word_embeddings}.weight"):
         score = score * embed.norm(dim=0)
     return topk_sorted(score, keep)
 
@@ -271,19 +272,41 @@ def build_student(teacher: PreTrainedModel, spec: StudentSpec,
 def shared_layer_cut(teacher: PreTrainedModel, spec: StudentSpec, narrowing: bool,
                      source: str) -> tuple[PreTrainedModel, list[int]]:
     """An ALBERT model cut to `layers=N`: the same shared layer applied N times instead of the teacher's count, so
-    every weight is kept and only the compute shrinks -> (student, the teacher passes its passes are paired with)."""
-    if narrowing or spec.pick is not None:
-        raise LmcError(f"an ALBERT model ({source}) shares one layer across depth: cut it with layers=N (the shared "
-                       "layer applied N times); pick= and hidden=/heads=/ffn= are not supported for it")
-    if getattr(teacher.config, "num_hidden_groups", 1) != 1:  # fewer passes would change which group runs when
-        raise LmcError(f"{source} has {teacher.config.num_hidden_groups} ALBERT layer groups; only one shared layer "
-                       "group can be cut by depth")
-    keep_layers = chosen_layers(spec, depth(teacher.config), source)
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = len(keep_layers)
-    student = type(teacher)(config)
-    student.load_state_dict(teacher.state_dict())
-    return student, keep_layers
+    only the compute shrinks; narrowed (`hidden=`, `heads=`, `ffn=`), the shared layer is sliced once for every pass
+    -> (student, the teacher passes its passes are paired with)."""
+    if spec.pick is not None:
+        raise LmcError(f"an ALBERT model ({source}) shares one layer across depth: every pass is the same layer, so "
+                       "pick= has nothing to choose; cut it with layers=N")
+    check_one_shared_layer(teacher.config, source)
+    family = family_of(teacher.config)
+    keep_layers = chosen_layers(spec, family.depth(teacher.config), source)
+    if not narrowing:
+        config = copy.deepcopy(teacher.config)
+        config.num_hidden_layers = len(keep_layers)
+        student = type(teacher)(config)
+        student.load_state_dict(teacher.state_dict())
+        return student, keep_layers
+    config, target = teacher.config, narrowed_widths(family, teacher.config, spec)
+    state = {k: v.detach() for k, v in teacher.state_dict().items()}
+    query = f"{family.shared_layer}.{family.query}.weight"  # (a base model's names have no `albert.` prefix)
+    prefix = next(k for k in state if k.endswith(query))[:-len(f".{family.query}.weight")]
+    kept = topk_sorted(_head_scores(family, state, prefix, family.heads(config)), target.heads).tolist()
+    qkv = _attention_index(family, state, prefix, kept, family.heads(config), target.head_size)
+    ffn = _ffn_index(family, state, prefix, target.ffn)
+    new_config = family.reshaped(config, None, target.hidden, target.heads, target.ffn)
+    new_config.num_hidden_layers = len(keep_layers)
+    hidden_idx = _hidden_index(family, state, family.width(config), target.hidden)
+    # the shared layer's parameter names carry no layer number (LAYER_KEY): its indices go under None
+    return slice_model(teacher, family, new_config, [], hidden_idx, {None: qkv}, {None: ffn}), keep_layers
+
+
+def check_one_shared_layer(config, source: str) -> None:
+    """An ALBERT model can be cut, narrowed and pruned when one layer serves every pass: with several layer groups,
+    fewer passes would change which group runs when, and inner layers would need indices of their own."""
+    groups, inner = getattr(config, "num_hidden_groups", 1), getattr(config, "inner_group_num", 1)
+    if groups != 1 or inner != 1:
+        raise LmcError(f"{source} has {groups} ALBERT layer group(s) of {inner} layer(s); only a model with one "
+                       "shared layer can be cut, narrowed or pruned")
 
 
 def layer_prefix(state: dict[str, torch.Tensor], layer: int) -> str:
