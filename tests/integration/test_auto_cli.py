@@ -15,12 +15,26 @@ SEARCH = ["--min-speedup", "0.01", "--backend", "torch", "--shortlist", "1", "--
           "--time-budget", "20m", "--quiet"]
 
 
+AUGMENT_TEXTS = 24  # unlabelled in-domain texts given with --augment
+
+
 @pytest.fixture(scope="module")
-def auto_run(tiny_teacher_run, tmp_path_factory):
+def augment(tmp_path_factory) -> list[str]:
+    """`--augment FILE`, as every run of the module's search passes it (a re-run with other options is refused)."""
+    from tests.conftest import make_sentiment_rows
+
+    extra = tmp_path_factory.mktemp("augment") / "unlabelled.txt"
+    texts = [f"{r['text']} (unlabelled {i})" for i, r in enumerate(make_sentiment_rows(AUGMENT_TEXTS, seed=11))]
+    extra.write_text("\n\n".join(texts) + "\n")  # none equals a held-out row
+    return ["--augment", str(extra)]
+
+
+@pytest.fixture(scope="module")
+def auto_run(tiny_teacher_run, augment, tmp_path_factory):
     from lmcompress.cli import main
 
     out = tmp_path_factory.mktemp("auto") / "search"
-    assert main(["auto", "--teacher", str(tiny_teacher_run), "--out", str(out), *SEARCH]) == 0
+    assert main(["auto", "--teacher", str(tiny_teacher_run), "--out", str(out), *augment, *SEARCH]) == 0
     return out
 
 
@@ -56,10 +70,26 @@ def test_auto_hands_back_a_report_with_the_chosen_row_and_the_model(auto_run):
     assert events[0] == "measured" and events[-1] == "chosen" and "trained" in events
 
 
-def test_auto_rerun_continues_instead_of_redoing(auto_run, tiny_teacher_run, capsys):
+def test_auto_labels_the_augment_text_it_has_time_for_and_says_how_many_rows_each_student_saw(auto_run):
+    report = json.loads((auto_run / "report" / "report.json").read_text())
+    rows = report["auto"]["rows"]
+    planned = json.loads((auto_run / "augmentation.json").read_text())
+    assert rows["augmentation_available"] == planned["available"] == AUGMENT_TEXTS  # none equals a held-out row
+    assert rows["augmentation"] == planned["rows"] == AUGMENT_TEXTS  # a 20-minute budget fits them all
+    students = [m for m in auto_run.glob("candidates/*/student/lmcompress.json") if m.parts[-3] != "static"]
+    assert students  # (the static student's table comes from the vocabulary: it learns from no extra text)
+    for manifest in students:
+        assert json.loads(manifest.read_text())["augmentation"]["rows"] == AUGMENT_TEXTS
+    screens = list(auto_run.glob("candidates/*/screen/lmcompress.json"))
+    assert screens and all(json.loads(m.read_text()).get("augmentation") is None for m in screens)
+    markdown = (auto_run / "report" / "report.md").read_text()
+    assert f"{rows['labelled']:,} + {AUGMENT_TEXTS:,}" in markdown and f"--augment {rows['augment']}" in markdown
+
+
+def test_auto_rerun_continues_instead_of_redoing(auto_run, tiny_teacher_run, augment, capsys):
     students = sorted(auto_run.glob("candidates/*/student/model.safetensors"))
     before = {p: p.stat().st_mtime_ns for p in students}
-    code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(auto_run),
+    code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(auto_run), *augment,
                             *[a for a in SEARCH if a != "--quiet"]], capsys)
     assert code == 0, err
     assert "reusing shapes.json" in err and "complete, skipped" in err
@@ -88,9 +118,10 @@ def test_auto_refuses_a_folder_that_holds_something_else(tiny_teacher_run, tmp_p
     one_error_line(err, "holds no auto search")
 
 
-def test_auto_rerun_with_other_training_options_is_refused(auto_run, tiny_teacher_run, capsys):
+def test_auto_rerun_with_other_training_options_is_refused(auto_run, tiny_teacher_run, augment, capsys):
     flags = [a if a != "1" else "2" for a in SEARCH]  # --epochs 2
-    code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(auto_run), *flags], capsys)
+    code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(auto_run), *augment, *flags],
+                           capsys)
     assert code == 1
     one_error_line(err, "holds a search made with other options (epochs 1.0 -> 2.0)", "--overwrite")
 
@@ -174,9 +205,9 @@ def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_tea
     assert {s["name"] for s in shapes["shapes"] if s["origin"]} == {"donor-L1-H32-A4-F128", "donor-L2-H32-A4-F128"}
 
 
-def test_an_albert_teacher_is_searched_over_its_depth(sentiment_csv, tiny_tokenizer_dir, tmp_path, capsys):
-    """ALBERT shares one layer across depth: its students are the shared layer applied fewer times (full width, as
-    for any family that cannot be narrowed), screened and trained as `distill --student layers=N`."""
+def test_an_albert_teacher_is_searched_over_its_depth_and_width(sentiment_csv, tiny_tokenizer_dir, tmp_path, capsys):
+    """ALBERT shares one layer across depth: its students are the shared layer applied fewer times, narrowed or not
+    (once for every pass), cut by `prune --recovery none` like any narrowable family and then distilled."""
     teacher = tmp_path / "albert-teacher"
     code, _, err = run_cli(["finetune", "--model", "albert-2l-32h-4a", "--tokenizer", str(tiny_tokenizer_dir),
                             "--data", str(sentiment_csv), "--out", str(teacher), "--epochs", "2", "--batch-size", "16",
@@ -187,8 +218,11 @@ def test_an_albert_teacher_is_searched_over_its_depth(sentiment_csv, tiny_tokeni
     assert code == 0, err
     search = json.loads((out / "report" / "report.json").read_text())["auto"]
     shapes = json.loads((out / "shapes.json").read_text())["shapes"]
-    assert {(s["layers"], s["hidden"]) for s in shapes if not s["static"]} == {(1, 32), (2, 32)}  # depth only
+    assert {(s["layers"], s["hidden"]) for s in shapes if not s["static"]} == {(d, h) for d in (1, 2) for h in (8, 16, 32)}
     (cut,) = [c for c in search["candidates"] if c["origin"] == "teacher cut"]
-    assert cut["shape"] == "L1-H32-A4-F128"
-    screen = json.loads((out / "candidates" / cut["name"] / "screen" / "lmcompress.json").read_text())
-    assert screen["config"]["student"] == "layers=1" and screen["student"]["layers"] == 1
+    assert cut["shape"] == "L1-H32-A4-F128"  # (its parameters tie with the teacher's: the one layer is kept whole)
+    folder = out / "candidates" / cut["name"]
+    init = json.loads((folder / "init" / "lmcompress.json").read_text())
+    assert init["stage"] == "prune" and init["pruning"]["kept_layers"] == [1]  # one pass, paired with the last
+    screen = json.loads((folder / "screen" / "lmcompress.json").read_text())
+    assert screen["config"]["student"] == str(folder / "init") and screen["student"]["layers"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -309,3 +310,52 @@ def test_equal_sized_shapes_shortlist_the_deeper_first():
                              teacher_shape=teacher_shape(family_of(config), config), cfg=SimpleNamespace(shortlist=2),
                              root=Path("/nowhere"), donors={})
     assert sorted(c.shape.layers for c in shortlist(records, search)) == [3, 4]
+
+
+def test_augmentation_amount_is_what_fits_in_the_time_given(tmp_path):
+    from lmcompress.search.run import QUANTIZE_ESTIMATE_S, augmentation_amount
+
+    search = _search_with(tmp_path, [], ScriptedExecutor({}))  # 3 epochs, 1,000 labelled rows, batch 32
+    search.teacher_ms = 320.0  # the teacher labels 100 rows a second
+    # two candidates at 36 and 72 rows/s: one row costs 1.2 x 3 / 36 + 1.2 x 3 / 72 = 0.15 s of training and 0.01 s
+    # of the teacher's pass, so the labelled rows take 160 s and each augmentation row 0.16 s more
+    seconds = 160.0 + 2 * QUANTIZE_ESTIMATE_S + 0.16 * 500
+    assert augmentation_amount(10_000, search, [36.0, 72.0], seconds) == pytest.approx(500, abs=1)
+    assert augmentation_amount(300, search, [36.0, 72.0], seconds) == 300  # no more than there is
+    assert augmentation_amount(10_000, search, [36.0, 72.0], 100.0) == 0  # not even the labelled rows fit
+    assert augmentation_amount(10_000, search, [], seconds) == 0  # no transformer student to teach
+
+
+def test_the_augmentation_amount_is_decided_once_and_passed_to_every_round(tmp_path):
+    from lmcompress.search import run
+    from lmcompress.search.state import Candidate, Status
+
+    c = Candidate(Shape(2, 2, 16, 32), "fp32", {"speedup": 12.0, "latency_ms": 1.0}, tmp_path / "c")
+    c.status, c.pace = Status.SCREENED, 1000.0
+    search = _search_with(tmp_path, [c], ScriptedExecutor({}))
+    search.data, search.family, search.teacher_ms = DataConfig(data="reviews.csv"), SimpleNamespace(can_narrow=False), 32.0
+    search.cfg.screen_rows, search.cfg.learning_rate, search.cfg.augment = 500, 1e-4, "more.txt"
+    search.augment_available = 2_000
+    run.plan_augmentation(search)
+    assert search.augment_rows == 2_000 and search.rows_seen == 3_000  # an hour left: all of it fits
+    recorded = json.loads((tmp_path / run.AUGMENT_FILE).read_text())
+    assert recorded["rows"] == 2_000 and recorded["available"] == 2_000
+    students = [s for s in run._steps(search, c, rounds=2) if s["name"].startswith("student")]
+    assert [(s["augment"], s["max_augment_rows"]) for s in students] == [("more.txt", 2_000)] * 2
+    assert all("augment" not in s for s in run._steps(search, c) if s["name"] == "screen")
+    # a re-run before any student started training plans again (here with no time left: none)
+    again = _search_with(tmp_path, [c], ScriptedExecutor({}), left_s=run.REPORT_RESERVE_S + 60)
+    again.cfg.augment, again.augment_available = "more.txt", 2_000
+    run.plan_augmentation(again)
+    assert again.augment_rows == 0 and json.loads((tmp_path / run.AUGMENT_FILE).read_text())["rows"] == 0
+    # once a student has started (its partial folder), a re-run keeps the amount it started with: the same steps
+    (tmp_path / run.AUGMENT_FILE).write_text(json.dumps(recorded))
+    (tmp_path / "c" / ".student.partial").mkdir(parents=True)
+    run.plan_augmentation(again)
+    assert again.augment_rows == 2_000
+    # without --augment nothing is planned or passed on
+    search.augment_rows, search.augment_available, search.cfg.augment = 0, 0, None
+    (tmp_path / run.AUGMENT_FILE).unlink()
+    run.plan_augmentation(search)
+    assert search.augment_rows == 0 and not (tmp_path / run.AUGMENT_FILE).exists()
+    assert all("augment" not in s for s in run._steps(search, c))

@@ -15,6 +15,8 @@ import re
 import numpy as np
 import torch
 
+from ..data.corpora import load_corpus
+
 log = logging.getLogger("lmcompress")
 
 WORD = re.compile(r"^[^\W\d_]{2,}$")  # alphabetic words of 2+ letters are replaced; numbers, punctuation kept
@@ -81,3 +83,17 @@ def word_replaced_texts(texts: list[str], neighbours, variants: int, probability
                 seen.add(variant)
                 out.append(variant)
     return out
+
+
+def held_out_texts(task_data) -> set[str]:
+    """The validation and test texts: augmentation rows equal to one are dropped, so nothing held out leaks in."""
+    return {str(t).strip() for split in ("validation", "test") for t in task_data.splits[split]["text"]}
+
+
+def in_domain_texts(source: str, held_out: set[str]) -> tuple[list[str], int]:
+    """The documents of `source` (a text file, folder, table or zoo corpus: `--augment`) as one text each, without
+    empty ones and those in `held_out` -> (texts, how many were dropped as held out)."""
+    documents, _ = load_corpus(source)
+    texts = [t for t in (" ".join(document).strip() for document in documents) if t]
+    kept = [t for t in texts if t not in held_out]
+    return kept, len(texts) - len(kept)

@@ -37,6 +37,7 @@ from ..backends.serving import installed, run_backend
 from ..config import AutoConfig, CompareConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import fixed_batch
+from ..distillation.augment import held_out_texts, in_domain_texts
 from ..errors import LmcError
 from ..machine import processor
 from ..models.families import check_max_length, family_of
@@ -55,6 +56,9 @@ from .shapes import SPEED_MARGIN, Shape, SpeedTarget, measure_shapes, shape_grid
 log = logging.getLogger("lmcompress")
 
 STATIC_EPOCHS = 10.0
+AUGMENT_FILE = "augmentation.json"  # the amount of --augment text, decided once per search (resumes keep it)
+AUGMENT_SHARE = 0.5  # of the time left after screening, what the first round of every candidate may take: the rest
+# goes to further rounds and the report
 REPORT_RESERVE_S = 180.0  # kept back from the budget for the final report
 SHAPES_FILE = "shapes.json"
 REQUEST_FILE = "request.json"
@@ -96,6 +100,7 @@ def _search(search: Search, teacher, task_data, started: float) -> dict[str, Any
     if not search.teacher_validation:
         raise LmcError(f"the teacher scores {search.metric} 0 on the validation rows: there is nothing to retain")
     _screen(search)
+    plan_augmentation(search)
     _train(search)
     _extend(search)
     report = _report(search)
@@ -158,6 +163,11 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
                     executor=StageExecutor(), donors={d.label: d for d in donors})
     test = task_data.splits["test"]
     search.sample = (test["text"].tolist()[:64], test["text_pair"].tolist()[:64] if task_data.has_pair else None)
+    if cfg.augment:  # read now, so a corpus that cannot be used is refused before minutes of work
+        texts, _ = in_domain_texts(cfg.augment, held_out_texts(task_data))
+        if not texts:
+            raise LmcError(f"--augment {cfg.augment} holds no texts outside the validation and test rows")
+        search.augment_available = len(texts)
     return search, teacher, task_data
 
 
@@ -296,8 +306,9 @@ def _steps(search: Search, c: Candidate, rounds: int = 1) -> list[dict[str, Any]
     for r in range(1, rounds + 1):
         start = round_step("student", r - 1) if r > 1 else first
         student = round_step("student", r)
-        steps.append(distill | {"name": student, "student": start, "data": data, "augment": cfg.augment,
-                                "train": {"epochs": cfg.epochs,
+        augment = {"augment": cfg.augment, "max_augment_rows": search.augment_rows} if search.augment_rows else {}
+        steps.append(distill | augment | {"name": student, "student": start, "data": data,
+                                          "train": {"epochs": cfg.epochs,
                                                     "learning_rate": cfg.learning_rate * LR_DECAY ** (r - 1)}})
         if c.variant != "fp32":
             steps.append({"name": round_step(c.variant, r), "stage": "quantize", "model": student,
@@ -414,13 +425,54 @@ def estimate_s(search: Search, c: Candidate) -> float:
         return STATIC_ESTIMATE_S
     if c.shape == search.teacher_shape:
         return QUANTIZE_ESTIMATE_S
-    teacher_s = search.train_rows * search.teacher_ms / 1000 / search.cfg.batch_size
-    return 1.2 * search.cfg.epochs * search.train_rows / (c.pace or 1.0) + teacher_s + QUANTIZE_ESTIMATE_S
+    teacher_s = search.rows_seen * search.teacher_ms / 1000 / search.cfg.batch_size
+    return 1.2 * search.cfg.epochs * search.rows_seen / (c.pace or 1.0) + teacher_s + QUANTIZE_ESTIMATE_S
 
 
 def round_estimate_s(search: Search, c: Candidate) -> float:
     """Seconds for one more round: the last round's training pace over the rows (teacher outputs are cached)."""
-    return 1.2 * search.cfg.epochs * search.train_rows / (c.pace or 1.0) + QUANTIZE_ESTIMATE_S
+    return 1.2 * search.cfg.epochs * search.rows_seen / (c.pace or 1.0) + QUANTIZE_ESTIMATE_S
+
+
+def augmentation_amount(available: int, search: Search, paces: list[float], seconds: float) -> int:
+    """The most --augment rows (at most `available`) with which the first round of every candidate of `paces`
+    (training examples per second, from its screen) over the labelled rows and them, plus the teacher's one pass
+    over them (its outputs are cached for every student), fits in `seconds`."""
+    if not paces:  # no transformer student to train: the static student and the teacher's int8 see no augmentation
+        return 0
+    per_row = sum(1.2 * search.cfg.epochs / (p or 1.0) for p in paces)  # training, every candidate, one row
+    teacher_row_s = search.teacher_ms / 1000 / search.cfg.batch_size
+    fixed = search.train_rows * (per_row + teacher_row_s) + QUANTIZE_ESTIMATE_S * len(paces)
+    return max(0, min(available, int((seconds - fixed) / (per_row + teacher_row_s))))
+
+
+def plan_augmentation(search: Search) -> None:
+    """How many --augment texts every trained student sees beside the labelled rows: as many as fit in
+    AUGMENT_SHARE of the time left, by the screens' measured pace and the teacher's timed latency. Kept in
+    OUT/augmentation.json once a student has started training with it, so a re-run makes the same steps; until then a
+    re-run (a larger --time-budget) plans again."""
+    if not search.augment_available:
+        return
+    path = search.root / AUGMENT_FILE
+    if path.is_file() and any(_student_started(c) for c in search.candidates):
+        search.augment_rows = min(json.loads(path.read_text(encoding="utf-8"))["rows"], search.augment_available)
+        return
+    paces = [c.pace for c in search.candidates if c.status is Status.SCREENED]  # transformer students
+    seconds = AUGMENT_SHARE * (search.left_s() - REPORT_RESERVE_S)
+    search.augment_rows = augmentation_amount(search.augment_available, search, paces, seconds)
+    record = {"source": search.cfg.augment, "available": search.augment_available, "rows": search.augment_rows,
+              "labelled_rows": search.train_rows, "candidates": len(paces), "seconds": round(seconds),
+              "teacher_ms": search.teacher_ms}
+    write_json_atomic(path, record)
+    search.event("augmentation", **record)
+    log.info("augmentation: %d of %d --augment texts labelled by the teacher for each student, beside the %d "
+             "labelled rows (what fits in %.0f min for %d candidates at their screened pace)", search.augment_rows,
+             search.augment_available, search.train_rows, seconds / 60, len(paces))
+
+
+def _student_started(c: Candidate) -> bool:
+    """Whether `c`'s first training round was begun (finished, or its partial folder left by an interruption)."""
+    return (c.folder / "student").exists() or (c.folder / ".student.partial").exists()
 
 
 def _train(search: Search) -> None:

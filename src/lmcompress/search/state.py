@@ -117,6 +117,13 @@ class Search:
     candidates: list[Candidate] = field(default_factory=list)
     executor: Executor | None = None
     donors: dict[str, Donor] = field(default_factory=dict)  # by label (Shape.origin)
+    augment_available: int = 0  # texts of --augment outside the validation and test rows
+    augment_rows: int = 0  # of those, how many each trained student sees beside the labelled rows (run.plan_augmentation)
+
+    @property
+    def rows_seen(self) -> int:
+        """Rows a trained transformer student learns the teacher's outputs on: the labelled ones and the augmentation."""
+        return self.train_rows + self.augment_rows
 
     @functools.cached_property
     def teacher_shape(self) -> Shape:

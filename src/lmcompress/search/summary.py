@@ -61,9 +61,11 @@ def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dic
              f"Target: retention >= {search.cfg.min_retention:.0%} on the validation rows (the search decides on "
              f"them; the table above reports the test rows), speed {search.target.describe()} at batch {size} as "
              f"measured in this report. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
+             _augmentation_line(search), "",
              "Use it:", "", "```bash", *use_commands(search.root / "best"), "```", "",
              "| candidate | origin | params | predicted speedup | measured as trained | screen retention (validation) "
-             "| validation retention | trained (rounds) | note |", "|---|---|---|---|---|---|---|---|---|"]
+             "| validation retention | rows with teacher outputs | trained (rounds) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in search.candidates:
         screen = f"{c.screen_score:.1%}" if c.screen_score is not None else "-"
         val = f"{c.validation_retention:.1%}" if c.validation_retention is not None else "-"
@@ -71,12 +73,38 @@ def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dic
         timed = f"{c.measured['speedup']:.1f}x" if c.measured else "-"
         params = f"{c.predicted['params'] / 1e6:.1f}M" if "params" in c.predicted else "-"
         lines.append(f"| {c.name} | {c.origin} | {params} | {c.predicted['speedup']:.1f}x | "
-                     f"{timed} | {screen} | {val} | {trained} | {c.reason} |")
+                     f"{timed} | {screen} | {val} | {_rows_seen(search, c)} | {trained} | {c.reason} |")
     lines += ["", "Latency predicted from random weights vs measured in this report:", "",
               "| candidate | predicted ms | measured ms | measured / predicted |", "|---|---|---|---|"]
     lines += [f"| {x['name']} | {x['predicted_ms']:.1f} | {x['measured_ms']:.1f} | {x['measured_over_predicted']:.2f} |"
               for x in check]
     return "\n".join(lines) + "\n\n![candidates](candidates.png)\n"
+
+
+def _rows_seen(search: Search, c: Candidate) -> str:
+    """The rows a trained student learnt the teacher's outputs on: labelled (+ augmentation)."""
+    if not c.trained or c.shape == search.teacher_shape:  # the teacher's own int8 learns nothing
+        return "-"
+    if c.shape.static or not search.augment_rows:  # (the static student's table comes from the vocabulary)
+        return f"{search.train_rows:,}"
+    return f"{search.train_rows:,} + {search.augment_rows:,}"
+
+
+def _augmentation_line(search: Search) -> str:
+    """What the students learnt from beside the labelled rows, and why that much."""
+    cfg = search.cfg
+    if search.augment_rows:
+        return (f"Rows: every transformer student learnt from the teacher's outputs on the {search.train_rows:,} "
+                f"labelled rows and on {search.augment_rows:,} of the {search.augment_available:,} texts of "
+                f"`--augment {cfg.augment}` (labelled by the teacher), as many as fit in the time budget at the "
+                "screens' measured pace.")
+    if cfg.augment:
+        return (f"Rows: the {search.train_rows:,} labelled rows only; no text of `--augment {cfg.augment}` was used "
+                "(no transformer student was screened, or none fit in the time budget at the screens' measured pace: "
+                "re-running with a larger --time-budget plans again while no student has started training).")
+    return (f"Rows: the {search.train_rows:,} labelled rows only. Unlabelled in-domain text given with --augment is "
+            "labelled by the teacher and added as the budget allows (generated word-replaced variants are not made: "
+            "they did not measurably help, docs/results.md).")
 
 
 def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[dict[str, Any]],
@@ -154,6 +182,8 @@ def hand_back(search: Search, report: dict[str, Any], records: list[dict[str, An
         "speed_target": search.target.describe(), "batch_size": search.cfg.batch_size,
         "teacher_ms": search.teacher_ms, "validation_metric": search.metric,
         "teacher_validation": search.teacher_validation, "candidates": [c.record() for c in search.candidates],
+        "rows": {"labelled": search.train_rows, "augmentation": search.augment_rows,
+                 "augmentation_available": search.augment_available, "augment": search.cfg.augment},
         "latency_check": check, "deploy": {k: str(v) for k, v in deploy.items()}, "wall_time_s": round(wall_s, 1)}}
     write_json_atomic(folder / "report.json", report)
     with (folder / "report.md").open("a", encoding="utf-8") as handle:
