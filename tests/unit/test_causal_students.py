@@ -183,3 +183,7 @@ def test_gguf_tensor_types_follow_llama_quantize_rules():
     assert kind("token_embd.weight", (49152, 576), "q4_0") == "Q4_0"  # a mere lookup table...
     assert tensor_type(gguf, "token_embd.weight", (49152, 576), "q4_0", tied=True).name == "Q8_0"  # ...unless tied
     assert kind("token_embd.weight", (49152, 576), "q8_0") == "Q8_0"
+    # q4_m: Q4_0, with the value and down projections in 8 bits and the (tied) output in 6, as Q4_K_M mixes them
+    assert [kind(f"blk.0.{n}.weight", (576, 576), "q4_m") for n in ("attn_q", "attn_v", "ffn_down", "ffn_up")] == [
+        "Q4_0", "Q8_0", "Q8_0", "Q4_0"]
+    assert tensor_type(gguf, "token_embd.weight", (49152, 576), "q4_m", tied=True).name == "Q5_1"

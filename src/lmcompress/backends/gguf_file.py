@@ -117,26 +117,36 @@ def _add_tokenizer(gguf, writer, tokenizer, vocab_size: int, pre: str) -> None:
 
 def tensor_type(gguf, gguf_name: str, shape: tuple[int, ...], precision: str, tied: bool = False):
     """The GGML type of one tensor in a file of `precision`, by llama.cpp's rules (llama-quantize): vectors (norms)
-    stay F32; a matrix whose rows are not whole 32-value blocks stays F16; in a q4_0 file the output matrix (the
-    token embedding when `tied`, as it then serves as the output) keeps 8 bits, where llama-quantize keeps Q6_K, or
-    Q8_0 when a row is not whole 256-value super-blocks (the gguf package writes no K-quants)."""
+    stay F32; a matrix whose rows are not whole 32-value blocks stays F16; in a 4-bit file the output matrix (the
+    token embedding when `tied`, as it then serves as the output) keeps more bits (OUTPUT_TYPES), where
+    llama-quantize keeps Q6_K, or Q8_0 when a row is not whole 256-value super-blocks (the gguf package writes no
+    K-quants); q4_m also keeps the matrices that Q4_K_M gives more bits (MORE_BITS) in Q8_0."""
     types = gguf.GGMLQuantizationType
     if len(shape) < 2 or precision == "fp32":
         return types.F32
     if precision == "fp16" or shape[-1] % QUANT_BLOCK:
         return types.F16
     output = gguf_name.split(".")[0] == "output" or (tied and gguf_name.split(".")[0] == "token_embd")
-    if precision == "q4_0" and output:
+    if output:
+        return getattr(types, OUTPUT_TYPES[precision])
+    if precision == "q8_0" or (precision == "q4_m" and gguf_name.endswith(MORE_BITS)):
         return types.Q8_0
-    return types.Q8_0 if precision == "q8_0" else types.Q4_0
+    return types.Q4_0
 
 
-QUANT_BLOCK = 32  # values per Q8_0 / Q4_0 block, along a row
-FILE_TYPES = {"fp32": "ALL_F32", "fp16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0"}  # general.file_type
+QUANT_BLOCK = 32  # values per Q8_0 / Q4_0 / Q5_1 block, along a row
+# the output matrix: 8 bits in q8_0 and q4_0 (as llama-quantize keeps it for SmolLM2); Q5_1 (6 bits, near Q6_K's 6.6) in
+# q4_m, whose attention value and FFN down projections keep 8 bits, as Q4_K_M gives them more bits (in every layer
+# here): on the pruned smollm2-135m student, +6.9% perplexity at 47.4 MB against q4_0's +15.2% at 51.8 MB
+# (benchmarks/results/gguf_q4_mixes.md)
+OUTPUT_TYPES = {"q8_0": "Q8_0", "q4_0": "Q8_0", "q4_m": "Q5_1"}
+MORE_BITS = ("attn_v.weight", "ffn_down.weight")
+FILE_TYPES = {"fp32": "ALL_F32", "fp16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_0": "MOSTLY_Q4_0",
+              "q4_m": "MOSTLY_Q4_0"}  # general.file_type
 
 
 def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str = "default") -> dict[str, int]:
-    """model (LlamaForCausalLM) -> a GGUF file at `path` with its matrices in `precision` (fp32, fp16, q8_0, q4_0:
+    """model (LlamaForCausalLM) -> a GGUF file at `path` with its matrices in `precision` (fp32, fp16, q8_0, q4_0, q4_m:
     `tensor_type`) -> the number of tensors of each GGML type."""
     gguf = require_gguf()
     config = model.config

@@ -1,6 +1,6 @@
 """`lmcompress export --format gguf`: a Llama-family causal LM run as one GGUF file for llama.cpp (fp32, fp16, or
-llama.cpp's q8_0 / q4_0 block quantisation), validated by reading it back with transformers' GGUF loader on the run's
-own validation blocks (real text): fp32/fp16 by their logits, q8_0/q4_0 by their perplexity beside PyTorch's; above
+llama.cpp's q8_0 / q4_0 / q4_m block quantisation), validated by reading it back with transformers' GGUF loader on the
+run's own validation blocks (real text): fp32/fp16 by their logits, the others by their perplexity beside PyTorch's; above
 the tolerance nothing is written. The file's perplexity is scored from the file, not copied."""
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from ..runs.rundir import RunDir, finish_stage
 log = logging.getLogger("lmcompress")
 
 # fp32/fp16: max |logit difference| over a 49k-token vocabulary (fp16 weights move large logits by ~0.1-0.2);
-# q8_0/q4_0: max relative perplexity increase over the validation blocks (block quantisation moves every logit)
-GGUF_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5, "q8_0": 0.05, "q4_0": 0.5}
-QUANTISED = ("q8_0", "q4_0")
+# q8_0/q4_0/q4_m: max relative perplexity increase over the validation blocks (block quantisation moves every logit)
+GGUF_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5, "q8_0": 0.05, "q4_0": 0.5, "q4_m": 0.5}
+QUANTISED = ("q8_0", "q4_0", "q4_m")
 LLAMA_CPP_TOLERANCE = 0.05  # llama.cpp's perplexity of the file vs transformers' reading of it, relative
 CHECK_BLOCKS = 8  # validation blocks whose logits are compared
 
@@ -79,7 +79,7 @@ def _check_logits(validation: dict[str, Any], tolerance: float) -> None:
 
 
 def _perplexity_check(model, file_scores: dict[str, float], blocks, collate, tolerance: float) -> dict[str, float]:
-    """q8_0 and q4_0 files: the file's perplexity on the validation blocks may exceed PyTorch's by at most
+    """Block-quantised files: the file's perplexity on the validation blocks may exceed PyTorch's by at most
     `tolerance` (relative) -> both perplexities and the increase."""
     reference = score_lm(model, blocks, collate, "clm", 16)["perplexity"]
     increase = file_scores["perplexity"] / reference - 1
