@@ -90,10 +90,13 @@ def held_out_texts(task_data) -> set[str]:
     return {str(t).strip() for split in ("validation", "test") for t in task_data.splits[split]["text"]}
 
 
-def in_domain_texts(source: str, held_out: set[str]) -> tuple[list[str], int]:
-    """The documents of `source` (a text file, folder, table or zoo corpus: `--augment`) as one text each, without
-    empty ones and those in `held_out` -> (texts, how many were dropped as held out)."""
+def corpus_texts(source: str) -> list[str]:
+    """The documents of `source` (a text file, folder, table or zoo corpus: `--augment`) as one text each."""
     documents, _ = load_corpus(source)
-    texts = [t for t in (" ".join(document).strip() for document in documents) if t]
-    kept = [t for t in texts if t not in held_out]
-    return kept, len(texts) - len(kept)
+    return [" ".join(document).strip() for document in documents]
+
+
+def without_held_out(texts: list[str], held_out: set[str]) -> tuple[list[str], int]:
+    """`texts` without empty ones and those equal to a held-out row -> (texts kept, how many were held out)."""
+    kept = [t for t in texts if t and t.strip() not in held_out]
+    return kept, sum(1 for t in texts if t and t.strip() in held_out)

@@ -37,7 +37,7 @@ from ..backends.serving import installed, run_backend
 from ..config import AutoConfig, CompareConfig, to_dict
 from ..data import load_task
 from ..data.tokenize import fixed_batch
-from ..distillation.augment import held_out_texts, in_domain_texts
+from ..distillation.augment import corpus_texts, held_out_texts, without_held_out
 from ..errors import LmcError
 from ..machine import processor
 from ..models.families import check_max_length, family_of
@@ -164,7 +164,7 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
     test = task_data.splits["test"]
     search.sample = (test["text"].tolist()[:64], test["text_pair"].tolist()[:64] if task_data.has_pair else None)
     if cfg.augment:  # read now, so a corpus that cannot be used is refused before minutes of work
-        texts, _ = in_domain_texts(cfg.augment, held_out_texts(task_data))
+        texts, _ = without_held_out(corpus_texts(cfg.augment), held_out_texts(task_data))
         if not texts:
             raise LmcError(f"--augment {cfg.augment} holds no texts outside the validation and test rows")
         search.augment_available = len(texts)
@@ -425,13 +425,22 @@ def estimate_s(search: Search, c: Candidate) -> float:
         return STATIC_ESTIMATE_S
     if c.shape == search.teacher_shape:
         return QUANTIZE_ESTIMATE_S
-    teacher_s = search.rows_seen * search.teacher_ms / 1000 / search.cfg.batch_size
-    return 1.2 * search.cfg.epochs * search.rows_seen / (c.pace or 1.0) + teacher_s + QUANTIZE_ESTIMATE_S
+    return _training_s(search, search.rows_seen, c.pace) + _teacher_s(search, search.rows_seen) + QUANTIZE_ESTIMATE_S
 
 
 def round_estimate_s(search: Search, c: Candidate) -> float:
     """Seconds for one more round: the last round's training pace over the rows (teacher outputs are cached)."""
-    return 1.2 * search.cfg.epochs * search.rows_seen / (c.pace or 1.0) + QUANTIZE_ESTIMATE_S
+    return _training_s(search, search.rows_seen, c.pace) + QUANTIZE_ESTIMATE_S
+
+
+def _training_s(search: Search, rows: float, pace: float | None) -> float:
+    """Seconds to train on `rows` for --epochs at `pace` examples per second (1 when never timed), with 20% slack."""
+    return 1.2 * search.cfg.epochs * rows / (pace or 1.0)
+
+
+def _teacher_s(search: Search, rows: float) -> float:
+    """Seconds of the teacher's pass over `rows`, from its timed batch latency."""
+    return rows * search.teacher_ms / 1000 / search.cfg.batch_size
 
 
 def augmentation_amount(available: int, search: Search, paces: list[float], seconds: float) -> int:
@@ -440,10 +449,9 @@ def augmentation_amount(available: int, search: Search, paces: list[float], seco
     over them (its outputs are cached for every student), fits in `seconds`."""
     if not paces:  # no transformer student to train: the static student and the teacher's int8 see no augmentation
         return 0
-    per_row = sum(1.2 * search.cfg.epochs / (p or 1.0) for p in paces)  # training, every candidate, one row
-    teacher_row_s = search.teacher_ms / 1000 / search.cfg.batch_size
-    fixed = search.train_rows * (per_row + teacher_row_s) + QUANTIZE_ESTIMATE_S * len(paces)
-    return max(0, min(available, int((seconds - fixed) / (per_row + teacher_row_s))))
+    per_row = sum(_training_s(search, 1, p) for p in paces) + _teacher_s(search, 1)  # every candidate, one row
+    fixed = search.train_rows * per_row + QUANTIZE_ESTIMATE_S * len(paces)
+    return max(0, min(available, int((seconds - fixed) / per_row)))
 
 
 def plan_augmentation(search: Search) -> None:

@@ -18,7 +18,8 @@ from ..data import load_task
 from ..data.ner import TOKEN_TASK
 from ..data.qa import QA_TASK
 from ..data.tokenize import collator, tokenize_frame
-from ..distillation.augment import EmbeddingNeighbours, held_out_texts, in_domain_texts, word_replaced_texts
+from ..distillation.augment import (EmbeddingNeighbours, corpus_texts, held_out_texts, without_held_out,
+                                   word_replaced_texts)
 from ..distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
 from ..distillation.components import TEACHER_PREFIX, Needs, PairedCollator, intermediate_needs, parse_layer_map, \
     teacher_compute_precision
@@ -205,20 +206,20 @@ def augmentation_rows(cfg: DistillConfig, task_data, teacher, tokenizer) -> tupl
     if task_data.task != "classification" or task_data.has_pair:
         raise LmcError("--augment / --augment-replace add single texts to a sequence-classification task; this task "
                        f"is {'a pair task' if task_data.has_pair else 'a ' + task_data.task}")
-    held_out, texts, dropped, record = held_out_texts(task_data), [], 0, {}
+    texts, record = [], {}
     if cfg.augment:
-        texts, dropped = in_domain_texts(cfg.augment, held_out)
+        texts += corpus_texts(cfg.augment)
         record["source"] = cfg.augment
     if cfg.augment_replace:
         neighbours = EmbeddingNeighbours(tokenizer, teacher.get_input_embeddings().weight)
         variants = word_replaced_texts(task_data.splits["train"]["text"].tolist(), neighbours, cfg.augment_replace,
                                        cfg.augment_replace_prob, cfg.train.seed)
-        texts += [t for t in variants if t and t.strip() not in held_out]
-        dropped += sum(1 for t in variants if t and t.strip() in held_out)
+        texts += variants
         record["word_replacement"] = {"variants_per_text": cfg.augment_replace, "probability": cfg.augment_replace_prob,
                                       "neighbours": f"{neighbours.k} nearest of {len(neighbours.words)} whole-word "
                                                     "tokens in the teacher's input embeddings", "rows": len(variants)}
-    kept = texts[:cfg.max_augment_rows] if cfg.max_augment_rows else texts
+    kept, dropped = without_held_out(texts, held_out_texts(task_data))
+    kept = kept[:cfg.max_augment_rows] if cfg.max_augment_rows else kept
     if not kept:
         raise LmcError("the augmentation gives no texts outside the validation and test rows")
     record["rows"] = len(kept)

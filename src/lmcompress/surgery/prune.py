@@ -25,7 +25,7 @@ from ..errors import LmcError
 from ..models.families import require_family
 from ..distributed import is_main_process
 from .student import (check_one_shared_layer, evenly_spaced_layers, head_rows, kept_heads_per_layer, kept_kv_groups,
-                      slice_model, topk_sorted)
+                      slice_model, slice_shared_layer, topk_sorted)
 
 log = logging.getLogger("lmcompress")
 
@@ -192,8 +192,5 @@ def _prune_shared_layer(model, family, scores: Importance, target: PrunePlan):
     passes = evenly_spaced_layers(family.depth(cfg), target.layers or family.depth(cfg))
     hidden_idx = topk_sorted(scores.hidden, target.hidden) if target.hidden < family.width(cfg) else None
     qkv_idx, _, _ = _kept_attention(family, cfg, scores, target, [0])
-    new_config = family.reshaped(cfg, None, target.hidden, target.heads, target.ffn)
-    setattr(new_config, family.depth_key, len(passes))
-    # the shared layer's parameter names carry no layer number (LAYER_KEY): its indices go under None
-    return slice_model(model, family, new_config, [], hidden_idx, {None: qkv_idx[0]},
-                       {None: topk_sorted(scores.ffn[0], target.ffn)}), passes
+    ffn_idx = topk_sorted(scores.ffn[0], target.ffn)
+    return slice_shared_layer(model, family, passes, target, hidden_idx, qkv_idx[0], ffn_idx), passes

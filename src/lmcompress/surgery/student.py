@@ -9,7 +9,6 @@ Weight magnitude is the importance score here (no data needed); data-driven scor
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from dataclasses import dataclass
@@ -281,9 +280,7 @@ def shared_layer_cut(teacher: PreTrainedModel, spec: StudentSpec, narrowing: boo
     family = family_of(teacher.config)
     keep_layers = chosen_layers(spec, family.depth(teacher.config), source)
     if not narrowing:
-        config = copy.deepcopy(teacher.config)
-        config.num_hidden_layers = len(keep_layers)
-        student = type(teacher)(config)
+        student = type(teacher)(family.reshaped(teacher.config, keep_layers))
         student.load_state_dict(teacher.state_dict())
         return student, keep_layers
     config, target = teacher.config, narrowed_widths(family, teacher.config, spec)
@@ -293,11 +290,17 @@ def shared_layer_cut(teacher: PreTrainedModel, spec: StudentSpec, narrowing: boo
     kept = topk_sorted(_head_scores(family, state, prefix, family.heads(config)), target.heads).tolist()
     qkv = _attention_index(family, state, prefix, kept, family.heads(config), target.head_size)
     ffn = _ffn_index(family, state, prefix, target.ffn)
-    new_config = family.reshaped(config, None, target.hidden, target.heads, target.ffn)
-    new_config.num_hidden_layers = len(keep_layers)
     hidden_idx = _hidden_index(family, state, family.width(config), target.hidden)
+    return slice_shared_layer(teacher, family, keep_layers, target, hidden_idx, qkv, ffn), keep_layers
+
+
+def slice_shared_layer(model: PreTrainedModel, family: Family, passes: list[int], widths, hidden_idx, qkv_idx,
+                       ffn_idx) -> PreTrainedModel:
+    """ALBERT with its one shared layer sliced to `widths` (hidden, heads, ffn) once for all `passes` (the teacher
+    passes they stand for: their count is the depth)."""
+    new_config = family.reshaped(model.config, passes, widths.hidden, widths.heads, widths.ffn)
     # the shared layer's parameter names carry no layer number (LAYER_KEY): its indices go under None
-    return slice_model(teacher, family, new_config, [], hidden_idx, {None: qkv}, {None: ffn}), keep_layers
+    return slice_model(model, family, new_config, [], hidden_idx, {None: qkv_idx}, {None: ffn_idx})
 
 
 def check_one_shared_layer(config, source: str) -> None:
