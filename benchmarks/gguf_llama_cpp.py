@@ -52,10 +52,15 @@ def _speed(runs: dict[str, Path], files: dict[str, Path], rounds: int) -> dict:
     prompt = generation_prompt(data)
     models: dict = {f"{name} PyTorch fp32": AutoModelForCausalLM.from_pretrained(folder).eval()
                     for name, folder in runs.items()}
+    timers: dict[str, list] = {f"{name} llama.cpp": [] for name in files}
     for name, path in files.items():
         models[f"{name} llama.cpp"] = llama_cpp.generator(
-            llama_cpp.open_model(path, GENERATION_CONTEXT, torch.get_num_threads()), prompt[0].tolist())
-    return generation_speed(models, prompt, rounds=rounds)
+            llama_cpp.open_model(path, GENERATION_CONTEXT, torch.get_num_threads()), prompt[0].tolist(),
+            timers[f"{name} llama.cpp"])
+    speed = generation_speed(models, prompt, rounds=rounds)
+    for name, times in timers.items():  # llama.cpp's own timer of its forward passes, as llama-bench's tg
+        speed[name]["timer"] = llama_cpp.timer_rate(times)
+    return speed
 
 
 def _curve(folder: Path, batch: int, length: int) -> list[dict]:
@@ -81,7 +86,7 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--eval-every", default="40", help="validation every N steps: the recovery curve")
     parser.add_argument("--validation", default="64", help="validation blocks")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--reuse", action="store_true", help="keep complete runs under --out")
     args = parser.parse_args()
     exe, out = LMCOMPRESS, output_root(args.out, args.reuse)
@@ -131,6 +136,24 @@ def main() -> int:
     return 0
 
 
+def _timer_lines(gen: dict) -> list[str]:
+    """The decode rate by llama.cpp's own timer (its forward passes only, as llama-bench's tg; the table's column
+    also counts sampling and the Python loop) and the student / teacher ratio per round, with its spread."""
+    from lmcompress.timing import quartiles
+
+    if not all(gen[f"{m} {p} llama.cpp"].get("timer") for m in ("teacher", "student") for p in PRECISIONS):
+        return []
+    lines = ["llama.cpp's own timer of its forward passes (as llama-bench's tg; sampling and Python left out): "
+             "decode tokens/s, median (IQR), and the student / teacher ratio of the same round:", "",
+             "| file type | teacher | student | ratio (IQR) |", "|---|---:|---:|---:|"]
+    for p in PRECISIONS:
+        teacher, student = gen[f"teacher {p} llama.cpp"]["timer"], gen[f"student {p} llama.cpp"]["timer"]
+        q1, q2, q3 = quartiles([s / t for s, t in zip(student["per_call"], teacher["per_call"])])
+        lines.append(f"| {p} | {teacher['decode_tokens_per_s']:.1f} | {student['decode_tokens_per_s']:.1f} | "
+                     f"{q2:.2f}x ({q1:.2f}-{q3:.2f}x) |")
+    return lines
+
+
 def _markdown(result: dict) -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in result["lscpu"].splitlines()
                 if line.startswith("Model name")), "?")
@@ -162,7 +185,9 @@ def _markdown(result: dict) -> str:
     decode = {name: g["decode_tokens_per_s"] for name, g in gen.items()}
     rates = [f"{p}: {decode[f'student {p} llama.cpp'] / decode[f'teacher {p} llama.cpp']:.2f}x" for p in PRECISIONS]
     lines += ["", f"Student / teacher decode rate in llama.cpp, per file type: {', '.join(rates)}; student perplexity / "
-              f"teacher's (PyTorch): {ppl['student'] / ppl['teacher']:.2f}x.", "",
+              f"teacher's (PyTorch): {ppl['student'] / ppl['teacher']:.2f}x.", ""]
+    lines += _timer_lines(gen) + [""]
+    lines += [
               "Recovery (the student's validation perplexity against distillation tokens, CPU, "
               f"{result['run_wall_s']['student'] or '?'} s for the whole prune-lm command):", "",
               ", ".join(f"{p['tokens']:,}: {p['perplexity']:.1f}" for p in result["recovery_curve"]), "",

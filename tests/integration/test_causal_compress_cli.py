@@ -174,6 +174,34 @@ def test_llama_cpp_reads_and_runs_the_exported_file(llama_teacher, tmp_path, cap
     payload = json.loads(stdout)["llama_cpp"]
     assert payload["perplexity"] == pytest.approx(check["perplexity"], rel=1e-6)  # the same file
     assert payload["generation"]["decode_tokens_per_s"] > 0 and payload["generation"]["new_tokens"] == 32
+    timer = payload["generation"]["timer"]  # llama.cpp's own timer of its forward passes: faster than the loop
+    assert timer["decode_tokens_per_s"] >= payload["generation"]["decode_tokens_per_s"] * 0.9
+
+
+def test_a_gguf_run_is_served_by_llama_cpp_when_installed_else_by_transformers(llama_teacher, tmp_path, capsys,
+                                                                               monkeypatch):
+    import lmcompress
+    from lmcompress.backends import llama_cpp
+
+    out = tmp_path / "fp32"
+    code, _, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--out", str(out),
+                            "--quiet"], capsys)
+    assert code == 0, err
+    with monkeypatch.context() as patch:
+        patch.setattr(llama_cpp, "available", lambda: False)
+        fallback = lmcompress.load(str(out))
+        assert (fallback.card.runtime, fallback.card.task) == ("gguf", "text-generation")
+        expected = fallback.generate("the film", max_new_tokens=4)["generated_text"]
+    reference = lmcompress.load(str(llama_teacher)).generate("the film", max_new_tokens=4)["generated_text"]
+    assert expected == reference  # the file read back by transformers generates as the checkpoint does
+    if not llama_cpp.available():
+        return  # the optional extra (setup.sh --with-llama-cpp): CI does not build it; the rest runs where it is
+    served = lmcompress.load(str(out), threads=1)
+    assert (served.card.runtime, served.card.precision) == ("llama.cpp", "fp32 file")
+    assert served.card.params == fallback.card.params
+    assert served.generate("the film", max_new_tokens=4)["generated_text"] == expected  # greedy, same file
+    with pytest.raises(lmcompress.LmcError, match="passes the model's"):
+        served.generate("the film " * 64, max_new_tokens=4)
 
 
 @pytest.mark.parametrize("case", ["gpt2-gguf", "task-run-gguf", "encoder-prune-lm", "corpus-in-prune", "gpt2-kv"])

@@ -80,3 +80,54 @@ def test_without_llama_cpp_the_file_is_refused_with_how_to_add_it(monkeypatch, t
     monkeypatch.setattr(llama_cpp, "available", lambda: False)
     with pytest.raises(LmcError, match="--with-llama-cpp"):
         llama_cpp.open_model(tmp_path / "model.gguf", 64, 1)
+
+
+class TorchAsLlamaText(TorchAsLlama):
+    """The stand-in with a vocabulary: byte b is token b % 38 + 2, token 0 the BOS, 1 the EOS (or as set)."""
+
+    eos = 1
+
+    def tokenize(self, text, add_bos):
+        return [0] * add_bos + [b % 38 + 2 for b in text]
+
+    def detokenize(self, ids):
+        return bytes(ord("a") + i % 26 for i in ids if i != 0)
+
+    def token_bos(self):
+        return 0
+
+    def generate(self, tokens, top_k, temp, reset):
+        self.context = []  # reset=True: llama-cpp-python evaluates the new prompt after what it keeps of the last
+        yield from super().generate(tokens, top_k, temp, reset)
+
+    def token_eos(self):
+        return self.eos
+
+
+def test_complete_is_the_greedy_continuation_and_stops_at_the_end_of_text_token(tiny_llama):
+    stand_in = TorchAsLlamaText(tiny_llama)
+    prompt_ids = stand_in.tokenize(b"abc", add_bos=True)
+    greedy = tiny_llama.generate(torch.tensor([prompt_ids]), max_new_tokens=5, min_new_tokens=5, do_sample=False,
+                                 pad_token_id=0)[0, len(prompt_ids):].tolist()
+    assert llama_cpp.complete(stand_in, "abc", 5) == stand_in.detokenize(greedy).decode()
+    stop = next(i for i, token in enumerate(greedy) if token not in greedy[:i] and i > 0)
+    stand_in.eos = greedy[stop]  # the end-of-text token ends the answer, and is not part of it
+    assert llama_cpp.complete(stand_in, "abc", 5) == stand_in.detokenize(greedy[:stop]).decode()
+
+
+@pytest.mark.parametrize(("prompt", "new_tokens", "message"), [
+    ("", 4, "empty after tokenisation"), ("abc", 0, "max_new_tokens must be >= 1"),
+    ("x" * 60, 8, "the prompt has 61 tokens; with max_new_tokens 8 that passes the model's 64 positions")])
+def test_complete_refuses_what_does_not_fit(tiny_llama, prompt, new_tokens, message):
+    from lmcompress.errors import LmcError
+
+    with pytest.raises(LmcError, match=message):
+        llama_cpp.complete(TorchAsLlamaText(tiny_llama), prompt, new_tokens)
+
+
+def test_timer_rate_is_the_median_over_the_decoding_calls_after_the_warm_up():
+    times = [(31, 100.0), (0, 5.0), (31, 310.0), (0, 4.0), (31, 155.0), (31, 206.7)]  # (decodes, ms) per call
+    rate = llama_cpp.timer_rate(times)
+    assert rate["per_call"] == [100.0, 200.0, 150.0]  # the first decoding call (the warm-up) and prompt-only calls out
+    assert rate["decode_tokens_per_s"] == 150.0 and rate["decode_iqr"] == [125.0, 175.0]
+    assert llama_cpp.timer_rate([(0, 3.0), (31, 100.0)]) is None  # nothing after the warm-up

@@ -193,14 +193,16 @@ def evaluate(folder: Path, manifest: Manifest, cfg: EvaluateConfig) -> dict[str,
     if not (cfg.latency and pcfg.objective == "clm" and hasattr(model, "generate")):
         return payload
     runtimes: dict[str, Any] = {"model": model}
+    decode_times: list[tuple[int, float]] = []
     if payload.get("llama_cpp"):
         runtimes["llama.cpp"] = llama_cpp.generator(llama_cpp.open_model(gguf, GENERATION_CONTEXT,
                                                                          torch.get_num_threads()),
-                                                    generation_prompt(data)[0].tolist())
+                                                    generation_prompt(data)[0].tolist(), decode_times)
     speed = generation_speed(runtimes, generation_prompt(data))
     payload["generation"] = speed["model"]
     if "llama.cpp" in speed:
-        payload["llama_cpp"]["generation"] = speed["llama.cpp"]
+        # the loop's rate (sampling and Python included) and llama.cpp's own timer of its forward passes
+        payload["llama_cpp"]["generation"] = speed["llama.cpp"] | {"timer": llama_cpp.timer_rate(decode_times)}
         log.info("llama.cpp: first token %.1f ms, %.1f tokens/s (transformers from the same file: %.1f ms, %.1f "
                  "tokens/s)", speed["llama.cpp"]["ttft_ms"], speed["llama.cpp"]["decode_tokens_per_s"],
                  speed["model"]["ttft_ms"], speed["model"]["decode_tokens_per_s"])

@@ -24,7 +24,7 @@ import torch
 
 from transformers import AutoConfig
 
-from ..backends import load_run_model
+from ..backends import llama_cpp, load_run_model
 from ..backends.gguf_file import GGUF_FILE, load_gguf
 from ..backends.onnx import MODEL_FILE
 from ..backends.serving import arithmetic, run_backend
@@ -306,6 +306,26 @@ class TextGenerator(Predictor):
         return {"generated_text": prompt + whole[len(prefix):]}
 
 
+class LlamaCppGenerator(TextGenerator):
+    """A GGUF run in llama.cpp itself (when llama-cpp-python is installed), as people run GGUF files: the file's
+    own vocabulary and quantised kernels, greedy like TextGenerator (backends.llama_cpp.complete)."""
+
+    def __init__(self, model, card: ModelCard, batch_size: int = DEFAULT_BATCH):
+        self.model, self.tokenizer, self.card, self.batch_size = model, None, card, batch_size
+
+    def generate(self, prompt: str, max_new_tokens: int = 32) -> dict[str, str]:
+        return {"generated_text": prompt + llama_cpp.complete(self.model, prompt, max_new_tokens)}
+
+
+def _llama_cpp_predictor(folder: Path, manifest: Manifest, threads: int | None,
+                         batch_size: int) -> LlamaCppGenerator:
+    model = llama_cpp.open_model(folder / GGUF_FILE, 0, threads or torch.get_num_threads())
+    precision = (manifest.export or {}).get("precision", "gguf")
+    card = ModelCard(run=str(folder), task="text-generation", runtime="llama.cpp", precision=f"{precision} file",
+                     labels=[], max_length=model.n_ctx(), params=llama_cpp.parameters(model))
+    return LlamaCppGenerator(model, card, batch_size)
+
+
 # ------------------------------------------------------------------------------------------------------------ load
 
 
@@ -406,6 +426,11 @@ def load(run: str | Path, threads: int | None = None, batch_size: int = DEFAULT_
             raise LmcError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     manifest = read_manifest(folder)
+    if (folder / GGUF_FILE).is_file():
+        if llama_cpp.available():
+            return _llama_cpp_predictor(folder, manifest, threads, batch_size)
+        log.info("llama.cpp is not installed, so transformers runs %s dequantised to fp32: %s", GGUF_FILE,
+                 llama_cpp.HOW_TO_ADD)
     task, labels = _task_and_labels(folder, manifest)
     if task not in PREDICTORS:
         raise LmcError(f"{folder} is a {task} model, which predict and serve do not take yet")
