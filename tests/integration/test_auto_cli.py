@@ -4,6 +4,7 @@ OUT/best, re-running continues instead of redoing, and bad targets are one line.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForSequenceClassification
@@ -59,7 +60,13 @@ def test_auto_hands_back_a_report_with_the_chosen_row_and_the_model(auto_run):
     assert [x["row"] for x in search["latency_check"]] == names[1:]
     assert (auto_run / "report" / "candidates.png").stat().st_size > 0
     assert "## auto: the search" in (auto_run / "report" / "report.md").read_text()
-    assert "| measured as trained |" in (auto_run / "report" / "report.md").read_text()
+    assert "| measured as trained | start (validation) |" in (auto_run / "report" / "report.md").read_text()
+    screened = [c for c in search["candidates"] if (Path(c["folder"]) / "screen").is_dir()]
+    assert screened
+    for c in screened:  # where each started, before distillation, from the screen's record (same teacher scale)
+        train = json.loads((Path(c["folder"]) / "screen" / "lmcompress.json").read_text())["train"]
+        best = max(h["accuracy"] for h in train["history"])
+        assert c["start_score"] * best == pytest.approx(c["screen_score"] * train["start"]["accuracy"])
     assert names == ["teacher"] + [c["name"] for c in trained]  # rows named after the candidates
     chosen = next(c for c in search["candidates"] if c["name"] == report["chosen"])
     if chosen["shape"] != "static":

@@ -61,6 +61,17 @@ def test_attention_and_minilm_losses_with_copied_layers(tiny_teacher_run, tmp_pa
     assert json.loads((out / "config.json").read_text()).get("_attn_implementation") in (None, "sdpa")
 
 
+def test_the_student_is_scored_before_distillation(tiny_teacher_run, tmp_path, capsys):
+    out = tmp_path / "copy"  # every teacher layer and its head copied: it starts where the teacher ends
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "pick=0,1", "--out", str(out),
+                            *COMMON[:-1], "--epochs", "1"], capsys)
+    assert code == 0, err
+    teacher = json.loads((tiny_teacher_run / "lmcompress.json").read_text())["train"]
+    teacher_validation = teacher["history"][teacher["best_epoch"] - 1]["accuracy"]
+    start = json.loads((out / "lmcompress.json").read_text())["train"]["start"]
+    assert start["accuracy"] == pytest.approx(teacher_validation, abs=1e-9)
+
+
 def test_preset_student_shares_the_teacher_tokenizer(tiny_teacher_run, tmp_path, capsys):
     out = tmp_path / "p"
     code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "bert-1l-32h-4a",

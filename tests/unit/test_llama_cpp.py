@@ -18,9 +18,7 @@ class TorchAsLlama:
 
     def __init__(self, model):
         self.model, self.scores, self.resets, self.context = model, None, 0, []
-
-    def n_ctx(self):
-        return 64
+        self.input_ids = [0] * 64  # llama-cpp-python's token buffer: the positions it holds
 
     def reset(self):
         self.resets += 1
@@ -83,9 +81,7 @@ def test_without_llama_cpp_the_file_is_refused_with_how_to_add_it(monkeypatch, t
 
 
 class TorchAsLlamaText(TorchAsLlama):
-    """The stand-in with a vocabulary: byte b is token b % 38 + 2, token 0 the BOS, 1 the EOS (or as set)."""
-
-    eos = 1
+    """The stand-in with a vocabulary: byte b is token b % 38 + 2, token 0 the BOS."""
 
     def tokenize(self, text, add_bos):
         return [0] * add_bos + [b % 38 + 2 for b in text]
@@ -109,10 +105,11 @@ def test_complete_is_the_greedy_continuation_and_stops_at_the_end_of_text_token(
     prompt_ids = stand_in.tokenize(b"abc", add_bos=True)
     greedy = tiny_llama.generate(torch.tensor([prompt_ids]), max_new_tokens=5, min_new_tokens=5, do_sample=False,
                                  pad_token_id=0)[0, len(prompt_ids):].tolist()
-    assert llama_cpp.complete(stand_in, "abc", 5) == stand_in.detokenize(greedy).decode()
+    assert llama_cpp.complete(stand_in, "abc", 5, frozenset({1})) == stand_in.detokenize(greedy).decode()
     stop = next(i for i, token in enumerate(greedy) if token not in greedy[:i] and i > 0)
-    stand_in.eos = greedy[stop]  # the end-of-text token ends the answer, and is not part of it
-    assert llama_cpp.complete(stand_in, "abc", 5) == stand_in.detokenize(greedy[:stop]).decode()
+    # an end-of-generation token ends the answer, and is not part of it
+    assert llama_cpp.complete(stand_in, "abc", 5, frozenset({greedy[stop]})) == stand_in.detokenize(
+        greedy[:stop]).decode()
 
 
 @pytest.mark.parametrize(("prompt", "new_tokens", "message"), [
@@ -122,7 +119,7 @@ def test_complete_refuses_what_does_not_fit(tiny_llama, prompt, new_tokens, mess
     from lmcompress.errors import LmcError
 
     with pytest.raises(LmcError, match=message):
-        llama_cpp.complete(TorchAsLlamaText(tiny_llama), prompt, new_tokens)
+        llama_cpp.complete(TorchAsLlamaText(tiny_llama), prompt, new_tokens, frozenset({1}))
 
 
 def test_timer_rate_is_the_median_over_the_decoding_calls_after_the_warm_up():

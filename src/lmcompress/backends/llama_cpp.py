@@ -90,6 +90,12 @@ def perplexity(model, blocks: Sequence[Sequence[int]]) -> dict[str, float]:
     return {"perplexity": float(np.exp(min(loss, 50.0))), "loss": loss, "tokens": tokens}
 
 
+def positions(model) -> int:
+    """Tokens a llama.cpp context holds: llama-cpp-python's token buffer, the size asked for (llama.cpp itself rounds
+    its context up to a multiple of 256, which `n_ctx()` reports but the buffer does not hold)."""
+    return len(model.input_ids)
+
+
 def parameters(model) -> int:
     """The parameters of the model a llama.cpp context runs."""
     import llama_cpp
@@ -97,20 +103,28 @@ def parameters(model) -> int:
     return int(llama_cpp.llama_model_n_params(model.model))
 
 
-def complete(model, prompt: str, max_new_tokens: int) -> str:
+def end_tokens(model) -> frozenset[int]:
+    """The end-of-generation tokens of the file's vocabulary: end of text, and of a turn (<|im_end|>, <|eot_id|>)."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(model.model)
+    return frozenset(t for t in range(model.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
+
+
+def complete(model, prompt: str, max_new_tokens: int, stops: frozenset[int]) -> str:
     """Greedy continuation of `prompt` (tokenised by the file's own vocabulary) up to `max_new_tokens` tokens or
-    the end-of-text token, decoded as text that follows the prompt (its leading space kept)."""
+    one of `stops` (`end_tokens`), decoded as text that follows the prompt (its leading space kept)."""
     if max_new_tokens < 1:
         raise LmcError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     ids = model.tokenize(prompt.encode("utf-8"), add_bos=True)
     if not ids or (len(ids) == 1 and ids[0] == model.token_bos()):
         raise LmcError("the prompt is empty after tokenisation")
-    if len(ids) + max_new_tokens > model.n_ctx():
+    if len(ids) + max_new_tokens > positions(model):
         raise LmcError(f"the prompt has {len(ids)} tokens; with max_new_tokens {max_new_tokens} that passes the "
-                       f"model's {model.n_ctx()} positions: shorten the prompt or ask for fewer tokens")
+                       f"model's {positions(model)} positions: shorten the prompt or ask for fewer tokens")
     made: list[int] = []
     for token in model.generate(ids, top_k=1, temp=0.0, reset=True):
-        if token == model.token_eos():
+        if token in stops:
             break
         made.append(token)
         if len(made) == max_new_tokens:
@@ -136,8 +150,8 @@ def generator(model, prompt: Sequence[int], decode_times: list[tuple[int, float]
     afresh each time (llama-cpp-python would otherwise reuse the cached prefix and skip the prompt's pass).
     `decode_times` (optional) collects llama.cpp's own timer of each call (`decode_timer`)."""
     def make(new_tokens: int) -> Callable[[], object]:
-        if len(prompt) + new_tokens > model.n_ctx():
-            raise ValueError(f"{len(prompt)} prompt + {new_tokens} new tokens exceed the context of {model.n_ctx()}")
+        if len(prompt) + new_tokens > positions(model):
+            raise ValueError(f"{len(prompt)} prompt + {new_tokens} new tokens exceed the context of {positions(model)}")
 
         def call() -> list[int]:
             model.reset()

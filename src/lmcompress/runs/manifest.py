@@ -68,6 +68,7 @@ class TrainingRecord:
     best_epoch: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     tokens_per_s: float | None = None  # language-model stages
+    start: dict[str, float] | None = None  # distillation: the validation scores of the weights it started from
 
     @classmethod
     def of(cls, result, **extra: Any) -> TrainingRecord:
@@ -141,7 +142,7 @@ class Manifest:
             out["pruning"] = self.pruning.to_json()
         if self.train is not None:
             out["train"] = {k: v for k, v in dataclasses.asdict(self.train).items()
-                            if v is not None or k != "tokens_per_s"}
+                            if v is not None or k not in ("tokens_per_s", "start")}
         out |= self.records
         out |= {"versions": self.versions, "created": self.created}
         if self.complete:
@@ -239,9 +240,11 @@ def stage_manifest(stage: str, parent: str, config: dict[str, Any], task_data=No
                     versions=versions(), created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
 
-def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, result, **records: Any) -> Manifest:
-    """lmcompress.json of a training stage: the stage manifest plus the training history."""
-    return stage_manifest(stage, parent, config, task_data, **records, train=TrainingRecord.of(result))
+def run_manifest(stage: str, parent: str, config: dict[str, Any], task_data, result,
+                 start: dict[str, float] | None = None, **records: Any) -> Manifest:
+    """lmcompress.json of a training stage: the stage manifest plus the training history (and `start`, the
+    validation scores before training, where the stage measured them)."""
+    return stage_manifest(stage, parent, config, task_data, **records, train=TrainingRecord.of(result, start=start))
 
 
 def read_manifest(path: Path) -> Manifest:

@@ -366,6 +366,8 @@ def _screen(search: Search) -> None:
         training = search.executor.training(search, c, "screen")
         score = best_score(training, search.metric)
         c.screen_score = score / search.teacher_validation if score is not None else None
+        start = (training.start or {}).get(search.metric) if training else None
+        c.start_score = start / search.teacher_validation if start is not None else None
         c.pace = pace(training)
         c.status = Status.SCREENED
         log.info("screen %d/%d %s: predicted %.1fx, validation retention after 1 epoch on %d rows %.1f%%, %.0f min "

@@ -43,6 +43,7 @@ class Candidate:
     folder: Path
     status: Status = Status.PLANNED
     reason: str = ""  # why it was closed
+    start_score: float | None = None  # retention on validation before any distillation (from the screen's record)
     screen_score: float | None = None
     validation_retention: float | None = None  # set once trained: the best round's
     rounds: int = 1  # training rounds made: each one after the first distils the previous round's student again
@@ -75,7 +76,8 @@ class Candidate:
         return {"name": self.name, "shape": self.shape.name, "origin": self.origin, "variant": self.variant,
                 "folder": str(self.folder),
                 "predicted_speedup": self.predicted["speedup"], "predicted_latency_ms": self.predicted["latency_ms"],
-                "screen_score": self.screen_score, "validation_retention": self.validation_retention,
+                "start_score": self.start_score, "screen_score": self.screen_score,
+                "validation_retention": self.validation_retention,
                 "measured_speedup": (self.measured or {}).get("speedup"),
                 "measured_latency_ms": (self.measured or {}).get("latency_ms"), "status": self.status.value,
                 "trained": self.trained, "rounds": self.rounds, "best_round": self.best_round, "note": self.reason}

@@ -63,17 +63,18 @@ def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dic
              f"measured in this report. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
              _augmentation_line(search), "",
              "Use it:", "", "```bash", *use_commands(search.root / "best"), "```", "",
-             "| candidate | origin | params | predicted speedup | measured as trained | screen retention (validation) "
-             "| validation retention | rows with teacher outputs | trained (rounds) | note |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| candidate | origin | params | predicted speedup | measured as trained | start (validation) "
+             "| screen retention (validation) | validation retention | rows with teacher outputs | trained (rounds) "
+             "| note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in search.candidates:
+        start = f"{c.start_score:.1%}" if c.start_score is not None else "-"
         screen = f"{c.screen_score:.1%}" if c.screen_score is not None else "-"
         val = f"{c.validation_retention:.1%}" if c.validation_retention is not None else "-"
         trained = (f"yes ({c.rounds}, best {c.best_round})" if c.rounds > 1 else "yes") if c.trained else "no"
         timed = f"{c.measured['speedup']:.1f}x" if c.measured else "-"
         params = f"{c.predicted['params'] / 1e6:.1f}M" if "params" in c.predicted else "-"
         lines.append(f"| {c.name} | {c.origin} | {params} | {c.predicted['speedup']:.1f}x | "
-                     f"{timed} | {screen} | {val} | {_rows_seen(search, c)} | {trained} | {c.reason} |")
+                     f"{timed} | {start} | {screen} | {val} | {_rows_seen(search, c)} | {trained} | {c.reason} |")
     lines += ["", "Latency predicted from random weights vs measured in this report:", "",
               "| candidate | predicted ms | measured ms | measured / predicted |", "|---|---|---|---|"]
     lines += [f"| {x['name']} | {x['predicted_ms']:.1f} | {x['measured_ms']:.1f} | {x['measured_over_predicted']:.2f} |"

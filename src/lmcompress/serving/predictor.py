@@ -311,10 +311,13 @@ class LlamaCppGenerator(TextGenerator):
     own vocabulary and quantised kernels, greedy like TextGenerator (backends.llama_cpp.complete)."""
 
     def __init__(self, model, card: ModelCard, batch_size: int = DEFAULT_BATCH):
+        if batch_size < 1:
+            raise LmcError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.tokenizer, self.card, self.batch_size = model, None, card, batch_size
+        self.stops = llama_cpp.end_tokens(model)
 
     def generate(self, prompt: str, max_new_tokens: int = 32) -> dict[str, str]:
-        return {"generated_text": prompt + llama_cpp.complete(self.model, prompt, max_new_tokens)}
+        return {"generated_text": prompt + llama_cpp.complete(self.model, prompt, max_new_tokens, self.stops)}
 
 
 def _llama_cpp_predictor(folder: Path, manifest: Manifest, threads: int | None,
@@ -322,7 +325,7 @@ def _llama_cpp_predictor(folder: Path, manifest: Manifest, threads: int | None,
     model = llama_cpp.open_model(folder / GGUF_FILE, 0, threads or torch.get_num_threads())
     precision = (manifest.export or {}).get("precision", "gguf")
     card = ModelCard(run=str(folder), task="text-generation", runtime="llama.cpp", precision=f"{precision} file",
-                     labels=[], max_length=model.n_ctx(), params=llama_cpp.parameters(model))
+                     labels=[], max_length=llama_cpp.positions(model), params=llama_cpp.parameters(model))
     return LlamaCppGenerator(model, card, batch_size)
 
 

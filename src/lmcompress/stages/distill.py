@@ -35,7 +35,7 @@ from ..models.hub import is_hub_id, resolve_hub_id
 from ..models.load import load_for_sequence_classification, load_tokenizer, load_trained_classifier, resolve
 from ..runkinds.task import MAIN_METRIC, finish_run, score_split
 from ..runs.manifest import PruningRecord, data_config_for, read_manifest, run_manifest
-from ..runs.rundir import RunDir
+from ..runs.rundir import RunDir, initial_scores
 from ..surgery.albert import albert_from_bert, parse_albert_spec
 from ..surgery.student import (build_student, donor_of, is_derived_spec, layer_count, load_student_like, model_width,
                                 parse_spec)
@@ -123,6 +123,8 @@ def distill_into_run(cfg: DistillConfig, run: RunDir, teacher: Teacher, student:
         cache = _teacher_cache(cfg, teacher.model, teacher.folder, teacher_ids, needs, task_data.task)
         evaluation = Evaluation(lambda model: score_split(model, student.tokenizer, task_data, "validation", max_len,
                                                           batch_size), MAIN_METRIC[task_data.task])
+        # what the student's origin gave it (a cut keeps some of the task; a donor's new head starts at chance)
+        start = initial_scores(run.partial, cfg.resume, lambda: evaluation.score(student.model))
         result = distill_model(
             teacher.model, student.model, train_set, collate,
             DistillSettings(cfg.loss, cfg.train, task_data.task, cfg.teacher_precision, cfg.intermediate_epochs),
@@ -133,7 +135,7 @@ def distill_into_run(cfg: DistillConfig, run: RunDir, teacher: Teacher, student:
             run, result.student, student.tokenizer, task_data, max_len, batch_size,
             lambda: run_manifest(
                 provenance.stage, str(teacher.folder), to_dict(cfg) | {"data": to_dict(data_cfg)}, task_data,
-                result.fit, student={"spec": cfg.student, "teacher_layers_copied": student.copied,
+                result.fit, start=start, student={"spec": cfg.student, "teacher_layers_copied": student.copied,
                                      "layer_map": layer_map, "layers": layer_count(result.student.config),
                                      "hidden": model_width(result.student.config)},
                 teacher_cache=cache_stats, processes=num_processes(), teacher_sharding=sharding,
