@@ -111,6 +111,18 @@ def end_tokens(model) -> frozenset[int]:
     return frozenset(t for t in range(model.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
 
 
+def _greedy(model, ids: list[int], limit: int, stops: frozenset[int] = frozenset()) -> list[int]:
+    """Up to `limit` greedy tokens after `ids`, ending before any of `stops`."""
+    made: list[int] = []
+    for token in model.generate(ids, top_k=1, temp=0.0, reset=True):
+        if token in stops:
+            break
+        made.append(token)
+        if len(made) == limit:
+            break
+    return made
+
+
 def complete(model, prompt: str, max_new_tokens: int, stops: frozenset[int]) -> str:
     """Greedy continuation of `prompt` (tokenised by the file's own vocabulary) up to `max_new_tokens` tokens or
     one of `stops` (`end_tokens`), decoded as text that follows the prompt (its leading space kept)."""
@@ -122,13 +134,7 @@ def complete(model, prompt: str, max_new_tokens: int, stops: frozenset[int]) -> 
     if len(ids) + max_new_tokens > positions(model):
         raise LmcError(f"the prompt has {len(ids)} tokens; with max_new_tokens {max_new_tokens} that passes the "
                        f"model's {positions(model)} positions: shorten the prompt or ask for fewer tokens")
-    made: list[int] = []
-    for token in model.generate(ids, top_k=1, temp=0.0, reset=True):
-        if token in stops:
-            break
-        made.append(token)
-        if len(made) == max_new_tokens:
-            break
+    made = _greedy(model, ids, max_new_tokens, stops)
     # the whole sequence decoded, then the prompt's bytes cut off: decoding the new tokens alone would drop a
     # SentencePiece vocabulary's leading space, and a character split across the two parts would be lost
     whole, prefix = model.detokenize(ids + made), model.detokenize(ids)
@@ -149,6 +155,9 @@ def generator(model, prompt: Sequence[int], decode_times: list[tuple[int, float]
     """For `measure.generation_speed`: `new_tokens` -> one greedy generation from `prompt`, the prompt evaluated
     afresh each time (llama-cpp-python would otherwise reuse the cached prefix and skip the prompt's pass).
     `decode_times` (optional) collects llama.cpp's own timer of each call (`decode_timer`)."""
+    if decode_times is not None:  # resolved once, outside the timed calls
+        from llama_cpp import llama_perf_context_reset
+
     def make(new_tokens: int) -> Callable[[], object]:
         if len(prompt) + new_tokens > positions(model):
             raise ValueError(f"{len(prompt)} prompt + {new_tokens} new tokens exceed the context of {positions(model)}")
@@ -156,14 +165,8 @@ def generator(model, prompt: Sequence[int], decode_times: list[tuple[int, float]
         def call() -> list[int]:
             model.reset()
             if decode_times is not None:
-                import llama_cpp
-
-                llama_cpp.llama_perf_context_reset(model.ctx)
-            made = []
-            for token in model.generate(list(prompt), top_k=1, temp=0.0, reset=True):
-                made.append(token)
-                if len(made) == new_tokens:
-                    break
+                llama_perf_context_reset(model.ctx)
+            made = _greedy(model, list(prompt), new_tokens)
             if decode_times is not None:
                 decode_times.append(decode_timer(model))
             return made

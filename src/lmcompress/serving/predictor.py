@@ -82,15 +82,19 @@ def _softmax(values: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
+def _checked(batch_size: int) -> int:
+    if batch_size < 1:
+        raise LmcError(f"batch size must be >= 1, got {batch_size}")
+    return batch_size
+
+
 class Predictor:
     """Texts in, one answer per text out (the answer's shape is the task's: see each subclass)."""
 
     card: ModelCard
 
     def __init__(self, model: torch.nn.Module, tokenizer, card: ModelCard, batch_size: int = DEFAULT_BATCH):
-        if batch_size < 1:
-            raise LmcError(f"batch size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer, self.card, self.batch_size = model.eval(), tokenizer, card, batch_size
+        self.model, self.tokenizer, self.card, self.batch_size = model.eval(), tokenizer, card, _checked(batch_size)
 
     def __call__(self, texts: str | Sequence[str], pairs: Sequence[str] | None = None) -> Any:
         single = isinstance(texts, str)
@@ -310,10 +314,8 @@ class LlamaCppGenerator(TextGenerator):
     """A GGUF run in llama.cpp itself (when llama-cpp-python is installed), as people run GGUF files: the file's
     own vocabulary and quantised kernels, greedy like TextGenerator (backends.llama_cpp.complete)."""
 
-    def __init__(self, model, card: ModelCard, batch_size: int = DEFAULT_BATCH):
-        if batch_size < 1:
-            raise LmcError(f"batch size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer, self.card, self.batch_size = model, None, card, batch_size
+    def __init__(self, model, card: ModelCard, batch_size: int = DEFAULT_BATCH):  # (a llama.cpp model has no .eval())
+        self.model, self.tokenizer, self.card, self.batch_size = model, None, card, _checked(batch_size)
         self.stops = llama_cpp.end_tokens(model)
 
     def generate(self, prompt: str, max_new_tokens: int = 32) -> dict[str, str]:
