@@ -326,6 +326,9 @@ class DistillConfig(RunOptions, TeacherOptions):
                 "probability --augment-replace-prob by one of its 15 nearest words in the teacher's input embeddings; "
                 "the teacher labels them (classification only)"})
     augment_replace_prob: float = field(default=0.4, metadata={"help": "share of words replaced per variant"})
+    augment_spans: int = field(default=0, metadata={
+        "help": "this many word spans of every training text (40-80% of its words, phrases as SST labels them) for "
+                "the teacher to label (classification only)"})
     max_augment_rows: int | None = field(default=None, metadata={"help": "use at most N augmentation rows"})
     intermediate_epochs: float = field(default=0.0, metadata={
         "help": "TinyBERT two-stage: first this many epochs on the intermediate-layer losses only, then --epochs on "
@@ -339,7 +342,7 @@ class DistillConfig(RunOptions, TeacherOptions):
         if self.intermediate_epochs < 0:
             raise ValueError(f"intermediate_epochs must be >= 0, got {self.intermediate_epochs}")
         _at_least(self, 1, "max_augment_rows")
-        _at_least(self, 0, "augment_replace")
+        _at_least(self, 0, "augment_replace", "augment_spans")
         if not 0.0 < self.augment_replace_prob <= 1.0:
             raise ValueError(f"augment_replace_prob must be in (0, 1], got {self.augment_replace_prob}")
 
@@ -551,11 +554,16 @@ class ExportConfig(OutputOptions):
     tolerance: float | None = field(default=None, metadata={
         "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16; gguf fp16: 0.5); gguf "
                 "q8_0/q4_0/q4_m: max relative perplexity increase on the validation blocks (default 0.05 / 0.5 / 0.5)"})
+    calibration_blocks: int | None = field(default=None, metadata={
+        "help": "gguf q4_0/q4_m: training blocks of the run whose activations weight the rounding of Q4_0 blocks "
+                "(llama.cpp's importance matrix); 0: plain rounding, as llama-quantize without --imatrix (default: 64 "
+                "for q4_0; 0 for q4_m, where it did not help: docs/stages.md)"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
         _required(self, "model", "out")
         _positive(self, "tolerance")
+        _at_least(self, 0, "calibration_blocks")
         allowed = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "bf16"),
                    "gguf": ("fp32", "fp16", "q8_0", "q4_0", "q4_m")}[self.format]
         if self.precision not in allowed:
@@ -655,6 +663,10 @@ class AutoConfig(OutputOptions):
         "help": "in-domain unlabelled text the teacher labels for the students (a file, folder, table or zoo corpus, "
                 "as `distill --augment`): as many of its texts as the time budget allows, by the screens' measured "
                 "pace (decided once, in OUT/augmentation.json); the report says how many rows each student saw"})
+    augment_spans: int = field(default=4, metadata={
+        "help": "without --augment, on single-text classification: up to this many word spans of every labelled text "
+                "(as `distill --augment-spans`) are labelled by the teacher, as many as the time budget allows; 0: "
+                "the labelled rows only"})
     donors: str = field(default="auto", metadata={
         "help": "pre-trained encoders a student may start from, beside the teacher's cuts: auto (every zoo encoder "
                 "installed that is smaller than the teacher), none, or NAME,... (zoo names, folders, Hub ids); each "
@@ -677,6 +689,7 @@ class AutoConfig(OutputOptions):
             raise ValueError(f"batch_size must be 1 or 32 (the batches the report times), got {self.batch_size}")
         _positive(self, "min_speedup", "max_latency_ms", "epochs", "learning_rate")
         _at_least(self, 1, "seq_len", "shortlist", "screen_rows", "threads")
+        _at_least(self, 0, "augment_spans")
         if parse_duration(self.time_budget) <= 0:
             raise ValueError(f"time_budget must be more than 0, got {self.time_budget}")
 

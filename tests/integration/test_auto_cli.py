@@ -90,7 +90,26 @@ def test_auto_labels_the_augment_text_it_has_time_for_and_says_how_many_rows_eac
     screens = list(auto_run.glob("candidates/*/screen/lmcompress.json"))
     assert screens and all(json.loads(m.read_text()).get("augmentation") is None for m in screens)
     markdown = (auto_run / "report" / "report.md").read_text()
-    assert f"{rows['labelled']:,} + {AUGMENT_TEXTS:,}" in markdown and f"--augment {rows['augment']}" in markdown
+    assert rows["augmentation_source"].startswith("texts of `--augment ")  # given text, not word spans, when any
+    assert f"{rows['labelled']:,} + {AUGMENT_TEXTS:,}" in markdown and rows["augmentation_source"] in markdown
+
+
+def test_without_augment_text_auto_labels_word_spans_of_the_labelled_texts(tiny_teacher_run, tmp_path, capsys):
+    out = tmp_path / "search"
+    code, _, err = run_cli(["auto", "--teacher", str(tiny_teacher_run), "--out", str(out), "--donors", "none",
+                            "--augment-spans", "2", *SEARCH], capsys)
+    assert code == 0, err
+    planned = json.loads((out / "augmentation.json").read_text())
+    assert planned["source"] == "word spans of the labelled texts, up to 2 per text"
+    assert 0 < planned["rows"] == planned["available"] <= 2 * planned["labelled_rows"]  # a 20-minute budget: all
+    students = [m for m in out.glob("candidates/*/student/lmcompress.json") if m.parts[-3] != "static"]
+    assert students
+    for manifest in students:
+        record = json.loads(manifest.read_text())["augmentation"]
+        assert record["word_spans"]["spans_per_text"] == 2 and record["rows"] == planned["rows"]
+    assert json.loads((out / "request.json").read_text())["augment_spans"] == 2
+    report = json.loads((out / "report" / "report.json").read_text())["auto"]["rows"]
+    assert report["augmentation"] == planned["rows"] and report["augmentation_source"] == planned["source"]
 
 
 def test_auto_rerun_continues_instead_of_redoing(auto_run, tiny_teacher_run, augment, capsys):

@@ -182,6 +182,19 @@ def test_word_replaced_variants_are_labelled_by_the_teacher(tiny_teacher_run, tm
     assert json.loads((out / "metrics.json").read_text())["metrics"]["accuracy"] >= 0.75
 
 
+def test_word_spans_of_the_training_texts_are_labelled_by_the_teacher(tiny_teacher_run, tmp_path, capsys):
+    out = tmp_path / "student"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--out", str(out),
+                            "--augment-spans", "2", "--cache-dir", str(tmp_path / "cache"), *COMMON], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    record, sizes = manifest["augmentation"], manifest["data"]["sizes"]
+    assert record["word_spans"]["spans_per_text"] == 2 and record["rows"] == record["word_spans"]["rows"]
+    assert sizes["train"] < record["rows"] <= 2 * sizes["train"]  # short texts and repeats give none
+    assert manifest["teacher_cache"]["misses"] == sizes["train"] + record["rows"]
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["accuracy"] >= 0.75
+
+
 def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_run, own_vocab_encoder, tmp_path,
                                                                    capsys):
     from transformers import AutoTokenizer

@@ -1,11 +1,12 @@
-"""TinyBERT-style word replacement with neighbours from an input-embedding table."""
+"""TinyBERT-style word replacement with neighbours from an input-embedding table; word spans of the texts."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from lmcompress.distillation.augment import EmbeddingNeighbours, replace_words, whole_word_tokens, word_replaced_texts
+from lmcompress.distillation.augment import (EmbeddingNeighbours, replace_words, whole_word_tokens, word_replaced_texts,
+                                             word_spans)
 
 
 def _tokenizer(tiny_tokenizer_dir):
@@ -47,3 +48,16 @@ def test_variants_are_seeded_new_and_unique():
     assert first == word_replaced_texts(texts, lambda w: neighbours(w) or [], 6, 0.5, seed=1)
     assert len(first) == len(set(first)) and not set(first) & set(texts)
     assert all(len(v.split()) in (2, 3) for v in first) and first  # words swapped one for one
+
+
+def test_word_spans_are_contiguous_phrases_of_40_to_80_percent_drawn_round_by_round():
+    texts = [" ".join(f"w{i}{letter}" for letter in "abcdefghijkl") for i in range(6)] + ["too short"]  # 12 words
+    spans = word_spans(texts, variants=3, seed=0)
+    assert spans == word_spans(texts, variants=3, seed=0) and spans != word_spans(texts, variants=3, seed=1)
+    assert len(spans) == len(set(spans)) and not set(spans) & set(texts)
+    for span in spans:
+        words, source = span.split(), next(t.split() for t in texts if span in t)
+        assert max(3, int(0.4 * len(source))) <= len(words) <= int(0.8 * len(source))
+        assert any(source[i:i + len(words)] == words for i in range(len(source)))  # contiguous words of one text
+    # round by round: the first six spans come one from each long text (the two-word text gives none)
+    assert [next(i for i, t in enumerate(texts) if s in t) for s in spans[:6]] == list(range(6))

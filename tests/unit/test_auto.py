@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 from transformers import BertConfig, LlamaConfig
 
@@ -359,3 +360,43 @@ def test_the_augmentation_amount_is_decided_once_and_passed_to_every_round(tmp_p
     run.plan_augmentation(search)
     assert search.augment_rows == 0 and not (tmp_path / run.AUGMENT_FILE).exists()
     assert all("augment" not in s for s in run._steps(search, c))
+    # without --augment, word spans of the labelled texts: every round is told how many spans per text, and the cap
+    search.cfg.augment_spans, search.augment_available, search.augment_source = 4, 2_000, "word spans"
+    run.plan_augmentation(search)
+    students = [s for s in run._steps(search, c, rounds=2) if s["name"].startswith("student")]
+    assert [(s["augment_spans"], s["max_augment_rows"], "augment" in s) for s in students] == [(4, 2_000, False)] * 2
+    assert json.loads((tmp_path / run.AUGMENT_FILE).read_text())["source"] == "word spans"
+
+
+def test_auto_counts_word_spans_without_augment_text_and_only_for_single_text_classification(tmp_path):
+    from lmcompress.search import run
+
+    train = pd.DataFrame({"text": ["a long enough review of a film", "too short", "another fine long review here"]})
+    held = pd.DataFrame({"text": ["a held out row"]})
+    task = SimpleNamespace(task="classification", has_pair=False,
+                           splits={"train": train, "validation": held, "test": held})
+    search = _search_with(tmp_path, [], ScriptedExecutor({}))
+    search.cfg.augment, search.cfg.augment_spans = None, 3
+    run._count_augmentation(search, task)
+    assert 0 < search.augment_available <= 2 * 3 and "word spans" in search.augment_source  # the short text: none
+    for cfg_change, task_change in (({"augment_spans": 0}, {}), ({}, {"has_pair": True}), ({}, {"task": "regression"})):
+        search.augment_available = 0
+        search.cfg.augment_spans = cfg_change.get("augment_spans", 3)
+        run._count_augmentation(search, SimpleNamespace(**(vars(task) | task_change)))
+        assert search.augment_available == 0
+
+
+def test_the_report_says_what_the_students_learnt_from_beside_the_labelled_rows():
+    from lmcompress.search.summary import _augmentation_line
+
+    def line(rows=0, available=0, task="classification", pair=None, spans=4):
+        return _augmentation_line(SimpleNamespace(
+            train_rows=10_246, augment_rows=rows, augment_available=available, task=task, sample=([], pair),
+            augment_source="word spans of the labelled texts, up to 4 per text", cfg=SimpleNamespace(augment_spans=spans)))
+
+    assert line(2_000, 38_000).startswith("Rows: the 10,246 labelled rows and 2,000 of the 38,000 word spans of the "
+                                          "labelled texts, up to 4 per text, labelled by the teacher")
+    assert "none of the 38,000 word spans" in line(0, 38_000) and "larger --time-budget" in line(0, 38_000)
+    assert "--augment-spans 0" in line(spans=0) and "--augment-spans 0" in line(task="regression")
+    assert "--augment-spans 0" in line(pair=["b"])  # pairs of texts get no spans
+    assert "5 words" in line()  # spans asked for, but no text long enough

@@ -105,6 +105,9 @@ def test_a_search_recorded_before_donors_resumes_without_them(tmp_path):
     recorded = {k: v for k, v in old.items() if k in ("teacher", "batch_size", "seq_len", "backend", "augment",
                                                       "screen_rows", "epochs", "learning_rate")}
     (tmp_path / REQUEST_FILE).write_text(json.dumps(recorded | {"data": to_dict(data)}))
-    _check_request(AutoConfig(teacher="t", out=str(tmp_path), min_speedup=10.0, donors="none"), tmp_path, data)
+    _check_request(AutoConfig(teacher="t", out=str(tmp_path), min_speedup=10.0, donors="none"), tmp_path, data, 0)
     with pytest.raises(LmcError, match="donors"):
-        _check_request(AutoConfig(teacher="t", out=str(tmp_path), min_speedup=20.0, donors="auto"), tmp_path, data)
+        _check_request(AutoConfig(teacher="t", out=str(tmp_path), min_speedup=20.0, donors="auto"), tmp_path, data, 0)
+    # it made no word spans either: asked to, the re-run is refused and told how to continue
+    with pytest.raises(LmcError, match=r"augment_spans.*\(--augment-spans 0 continues it\)"):
+        _check_request(AutoConfig(teacher="t", out=str(tmp_path), min_speedup=10.0, donors="none"), tmp_path, data, 4)

@@ -1,4 +1,5 @@
-"""TinyBERT-style word replacement: variants of the training texts for the teacher to label.
+"""Texts for the teacher to label beside the training rows: TinyBERT-style word replacement, word spans of the
+training texts, unlabelled in-domain text.
 
 TinyBERT replaces each word, with probability p, by one of its K most similar words: BERT's masked-LM guesses for
 single-piece words, GloVe neighbours for the rest. Neither a masked-LM head nor GloVe ships with a fine-tuned
@@ -82,6 +83,35 @@ def word_replaced_texts(texts: list[str], neighbours, variants: int, probability
             if variant not in originals and variant not in seen:
                 seen.add(variant)
                 out.append(variant)
+    return out
+
+
+SPAN_SHARE = (0.4, 0.8)  # a span keeps this share of its text's words
+SPAN_MIN_WORDS = 3
+SPAN_SOURCE_MIN_WORDS = 5  # shorter texts give no spans
+
+
+def word_spans(texts: list[str], variants: int, seed: int) -> list[str]:
+    """`variants` contiguous word spans of every text of 5 or more words, each 40-80% of its words (at least 3):
+    phrases of the texts, as SST's annotators labelled phrases of their reviews, for the teacher to label. Drawn
+    round by round (one span of every text, then a second of every text...), so the first N are spread over all
+    texts; seeded, without repeats and without the originals."""
+    rng = np.random.default_rng(seed)
+    originals = set(texts)
+    seen: set[str] = set()
+    out = []
+    for _ in range(variants):
+        for text in texts:
+            words = text.split()
+            if len(words) < SPAN_SOURCE_MIN_WORDS:
+                continue
+            shortest = max(SPAN_MIN_WORDS, int(SPAN_SHARE[0] * len(words)))
+            length = int(rng.integers(shortest, max(shortest, int(SPAN_SHARE[1] * len(words))) + 1))
+            start = int(rng.integers(0, len(words) - length + 1))
+            span = " ".join(words[start:start + length])
+            if span not in originals and span not in seen:
+                seen.add(span)
+                out.append(span)
     return out
 
 

@@ -34,10 +34,10 @@ from ..backends import load_run_model
 from ..backends.onnx import require_onnx
 from ..backends.openvino import require_openvino
 from ..backends.serving import installed, run_backend
-from ..config import AutoConfig, CompareConfig, to_dict
+from ..config import AutoConfig, CompareConfig, distill_training, to_dict
 from ..data import load_task
 from ..data.tokenize import fixed_batch
-from ..distillation.augment import corpus_texts, held_out_texts, without_held_out
+from ..distillation.augment import corpus_texts, held_out_texts, without_held_out, word_spans
 from ..errors import LmcError
 from ..machine import processor
 from ..models.families import check_max_length, family_of
@@ -65,8 +65,8 @@ REQUEST_FILE = "request.json"
 STATIC_ESTIMATE_S = 480.0  # model2vec's table + 10 epochs of a head + scoring: 500 s on rotten-tomatoes (busy CPU)
 QUANTIZE_ESTIMATE_S = 120.0
 # options that change what a candidate's steps make: a re-run with other values would mix old and new models
-REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "screen_rows", "epochs", "learning_rate",
-                "donors", "data")
+REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "augment_spans", "screen_rows", "epochs",
+                "learning_rate", "donors", "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
 # a donor with its own tokenizer: its token positions do not line up with the teacher's, so logits only
 LOGITS_LOSS = {"temperature": 4.0, "alpha": 0.5}
@@ -155,7 +155,7 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
                        "(lmcompress distill into a preset student still works)")
     check_max_length(config, data.max_length, "--seq-len")
     root = _out_folder(cfg, teacher_dir)
-    _check_request(cfg, root, data)
+    _check_request(cfg, root, data, span_count(cfg, task_data))
     target = SpeedTarget(cfg.min_speedup, cfg.max_latency_ms)
     donors = find_donors(cfg.donors, load_tokenizer(teacher_dir).get_vocab(), config, data.max_length)
     search = Search(cfg, root, teacher_dir, data, family, config, target, started + cfg.budget_s,
@@ -163,12 +163,34 @@ def _prepare(cfg: AutoConfig, started: float) -> tuple[Search, Any, Any]:
                     executor=StageExecutor(), donors={d.label: d for d in donors})
     test = task_data.splits["test"]
     search.sample = (test["text"].tolist()[:64], test["text_pair"].tolist()[:64] if task_data.has_pair else None)
-    if cfg.augment:  # read now, so a corpus that cannot be used is refused before minutes of work
+    _count_augmentation(search, task_data)
+    return search, teacher, task_data
+
+
+def span_count(cfg: AutoConfig, task_data) -> int:
+    """Word spans per labelled text the teacher labels: --augment-spans, where they apply (no --augment text given,
+    single-text classification), else 0."""
+    single_text = task_data.task == "classification" and not task_data.has_pair
+    return cfg.augment_spans if single_text and not cfg.augment else 0
+
+
+def _count_augmentation(search: Search, task_data) -> None:
+    """The texts the teacher may label beside the labelled rows: --augment's (read now, so a corpus that cannot be
+    used is refused before minutes of work), else word spans of the labelled texts on single-text classification.
+    The spans are drawn with the distill stage's seed, so those counted here are those its steps label."""
+    cfg, spans = search.cfg, span_count(search.cfg, task_data)
+    if cfg.augment:
         texts, _ = without_held_out(corpus_texts(cfg.augment), held_out_texts(task_data))
         if not texts:
             raise LmcError(f"--augment {cfg.augment} holds no texts outside the validation and test rows")
-        search.augment_available = len(texts)
-    return search, teacher, task_data
+        search.augment_source = f"texts of `--augment {cfg.augment}`"
+    elif spans:
+        drawn = word_spans(task_data.splits["train"]["text"].tolist(), spans, distill_training().seed)
+        texts, _ = without_held_out(drawn, held_out_texts(task_data))
+        search.augment_source = f"word spans of the labelled texts, up to {spans} per text"
+    else:
+        return
+    search.augment_available = len(texts)
 
 
 def _out_folder(cfg: AutoConfig, teacher_dir: Path) -> Path:
@@ -186,17 +208,22 @@ def _out_folder(cfg: AutoConfig, teacher_dir: Path) -> Path:
     return root
 
 
-def _check_request(cfg: AutoConfig, root: Path, data) -> None:
-    """OUT/request.json: the options that shape the candidates. A re-run must give the same (else it would mix
-    models trained both ways); the targets and the time budget may change."""
-    request = {k: v for k, v in to_dict(cfg).items() if k in REQUEST_KEYS} | {"data": to_dict(data)}
+def _check_request(cfg: AutoConfig, root: Path, data, spans: int) -> None:
+    """OUT/request.json: the options that shape the candidates (`spans`: the word spans per text actually used). A
+    re-run must give the same (else it would mix models trained both ways); the targets and the time budget may
+    change."""
+    request = {k: v for k, v in to_dict(cfg).items() if k in REQUEST_KEYS} | {"data": to_dict(data),
+                                                                             "augment_spans": spans}
     recorded = {k: v for k, v in (_read_json(root / REQUEST_FILE) or {}).items() if k in REQUEST_KEYS} or None
     if recorded is not None:
         recorded.setdefault("donors", "none")  # a search recorded before donors existed had none
+        recorded.setdefault("augment_spans", 0)  # ... and before word spans, none
     if recorded is not None and recorded != json.loads(json.dumps(request)):
         changed = differing_keys(recorded, json.loads(json.dumps(request)))
-        raise LmcError(f"--out {cfg.out} holds a search made with other options ({', '.join(changed)}); use another "
-                       "--out, or --overwrite to start it over")
+        spans_changed = recorded["augment_spans"] != request["augment_spans"]
+        hint = f" (--augment-spans {recorded['augment_spans']} continues it)" if spans_changed else ""
+        raise LmcError(f"--out {cfg.out} holds a search made with other options ({', '.join(changed)}){hint}; use "
+                       "another --out, or --overwrite to start it over")
     write_json_atomic(root / REQUEST_FILE, request)
 
 
@@ -306,7 +333,8 @@ def _steps(search: Search, c: Candidate, rounds: int = 1) -> list[dict[str, Any]
     for r in range(1, rounds + 1):
         start = round_step("student", r - 1) if r > 1 else first
         student = round_step("student", r)
-        augment = {"augment": cfg.augment, "max_augment_rows": search.augment_rows} if search.augment_rows else {}
+        augment = {("augment" if cfg.augment else "augment_spans"): cfg.augment or cfg.augment_spans,
+                   "max_augment_rows": search.augment_rows} if search.augment_rows else {}  # (spans: the seed's own)
         steps.append(distill | augment | {"name": student, "student": start, "data": data,
                                           "train": {"epochs": cfg.epochs,
                                                     "learning_rate": cfg.learning_rate * LR_DECAY ** (r - 1)}})
@@ -457,7 +485,7 @@ def augmentation_amount(available: int, search: Search, paces: list[float], seco
 
 
 def plan_augmentation(search: Search) -> None:
-    """How many --augment texts every trained student sees beside the labelled rows: as many as fit in
+    """How many augmentation texts every trained student sees beside the labelled rows: as many as fit in
     AUGMENT_SHARE of the time left, by the screens' measured pace and the teacher's timed latency. Kept in
     OUT/augmentation.json once a student has started training with it, so a re-run makes the same steps; until then a
     re-run (a larger --time-budget) plans again."""
@@ -470,14 +498,14 @@ def plan_augmentation(search: Search) -> None:
     paces = [c.pace for c in search.candidates if c.status is Status.SCREENED]  # transformer students
     seconds = AUGMENT_SHARE * (search.left_s() - REPORT_RESERVE_S)
     search.augment_rows = augmentation_amount(search.augment_available, search, paces, seconds)
-    record = {"source": search.cfg.augment, "available": search.augment_available, "rows": search.augment_rows,
+    record = {"source": search.augment_source, "available": search.augment_available, "rows": search.augment_rows,
               "labelled_rows": search.train_rows, "candidates": len(paces), "seconds": round(seconds),
               "teacher_ms": search.teacher_ms}
     write_json_atomic(path, record)
     search.event("augmentation", **record)
-    log.info("augmentation: %d of %d --augment texts labelled by the teacher for each student, beside the %d "
-             "labelled rows (what fits in %.0f min for %d candidates at their screened pace)", search.augment_rows,
-             search.augment_available, search.train_rows, seconds / 60, len(paces))
+    log.info("augmentation: %d of %d texts (%s) labelled by the teacher for each student, beside the %d labelled rows "
+             "(what fits in %.0f min for %d candidates at their screened pace)", search.augment_rows,
+             search.augment_available, search.augment_source, search.train_rows, seconds / 60, len(paces))
 
 
 def _student_started(c: Candidate) -> bool:

@@ -119,7 +119,8 @@ class Search:
     candidates: list[Candidate] = field(default_factory=list)
     executor: Executor | None = None
     donors: dict[str, Donor] = field(default_factory=dict)  # by label (Shape.origin)
-    augment_available: int = 0  # texts of --augment outside the validation and test rows
+    augment_source: str = ""  # what the augmentation texts are, for the report: --augment's, or word spans
+    augment_available: int = 0  # augmentation texts outside the validation and test rows
     augment_rows: int = 0  # of those, how many each trained student sees beside the labelled rows (run.plan_augmentation)
 
     @property

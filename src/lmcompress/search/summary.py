@@ -93,19 +93,18 @@ def _rows_seen(search: Search, c: Candidate) -> str:
 
 def _augmentation_line(search: Search) -> str:
     """What the students learnt from beside the labelled rows, and why that much."""
-    cfg = search.cfg
+    labelled = f"Rows: the {search.train_rows:,} labelled rows"
     if search.augment_rows:
-        return (f"Rows: every transformer student learnt from the teacher's outputs on the {search.train_rows:,} "
-                f"labelled rows and on {search.augment_rows:,} of the {search.augment_available:,} texts of "
-                f"`--augment {cfg.augment}` (labelled by the teacher), as many as fit in the time budget at the "
-                "screens' measured pace.")
-    if cfg.augment:
-        return (f"Rows: the {search.train_rows:,} labelled rows only; no text of `--augment {cfg.augment}` was used "
-                "(no transformer student was screened, or none fit in the time budget at the screens' measured pace: "
-                "re-running with a larger --time-budget plans again while no student has started training).")
-    return (f"Rows: the {search.train_rows:,} labelled rows only. Unlabelled in-domain text given with --augment is "
-            "labelled by the teacher and added as the budget allows (generated word-replaced variants are not made: "
-            "they did not measurably help, docs/results.md).")
+        return (f"{labelled} and {search.augment_rows:,} of the {search.augment_available:,} "
+                f"{search.augment_source}, labelled by the teacher: as many as fit in the time budget at the screens' "
+                "measured pace (every transformer student learnt from the teacher's outputs on them).")
+    if search.augment_available:
+        return (f"{labelled} only: none of the {search.augment_available:,} {search.augment_source} fit in the time "
+                "budget at the screens' measured pace, or no transformer student was screened (re-running with a "
+                "larger --time-budget plans again while no student has started training).")
+    if search.task != "classification" or search.sample[1] is not None or search.cfg.augment_spans == 0:
+        return f"{labelled} only (no extra texts: --augment-spans 0, or a task whose rows are not single texts)."
+    return f"{labelled} only (no labelled text has the 5 words a word span needs)."
 
 
 def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[dict[str, Any]],
@@ -184,7 +183,7 @@ def hand_back(search: Search, report: dict[str, Any], records: list[dict[str, An
         "teacher_ms": search.teacher_ms, "validation_metric": search.metric,
         "teacher_validation": search.teacher_validation, "candidates": [c.record() for c in search.candidates],
         "rows": {"labelled": search.train_rows, "augmentation": search.augment_rows,
-                 "augmentation_available": search.augment_available, "augment": search.cfg.augment},
+                 "augmentation_available": search.augment_available, "augmentation_source": search.augment_source},
         "latency_check": check, "deploy": {k: str(v) for k, v in deploy.items()}, "wall_time_s": round(wall_s, 1)}}
     write_json_atomic(folder / "report.json", report)
     with (folder / "report.md").open("a", encoding="utf-8") as handle:

@@ -18,8 +18,8 @@ from ..data import load_task
 from ..data.ner import TOKEN_TASK
 from ..data.qa import QA_TASK
 from ..data.tokenize import collator, tokenize_frame
-from ..distillation.augment import (EmbeddingNeighbours, corpus_texts, held_out_texts, without_held_out,
-                                   word_replaced_texts)
+from ..distillation.augment import (SPAN_SHARE, EmbeddingNeighbours, corpus_texts, held_out_texts, without_held_out,
+                                   word_replaced_texts, word_spans)
 from ..distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
 from ..distillation.components import TEACHER_PREFIX, Needs, PairedCollator, intermediate_needs, parse_layer_map, \
     teacher_compute_precision
@@ -173,7 +173,7 @@ def _training_rows(cfg: DistillConfig, task_data, max_len: int, teacher, tokeniz
     another vocabulary (TEACHER_PREFIX columns) -> (rows, the teacher's token ids per row, collate, augmentation
     record)."""
     train_frame, augment_record = task_data.splits["train"], None
-    if cfg.augment or cfg.augment_replace:
+    if cfg.augment or cfg.augment_replace or cfg.augment_spans:
         extra_rows, augment_record = augmentation_rows(cfg, task_data, teacher, tokenizer)
         train_frame = pd.concat([train_frame, extra_rows], ignore_index=True)
     train_set = tokenize_frame(train_frame, student_tokenizer, max_len, task_data.qa_options)
@@ -203,11 +203,12 @@ def _teacher_cache(cfg: DistillConfig, teacher, teacher_dir: Path, teacher_ids, 
 
 def augmentation_rows(cfg: DistillConfig, task_data, teacher, tokenizer) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Texts for the teacher to label, label UNLABELLED (the hard-label loss skips them, logit KD does not): the
-    documents of --augment, then --augment-replace word-replaced variants of the training texts. Texts equal to a
-    validation or test row are dropped so nothing held out leaks in. -> (rows, record for lmcompress.json)"""
+    documents of --augment, then --augment-replace word-replaced variants and --augment-spans word spans of the
+    training texts. Texts equal to a validation or test row are dropped so nothing held out leaks in. -> (rows, record
+    for lmcompress.json)"""
     if task_data.task != "classification" or task_data.has_pair:
-        raise LmcError("--augment / --augment-replace add single texts to a sequence-classification task; this task "
-                       f"is {'a pair task' if task_data.has_pair else 'a ' + task_data.task}")
+        raise LmcError("--augment / --augment-replace / --augment-spans add single texts to a sequence-classification "
+                       f"task; this task is {'a pair task' if task_data.has_pair else 'a ' + task_data.task}")
     texts, record = [], {}
     if cfg.augment:
         texts += corpus_texts(cfg.augment)
@@ -220,6 +221,11 @@ def augmentation_rows(cfg: DistillConfig, task_data, teacher, tokenizer) -> tupl
         record["word_replacement"] = {"variants_per_text": cfg.augment_replace, "probability": cfg.augment_replace_prob,
                                       "neighbours": f"{neighbours.k} nearest of {len(neighbours.words)} whole-word "
                                                     "tokens in the teacher's input embeddings", "rows": len(variants)}
+    if cfg.augment_spans:
+        spans = word_spans(task_data.splits["train"]["text"].tolist(), cfg.augment_spans, cfg.train.seed)
+        texts += spans
+        record["word_spans"] = {"spans_per_text": cfg.augment_spans, "share_of_words": list(SPAN_SHARE),
+                                "rows": len(spans)}
     kept, dropped = without_held_out(texts, held_out_texts(task_data))
     kept = kept[:cfg.max_augment_rows] if cfg.max_augment_rows else kept
     if not kept:

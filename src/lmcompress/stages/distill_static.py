@@ -143,7 +143,8 @@ def _refuse_transformer_options(cfg: DistillConfig) -> None:
     given = [flag for flag, value in (("--hidden-weight", loss.hidden_weight), ("--embedding-weight",
              loss.embedding_weight), ("--cosine-weight", loss.cosine_weight), ("--attention-weight",
              loss.attention_weight), ("--minilm-weight", loss.minilm_weight), ("--intermediate-epochs",
-             cfg.intermediate_epochs), ("--augment-replace", cfg.augment_replace)) if value]
+             cfg.intermediate_epochs), ("--augment-replace", cfg.augment_replace), ("--augment-spans",
+             cfg.augment_spans)) if value]
     given += [flag for flag, on in (("--augment", cfg.augment), ("--fsdp", cfg.fsdp)) if on]
     if given:
         raise LmcError(f"a static student has no layers or hidden states: drop {', '.join(given)} (static students "
