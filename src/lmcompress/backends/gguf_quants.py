@@ -69,7 +69,8 @@ def quantize_q4_0(matrix: np.ndarray, column_importance: np.ndarray | None = Non
 @torch.inference_mode()
 def column_importance(model, batches) -> dict[str, np.ndarray]:
     """The mean square of each input column of every linear layer of `model` over the real tokens of `batches`
-    (dicts of input_ids / attention_mask) -> {weight name: [in_features]}: llama-imatrix's importance matrix."""
+    (dicts holding input_ids and attention_mask; other keys are ignored) -> {weight name: [in_features]}:
+    llama-imatrix's importance matrix."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     mask: list[torch.Tensor] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..backends import gguf_file, gguf_quants, llama_cpp
@@ -116,10 +117,10 @@ def _llama_cpp_check(path: Path, blocks, file_perplexity: float) -> dict[str, An
 
 
 def calibration_blocks(cfg: ExportConfig) -> int:
-    """--calibration-blocks, or the precision's default (0 where nothing is rounded to Q4_0)."""
-    if cfg.calibration_blocks is not None:
-        return cfg.calibration_blocks
-    return DEFAULT_CALIBRATION_BLOCKS.get(cfg.precision, 0)
+    """--calibration-blocks, or the precision's default; 0 where nothing is rounded to Q4_0 (fp32, fp16, q8_0)."""
+    if cfg.precision not in DEFAULT_CALIBRATION_BLOCKS:
+        return 0
+    return cfg.calibration_blocks if cfg.calibration_blocks is not None else DEFAULT_CALIBRATION_BLOCKS[cfg.precision]
 
 
 def rounding_importance(cfg: ExportConfig, model, train_blocks, collate) -> dict | None:
@@ -131,8 +132,7 @@ def rounding_importance(cfg: ExportConfig, model, train_blocks, collate) -> dict
         return None
     log.info("4-bit rounding weighted by the activations of %d training blocks (llama.cpp's importance matrix)",
              len(blocks))
-    batches = ({k: v for k, v in collate(blocks[i:i + 8]).items() if k != "labels"} for i in range(0, len(blocks), 8))
-    return gguf_quants.column_importance(model, batches)
+    return gguf_quants.column_importance(model, DataLoader(blocks, batch_size=8, collate_fn=collate))
 
 
 def rounding_record(tensor_types: dict[str, int], cfg: ExportConfig, train_blocks: int) -> dict[str, Any]:
