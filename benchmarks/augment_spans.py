@@ -1,12 +1,15 @@
 """Word spans for the teacher to label, at equal speed: the same donor student with and without `--augment-spans`.
 
     .venv/bin/python benchmarks/augment_spans.py --teacher runs/mpnet-teacher-full --out runs/augment-spans [--reuse]
+        [--pooled-spans 2 --pooled-weight 1]  (arms that add the pooled-output loss, at these span counts)
 
 Every arm is `lmcompress distill --student minilm-l6` from the teacher with `auto`'s options for a donor with its own
 tokenizer (4 epochs at 1e-4, logit KD T=4, alpha 0.5, batch 32), on every labelled row, then `quantize --method
 openvino-int8` (the runtime `auto` chose for this student) and `evaluate --split validation` of the int8 model. The
 arms differ only in the texts the teacher labels beside the labelled rows: none, or N word spans of every labelled
-text (`--augment-spans N`). The same architecture runs at the same speed, so no timing is needed to compare them.
+text (`--augment-spans N`), and in `--pooled-weight` (the arms named by `--pooled-spans` also match the teacher's
+mean-pooled last hidden state through a learned projection, the one intermediate loss that works across the two
+tokenizers). The same architecture runs at the same speed, so no timing is needed to compare them.
 Retention is against the teacher's own PyTorch fp32 scores. Writes benchmarks/results/raw/augment_spans.json and
 benchmarks/results/augment_spans.md, with the processor.
 """
@@ -33,11 +36,12 @@ def _accuracy(folder: Path) -> float:
     return json.loads((folder / "metrics.json").read_text())["metrics"]["accuracy"]
 
 
-def _arm(teacher: Path, root: Path, spans: int, reuse: bool) -> dict:
+def _arm(teacher: Path, root: Path, spans: int, pooled_weight: float, reuse: bool) -> dict:
     """One student: distilled, OpenVINO int8, scored on the validation and test rows."""
-    name = f"spans-{spans}" if spans else "labelled-only"
+    name = (f"spans-{spans}" if spans else "labelled-only") + (f"-pooled-{pooled_weight:g}" if pooled_weight else "")
     student, int8, validation = root / name, root / f"{name}-ov-int8", root / f"{name}-ov-int8-validation"
     extra = ["--augment-spans", str(spans)] if spans else []
+    extra += ["--pooled-weight", f"{pooled_weight:g}"] if pooled_weight else []
     commands = [[LMCOMPRESS, "distill", "--teacher", str(teacher), *OPTIONS, *extra, "--out", str(student)],
                 [LMCOMPRESS, "quantize", "--model", str(student), "--method", "openvino-int8", "--data",
                  "rotten-tomatoes", "--max-length", "64", "--out", str(int8), "--quiet"],
@@ -45,7 +49,8 @@ def _arm(teacher: Path, root: Path, spans: int, reuse: bool) -> dict:
                  str(validation), "--quiet"]]
     walls = [run_command(command, out, reuse) for command, out in zip(commands, (student, int8, validation))]
     manifest = json.loads((student / "lmcompress.json").read_text())
-    return {"spans_per_text": spans, "augmentation_rows": (manifest.get("augmentation") or {}).get("rows", 0),
+    return {"spans_per_text": spans, "pooled_weight": pooled_weight,
+            "augmentation_rows": (manifest.get("augmentation") or {}).get("rows", 0),
             "labelled_rows": manifest["data"]["sizes"]["train"],
             "fp32": {"validation": best_score(read_manifest(student).train, "accuracy"),
                      "test": _accuracy(student)},
@@ -59,14 +64,20 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, required=True)
     parser.add_argument("--out", default="runs/augment-spans")
     parser.add_argument("--spans", type=int, nargs="+", default=[0, 2, 4], help="spans per text of each arm")
+    parser.add_argument("--pooled-spans", type=int, nargs="*", default=[],
+                        help="spans per text of the arms that add the pooled-output loss")
+    parser.add_argument("--pooled-weight", type=float, default=1.0, help="its weight in those arms")
     parser.add_argument("--reuse", action="store_true", help="keep complete runs in --out")
     args = parser.parse_args()
     root = output_root(args.out, args.reuse)
-    arms = [_arm(args.teacher, root, spans, args.reuse) for spans in args.spans]
+    arms = [_arm(args.teacher, root, spans, 0.0, args.reuse) for spans in args.spans]
+    arms += [_arm(args.teacher, root, spans, args.pooled_weight, args.reuse) for spans in args.pooled_spans]
     teacher = {"validation": best_score(read_manifest(args.teacher).train, "accuracy"),
                "test": _accuracy(args.teacher)}
+    pooled = (f" --pooled-spans {' '.join(map(str, args.pooled_spans))} --pooled-weight {args.pooled_weight:g}"
+              if args.pooled_spans else "")
     record = {"command": f"python benchmarks/augment_spans.py --teacher {args.teacher} --spans "
-                         f"{' '.join(map(str, args.spans))}", "processor": processor(),
+                         f"{' '.join(map(str, args.spans))}{pooled}", "processor": processor(),
               "python": platform.python_version(), "teacher": teacher, "arms": arms}
     (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
     (RESULTS / "raw" / "augment_spans.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -74,14 +85,15 @@ def main() -> None:
              f"`{record['command']}`. Teacher (PyTorch fp32): validation {teacher['validation']:.4f}, test "
              f"{teacher['test']:.4f}. Student `minilm-l6` (22.7M), 4 epochs, logit KD; retention of the teacher's "
              "score.", "",
-             "| teacher-labelled rows | validation fp32 | test fp32 | validation OV int8 | test OV int8 | training s |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| teacher-labelled rows | pooled loss | validation fp32 | test fp32 | validation OV int8 | test OV int8 "
+             "| training s |", "|---|---:|---:|---:|---:|---:|---:|"]
     for arm in arms:
         seen = f"{arm['labelled_rows']:,}" + (f" + {arm['augmentation_rows']:,} spans ({arm['spans_per_text']} per "
                                               "text)" if arm["spans_per_text"] else "")
         scores = [arm[kind][split] / teacher[split] for kind in ("fp32", "openvino_int8")
                   for split in ("validation", "test")]
-        lines.append(f"| {seen} | " + " | ".join(f"{s:.1%}" for s in scores) + f" | {arm['train_wall_s']:.0f} |")
+        pooled_cell = f"{arm.get('pooled_weight', 0.0):g}" if arm.get("pooled_weight") else "-"
+        lines.append(f"| {seen} | {pooled_cell} | " + " | ".join(f"{s:.1%}" for s in scores) + f" | {arm['train_wall_s']:.0f} |")
     (RESULTS / "augment_spans.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

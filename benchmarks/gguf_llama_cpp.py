@@ -12,7 +12,8 @@
     it and as llama.cpp computes it (the export's own check), and PyTorch's perplexity of the checkpoint;
 (3) generation at batch 1 (greedy, the first 32 tokens of the first validation block as the prompt, 32 new tokens):
     every file in llama.cpp and both checkpoints in PyTorch, interleaved round by round in one process.
-Writes benchmarks/results/raw/gguf_llama_cpp.json and benchmarks/results/gguf_llama_cpp.md, with lscpu.
+Writes benchmarks/results/raw/gguf_llama_cpp.json and benchmarks/results/gguf_llama_cpp.md (`--results NAME`: NAME.json
+and NAME.md), with lscpu.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def main() -> int:
     parser.add_argument("--validation", default="64", help="validation blocks")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--reuse", action="store_true", help="keep complete runs under --out")
+    parser.add_argument("--results", default="gguf_llama_cpp",
+                        help="name of the result files (benchmarks/results/NAME.md and raw/NAME.json)")
     args = parser.parse_args()
     exe, out = LMCOMPRESS, output_root(args.out, args.reuse)
     common = ["--data", args.data, "--max-length", str(args.max_length), "--max-validation-examples", args.validation,
@@ -130,9 +133,9 @@ def main() -> int:
               "recovery_curve": _curve(out / "student", args.batch_size, args.max_length),
               "pruning": json.loads((out / "student" / "lmcompress.json").read_text())["pruning"]}
     (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
-    (RESULTS / "raw" / "gguf_llama_cpp.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "gguf_llama_cpp.md").write_text(_markdown(result))
-    print((RESULTS / "gguf_llama_cpp.md").read_text())
+    (RESULTS / "raw" / f"{args.results}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.results}.md").write_text(_markdown(result))
+    print((RESULTS / f"{args.results}.md").read_text())
     return 0
 
 

@@ -280,6 +280,9 @@ class DistillLossConfig:
     hidden_weight: float = field(default=0.0, metadata={"help": "TinyBERT hidden-state MSE on mapped layers"})
     embedding_weight: float = field(default=0.0, metadata={"help": "MSE between embedding-layer outputs"})
     cosine_weight: float = field(default=0.0, metadata={"help": "DistilBERT cosine loss on mapped hidden states"})
+    pooled_weight: float = field(default=0.0, metadata={
+        "help": "MSE between the mean-pooled last hidden states (the student's through a learned projection): the "
+                "one intermediate loss that works across tokenizers"})
     attention_weight: float = field(default=0.0, metadata={"help": "TinyBERT attention-map loss (equal head counts)"})
     attention_kind: Literal["mse", "kl"] = field(default="kl", metadata={"help": "attention-map loss"})
     minilm_weight: float = field(default=0.0, metadata={"help": "MiniLM-v2 Q/K/V self-relation KL on the last layer"})
@@ -292,7 +295,8 @@ class DistillLossConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        for name in ("hidden_weight", "embedding_weight", "cosine_weight", "attention_weight", "minilm_weight"):
+        for name in ("hidden_weight", "embedding_weight", "cosine_weight", "pooled_weight", "attention_weight",
+                     "minilm_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         _at_least(self, 1, "relation_heads")

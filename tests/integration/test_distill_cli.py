@@ -222,6 +222,31 @@ def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_
     assert json.loads(stdout)["metrics"]["accuracy"] == metrics["accuracy"]
 
 
+def test_the_pooled_loss_works_across_tokenizers(tiny_teacher_run, own_vocab_encoder, tmp_path, capsys):
+    """--pooled-weight compares mean-pooled outputs, each model over its own tokens: accepted where the positional
+    losses are refused; the teacher's last layer is cached beside its logits; the projection is not shipped."""
+    from transformers import AutoConfig
+
+    out = tmp_path / "pooled"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", str(own_vocab_encoder),
+                            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--pooled-weight", "1",
+                            "--log-every-steps", "1", *COMMON, "--epochs", "1"], capsys)
+    assert code == 0, err
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [line for line in steps if "train/loss" in line]
+    assert steps and all(line["train/loss_pooled"] > 0 for line in steps)
+    for line in steps:
+        parts = [v for k, v in line.items() if k.startswith("train/loss_")]
+        assert sum(parts) == pytest.approx(line["train/loss"], rel=1e-4)
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    teacher_layers = AutoConfig.from_pretrained(tiny_teacher_run).num_hidden_layers
+    assert manifest["teacher_cache"]["layers"] == [teacher_layers]
+    code, stdout, err = run_cli(["evaluate", "--model", str(out), "--no-latency", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["metrics"]["accuracy"] == json.loads((out / "metrics.json").read_text())["metrics"][
+        "accuracy"]
+
+
 def test_each_part_of_the_loss_is_logged_and_they_sum_to_the_loss(tiny_teacher_run, tmp_path, capsys):
     out = tmp_path / "parts"
     code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", "layers=1", "--out", str(out),

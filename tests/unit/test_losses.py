@@ -194,3 +194,26 @@ def test_sampled_teacher_tokens_give_an_unbiased_kd_gradient():
                                                                   torch.Generator().manual_seed(5)])[1]
     alone = losses.sample_teacher_tokens(t, T, 8, [torch.Generator().manual_seed(5)])[1]
     assert torch.equal(pair[0], alone[0]) and torch.equal(pair[1], alone[0])
+
+
+def test_the_pooled_loss_compares_each_model_s_mean_over_its_own_tokens():
+    """Across tokenizers the two models see different token counts: each side is averaged over its own real tokens,
+    the student's mean projected to the teacher's width, then the squared error is averaged."""
+    from lmcompress.config import DistillLossConfig
+    from lmcompress.distillation.components import DistillModule, Needs, intermediate_loss
+
+    module = DistillModule(torch.nn.Identity(), student_width=2, teacher_width=3, n_projections=1)
+    s_last, s_mask = torch.randn(2, 5, 2), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    t_last, t_mask = torch.randn(2, 3, 3), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    total, parts = intermediate_loss(module, (torch.randn(2, 5, 2), s_last), None, {1: t_last}, None, None, None,
+                                     s_mask, [1], DistillLossConfig(pooled_weight=0.5), mean_pool(t_last, t_mask))
+    projection, squares = module.projections[0], []
+    for b in range(2):
+        student = projection(sum(s_last[b, i] for i in range(5) if s_mask[b, i]) / int(s_mask[b].sum()))
+        teacher = sum(t_last[b, i] for i in range(3) if t_mask[b, i]) / int(t_mask[b].sum())
+        squares += [float(student[d].detach() - teacher[d]) ** 2 for d in range(3)]
+    assert float(total) == pytest.approx(0.5 * sum(squares) / len(squares), rel=1e-5)
+    assert float(parts["pooled"]) == pytest.approx(float(total))
+    # it reads the teacher's last layer only, which needs no shared token positions
+    assert not Needs(hidden=(12,), attentions=False, qkv=False, pooled=12).positional
+    assert Needs(hidden=(6, 12), attentions=False, qkv=False, pooled=12).positional

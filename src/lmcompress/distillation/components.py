@@ -16,13 +16,13 @@ from torch import nn
 from ..data.tokenize import collator
 from ..errors import LmcError
 from ..models.families import family_of
-from ..models.outputs import adapt
+from ..models.outputs import adapt, mean_pool
 from ..distributed import on_all_processes, process_state, wait_for_everyone
 from ..training import resolve_precision
 from . import losses
 from .cache import TeacherCache
 from .sharding import is_sharded
-from ..surgery.student import default_layer_map, model_width
+from ..surgery.student import default_layer_map, layer_count, model_width
 
 log = logging.getLogger("lmcompress")
 TEACHER_PREFIX = "teacher_"  # batch keys of the teacher's own tokens when the student has another tokenizer
@@ -72,6 +72,12 @@ class Needs:
     hidden: tuple[int, ...]  # teacher hidden-state indices needed (0 = embeddings)
     attentions: bool
     qkv: bool
+    pooled: int | None = None  # the teacher's last hidden-state index, when its mean-pooled output is compared
+
+    @property
+    def positional(self) -> bool:
+        """Whether a loss compares the two models token position by token position (one tokenizer needed)."""
+        return bool(self.attentions or self.qkv or set(self.hidden) - {self.pooled})
 
 
 def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_map: list[int]) -> Needs:
@@ -89,9 +95,10 @@ def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_m
                 if width % loss_cfg.relation_heads:
                     raise LmcError(f"--relation-heads {loss_cfg.relation_heads} does not divide the {name} width "
                                    f"{width}")
-    needs = Needs(
-        hidden=tuple(sorted(set(([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if reads_hidden else [])))),
-        attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0)
+    pooled = layer_count(teacher.config) if loss_cfg.pooled_weight > 0 else None
+    hidden = ([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if reads_hidden else [])
+    needs = Needs(hidden=tuple(sorted(set(hidden + ([pooled] if pooled else [])))),
+                  attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0, pooled=pooled)
     if needs.attentions:  # attention probabilities need the eager kernel; inference keeps sdpa
         teacher.set_attn_implementation("eager")
         student.set_attn_implementation("eager")
@@ -99,19 +106,23 @@ def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_m
 
 
 def projection_count(loss_cfg, layer_map: list[int]) -> int:
-    """Learned width projections the hidden-state and embedding losses use (one per mapped layer / embeddings)."""
-    return (len(layer_map) if loss_cfg.hidden_weight > 0 else 0) + (1 if loss_cfg.embedding_weight > 0 else 0)
+    """Learned width projections the hidden-state, embedding and pooled losses use (one per mapped layer, one for
+    the embeddings, one for the pooled output)."""
+    return ((len(layer_map) if loss_cfg.hidden_weight > 0 else 0) + (1 if loss_cfg.embedding_weight > 0 else 0)
+            + (1 if loss_cfg.pooled_weight > 0 else 0))
 
 
 def intermediate_loss(module: DistillModule, s_hidden, s_attn, t_hidden: dict[int, torch.Tensor], t_attn,
                       s_qkv: dict[str, torch.Tensor] | None, t_qkv: dict[str, torch.Tensor] | None,
-                      mask: torch.Tensor, layer_map: list[int],
-                      loss_cfg) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
-    """The weighted sum of the embedding, hidden-state, cosine, attention and MiniLM relation losses, and each of
-    them as it enters the sum (detached, for the logs).
+                      mask: torch.Tensor, layer_map: list[int], loss_cfg,
+                      t_pooled: torch.Tensor | None = None) -> tuple[torch.Tensor | float, dict[str, torch.Tensor]]:
+    """The weighted sum of the embedding, hidden-state, cosine, attention, MiniLM relation and pooled-output losses,
+    and each of them as it enters the sum (detached, for the logs).
 
     s_hidden: the student's hidden states (tuple of [B, T, Hs], index 0 = embeddings); t_hidden {index: [B, T, Ht]};
-    s_attn / t_attn: tuples of [B, A, T, T]; s_qkv / t_qkv: last layer's query/key/value [B, T, H]; mask [B, T].
+    s_attn / t_attn: tuples of [B, A, T, T]; s_qkv / t_qkv: last layer's query/key/value [B, T, H]; mask [B, T];
+    t_pooled: the teacher's mean-pooled last hidden state [B, Ht] (over its own tokens, which may be another
+    tokenizer's).
     """
     total: torch.Tensor | float = 0.0
     parts: dict[str, torch.Tensor] = {}
@@ -141,6 +152,9 @@ def intermediate_loss(module: DistillModule, s_hidden, s_attn, t_hidden: dict[in
         for part in ("query", "key", "value"):
             add("minilm", loss_cfg.minilm_weight * losses.minilm_relation_loss(
                 s_qkv[part], t_qkv[part].float(), mask, loss_cfg.relation_heads) / 3)
+    if t_pooled is not None:  # its projection is the last one
+        add("pooled", loss_cfg.pooled_weight * losses.embedding_mse(mean_pool(s_hidden[-1], mask), t_pooled,
+                                                                    module.project(proj)))
     return total, parts
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..data.qa import QA_TASK
-from ..models.outputs import adapt
+from ..models.outputs import adapt, mean_pool
 from . import losses
 from .cache import TeacherCache
 from .components import (TEACHER_PREFIX, DistillModule, Needs, QKVRecorder, TeacherOutputs, intermediate_loss,
@@ -75,8 +75,10 @@ def make_task_loss_fn(teacher, cache: TeacherCache | None, needs: Needs, layer_m
             return _output_loss(out, t_logits, batch)
         total, parts = _output_loss(out, t_logits, batch) if phase == "all" else (0.0, {})
         s_qkv = student_qkv[id(module.student)].outputs if needs.qkv else None
+        t_pooled = mean_pool(t_hidden[needs.pooled], t_inputs["attention_mask"]) if needs.pooled else None
         inner, inner_parts = intermediate_loss(module, out.hidden_states, out.attentions, t_hidden, t_attn, s_qkv,
-                                               teacher_qkv.outputs if needs.qkv else None, mask, layer_map, loss_cfg)
+                                               teacher_qkv.outputs if needs.qkv else None, mask, layer_map, loss_cfg,
+                                               t_pooled)
         return total + inner, parts | inner_parts
 
     def labels_only_fn(module: DistillModule, batch: dict[str, torch.Tensor]) -> LossWithParts:

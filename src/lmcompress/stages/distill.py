@@ -156,16 +156,17 @@ def _check_vocabularies(cfg: DistillConfig, task_data, needs: Needs, student_tok
             raise LmcError(f"the student's tokenizer differs from the teacher's; {task_data.task} compares the two "
                            "models position by position on the same sub-tokens, so the student must share the "
                            "teacher's tokenizer (a preset or a spec derived from the teacher does)")
-        if intermediate:
+        if needs.positional:
             raise LmcError("the student's tokenizer differs from the teacher's, so their token positions do not line "
-                           "up: only logit KD and hard labels work across vocabularies (drop --hidden-weight, "
-                           "--embedding-weight, --cosine-weight, --attention-weight and --minilm-weight), or give a "
-                           "student that shares the teacher's tokenizer (a preset or a spec derived from the teacher does)")
+                           "up: only logit KD, hard labels and --pooled-weight work across vocabularies (drop "
+                           "--hidden-weight, --embedding-weight, --cosine-weight, --attention-weight and "
+                           "--minilm-weight), or give a student that shares the teacher's tokenizer (a preset or a "
+                           "spec derived from the teacher does)")
         log.info("the student has its own tokenizer (%d tokens vs the teacher's %d): each side tokenises the raw "
                  "text itself", len(student_tokenizer), len(tokenizer))
     if cfg.intermediate_epochs > 0 and not intermediate:
         raise LmcError("--intermediate-epochs (TinyBERT two-stage) trains the intermediate layers first: give "
-                       "--hidden-weight, --attention-weight, --embedding-weight or --minilm-weight")
+                       "--hidden-weight, --attention-weight, --embedding-weight, --minilm-weight or --pooled-weight")
 
 
 def _training_rows(cfg: DistillConfig, task_data, max_len: int, teacher, tokenizer, student_tokenizer):

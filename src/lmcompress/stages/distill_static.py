@@ -140,11 +140,12 @@ def distill_static(cfg: DistillConfig, run, request: dict[str, Any], teacher, te
 def _refuse_transformer_options(cfg: DistillConfig) -> None:
     """Options that only mean something for a transformer student: one line rather than silently ignored."""
     loss = cfg.loss
-    given = [flag for flag, value in (("--hidden-weight", loss.hidden_weight), ("--embedding-weight",
-             loss.embedding_weight), ("--cosine-weight", loss.cosine_weight), ("--attention-weight",
-             loss.attention_weight), ("--minilm-weight", loss.minilm_weight), ("--intermediate-epochs",
-             cfg.intermediate_epochs), ("--augment-replace", cfg.augment_replace), ("--augment-spans",
-             cfg.augment_spans)) if value]
+    weights = (("--hidden-weight", loss.hidden_weight), ("--embedding-weight", loss.embedding_weight),
+               ("--cosine-weight", loss.cosine_weight), ("--pooled-weight", loss.pooled_weight),
+               ("--attention-weight", loss.attention_weight), ("--minilm-weight", loss.minilm_weight))
+    others = (("--intermediate-epochs", cfg.intermediate_epochs), ("--augment-replace", cfg.augment_replace),
+              ("--augment-spans", cfg.augment_spans))
+    given = [flag for flag, value in weights + others if value]
     given += [flag for flag, on in (("--augment", cfg.augment), ("--fsdp", cfg.fsdp)) if on]
     if given:
         raise LmcError(f"a static student has no layers or hidden states: drop {', '.join(given)} (static students "
