@@ -144,6 +144,7 @@ def test_a_headless_teacher_teaches_through_relations_only(tiny_bert_dir, corpus
     ("bert-1l-32h-4a", [], "--objective clm needs a causal LM"),
     ("gpt2-1l-32h-4a", ["--objective", "mlm"], "needs an encoder"),
     ("gpt2-1l-32h-4a", ["--alpha", "1"], "takes nothing from the teacher"),
+    ("gpt2-1l-32h-4a", ["--pooled-weight", "1"], "distilled token by token"),
     ("gpt2-1l-32h-4a", ["--top-k", "4", "--kd-direction", "reverse"], "reverse KL needs the teacher's whole"),
     ("gpt2-1l-32h-4a", ["--top-k", "4", "--sample-k", "4"], "choose one sparse teacher"),
     ("TINY_BERT", [], "--objective clm needs a causal LM"),

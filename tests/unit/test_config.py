@@ -95,6 +95,10 @@ def test_interrupted_run_options_are_compared_key_by_key(tmp_path):
 
     assert differing_keys({"train": {"epochs": 3, "seed": 1}, "out": "a"},
                           {"train": {"epochs": 5, "seed": 1}, "out": "a"}) == ["train.epochs 3 -> 5"]
+    # an option added since the run was recorded matches while it is off, as the older version ran it
+    assert differing_keys({"loss": {"alpha": 0.5}}, {"loss": {"alpha": 0.5, "pooled_weight": 0.0}}) == []
+    assert differing_keys({"loss": {"alpha": 0.5}}, {"loss": {"alpha": 0.5, "pooled_weight": 1.0}}) == [
+        "loss.pooled_weight None -> 1.0"]
     run = RunDir(tmp_path / "run")
     request = {"model": "m", "resume": None, "overwrite": False, "train": {"epochs": 3}}
     assert run.check(False, None, request) is False  # nothing there yet

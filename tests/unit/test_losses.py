@@ -200,7 +200,7 @@ def test_the_pooled_loss_compares_each_model_s_mean_over_its_own_tokens():
     """Across tokenizers the two models see different token counts: each side is averaged over its own real tokens,
     the student's mean projected to the teacher's width, then the squared error is averaged."""
     from lmcompress.config import DistillLossConfig
-    from lmcompress.distillation.components import DistillModule, Needs, intermediate_loss
+    from lmcompress.distillation.components import DistillModule, intermediate_loss
 
     module = DistillModule(torch.nn.Identity(), student_width=2, teacher_width=3, n_projections=1)
     s_last, s_mask = torch.randn(2, 5, 2), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
@@ -214,6 +214,27 @@ def test_the_pooled_loss_compares_each_model_s_mean_over_its_own_tokens():
         squares += [float(student[d].detach() - teacher[d]) ** 2 for d in range(3)]
     assert float(total) == pytest.approx(0.5 * sum(squares) / len(squares), rel=1e-5)
     assert float(parts["pooled"]) == pytest.approx(float(total))
-    # it reads the teacher's last layer only, which needs no shared token positions
-    assert not Needs(hidden=(12,), attentions=False, qkv=False, pooled=12).positional
-    assert Needs(hidden=(6, 12), attentions=False, qkv=False, pooled=12).positional
+    # beside a hidden-state loss (projection 0) the pooled loss takes the next projection
+    module = DistillModule(torch.nn.Identity(), student_width=2, teacher_width=3, n_projections=2)
+    t_pooled = mean_pool(t_last, t_mask)
+    _, parts = intermediate_loss(module, (torch.randn(2, 5, 2), s_last), None, {1: torch.randn(2, 5, 3)}, None, None,
+                                 None, s_mask,
+                                 [1], DistillLossConfig(hidden_weight=1.0, pooled_weight=1.0), t_pooled)
+    expected = losses.embedding_mse(mean_pool(s_last, s_mask), t_pooled, module.projections[1])
+    assert float(parts["pooled"]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_only_the_pooled_loss_is_accepted_across_tokenizers(tiny_bert_dir):
+    """Needs.positional says whether a loss pairs token positions; it follows the losses asked for, even when every
+    mapped layer is the teacher's last (the layer the pooled loss reads)."""
+    from transformers import AutoModel
+
+    from lmcompress.config import DistillLossConfig
+    from lmcompress.distillation.components import intermediate_needs
+
+    model = AutoModel.from_pretrained(tiny_bert_dir)
+    last = [model.config.num_hidden_layers]
+    pooled = intermediate_needs(model, model, DistillLossConfig(pooled_weight=1.0), last)
+    assert pooled.hidden == (last[0],) and pooled.pooled == last[0] and not pooled.positional
+    for weights in ({"hidden_weight": 1.0}, {"cosine_weight": 1.0}, {"embedding_weight": 1.0}):
+        assert intermediate_needs(model, model, DistillLossConfig(pooled_weight=1.0, **weights), last).positional

@@ -27,6 +27,7 @@ from ..surgery.student import default_layer_map, layer_count, model_width
 log = logging.getLogger("lmcompress")
 TEACHER_PREFIX = "teacher_"  # batch keys of the teacher's own tokens when the student has another tokenizer
 TARGET_KEYS = ("labels", "start_positions", "end_positions")  # batch keys the teacher must not see
+POSITIONAL_LOSSES = ("hidden", "embedding", "cosine", "attention", "minilm")  # *_weight losses that pair positions
 
 
 def parse_layer_map(text: str, n_student: int, n_teacher: int, copied: list[int] | None) -> list[int]:
@@ -73,11 +74,7 @@ class Needs:
     attentions: bool
     qkv: bool
     pooled: int | None = None  # the teacher's last hidden-state index, when its mean-pooled output is compared
-
-    @property
-    def positional(self) -> bool:
-        """Whether a loss compares the two models token position by token position (one tokenizer needed)."""
-        return bool(self.attentions or self.qkv or set(self.hidden) - {self.pooled})
+    positional: bool = False  # a loss compares the models token position by token position (one tokenizer needed)
 
 
 def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_map: list[int]) -> Needs:
@@ -97,8 +94,10 @@ def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_m
                                    f"{width}")
     pooled = layer_count(teacher.config) if loss_cfg.pooled_weight > 0 else None
     hidden = ([0] if loss_cfg.embedding_weight > 0 else []) + (layer_map if reads_hidden else [])
+    positional = any(getattr(loss_cfg, f"{name}_weight") > 0 for name in POSITIONAL_LOSSES)
     needs = Needs(hidden=tuple(sorted(set(hidden + ([pooled] if pooled else [])))),
-                  attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0, pooled=pooled)
+                  attentions=loss_cfg.attention_weight > 0, qkv=loss_cfg.minilm_weight > 0, pooled=pooled,
+                  positional=positional)
     if needs.attentions:  # attention probabilities need the eager kernel; inference keeps sdpa
         teacher.set_attn_implementation("eager")
         student.set_attn_implementation("eager")

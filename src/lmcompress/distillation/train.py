@@ -87,7 +87,7 @@ def distill_model(teacher: nn.Module, student: nn.Module, rows, collate, setting
     needs = intermediate_needs(student, teacher, settings.loss, layer_map)
     if settings.intermediate_epochs > 0 and not (needs.hidden or needs.attentions or needs.qkv):
         raise LmcError("intermediate_epochs (TinyBERT two-stage) trains the intermediate layers first: give a hidden, "
-                       "attention, embedding or MiniLM loss weight")
+                       "attention, embedding, MiniLM or pooled loss weight")
     if "idx" not in rows.column_names:  # the cache and the paired collator find a row's teacher outputs by it
         rows = rows.add_column("idx", list(range(len(rows))))
     transformers.set_seed(settings.train.seed)  # projections start the same whatever ran before in this process

@@ -37,8 +37,9 @@ from ..runs.rundir import RunDir, initial_scores
 from ..training import fit
 from ..distillation import losses
 from ..distillation.cache import TopKCache, teacher_cache_root, teacher_fingerprint
-from ..distillation.components import (DistillModule, QKVRecorder, intermediate_loss, intermediate_needs, parse_layer_map,
-                         projection_count, teacher_autocast, teacher_compute_precision)
+from ..distillation.components import (POSITIONAL_LOSSES, DistillModule, QKVRecorder, intermediate_loss,
+                                       intermediate_needs, parse_layer_map, projection_count, teacher_autocast,
+                                       teacher_compute_precision)
 from ..distillation.sharding import is_sharded, shard_teacher
 from ..surgery.student import build_student, is_derived_spec, layer_count, model_width, parse_spec
 
@@ -76,8 +77,10 @@ def _check_losses(cfg: LMDistillConfig, teacher: LMTeacher, objective: str) -> N
         raise LmcError(f"teacher {cfg.teacher} has no trained {objective.upper()} head ({', '.join(heads[:3])} missing), "
                        "so its vocabulary distribution means nothing: use --alpha 1 with --hidden-weight/--minilm-weight "
                        "(MiniLM/TinyBERT-style general distillation), or pre-train the teacher's head first")
-    intermediate = any(getattr(loss_cfg, f"{name}_weight") > 0
-                       for name in ("hidden", "embedding", "cosine", "attention", "minilm"))
+    if loss_cfg.pooled_weight > 0:
+        raise LmcError("--pooled-weight compares one pooled vector per sequence (task distillation, `distill`); a "
+                       "language model is distilled token by token: use --hidden-weight or --minilm-weight")
+    intermediate = any(getattr(loss_cfg, f"{name}_weight") > 0 for name in POSITIONAL_LOSSES)
     if loss_cfg.alpha == 1.0 and not intermediate:
         raise LmcError("--alpha 1 without an intermediate loss (--hidden-weight, --minilm-weight, ...) takes nothing "
                        "from the teacher; that is `lmcompress pretrain`")
