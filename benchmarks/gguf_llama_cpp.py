@@ -131,7 +131,9 @@ def main() -> int:
               "perplexity_pytorch": {name: m["metrics"]["perplexity"] for name, m in pytorch.items()},
               "files": rows, "generation": generation,
               "recovery_curve": _curve(out / "student", args.batch_size, args.max_length),
-              "pruning": json.loads((out / "student" / "lmcompress.json").read_text())["pruning"]}
+              "pruning": json.loads((out / "student" / "lmcompress.json").read_text())["pruning"],
+              "student_train_wall_s": json.loads((out / "student" / "lmcompress.json").read_text())["train"].get(
+                  "wall_time_s")}
     (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
     (RESULTS / "raw" / f"{args.results}.json").write_text(json.dumps(result, indent=2) + "\n")
     (RESULTS / f"{args.results}.md").write_text(_markdown(result))
@@ -192,7 +194,7 @@ def _markdown(result: dict) -> str:
     lines += _timer_lines(gen) + [""]
     lines += [
               "Recovery (the student's validation perplexity against distillation tokens, CPU, "
-              f"{result['run_wall_s']['student'] or '?'} s for the whole prune-lm command):", "",
+              f"{result.get('student_train_wall_s') or '?'} s of training):", "",
               ", ".join(f"{p['tokens']:,}: {p['perplexity']:.1f}" for p in result["recovery_curve"]), "",
               "Commands:", "", f"- teacher: `{result['commands']['teacher']}`",
               f"- student: `{result['commands']['student']}`"]
