@@ -558,16 +558,21 @@ class ExportConfig(OutputOptions):
     tolerance: float | None = field(default=None, metadata={
         "help": "max |logit difference| vs PyTorch (default 1e-3 for fp32, 5e-2 for fp16; gguf fp16: 0.5); gguf "
                 "q8_0/q4_0/q4_m: max relative perplexity increase on the validation blocks (default 0.05 / 0.5 / 0.5)"})
-    calibration_blocks: int | None = field(default=None, metadata={
-        "help": "gguf q4_0/q4_m: training blocks of the run whose activations weight the rounding of Q4_0 blocks "
-                "(llama.cpp's importance matrix); 0: plain rounding, as llama-quantize without --imatrix (default: 64 "
-                "for q4_0; 0 for q4_m, where it did not help: docs/stages.md)"})
+    rounding: Literal["auto", "plain", "importance", "gptq"] = field(default="auto", metadata={
+        "help": "gguf q4_0/q4_m: how Q4_0 blocks are rounded: plain (llama-quantize without --imatrix), importance "
+                "(llama.cpp's importance-matrix search), gptq (each column's error spread over the columns not yet "
+                "rounded, GPTQ); auto: the precision's default (docs/stages.md)"})
+    calibration_blocks: int = field(default=64, metadata={
+        "help": "gguf --rounding importance/gptq: training blocks of the run whose activations weight the rounding; 0: "
+                "plain rounding"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:
         _required(self, "model", "out")
         _positive(self, "tolerance")
         _at_least(self, 0, "calibration_blocks")
+        if self.rounding != "auto" and (self.format != "gguf" or self.precision not in ("q4_0", "q4_m")):
+            raise ValueError(f"--rounding {self.rounding} applies to --format gguf --precision q4_0 or q4_m")
         allowed = {"onnx": ("fp32", "fp16"), "openvino": ("fp32", "bf16"),
                    "gguf": ("fp32", "fp16", "q8_0", "q4_0", "q4_m")}[self.format]
         if self.precision not in allowed:

@@ -132,6 +132,7 @@ def test_quantised_gguf_keeps_llama_cpp_precisions_and_records_its_perplexity(ll
     from gguf import GGUFReader
 
     from lmcompress.backends import llama_cpp
+    from lmcompress.stages.gguf_export import DEFAULT_ROUNDING
 
     source = json.loads((llama_teacher / "metrics.json").read_text())["metrics"]["perplexity"]
     for precision, quantised in (("q8_0", "Q8_0"), ("q4_0", "Q4_0"), ("q4_m", "Q8_0")):  # q4_m: FFN down in 8 bits
@@ -152,11 +153,11 @@ def test_quantised_gguf_keeps_llama_cpp_precisions_and_records_its_perplexity(ll
         assert types["blk.0.ffn_down.weight"] == quantised and types["blk.0.attn_q.weight"] == "F16"
         assert types["blk.0.attn_norm.weight"] == "F32" and types["token_embd.weight"] == "F16"
         assert validation["tensor_types"][quantised] == 4  # one per layer
-        # Q4_0 matrices are rounded by the activations of training blocks (llama.cpp's importance matrix); a file
-        # without any (q8_0, and q4_m here: its only quantised matrix, FFN down, keeps 8 bits) says plain
-        assert validation["rounding"] == ("importance-weighted" if quantised == "Q4_0" else "plain")
-        assert validation.get("importance_weighted_tensors", 0) == (4 if quantised == "Q4_0" else 0)
-        assert validation.get("calibration_blocks", 0) == (64 if quantised == "Q4_0" else 0)  # q4_0's default
+        # Q4_0 matrices are rounded by the activations of training blocks (q4_0's default method); a file without
+        # any (q8_0, and q4_m here: its only quantised matrix, FFN down, keeps 8 bits) says plain
+        assert validation["rounding"] == (DEFAULT_ROUNDING["q4_0"] if quantised == "Q4_0" else "plain")
+        assert validation.get("rounded_tensors", 0) == (4 if quantised == "Q4_0" else 0)
+        assert validation.get("calibration_blocks", 0) == (64 if quantised == "Q4_0" else 0)  # the default
     q8, q4, q4m = ((tmp_path / p / "model.gguf").stat().st_size for p in ("q8_0", "q4_0", "q4_m"))
     assert q4 < q4m and q4 < q8
     _plain_rounding_is_llama_quantizes_and_differs_from_the_weighted(llama_teacher, tmp_path, capsys)
@@ -167,21 +168,30 @@ def test_quantised_gguf_keeps_llama_cpp_precisions_and_records_its_perplexity(ll
 
 
 def _plain_rounding_is_llama_quantizes_and_differs_from_the_weighted(llama_teacher, tmp_path, capsys):
-    """--calibration-blocks 0: the gguf package's plain Q4_0 bytes, byte for byte; the weighted file differs."""
+    """--calibration-blocks 0: the gguf package's plain Q4_0 bytes, byte for byte; the weighted and GPTQ files
+    differ from it and from each other, and each says how it was rounded."""
     import gguf
     from safetensors.torch import load_file
 
-    code, _, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--precision", "q4_0",
-                            "--calibration-blocks", "0", "--out", str(tmp_path / "plain"), "--quiet"], capsys)
-    assert code == 0, err
-    assert json.loads((tmp_path / "plain" / "lmcompress.json").read_text())["export"]["validation"]["rounding"] == \
-        "plain"
+    runs = {"plain": ["--calibration-blocks", "0"], "importance": ["--rounding", "importance"],
+            "gptq": ["--rounding", "gptq"]}
+    for name, extra in runs.items():
+        code, _, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--precision", "q4_0",
+                                *extra, "--out", str(tmp_path / name), "--quiet"], capsys)
+        assert code == 0, err
+        assert json.loads((tmp_path / name / "lmcompress.json").read_text())["export"]["validation"]["rounding"] == \
+            name
     down = load_file(str(llama_teacher / "model.safetensors"))["model.layers.0.mlp.down_proj.weight"].float().numpy()
-    tensors = {p: {t.name: t.data for t in gguf.GGUFReader(str(tmp_path / p / "model.gguf")).tensors}
-               for p in ("plain", "q4_0")}
+    tensors = {name: {t.name: t.data for t in gguf.GGUFReader(str(tmp_path / name / "model.gguf")).tensors}
+               for name in runs}
     expected = gguf.quants.quantize(down, gguf.GGMLQuantizationType.Q4_0)
     assert np.array_equal(tensors["plain"]["blk.0.ffn_down.weight"], expected)
-    assert not np.array_equal(tensors["q4_0"]["blk.0.ffn_down.weight"], expected)
+    assert not np.array_equal(tensors["importance"]["blk.0.ffn_down.weight"], expected)
+    assert not np.array_equal(tensors["gptq"]["blk.0.ffn_down.weight"], tensors["importance"]["blk.0.ffn_down.weight"])
+    code, _, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--precision", "q8_0",
+                            "--rounding", "gptq", "--out", str(tmp_path / "q8-gptq"), "--quiet"], capsys)
+    assert code == 1
+    one_error_line(err, "--rounding gptq applies to --format gguf --precision q4_0 or q4_m")
 
 
 def test_llama_cpp_reads_and_runs_the_exported_file(llama_teacher, tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lmcompress.backends.gguf_quants import BLOCK, column_importance, quantize_q4_0
+from lmcompress.backends.gguf_quants import BLOCK, column_importance, quantize_q4_0, quantize_q4_0_gptq
 
 Q4_0 = gguf.GGMLQuantizationType.Q4_0
 
@@ -112,3 +112,37 @@ def test_importance_is_the_mean_square_of_each_layers_input_over_real_tokens_onl
         final = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
     expected = (final[mask.bool()] ** 2).mean(0).numpy()  # the output layer's input: the final normed states
     assert np.allclose(importance["lm_head.weight"], expected, rtol=1e-5)
+    moments = column_importance(model, [{"input_ids": ids, "attention_mask": mask}], full=True)
+    x = final[mask.bool()].numpy()
+    assert np.allclose(moments["lm_head.weight"], x.T @ x / len(x), rtol=1e-4, atol=1e-6)  # E[x x^T]
+    assert np.allclose(np.diag(moments["lm_head.weight"]), importance["lm_head.weight"], rtol=1e-5)
+
+
+def _correlated_inputs(columns: int, tokens: int = 2048, seed: int = 1) -> np.ndarray:
+    """Activations whose columns are correlated and differ in scale, as a layer's inputs are."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((columns, columns)) / np.sqrt(columns) + np.eye(columns)
+    return (rng.standard_normal((tokens, columns)) @ mixing * np.exp(rng.standard_normal(columns))).astype(np.float32)
+
+
+def test_gptq_keeps_the_layer_outputs_closer_than_the_importance_search_in_valid_q4_0():
+    """GPTQ's bytes are Q4_0 on its 16 levels (gguf's reader restores level x scale), and on correlated inputs the
+    layer's outputs move less than with the importance search alone, which rounds each weight on its own."""
+    matrix, _ = _matrix(rows=64, columns=256)
+    inputs = _correlated_inputs(256)
+    moment = inputs.T @ inputs / len(inputs)
+    packed = quantize_q4_0_gptq(matrix, moment)
+    gptq = gguf.quants.dequantize(packed, Q4_0)
+    search = gguf.quants.dequantize(quantize_q4_0(matrix, np.diag(moment).copy()), Q4_0)
+    assert gptq.shape == matrix.shape
+    scales = packed.reshape(-1, 18)[:, :2].copy().view(np.float16).astype(np.float32)  # each block's fp16 scale
+    levels = gptq.reshape(-1, BLOCK) / np.where(scales == 0, 1, scales)
+    assert np.allclose(levels, np.round(levels), atol=1e-3) and levels.min() >= -8 and levels.max() <= 7
+
+    def output_error(restored):
+        return float((((restored - matrix) @ inputs.T) ** 2).mean())
+
+    assert output_error(gptq) < 0.8 * output_error(search)
+    dead = moment.copy()
+    dead[:, :32] = dead[:32, :] = 0  # columns no token reached are written as zeros
+    assert np.all(gguf.quants.dequantize(quantize_q4_0_gptq(matrix, dead), Q4_0)[:, :32] == 0)

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import LmcError
-from .gguf_quants import quantize_q4_0
+from .gguf_quants import quantize_q4_0, quantize_q4_0_gptq
 
 GGUF_FILE = "model.gguf"
 GGUF_ARCHITECTURES = {"llama": "LLAMA", "mistral": "LLAMA"}  # model_type -> gguf MODEL_ARCH (one arch "llama")
@@ -150,8 +150,9 @@ def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str
                importance: dict[str, np.ndarray] | None = None) -> dict[str, int]:
     """model (LlamaForCausalLM) -> a GGUF file at `path` with its matrices in `precision` (fp32, fp16, q8_0, q4_0, q4_m:
     `tensor_type`) -> the number of tensors of each GGML type. With `importance` (gguf_quants.column_importance), Q4_0
-    matrices that have an entry are rounded by llama.cpp's importance-weighted search (counted again under "Q4_0
-    importance-weighted"); the others as plain llama-quantize rounds them."""
+    matrices that have an entry are rounded by llama.cpp's importance-weighted search (a vector of column importances;
+    counted again under "Q4_0 importance-weighted") or by GPTQ (a second-moment matrix; "Q4_0 GPTQ"); the others as
+    plain llama-quantize rounds them."""
     gguf = require_gguf()
     config = model.config
     check_architecture(config)
@@ -180,8 +181,12 @@ def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str
         if kind.name in ("F32", "F16"):
             writer.add_tensor(gguf_name, array.astype(np.float16 if kind.name == "F16" else np.float32))
         elif kind.name == "Q4_0" and hf_name in (importance or {}):  # (an embedding lookup has none: plain)
-            writer.add_tensor(gguf_name, quantize_q4_0(array, importance[hf_name]), raw_dtype=kind)
-            counts["Q4_0 importance-weighted"] = counts.get("Q4_0 importance-weighted", 0) + 1
+            gptq = importance[hf_name].ndim == 2
+            quantized = quantize_q4_0_gptq(array, importance[hf_name]) if gptq else quantize_q4_0(
+                array, importance[hf_name])
+            writer.add_tensor(gguf_name, quantized, raw_dtype=kind)
+            label = "Q4_0 GPTQ" if gptq else "Q4_0 importance-weighted"
+            counts[label] = counts.get(label, 0) + 1
         else:  # block-quantised bytes; the writer derives the logical shape from them
             writer.add_tensor(gguf_name, gguf.quants.quantize(array, kind), raw_dtype=kind)
     writer.write_header_to_file()

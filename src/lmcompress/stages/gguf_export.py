@@ -29,9 +29,9 @@ log = logging.getLogger("lmcompress")
 # q8_0/q4_0/q4_m: max relative perplexity increase over the validation blocks (block quantisation moves every logit)
 GGUF_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5, "q8_0": 0.05, "q4_0": 0.5, "q4_m": 0.5}
 QUANTISED = ("q8_0", "q4_0", "q4_m")
-# training blocks of the importance matrix by default: on the pruned smollm2-135m student it took q4_0 from +15.5% to
-# +11.3% perplexity over fp16 in llama.cpp, but q4_m from +7.0% to +7.8% (docs/stages.md), so q4_m rounds plainly
-DEFAULT_CALIBRATION_BLOCKS = {"q4_0": 64, "q4_m": 0}
+# --rounding auto: on the pruned smollm2-135m student the importance search took q4_0 from +15.5% to +11.3% perplexity
+# over fp16 in llama.cpp, but q4_m from +7.0% to +7.8% (docs/stages.md), so q4_m rounds plainly
+DEFAULT_ROUNDING = {"q4_0": "importance", "q4_m": "plain"}
 LLAMA_CPP_TOLERANCE = 0.05  # llama.cpp's perplexity of the file vs transformers' reading of it, relative
 CHECK_BLOCKS = 8  # validation blocks whose logits are compared
 
@@ -116,32 +116,38 @@ def _llama_cpp_check(path: Path, blocks, file_perplexity: float) -> dict[str, An
                           "version": llama_cpp.version()}}
 
 
-def calibration_blocks(cfg: ExportConfig) -> int:
-    """--calibration-blocks, or the precision's default; 0 where nothing is rounded to Q4_0 (fp32, fp16, q8_0)."""
-    if cfg.precision not in DEFAULT_CALIBRATION_BLOCKS:
-        return 0
-    return cfg.calibration_blocks if cfg.calibration_blocks is not None else DEFAULT_CALIBRATION_BLOCKS[cfg.precision]
+def rounding_method(cfg: ExportConfig) -> str:
+    """plain, importance or gptq: --rounding, or the precision's default; plain where nothing is rounded to Q4_0
+    (fp32, fp16, q8_0) or no calibration block is given."""
+    if cfg.precision not in DEFAULT_ROUNDING or not cfg.calibration_blocks:
+        return "plain"
+    return DEFAULT_ROUNDING[cfg.precision] if cfg.rounding == "auto" else cfg.rounding
 
 
 def rounding_importance(cfg: ExportConfig, model, train_blocks, collate) -> dict | None:
-    """4-bit files: llama.cpp's importance matrix from the first --calibration-blocks training blocks (never the
-    validation blocks the file is scored on), or None (plain rounding)."""
-    count = calibration_blocks(cfg)
-    blocks = train_blocks[:count] if count else []
-    if not blocks:
+    """4-bit files: what the rounding weighs, from the first --calibration-blocks training blocks (never the
+    validation blocks the file is scored on): llama.cpp's importance matrix, or the inputs' second moments for GPTQ;
+    None: plain rounding."""
+    method = rounding_method(cfg)
+    blocks = train_blocks[:cfg.calibration_blocks]
+    if method == "plain" or not blocks:
         return None
-    log.info("4-bit rounding weighted by the activations of %d training blocks (llama.cpp's importance matrix)",
-             len(blocks))
-    return gguf_quants.column_importance(model, DataLoader(blocks, batch_size=8, collate_fn=collate))
+    log.info("4-bit rounding (%s) weighted by the activations of %d training blocks", method, len(blocks))
+    return gguf_quants.column_importance(model, DataLoader(blocks, batch_size=8, collate_fn=collate),
+                                         full=method == "gptq")
+
+
+ROUNDING_COUNTS = {"Q4_0 importance-weighted": "importance", "Q4_0 GPTQ": "gptq"}  # write_gguf's counts -> method
 
 
 def rounding_record(tensor_types: dict[str, int], cfg: ExportConfig, train_blocks: int) -> dict[str, Any]:
     """How the file's Q4_0 blocks were rounded, by what write_gguf did (a file without Q4_0 matrices: plain)."""
-    weighted = tensor_types.pop("Q4_0 importance-weighted", 0)
-    if not weighted:
+    rounded = {method: tensor_types.pop(label) for label, method in ROUNDING_COUNTS.items() if label in tensor_types}
+    if not rounded:
         return {"rounding": "plain"}
-    return {"rounding": "importance-weighted", "importance_weighted_tensors": weighted,
-            "calibration_blocks": min(calibration_blocks(cfg), train_blocks)}
+    (method, tensors), = rounded.items()
+    return {"rounding": method, "rounded_tensors": tensors,
+            "calibration_blocks": min(cfg.calibration_blocks, train_blocks)}
 
 
 def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
