@@ -562,9 +562,9 @@ class ExportConfig(OutputOptions):
         "help": "gguf q4_0/q4_m: how Q4_0 blocks are rounded: plain (llama-quantize without --imatrix), importance "
                 "(llama.cpp's importance-matrix search), gptq (each column's error spread over the columns not yet "
                 "rounded, GPTQ); auto: the precision's default (docs/stages.md)"})
-    calibration_blocks: int = field(default=64, metadata={
-        "help": "gguf --rounding importance/gptq: training blocks of the run whose activations weight the rounding; 0: "
-                "plain rounding"})
+    calibration_blocks: int | None = field(default=None, metadata={
+        "help": "gguf --rounding importance/gptq: training blocks of the run whose activations weight the rounding "
+                "(default 64); 0: plain rounding"})
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self) -> None:

@@ -188,10 +188,15 @@ def _plain_rounding_is_llama_quantizes_and_differs_from_the_weighted(llama_teach
     assert np.array_equal(tensors["plain"]["blk.0.ffn_down.weight"], expected)
     assert not np.array_equal(tensors["importance"]["blk.0.ffn_down.weight"], expected)
     assert not np.array_equal(tensors["gptq"]["blk.0.ffn_down.weight"], tensors["importance"]["blk.0.ffn_down.weight"])
-    code, _, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", "--precision", "q8_0",
-                            "--rounding", "gptq", "--out", str(tmp_path / "q8-gptq"), "--quiet"], capsys)
-    assert code == 1
-    one_error_line(err, "--rounding gptq applies to --format gguf --precision q4_0 or q4_m")
+    contradictions = {("--precision", "q8_0", "--rounding", "gptq"): "--rounding gptq applies to --format gguf",
+                      ("--precision", "q4_0", "--rounding", "gptq", "--calibration-blocks", "0"): "drop --calibration",
+                      ("--precision", "q4_m", "--calibration-blocks", "8"): "rounds plainly here"}
+    for extra, words in contradictions.items():
+        out = tmp_path / "contradiction"
+        code, _, err = run_cli(["export", "--model", str(llama_teacher), "--format", "gguf", *extra, "--out",
+                                str(out), "--quiet"], capsys)
+        assert code == 1 and not out.exists()
+        one_error_line(err, words)
 
 
 def test_llama_cpp_reads_and_runs_the_exported_file(llama_teacher, tmp_path, capsys):

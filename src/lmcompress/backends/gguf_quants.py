@@ -88,6 +88,8 @@ def quantize_q4_0_gptq(matrix: np.ndarray, moment: np.ndarray, damping: float = 
     moment (`moment`: E[x x^T] over calibration tokens, [columns, columns]), so that the layer's outputs, not its
     weights, stay close. The bytes are plain Q4_0 [rows, columns / 32 * 18]."""
     rows, columns = matrix.shape
+    if chunk % BLOCK or columns % BLOCK:
+        raise ValueError(f"GPTQ rounds whole {BLOCK}-value blocks: chunk {chunk}, columns {columns}")
     weights = torch.tensor(matrix, dtype=torch.float64)
     hessian = torch.tensor(moment, dtype=torch.float64)
     dead = torch.diag(hessian) == 0  # a column no token reached: its weights never matter

@@ -33,6 +33,7 @@ QUANTISED = ("q8_0", "q4_0", "q4_m")
 # (the importance search alone: +10.9%); on the 16-layer one the importance search moved q4_m from +7.0% to +7.8%, so
 # q4_m rounds plainly unless told (docs/stages.md)
 DEFAULT_ROUNDING = {"q4_0": "gptq", "q4_m": "plain"}
+CALIBRATION_BLOCKS = 64  # training blocks whose activations weigh the rounding, by default
 LLAMA_CPP_TOLERANCE = 0.05  # llama.cpp's perplexity of the file vs transformers' reading of it, relative
 CHECK_BLOCKS = 8  # validation blocks whose logits are compared
 
@@ -119,10 +120,25 @@ def _llama_cpp_check(path: Path, blocks, file_perplexity: float) -> dict[str, An
 
 def rounding_method(cfg: ExportConfig) -> str:
     """plain, importance or gptq: --rounding, or the precision's default; plain where nothing is rounded to Q4_0
-    (fp32, fp16, q8_0) or no calibration block is given."""
-    if cfg.precision not in DEFAULT_ROUNDING or not cfg.calibration_blocks:
-        return "plain"
-    return DEFAULT_ROUNDING[cfg.precision] if cfg.rounding == "auto" else cfg.rounding
+    (fp32, fp16, q8_0) or with --calibration-blocks 0. Options that contradict each other stop with one line."""
+    if cfg.precision not in DEFAULT_ROUNDING:
+        method = "plain"
+    elif cfg.calibration_blocks == 0:
+        if cfg.rounding in ("importance", "gptq"):
+            raise LmcError(f"--rounding {cfg.rounding} weighs the rounding by calibration blocks: drop "
+                           "--calibration-blocks 0 (or use --rounding plain)")
+        method = "plain"
+    else:
+        method = DEFAULT_ROUNDING[cfg.precision] if cfg.rounding == "auto" else cfg.rounding
+    if method == "plain" and cfg.calibration_blocks:
+        raise LmcError(f"--calibration-blocks applies to --rounding importance or gptq; --precision {cfg.precision} "
+                       "rounds plainly here (add --rounding importance or gptq)")
+    return method
+
+
+def calibration_blocks(cfg: ExportConfig) -> int:
+    """--calibration-blocks, else CALIBRATION_BLOCKS."""
+    return CALIBRATION_BLOCKS if cfg.calibration_blocks is None else cfg.calibration_blocks
 
 
 def rounding_importance(cfg: ExportConfig, model, train_blocks, collate) -> dict | None:
@@ -130,7 +146,7 @@ def rounding_importance(cfg: ExportConfig, model, train_blocks, collate) -> dict
     validation blocks the file is scored on): llama.cpp's importance matrix, or the inputs' second moments for GPTQ;
     None: plain rounding."""
     method = rounding_method(cfg)
-    blocks = train_blocks[:cfg.calibration_blocks]
+    blocks = train_blocks[:calibration_blocks(cfg)]
     if method == "plain" or not blocks:
         return None
     log.info("4-bit rounding (%s) weighted by the activations of %d training blocks", method, len(blocks))
@@ -148,13 +164,14 @@ def rounding_record(tensor_types: dict[str, int], cfg: ExportConfig, train_block
         return {"rounding": "plain"}
     (method, tensors), = rounded.items()
     return {"rounding": method, "rounded_tensors": tensors,
-            "calibration_blocks": min(cfg.calibration_blocks, train_blocks)}
+            "calibration_blocks": min(calibration_blocks(cfg), train_blocks)}
 
 
 def export_gguf(cfg: ExportConfig) -> dict[str, Any]:
     run = RunDir(cfg.out)
     run.check(cfg.overwrite, None)
     source, manifest = _source(cfg)
+    rounding_method(cfg)  # contradicting rounding options stop before any slow work
     pcfg, tokenizer, data, corpus_source = run_validation_set(source)
     model = AutoModelForCausalLM.from_pretrained(str(source), local_files_only=True).eval()
     tolerance = cfg.tolerance or GGUF_TOLERANCE[cfg.precision]
