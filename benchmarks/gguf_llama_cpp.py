@@ -40,8 +40,9 @@ def _file_row(model: str, precision: str, folder: Path, wall: float | None) -> d
             "export_wall_s": wall, "llama_cpp_version": validation["llama_cpp"]["version"]}
 
 
-def _speed(runs: dict[str, Path], files: dict[str, Path], rounds: int) -> dict:
-    """Every GGUF file in llama.cpp and every checkpoint in PyTorch, timed in the same interleaved rounds."""
+def _speed(runs: dict[str, Path], files: dict[str, Path], rounds: int, pytorch: bool = True) -> dict:
+    """Every GGUF file in llama.cpp and (with `pytorch`) every checkpoint in PyTorch, timed in the same interleaved
+    rounds; the prompt comes from the first run's validation blocks."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -52,7 +53,7 @@ def _speed(runs: dict[str, Path], files: dict[str, Path], rounds: int) -> dict:
     _, _, data, _ = run_validation_set(next(iter(runs.values())))
     prompt = generation_prompt(data)
     models: dict = {f"{name} PyTorch fp32": AutoModelForCausalLM.from_pretrained(folder).eval()
-                    for name, folder in runs.items()}
+                    for name, folder in runs.items() if pytorch}
     timers: dict[str, list] = {f"{name} llama.cpp": [] for name in files}
     for name, path in files.items():
         models[f"{name} llama.cpp"] = llama_cpp.generator(
