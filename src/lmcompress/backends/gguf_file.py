@@ -24,6 +24,7 @@ from ..errors import LmcError
 from .gguf_quants import quantize_q4_0, quantize_q4_0_gptq
 
 GGUF_FILE = "model.gguf"
+ROUNDED_COUNTS = {"importance": "Q4_0 importance-weighted", "gptq": "Q4_0 GPTQ"}  # write_gguf's count of each rounding
 GGUF_ARCHITECTURES = {"llama": "LLAMA", "mistral": "LLAMA"}  # model_type -> gguf MODEL_ARCH (one arch "llama")
 TOKEN_NORMAL, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED = 1, 3, 4, 5  # gguf TokenType values
 
@@ -185,7 +186,7 @@ def write_gguf(model, tokenizer, path: Path, precision: str, name: str, pre: str
             quantized = quantize_q4_0_gptq(array, importance[hf_name]) if gptq else quantize_q4_0(
                 array, importance[hf_name])
             writer.add_tensor(gguf_name, quantized, raw_dtype=kind)
-            label = "Q4_0 GPTQ" if gptq else "Q4_0 importance-weighted"
+            label = ROUNDED_COUNTS["gptq" if gptq else "importance"]
             counts[label] = counts.get(label, 0) + 1
         else:  # block-quantised bytes; the writer derives the logical shape from them
             writer.add_tensor(gguf_name, gguf.quants.quantize(array, kind), raw_dtype=kind)

@@ -34,12 +34,14 @@ def _fit(blocks: np.ndarray, weights: np.ndarray, levels: np.ndarray) -> tuple[n
     return scale, sum_lx
 
 
-def _row_weights(x: np.ndarray, column_importance: np.ndarray | None) -> np.ndarray:
+def _row_weights(x: np.ndarray, column_importance: np.ndarray | None, sigma2: np.ndarray | None = None) -> np.ndarray:
     """Each weight's count in the scale search: its square without importance (make_qx_quants' own rule), else its
-    column's importance times sqrt(sigma^2 + w^2), sigma^2 the mean square of its row (llama.cpp)."""
+    column's importance times sqrt(sigma^2 + w^2), sigma^2 the mean square of its row (llama.cpp; `sigma2` [rows, 1]
+    when `x` is a slice of the rows)."""
     if column_importance is None:
         return x * x
-    sigma2 = (x * x).mean(-1, keepdims=True)  # per row, as llama.cpp: sum of x^2 over the row / its length
+    if sigma2 is None:
+        sigma2 = (x * x).mean(-1, keepdims=True)  # per row, as llama.cpp: sum of x^2 over the row / its length
     return column_importance.astype(np.float32)[None, :] * np.sqrt(sigma2 + x * x)
 
 
@@ -97,7 +99,7 @@ def quantize_q4_0_gptq(matrix: np.ndarray, moment: np.ndarray, damping: float = 
     hessian += damping * torch.diag(hessian).mean() * torch.eye(columns, dtype=torch.float64)
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hessian)), upper=True)
     importance = np.diag(moment).astype(np.float32)
-    sigma2 = (matrix.astype(np.float32) ** 2).mean(-1, keepdims=True)  # of the original rows, as _row_weights
+    sigma2 = (matrix.astype(np.float32) ** 2).mean(-1, keepdims=True)  # of the original whole rows
     levels = np.zeros((rows, columns), dtype=np.float32)
     scales = np.zeros((rows, columns // BLOCK), dtype=np.float32)
     for start in range(0, columns, chunk):  # chunk: a multiple of BLOCK, so a block never straddles two chunks
@@ -108,7 +110,7 @@ def quantize_q4_0_gptq(matrix: np.ndarray, moment: np.ndarray, damping: float = 
             column = start + i
             if column % BLOCK == 0:
                 block = part[:, i:i + BLOCK].numpy().astype(np.float32)
-                block_weights = importance[None, column:column + BLOCK] * np.sqrt(sigma2 + block * block)
+                block_weights = _row_weights(block, importance[column:column + BLOCK], sigma2)
                 scale = _search(block, block_weights)[1][:, 0].astype(np.float16).astype(np.float64)
                 scales[:, column // BLOCK] = scale
                 divisor = torch.tensor(np.where(scale == 0, 1.0, scale))

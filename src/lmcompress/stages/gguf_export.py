@@ -154,12 +154,10 @@ def rounding_importance(cfg: ExportConfig, model, train_blocks, collate) -> dict
                                          full=method == "gptq")
 
 
-ROUNDING_COUNTS = {"Q4_0 importance-weighted": "importance", "Q4_0 GPTQ": "gptq"}  # write_gguf's counts -> method
-
-
 def rounding_record(tensor_types: dict[str, int], cfg: ExportConfig, train_blocks: int) -> dict[str, Any]:
     """How the file's Q4_0 blocks were rounded, by what write_gguf did (a file without Q4_0 matrices: plain)."""
-    rounded = {method: tensor_types.pop(label) for label, method in ROUNDING_COUNTS.items() if label in tensor_types}
+    rounded = {method: tensor_types.pop(label) for method, label in gguf_file.ROUNDED_COUNTS.items()
+               if label in tensor_types}
     if not rounded:
         return {"rounding": "plain"}
     (method, tensors), = rounded.items()
