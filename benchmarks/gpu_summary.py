@@ -15,6 +15,15 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _auto(report: Path) -> dict | None:
+    """The search's verdict and its report's line saying where each model trained and where it was timed."""
+    raw = read_json(report / "report.json")
+    if raw is None:
+        return None
+    where = [line for line in (report / "report.md").read_text().splitlines() if line.startswith("Where: ")]
+    return {"verdict": raw["auto"]["verdict"], "where": where[0] if where else None}
+
+
 def main() -> None:
     work, out = Path(sys.argv[1]), Path(sys.argv[2])
     steps = {}
@@ -32,6 +41,7 @@ def main() -> None:
         "nccl_seen_in_log": "NCCL INFO" in log,
         "cuda_latency": read_json(out / "cuda_latency.json"),
         "compare": read_json(out / "compare_report.json"),
+        "auto": _auto(work / "auto" / "report"),
         "nvidia_smi": subprocess.run(["nvidia-smi", "-q", "-d", "MEMORY"], capture_output=True, text=True).stdout[-800:],
     }
     (out / "gpu_check.json").write_text(json.dumps(summary, indent=1))
@@ -51,6 +61,8 @@ def main() -> None:
             ms, sp = row["ms"], row["speedup_vs_reference_fp32"]
             lines.append(f"| {Path(row['run']).name} | {row['precision']} | {row['batch']} | "
                          f"{ms['median']:.3f} ({ms['q1']:.3f}-{ms['q3']:.3f}) | {sp['median']:.2f}x |")
+    if summary["auto"]:
+        lines += ["", f"auto: {summary['auto']['verdict']}", "", str(summary["auto"]["where"])]
     lines += ["", f"NCCL initialised in the torchrun step: {summary['nccl_seen_in_log']}"]
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

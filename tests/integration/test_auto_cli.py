@@ -77,6 +77,25 @@ def test_auto_hands_back_a_report_with_the_chosen_row_and_the_model(auto_run):
     assert events[0] == "measured" and events[-1] == "chosen" and "trained" in events
 
 
+def test_the_report_says_where_each_model_trained_and_that_every_timing_ran_on_the_cpu(auto_run, tiny_teacher_run):
+    from lmcompress.training.loop import resolve_precision
+
+    precision = {"no": "fp32"}.get(resolve_precision("auto"), "bf16")  # what this machine's default autocast is
+    teacher = json.loads((tiny_teacher_run / "lmcompress.json").read_text())["train"]
+    assert (teacher["device"], teacher["precision"]) == ("cpu", precision)
+    where = next(line for line in (auto_run / "report" / "report.md").read_text().splitlines()
+                 if line.startswith("Where: "))
+    assert f"the teacher was trained on cpu, {precision}" in where
+    search = json.loads((auto_run / "report" / "report.json").read_text())["auto"]
+    students = [c for c in search["candidates"] if c["trained"]]
+    assert any(c["shape"] == "static" for c in students)  # always trained: a fit of its own on the teacher's logits
+    for c in students:
+        train = json.loads((Path(c["folder"]) / "student" / "lmcompress.json").read_text())["train"]
+        assert (train["device"], train["precision"]) == ("cpu", precision) and c["name"] in where
+    assert f"trained (with the teacher's passes) on cpu, {precision}" in where
+    assert where.endswith(").") and "Every timing ran on the CPU (" in where
+
+
 def test_auto_labels_the_augment_text_it_has_time_for_and_says_how_many_rows_each_student_saw(auto_run):
     report = json.loads((auto_run / "report" / "report.json").read_text())
     rows = report["auto"]["rows"]
@@ -212,6 +231,7 @@ def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_tea
 
     # the donor trains first (else the toy's cut may meet the target first, and the slower donor is not trained)
     monkeypatch.setattr("lmcompress.search.run._training_order", lambda c: 0 if c.shape.origin else 1)
+    _static_student_misses(monkeypatch)
 
     donor = own_vocab_encoder
     out = tmp_path / "search"
@@ -231,9 +251,20 @@ def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_tea
     assert {s["name"] for s in shapes["shapes"] if s["origin"]} == {"donor-L1-H32-A4-F128", "donor-L2-H32-A4-F128"}
 
 
-def test_an_albert_teacher_is_searched_over_its_depth_and_width(sentiment_csv, tiny_tokenizer_dir, tmp_path, capsys):
+def _static_student_misses(monkeypatch) -> None:
+    """The toy static student, made before any screening, may keep the retention and so end a search before its
+    transformer candidates are screened: these tests are about those candidates, so it is made to miss."""
+    from lmcompress.search.state import Search
+
+    meets = Search.meets_target
+    monkeypatch.setattr(Search, "meets_target", lambda self, c: not c.shape.static and meets(self, c))
+
+
+def test_an_albert_teacher_is_searched_over_its_depth_and_width(sentiment_csv, tiny_tokenizer_dir, tmp_path, capsys,
+                                                               monkeypatch):
     """ALBERT shares one layer across depth: its students are the shared layer applied fewer times, narrowed or not
     (once for every pass), cut by `prune --recovery none` like any narrowable family and then distilled."""
+    _static_student_misses(monkeypatch)
     teacher = tmp_path / "albert-teacher"
     code, _, err = run_cli(["finetune", "--model", "albert-2l-32h-4a", "--tokenizer", str(tiny_tokenizer_dir),
                             "--data", str(sentiment_csv), "--out", str(teacher), "--epochs", "2", "--batch-size", "16",

@@ -261,7 +261,7 @@ def test_rounds_go_only_to_candidates_measured_fast_enough_as_trained(tmp_path):
 
 
 def test_time_estimates_are_functions_of_the_search_and_the_candidate_alone(tmp_path):
-    from lmcompress.search.run import QUANTIZE_ESTIMATE_S, STATIC_ESTIMATE_S, estimate_s, round_estimate_s
+    from lmcompress.search.run import QUANTIZE_ESTIMATE_S, STATIC_EPOCHS, STATIC_PACE, estimate_s, round_estimate_s
 
     search = _search_with(tmp_path, [], ScriptedExecutor({}))
     search.teacher_ms = 64.0
@@ -279,7 +279,12 @@ def test_time_estimates_are_functions_of_the_search_and_the_candidate_alone(tmp_
     assert estimate_s(search, c) == QUANTIZE_ESTIMATE_S  # the teacher's own int8
     static = _trained(tmp_path, "static", 0, 0.9)
     static.shape = Shape(0, 0, 256, 0, static=True)
-    assert estimate_s(search, static) == STATIC_ESTIMATE_S
+    # the static student: the teacher's pass over its 3,200-token vocabulary (3 tokens each: 150 rows of 64 tokens)
+    # and over the 1000 training rows, 1150 / 32 batches of 64 ms, then 10 epochs of its head, with 20% slack
+    search.teacher_config, search.data = SimpleNamespace(vocab_size=3200), SimpleNamespace(max_length=64)
+    assert estimate_s(search, static) == pytest.approx(1.2 * (2.3 + STATIC_EPOCHS * 1000 / STATIC_PACE))
+    search.train_rows = 100  # a small task's static student is quicker
+    assert estimate_s(search, static) == pytest.approx(1.2 * (0.5 + STATIC_EPOCHS * 100 / STATIC_PACE))
 
 
 def test_a_candidate_whose_estimate_exceeds_the_time_left_is_closed_untrained(tmp_path, monkeypatch):
@@ -400,3 +405,35 @@ def test_the_report_says_what_the_students_learnt_from_beside_the_labelled_rows(
     assert "--augment-spans 0" in line(spans=0) and "--augment-spans 0" in line(task="regression")
     assert "--augment-spans 0" in line(pair=["b"])  # pairs of texts get no spans
     assert "5 words" in line()  # spans asked for, but no text long enough
+
+
+@pytest.mark.parametrize("static_retention", [0.98, 0.90], ids=["static-meets-the-target", "static-misses-it"])
+def test_the_static_student_is_made_before_any_screening_and_ends_the_search_when_it_meets_the_target(
+        tmp_path, monkeypatch, static_retention):
+    from lmcompress.search import run
+    from lmcompress.search.state import Candidate, Status
+
+    static = Candidate(Shape(0, 0, 256, 0, static=True), "fp32", {"speedup": 300.0, "latency_ms": 1.0},
+                       tmp_path / "static")
+    cut = Candidate(Shape(2, 2, 16, 32), "fp32", {"speedup": 12.0, "latency_ms": 8.0}, tmp_path / "cut")
+    executor = ScriptedExecutor({("static", 1): static_retention, ("cut", 1): 0.95})
+    monkeypatch.setattr(run, "_retime", lambda search, c: {"speedup": c.predicted["speedup"], "latency_ms": 1.0})
+    search = _search_with(tmp_path, [cut, static], executor)
+    search.data, search.family = DataConfig(data="reviews.csv"), SimpleNamespace(can_narrow=False)  # for the steps
+    search.cfg.screen_rows, search.cfg.learning_rate, search.cfg.augment = 500, 1e-4, None
+    search.teacher_validation, search.metric = 0.8, "accuracy"
+    search.teacher_config, search.teacher_ms = SimpleNamespace(vocab_size=3200), 64.0  # for the static's estimate
+    run._train(search, unscreened_only=True)
+    assert executor.made_steps == [("static", 1, ["student", "validation"])]  # the cut waits for its screen
+    assert cut.status is Status.PLANNED
+    run._screen(search)
+    if static_retention >= 0.97:  # nothing slower is worth a screen: the fastest candidate of all met the target
+        assert static.status is Status.MET and cut.status is Status.CLOSED
+        assert cut.reason == "not screened: a faster candidate already met the target"
+        assert len(executor.made_steps) == 1
+    else:
+        assert static.status is Status.TRAINED and cut.status is Status.SCREENED
+        assert executor.made_steps[1] == ("cut", 1, ["screen"])
+        assert search.candidates == [static, cut]  # the trained one stays first in the report's table
+        run._train(search)  # the static student is not made again
+        assert [name for name, _, _ in executor.made_steps] == ["static", "cut", "cut"]

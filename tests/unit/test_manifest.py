@@ -29,10 +29,11 @@ EMBEDDINGS = {"stage": "distill-embeddings", "parent": "minilm-l6", "config": {}
                                                                 "best_epoch": None, "history": []},
               "versions": {}, "created": "2026-01-01T00:00:00+00:00"}
 REGRESSION = PRUNED | {"stage": "finetune", "task": {"type": "regression", "labels": None, "has_pair": True}}
+ON_GPU = PRUNED | {"train": PRUNED["train"] | {"device": "cuda (NVIDIA H200)", "precision": "bf16"}}
 
 
-@pytest.mark.parametrize("raw", [PRUNED, CAUSAL, EMBEDDINGS, REGRESSION],
-                         ids=["prune", "prune-lm", "distill-embeddings", "regression"])
+@pytest.mark.parametrize("raw", [PRUNED, CAUSAL, EMBEDDINGS, REGRESSION, ON_GPU],
+                         ids=["prune", "prune-lm", "distill-embeddings", "regression", "trained-on-a-gpu"])
 def test_a_written_manifest_reads_back_to_the_same_json(raw, tmp_path):
     (tmp_path / "lmcompress.json").write_text(json.dumps(raw))
     manifest = read_manifest(tmp_path)

@@ -69,12 +69,14 @@ class TrainingRecord:
     history: list[dict[str, Any]] = field(default_factory=list)
     tokens_per_s: float | None = None  # language-model stages
     start: dict[str, float] | None = None  # distillation: the validation scores of the weights it started from
+    device: str | None = None  # where it trained (None: recorded before the field existed)
+    precision: str | None = None
 
     @classmethod
     def of(cls, result, **extra: Any) -> TrainingRecord:
         return cls(steps=result.steps, wall_time_s=round(result.wall_time_s, 1),
                    examples_per_s=round(result.examples_per_s, 1), best_epoch=result.state.best_epoch,
-                   history=result.state.history, **extra)
+                   history=result.state.history, device=result.device, precision=result.precision, **extra)
 
 
 @dataclass
@@ -142,7 +144,7 @@ class Manifest:
             out["pruning"] = self.pruning.to_json()
         if self.train is not None:
             out["train"] = {k: v for k, v in dataclasses.asdict(self.train).items()
-                            if v is not None or k not in ("tokens_per_s", "start")}
+                            if v is not None or k not in ("tokens_per_s", "start", "device", "precision")}
         out |= self.records
         out |= {"versions": self.versions, "created": self.created}
         if self.complete:

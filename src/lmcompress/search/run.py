@@ -62,7 +62,11 @@ AUGMENT_SHARE = 0.5  # of the time left after screening, what the first round of
 REPORT_RESERVE_S = 180.0  # kept back from the budget for the final report
 SHAPES_FILE = "shapes.json"
 REQUEST_FILE = "request.json"
-STATIC_ESTIMATE_S = 480.0  # model2vec's table + 10 epochs of a head + scoring: 500 s on rotten-tomatoes (busy CPU)
+# the static student: model2vec's table (every vocabulary token, about 3 tokens long, through the teacher) and the
+# teacher's pass over the training rows, both at the teacher's timed pace, then STATIC_EPOCHS of a linear head at
+# STATIC_PACE rows/s (debates-2016 on the EPYC-AVX2: 95 s in all, the head at 900 rows/s)
+STATIC_TABLE_TOKENS = 3
+STATIC_PACE = 500.0
 QUANTIZE_ESTIMATE_S = 120.0
 # options that change what a candidate's steps make: a re-run with other values would mix old and new models
 REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "augment_spans", "screen_rows", "epochs",
@@ -99,6 +103,7 @@ def _search(search: Search, teacher, task_data, started: float) -> dict[str, Any
                                                                  search.root / "teacher-validation")
     if not search.teacher_validation:
         raise LmcError(f"the teacher scores {search.metric} 0 on the validation rows: there is nothing to retain")
+    _train(search, unscreened_only=True)  # the static student and the teacher's int8: minutes, and often enough
     _screen(search)
     plan_augmentation(search)
     _train(search)
@@ -381,10 +386,14 @@ def pace(training: TrainingRecord | None) -> float:
 def _screen(search: Search) -> None:
     """A short distillation of every shortlisted shape -> candidates ordered by validation retention, best first.
     The static student and the teacher's int8 have no screening: they are cheap to make in full, and go first."""
+    met = _fastest_met(search)
     for i, c in enumerate(search.candidates, start=1):
-        names = [s["name"] for s in _steps(search, c)]
-        if "screen" not in names:
+        if not _needs_screen(search, c) or c.status is Status.CLOSED:
             continue
+        if met is not None and c.predicted["speedup"] <= met:
+            c.close("not screened: a faster candidate already met the target")
+            continue
+        names = [s["name"] for s in _steps(search, c)]
         if not search.executor.made(search, c, "screen"):
             if search.left_s() < REPORT_RESERVE_S:
                 c.close("not screened: time budget spent")
@@ -406,8 +415,21 @@ def _screen(search: Search) -> None:
     search.candidates.sort(key=_training_order)
 
 
+def _needs_screen(search: Search, c: Candidate) -> bool:
+    """Whether `c` is screened before being trained: the static student and the teacher's own int8 are not."""
+    return not (c.shape.static or c.shape == search.teacher_shape)
+
+
+def _fastest_met(search: Search) -> float | None:
+    """The predicted speedup of the fastest candidate that met the target so far (None: none did)."""
+    return max((c.predicted["speedup"] for c in search.candidates if c.status is Status.MET), default=None)
+
+
 def _training_order(c: Candidate) -> float:
-    """Cheap candidates without screening first, then best screened first; closed ones (failed, out of time) last."""
+    """Cheap candidates without screening first (already trained, then not), then best screened first; closed ones
+    (failed, out of time) last."""
+    if c.status is Status.TRAINED or c.status is Status.MET:
+        return -3.0
     if c.status is Status.PLANNED or c.status is Status.SCREENED and c.screen_score is None:
         return -2.0
     return -(c.screen_score or -1.0) if c.status is Status.SCREENED else 1.0
@@ -452,10 +474,18 @@ def estimate_s(search: Search, c: Candidate) -> float:
     """Seconds to make `c` in full: its screening run's pace (examples per second) over the training rows, plus
     the teacher's pass over them (its timed batch latency)."""
     if c.shape.static:
-        return STATIC_ESTIMATE_S
+        return _static_s(search)
     if c.shape == search.teacher_shape:
         return QUANTIZE_ESTIMATE_S
     return _training_s(search, search.rows_seen, c.pace) + _teacher_s(search, search.rows_seen) + QUANTIZE_ESTIMATE_S
+
+
+def _static_s(search: Search) -> float:
+    """Seconds to make the static student, with 20% slack (it once cost a fixed 8 minutes, more than a small task's
+    static student takes in all and enough to leave it untrained at the end of a budget)."""
+    table_rows = search.teacher_config.vocab_size * STATIC_TABLE_TOKENS / search.data.max_length
+    teacher_s = _teacher_s(search, table_rows + search.train_rows)
+    return 1.2 * (teacher_s + STATIC_EPOCHS * search.train_rows / STATIC_PACE)
 
 
 def round_estimate_s(search: Search, c: Candidate) -> float:
@@ -492,7 +522,7 @@ def plan_augmentation(search: Search) -> None:
     if not search.augment_available:
         return
     path = search.root / AUGMENT_FILE
-    if path.is_file() and any(_student_started(c) for c in search.candidates):
+    if path.is_file() and any(_student_started(c) for c in search.candidates if _needs_screen(search, c)):
         search.augment_rows = min(json.loads(path.read_text(encoding="utf-8"))["rows"], search.augment_available)
         return
     paces = [c.pace for c in search.candidates if c.status is Status.SCREENED]  # transformer students
@@ -513,11 +543,15 @@ def _student_started(c: Candidate) -> bool:
     return (c.folder / "student").exists() or (c.folder / ".student.partial").exists()
 
 
-def _train(search: Search) -> None:
-    """Train candidates best-screened first; once one keeps the retention on validation, only faster ones follow."""
-    fastest_met: float | None = None
+def _train(search: Search, unscreened_only: bool = False) -> None:
+    """Train candidates in order (the unscreened ones, then best-screened first); once one keeps the retention on
+    validation, only faster ones follow. `unscreened_only`: the static student and the teacher's int8 alone, made
+    before any screening (they take minutes, the static student is the fastest of all, and it has met targets alone)."""
+    fastest_met = _fastest_met(search)
     for i, c in enumerate(search.candidates, start=1):
-        if c.status is Status.CLOSED:  # failed, or not screened
+        if c.status in (Status.CLOSED, Status.TRAINED, Status.MET):  # failed, not screened, or made already
+            continue
+        if unscreened_only and _needs_screen(search, c):
             continue
         if fastest_met is not None and c.predicted["speedup"] <= fastest_met:
             c.close("not trained: a faster candidate already met the target")

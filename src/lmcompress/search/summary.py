@@ -9,9 +9,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..console import console
+from ..machine import processor
 from ..report import use_commands
 from ..runs.files import replace_folder, write_json_atomic
+from ..runs.manifest import TrainingRecord, read_manifest
 from .state import Candidate, Search
 
 log = logging.getLogger("lmcompress")
@@ -61,7 +65,7 @@ def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dic
              f"Target: retention >= {search.cfg.min_retention:.0%} on the validation rows (the search decides on "
              f"them; the table above reports the test rows), speed {search.target.describe()} at batch {size} as "
              f"measured in this report. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
-             _augmentation_line(search), "",
+             _augmentation_line(search), "", _where_line(search), "",
              "Use it:", "", "```bash", *use_commands(search.root / "best"), "```", "",
              "| candidate | origin | params | predicted speedup | measured as trained | start (validation) "
              "| screen retention (validation) | validation retention | rows with teacher outputs | trained (rounds) "
@@ -105,6 +109,29 @@ def _augmentation_line(search: Search) -> str:
     if search.task != "classification" or search.sample[1] is not None or search.cfg.augment_spans == 0:
         return f"{labelled} only (no extra texts: --augment-spans 0, or a task whose rows are not single texts)."
     return f"{labelled} only (no labelled text has the 5 words a word span needs)."
+
+
+def _place(training: TrainingRecord | None) -> str | None:
+    if training is None or training.device is None:  # a plain folder, or recorded before devices were
+        return None
+    return f"{training.device}, {training.precision}"
+
+
+def _where_line(search: Search) -> str:
+    """Where the work a GPU speeds up ran (fine-tuning, the teacher's passes, distillation: on CUDA when there is
+    one) and where every timing ran (the CPU threads of this machine, the serving side, whatever trained)."""
+    students: dict[str, list[str]] = {}
+    for c in (c for c in search.candidates if c.trained and c.shape != search.teacher_shape):
+        place = _place(search.executor.training(search, c, "student"))
+        if place:
+            students.setdefault(place, []).append(c.name)
+    teacher = _place(read_manifest(search.teacher_dir).train)
+    parts = [f"the teacher was trained on {teacher}"] if teacher else []
+    parts += [f"{', '.join(names)} trained (with the teacher's passes) on {place}"
+              for place, names in students.items()]
+    threads = search.cfg.threads or torch.get_num_threads()
+    return (f"Where: {'; '.join(parts) or 'no training recorded its device'}. Every timing ran on the CPU "
+            f"({threads} threads, {processor()}).")
 
 
 def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[dict[str, Any]],

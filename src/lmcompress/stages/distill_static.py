@@ -75,7 +75,8 @@ def static_student(teacher, tokenizer, spec: StaticSpec, num_labels: int, head_c
         log.info("dim=%d is wider than the teacher (%d): the table keeps %d dimensions", spec.dim, width, dim)
     log.info("building the static table: every vocabulary token through the teacher, PCA to %d (model2vec)", dim)
     try:
-        static = distill_from_model(teacher.base_model, tokenizer, pca_dims=dim, quantize_to="float32", device="cpu")
+        static = distill_from_model(teacher.base_model, tokenizer, pca_dims=dim, quantize_to="float32",
+                                    device="cuda" if torch.cuda.is_available() else "cpu")
     except (ValueError, RuntimeError, TypeError) as exc:
         raise LmcError(f"model2vec could not distil this teacher into a static table: {exc}") from None
     table = torch.from_numpy(static.embedding).float()
@@ -116,8 +117,10 @@ def distill_static(cfg: DistillConfig, run, request: dict[str, Any], teacher, te
         max_len = data_cfg.max_length
         train_rows = task_data.splits["train"]
         log.info("teacher pass over %d training rows (its logits serve every epoch)", len(train_rows))
+        teacher.to("cuda" if torch.cuda.is_available() else "cpu")  # where the student's fit runs too
         teacher_logits, _ = predict(teacher, tokenize_frame(train_rows, tokenizer, max_len), collator(tokenizer),
                                     cfg.train.eval_batch_size)
+        teacher.cpu()
         train_set = tokenize_frame(train_rows, student_tokenizer, max_len).add_column(
             "teacher_logits", teacher_logits.tolist())
 

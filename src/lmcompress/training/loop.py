@@ -49,6 +49,8 @@ class FitResult:
     steps: int
     wall_time_s: float
     examples_per_s: float
+    device: str = "cpu"  # where it ran (the teacher's passes of a distillation too): `cpu`, `cuda (NVIDIA H200)`
+    precision: str = "fp32"  # its autocast: fp32, bf16, fp16
 
     def kept_scores(self, monitor: str, higher_is_better: bool, keep_best: bool) -> dict[str, float]:
         """The validation scores of the weights fit returned (the best evaluation's, or the last), from the history:
@@ -69,6 +71,11 @@ def resolve_precision(precision: str) -> str:
     if precision == "fp16" and not cuda:
         raise LmcError("--precision fp16 needs a GPU; use bf16 or fp32 on CPU")
     return {"fp32": "no"}.get(precision, precision)
+
+
+def device_name(device: torch.device) -> str:
+    """Where training ran, for the records: `cpu`, or `cuda (NVIDIA H200)`."""
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -354,4 +361,6 @@ def fit(model: torch.nn.Module, train_data: Dataset, collate: Callable, cfg: Tra
     if cfg.keep_best and evaluate_fn is not None and best.is_file():
         load_model(loop.unwrapped, str(best))
     return FitResult(state=loop.state, steps=loop.state.global_step, wall_time_s=time.perf_counter() - loop.started,
-                     examples_per_s=loop.examples_seen / max(1e-9, time.perf_counter() - loop.session_start))
+                     examples_per_s=loop.examples_seen / max(1e-9, time.perf_counter() - loop.session_start),
+                     device=device_name(accelerator.device),
+                     precision={"no": "fp32"}.get(accelerator.mixed_precision, accelerator.mixed_precision))
