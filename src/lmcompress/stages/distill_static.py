@@ -26,7 +26,7 @@ from ..errors import LmcError
 from ..runkinds.task import finish_run, predict, score_split
 from ..scores import MAIN_METRIC
 from ..models.static import StaticClassifier
-from ..distributed import num_processes
+from ..distributed import num_processes, process_state
 from ..runs.manifest import run_manifest
 from ..training import fit
 from ..distillation import losses
@@ -76,9 +76,11 @@ def static_student(teacher, tokenizer, spec: StaticSpec, num_labels: int, head_c
     log.info("building the static table: every vocabulary token through the teacher, PCA to %d (model2vec)", dim)
     try:
         static = distill_from_model(teacher.base_model, tokenizer, pca_dims=dim, quantize_to="float32",
-                                    device="cuda" if torch.cuda.is_available() else "cpu")
+                                    device=str(process_state().device))
     except (ValueError, RuntimeError, TypeError) as exc:
         raise LmcError(f"model2vec could not distil this teacher into a static table: {exc}") from None
+    finally:
+        teacher.cpu()  # model2vec leaves the encoder on its device
     table = torch.from_numpy(static.embedding).float()
     if static.weights is not None:
         table = table * torch.from_numpy(static.weights).float().unsqueeze(-1)
@@ -117,10 +119,12 @@ def distill_static(cfg: DistillConfig, run, request: dict[str, Any], teacher, te
         max_len = data_cfg.max_length
         train_rows = task_data.splits["train"]
         log.info("teacher pass over %d training rows (its logits serve every epoch)", len(train_rows))
-        teacher.to("cuda" if torch.cuda.is_available() else "cpu")  # where the student's fit runs too
-        teacher_logits, _ = predict(teacher, tokenize_frame(train_rows, tokenizer, max_len), collator(tokenizer),
-                                    cfg.train.eval_batch_size)
-        teacher.cpu()
+        teacher.to(process_state().device)  # where the student's fit runs too (a GPU when there is one)
+        try:
+            teacher_logits, _ = predict(teacher, tokenize_frame(train_rows, tokenizer, max_len), collator(tokenizer),
+                                        cfg.train.eval_batch_size)
+        finally:
+            teacher.cpu()
         train_set = tokenize_frame(train_rows, student_tokenizer, max_len).add_column(
             "teacher_logits", teacher_logits.tolist())
 
