@@ -439,24 +439,3 @@ def test_the_static_student_is_made_before_any_screening_and_ends_the_search_whe
         run._train(search)  # the static student is not made again
         assert [name for name, _, _ in executor.made_steps] == ["static", "cut", "cut"]
 
-
-def test_on_a_large_task_the_static_student_waits_for_the_screens(tmp_path, monkeypatch):
-    from lmcompress.search import run
-    from lmcompress.search.state import Candidate, Status
-
-    static = Candidate(Shape(0, 0, 256, 0, static=True), "fp32", {"speedup": 300.0, "latency_ms": 1.0},
-                       tmp_path / "static")
-    teacher_int8 = Candidate(Shape(6, 12, 384, 1536), "onnx-int8", {"speedup": 3.0, "latency_ms": 30.0},
-                             tmp_path / "teacher-int8")
-    executor = ScriptedExecutor({("static", 1): 0.9, ("teacher-int8", 1): 0.99})
-    monkeypatch.setattr(run, "_retime", lambda search, c: {"speedup": c.predicted["speedup"], "latency_ms": 1.0})
-    search = _search_with(tmp_path, [teacher_int8, static], executor, left_s=run.REPORT_RESERVE_S + 3600)
-    search.data, search.family = DataConfig(data="reviews.csv"), SimpleNamespace(can_narrow=False)
-    search.teacher_config, search.teacher_ms, search.metric = SimpleNamespace(vocab_size=3200), 64.0, "accuracy"
-    search.train_rows = 100_000  # 10 epochs of its head: 2,000 s, over a quarter of the hour left
-    run._train(search, unscreened_only=True)
-    assert [name for name, _, _ in executor.made_steps] == ["teacher-int8"] and static.status is Status.PLANNED
-    run._screen(search)
-    assert search.candidates[0] is teacher_int8 and search.candidates[1] is static  # made, then first of the rest
-    run._train(search)
-    assert [name for name, _, _ in executor.made_steps] == ["teacher-int8", "static"]

@@ -3,7 +3,7 @@
 1. Measure (minutes): every shape of a grid cut from the teacher, with random weights, timed beside the teacher on
    this machine and backend, fp32 and int8 (shapes.py). Shapes that meet the speed target with a margin remain.
 2. The static student first (and the teacher's own int8): minutes each, no screening; when the static student keeps
-   the retention, nothing slower is screened or trained (on a large task it waits for the screens instead).
+   the retention, nothing slower is screened or trained.
    Screen: the biggest remaining shape of each depth (the one most likely to keep the accuracy), cut from the
    teacher by pruning importance (`prune --recovery none`; evenly spaced layers for families that cannot be narrowed),
    then distilled for one epoch on a slice of the training rows; ranked by validation score.
@@ -69,7 +69,8 @@ REQUEST_FILE = "request.json"
 # STATIC_PACE rows/s (debates-2016 on the EPYC-AVX2: 95 s in all, the head at 900 rows/s)
 STATIC_TABLE_TOKENS = 3
 STATIC_PACE = 500.0
-STATIC_SHARE = 0.25  # of the time left, the most the static student takes before the screens
+# it goes before the screens whatever the task's size: its cost is about one teacher pass over the training rows,
+# which every transformer candidate pays too before its epochs, so a budget without room for it has none for them
 QUANTIZE_ESTIMATE_S = 120.0
 # options that change what a candidate's steps make: a re-run with other values would mix old and new models
 REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "augment_spans", "screen_rows", "epochs",
@@ -557,7 +558,7 @@ def _train(search: Search, unscreened_only: bool = False) -> None:
     for i, c in enumerate(order, start=1):
         if c.status in (Status.CLOSED, Status.TRAINED, Status.MET):  # failed, not screened, or made already
             continue
-        if unscreened_only and (_needs_screen(search, c) or _static_waits(search, c)):
+        if unscreened_only and _needs_screen(search, c):
             continue
         if fastest_met is not None and c.predicted["speedup"] <= fastest_met:
             c.close("not trained: a faster candidate already met the target")
@@ -584,14 +585,6 @@ def _train(search: Search, unscreened_only: bool = False) -> None:
         search.event("trained", **c.record())
         if c.status is Status.MET:
             fastest_met = max(fastest_met or 0.0, c.predicted["speedup"])
-
-
-def _static_waits(search: Search, c: Candidate) -> bool:
-    """Whether the static student waits for the screens: on a task large enough that it would take more than
-    STATIC_SHARE of the time left (it is then made with the others, first among them)."""
-    if not c.shape.static or search.executor.made(search, c, c.deploy.name):
-        return False
-    return _static_s(search) > STATIC_SHARE * (search.left_s() - REPORT_RESERVE_S)
 
 
 def _retime(search: Search, c: Candidate) -> dict[str, Any]:
