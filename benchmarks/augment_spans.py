@@ -5,15 +5,16 @@
         [--student FOLDER --hidden-weight 1 --int8 onnx-int8 --results NAME]  (another student, e.g. an `auto`
         candidate's pruned start OUT/candidates/SHAPE/init, with `auto`'s loss for a cut of the teacher)
 
-Every arm is `lmcompress distill --student minilm-l6` (or --student) from the teacher with `auto`'s options for a donor
-with its own tokenizer (4 epochs at 1e-4, logit KD T=4, alpha 0.5, batch 32), on every labelled row, then `quantize
---method openvino-int8` (or --int8: the runtime `auto` chose for this student) and `evaluate --split validation` of the int8 model. The
-arms differ only in the texts the teacher labels beside the labelled rows: none, or N word spans of every labelled
-text (`--augment-spans N`), and in `--pooled-weight` (the arms named by `--pooled-spans` also match the teacher's
-mean-pooled last hidden state through a learned projection, the one intermediate loss that works across the two
-tokenizers). The same architecture runs at the same speed, so no timing is needed to compare them.
+Every arm is `lmcompress distill --student minilm-l6` (or --student) from the teacher with `auto`'s options for a
+donor with its own tokenizer (4 epochs at 1e-4, logit KD T=4, alpha 0.5, batch 32), on every labelled row, then
+`quantize --method openvino-int8` (or --int8: the runtime `auto` chose for this student) and `evaluate --split
+validation` of the int8 model. The arms differ only in the texts the teacher labels beside the labelled rows: none, or
+N word spans of every labelled text (`--augment-spans N`), and in `--pooled-weight` (the arms named by
+`--pooled-spans` also match the teacher's mean-pooled last hidden state through a learned projection, the one
+intermediate loss that works across the two tokenizers). The same architecture runs at the same speed, so no timing is
+needed to compare them.
 Retention is against the teacher's own PyTorch fp32 scores. Writes benchmarks/results/raw/augment_spans.json and
-benchmarks/results/augment_spans.md, with the processor.
+benchmarks/results/augment_spans.md (NAME.json and NAME.md with --results), with the processor.
 """
 
 from __future__ import annotations

@@ -35,6 +35,11 @@ def processor() -> dict[str, object]:
     return {"model": model, "cores": usable_cores(), "isa": [f for f in ISA_FLAGS if f in flags]}
 
 
+def describe_processor(cpu: dict[str, object]) -> str:
+    """`processor()`'s record in words: `AMD EPYC (avx2)`."""
+    return f"{cpu.get('model')} ({', '.join(cpu.get('isa') or []) or 'no AVX2'})"
+
+
 def usable_cores() -> int:
     """The CPUs this process may run on (taskset, container cpusets), not every CPU the host has."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

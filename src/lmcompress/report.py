@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 
 from .console import console
+from .machine import describe_processor
 from .runs.manifest import LM_OBJECTIVES
 
 log = logging.getLogger("lmcompress")
@@ -78,7 +79,7 @@ def _setup_line(report: dict[str, Any]) -> str:
         rows = (f"validation examples: {data['examples']['validation']} of {data['source']} "
                 f"(fingerprint {data['validation_fingerprint']})")
     cpu = s.get("processor") or {}
-    where = f" on {cpu.get('model')} ({', '.join(cpu.get('isa') or []) or 'no AVX2'})" if cpu else ""
+    where = f" on {describe_processor(cpu)}" if cpu else ""
     how = ("models interleaved round by round, speedups within each round, interquartile range in brackets"
            if s.get("interleaved") else "all models in one process")
     if any(row.get("backends") for row in report["rows"]):

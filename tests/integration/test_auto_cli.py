@@ -95,7 +95,9 @@ def test_the_report_says_where_each_model_trained_and_that_every_timing_ran_on_t
         train = json.loads((Path(c["folder"]) / "student" / "lmcompress.json").read_text())["train"]
         assert (train["device"], train["precision"]) == (device, precision) and c["name"] in where
     assert f"trained (with the teacher's passes) on {device}, {precision}" in where
-    assert where.endswith(").") and "Every timing ran on the CPU (" in where
+    from lmcompress.machine import describe_processor, processor
+
+    assert where.endswith(f"threads, {describe_processor(processor())}).") and "Every timing ran on the CPU (" in where
 
 
 def test_auto_labels_the_augment_text_it_has_time_for_and_says_how_many_rows_each_student_saw(auto_run):

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..console import console
-from ..machine import processor
+from ..machine import describe_processor, processor
 from ..report import use_commands
 from ..runs.files import replace_folder, write_json_atomic
 from ..runs.manifest import TrainingRecord, read_manifest
@@ -131,7 +131,7 @@ def _where_line(search: Search) -> str:
               for place, names in students.items()]
     threads = search.cfg.threads or torch.get_num_threads()
     return (f"Where: {'; '.join(parts) or 'no training recorded its device'}. Every timing ran on the CPU "
-            f"({threads} threads, {processor()}).")
+            f"({threads} threads, {describe_processor(processor())}).")
 
 
 def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[dict[str, Any]],
