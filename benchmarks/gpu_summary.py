@@ -16,12 +16,9 @@ def read_json(path: Path) -> dict | None:
 
 
 def _auto(report: Path) -> dict | None:
-    """The search's verdict and its report's line saying where each model trained and where it was timed."""
+    """The search's verdict and its line saying where each model trained and where it was timed."""
     raw = read_json(report / "report.json")
-    if raw is None:
-        return None
-    where = [line for line in (report / "report.md").read_text().splitlines() if line.startswith("Where: ")]
-    return {"verdict": raw["auto"]["verdict"], "where": where[0] if where else None}
+    return {"verdict": raw["auto"]["verdict"], "where": raw["auto"]["where"]} if raw else None
 
 
 def main() -> None:

@@ -89,6 +89,7 @@ def test_the_report_says_where_each_model_trained_and_that_every_timing_ran_on_t
                  if line.startswith("Where: "))
     assert f"the teacher was trained on {device}, {precision}" in where
     search = json.loads((auto_run / "report" / "report.json").read_text())["auto"]
+    assert search["where"] == where  # the same line in report.json
     students = [c for c in search["candidates"] if c["trained"]]
     assert any(c["shape"] == "static" for c in students)  # always trained: a fit of its own on the teacher's logits
     for c in students:

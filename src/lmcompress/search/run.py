@@ -30,8 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..backends import load_run_model
 from ..backends.onnx import require_onnx
 from ..backends.openvino import require_openvino
@@ -243,7 +241,7 @@ def _measure(search: Search, teacher, task_data) -> list[dict[str, Any]]:
     """Random-weight timings of the shape grid, cached in OUT/shapes.json for the same setup."""
     cfg = search.cfg
     variants = int8_variants(cfg.backend)
-    threads = cfg.threads or torch.get_num_threads()
+    threads = search.threads
     setup = {"teacher": str(search.teacher_dir), "int8_variants": list(variants), "batch_size": cfg.batch_size,
              "seq_len": search.data.max_length, "threads": threads, "processor": processor(),
              "target": search.target.describe(),  # int8 variants are timed for the shapes near the target
@@ -392,7 +390,7 @@ def _screen(search: Search) -> None:
     The static student and the teacher's int8 have no screening: they are cheap to make in full, and go first."""
     met = _fastest_met(search)
     for i, c in enumerate(search.candidates, start=1):
-        if not _needs_screen(search, c) or c.status is Status.CLOSED:
+        if not _needs_screen(search, c):  # (made, or closed, before the screens)
             continue
         if met is not None and c.predicted["speedup"] <= met:
             c.close("not screened: a faster candidate already met the target")
@@ -486,8 +484,8 @@ def estimate_s(search: Search, c: Candidate) -> float:
 
 
 def _static_s(search: Search) -> float:
-    """Seconds to make the static student, with 20% slack (it once cost a fixed 8 minutes, more than a small task's
-    static student takes in all and enough to leave it untrained at the end of a budget)."""
+    """Seconds to make the static student, with 20% slack: it grows with the task's rows and the teacher's pace (a
+    fixed figure was several times what a small task's static student takes)."""
     table_rows = search.teacher_config.vocab_size * STATIC_TABLE_TOKENS / search.data.max_length
     teacher_s = _teacher_s(search, table_rows + search.train_rows)
     return 1.2 * (teacher_s + STATIC_EPOCHS * search.train_rows / STATIC_PACE)
@@ -591,7 +589,7 @@ def _retime(search: Search, c: Candidate) -> dict[str, Any]:
     """`c`'s trained model on its own runtime, timed beside the teacher (PyTorch fp32) on the shape timings'
     batch, interleaved: the random-weight prediction ran up to 1.36x slow for the smallest int8 shapes, so rounds are
     spent only on candidates not measured too slow (the final report times everything again)."""
-    threads = search.cfg.threads or torch.get_num_threads()
+    threads = search.threads
     calls = {}
     for key, folder in (("teacher", search.teacher_dir), ("student", c.deploy)):
         model = load_run_model(folder, search.labels, search.task == "regression", threads, task=search.task).eval()

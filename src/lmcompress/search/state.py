@@ -7,6 +7,8 @@ import enum
 import functools
 import json
 import time
+
+import torch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,6 +145,11 @@ class Search:
 
     def left_s(self) -> float:
         return self.deadline - time.monotonic()
+
+    @property
+    def threads(self) -> int:
+        """The threads of every timing: --threads, else all torch uses."""
+        return self.cfg.threads or torch.get_num_threads()
 
     def event(self, kind: str, **payload: Any) -> None:
         """One line of OUT/search.jsonl."""

@@ -9,8 +9,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..console import console
 from ..machine import describe_processor, processor
 from ..report import use_commands
@@ -59,13 +57,13 @@ def _latency_check(search: Search, rows: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-def _markdown(search: Search, chosen: dict[str, Any], met: bool, check: list[dict[str, Any]], line: str) -> str:
+def _markdown(search: Search, chosen: dict[str, Any], check: list[dict[str, Any]], line: str, where: str) -> str:
     size = search.cfg.batch_size
     lines = ["", "## auto: the search", "", line, "",
              f"Target: retention >= {search.cfg.min_retention:.0%} on the validation rows (the search decides on "
              f"them; the table above reports the test rows), speed {search.target.describe()} at batch {size} as "
              f"measured in this report. Chosen row: **{chosen['name']}** (copied to `best/`).", "",
-             _augmentation_line(search), "", _where_line(search), "",
+             _augmentation_line(search), "", where, "",
              "Use it:", "", "```bash", *use_commands(search.root / "best"), "```", "",
              "| candidate | origin | params | predicted speedup | measured as trained | start (validation) "
              "| screen retention (validation) | validation retention | rows with teacher outputs | trained (rounds) "
@@ -129,9 +127,8 @@ def _where_line(search: Search) -> str:
     parts = [f"the teacher was trained on {teacher}"] if teacher else []
     parts += [f"{', '.join(names)} trained (with the teacher's passes) on {place}"
               for place, names in students.items()]
-    threads = search.cfg.threads or torch.get_num_threads()
     return (f"Where: {'; '.join(parts) or 'no training recorded its device'}. Every timing ran on the CPU "
-            f"({threads} threads, {describe_processor(processor())}).")
+            f"({search.threads} threads, {describe_processor(processor())}).")
 
 
 def plot_candidates(search: Search, records: list[dict[str, Any]], check: list[dict[str, Any]],
@@ -201,11 +198,12 @@ def hand_back(search: Search, report: dict[str, Any], records: list[dict[str, An
     chosen, met = choose(rows, validation, search)
     check = _latency_check(search, rows)
     line = _verdict(search, chosen, validation.get(chosen["name"]), met)
+    where = _where_line(search)
     folder = Path(report["path"])
     deploy = {c.name: c.deploy for c in trained}
     _copy_best(next(c.deploy for c in trained if row_of(rows, c) is chosen), search.root / "best")
     report = {k: v for k, v in report.items() if k != "path"} | {"chosen": chosen["name"], "auto": {
-        "target_met": met, "verdict": line, "min_retention": search.cfg.min_retention,
+        "target_met": met, "verdict": line, "where": where, "min_retention": search.cfg.min_retention,
         "speed_target": search.target.describe(), "batch_size": search.cfg.batch_size,
         "teacher_ms": search.teacher_ms, "validation_metric": search.metric,
         "teacher_validation": search.teacher_validation, "candidates": [c.record() for c in search.candidates],
@@ -214,7 +212,7 @@ def hand_back(search: Search, report: dict[str, Any], records: list[dict[str, An
         "latency_check": check, "deploy": {k: str(v) for k, v in deploy.items()}, "wall_time_s": round(wall_s, 1)}}
     write_json_atomic(folder / "report.json", report)
     with (folder / "report.md").open("a", encoding="utf-8") as handle:
-        handle.write(_markdown(search, chosen, met, check, line))
+        handle.write(_markdown(search, chosen, check, line, where))
     plot_candidates(search, records, check, validation, folder / "candidates.png")
     search.event("chosen", name=chosen["name"], met=met, verdict=line)
     console().print(("[green]" if met else "[yellow]") + line + "[/]")
