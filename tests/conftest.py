@@ -51,21 +51,27 @@ def make_sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def _word_pieces(vocab: dict[str, int], unk: str, single: str, pair: str, marks: tuple[str, str]):
+    """A BERT-style WordPiece tokenizer (lower-cased, split on whitespace and punctuation) over `vocab`."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                       special_tokens=[(m, vocab[m]) for m in marks])
+    return tok
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     letters = list("abcdefghijklmnopqrstuvwxyz")
     vocab_list = specials + POSITIVE + NEGATIVE + FILLER + letters + [f"##{c}" for c in letters]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    tok = _word_pieces(vocab, "[UNK]", "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", ("[CLS]", "[SEP]"))
     fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                              sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
     out = tmp_path_factory.mktemp("tiny_tokenizer")
@@ -74,19 +80,49 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
-    """A headless tiny BertModel checkpoint (like minilm-l6, which ships without task heads)."""
+def same_pieces_tokenizer_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """The tiny tokenizer's word pieces under other ids and MPNet's special tokens (<s> ... </s>): what MPNet's
+    tokenizer is to BERT's uncased WordPiece."""
+    from transformers import AutoTokenizer, MPNetTokenizerFast
+
+    bert = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    pieces = [piece for piece, _ in sorted(bert.get_vocab().items(), key=lambda item: -item[1])
+              if piece not in bert.all_special_tokens]  # reversed: every id differs
+    vocab = {piece: i for i, piece in enumerate(["<s>", "<pad>", "</s>", "<unk>", *pieces, "<mask>"])}
+    tok = _word_pieces(vocab, "<unk>", "<s> $A </s>", "<s> $A </s> </s> $B </s>", ("<s>", "</s>"))
+    fast = MPNetTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                              sep_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                              model_max_length=128)
+    out = tmp_path_factory.mktemp("same_pieces_tokenizer")
+    fast.save_pretrained(out)
+    return out
+
+
+def _tiny_bert(tokenizer_dir: Path, out: Path, seed: int, hidden: int, layers: int, ffn: int) -> Path:
+    """A headless random BertModel (4 heads) saved with the tokenizer of `tokenizer_dir`."""
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
-    out = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=ffn, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
     BertModel(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def same_pieces_student(same_pieces_tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random BertModel on `same_pieces_tokenizer_dir`: another vocabulary whose positions line up with the
+    tiny teacher's."""
+    return _tiny_bert(same_pieces_tokenizer_dir, tmp_path_factory.mktemp("same_pieces_student"), 1, 16, 1, 24)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
+    """A headless tiny BertModel checkpoint (like minilm-l6, which ships without task heads)."""
+    return _tiny_bert(tiny_tokenizer_dir, tmp_path_factory.mktemp("tiny_bert"), 0, 32, 2, 37)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
+from ..conftest import make_sentiment_rows
 from .cli_helpers import run_cli
 
 
@@ -207,8 +209,12 @@ def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_
     # 6 epochs: a student pretrained for 2 steps on its own vocabulary is still at chance after 3 in some orders
     args = ["distill", "--teacher", str(tiny_teacher_run), "--student", str(student_dir), "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), *COMMON, "--epochs", "6"]
-    code, _, err = run_cli([*args, "--hidden-weight", "1"], capsys)
-    assert code == 1 and "token positions do not line up" in err
+    # its vocabulary cuts "superbly" into superb ##ly, the teacher's into superb ##l ##y: positions differ
+    misaligned = tmp_path / "misaligned.csv"
+    pd.DataFrame(make_sentiment_rows(60) + [{"text": "a superbly fun film", "label": "pos"}]).to_csv(misaligned)
+    code, _, err = run_cli([*args, "--hidden-weight", "1", "--data", str(misaligned)], capsys)
+    assert code == 1 and "token positions do not line up" in err and "'a superbly fun film'" in err
+    assert not out.exists()
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     assert AutoTokenizer.from_pretrained(out).get_vocab() == student_vocab  # the run ships the student's tokenizer
@@ -220,6 +226,27 @@ def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_
     code, stdout, err = run_cli(["evaluate", "--model", str(out), "--no-latency", "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["metrics"]["accuracy"] == metrics["accuracy"]
+
+
+def test_hidden_states_are_matched_across_vocabularies_that_cut_text_the_same_way(
+        tiny_teacher_run, same_pieces_student, tmp_path, capsys):
+    """Other ids and special tokens, the same pieces (MPNet's tokenizer against BERT's): positions line up, so the
+    hidden-state loss is accepted, computed on every step and learned through the width projection."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    out = tmp_path / "student"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", str(same_pieces_student),
+                            "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--hidden-weight", "1",
+                            "--log-every-steps", "1", *COMMON[:-1]], capsys)
+    assert code == 0, err
+    assert "cut all 192 training texts into the same pieces" in err.replace("\n", " ")
+    steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    hidden = [line["train/loss_hidden"] for line in steps if "train/loss_hidden" in line]
+    assert len(hidden) >= 30 and all(value > 0 for value in hidden)
+    assert sum(hidden[-5:]) < 0.8 * sum(hidden[:5])  # the projection and the student learn the teacher's states
+    manifest = json.loads((out / "lmcompress.json").read_text())
+    assert manifest["teacher_cache"]["layers"] == [AutoConfig.from_pretrained(tiny_teacher_run).num_hidden_layers]
+    assert AutoTokenizer.from_pretrained(out).cls_token == "<s>"  # the run ships the student's own tokenizer
 
 
 def test_the_pooled_loss_works_across_tokenizers(tiny_teacher_run, own_vocab_encoder, tmp_path, capsys):

@@ -275,3 +275,22 @@ def test_compressed_tables_are_decoded_too(tmp_path, suffix):
     else:
         frame.to_csv(path, index=False)
     assert readers.read_path(path)["text"].tolist() == ["crème brûlée", "smörgåsbord"]
+
+
+def test_tokenizers_with_other_ids_but_the_same_pieces_line_up(tiny_tokenizer_dir, same_pieces_tokenizer_dir,
+                                                               own_vocab_encoder):
+    from transformers import AutoTokenizer
+
+    from lmcompress.data.tokenize import first_misaligned_row
+
+    bert, mpnet_like = (AutoTokenizer.from_pretrained(d) for d in (tiny_tokenizer_dir, same_pieces_tokenizer_dir))
+    texts = [row["text"] for row in make_sentiment_rows(20)] + ["A superb, really boring film!", "superbly"]
+    bert_rows, mpnet_rows = bert(texts)["input_ids"], mpnet_like(texts)["input_ids"]
+    assert bert_rows[0] != mpnet_rows[0]  # other ids, other special tokens
+    assert first_misaligned_row(bert, mpnet_like, bert_rows, mpnet_rows) is None
+    own = AutoTokenizer.from_pretrained(own_vocab_encoder)  # a WordPiece vocabulary trained on another corpus
+    own_rows = own(texts)["input_ids"]
+    assert own.tokenize("superbly") != bert.tokenize("superbly")  # superb ##ly against superb ##l ##y
+    assert first_misaligned_row(bert, own, bert_rows, own_rows) == len(texts) - 1
+    mpnet_like.padding_side = "left"
+    assert first_misaligned_row(bert, mpnet_like, bert_rows, mpnet_rows) == 0

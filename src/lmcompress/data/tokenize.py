@@ -59,3 +59,31 @@ def fixed_batch(texts: list[str], pairs: list[str] | None, tokenizer: PreTrained
     texts = (texts * reps)[:batch_size]
     pairs = (pairs * reps)[:batch_size] if pairs else None
     return dict(tokenizer(texts, pairs, truncation=True, max_length=max_length, padding="max_length", return_tensors="pt"))
+
+
+SPECIAL_ROLES = ("cls_token", "sep_token", "pad_token", "unk_token", "mask_token", "bos_token", "eos_token")
+
+
+def _piece_names(tokenizer: PreTrainedTokenizerBase):
+    """ids -> token strings, each special token named by its role, so BERT's [CLS] and MPNet's <s> compare equal."""
+    roles = {getattr(tokenizer, f"{role}_id"): role for role in reversed(SPECIAL_ROLES)  # the first role wins
+             if getattr(tokenizer, f"{role}_id", None) is not None}
+
+    def names(ids: list[int]) -> list[str]:
+        return [roles.get(i) or piece for i, piece in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
+    return names
+
+
+def first_misaligned_row(student_tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: PreTrainedTokenizerBase,
+                         student_rows: list[list[int]], teacher_rows: list[list[int]]) -> int | None:
+    """Two vocabularies with other ids can still cut every text into the same pieces (MPNet's tokenizer is BERT's
+    uncased WordPiece with other special tokens): then the two models' positions line up one to one and the
+    position-by-position losses (hidden states, attention maps) apply across them. -> the index of the first row
+    the two tokenizers cut differently (or pad on another side), None when every row lines up."""
+    if student_tokenizer.padding_side != teacher_tokenizer.padding_side:
+        return 0
+    student_names, teacher_names = _piece_names(student_tokenizer), _piece_names(teacher_tokenizer)
+    for i, (student_ids, teacher_ids) in enumerate(zip(student_rows, teacher_rows, strict=True)):
+        if len(student_ids) != len(teacher_ids) or student_names(student_ids) != teacher_names(teacher_ids):
+            return i
+    return None

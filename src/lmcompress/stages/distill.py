@@ -17,7 +17,7 @@ from ..config import DataConfig, DistillConfig, to_dict
 from ..data import load_task
 from ..data.ner import TOKEN_TASK
 from ..data.qa import QA_TASK
-from ..data.tokenize import collator, tokenize_frame
+from ..data.tokenize import collator, first_misaligned_row, tokenize_frame
 from ..distillation.augment import (SPAN_SHARE, EmbeddingNeighbours, corpus_texts, held_out_texts, without_held_out,
                                    word_replaced_texts, word_spans)
 from ..distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
@@ -118,7 +118,8 @@ def distill_into_run(cfg: DistillConfig, run: RunDir, teacher: Teacher, student:
     with run.guard():
         transformers.set_seed(cfg.train.seed)  # augmentation draws the same words whatever ran before
         train_set, teacher_ids, collate, augment_record = _training_rows(cfg, task_data, max_len, teacher.model,
-                                                                         teacher.tokenizer, student.tokenizer)
+                                                                         teacher.tokenizer, student.tokenizer,
+                                                                         needs.positional)
         sharding = shard_teacher(teacher.model) if cfg.fsdp else None  # after augmentation read its embeddings whole
         cache = _teacher_cache(cfg, teacher.model, teacher.folder, teacher_ids, needs, task_data.task)
         evaluation = Evaluation(lambda model: score_split(model, student.tokenizer, task_data, "validation", max_len,
@@ -148,31 +149,41 @@ def distill_into_run(cfg: DistillConfig, run: RunDir, teacher: Teacher, student:
 
 
 def _check_vocabularies(cfg: DistillConfig, task_data, needs: Needs, student_tokenizer, tokenizer) -> None:
-    """A student with its own tokenizer learns from logits only, and only on sequence tasks; TinyBERT's two stages
-    need an intermediate loss."""
+    """A student with its own tokenizer learns on sequence tasks only, from logits (and the position-by-position
+    losses when its pieces line up with the teacher's, checked on the rows); TinyBERT's two stages need an
+    intermediate loss."""
     intermediate = bool(needs.hidden or needs.attentions or needs.qkv)
     if student_tokenizer.get_vocab() != tokenizer.get_vocab():
         if task_data.task in (TOKEN_TASK, QA_TASK):  # logits per token, not per sequence
             raise LmcError(f"the student's tokenizer differs from the teacher's; {task_data.task} compares the two "
                            "models position by position on the same sub-tokens, so the student must share the "
                            "teacher's tokenizer (a preset or a spec derived from the teacher does)")
-        if needs.positional:
-            raise LmcError("the student's tokenizer differs from the teacher's, so their token positions do not line "
-                           "up: only logit KD, hard labels and --pooled-weight work across vocabularies (drop "
-                           "--hidden-weight, --embedding-weight, --cosine-weight, --attention-weight and "
-                           "--minilm-weight), or give a student that shares the teacher's tokenizer (a preset or a "
-                           "spec derived from the teacher does)")
         log.info("the student has its own tokenizer (%d tokens vs the teacher's %d): each side tokenises the raw "
-                 "text itself", len(student_tokenizer), len(tokenizer))
+                 "text itself%s", len(student_tokenizer), len(tokenizer),
+                 "; the position-by-position losses need both to cut every training text into the same pieces"
+                 if needs.positional else "")
     if cfg.intermediate_epochs > 0 and not intermediate:
         raise LmcError("--intermediate-epochs (TinyBERT two-stage) trains the intermediate layers first: give "
                        "--hidden-weight, --attention-weight, --embedding-weight, --minilm-weight or --pooled-weight")
 
 
-def _training_rows(cfg: DistillConfig, task_data, max_len: int, teacher, tokenizer, student_tokenizer):
+def _check_positions_align(train_frame: pd.DataFrame, student_ids, teacher_ids, student_tokenizer, tokenizer) -> None:
+    """Hidden-state, attention and embedding losses compare position i of one model with position i of the other."""
+    row = first_misaligned_row(student_tokenizer, tokenizer, student_ids, teacher_ids)
+    if row is not None:
+        raise LmcError(f"the student's tokenizer cuts training text {row} ({str(train_frame['text'].iloc[row])[:60]!r}) "
+                       "into other pieces than the teacher's, so their token positions do not line up: only logit "
+                       "KD, hard labels and --pooled-weight work across these vocabularies (drop --hidden-weight, "
+                       "--embedding-weight, --cosine-weight, --attention-weight and --minilm-weight), or give a "
+                       "student that shares the teacher's tokenizer (a preset or a spec derived from the teacher does)")
+    log.info("the two tokenizers cut all %d training texts into the same pieces: positions line up", len(student_ids))
+
+
+def _training_rows(cfg: DistillConfig, task_data, max_len: int, teacher, tokenizer, student_tokenizer,
+                   positional: bool = False):
     """The training split (plus augmentation rows) tokenised for the student, and for the teacher too when it has
-    another vocabulary (TEACHER_PREFIX columns) -> (rows, the teacher's token ids per row, collate, augmentation
-    record)."""
+    another vocabulary (TEACHER_PREFIX columns; with `positional` losses, checked to line up token by token) ->
+    (rows, the teacher's token ids per row, collate, augmentation record)."""
     train_frame, augment_record = task_data.splits["train"], None
     if cfg.augment or cfg.augment_replace or cfg.augment_spans:
         extra_rows, augment_record = augmentation_rows(cfg, task_data, teacher, tokenizer)
@@ -182,6 +193,9 @@ def _training_rows(cfg: DistillConfig, task_data, max_len: int, teacher, tokeniz
     if student_tokenizer.get_vocab() == tokenizer.get_vocab():
         return train_set, train_set["input_ids"], collator(student_tokenizer), augment_record
     teacher_set = tokenize_frame(train_frame, tokenizer, max_len).remove_columns("labels")
+    if positional:
+        _check_positions_align(train_frame, train_set["input_ids"], teacher_set["input_ids"], student_tokenizer,
+                               tokenizer)
     for column in teacher_set.column_names:
         train_set = train_set.add_column(TEACHER_PREFIX + column, teacher_set[column])
     return train_set, teacher_set["input_ids"], PairedCollator(student_tokenizer, tokenizer), augment_record
