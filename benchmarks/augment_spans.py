@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/augment_spans.py --teacher runs/mpnet-teacher-full --out runs/augment-spans [--reuse]
         [--pooled-spans 2 --pooled-weight 1]  (arms that add the pooled-output loss, at these span counts)
         [--student FOLDER --hidden-weight 1 --int8 onnx-int8 --results NAME]  (another student, e.g. an `auto`
-        candidate's pruned start OUT/candidates/SHAPE/init, with `auto`'s loss for a cut of the teacher)
+        candidate's pruned start OUT/candidates/SHAPE/init, with `auto`'s loss for a cut of the teacher; or
+        `minilm-l6` with the hidden-state loss from `mpnet-base`, whose tokenizers cut text into the same pieces)
 
 Every arm is `lmcompress distill --student minilm-l6` (or --student) from the teacher with `auto`'s options for a
 donor with its own tokenizer (4 epochs at 1e-4, logit KD T=4, alpha 0.5, batch 32), on every labelled row, then
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from cli_runs import LMCOMPRESS, output_root, run_command
 
-from lmcompress.machine import processor
+from lmcompress.machine import describe_processor, processor
 from lmcompress.runs.manifest import read_manifest
 from lmcompress.search.run import best_score
 
@@ -74,7 +75,8 @@ def main() -> None:
     parser.add_argument("--pooled-weight", type=float, default=1.0, help="its weight in those arms")
     parser.add_argument("--student", default="minilm-l6", help="the student every arm starts from (distill --student)")
     parser.add_argument("--hidden-weight", type=float, default=0.0,
-                        help="hidden-state loss (auto's loss for a cut of the teacher: 1); 0 for another tokenizer")
+                        help="hidden-state loss (auto's loss for a cut of the teacher: 1); a student with another "
+                             "tokenizer takes it only where both cut every text into the same pieces")
     parser.add_argument("--int8", default="openvino-int8", choices=["openvino-int8", "onnx-int8"],
                         help="the int8 runtime (auto's choice for this student on this processor)")
     parser.add_argument("--results", default="augment_spans", help="name of the results files")
@@ -98,7 +100,7 @@ def main() -> None:
     (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
     (RESULTS / "raw" / f"{args.results}.json").write_text(json.dumps(record, indent=2) + "\n")
     loss = "logit KD" + (f" + hidden-state MSE (weight {args.hidden_weight:g})" if args.hidden_weight else "")
-    lines = [f"# Word spans for the teacher to label, at equal speed ({record['processor']})", "",
+    lines = [f"# Word spans for the teacher to label, at equal speed ({describe_processor(record['processor'])})", "",
              f"`{record['command']}`. Teacher (PyTorch fp32): validation {teacher['validation']:.4f}, test "
              f"{teacher['test']:.4f}. Student `{args.student}`, 4 epochs, {loss}; retention of the teacher's "
              "score.", "",
