@@ -51,7 +51,7 @@ def make_sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
-def _word_pieces(vocab: dict[str, int], unk: str, single: str, pair: str, marks: tuple[str, str]):
+def word_pieces(vocab: dict[str, int], unk: str, single: str, pair: str, marks: tuple[str, str]):
     """A BERT-style WordPiece tokenizer (lower-cased, split on whitespace and punctuation) over `vocab`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
@@ -71,7 +71,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     letters = list("abcdefghijklmnopqrstuvwxyz")
     vocab_list = specials + POSITIVE + NEGATIVE + FILLER + letters + [f"##{c}" for c in letters]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    tok = _word_pieces(vocab, "[UNK]", "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", ("[CLS]", "[SEP]"))
+    tok = word_pieces(vocab, "[UNK]", "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", ("[CLS]", "[SEP]"))
     fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                              sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
     out = tmp_path_factory.mktemp("tiny_tokenizer")
@@ -89,7 +89,7 @@ def same_pieces_tokenizer_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     pieces = [piece for piece, _ in sorted(bert.get_vocab().items(), key=lambda item: -item[1])
               if piece not in bert.all_special_tokens]  # reversed: every id differs
     vocab = {piece: i for i, piece in enumerate(["<s>", "<pad>", "</s>", "<unk>", *pieces, "<mask>"])}
-    tok = _word_pieces(vocab, "<unk>", "<s> $A </s>", "<s> $A </s> </s> $B </s>", ("<s>", "</s>"))
+    tok = word_pieces(vocab, "<unk>", "<s> $A </s>", "<s> $A </s> </s> $B </s>", ("<s>", "</s>"))
     fast = MPNetTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", cls_token="<s>",
                               sep_token="</s>", unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
                               model_max_length=128)

@@ -282,7 +282,7 @@ class DistillLossConfig:
     cosine_weight: float = field(default=0.0, metadata={"help": "DistilBERT cosine loss on mapped hidden states"})
     pooled_weight: float = field(default=0.0, metadata={
         "help": "MSE between the mean-pooled last hidden states (the student's through a learned projection): the "
-                "one intermediate loss that works across tokenizers"})
+                "one intermediate loss that works across tokenizers whose pieces differ"})
     attention_weight: float = field(default=0.0, metadata={"help": "TinyBERT attention-map loss (equal head counts)"})
     attention_kind: Literal["mse", "kl"] = field(default="kl", metadata={"help": "attention-map loss"})
     minilm_weight: float = field(default=0.0, metadata={"help": "MiniLM-v2 Q/K/V self-relation KL on the last layer"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -214,7 +215,7 @@ def test_a_student_with_its_own_tokenizer_learns_from_the_raw_text(tiny_teacher_
     pd.DataFrame(make_sentiment_rows(60) + [{"text": "a superbly fun film", "label": "pos"}]).to_csv(misaligned)
     code, _, err = run_cli([*args, "--hidden-weight", "1", "--data", str(misaligned)], capsys)
     assert code == 1 and "token positions do not line up" in err and "'a superbly fun film'" in err
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / ".student.partial").exists()
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     assert AutoTokenizer.from_pretrained(out).get_vocab() == student_vocab  # the run ships the student's tokenizer
@@ -239,7 +240,7 @@ def test_hidden_states_are_matched_across_vocabularies_that_cut_text_the_same_wa
                             "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--hidden-weight", "1",
                             "--log-every-steps", "1", *COMMON[:-1]], capsys)
     assert code == 0, err
-    assert "cut all 192 training texts into the same pieces" in err.replace("\n", " ")
+    assert "cut all 192 training rows into the same pieces" in err.replace("\n", " ")
     steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     hidden = [line["train/loss_hidden"] for line in steps if "train/loss_hidden" in line]
     assert len(hidden) >= 30 and all(value > 0 for value in hidden)
@@ -247,6 +248,16 @@ def test_hidden_states_are_matched_across_vocabularies_that_cut_text_the_same_wa
     manifest = json.loads((out / "lmcompress.json").read_text())
     assert manifest["teacher_cache"]["layers"] == [AutoConfig.from_pretrained(tiny_teacher_run).num_hidden_layers]
     assert AutoTokenizer.from_pretrained(out).cls_token == "<s>"  # the run ships the student's own tokenizer
+
+    left = tmp_path / "left-padded"  # the same pieces, padded on the other side: positions differ again
+    shutil.copytree(same_pieces_student, left)
+    settings = json.loads((left / "tokenizer_config.json").read_text())
+    (left / "tokenizer_config.json").write_text(json.dumps(settings | {"padding_side": "left"}))
+    assert AutoTokenizer.from_pretrained(left).padding_side == "left"
+    code, _, err = run_cli(["distill", "--teacher", str(tiny_teacher_run), "--student", str(left), "--out",
+                            str(tmp_path / "refused"), "--hidden-weight", "1", *COMMON], capsys)
+    assert code == 1 and "pads on the left, the teacher's on the right" in err
+    assert not (tmp_path / "refused").exists() and not (tmp_path / ".refused.partial").exists()
 
 
 def test_the_pooled_loss_works_across_tokenizers(tiny_teacher_run, own_vocab_encoder, tmp_path, capsys):

@@ -277,20 +277,21 @@ def test_compressed_tables_are_decoded_too(tmp_path, suffix):
     assert readers.read_path(path)["text"].tolist() == ["crème brûlée", "smörgåsbord"]
 
 
-def test_tokenizers_with_other_ids_but_the_same_pieces_line_up(tiny_tokenizer_dir, same_pieces_tokenizer_dir,
-                                                               own_vocab_encoder):
-    from transformers import AutoTokenizer
+def test_tokenizers_with_other_ids_but_the_same_pieces_line_up(tiny_tokenizer_dir, same_pieces_tokenizer_dir):
+    from transformers import AutoTokenizer, BertTokenizerFast
 
     from lmcompress.data.tokenize import first_misaligned_row
+
+    from ..conftest import word_pieces
 
     bert, mpnet_like = (AutoTokenizer.from_pretrained(d) for d in (tiny_tokenizer_dir, same_pieces_tokenizer_dir))
     texts = [row["text"] for row in make_sentiment_rows(20)] + ["A superb, really boring film!", "superbly"]
     bert_rows, mpnet_rows = bert(texts)["input_ids"], mpnet_like(texts)["input_ids"]
     assert bert_rows[0] != mpnet_rows[0]  # other ids, other special tokens
     assert first_misaligned_row(bert, mpnet_like, bert_rows, mpnet_rows) is None
-    own = AutoTokenizer.from_pretrained(own_vocab_encoder)  # a WordPiece vocabulary trained on another corpus
-    own_rows = own(texts)["input_ids"]
-    assert own.tokenize("superbly") != bert.tokenize("superbly")  # superb ##ly against superb ##l ##y
-    assert first_misaligned_row(bert, own, bert_rows, own_rows) == len(texts) - 1
-    mpnet_like.padding_side = "left"
-    assert first_misaligned_row(bert, mpnet_like, bert_rows, mpnet_rows) == 0
+    vocab = bert.get_vocab() | {"##ly": len(bert)}  # BERT's ids with one more piece
+    with_ly = BertTokenizerFast(tokenizer_object=word_pieces(vocab, "[UNK]", "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 "
+                                                             "[SEP]:1", ("[CLS]", "[SEP]")),
+                                unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+    assert with_ly.tokenize("superbly") == ["superb", "##ly"] and bert.tokenize("superbly") == ["superb", "##l", "##y"]
+    assert first_misaligned_row(bert, with_ly, bert_rows, with_ly(texts)["input_ids"]) == len(texts) - 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import datasets
 import pandas as pd
 import torch
@@ -64,7 +66,7 @@ def fixed_batch(texts: list[str], pairs: list[str] | None, tokenizer: PreTrained
 SPECIAL_ROLES = ("cls_token", "sep_token", "pad_token", "unk_token", "mask_token", "bos_token", "eos_token")
 
 
-def _piece_names(tokenizer: PreTrainedTokenizerBase):
+def _piece_names(tokenizer: PreTrainedTokenizerBase) -> Callable[[list[int]], list[str]]:
     """ids -> token strings, each special token named by its role, so BERT's [CLS] and MPNet's <s> compare equal."""
     roles = {getattr(tokenizer, f"{role}_id"): role for role in reversed(SPECIAL_ROLES)  # the first role wins
              if getattr(tokenizer, f"{role}_id", None) is not None}
@@ -78,10 +80,8 @@ def first_misaligned_row(student_tokenizer: PreTrainedTokenizerBase, teacher_tok
                          student_rows: list[list[int]], teacher_rows: list[list[int]]) -> int | None:
     """Two vocabularies with other ids can still cut every text into the same pieces (MPNet's tokenizer is BERT's
     uncased WordPiece with other special tokens): then the two models' positions line up one to one and the
-    position-by-position losses (hidden states, attention maps) apply across them. -> the index of the first row
-    the two tokenizers cut differently (or pad on another side), None when every row lines up."""
-    if student_tokenizer.padding_side != teacher_tokenizer.padding_side:
-        return 0
+    position-by-position losses (hidden states, attention maps) apply across them, once both pad on the same side.
+    -> the index of the first row the two tokenizers cut differently, None when every row lines up."""
     student_names, teacher_names = _piece_names(student_tokenizer), _piece_names(teacher_tokenizer)
     for i, (student_ids, teacher_ids) in enumerate(zip(student_rows, teacher_rows, strict=True)):
         if len(student_ids) != len(teacher_ids) or student_names(student_ids) != teacher_names(teacher_ids):

@@ -74,7 +74,7 @@ class Needs:
     attentions: bool
     qkv: bool
     pooled: int | None = None  # the teacher's last hidden-state index, when its mean-pooled output is compared
-    positional: bool = False  # a loss compares the models token position by token position (one tokenizer needed)
+    positional: bool = False  # a loss compares the models position by position (their tokens must line up)
 
 
 def intermediate_needs(student: nn.Module, teacher: nn.Module, loss_cfg, layer_map: list[int]) -> Needs:

@@ -74,7 +74,8 @@ QUANTIZE_ESTIMATE_S = 120.0
 REQUEST_KEYS = ("teacher", "batch_size", "seq_len", "backend", "augment", "augment_spans", "screen_rows", "epochs",
                 "learning_rate", "donors", "data")
 LOSS = {"temperature": 4.0, "alpha": 0.5, "hidden_weight": 1.0}  # the demo's hand-tuned distillation loss
-# a donor with its own tokenizer: its token positions do not line up with the teacher's, so logits only
+# a donor with its own tokenizer: logits only (its positions rarely line up with the teacher's, and where they do,
+# minilm-l6 under mpnet-base, the hidden-state loss gave no consistent gain: docs/results.md)
 LOGITS_LOSS = {"temperature": 4.0, "alpha": 0.5}
 MAX_ROUNDS = 5  # training rounds per candidate: the first, and up to four more while the target is missed
 # timing a trained candidate beside the teacher: with 3 warm-up calls and 7 rounds the students read 5-30% slower than

@@ -21,8 +21,8 @@ from ..data.tokenize import collator, first_misaligned_row, tokenize_frame
 from ..distillation.augment import (SPAN_SHARE, EmbeddingNeighbours, corpus_texts, held_out_texts, without_held_out,
                                    word_replaced_texts, word_spans)
 from ..distillation.cache import TeacherCache, teacher_cache_root, teacher_fingerprint
-from ..distillation.components import TEACHER_PREFIX, Needs, PairedCollator, intermediate_needs, parse_layer_map, \
-    teacher_compute_precision
+from ..distillation.components import POSITIONAL_LOSSES, TEACHER_PREFIX, Needs, PairedCollator, intermediate_needs, \
+    parse_layer_map, teacher_compute_precision
 from ..distillation.sharding import shard_teacher
 from ..distillation.task_loss import UNLABELLED, uses_labels_only
 from ..distillation.train import DistillSettings, Evaluation, distill_model
@@ -168,19 +168,28 @@ def _check_vocabularies(cfg: DistillConfig, task_data, needs: Needs, student_tok
 
 
 def _check_positions_align(train_frame: pd.DataFrame, student_ids, teacher_ids, student_tokenizer, tokenizer) -> None:
-    """Hidden-state, attention and embedding losses compare position i of one model with position i of the other."""
-    row = first_misaligned_row(student_tokenizer, tokenizer, student_ids, teacher_ids)
-    if row is not None:
-        raise LmcError(f"the student's tokenizer cuts training text {row} ({str(train_frame['text'].iloc[row])[:60]!r}) "
-                       "into other pieces than the teacher's, so their token positions do not line up: only logit "
-                       "KD, hard labels and --pooled-weight work across these vocabularies (drop --hidden-weight, "
-                       "--embedding-weight, --cosine-weight, --attention-weight and --minilm-weight), or give a "
-                       "student that shares the teacher's tokenizer (a preset or a spec derived from the teacher does)")
-    log.info("the two tokenizers cut all %d training texts into the same pieces: positions line up", len(student_ids))
+    """The hidden-state, embedding, cosine, attention and MiniLM losses compare position i of one model with position
+    i of the other: both tokenizers must pad on the same side and cut every row into the same pieces."""
+    if student_tokenizer.padding_side != tokenizer.padding_side:
+        why = (f"the student's tokenizer pads on the {student_tokenizer.padding_side}, the teacher's on the "
+               f"{tokenizer.padding_side}")
+    else:
+        row = first_misaligned_row(student_tokenizer, tokenizer, student_ids, teacher_ids)
+        if row is None:
+            log.info("the two tokenizers cut all %d training rows into the same pieces: positions line up",
+                     len(student_ids))
+            return
+        pair = f" + {str(train_frame['text_pair'].iloc[row])[:30]!r}" if "text_pair" in train_frame else ""
+        why = (f"the student's tokenizer cuts training row {row} ({str(train_frame['text'].iloc[row])[:60]!r}{pair}) "
+               "into other pieces than the teacher's")
+    flags = ", ".join(f"--{name}-weight" for name in POSITIONAL_LOSSES)
+    raise LmcError(f"{why}, so their token positions do not line up: only logit KD, hard labels and --pooled-weight "
+                   f"work across these vocabularies (drop {flags}), or give a student that shares the teacher's "
+                   "tokenizer (a preset or a spec derived from the teacher does)")
 
 
 def _training_rows(cfg: DistillConfig, task_data, max_len: int, teacher, tokenizer, student_tokenizer,
-                   positional: bool = False):
+                   positional: bool):
     """The training split (plus augmentation rows) tokenised for the student, and for the teacher too when it has
     another vocabulary (TEACHER_PREFIX columns; with `positional` losses, checked to line up token by token) ->
     (rows, the teacher's token ids per row, collate, augmentation record)."""
