@@ -234,7 +234,8 @@ def test_a_missed_target_trains_the_nearest_miss_further(tiny_teacher_run, tmp_p
 def test_a_named_donor_is_screened_and_trained_beside_the_teacher_s_cut(tiny_teacher_run, own_vocab_encoder, tmp_path,
                                                                           capsys, monkeypatch):
     """`--donors FOLDER`: a pre-trained encoder with its own vocabulary gets a candidate of its own, made from the
-    donor (whole here: it is fast enough) and distilled on the teacher's logits only (positions do not line up)."""
+    donor (whole here: it is fast enough) and distilled on the teacher's logits only (auto's loss for a donor with
+    another vocabulary)."""
     from transformers import AutoTokenizer
 
     # the donor trains first (else the toy's cut may meet the target first, and the slower donor is not trained)
