@@ -51,6 +51,9 @@ def make_sentiment_rows(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+BERT_TEMPLATE = ("[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", ("[CLS]", "[SEP]"))  # single, pair, marks
+
+
 def word_pieces(vocab: dict[str, int], unk: str, single: str, pair: str, marks: tuple[str, str]):
     """A BERT-style WordPiece tokenizer (lower-cased, split on whitespace and punctuation) over `vocab`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -71,7 +74,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     letters = list("abcdefghijklmnopqrstuvwxyz")
     vocab_list = specials + POSITIVE + NEGATIVE + FILLER + letters + [f"##{c}" for c in letters]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(vocab_list))}
-    tok = word_pieces(vocab, "[UNK]", "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 [SEP]:1", ("[CLS]", "[SEP]"))
+    tok = word_pieces(vocab, "[UNK]", *BERT_TEMPLATE)
     fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                              sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
     out = tmp_path_factory.mktemp("tiny_tokenizer")

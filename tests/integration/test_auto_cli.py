@@ -79,6 +79,7 @@ def test_auto_hands_back_a_report_with_the_chosen_row_and_the_model(auto_run):
 def test_the_report_says_where_each_model_trained_and_that_every_timing_ran_on_the_cpu(auto_run, tiny_teacher_run):
     import torch
 
+    from lmcompress.machine import describe_processor, processor
     from lmcompress.training.loop import device_name, resolve_precision
 
     precision = {"no": "fp32"}.get(resolve_precision("auto"), "bf16")  # what this machine's default autocast is
@@ -96,8 +97,6 @@ def test_the_report_says_where_each_model_trained_and_that_every_timing_ran_on_t
         train = json.loads((Path(c["folder"]) / "student" / "lmcompress.json").read_text())["train"]
         assert (train["device"], train["precision"]) == (device, precision) and c["name"] in where
     assert f"trained (with the teacher's passes) on {device}, {precision}" in where
-    from lmcompress.machine import describe_processor, processor
-
     assert where.endswith(f"threads, {describe_processor(processor())}).") and "Every timing ran on the CPU (" in where
 
 

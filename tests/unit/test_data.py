@@ -282,7 +282,7 @@ def test_tokenizers_with_other_ids_but_the_same_pieces_line_up(tiny_tokenizer_di
 
     from lmcompress.data.tokenize import first_misaligned_row
 
-    from ..conftest import word_pieces
+    from ..conftest import BERT_TEMPLATE, word_pieces
 
     bert, mpnet_like = (AutoTokenizer.from_pretrained(d) for d in (tiny_tokenizer_dir, same_pieces_tokenizer_dir))
     texts = [row["text"] for row in make_sentiment_rows(20)] + ["A superb, really boring film!", "superbly"]
@@ -290,8 +290,7 @@ def test_tokenizers_with_other_ids_but_the_same_pieces_line_up(tiny_tokenizer_di
     assert bert_rows[0] != mpnet_rows[0]  # other ids, other special tokens
     assert first_misaligned_row(bert, mpnet_like, bert_rows, mpnet_rows) is None
     vocab = bert.get_vocab() | {"##ly": len(bert)}  # BERT's ids with one more piece
-    with_ly = BertTokenizerFast(tokenizer_object=word_pieces(vocab, "[UNK]", "[CLS] $A [SEP]", "[CLS] $A [SEP] $B:1 "
-                                                             "[SEP]:1", ("[CLS]", "[SEP]")),
-                                unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+    with_ly = BertTokenizerFast(tokenizer_object=word_pieces(vocab, "[UNK]", *BERT_TEMPLATE), unk_token="[UNK]",
+                                pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
     assert with_ly.tokenize("superbly") == ["superb", "##ly"] and bert.tokenize("superbly") == ["superb", "##l", "##y"]
     assert first_misaligned_row(bert, with_ly, bert_rows, with_ly(texts)["input_ids"]) == len(texts) - 1

@@ -7,11 +7,11 @@ import enum
 import functools
 import json
 import time
-
-import torch
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import torch
 
 from ..config import AutoConfig, DataConfig
 from ..models.families import Family
